@@ -1,0 +1,1 @@
+//! Arbor's actor kinds, their messages, the node agent, routing and batching.

@@ -1,0 +1,2 @@
+//! Arbor's compute kernels: similarity top-k (CPU and CUDA), the MiniLM encoder and the
+//! SmolLM2 decoder on burn, and their tokenizers. Independent of the cluster.

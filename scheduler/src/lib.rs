@@ -1,0 +1,1 @@
+//! Arbor's control plane: the Raft-replicated cluster state, placement and the reconciler.
