@@ -1,2 +1,7 @@
 //! Arbor's compute kernels: similarity top-k (CPU and CUDA), the MiniLM encoder and the
 //! SmolLM2 decoder on burn, and their tokenizers. Independent of the cluster.
+
+pub mod device;
+pub mod models;
+
+pub use device::{Device, GpuInfo, NoGpu};
