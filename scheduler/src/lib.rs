@@ -1,1 +1,3 @@
 //! Arbor's control plane: the Raft-replicated cluster state, placement and the reconciler.
+
+pub mod resources;
