@@ -1,1 +1,113 @@
-fn main() {}
+//! `arbor`: one binary for nodes and for the people and scripts that talk to them.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use arbor_node::logging::{self, LogFormat};
+use arbor_node::{ClusterConfig, Node, NodeId, status};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "arbor",
+    version,
+    about = "Run AI workloads across a cluster of machines."
+)]
+struct Cli {
+    /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start one node of the cluster and run until SIGTERM or ctrl-c.
+    Node {
+        /// The cluster's config file.
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// Which node of the config this is.
+        #[arg(long)]
+        node: NodeId,
+        /// Keep durable state here instead of the node's configured data_dir.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Print the cluster's membership as a reachable node sees it.
+    Status {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How long to wait for each node before trying the next.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node {
+            config,
+            node,
+            data_dir,
+        } => {
+            let config = ClusterConfig::load(&config)?;
+            config.node(node)?;
+            let secret = config.secret()?;
+            let node = Node::start(&config, node, &secret, data_dir.as_deref()).await?;
+            shutdown_signal().await.context("cannot wait for signals")?;
+            tracing::info!(node = node.id(), "shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+        Command::Status {
+            config,
+            json,
+            timeout,
+        } => {
+            let config = ClusterConfig::load(&config)?;
+            let secret = config.secret()?;
+            let report = status::query(&config, &secret, timeout).await?;
+            if json {
+                println!("{}", serde_json::to_string(&status::to_json(&report))?);
+            } else {
+                print!("{}", status::to_table(&report));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,398 @@
+//! `cluster.toml`: the cluster's name, where its secret comes from, and every node.
+//!
+//! Everything is checked before a port is bound, and every error names the file, the field
+//! and what is wrong, so a person can fix it without reading code.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use arbor_scheduler::resources::{Bytes, Millicores};
+use serde::{Deserialize, Serialize};
+
+/// Environment variable that holds the cluster secret when `cluster.secret_file` is not set.
+pub const SECRET_ENV: &str = "ARBOR_CLUSTER_SECRET";
+
+/// A node's id in the cluster: a positive integer, unique in cluster.toml.
+pub type NodeId = u64;
+
+/// A parsed and checked cluster.toml.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// The file it came from; relative paths in it are relative to its folder.
+    pub path: PathBuf,
+    pub cluster: ClusterSection,
+    pub links: LinkTiming,
+    pub nodes: Vec<NodeConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// Names the cluster; nodes of another cluster are not linked.
+    pub name: String,
+    /// File holding the cluster secret. When absent, `ARBOR_CLUSTER_SECRET` holds it.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+}
+
+/// How nodes watch each other. The defaults see a dead peer within 2 s.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LinkTiming {
+    /// How often a node sends a heartbeat to each linked peer.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A peer that sent no heartbeat for this long is down.
+    #[serde(with = "humantime_serde")]
+    pub peer_timeout: Duration,
+    /// First re-dial delay after a failed or lost link; doubles up to `redial_max`.
+    #[serde(with = "humantime_serde")]
+    pub redial_min: Duration,
+    #[serde(with = "humantime_serde")]
+    pub redial_max: Duration,
+    /// A dial whose handshake has not finished after this long is abandoned.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for LinkTiming {
+    fn default() -> Self {
+        LinkTiming {
+            heartbeat_interval: Duration::from_millis(200),
+            peer_timeout: Duration::from_millis(1000),
+            redial_min: Duration::from_millis(100),
+            redial_max: Duration::from_millis(800),
+            handshake_timeout: Duration::from_millis(1500),
+        }
+    }
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    /// Address of the actor transport (ractor_cluster).
+    pub actors: SocketAddr,
+    /// Address of the Raft transport.
+    pub raft: SocketAddr,
+    /// Address of the WebSocket gateway.
+    pub gateway: SocketAddr,
+    /// Where the node keeps its durable state; relative to the config file's folder.
+    pub data_dir: PathBuf,
+    pub resources: ResourcesConfig,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a node offers to the scheduler.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourcesConfig {
+    pub cpu: Millicores,
+    pub memory: Bytes,
+    #[serde(default)]
+    pub gpu: GpuSpec,
+    #[serde(default)]
+    pub gpu_memory: Option<Bytes>,
+    #[serde(default)]
+    pub ipu: u32,
+    #[serde(default)]
+    pub custom: BTreeMap<String, u64>,
+}
+
+/// How many GPUs a node has: counted at start (`"auto"`), or declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GpuSpec {
+    #[default]
+    Auto,
+    Count(u32),
+}
+
+impl fmt::Display for GpuSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            GpuSpec::Auto => f.write_str("auto"),
+            GpuSpec::Count(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl Serialize for GpuSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GpuSpec::Auto => s.serialize_str("auto"),
+            GpuSpec::Count(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GpuSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(i64),
+            Text(String),
+        }
+        let bad = |what: &str| {
+            serde::de::Error::custom(format!(
+                "gpu = {what} is not valid: write \"auto\" to count GPUs at start, or a whole number such as 0 or 2"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Count(n) => u32::try_from(n)
+                .map(GpuSpec::Count)
+                .map_err(|_| bad(&n.to_string())),
+            Raw::Text(t) if t == "auto" => Ok(GpuSpec::Auto),
+            Raw::Text(t) => t
+                .parse::<u32>()
+                .map(GpuSpec::Count)
+                .map_err(|_| bad(&format!("{t:?}"))),
+        }
+    }
+}
+
+/// A config that cannot be used, with the file, the field and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        path: PathBuf,
+        field: String,
+        message: String,
+    },
+    #[error("{path}: no node has id {id} (configured ids: {known})")]
+    UnknownNode {
+        path: PathBuf,
+        id: NodeId,
+        known: String,
+    },
+    #[error("{0}")]
+    Secret(String),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster: ClusterSection,
+    #[serde(default)]
+    links: LinkTiming,
+    #[serde(default, rename = "nodes")]
+    nodes: Vec<NodeConfig>,
+}
+
+impl ClusterConfig {
+    /// Reads and checks a cluster.toml.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and checks cluster.toml text; `path` names it in errors and anchors relative paths.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let config = ClusterConfig {
+            path: path.to_owned(),
+            cluster: raw.cluster,
+            links: raw.links,
+            nodes: raw.nodes,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.cluster.name.trim().is_empty() {
+            return Err(self.invalid("cluster.name", "must not be empty"));
+        }
+        if self.cluster.name.contains('/') {
+            return Err(self.invalid("cluster.name", "must not contain '/'"));
+        }
+        if self.nodes.is_empty() {
+            return Err(self.invalid(
+                "nodes",
+                "no node is configured: add at least one [[nodes]] table",
+            ));
+        }
+        let t = &self.links;
+        if t.heartbeat_interval.is_zero() || t.peer_timeout <= t.heartbeat_interval {
+            return Err(self.invalid(
+                "links.peer_timeout",
+                format!(
+                    "must be longer than links.heartbeat_interval ({:?} <= {:?})",
+                    t.peer_timeout, t.heartbeat_interval
+                ),
+            ));
+        }
+        if t.redial_min.is_zero() || t.redial_max < t.redial_min {
+            return Err(self.invalid(
+                "links.redial_max",
+                "must be at least links.redial_min, which must be positive",
+            ));
+        }
+        let mut ids: HashMap<NodeId, usize> = HashMap::new();
+        let mut addrs: HashMap<SocketAddr, String> = HashMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let at = |field: &str| format!("nodes[{i}].{field}");
+            if node.id == 0 {
+                return Err(self.invalid(at("id"), "node ids start at 1"));
+            }
+            if let Some(first) = ids.insert(node.id, i) {
+                return Err(self.invalid(
+                    at("id"),
+                    format!("duplicate node id {}: nodes[{first}] has it too", node.id),
+                ));
+            }
+            for (field, addr) in [
+                ("actors", node.actors),
+                ("raft", node.raft),
+                ("gateway", node.gateway),
+            ] {
+                // Port 0 (pick any free port) never collides.
+                if addr.port() == 0 {
+                    continue;
+                }
+                let here = at(field);
+                if let Some(other) = addrs.insert(addr, here.clone()) {
+                    return Err(self.invalid(
+                        here,
+                        format!("duplicate address {addr}: {other} uses it too"),
+                    ));
+                }
+            }
+            if node.data_dir.as_os_str().is_empty() {
+                return Err(self.invalid(at("data_dir"), "must not be empty"));
+            }
+            for key in node.labels.keys().chain(node.resources.custom.keys()) {
+                if key.trim().is_empty() {
+                    return Err(self.invalid(at("labels"), "names must not be empty"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The node with this id, or an error listing the ids there are.
+    pub fn node(&self, id: NodeId) -> Result<&NodeConfig, ConfigError> {
+        self.nodes
+            .iter()
+            .find(|n| n.id == id)
+            .ok_or_else(|| ConfigError::UnknownNode {
+                path: self.path.clone(),
+                id,
+                known: self
+                    .nodes
+                    .iter()
+                    .map(|n| n.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// A path from the config, anchored at the config file's folder when relative.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_owned()
+        } else {
+            self.path.parent().unwrap_or(Path::new(".")).join(p)
+        }
+    }
+
+    /// The node's data dir: the override if given, else the configured one.
+    pub fn data_dir(&self, node: &NodeConfig, overridden: Option<&Path>) -> PathBuf {
+        overridden.map_or_else(|| self.resolve(&node.data_dir), Path::to_owned)
+    }
+
+    /// Reads the cluster secret from `cluster.secret_file`, or from `ARBOR_CLUSTER_SECRET`.
+    pub fn secret(&self) -> Result<Secret, ConfigError> {
+        self.secret_from(std::env::var_os(SECRET_ENV).map(|v| v.into_encoded_bytes()))
+    }
+
+    /// [`Self::secret`] with the environment value given, for tests.
+    pub fn secret_from(&self, env: Option<Vec<u8>>) -> Result<Secret, ConfigError> {
+        let (bytes, source) = match &self.cluster.secret_file {
+            Some(file) => {
+                let file = self.resolve(file);
+                let bytes = std::fs::read(&file).map_err(|e| {
+                    ConfigError::Secret(format!(
+                        "{}: cluster.secret_file: cannot read {}: {e}",
+                        self.path.display(),
+                        file.display()
+                    ))
+                })?;
+                (bytes, format!("secret file {}", file.display()))
+            }
+            None => match env {
+                Some(bytes) => (bytes, SECRET_ENV.to_string()),
+                None => {
+                    return Err(ConfigError::Secret(format!(
+                        "{}: no cluster secret: set cluster.secret_file, or the {SECRET_ENV} environment variable",
+                        self.path.display()
+                    )));
+                }
+            },
+        };
+        Secret::new(bytes).ok_or_else(|| {
+            ConfigError::Secret(format!(
+                "{}: the cluster secret from {source} is empty",
+                self.path.display()
+            ))
+        })
+    }
+}
+
+/// The cluster secret. Never printed; nodes prove they hold it without sending it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// A secret from bytes; surrounding whitespace (a file's trailing newline) is not part of
+    /// it. `None` when nothing is left.
+    pub fn new(bytes: impl AsRef<[u8]>) -> Option<Self> {
+        let b = bytes.as_ref().trim_ascii();
+        (!b.is_empty()).then(|| Secret(b.to_vec()))
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The string ractor_cluster's handshake uses as its cookie: a digest of the secret, so
+    /// that any bytes work and the secret itself is never kept as a string.
+    pub fn cookie(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(&self.0);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}

@@ -1,0 +1,12 @@
+//! The `arbor` node: cluster.toml, the node runtime, links between nodes, and the client
+//! commands. The binary in `main.rs` is a thin shell over this library, so tests start real
+//! nodes in-process through the same code.
+
+pub mod config;
+pub mod link;
+pub mod logging;
+pub mod runtime;
+pub mod status;
+
+pub use config::{ClusterConfig, ConfigError, NodeId, Secret};
+pub use runtime::{Node, NodeError};

@@ -1,0 +1,76 @@
+//! The node's remote-capable link actor: peers' heartbeats and membership queries land here.
+
+use std::time::Duration;
+
+use arbor_actors::wire::Wire;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::messages::LinkMsg;
+use super::supervisor::SupervisorMsg;
+use super::{link_group, scope};
+use crate::config::NodeId;
+
+/// How long a membership query waits for the supervisor.
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct LinkActor;
+
+pub struct LinkActorArgs {
+    pub cluster: String,
+    pub node: NodeId,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Actor for LinkActor {
+    type Msg = LinkMsg;
+    type State = LinkActorArgs;
+    type Arguments = LinkActorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Joining the node's own group is what advertises this actor to peers.
+        ractor::pg::join_scoped(
+            scope(&args.cluster),
+            link_group(args.node),
+            vec![myself.get_cell()],
+        );
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            LinkMsg::Heartbeat(beat) => match beat.into_inner() {
+                Ok(beat) if beat.to == state.node && beat.from == beat.info.id => {
+                    let _ = state.supervisor.cast(SupervisorMsg::Heartbeat(beat));
+                }
+                Ok(beat) => tracing::debug!(
+                    from = beat.from,
+                    to = beat.to,
+                    "dropped a heartbeat addressed to another node"
+                ),
+                Err(e) => tracing::warn!("dropped a malformed heartbeat: {e}"),
+            },
+            LinkMsg::Membership(reply) => {
+                match ractor::call_t!(
+                    state.supervisor,
+                    SupervisorMsg::Report,
+                    REPORT_TIMEOUT.as_millis() as u64
+                ) {
+                    Ok(report) => {
+                        let _ = reply.send(Wire::new(report));
+                    }
+                    Err(e) => tracing::warn!("membership query failed: {e}"),
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,192 @@
+//! A running node: its ractor_cluster server, link supervisor and link actor.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use ractor::{Actor, ActorRef};
+use ractor_cluster::{NodeServer, NodeServerMessage, node::NodeConnectionMode};
+
+use crate::config::{ClusterConfig, ConfigError, GpuSpec, NodeConfig, NodeId, Secret};
+use crate::link::actor::{LinkActor, LinkActorArgs};
+use crate::link::messages::{
+    DeclaredResources, GpuDescription, LinkMsg, MembershipReport, NodeInfo,
+};
+use crate::link::node_name;
+use crate::link::supervisor::{LinkSupervisor, SessionEvents, SupervisorArgs, SupervisorMsg};
+
+/// Why a node could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot listen on {addr} (nodes[{id}].actors): {reason}; is another node or program using it?"
+    )]
+    Listen {
+        id: NodeId,
+        addr: String,
+        reason: String,
+    },
+    #[error("the node's {0} actor did not start: {1}")]
+    Spawn(&'static str, String),
+    #[error("the node did not answer: {0}")]
+    Unresponsive(String),
+}
+
+/// A started node. Dropping it does not stop it: call [`Node::shutdown`].
+pub struct Node {
+    id: NodeId,
+    data_dir: PathBuf,
+    server: ActorRef<NodeServerMessage>,
+    supervisor: ActorRef<SupervisorMsg>,
+    link: ActorRef<LinkMsg>,
+}
+
+/// What a node offers: declared in cluster.toml, GPUs counted when `gpu = "auto"`.
+pub fn declared_resources(node: &NodeConfig) -> DeclaredResources {
+    let r = &node.resources;
+    let gpus: Vec<GpuDescription> = match r.gpu {
+        GpuSpec::Count(_) => Vec::new(),
+        GpuSpec::Auto => match arbor_kernels::device::detect_gpus() {
+            Ok(gpus) => {
+                for g in &gpus {
+                    tracing::info!(index = g.index, model = %g.model, memory_bytes = g.memory_bytes, "found GPU {}", g.index);
+                }
+                gpus.into_iter()
+                    .map(|g| GpuDescription {
+                        index: g.index,
+                        model: g.model,
+                        memory: arbor_scheduler::resources::Bytes(g.memory_bytes).to_string(),
+                    })
+                    .collect()
+            }
+            Err(reason) => {
+                tracing::info!("gpu = \"auto\": no GPU counted: {reason}");
+                Vec::new()
+            }
+        },
+    };
+    let gpu = match r.gpu {
+        GpuSpec::Count(n) => n,
+        GpuSpec::Auto => gpus.len() as u32,
+    };
+    DeclaredResources {
+        cpu: r.cpu.to_string(),
+        memory: r.memory.to_string(),
+        gpu,
+        gpus,
+        gpu_memory: r.gpu_memory.map(|b| b.to_string()),
+        ipu: r.ipu,
+        custom: r.custom.clone(),
+    }
+}
+
+impl Node {
+    /// Starts node `id` of the cluster: creates its data dir, listens on its actors address
+    /// and begins linking with its peers.
+    pub async fn start(
+        config: &ClusterConfig,
+        id: NodeId,
+        secret: &Secret,
+        data_dir: Option<&Path>,
+    ) -> Result<Node, NodeError> {
+        let node = config.node(id)?;
+        let data_dir = config.data_dir(node, data_dir);
+        std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir {
+            path: data_dir.clone(),
+            source,
+        })?;
+        let me = NodeInfo {
+            id,
+            started: SystemTime::now(),
+            actors: node.actors.to_string(),
+            resources: declared_resources(node),
+            labels: node.labels.clone(),
+        };
+        let cluster = config.cluster.name.clone();
+
+        let server = NodeServer::new(
+            node.actors.port(),
+            secret.cookie(),
+            node_name(&cluster, id),
+            node.actors.ip().to_string(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr(node.actors.ip());
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| NodeError::Listen {
+                id,
+                addr: node.actors.to_string(),
+                reason: e.to_string(),
+            })?;
+
+        let peers = config
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| (n.id, n.actors))
+            .collect();
+        let args = SupervisorArgs {
+            cluster: cluster.clone(),
+            me,
+            peers,
+            timing: config.links,
+            server: server.clone(),
+        };
+        let (supervisor, _) = Actor::spawn(None, LinkSupervisor, args)
+            .await
+            .map_err(|e| NodeError::Spawn("link supervisor", e.to_string()))?;
+        server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "arbor.links".into(),
+                subscription: Box::new(SessionEvents(supervisor.clone())),
+            })
+            .map_err(|e| NodeError::Spawn("link supervisor", e.to_string()))?;
+        let link_args = LinkActorArgs {
+            cluster,
+            node: id,
+            supervisor: supervisor.clone(),
+        };
+        let (link, _) = Actor::spawn(None, LinkActor, link_args)
+            .await
+            .map_err(|e| NodeError::Spawn("link", e.to_string()))?;
+        tracing::info!(node = id, actors = %node.actors, data_dir = %data_dir.display(), "node started");
+        Ok(Node {
+            id,
+            data_dir,
+            server,
+            supervisor,
+            link,
+        })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// This node's membership view.
+    pub async fn membership(&self) -> Result<MembershipReport, NodeError> {
+        ractor::call_t!(self.supervisor, SupervisorMsg::Report, 2000)
+            .map_err(|e| NodeError::Unresponsive(e.to_string()))
+    }
+
+    /// Stops the node's actors and closes its links and listener.
+    pub async fn shutdown(self) {
+        let timeout = Some(Duration::from_secs(5));
+        let _ = self.link.stop_and_wait(None, timeout).await;
+        let _ = self.supervisor.stop_and_wait(None, timeout).await;
+        let _ = self.server.stop_and_wait(None, timeout).await;
+        tracing::info!(node = self.id, "node stopped");
+    }
+}

@@ -1,0 +1,42 @@
+//! What the integration tests share: free ports and configs for clusters on 127.0.0.1.
+
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::path::Path;
+
+use arbor_node::ClusterConfig;
+
+/// A port that was free a moment ago. Tests bind it again at once.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// cluster.toml text for `n` nodes on free loopback ports, data under `dir`.
+pub fn cluster_toml(name: &str, n: u64, dir: &Path, secret_file: Option<&str>) -> String {
+    let mut t = format!("[cluster]\nname = \"{name}\"\n");
+    if let Some(f) = secret_file {
+        let _ = writeln!(t, "secret_file = \"{f}\"");
+    }
+    for id in 1..=n {
+        let _ = write!(
+            t,
+            "\n[[nodes]]\nid = {id}\nactors = \"127.0.0.1:{}\"\nraft = \"127.0.0.1:{}\"\ngateway = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\nlabels = {{ rack = \"r{id}\" }}\n[nodes.resources]\ncpu = \"1\"\nmemory = \"1GiB\"\ngpu = \"auto\"\n",
+            free_port(),
+            free_port(),
+            free_port(),
+            dir.join(format!("node-{id}")).display()
+        );
+    }
+    t
+}
+
+/// A parsed config for `n` nodes, written to `dir/cluster.toml`.
+pub fn cluster(name: &str, n: u64, dir: &Path) -> ClusterConfig {
+    let text = cluster_toml(name, n, dir, None);
+    let path = dir.join("cluster.toml");
+    std::fs::write(&path, &text).expect("cannot write cluster.toml");
+    ClusterConfig::load(&path).expect("test config must parse")
+}
