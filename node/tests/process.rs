@@ -1,0 +1,265 @@
+//! `arbor` run as separate processes: nodes killed with SIGKILL are seen down and come back,
+//! a wrong secret is refused and logged on both sides, `arbor status` answers or says why
+//! not, and config errors end the process with a message and no panic.
+
+#[path = "../../tests/support.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const ARBOR: &str = env!("CARGO_BIN_EXE_arbor");
+
+/// A node process, killed when dropped so a failing test leaves nothing behind.
+struct NodeProc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl NodeProc {
+    fn start(config: &Path, id: u64, secret: &str) -> NodeProc {
+        let log = config.with_file_name(format!("node-{id}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(ARBOR)
+            .args(["node", "--config"])
+            .arg(config)
+            .args(["--node", &id.to_string()])
+            .env("ARBOR_CLUSTER_SECRET", secret)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("cannot start arbor");
+        NodeProc { child, log }
+    }
+
+    fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status and the log.
+    fn terminate(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ok = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.success();
+            }
+            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (ok, std::fs::read_to_string(&self.log).unwrap())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn arbor(args: &[&str], secret: Option<&str>) -> Output {
+    let mut cmd = Command::new(ARBOR);
+    cmd.args(args).env_remove("ARBOR_CLUSTER_SECRET");
+    if let Some(s) = secret {
+        cmd.env("ARBOR_CLUSTER_SECRET", s);
+    }
+    cmd.output().expect("cannot run arbor")
+}
+
+/// Each node's state as `arbor status --json` reports it, or None if no node answered.
+fn states(config: &Path, secret: &str) -> Option<Vec<(u64, String)>> {
+    let out = arbor(
+        &[
+            "status",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "--timeout",
+            "1s",
+        ],
+        Some(secret),
+    );
+    if !out.status.success() {
+        return None;
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
+    let nodes = v["nodes"].as_array().expect("a nodes array");
+    Some(
+        nodes
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_u64().unwrap(),
+                    n["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Polls status until `want` holds; returns how long it took.
+fn wait_until(
+    config: &Path,
+    secret: &str,
+    what: &str,
+    want: impl Fn(&[(u64, String)]) -> bool,
+) -> Duration {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(20) {
+        if let Some(s) = states(config, secret) {
+            if want(&s) {
+                return start.elapsed();
+            }
+            last = Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("never saw {what}; last status: {last:?}");
+}
+
+fn state_of(s: &[(u64, String)], id: u64) -> &str {
+    s.iter()
+        .find(|(i, _)| *i == id)
+        .map_or("missing", |(_, st)| st)
+}
+
+fn setup(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, support::cluster_toml(name, 3, dir.path(), None)).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_killed_node_is_seen_down_and_back_up_after_restart() {
+    let (_dir, config) = setup("procs");
+    let secret = "process-secret";
+    let mut nodes: Vec<NodeProc> = (1..=3)
+        .map(|id| NodeProc::start(&config, id, secret))
+        .collect();
+    wait_until(&config, secret, "all nodes up", |s| {
+        s.len() == 3 && s.iter().all(|(_, st)| st == "up")
+    });
+
+    nodes[2].sigkill();
+    let down = wait_until(&config, secret, "node 3 down", |s| {
+        state_of(s, 3) == "down" && state_of(s, 2) == "up"
+    });
+    nodes[2] = NodeProc::start(&config, 3, secret);
+    let up = wait_until(&config, secret, "node 3 up again", |s| {
+        s.iter().all(|(_, st)| st == "up")
+    });
+    // The figures the issue names (down within 2 s, up within 2 s); measured, not asserted.
+    eprintln!(
+        "node 3 seen down {down:?} after SIGKILL, up {up:?} after restart (status polling included)"
+    );
+
+    for node in nodes {
+        let (ok, log) = node.terminate();
+        assert!(ok, "a node must exit 0 on SIGTERM; log:\n{log}");
+        assert!(log.contains("node stopped"), "{log}");
+        assert!(!log.contains("panicked"), "{log}");
+    }
+}
+
+#[test]
+fn a_wrong_secret_is_refused_and_both_sides_say_so() {
+    let (_dir, config) = setup("wrong");
+    let good = "right-secret";
+    let n1 = NodeProc::start(&config, 1, good);
+    let n2 = NodeProc::start(&config, 2, good);
+    let n3 = NodeProc::start(&config, 3, "wrong-secret");
+    wait_until(&config, good, "1 and 2 linked", |s| {
+        state_of(s, 1) == "up" && state_of(s, 2) == "up"
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let s = states(&config, good).expect("the cluster answers");
+    assert_eq!(state_of(&s, 2), "up", "{s:?}");
+    assert_eq!(state_of(&s, 3), "down", "{s:?}");
+
+    let (_, log3) = n3.terminate();
+    let (_, log1) = n1.terminate();
+    let (_, log2) = n2.terminate();
+    for log in [&log1, &log2, &log3] {
+        assert!(
+            log.contains("refused") && log.contains("cluster secret"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn status_says_when_no_node_answers() {
+    let (_dir, config) = setup("silent");
+    let out = arbor(
+        &[
+            "status",
+            "--config",
+            config.to_str().unwrap(),
+            "--timeout",
+            "300ms",
+        ],
+        Some("s"),
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no node of cluster silent answered"), "{err}");
+    assert!(err.contains("node 1 at 127.0.0.1:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn config_errors_exit_nonzero_with_the_file_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    let text = support::cluster_toml("bad", 2, dir.path(), None)
+        .replace("memory = \"1GiB\"", "memory = \"8GB\"");
+    std::fs::write(&path, text).unwrap();
+    let p = path.to_str().unwrap();
+    let check = |out: Output, wants: &[&str]| {
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        for w in wants {
+            assert!(err.contains(w), "missing {w:?} in: {err}");
+        }
+        assert!(
+            !err.contains("panicked") && !err.contains("backtrace"),
+            "{err}"
+        );
+    };
+    check(
+        arbor(&["node", "--config", p, "--node", "1"], Some("s")),
+        &["bad.toml", "8GiB"],
+    );
+
+    let good = support::cluster_toml("ok", 2, dir.path(), None);
+    std::fs::write(&path, good).unwrap();
+    check(
+        arbor(&["node", "--config", p, "--node", "9"], Some("s")),
+        &["bad.toml", "no node has id 9"],
+    );
+    check(
+        arbor(&["node", "--config", p, "--node", "1"], None),
+        &["no cluster secret", "ARBOR_CLUSTER_SECRET"],
+    );
+    check(
+        arbor(
+            &[
+                "node",
+                "--config",
+                "/nonexistent/cluster.toml",
+                "--node",
+                "1",
+            ],
+            Some("s"),
+        ),
+        &["cannot read /nonexistent/cluster.toml"],
+    );
+}
