@@ -1,0 +1,543 @@
+//! Raft messages between nodes over TCP.
+//!
+//! Each node listens on its raft address. For every peer it keeps one outbound connection fed
+//! by a bounded queue: [`Transport::send`] never waits (a full queue drops the message; Raft
+//! retransmits). Frames are a 4-byte big-endian length and a payload, refused above
+//! `max_frame_bytes` before anything is allocated. A connection starts with a handshake in
+//! which both sides prove they hold the cluster secret with HMAC-SHA256 over fresh nonces; the
+//! secret itself never crosses the wire.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use protobuf::Message as _;
+use raft::prelude::{Message, MessageType};
+use sha2::Sha256;
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::config::TransportConfig;
+use crate::state::NodeId;
+use crate::tasks::TaskGroup;
+
+const GREETING: &[u8] = b"ARBOR-RAFT/1";
+const NONCE: usize = 32;
+const TAG: usize = 32;
+
+/// What the transport hands to the node's Ready loop.
+#[derive(Debug)]
+pub enum NetEvent {
+    /// A raft message from a peer.
+    Raft(Box<Message>),
+    /// A snapshot message to `to` was written out (`ok`) or lost.
+    SnapshotSent { to: NodeId, ok: bool },
+    /// `to` could not be reached.
+    Unreachable { to: NodeId },
+}
+
+/// Transport failures (logged; they never reach the Ready loop as errors).
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("frame of {len} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { len: usize, limit: usize },
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("handshake refused: cluster secret mismatch ({0})")]
+    SecretMismatch(String),
+    #[error("undecodable raft message: {0}")]
+    Decode(#[from] protobuf::ProtobufError),
+}
+
+/// Reads one length-prefixed frame, refusing lengths above `limit`.
+pub async fn read_frame<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Vec<u8>, TransportError> {
+    let len = r.read_u32().await? as usize;
+    if len > limit {
+        return Err(TransportError::FrameTooLarge { len, limit });
+    }
+    let mut buf = vec![0u8; len];
+    r.read_exact(&mut buf).await?;
+    Ok(buf)
+}
+
+/// Writes one length-prefixed frame (not flushed).
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+    limit: usize,
+) -> Result<(), TransportError> {
+    if payload.len() > limit || payload.len() > u32::MAX as usize {
+        return Err(TransportError::FrameTooLarge {
+            len: payload.len(),
+            limit,
+        });
+    }
+    w.write_u32(payload.len() as u32).await?;
+    w.write_all(payload).await?;
+    Ok(())
+}
+
+fn tag(
+    secret: &[u8],
+    role: &[u8],
+    nonce_s: &[u8],
+    nonce_c: &[u8],
+    from: NodeId,
+    to: NodeId,
+) -> Hmac<Sha256> {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(role);
+    mac.update(nonce_s);
+    mac.update(nonce_c);
+    mac.update(&from.to_le_bytes());
+    mac.update(&to.to_le_bytes());
+    mac
+}
+
+/// Client side: proves the secret to the peer and checks the peer's proof.
+pub async fn client_handshake(
+    stream: &mut TcpStream,
+    me: NodeId,
+    peer: NodeId,
+    secret: &[u8],
+) -> Result<(), TransportError> {
+    let hello = read_frame(stream, 256).await?;
+    if hello.len() != GREETING.len() + NONCE || !hello.starts_with(GREETING) {
+        return Err(TransportError::Handshake(format!(
+            "peer did not greet as an arbor raft node ({} bytes)",
+            hello.len()
+        )));
+    }
+    let nonce_s = &hello[GREETING.len()..];
+    let nonce_c: [u8; NONCE] = rand::random();
+    let mac = tag(secret, b"client", nonce_s, &nonce_c, me, peer)
+        .finalize()
+        .into_bytes();
+    let mut reply = Vec::with_capacity(16 + NONCE + TAG);
+    reply.extend_from_slice(&me.to_le_bytes());
+    reply.extend_from_slice(&peer.to_le_bytes());
+    reply.extend_from_slice(&nonce_c);
+    reply.extend_from_slice(&mac);
+    write_frame(stream, &reply, 256).await?;
+    stream.flush().await?;
+    let answer = read_frame(stream, 1024).await?;
+    match answer.split_first() {
+        Some((1, proof)) => tag(secret, b"server", nonce_s, &nonce_c, me, peer)
+            .verify_slice(proof)
+            .map_err(|_| {
+                TransportError::SecretMismatch(
+                    "the peer could not prove it holds our cluster secret".into(),
+                )
+            }),
+        Some((0, reason)) => Err(TransportError::SecretMismatch(format!(
+            "peer said: {}",
+            String::from_utf8_lossy(reason)
+        ))),
+        _ => Err(TransportError::Handshake(
+            "malformed handshake answer".into(),
+        )),
+    }
+}
+
+/// Server side: checks the client's proof, answers with our own. Returns the client's id.
+pub async fn server_handshake(
+    stream: &mut TcpStream,
+    me: NodeId,
+    secret: &[u8],
+) -> Result<NodeId, TransportError> {
+    let nonce_s: [u8; NONCE] = rand::random();
+    let mut hello = GREETING.to_vec();
+    hello.extend_from_slice(&nonce_s);
+    write_frame(stream, &hello, 256).await?;
+    stream.flush().await?;
+    let m = read_frame(stream, 256).await?;
+    if m.len() != 16 + NONCE + TAG {
+        return Err(TransportError::Handshake(format!(
+            "handshake reply has {} bytes, expected {}",
+            m.len(),
+            16 + NONCE + TAG
+        )));
+    }
+    let from = u64::from_le_bytes(m[0..8].try_into().expect("8 bytes"));
+    let to = u64::from_le_bytes(m[8..16].try_into().expect("8 bytes"));
+    let nonce_c = &m[16..16 + NONCE];
+    let proof = &m[16 + NONCE..];
+    if tag(secret, b"client", &nonce_s, nonce_c, from, to)
+        .verify_slice(proof)
+        .is_err()
+    {
+        let _ = write_frame(stream, b"\0cluster secret mismatch", 1024).await;
+        let _ = stream.flush().await;
+        return Err(TransportError::SecretMismatch(format!(
+            "node {from} could not prove it holds the cluster secret"
+        )));
+    }
+    if to != me {
+        let reason = format!("\0this is node {me}, not node {to}");
+        let _ = write_frame(stream, reason.as_bytes(), 1024).await;
+        let _ = stream.flush().await;
+        return Err(TransportError::Handshake(format!(
+            "node {from} dialed node {to} but reached node {me}"
+        )));
+    }
+    let mut ok = vec![1u8];
+    ok.extend_from_slice(
+        &tag(secret, b"server", &nonce_s, nonce_c, from, to)
+            .finalize()
+            .into_bytes(),
+    );
+    write_frame(stream, &ok, 1024).await?;
+    stream.flush().await?;
+    Ok(from)
+}
+
+struct Peer {
+    addr: String,
+    queue: mpsc::Sender<Message>,
+}
+
+struct Inner {
+    me: NodeId,
+    secret: Arc<Vec<u8>>,
+    config: TransportConfig,
+    events: mpsc::Sender<NetEvent>,
+    tasks: TaskGroup,
+    /// Addresses from configuration; they win over learned ones.
+    configured: HashMap<NodeId, String>,
+    learned: Mutex<HashMap<NodeId, String>>,
+    peers: Mutex<HashMap<NodeId, Peer>>,
+    dropped: std::sync::atomic::AtomicU64,
+}
+
+/// The sending side of the transport; cheap to clone.
+#[derive(Clone)]
+pub struct Transport {
+    inner: Arc<Inner>,
+}
+
+impl Transport {
+    /// Starts accepting peers on `listener` and returns the sender.
+    pub fn start(
+        me: NodeId,
+        listener: TcpListener,
+        configured: HashMap<NodeId, String>,
+        secret: Vec<u8>,
+        config: TransportConfig,
+        events: mpsc::Sender<NetEvent>,
+        tasks: TaskGroup,
+    ) -> Transport {
+        let inner = Arc::new(Inner {
+            me,
+            secret: Arc::new(secret),
+            config,
+            events,
+            tasks: tasks.clone(),
+            configured,
+            learned: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            dropped: Default::default(),
+        });
+        tasks.spawn(accept_loop(inner.clone(), listener));
+        Transport { inner }
+    }
+
+    /// Remembers a peer address learned from the log (used unless configuration names one).
+    pub fn learn_address(&self, id: NodeId, addr: String) {
+        if id != self.inner.me {
+            self.inner.learned.lock().expect("lock").insert(id, addr);
+        }
+    }
+
+    /// Stops sending to a removed member.
+    pub fn forget(&self, id: NodeId) {
+        self.inner.peers.lock().expect("lock").remove(&id);
+        self.inner.learned.lock().expect("lock").remove(&id);
+    }
+
+    /// Messages dropped so far because a peer queue was full or a peer was unknown.
+    pub fn dropped(&self) -> u64 {
+        self.inner
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Queues messages for their peers; never waits.
+    pub fn send(&self, msgs: Vec<Message>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let mut peers = self.inner.peers.lock().expect("lock");
+        for m in msgs {
+            let to = m.to;
+            if !peers.contains_key(&to) {
+                let addr = self
+                    .inner
+                    .configured
+                    .get(&to)
+                    .cloned()
+                    .or_else(|| self.inner.learned.lock().expect("lock").get(&to).cloned());
+                let Some(addr) = addr else {
+                    debug!(to, "no address for raft peer; message dropped");
+                    self.inner
+                        .dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                };
+                let (tx, rx) = mpsc::channel(self.inner.config.peer_queue);
+                self.inner
+                    .tasks
+                    .spawn(peer_loop(self.inner.clone(), to, addr.clone(), rx));
+                peers.insert(to, Peer { addr, queue: tx });
+            }
+            let peer = peers.get(&to).expect("inserted above");
+            match peer.queue.try_send(m) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(m)) => {
+                    let n = self
+                        .inner
+                        .dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if n.is_multiple_of(1000) {
+                        debug!(to, addr = %peer.addr, "raft peer queue full; dropping messages");
+                    }
+                    if m.get_msg_type() == MessageType::MsgSnapshot {
+                        let _ = self
+                            .inner
+                            .events
+                            .try_send(NetEvent::SnapshotSent { to, ok: false });
+                    }
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    peers.remove(&to);
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, remote)) => {
+                let inner2 = inner.clone();
+                inner.tasks.spawn(async move {
+                    if let Err(e) = serve_peer(inner2.clone(), stream).await {
+                        match e {
+                            TransportError::SecretMismatch(_) | TransportError::Handshake(_) => {
+                                warn!(node = inner2.me, %remote, "raft connection refused: {e}")
+                            }
+                            _ => debug!(node = inner2.me, %remote, "raft connection closed: {e}"),
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                warn!(node = inner.me, "raft listener accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_peer(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), TransportError> {
+    stream.set_nodelay(true)?;
+    let from = tokio::time::timeout(
+        inner.config.handshake_timeout,
+        server_handshake(&mut stream, inner.me, &inner.secret),
+    )
+    .await
+    .map_err(|_| TransportError::Handshake("timed out".into()))??;
+    debug!(node = inner.me, from, "raft peer connected");
+    let mut reader = tokio::io::BufReader::new(stream);
+    loop {
+        let frame = read_frame(&mut reader, inner.config.max_frame_bytes).await?;
+        let msg = Message::parse_from_bytes(&frame)?;
+        if msg.from != from || msg.to != inner.me {
+            return Err(TransportError::Handshake(format!(
+                "node {from} sent a message from {} to {}",
+                msg.from, msg.to
+            )));
+        }
+        // Never block on the Ready loop: drop if it is saturated.
+        let _ = inner.events.try_send(NetEvent::Raft(Box::new(msg)));
+    }
+}
+
+async fn peer_loop(inner: Arc<Inner>, to: NodeId, addr: String, mut rx: mpsc::Receiver<Message>) {
+    let cfg = inner.config.clone();
+    let mut backoff = cfg.min_backoff;
+    let mut failures = 0u32;
+    loop {
+        let connected = async {
+            let mut s = TcpStream::connect(&addr).await?;
+            s.set_nodelay(true)?;
+            tokio::time::timeout(
+                cfg.handshake_timeout,
+                client_handshake(&mut s, inner.me, to, &inner.secret),
+            )
+            .await
+            .map_err(|_| TransportError::Handshake("timed out".into()))??;
+            Ok::<_, TransportError>(s)
+        }
+        .await;
+        match connected {
+            Ok(stream) => {
+                if failures > 0 {
+                    info!(node = inner.me, to, %addr, "raft peer reachable again");
+                }
+                failures = 0;
+                backoff = cfg.min_backoff;
+                match pump(&inner, to, stream, &mut rx).await {
+                    Ok(()) => return, // queue closed: peer forgotten
+                    Err(e) => debug!(node = inner.me, to, %addr, "raft send failed: {e}"),
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                match &e {
+                    TransportError::SecretMismatch(_) => {
+                        warn!(node = inner.me, to, %addr, "raft handshake refused: {e}")
+                    }
+                    _ if failures == 1 => {
+                        info!(node = inner.me, to, %addr, "raft peer unreachable: {e}")
+                    }
+                    _ => debug!(node = inner.me, to, %addr, "raft peer unreachable: {e}"),
+                }
+                let _ = inner.events.try_send(NetEvent::Unreachable { to });
+                // What is queued is stale by the time we reconnect.
+                loop {
+                    match rx.try_recv() {
+                        Ok(m) => {
+                            if m.get_msg_type() == MessageType::MsgSnapshot {
+                                let _ = inner
+                                    .events
+                                    .try_send(NetEvent::SnapshotSent { to, ok: false });
+                            }
+                        }
+                        Err(mpsc::error::TryRecvError::Empty) => break,
+                        Err(mpsc::error::TryRecvError::Disconnected) => return,
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(cfg.max_backoff);
+            }
+        }
+    }
+}
+
+/// Writes queued messages until the queue closes (`Ok`) or the connection fails.
+async fn pump(
+    inner: &Inner,
+    to: NodeId,
+    stream: TcpStream,
+    rx: &mut mpsc::Receiver<Message>,
+) -> Result<(), TransportError> {
+    let limit = inner.config.max_frame_bytes;
+    let mut w = BufWriter::with_capacity(256 * 1024, stream);
+    let mut snapshots = 0usize;
+    let result = async {
+        loop {
+            let Some(first) = rx.recv().await else {
+                return Ok(());
+            };
+            let mut next = Some(first);
+            while let Some(m) = next.take() {
+                let is_snap = m.get_msg_type() == MessageType::MsgSnapshot;
+                let bytes = m.write_to_bytes()?;
+                if bytes.len() > limit {
+                    warn!(
+                        node = inner.me,
+                        to,
+                        "raft {:?} of {} bytes exceeds max_frame_bytes {limit}; dropped",
+                        m.get_msg_type(),
+                        bytes.len()
+                    );
+                    if is_snap {
+                        let _ = inner
+                            .events
+                            .try_send(NetEvent::SnapshotSent { to, ok: false });
+                    }
+                } else {
+                    write_frame(&mut w, &bytes, limit).await?;
+                    snapshots += usize::from(is_snap);
+                }
+                next = rx.try_recv().ok();
+            }
+            w.flush().await?;
+            for _ in 0..std::mem::take(&mut snapshots) {
+                let _ = inner
+                    .events
+                    .try_send(NetEvent::SnapshotSent { to, ok: true });
+            }
+        }
+    }
+    .await;
+    if result.is_err() {
+        for _ in 0..snapshots {
+            let _ = inner
+                .events
+                .try_send(NetEvent::SnapshotSent { to, ok: false });
+        }
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn handshake_accepts_the_same_secret() {
+        let (mut c, mut s) = pair().await;
+        let (cr, sr) = tokio::join!(
+            client_handshake(&mut c, 1, 2, b"sesame"),
+            server_handshake(&mut s, 2, b"sesame")
+        );
+        cr.unwrap();
+        assert_eq!(sr.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn handshake_refuses_a_wrong_secret_on_both_sides() {
+        let (mut c, mut s) = pair().await;
+        let (cr, sr) = tokio::join!(
+            client_handshake(&mut c, 1, 2, b"wrong"),
+            server_handshake(&mut s, 2, b"sesame")
+        );
+        assert!(
+            matches!(cr, Err(TransportError::SecretMismatch(_))),
+            "{cr:?}"
+        );
+        assert!(
+            matches!(sr, Err(TransportError::SecretMismatch(_))),
+            "{sr:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_is_refused_before_allocation() {
+        let (mut c, mut s) = pair().await;
+        c.write_u32(u32::MAX).await.unwrap();
+        let err = read_frame(&mut s, 1024).await.unwrap_err();
+        assert!(
+            matches!(err, TransportError::FrameTooLarge { len, limit: 1024 } if len == u32::MAX as usize)
+        );
+    }
+}

@@ -1,0 +1,146 @@
+//! Real 3-node clusters (TCP on 127.0.0.1, redb files) surviving kills and restarts.
+
+mod common;
+
+use std::time::Duration;
+
+use arbor_scheduler::{
+    Bootstrap, Command, CommandOutcome, ObjectKind, ProposeError, Rejection, StateEvent,
+    state::DeploymentSpec,
+};
+use common::{Cluster, kv, put};
+
+const T: Duration = Duration::from_secs(15);
+
+fn deployment(name: &str) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.into(),
+        kind: "embedder".into(),
+        replicas: 1,
+        resources: Default::default(),
+        node_selector: Default::default(),
+        config: vec![],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proposals_from_any_node_apply_everywhere_and_rejections_come_back() {
+    let c = Cluster::start(3).await;
+    let leader = c.wait_leader(&[1, 2, 3], T).await;
+    let follower = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    let mut events = c.handle(leader).subscribe();
+
+    // Proposed on a follower: forwarded, applied, answered.
+    let out = c
+        .handle(follower)
+        .propose(Command::CreateDeployment(deployment("emb")))
+        .await
+        .unwrap();
+    assert_eq!(out, CommandOutcome::DeploymentVersion(1));
+    // The same again is rejected with its reason, on whichever node proposes it.
+    let err = c
+        .handle(leader)
+        .propose(Command::CreateDeployment(deployment("emb")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProposeError::Rejected(Rejection::AlreadyExists {
+            kind: ObjectKind::Deployment,
+            name: "emb".into()
+        })
+    );
+    // The watcher on the leader saw both, in order.
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(T, events.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            StateEvent::Applied { result, .. } => seen.push(result.is_ok()),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, vec![true, false]);
+    // Linearizable reads on every node see the deployment.
+    for id in 1..=3 {
+        let n = c.handle(id).read(|s| s.deployments.len()).await.unwrap();
+        assert_eq!(n, 1, "node {id}");
+    }
+    let status = c.handle(leader).status().await.unwrap();
+    assert_eq!(status.leader, Some(leader));
+    assert_eq!(status.voters.len(), 3);
+    assert!(status.voters.iter().all(|v| v.matched.is_some()));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_new_leader_elected_writes_resume_and_old_leader_catches_up() {
+    let mut c = Cluster::start(3).await;
+    let old = c.wait_leader(&[1, 2, 3], T).await;
+    c.handle(old).propose(put("a", "1")).await.unwrap();
+    c.kill(old).await;
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != old).collect();
+    let new = c.wait_leader(&rest, T).await;
+    assert_ne!(new, old);
+    c.handle(rest[0]).propose(put("a", "2")).await.unwrap();
+    c.handle(rest[1]).propose(put("b", "3")).await.unwrap();
+    // The killed leader restarts from its files and catches up.
+    c.start_node(old, Bootstrap::Voters(vec![1, 2, 3])).await;
+    let commit = c.handle(new).status().await.unwrap().commit;
+    c.wait_applied(old, commit, T).await;
+    assert_eq!(kv(&c.handle(old), "a").await.as_deref(), Some("2"));
+    assert_eq!(kv(&c.handle(old), "b").await.as_deref(), Some("3"));
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follower_killed_and_restarted_catches_up() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader(&[1, 2, 3], T).await;
+    let f = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
+    c.kill(f).await;
+    for i in 0..50 {
+        c.handle(leader)
+            .propose(put(&format!("k{i}"), &i.to_string()))
+            .await
+            .unwrap();
+    }
+    c.start_node(f, Bootstrap::Voters(vec![1, 2, 3])).await;
+    let commit = c.handle(leader).status().await.unwrap().commit;
+    c.wait_applied(f, commit, T).await;
+    let n = c.handle(f).read(|s| s.kv.len()).await.unwrap();
+    assert_eq!(n, 50);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_killed_and_restarted_keeps_its_state() {
+    let mut c = Cluster::start(3).await;
+    c.wait_leader(&[1, 2, 3], T).await;
+    let h = c.handle(2);
+    for i in 0..30 {
+        h.propose(put(&format!("k{i}"), &i.to_string()))
+            .await
+            .unwrap();
+    }
+    h.propose(Command::CreateDeployment(deployment("emb")))
+        .await
+        .unwrap();
+    let before = h.read_state().await.unwrap();
+    for id in 1..=3 {
+        c.kill(id).await;
+    }
+    for id in 1..=3 {
+        c.start_node(id, Bootstrap::Voters(vec![1, 2, 3])).await;
+    }
+    c.wait_leader(&[1, 2, 3], T).await;
+    for id in 1..=3 {
+        let after = c.handle(id).read_state().await.unwrap();
+        assert_eq!(after, before, "node {id} lost state across a full restart");
+    }
+    // And the restarted cluster still takes writes.
+    c.handle(3).propose(put("after", "yes")).await.unwrap();
+    c.shutdown().await;
+}
