@@ -468,6 +468,7 @@ impl RaftNode {
             config,
             promotion_seq: rand::random::<u64>() >> 1,
             applied_dirty: false,
+            warned_data_loss: false,
         };
         let driver = tasks.spawn(driver.run(rx, net_rx));
         Ok(RaftNode {
@@ -528,6 +529,7 @@ struct Driver {
     config: NodeConfig,
     promotion_seq: u64,
     applied_dirty: bool,
+    warned_data_loss: bool,
 }
 
 /// Most requests handled between two Ready rounds (bounds latency under load).
@@ -585,7 +587,23 @@ impl Driver {
 
     fn handle_net(&mut self, e: NetEvent) {
         match e {
-            NetEvent::Raft(m) => {
+            NetEvent::Raft(mut m) => {
+                let last = self.raw.raft.raft_log.last_index();
+                if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last {
+                    // The leader believes we hold entries we do not have: this node's data
+                    // was lost. raft would abort on it; answer as a node with our log, so the
+                    // leader probes back and sends a snapshot.
+                    if !self.warned_data_loss {
+                        warn!(
+                            node = self.id,
+                            leader_commit = m.commit,
+                            local_last = last,
+                            "leader expects log entries this node does not have (data dir wiped?); catching up by snapshot"
+                        );
+                        self.warned_data_loss = true;
+                    }
+                    m.commit = last;
+                }
                 if let Err(e) = self.raw.step(*m) {
                     debug!(node = self.id, "raft step: {e}");
                 }
@@ -783,8 +801,10 @@ impl Driver {
                 );
                 self.leader = ss.leader_id;
                 if ss.leader_id != 0 {
-                    // Proposals in flight to the old leader may be lost: propose them again.
+                    // Proposals in flight to the old leader may be lost: propose them again
+                    // (those whose proposer gave up are dropped instead).
                     let mut pending = std::mem::take(&mut self.pending);
+                    pending.retain(|_, p| !p.reply.is_closed());
                     for p in pending.values_mut() {
                         self.try_propose(p);
                     }

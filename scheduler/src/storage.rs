@@ -453,8 +453,19 @@ impl raft::Storage for RedbStorage {
         Ok(self.last())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.snapshot_index() < request_index || self.snapshot_index() == 0 {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // raft refuses a snapshot whose configuration does not list the receiver (a learner
+        // added after the stored snapshot): ask the node for a fresh one.
+        let cs = self.snapshot.get_metadata().get_conf_state();
+        let lists_receiver = [
+            &cs.voters,
+            &cs.learners,
+            &cs.voters_outgoing,
+            &cs.learners_next,
+        ]
+        .iter()
+        .any(|ids| ids.contains(&to));
+        if self.snapshot_index() < request_index || self.snapshot_index() == 0 || !lists_receiver {
             self.wants_snapshot.set(true);
             return Err(raft::Error::Store(
                 StorageError::SnapshotTemporarilyUnavailable,
