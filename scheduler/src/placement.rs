@@ -1,0 +1,1 @@
+//! Placement: which node runs which replica.
