@@ -452,8 +452,8 @@ impl Resources {
         ]
     }
 
-    /// Human form of one dimension's amount.
-    fn show(&self, kind: &ResourceKind) -> String {
+    /// Human form of one dimension's amount: "500m" for cpu, "8GiB" for memory.
+    pub fn amount_of(&self, kind: &ResourceKind) -> String {
         match kind {
             ResourceKind::Cpu => self.cpu.to_string(),
             ResourceKind::Memory => self.memory.to_string(),
@@ -499,8 +499,8 @@ impl Resources {
     /// The sum, or which dimension overflowed. Zero custom entries are dropped.
     pub fn checked_add(&self, other: &Resources) -> Result<Resources, ResourceError> {
         let overflow = |kind: ResourceKind| ResourceError::Overflow {
-            left: self.show(&kind),
-            right: other.show(&kind),
+            left: self.amount_of(&kind),
+            right: other.amount_of(&kind),
             resource: kind,
         };
         let mut custom = self.custom.clone();
@@ -549,8 +549,8 @@ impl Resources {
     pub fn checked_sub(&self, request: &Resources) -> Result<Resources, ResourceError> {
         if let Some(kind) = self.shortfall(request) {
             return Err(ResourceError::Insufficient {
-                requested: request.show(&kind),
-                available: self.show(&kind),
+                requested: request.amount_of(&kind),
+                available: self.amount_of(&kind),
                 resource: kind,
             });
         }
