@@ -239,8 +239,6 @@ struct NodeState<'a> {
     schedulable: bool,
     /// Load, higher is fuller: dominant share in the high half, sum of shares in the low.
     load: u64,
-    /// The run in which this node last failed the run's shape.
-    rejected_in: u64,
 }
 
 impl NodeState<'_> {
@@ -269,6 +267,18 @@ struct Undo {
     hosted: Option<(u32, usize)>,
 }
 
+/// What makes two requests fail on the same nodes: resources, constraints and, under
+/// anti-affinity, the deployment.
+type ShapeKey<'a> = (&'a Resources, &'a [LabelConstraint], Option<&'a str>);
+
+fn shape_key(request: &ReplicaRequest) -> ShapeKey<'_> {
+    (
+        &request.resources,
+        &request.constraints,
+        request.anti_affinity.then_some(request.deployment.as_str()),
+    )
+}
+
 /// The mutable working state of one [`place`] call.
 struct Placer<'a> {
     nodes: Vec<NodeState<'a>>,
@@ -278,6 +288,12 @@ struct Placer<'a> {
     /// (deployment, node position) pairs with a replica, for anti-affinity.
     hosted: HashSet<(u32, usize)>,
     run: u64,
+    /// Per node, the run in which it last failed that run's shape.
+    rejected_in: Vec<u64>,
+    /// Shapes no node could take. Free capacity only shrinks during a call (a failed gang
+    /// restores exactly what it took, and gangs never add here), so they stay unplaceable and
+    /// later requests of the same shape are answered without another scan.
+    dead: HashMap<ShapeKey<'a>, NoFit>,
 }
 
 impl<'a> Placer<'a> {
@@ -289,6 +305,8 @@ impl<'a> Placer<'a> {
             deployments: HashMap::new(),
             hosted: HashSet::new(),
             run: 0,
+            rejected_in: vec![0; views.len()],
+            dead: HashMap::new(),
         };
         for (pos, view) in views.iter().enumerate() {
             let free_res = view.capacity.saturating_sub(&view.used);
@@ -307,7 +325,6 @@ impl<'a> Placer<'a> {
                 gpus,
                 schedulable: view.ready && !view.draining,
                 load: 0,
-                rejected_in: 0,
             };
             node.compute_load();
             placer.nodes.push(node);
@@ -352,66 +369,22 @@ impl<'a> Placer<'a> {
         }
     }
 
-    /// The first reason this node cannot take `request` now, if any.
-    fn reject(&self, pos: usize, request: &ReplicaRequest, deployment: u32) -> Option<Rejection> {
-        let node = &self.nodes[pos];
-        if !node.view.ready {
-            return Some(Rejection::NotReady);
-        }
-        if node.view.draining {
-            return Some(Rejection::Draining);
-        }
-        if let Some(c) = request
-            .constraints
-            .iter()
-            .find(|c| !c.matches(&node.view.labels))
-        {
-            return Some(Rejection::Constraint(c.clone()));
-        }
-        if request.anti_affinity && self.hosted.contains(&(deployment, pos)) {
-            return Some(Rejection::AntiAffinity);
-        }
-        const KINDS: [ResourceKind; 5] = [
-            ResourceKind::Cpu,
-            ResourceKind::Memory,
-            ResourceKind::Gpu,
-            ResourceKind::GpuMemory,
-            ResourceKind::Ipu,
-        ];
-        let want = request.resources.fixed();
-        if let Some(d) = (0..5).find(|&d| want[d] > node.free[d]) {
-            return Some(Rejection::Insufficient(KINDS[d].clone()));
-        }
-        if let Some((name, _)) = request
-            .resources
-            .custom
-            .iter()
-            .find(|(name, amount)| **amount > node.custom_free.get(*name).copied().unwrap_or(0))
-        {
-            return Some(Rejection::Insufficient(ResourceKind::Custom(name.clone())));
-        }
-        if want[GPU] > 0 && choose_gpus(&node.gpus, want[GPU]).is_none() {
-            let total: u64 = node.gpus.iter().map(|g| g.1).sum();
-            return Some(if total >= want[GPU] {
-                Rejection::GpuFragmented
-            } else {
-                Rejection::Insufficient(ResourceKind::Gpu)
-            });
-        }
-        None
-    }
-
     /// Places a run of same-shape requests. Returns the placements made and, if it stopped
     /// early, the index of the first request that failed with the diagnosis. With `undo`, each
     /// placement is logged so a gang can take it back.
     fn place_run(
         &mut self,
-        run: &[&ReplicaRequest],
+        run: &[&'a ReplicaRequest],
         mut undo: Option<&mut Vec<Undo>>,
     ) -> (Vec<Placement>, Option<(usize, NoFit)>) {
         let Some(first) = run.first() else {
             return (Vec::new(), None);
         };
+        if let Some(cause) = self.dead.get(&shape_key(first)) {
+            let mut cause = cause.clone();
+            cause.deployment.clone_from(&first.deployment);
+            return (Vec::new(), Some((0, cause)));
+        }
         self.run += 1;
         let stamp = self.run;
         let strategy = first.strategy;
@@ -424,39 +397,40 @@ impl<'a> Placer<'a> {
 
         for (i, request) in run.iter().enumerate() {
             let mut candidate: Option<Slot> = None;
-            loop {
-                let index = match strategy {
-                    Strategy::Spread => &self.spread,
-                    Strategy::Pack => &self.pack,
-                };
-                let lower = cursor.map_or(Bound::Unbounded, Bound::Excluded);
-                let Some(&slot) = index.range((lower, Bound::Unbounded)).next() else {
-                    break;
-                };
+            let index = match strategy {
+                Strategy::Spread => &self.spread,
+                Strategy::Pack => &self.pack,
+            };
+            let lower = cursor.map_or(Bound::Unbounded, Bound::Excluded);
+            for &slot in index.range((lower, Bound::Unbounded)) {
                 let pos = slot.2;
-                if self.nodes[pos].rejected_in != stamp
-                    && self.reject(pos, request, deployment).is_none()
+                if self.rejected_in[pos] != stamp
+                    && check(&self.nodes, &self.hosted, pos, request, deployment).is_none()
                 {
                     candidate = Some(slot);
                     break;
                 }
-                self.nodes[pos].rejected_in = stamp;
+                self.rejected_in[pos] = stamp;
                 cursor = Some(slot);
             }
             if let Some(pos) = last
-                && self.nodes[pos].rejected_in != stamp
+                && self.rejected_in[pos] != stamp
             {
-                if self.reject(pos, request, deployment).is_none() {
+                if check(&self.nodes, &self.hosted, pos, request, deployment).is_none() {
                     let slot = self.slot(pos, strategy);
                     if candidate.is_none_or(|c| slot < c) {
                         candidate = Some(slot);
                     }
                 } else {
-                    self.nodes[pos].rejected_in = stamp;
+                    self.rejected_in[pos] = stamp;
                 }
             }
             let Some((_, _, pos)) = candidate else {
-                return (placed, Some((i, self.diagnose(request, deployment))));
+                let cause = self.diagnose(request, deployment);
+                if undo.is_none() {
+                    self.dead.insert(shape_key(request), cause.clone());
+                }
+                return (placed, Some((i, cause)));
             };
             let placement = self.assign(pos, request, deployment, undo.as_deref_mut());
             placed.push(placement);
@@ -543,7 +517,7 @@ impl<'a> Placer<'a> {
     }
 
     /// Places every member of a gang, or none of them.
-    fn place_gang(&mut self, gang: &str, members: &[&ReplicaRequest], plan: &mut PlacementPlan) {
+    fn place_gang(&mut self, gang: &str, members: &[&'a ReplicaRequest], plan: &mut PlacementPlan) {
         let mut log = Vec::new();
         let mut placed = Vec::with_capacity(members.len());
         let mut start = 0;
@@ -578,8 +552,8 @@ impl<'a> Placer<'a> {
     fn diagnose(&self, request: &ReplicaRequest, deployment: u32) -> NoFit {
         let mut counts: BTreeMap<Rejection, usize> = BTreeMap::new();
         for pos in 0..self.nodes.len() {
-            if let Some(r) = self.reject(pos, request, deployment) {
-                *counts.entry(r).or_default() += 1;
+            if let Some(c) = check(&self.nodes, &self.hosted, pos, request, deployment) {
+                *counts.entry(c.to_rejection()).or_default() += 1;
             }
         }
         NoFit::new(
@@ -589,6 +563,90 @@ impl<'a> Placer<'a> {
             counts,
         )
     }
+}
+
+/// The first filter node `pos` fails for `request`, borrowing from the request so the hot
+/// scan allocates nothing.
+#[derive(Debug, Clone, Copy)]
+enum Check<'r> {
+    NotReady,
+    Draining,
+    Constraint(&'r LabelConstraint),
+    AntiAffinity,
+    Insufficient(usize),
+    InsufficientCustom(&'r str),
+    GpuFragmented,
+}
+
+impl Check<'_> {
+    fn to_rejection(self) -> Rejection {
+        const KINDS: [ResourceKind; 5] = [
+            ResourceKind::Cpu,
+            ResourceKind::Memory,
+            ResourceKind::Gpu,
+            ResourceKind::GpuMemory,
+            ResourceKind::Ipu,
+        ];
+        match self {
+            Check::NotReady => Rejection::NotReady,
+            Check::Draining => Rejection::Draining,
+            Check::Constraint(c) => Rejection::Constraint(c.clone()),
+            Check::AntiAffinity => Rejection::AntiAffinity,
+            Check::Insufficient(d) => Rejection::Insufficient(KINDS[d].clone()),
+            Check::InsufficientCustom(name) => {
+                Rejection::Insufficient(ResourceKind::Custom(name.to_owned()))
+            }
+            Check::GpuFragmented => Rejection::GpuFragmented,
+        }
+    }
+}
+
+/// Runs the filters in order on node `pos`: `None` means it can take `request` now.
+fn check<'r>(
+    nodes: &[NodeState<'_>],
+    hosted: &HashSet<(u32, usize)>,
+    pos: usize,
+    request: &'r ReplicaRequest,
+    deployment: u32,
+) -> Option<Check<'r>> {
+    let node = &nodes[pos];
+    if !node.view.ready {
+        return Some(Check::NotReady);
+    }
+    if node.view.draining {
+        return Some(Check::Draining);
+    }
+    if let Some(c) = request
+        .constraints
+        .iter()
+        .find(|c| !c.matches(&node.view.labels))
+    {
+        return Some(Check::Constraint(c));
+    }
+    if request.anti_affinity && hosted.contains(&(deployment, pos)) {
+        return Some(Check::AntiAffinity);
+    }
+    let want = request.resources.fixed();
+    if let Some(d) = (0..5).find(|&d| want[d] > node.free[d]) {
+        return Some(Check::Insufficient(d));
+    }
+    if let Some((name, _)) = request
+        .resources
+        .custom
+        .iter()
+        .find(|(name, amount)| **amount > node.custom_free.get(*name).copied().unwrap_or(0))
+    {
+        return Some(Check::InsufficientCustom(name));
+    }
+    if want[GPU] > 0 && choose_gpus(&node.gpus, want[GPU]).is_none() {
+        let total: u64 = node.gpus.iter().map(|g| g.1).sum();
+        return Some(if total >= want[GPU] {
+            Check::GpuFragmented
+        } else {
+            Check::Insufficient(GPU)
+        });
+    }
+    None
 }
 
 /// Picks devices for `want` hundredths of GPU: whole devices nobody holds (lowest indices
