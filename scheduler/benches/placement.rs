@@ -20,7 +20,7 @@ const REPLICAS: u32 = 10_000;
 fn cluster() -> Vec<NodeView> {
     (1..=NODES)
         .map(|id| {
-            let gpus = if id % 10 == 0 { 8 } else { 0 };
+            let gpus = if id.is_multiple_of(10) { 8 } else { 0 };
             let mut node = NodeView {
                 id,
                 capacity: Resources {
@@ -30,8 +30,8 @@ fn cluster() -> Vec<NodeView> {
                     gpu_memory: Bytes::gib(80 * gpus),
                     ..Resources::default()
                 },
-                ready: id % 97 != 0,
-                draining: id % 101 == 0,
+                ready: !id.is_multiple_of(97),
+                draining: id.is_multiple_of(101),
                 gpus: (0..gpus as u32)
                     .map(|index| GpuDevice {
                         index,
@@ -41,7 +41,7 @@ fn cluster() -> Vec<NodeView> {
                 ..NodeView::default()
             };
             node.labels.insert("zone".into(), format!("z{}", id % 4));
-            if id % 2 == 0 {
+            if id.is_multiple_of(2) {
                 node.used.cpu = Millicores((id * 37) % 16_000);
                 node.used.memory = Bytes::mib((id * 53) % 65_536);
             }
@@ -83,7 +83,7 @@ fn requests(deployments: u32) -> Vec<ReplicaRequest> {
                 replica,
                 resources: resources.clone(),
                 constraints: constraints.clone(),
-                strategy: if d % 2 == 0 {
+                strategy: if d.is_multiple_of(2) {
                     Strategy::Spread
                 } else {
                     Strategy::Pack

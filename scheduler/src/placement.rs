@@ -292,7 +292,8 @@ struct Placer<'a> {
     rejected_in: Vec<u64>,
     /// Shapes no node could take. Free capacity only shrinks during a call (a failed gang
     /// restores exactly what it took, and gangs never add here), so they stay unplaceable and
-    /// later requests of the same shape are answered without another scan.
+    /// later requests of the same shape are answered without another scan. Their reason is the
+    /// one found first: every node it lists as short of something is still short of it.
     dead: HashMap<ShapeKey<'a>, NoFit>,
 }
 

@@ -158,7 +158,7 @@ fn scale(
     };
     let scaled = decimal.mantissa.checked_mul(factor).ok_or_else(too_large)?;
     let divisor = 10u128.pow(decimal.decimals);
-    if scaled % divisor != 0 {
+    if !scaled.is_multiple_of(divisor) {
         return Err(ResourceError::TooPrecise {
             resource: info.resource,
             value: value.to_owned(),
@@ -219,7 +219,7 @@ impl FromStr for Millicores {
 
 impl fmt::Display for Millicores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}", self.0 / 1000)
         } else {
             write!(f, "{}m", self.0)
@@ -354,7 +354,7 @@ impl fmt::Display for GpuAmount {
         let (whole, frac) = (self.0 / Self::PER_DEVICE, self.0 % Self::PER_DEVICE);
         match frac {
             0 => write!(f, "{whole}"),
-            f10 if f10 % 10 == 0 => write!(f, "{whole}.{}", f10 / 10),
+            f10 if f10.is_multiple_of(10) => write!(f, "{whole}.{}", f10 / 10),
             _ => write!(f, "{whole}.{frac:02}"),
         }
     }
