@@ -279,11 +279,34 @@ fn shape_key(request: &ReplicaRequest) -> ShapeKey<'_> {
     )
 }
 
+/// The schedulable nodes that pass a static filter, in the order of each strategy.
+#[derive(Default)]
+struct NodeIndex {
+    /// Least loaded first, then by id.
+    spread: BTreeSet<Slot>,
+    /// Most loaded first, then by id.
+    pack: BTreeSet<Slot>,
+}
+
+/// A static filter: label constraints (labels do not change during a call) and whether the
+/// node has GPU devices at all.
+type FilterKey<'a> = (&'a [LabelConstraint], bool);
+
+/// Indexes for distinct constraint lists beyond this many are not built; such requests walk
+/// the unconstrained index and test labels node by node. This bounds the work each
+/// placement spends keeping indexes current.
+const MAX_INDEXES: usize = 64;
+
 /// The mutable working state of one [`place`] call.
 struct Placer<'a> {
     nodes: Vec<NodeState<'a>>,
-    spread: BTreeSet<Slot>,
-    pack: BTreeSet<Slot>,
+    /// One index per static filter met so far, built on first use, so a request scans only
+    /// nodes that can match it (a GPU request never walks past CPU-only nodes, a zone-bound one
+    /// never past other zones) and each decision costs O(log nodes).
+    indexes: Vec<NodeIndex>,
+    index_of: HashMap<FilterKey<'a>, usize>,
+    /// Per node, the indexes that hold it.
+    member_of: Vec<Vec<usize>>,
     deployments: HashMap<String, u32>,
     /// (deployment, node position) pairs with a replica, for anti-affinity.
     hosted: HashSet<(u32, usize)>,
@@ -301,8 +324,9 @@ impl<'a> Placer<'a> {
     fn new(views: &'a [NodeView]) -> Self {
         let mut placer = Placer {
             nodes: Vec::with_capacity(views.len()),
-            spread: BTreeSet::new(),
-            pack: BTreeSet::new(),
+            indexes: Vec::new(),
+            index_of: HashMap::new(),
+            member_of: vec![Vec::new(); views.len()],
             deployments: HashMap::new(),
             hosted: HashSet::new(),
             run: 0,
@@ -333,7 +357,6 @@ impl<'a> Placer<'a> {
                 let id = placer.deployment_id(name);
                 placer.hosted.insert((id, pos));
             }
-            placer.index_insert(pos);
         }
         placer
     }
@@ -356,17 +379,51 @@ impl<'a> Placer<'a> {
         (key, node.view.id, pos)
     }
 
+    /// The index for this filter, built on first use.
+    fn index_for(&mut self, constraints: &'a [LabelConstraint], gpu: bool) -> usize {
+        if let Some(&i) = self.index_of.get(&(constraints, gpu)) {
+            return i;
+        }
+        if !constraints.is_empty() && self.indexes.len() >= MAX_INDEXES {
+            return self.index_for(&[], gpu);
+        }
+        let i = self.indexes.len();
+        let mut index = NodeIndex::default();
+        for pos in 0..self.nodes.len() {
+            let node = &self.nodes[pos];
+            if node.schedulable
+                && (!gpu || !node.gpus.is_empty())
+                && constraints.iter().all(|c| c.matches(&node.view.labels))
+            {
+                index.spread.insert(self.slot(pos, Strategy::Spread));
+                index.pack.insert(self.slot(pos, Strategy::Pack));
+                self.member_of[pos].push(i);
+            }
+        }
+        self.indexes.push(index);
+        self.index_of.insert((constraints, gpu), i);
+        i
+    }
+
     fn index_insert(&mut self, pos: usize) {
-        if self.nodes[pos].schedulable {
-            self.spread.insert(self.slot(pos, Strategy::Spread));
-            self.pack.insert(self.slot(pos, Strategy::Pack));
+        let (spread, pack) = (
+            self.slot(pos, Strategy::Spread),
+            self.slot(pos, Strategy::Pack),
+        );
+        for &i in &self.member_of[pos] {
+            self.indexes[i].spread.insert(spread);
+            self.indexes[i].pack.insert(pack);
         }
     }
 
     fn index_remove(&mut self, pos: usize) {
-        if self.nodes[pos].schedulable {
-            self.spread.remove(&self.slot(pos, Strategy::Spread));
-            self.pack.remove(&self.slot(pos, Strategy::Pack));
+        let (spread, pack) = (
+            self.slot(pos, Strategy::Spread),
+            self.slot(pos, Strategy::Pack),
+        );
+        for &i in &self.member_of[pos] {
+            self.indexes[i].spread.remove(&spread);
+            self.indexes[i].pack.remove(&pack);
         }
     }
 
@@ -378,7 +435,7 @@ impl<'a> Placer<'a> {
         run: &[&'a ReplicaRequest],
         mut undo: Option<&mut Vec<Undo>>,
     ) -> (Vec<Placement>, Option<(usize, NoFit)>) {
-        let Some(first) = run.first() else {
+        let Some(&first) = run.first() else {
             return (Vec::new(), None);
         };
         if let Some(cause) = self.dead.get(&shape_key(first)) {
@@ -389,6 +446,7 @@ impl<'a> Placer<'a> {
         self.run += 1;
         let stamp = self.run;
         let strategy = first.strategy;
+        let filter = self.index_for(&first.constraints, !first.resources.gpu.is_zero());
         let deployment = self.deployment_id(&first.deployment);
         // Every slot at or before the cursor is rejected for this run, except possibly the
         // node placed on last (pack moves it forward as it fills).
@@ -399,14 +457,14 @@ impl<'a> Placer<'a> {
         for (i, request) in run.iter().enumerate() {
             let mut candidate: Option<Slot> = None;
             let index = match strategy {
-                Strategy::Spread => &self.spread,
-                Strategy::Pack => &self.pack,
+                Strategy::Spread => &self.indexes[filter].spread,
+                Strategy::Pack => &self.indexes[filter].pack,
             };
             let lower = cursor.map_or(Bound::Unbounded, Bound::Excluded);
             for &slot in index.range((lower, Bound::Unbounded)) {
                 let pos = slot.2;
                 if self.rejected_in[pos] != stamp
-                    && check(&self.nodes, &self.hosted, pos, request, deployment).is_none()
+                    && admits(&self.nodes, &self.hosted, pos, request, deployment)
                 {
                     candidate = Some(slot);
                     break;
@@ -417,7 +475,7 @@ impl<'a> Placer<'a> {
             if let Some(pos) = last
                 && self.rejected_in[pos] != stamp
             {
-                if check(&self.nodes, &self.hosted, pos, request, deployment).is_none() {
+                if admits(&self.nodes, &self.hosted, pos, request, deployment) {
                     let slot = self.slot(pos, strategy);
                     if candidate.is_none_or(|c| slot < c) {
                         candidate = Some(slot);
@@ -648,6 +706,33 @@ fn check<'r>(
         });
     }
     None
+}
+
+/// Whether node `pos` can take `request` now: the same verdict as `check(..).is_none()`,
+/// with the cheap integer comparisons first and the label lookups last, for the hot scan.
+fn admits(
+    nodes: &[NodeState<'_>],
+    hosted: &HashSet<(u32, usize)>,
+    pos: usize,
+    request: &ReplicaRequest,
+    deployment: u32,
+) -> bool {
+    let node = &nodes[pos];
+    let want = request.resources.fixed();
+    node.view.ready
+        && !node.view.draining
+        && (0..5).all(|d| want[d] <= node.free[d])
+        && request
+            .resources
+            .custom
+            .iter()
+            .all(|(name, amount)| *amount <= node.custom_free.get(name).copied().unwrap_or(0))
+        && !(request.anti_affinity && hosted.contains(&(deployment, pos)))
+        && (want[GPU] == 0 || choose_gpus(&node.gpus, want[GPU]).is_some())
+        && request
+            .constraints
+            .iter()
+            .all(|c| c.matches(&node.view.labels))
 }
 
 /// Picks devices for `want` hundredths of GPU: whole devices nobody holds (lowest indices

@@ -327,6 +327,35 @@ fn pending_reasons_for_other_filters() {
 }
 
 #[test]
+fn more_distinct_constraints_than_indexes_still_match_labels() {
+    let zones = MAX_INDEXES as u64 + 10;
+    let nodes: Vec<NodeView> = (0..zones)
+        .map(|z| {
+            let mut n = node(z + 1, 4, 8);
+            n.labels.insert("zone".into(), format!("z{z}"));
+            n
+        })
+        .collect();
+    // Reverse order, so the unconstrained index (by id) would put most of them wrong.
+    let requests: Vec<ReplicaRequest> = (0..zones)
+        .rev()
+        .map(|z| {
+            let mut r = request(&format!("d{z}"), 0, 100, 64);
+            r.constraints = vec![LabelConstraint::Equal {
+                key: "zone".into(),
+                value: format!("z{z}"),
+            }];
+            r
+        })
+        .collect();
+    let plan = place(&nodes, &requests);
+    assert!(plan.pending.is_empty());
+    for p in &plan.placements {
+        assert_eq!(format!("d{}", p.node - 1), p.deployment);
+    }
+}
+
+#[test]
 fn custom_resources_are_never_overcommitted() {
     let mut nodes = vec![node(1, 4, 8), node(2, 4, 8)];
     nodes[1].capacity.custom.insert("fpga".into(), 2);
