@@ -13,10 +13,16 @@
 //! * a gang is placed entirely or not at all;
 //! * ties are broken by node id, so the same input always gives the same answer.
 //!
-//! Cost: each decision is O(log nodes) through two ordered indexes of node load (one per
-//! strategy). Consecutive requests with the same shape (deployment and spec) form a run, and
-//! a node that cannot take the shape is skipped once per run, not once per replica: within a
-//! run free capacity only shrinks, so a node that failed stays failed.
+//! "Load" is a node's dominant share (the largest used/capacity fraction over cpu, memory,
+//! gpu, gpu memory and ipu), with the sum of those fractions breaking ties, then the node id.
+//!
+//! Cost: nodes sit in ordered indexes by load, one pair (spread, pack) per static filter
+//! (label constraints, "has GPUs") met so far, so a request walks only nodes that can match
+//! it. Consecutive requests with the same shape (deployment and spec) form a run, and a node
+//! that cannot take the shape is skipped once per run, not once per replica: within a run
+//! free capacity only shrinks, so a node that failed stays failed. A decision costs
+//! O(log nodes) plus the nodes it rejects, and each placement updates the indexes holding
+//! its node. A shape that fits nowhere is remembered for the rest of the call.
 
 mod reason;
 
@@ -26,7 +32,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-use crate::resources::{GpuAmount, ResourceKind, Resources};
+use crate::resources::{GpuAmount, ResourceError, ResourceKind, Resources};
 
 pub use reason::{NoFit, PendingReason, Rejection};
 
@@ -57,6 +63,80 @@ pub struct NodeView {
     pub gpus: Vec<GpuDevice>,
     /// Deployments that already have a replica here, for anti-affinity.
     pub hosted: BTreeSet<String>,
+}
+
+impl NodeView {
+    /// Re-checks one decision against this node's current state and, if it still holds,
+    /// takes its resources, GPU shares and anti-affinity mark. This is what the state machine
+    /// does when it applies a batch decided earlier: a stale decision is rejected with the
+    /// first filter it now fails, never overcommitted. On error the node is unchanged.
+    pub fn admit(&mut self, request: &ReplicaRequest, gpus: &[GpuShare]) -> Result<(), Rejection> {
+        if !self.ready {
+            return Err(Rejection::NotReady);
+        }
+        if self.draining {
+            return Err(Rejection::Draining);
+        }
+        if let Some(c) = request
+            .constraints
+            .iter()
+            .find(|c| !c.matches(&self.labels))
+        {
+            return Err(Rejection::Constraint(c.clone()));
+        }
+        if request.anti_affinity && self.hosted.contains(&request.deployment) {
+            return Err(Rejection::AntiAffinity);
+        }
+        let free = self.capacity.saturating_sub(&self.used);
+        if let Some(kind) = free.shortfall(&request.resources) {
+            return Err(Rejection::Insufficient(kind));
+        }
+        // The devices must have the shape `place` gives: `whole` devices held alone, plus at
+        // most one device holding the fraction.
+        let want = request.resources.gpu.hundredths();
+        let (whole, fraction) = (want / GpuAmount::PER_DEVICE, want % GpuAmount::PER_DEVICE);
+        let wholes = gpus.iter().filter(|s| s.amount == GpuAmount::ONE).count() as u64;
+        let parts: Vec<u64> = gpus
+            .iter()
+            .filter(|s| s.amount != GpuAmount::ONE)
+            .map(|s| s.amount.hundredths())
+            .collect();
+        let distinct: BTreeSet<u32> = gpus.iter().map(|s| s.index).collect();
+        let shaped = wholes == whole
+            && distinct.len() == gpus.len()
+            && match fraction {
+                0 => parts.is_empty(),
+                f => parts == [f],
+            };
+        if !shaped {
+            return Err(Rejection::GpuAssignment { index: None });
+        }
+        for share in gpus {
+            let device = self.gpus.iter().find(|d| d.index == share.index);
+            if device.is_none_or(|d| d.free < share.amount) {
+                return Err(Rejection::GpuAssignment {
+                    index: Some(share.index),
+                });
+            }
+        }
+        let used = self
+            .used
+            .checked_add(&request.resources)
+            .map_err(|e| match e {
+                ResourceError::Overflow { resource, .. } => Rejection::Insufficient(resource),
+                _ => Rejection::Insufficient(ResourceKind::Cpu),
+            })?;
+        self.used = used;
+        for share in gpus {
+            if let Some(device) = self.gpus.iter_mut().find(|d| d.index == share.index) {
+                device.free = GpuAmount::from_hundredths(
+                    device.free.hundredths() - share.amount.hundredths(),
+                );
+            }
+        }
+        self.hosted.insert(request.deployment.clone());
+        Ok(())
+    }
 }
 
 /// A condition on a node's labels.

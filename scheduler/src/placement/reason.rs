@@ -22,6 +22,11 @@ pub enum Rejection {
     /// Enough GPU is free in total, but not on few enough devices (for example two halves
     /// free on two devices for a request of one whole GPU).
     GpuFragmented,
+    /// A decision's GPU devices do not match the request, or a device lacks the share it was
+    /// given (found when re-checking a decision, see [`super::NodeView::admit`]).
+    GpuAssignment {
+        index: Option<u32>,
+    },
 }
 
 impl Rejection {
@@ -31,7 +36,9 @@ impl Rejection {
             Rejection::NotReady | Rejection::Draining => 0,
             Rejection::Constraint(_) => 1,
             Rejection::AntiAffinity => 2,
-            Rejection::Insufficient(_) | Rejection::GpuFragmented => 3,
+            Rejection::Insufficient(_)
+            | Rejection::GpuFragmented
+            | Rejection::GpuAssignment { .. } => 3,
         }
     }
 
@@ -39,8 +46,30 @@ impl Rejection {
     fn resource(&self) -> Option<ResourceKind> {
         match self {
             Rejection::Insufficient(kind) => Some(kind.clone()),
-            Rejection::GpuFragmented => Some(ResourceKind::Gpu),
+            Rejection::GpuFragmented | Rejection::GpuAssignment { .. } => Some(ResourceKind::Gpu),
             _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    /// What is wrong with one node, as a clause: "node 3 is draining".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NotReady => f.write_str("is not ready"),
+            Rejection::Draining => f.write_str("is draining"),
+            Rejection::Constraint(c) => write!(f, "fails {c}"),
+            Rejection::AntiAffinity => {
+                f.write_str("already runs a replica of the deployment (anti-affinity)")
+            }
+            Rejection::Insufficient(kind) => write!(f, "lacks free {kind}"),
+            Rejection::GpuFragmented => f.write_str("has GPU room only in fragments"),
+            Rejection::GpuAssignment { index: Some(i) } => {
+                write!(f, "lacks the share of GPU device {i} assigned")
+            }
+            Rejection::GpuAssignment { index: None } => {
+                f.write_str("got GPU devices that do not add up to the request")
+            }
         }
     }
 }
@@ -156,6 +185,7 @@ impl fmt::Display for NoFit {
                 Rejection::AntiAffinity => write!(f, "{n} already run a replica")?,
                 Rejection::Insufficient(kind) => write!(f, "{n} lack {kind}")?,
                 Rejection::GpuFragmented => write!(f, "{n} have GPU room only in fragments")?,
+                Rejection::GpuAssignment { .. } => write!(f, "{n} lack the assigned GPUs")?,
             }
         }
         f.write_str(")")

@@ -427,6 +427,60 @@ fn gang_members_need_not_be_contiguous() {
 }
 
 #[test]
+fn admit_rejects_stale_decisions_and_leaves_the_node_unchanged() {
+    let mut n = gpu_node(1, 2);
+    n.capacity.cpu = Millicores::cores(1);
+    let mut r = request("train", 0, 800, 64);
+    r.resources.gpu = GpuAmount::ONE;
+    let one = |index| GpuShare {
+        index,
+        amount: GpuAmount::ONE,
+    };
+    n.admit(&r, &[one(0)]).unwrap();
+    assert_eq!(n.used.cpu, Millicores(800));
+    assert_eq!(n.gpus[0].free, GpuAmount::ZERO);
+    assert!(n.hosted.contains("train"));
+
+    let before = n.clone();
+    // A second decision made from the same old snapshot no longer fits.
+    assert_eq!(
+        n.admit(&r, &[one(1)]),
+        Err(Rejection::Insufficient(ResourceKind::Cpu))
+    );
+    r.resources.cpu = Millicores(100);
+    // Device 0 is held whole by the first replica.
+    assert_eq!(
+        n.admit(&r, &[one(0)]),
+        Err(Rejection::GpuAssignment { index: Some(0) })
+    );
+    assert_eq!(
+        n.admit(&r, &[one(7)]),
+        Err(Rejection::GpuAssignment { index: Some(7) })
+    );
+    // One GPU split in halves over two devices is not the shape placement gives.
+    let half = |index| GpuShare {
+        index,
+        amount: GpuAmount::from_hundredths(50),
+    };
+    assert_eq!(
+        n.admit(&r, &[half(0), half(1)]),
+        Err(Rejection::GpuAssignment { index: None })
+    );
+    assert_eq!(n, before);
+    assert_eq!(
+        Rejection::GpuAssignment { index: Some(0) }.to_string(),
+        "lacks the share of GPU device 0 assigned"
+    );
+    n.draining = true;
+    assert_eq!(n.admit(&r, &[one(1)]), Err(Rejection::Draining));
+    n.draining = false;
+    r.anti_affinity = true;
+    assert_eq!(n.admit(&r, &[one(1)]), Err(Rejection::AntiAffinity));
+    r.anti_affinity = false;
+    n.admit(&r, &[one(1)]).unwrap();
+}
+
+#[test]
 fn label_constraint_and_strategy_serde_forms() {
     let c: LabelConstraint =
         serde_json::from_str(r#"{"op":"in","key":"zone","values":["a","b"]}"#).unwrap();
@@ -663,6 +717,14 @@ proptest! {
         }
         for (g, (members, placed)) in gang_placed {
             prop_assert!(placed == 0 || placed == members, "gang {} placed {}/{}", g, placed, members);
+        }
+
+        // Replayed in order through the state machine's re-check, every decision holds.
+        let mut replay: HashMap<NodeId, NodeView> = nodes.iter().map(|n| (n.id, n.clone())).collect();
+        for p in &plan.placements {
+            let r = by_key[&(p.deployment.clone(), p.replica)];
+            let admitted = replay.get_mut(&p.node).unwrap().admit(r, &p.gpus);
+            prop_assert_eq!(admitted, Ok(()), "{}/{} on {}", &p.deployment, p.replica, p.node);
         }
 
         // Pending reasons account for every node.
