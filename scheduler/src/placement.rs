@@ -336,8 +336,13 @@ impl NodeState<'_> {
     }
 }
 
-/// Ordered index entry: (order key, node id, position in the node list).
-type Slot = (u64, NodeId, usize);
+/// Ordered index entry: the strategy's order key in the high half, the node's position in
+/// the low half. Positions follow node ids, so equal keys fall back to the lowest id.
+type Slot = u128;
+
+fn slot_pos(slot: Slot) -> usize {
+    slot as u64 as usize
+}
 
 /// What to put back when a gang fails.
 struct Undo {
@@ -359,18 +364,16 @@ fn shape_key(request: &ReplicaRequest) -> ShapeKey<'_> {
     )
 }
 
-/// The schedulable nodes that pass a static filter, in the order of each strategy.
-#[derive(Default)]
+/// The schedulable nodes that pass a static filter, in one strategy's order: least loaded
+/// first for spread, most loaded first for pack, then by id.
 struct NodeIndex {
-    /// Least loaded first, then by id.
-    spread: BTreeSet<Slot>,
-    /// Most loaded first, then by id.
-    pack: BTreeSet<Slot>,
+    strategy: Strategy,
+    slots: BTreeSet<Slot>,
 }
 
-/// A static filter: label constraints (labels do not change during a call) and whether the
-/// node has GPU devices at all.
-type FilterKey<'a> = (&'a [LabelConstraint], bool);
+/// A static filter (label constraints, which do not change during a call, and whether the
+/// node has GPU devices at all) and the order wanted.
+type FilterKey<'a> = (&'a [LabelConstraint], bool, Strategy);
 
 /// Indexes for distinct constraint lists beyond this many are not built; such requests walk
 /// the unconstrained index and test labels node by node. This bounds the work each
@@ -413,7 +416,10 @@ impl<'a> Placer<'a> {
             rejected_in: vec![0; views.len()],
             dead: HashMap::new(),
         };
-        for (pos, view) in views.iter().enumerate() {
+        // Positions in id order make "lowest position" mean "lowest id" in every tie.
+        let mut by_id: Vec<&NodeView> = views.iter().collect();
+        by_id.sort_by_key(|v| v.id);
+        for (pos, view) in by_id.into_iter().enumerate() {
             let free_res = view.capacity.saturating_sub(&view.used);
             let mut gpus: Vec<(u32, u64)> = view
                 .gpus
@@ -451,37 +457,41 @@ impl<'a> Placer<'a> {
     }
 
     fn slot(&self, pos: usize, strategy: Strategy) -> Slot {
-        let node = &self.nodes[pos];
+        let load = self.nodes[pos].load;
         let key = match strategy {
-            Strategy::Spread => node.load,
-            Strategy::Pack => u64::MAX - node.load,
+            Strategy::Spread => load,
+            Strategy::Pack => u64::MAX - load,
         };
-        (key, node.view.id, pos)
+        (u128::from(key) << 64) | pos as u128
     }
 
-    /// The index for this filter, built on first use.
-    fn index_for(&mut self, constraints: &'a [LabelConstraint], gpu: bool) -> usize {
-        if let Some(&i) = self.index_of.get(&(constraints, gpu)) {
+    /// The index for this filter and order, built on first use.
+    fn index_for(
+        &mut self,
+        constraints: &'a [LabelConstraint],
+        gpu: bool,
+        strategy: Strategy,
+    ) -> usize {
+        if let Some(&i) = self.index_of.get(&(constraints, gpu, strategy)) {
             return i;
         }
         if !constraints.is_empty() && self.indexes.len() >= MAX_INDEXES {
-            return self.index_for(&[], gpu);
+            return self.index_for(&[], gpu, strategy);
         }
         let i = self.indexes.len();
-        let mut index = NodeIndex::default();
+        let mut slots = BTreeSet::new();
         for pos in 0..self.nodes.len() {
             let node = &self.nodes[pos];
             if node.schedulable
                 && (!gpu || !node.gpus.is_empty())
                 && constraints.iter().all(|c| c.matches(&node.view.labels))
             {
-                index.spread.insert(self.slot(pos, Strategy::Spread));
-                index.pack.insert(self.slot(pos, Strategy::Pack));
+                slots.insert(self.slot(pos, strategy));
                 self.member_of[pos].push(i);
             }
         }
-        self.indexes.push(index);
-        self.index_of.insert((constraints, gpu), i);
+        self.indexes.push(NodeIndex { strategy, slots });
+        self.index_of.insert((constraints, gpu, strategy), i);
         i
     }
 
@@ -491,8 +501,11 @@ impl<'a> Placer<'a> {
             self.slot(pos, Strategy::Pack),
         );
         for &i in &self.member_of[pos] {
-            self.indexes[i].spread.insert(spread);
-            self.indexes[i].pack.insert(pack);
+            let index = &mut self.indexes[i];
+            index.slots.insert(match index.strategy {
+                Strategy::Spread => spread,
+                Strategy::Pack => pack,
+            });
         }
     }
 
@@ -502,8 +515,11 @@ impl<'a> Placer<'a> {
             self.slot(pos, Strategy::Pack),
         );
         for &i in &self.member_of[pos] {
-            self.indexes[i].spread.remove(&spread);
-            self.indexes[i].pack.remove(&pack);
+            let index = &mut self.indexes[i];
+            index.slots.remove(&match index.strategy {
+                Strategy::Spread => spread,
+                Strategy::Pack => pack,
+            });
         }
     }
 
@@ -526,7 +542,7 @@ impl<'a> Placer<'a> {
         self.run += 1;
         let stamp = self.run;
         let strategy = first.strategy;
-        let filter = self.index_for(&first.constraints, !first.resources.gpu.is_zero());
+        let filter = self.index_for(&first.constraints, !first.resources.gpu.is_zero(), strategy);
         let deployment = self.deployment_id(&first.deployment);
         // Every slot at or before the cursor is rejected for this run, except possibly the
         // node placed on last (pack moves it forward as it fills).
@@ -536,13 +552,9 @@ impl<'a> Placer<'a> {
 
         for (i, request) in run.iter().enumerate() {
             let mut candidate: Option<Slot> = None;
-            let index = match strategy {
-                Strategy::Spread => &self.indexes[filter].spread,
-                Strategy::Pack => &self.indexes[filter].pack,
-            };
             let lower = cursor.map_or(Bound::Unbounded, Bound::Excluded);
-            for &slot in index.range((lower, Bound::Unbounded)) {
-                let pos = slot.2;
+            for &slot in self.indexes[filter].slots.range((lower, Bound::Unbounded)) {
+                let pos = slot_pos(slot);
                 if self.rejected_in[pos] != stamp
                     && admits(&self.nodes, &self.hosted, pos, request, deployment)
                 {
@@ -564,7 +576,7 @@ impl<'a> Placer<'a> {
                     self.rejected_in[pos] = stamp;
                 }
             }
-            let Some((_, _, pos)) = candidate else {
+            let Some(pos) = candidate.map(slot_pos) else {
                 let cause = self.diagnose(request, deployment);
                 if undo.is_none() {
                     self.dead.insert(shape_key(request), cause.clone());
