@@ -4,6 +4,7 @@ use proptest::prelude::{
     Just, ProptestConfig, any, prop, prop_assert, prop_assert_eq, prop_oneof, proptest,
 };
 use proptest::strategy::Strategy as Gen;
+use proptest::test_runner::TestCaseError;
 
 use super::*;
 use crate::resources::{Bytes, Millicores};
@@ -594,21 +595,29 @@ fn arb_deployment() -> impl Gen<Value = (Resources, Vec<LabelConstraint>, Strate
 }
 
 fn arb_input() -> impl Gen<Value = (Vec<NodeView>, Vec<ReplicaRequest>)> {
-    let nodes = (1usize..7).prop_flat_map(|n| {
+    arb_sized_input(7, 4, 25)
+}
+
+/// Up to `max_nodes - 1` nodes (ids scattered, not in input order), `max_deployments - 1`
+/// deployment specs and `max_requests - 1` requests drawn from them.
+fn arb_sized_input(
+    max_nodes: usize,
+    max_deployments: usize,
+    max_requests: usize,
+) -> impl Gen<Value = (Vec<NodeView>, Vec<ReplicaRequest>)> {
+    let nodes = (1usize..max_nodes).prop_flat_map(|n| {
         (0..n)
-            .map(|i| arb_node(i as NodeId * 7 % 11 + 1))
+            .map(|i| arb_node(i as NodeId * 7 % 101 + 1))
             .collect::<Vec<_>>()
     });
-    let deployments = proptest::collection::vec(arb_deployment(), 1..4);
+    let deployments = proptest::collection::vec(arb_deployment(), 1..max_deployments);
     (nodes, deployments)
-        .prop_flat_map(|(nodes, deployments)| {
+        .prop_flat_map(move |(nodes, deployments)| {
             let d = deployments.len();
-            let order = proptest::collection::vec(0..d, 1..25);
+            let order = proptest::collection::vec(0..d, 1..max_requests);
             (Just(nodes), Just(deployments), order)
         })
-        .prop_map(|(mut nodes, deployments, order)| {
-            nodes.sort_by_key(|n| n.id);
-            nodes.dedup_by_key(|n| n.id);
+        .prop_map(|(nodes, deployments, order)| {
             let mut next_replica = vec![0u32; deployments.len()];
             let requests = order
                 .into_iter()
@@ -791,16 +800,39 @@ proptest! {
 
     #[test]
     fn fast_placement_matches_a_full_scan((nodes, mut requests) in arb_input()) {
-        for r in &mut requests {
-            r.gang = None;
-        }
-        let (fast, slow) = (place(&nodes, &requests), place_by_full_scan(&nodes, &requests));
-        prop_assert_eq!(&fast.placements, &slow.placements);
-        // Reasons may differ in wording: a memoized one describes the state when its shape
-        // first failed, and what it says stays true since free capacity only shrinks.
-        let who = |plan: &PlacementPlan| -> Vec<(String, u32)> {
-            plan.pending.iter().map(|p| (p.deployment.clone(), p.replica)).collect()
-        };
-        prop_assert_eq!(who(&fast), who(&slow));
+        same_decisions(&nodes, &mut requests)?;
+    }
+}
+
+fn same_decisions(
+    nodes: &[NodeView],
+    requests: &mut [ReplicaRequest],
+) -> Result<(), TestCaseError> {
+    for r in requests.iter_mut() {
+        r.gang = None;
+    }
+    let (fast, slow) = (place(nodes, requests), place_by_full_scan(nodes, requests));
+    prop_assert_eq!(&fast.placements, &slow.placements);
+    // Reasons may differ in wording: a memoized one describes the state when its shape
+    // first failed, and what it says stays true since free capacity only shrinks.
+    let who = |plan: &PlacementPlan| -> Vec<(String, u32)> {
+        plan.pending
+            .iter()
+            .map(|p| (p.deployment.clone(), p.replica))
+            .collect()
+    };
+    prop_assert_eq!(who(&fast), who(&slow));
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Longer runs on more nodes, where the cursor and the indexes have more to get wrong.
+    #[test]
+    fn fast_placement_matches_a_full_scan_at_scale(
+        (nodes, mut requests) in arb_sized_input(60, 8, 300)
+    ) {
+        same_decisions(&nodes, &mut requests)?;
     }
 }
