@@ -6,6 +6,7 @@ pub mod config;
 mod logger;
 pub mod machine;
 pub mod node;
+pub mod placement;
 pub mod resources;
 pub mod state;
 pub mod storage;

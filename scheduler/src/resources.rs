@@ -158,7 +158,7 @@ fn scale(
     };
     let scaled = decimal.mantissa.checked_mul(factor).ok_or_else(too_large)?;
     let divisor = 10u128.pow(decimal.decimals);
-    if scaled % divisor != 0 {
+    if !scaled.is_multiple_of(divisor) {
         return Err(ResourceError::TooPrecise {
             resource: info.resource,
             value: value.to_owned(),
@@ -354,7 +354,7 @@ impl fmt::Display for GpuAmount {
         let (whole, frac) = (self.0 / Self::PER_DEVICE, self.0 % Self::PER_DEVICE);
         match frac {
             0 => write!(f, "{whole}"),
-            f10 if f10 % 10 == 0 => write!(f, "{whole}.{}", f10 / 10),
+            f10 if f10.is_multiple_of(10) => write!(f, "{whole}.{}", f10 / 10),
             _ => write!(f, "{whole}.{frac:02}"),
         }
     }
@@ -452,8 +452,8 @@ impl Resources {
         ]
     }
 
-    /// Human form of one dimension's amount.
-    fn show(&self, kind: &ResourceKind) -> String {
+    /// Human form of one dimension's amount: "500m" for cpu, "8GiB" for memory.
+    pub fn amount_of(&self, kind: &ResourceKind) -> String {
         match kind {
             ResourceKind::Cpu => self.cpu.to_string(),
             ResourceKind::Memory => self.memory.to_string(),
@@ -499,8 +499,8 @@ impl Resources {
     /// The sum, or which dimension overflowed. Zero custom entries are dropped.
     pub fn checked_add(&self, other: &Resources) -> Result<Resources, ResourceError> {
         let overflow = |kind: ResourceKind| ResourceError::Overflow {
-            left: self.show(&kind),
-            right: other.show(&kind),
+            left: self.amount_of(&kind),
+            right: other.amount_of(&kind),
             resource: kind,
         };
         let mut custom = self.custom.clone();
@@ -549,8 +549,8 @@ impl Resources {
     pub fn checked_sub(&self, request: &Resources) -> Result<Resources, ResourceError> {
         if let Some(kind) = self.shortfall(request) {
             return Err(ResourceError::Insufficient {
-                requested: request.show(&kind),
-                available: self.show(&kind),
+                requested: request.amount_of(&kind),
+                available: self.amount_of(&kind),
                 resource: kind,
             });
         }
