@@ -181,6 +181,19 @@ impl Node {
             .map_err(|e| NodeError::Unresponsive(e.to_string()))
     }
 
+    /// An actor of `peer` in process group `group` (within `scope`), reached over this node's
+    /// link with that peer; `None` if not linked or not (yet) advertised.
+    pub async fn remote_member(
+        &self,
+        peer: NodeId,
+        scope: &str,
+        group: &str,
+    ) -> Result<Option<ractor::ActorCell>, NodeError> {
+        let session = ractor::call_t!(self.supervisor, SupervisorMsg::SessionWith, 2000, peer)
+            .map_err(|e| NodeError::Unresponsive(e.to_string()))?;
+        Ok(session.and_then(|s| crate::link::remote_member(scope, group, &s.get_cell())))
+    }
+
     /// Stops the node's actors and closes its links and listener.
     pub async fn shutdown(self) {
         let timeout = Some(Duration::from_secs(5));

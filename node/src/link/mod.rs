@@ -57,17 +57,17 @@ pub fn parse_peer_name(cluster: &str, name: &str) -> PeerName {
     }
 }
 
-/// Finds a peer's link actor among the remote actors of our session with that peer.
+/// Finds a member of a process group among the remote actors of one session: the actor as
+/// reached over that very link.
 ///
 /// Several sessions may mirror an actor with the same pid (and, within one process, even the
-/// same local actor is a group member), so the target must be a child of *this* session:
-/// messages to it then travel over this very link.
-pub fn peer_link_actor(
-    cluster: &str,
-    peer: NodeId,
+/// local actor is a group member), so the target must be a child of *this* session.
+pub fn remote_member(
+    scope: &str,
+    group: &str,
     session: &ractor::ActorCell,
-) -> Option<ractor::ActorRef<messages::LinkMsg>> {
-    let pids: Vec<u64> = ractor::pg::get_scoped_members(&scope(cluster), &link_group(peer))
+) -> Option<ractor::ActorCell> {
+    let pids: Vec<u64> = ractor::pg::get_scoped_members(&scope.to_owned(), &group.to_owned())
         .iter()
         .map(|m| m.get_id().pid())
         .collect();
@@ -75,7 +75,15 @@ pub fn peer_link_actor(
         .get_children()
         .into_iter()
         .find(|c| !c.get_id().is_local() && pids.contains(&c.get_id().pid()))
-        .map(ractor::ActorRef::from)
+}
+
+/// Finds a peer's link actor among the remote actors of our session with that peer.
+pub fn peer_link_actor(
+    cluster: &str,
+    peer: NodeId,
+    session: &ractor::ActorCell,
+) -> Option<ractor::ActorRef<messages::LinkMsg>> {
+    remote_member(&scope(cluster), &link_group(peer), session).map(ractor::ActorRef::from)
 }
 
 #[cfg(test)]

@@ -51,9 +51,14 @@ impl SessionEvent {
 pub enum SupervisorMsg {
     Tick,
     Session(SessionEvent),
-    DialFailed { peer: NodeId, error: String },
+    DialFailed {
+        peer: NodeId,
+        error: String,
+    },
     Heartbeat(Heartbeat),
     Report(RpcReplyPort<MembershipReport>),
+    /// The session that carries the link with a peer, if linked.
+    SessionWith(NodeId, RpcReplyPort<Option<ActorRef<NodeSessionMessage>>>),
 }
 
 /// Forwards the node server's session events to the supervisor.
@@ -449,6 +454,9 @@ impl Actor for LinkSupervisor {
             }
             SupervisorMsg::Report(reply) => {
                 let _ = reply.send(state.view.report());
+            }
+            SupervisorMsg::SessionWith(peer, reply) => {
+                let _ = reply.send(state.links.get(&peer).map(|l| l.session.clone()));
             }
         }
         Ok(())
