@@ -2,6 +2,7 @@
 //! SmolLM2 decoder on burn, and their tokenizers. Independent of the cluster.
 
 pub mod device;
+pub mod embed;
 pub mod models;
 
 pub use device::{Device, GpuInfo, NoGpu};

@@ -1,0 +1,232 @@
+//! Sentence embeddings with all-MiniLM-L6-v2: a BERT encoder on burn (ndarray on the CPU,
+//! CUDA on a GPU), mean-pooled over the real tokens and L2-normalized, as sentence-transformers
+//! computes them.
+//!
+//! ```no_run
+//! use arbor_kernels::{Device, embed::Embedder, models};
+//!
+//! let embedder = Embedder::load(models::models_dir(None), Device::Cpu)?;
+//! let vectors = embedder.embed(&["The quick brown fox.", "A lazy dog."])?;
+//! assert_eq!(vectors[0].len(), embedder.dim());
+//! # Ok::<(), arbor_kernels::embed::EmbedError>(())
+//! ```
+//!
+//! Texts longer than [`Embedder::max_tokens`] word pieces are truncated (as sentence-transformers
+//! does); [`Embedder::count_tokens`] tells a batcher what each text costs. Inside one call,
+//! texts are sorted by length and run in batches of [`Embedder::batch_size`], so that short
+//! texts are not padded to the longest of the whole call.
+
+mod config;
+mod model;
+mod tokenize;
+mod weights;
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Cuda, NdArray};
+
+use crate::device::Device;
+use crate::models::MINILM_DIR;
+
+pub use config::BertConfig;
+use model::Bert;
+use tokenize::{Batch, WordPieces};
+use weights::Weights;
+
+type CpuBackend = NdArray<f32>;
+type CudaBackend = Cuda<f32, i32>;
+
+/// Texts per forward pass unless set with [`Embedder::with_batch_size`]: measured in
+/// `benches/embed.rs`, bigger batches gain nothing on the CPU once sorted by length.
+pub const DEFAULT_BATCH_SIZE: usize = 32;
+
+/// Why loading the model or embedding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error("model files not found in {}: run scripts/fetch-models.sh (or pass the models dir)", dir.display())]
+    MissingModel { dir: PathBuf },
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: {reason}", path.display())]
+    BadFile { path: PathBuf, reason: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("text {index} is empty: an empty text has no meaning to embed")]
+    EmptyText { index: usize },
+    #[error("device {0} is not available: {1}")]
+    Device(Device, String),
+    #[error("backend: {0}")]
+    Backend(String),
+}
+
+impl EmbedError {
+    fn bad_file(path: &Path, reason: impl ToString) -> Self {
+        EmbedError::BadFile {
+            path: path.to_owned(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+enum Engine {
+    Cpu(Bert<CpuBackend>),
+    Cuda(Bert<CudaBackend>),
+}
+
+/// A loaded sentence encoder. `embed` takes `&self`, so one embedder can serve several
+/// threads.
+pub struct Embedder {
+    engine: Engine,
+    pieces: WordPieces,
+    device: Device,
+    batch_size: usize,
+}
+
+impl Embedder {
+    /// The model this embedder loads from the models dir.
+    pub const MODEL: &'static str = MINILM_DIR;
+
+    /// Loads all-MiniLM-L6-v2 from `models_dir` (the folder `scripts/fetch-models.sh` fills)
+    /// onto `device`.
+    pub fn load(models_dir: impl AsRef<Path>, device: Device) -> Result<Self, EmbedError> {
+        Self::load_dir(models_dir.as_ref().join(MINILM_DIR), device)
+    }
+
+    /// Loads a BERT sentence encoder from its own folder: `config.json`, `model.safetensors`,
+    /// `tokenizer.json` and optionally `sentence_bert_config.json`.
+    pub fn load_dir(dir: impl AsRef<Path>, device: Device) -> Result<Self, EmbedError> {
+        let dir = dir.as_ref();
+        if !["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .all(|f| dir.join(f).is_file())
+        {
+            return Err(EmbedError::MissingModel {
+                dir: dir.to_owned(),
+            });
+        }
+        let config = BertConfig::load(dir)?;
+        let pieces = WordPieces::load(
+            &dir.join("tokenizer.json"),
+            config.max_tokens,
+            config.vocab_size,
+        )?;
+        let weights = Weights::open(&dir.join("model.safetensors"))?;
+        let engine = match device {
+            Device::Cpu => Engine::Cpu(Bert::load(&weights, config, Default::default())?),
+            Device::Cuda(index) => {
+                crate::device::cuda_driver()
+                    .map_err(|e| EmbedError::Device(device, e.to_string()))?;
+                let dev = burn::backend::cuda::CudaDevice::new(index);
+                Engine::Cuda(Bert::load(&weights, config, dev)?)
+            }
+        };
+        tracing::info!(dir = %dir.display(), %device, "loaded sentence encoder");
+        Ok(Embedder {
+            engine,
+            pieces,
+            device,
+            batch_size: DEFAULT_BATCH_SIZE,
+        })
+    }
+
+    /// Sets how many texts go through the encoder together (at least 1).
+    pub fn with_batch_size(mut self, batch_size: usize) -> Self {
+        self.batch_size = batch_size.max(1);
+        self
+    }
+
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        match &self.engine {
+            Engine::Cpu(m) => m.config(),
+            Engine::Cuda(m) => m.config(),
+        }
+    }
+
+    /// Length of each embedding (384 for all-MiniLM-L6-v2).
+    pub fn dim(&self) -> usize {
+        self.config().hidden_size
+    }
+
+    /// Word pieces per text, `[CLS]` and `[SEP]` included (256 for all-MiniLM-L6-v2); the
+    /// rest of a longer text is not seen.
+    pub fn max_tokens(&self) -> usize {
+        self.config().max_tokens
+    }
+
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The word pieces each text costs, after truncation, `[CLS]` and `[SEP]` included.
+    pub fn count_tokens(&self, texts: &[&str]) -> Result<Vec<usize>, EmbedError> {
+        Ok(self.pieces.encode(texts)?.iter().map(Vec::len).collect())
+    }
+
+    /// One unit-length vector of [`dim`](Self::dim) floats per text, in order.
+    ///
+    /// No texts give no vectors. A text that is empty or only whitespace is an error
+    /// ([`EmbedError::EmptyText`]) rather than a vector that would match everything equally.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if let Some(index) = texts.iter().position(|t| t.trim().is_empty()) {
+            return Err(EmbedError::EmptyText { index });
+        }
+        let ids = self.pieces.encode(texts)?;
+        let mut out = vec![Vec::new(); texts.len()];
+        for chunk in length_sorted_batches(&ids, self.batch_size) {
+            let rows: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
+            let batch = Batch::pad(&rows);
+            let vectors = match &self.engine {
+                Engine::Cpu(m) => m.embed(&batch)?,
+                Engine::Cuda(m) => m.embed(&batch)?,
+            };
+            for (i, v) in chunk.into_iter().zip(vectors) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Indices of `rows` grouped into batches of at most `size`, longest rows first, so that
+/// each batch pads its rows to similar lengths.
+fn length_sorted_batches(rows: &[Vec<u32>], size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(rows[i].len()));
+    order.chunks(size.max(1)).map(<[usize]>::to_vec).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_group_similar_lengths_and_cover_every_row() {
+        let rows: Vec<Vec<u32>> = [3, 9, 1, 7, 5].iter().map(|&n| vec![0; n]).collect();
+        let batches = length_sorted_batches(&rows, 2);
+        assert_eq!(batches, vec![vec![1, 3], vec![4, 0], vec![2]]);
+        assert!(length_sorted_batches(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn missing_files_say_what_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Embedder::load(dir.path(), Device::Cpu)
+            .err()
+            .expect("no model there")
+            .to_string();
+        assert!(err.contains("scripts/fetch-models.sh"), "{err}");
+    }
+
+    #[test]
+    fn embedder_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync>() {}
+        shared::<Embedder>();
+    }
+}

@@ -1,0 +1,158 @@
+//! all-MiniLM-L6-v2 on burn against reference embeddings made by sentence-transformers on
+//! PyTorch (scripts/embedding-reference.py, fixture tests/fixtures/embeddings.json).
+//! Needs the model files: run scripts/fetch-models.sh first.
+
+use std::sync::OnceLock;
+
+use arbor_kernels::Device;
+use arbor_kernels::embed::{EmbedError, Embedder};
+use arbor_kernels::models::{MINILM_DIR, models_dir};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Fixture {
+    dim: usize,
+    max_seq_length: usize,
+    cases: Vec<Case>,
+}
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    tokens: usize,
+    embedding: Vec<f32>,
+}
+
+fn fixture() -> Fixture {
+    serde_json::from_str(include_str!("fixtures/embeddings.json")).expect("fixture parses")
+}
+
+fn embedder() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| {
+        let dir = models_dir(None);
+        assert!(
+            dir.join(MINILM_DIR).join("model.safetensors").exists(),
+            "{} has no model.safetensors: run scripts/fetch-models.sh (or set ARBOR_MODELS to the models dir)",
+            dir.join(MINILM_DIR).display()
+        );
+        Embedder::load(&dir, Device::Cpu).expect("the model loads")
+    })
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    let dot: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+    let na: f32 = a.iter().map(|x| x * x).sum::<f32>().sqrt();
+    let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn matches_sentence_transformers() {
+    let fixture = fixture();
+    let embedder = embedder();
+    assert_eq!(embedder.dim(), fixture.dim);
+    assert_eq!(embedder.max_tokens(), fixture.max_seq_length);
+    assert!(fixture.cases.len() >= 20);
+
+    let texts: Vec<&str> = fixture.cases.iter().map(|c| c.text.as_str()).collect();
+    let vectors = embedder.embed(&texts).expect("embeds");
+    assert_eq!(vectors.len(), texts.len());
+    let mut worst = (f32::INFINITY, "");
+    for (case, v) in fixture.cases.iter().zip(&vectors) {
+        assert_eq!(v.len(), fixture.dim);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{:?}: norm {norm}", case.text);
+        let cos = cosine(v, &case.embedding);
+        assert!(
+            cos >= 0.999,
+            "{:?}: cosine {cos} with the reference",
+            case.text
+        );
+        if cos < worst.0 {
+            worst = (cos, &case.text);
+        }
+    }
+    println!("lowest cosine {:.6} for {:?}", worst.0, worst.1);
+}
+
+#[test]
+fn token_counts_match_the_reference_and_truncate() {
+    let fixture = fixture();
+    let texts: Vec<&str> = fixture.cases.iter().map(|c| c.text.as_str()).collect();
+    let counts = embedder().count_tokens(&texts).expect("tokenizes");
+    let expected: Vec<usize> = fixture.cases.iter().map(|c| c.tokens).collect();
+    assert_eq!(counts, expected);
+    // The fixture holds a text longer than the model sees.
+    assert!(counts.contains(&embedder().max_tokens()));
+}
+
+#[test]
+fn a_text_embeds_the_same_alone_and_in_a_padded_batch() {
+    let texts = [
+        "Short.",
+        "A much longer sentence, padded to nothing, that sets the batch width.",
+    ];
+    let together = embedder().embed(&texts).expect("embeds");
+    for (text, v) in texts.iter().zip(&together) {
+        let alone = embedder().embed(&[text]).expect("embeds");
+        let cos = cosine(&alone[0], v);
+        assert!(
+            cos > 0.99999,
+            "{text:?}: cosine {cos} between alone and batched"
+        );
+    }
+    // Similar meanings are closer than unrelated ones.
+    let v = embedder()
+        .embed(&[
+            "A cat sits on the mat.",
+            "A kitten rests on a rug.",
+            "Stock markets fell.",
+        ])
+        .unwrap();
+    assert!(cosine(&v[0], &v[1]) > cosine(&v[0], &v[2]) + 0.3);
+}
+
+#[test]
+fn empty_inputs() {
+    // No texts: no vectors.
+    assert!(embedder().embed(&[]).expect("nothing to do").is_empty());
+    assert_eq!(
+        embedder().count_tokens(&[]).expect("nothing to do"),
+        Vec::<usize>::new()
+    );
+    // An empty or blank text is an error naming its position.
+    match embedder().embed(&["fine", " \t\n"]) {
+        Err(EmbedError::EmptyText { index }) => assert_eq!(index, 1),
+        other => panic!("expected EmptyText, got {:?}", other.map(|v| v.len())),
+    }
+    assert!(matches!(
+        embedder().embed(&[""]),
+        Err(EmbedError::EmptyText { index: 0 })
+    ));
+}
+
+#[test]
+fn cuda_matches_cpu_or_reports_why_not() {
+    let dir = models_dir(None);
+    match Embedder::load(&dir, Device::Cuda(0)) {
+        Ok(gpu) => {
+            let fixture = fixture();
+            let texts: Vec<&str> = fixture.cases.iter().map(|c| c.text.as_str()).collect();
+            let on_gpu = gpu.embed(&texts).expect("embeds on the GPU");
+            for (case, v) in fixture.cases.iter().zip(&on_gpu) {
+                let cos = cosine(v, &case.embedding);
+                assert!(
+                    cos >= 0.999,
+                    "{:?}: GPU cosine {cos} with the reference",
+                    case.text
+                );
+            }
+        }
+        Err(EmbedError::Device(device, reason)) => {
+            println!("skipping the GPU comparison: {device} is not available: {reason}");
+            assert!(!reason.is_empty());
+        }
+        Err(other) => panic!("loading on the GPU failed: {other}"),
+    }
+}
