@@ -3,6 +3,8 @@
 
 pub mod device;
 pub mod embed;
+pub mod gguf;
+pub mod llama;
 pub mod models;
 
 pub use device::{Device, GpuInfo, NoGpu};

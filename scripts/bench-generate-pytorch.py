@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Greedy decoding speed of SmolLM2-135M-Instruct with Hugging Face transformers on the CPU,
+side by side with kernels/benches/generate.rs (same GGUF file, same prompts, same timing:
+prompts prefilled untimed, then 32 tokens per sequence timed) at batch 1 and batch 8.
+
+Usage: scripts/bench-generate-pytorch.py [MODELS_DIR]   (needs torch, transformers, gguf, accelerate)
+"""
+import os
+import statistics
+import sys
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+STEPS = 32
+TOPICS = [
+    "the history of the printing press",
+    "how volcanoes form",
+    "the life cycle of stars",
+    "why the sky is blue",
+    "the rules of chess",
+    "how bread is made",
+    "the water cycle",
+    "the invention of the telephone",
+]
+
+
+def run(model, tokenizer, batch):
+    prompts = [tokenizer.apply_chat_template(
+        [{"role": "user", "content": f"Write a long, detailed essay about {t}."}],
+        tokenize=False, add_generation_prompt=True) for t in TOPICS[:batch]]
+    enc = tokenizer(prompts, add_special_tokens=False, return_tensors="pt", padding=True)
+    ids, mask = enc.input_ids, enc.attention_mask
+    with torch.inference_mode():
+        # Prefill, untimed: the same split as the Rust bench.
+        cache = DynamicCache()
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                    past_key_values=cache, use_cache=True)
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        pos = positions[:, -1:]
+        start = time.perf_counter()
+        for _ in range(STEPS):
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            pos = pos + 1
+            out = model(input_ids=nxt, attention_mask=mask, position_ids=pos,
+                        past_key_values=out.past_key_values, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        return time.perf_counter() - start
+
+
+def main():
+    models = sys.argv[1] if len(sys.argv) > 1 else os.environ.get(
+        "ARBOR_MODELS", os.path.expanduser("~/.cache/arbor/models"))
+    folder = os.path.join(models, "smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF, dtype=torch.float32).eval()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    for batch in (1, 8):
+        run(model, tokenizer, batch)  # warm-up
+        times = [run(model, tokenizer, batch) for _ in range(5)]
+        t = statistics.median(times)
+        print(f"batch {batch}: {batch * STEPS / t:.1f} tokens/s "
+              f"(median of 5 runs of {STEPS} steps, {t * 1000 / STEPS:.1f} ms per step)")
+
+
+if __name__ == "__main__":
+    main()
