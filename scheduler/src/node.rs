@@ -790,6 +790,7 @@ impl Driver {
             return self.maybe_snapshot();
         }
         let mut rd = self.raw.ready();
+        let mut repropose = false;
         if let Some(ss) = rd.ss() {
             if ss.leader_id != self.leader {
                 info!(
@@ -800,16 +801,10 @@ impl Driver {
                     "raft leader changed"
                 );
                 self.leader = ss.leader_id;
-                if ss.leader_id != 0 {
-                    // Proposals in flight to the old leader may be lost: propose them again
-                    // (those whose proposer gave up are dropped instead).
-                    let mut pending = std::mem::take(&mut self.pending);
-                    pending.retain(|_, p| !p.reply.is_closed());
-                    for p in pending.values_mut() {
-                        self.try_propose(p);
-                    }
-                    self.pending = pending;
-                }
+                // Proposals in flight to the old leader may be lost: propose them again once
+                // this Ready is advanced (proposing now would append to the log behind the
+                // Ready's back, and raft panics when it is advanced).
+                repropose = ss.leader_id != 0;
             }
         }
         // 1. A leader sends its messages before persisting (it may append in parallel).
@@ -881,6 +876,15 @@ impl Driver {
         self.apply_entries(light.take_committed_entries(), &mut replies);
         self.send_replies(replies);
         self.raw.advance_apply();
+        if repropose {
+            // Those whose proposer gave up are dropped instead.
+            let mut pending = std::mem::take(&mut self.pending);
+            pending.retain(|_, p| !p.reply.is_closed());
+            for p in pending.values_mut() {
+                self.try_propose(p);
+            }
+            self.pending = pending;
+        }
         self.run_ready_reads();
         self.maybe_snapshot()
     }
