@@ -25,6 +25,7 @@ pub struct ClusterConfig {
     pub path: PathBuf,
     pub cluster: ClusterSection,
     pub links: LinkTiming,
+    pub raft: RaftSection,
     pub nodes: Vec<NodeConfig>,
 }
 
@@ -36,6 +37,50 @@ pub struct ClusterSection {
     /// File holding the cluster secret. When absent, `ARBOR_CLUSTER_SECRET` holds it.
     #[serde(default)]
     pub secret_file: Option<PathBuf>,
+    /// The control plane's founding voters. Absent: every node in this file. Other nodes
+    /// join later with `arbor cluster add-node`.
+    #[serde(default)]
+    pub voters: Option<Vec<NodeId>>,
+}
+
+/// Raft timing of the control plane. The defaults fail over in about a second.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RaftSection {
+    /// One logical clock tick.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// A leader sends heartbeats every this many ticks.
+    pub heartbeat_ticks: usize,
+    /// A follower without a leader campaigns after between this and twice this many ticks.
+    pub election_ticks: usize,
+    /// Snapshot the state and compact the log after this many applied entries.
+    pub snapshot_interval: u64,
+}
+
+impl Default for RaftSection {
+    fn default() -> Self {
+        let d = arbor_scheduler::RaftTiming::default();
+        RaftSection {
+            tick: d.tick,
+            heartbeat_ticks: d.heartbeat_ticks,
+            election_ticks: d.election_ticks,
+            snapshot_interval: d.snapshot_interval,
+        }
+    }
+}
+
+impl RaftSection {
+    /// The scheduler's timing with these values.
+    pub fn timing(&self) -> arbor_scheduler::RaftTiming {
+        arbor_scheduler::RaftTiming {
+            tick: self.tick,
+            heartbeat_ticks: self.heartbeat_ticks,
+            election_ticks: self.election_ticks,
+            snapshot_interval: self.snapshot_interval,
+            ..Default::default()
+        }
+    }
 }
 
 /// How nodes watch each other. The defaults see a dead peer within 2 s.
@@ -188,6 +233,8 @@ struct RawConfig {
     cluster: ClusterSection,
     #[serde(default)]
     links: LinkTiming,
+    #[serde(default)]
+    raft: RaftSection,
     #[serde(default, rename = "nodes")]
     nodes: Vec<NodeConfig>,
 }
@@ -212,6 +259,7 @@ impl ClusterConfig {
             path: path.to_owned(),
             cluster: raw.cluster,
             links: raw.links,
+            raft: raw.raft,
             nodes: raw.nodes,
         };
         config.validate()?;
@@ -294,7 +342,37 @@ impl ClusterConfig {
                 }
             }
         }
+        let r = &self.raft;
+        if r.tick.is_zero() || r.heartbeat_ticks == 0 || r.election_ticks <= r.heartbeat_ticks {
+            return Err(self.invalid(
+                "raft.election_ticks",
+                "must be more than raft.heartbeat_ticks, which must be positive, with a positive raft.tick",
+            ));
+        }
+        if r.snapshot_interval == 0 {
+            return Err(self.invalid("raft.snapshot_interval", "must be positive"));
+        }
+        if let Some(voters) = &self.cluster.voters {
+            if voters.is_empty() {
+                return Err(self.invalid("cluster.voters", "must name at least one node"));
+            }
+            if let Some(v) = voters.iter().find(|v| !ids.contains_key(v)) {
+                return Err(self.invalid("cluster.voters", format!("node {v} is not configured")));
+            }
+        }
         Ok(())
+    }
+
+    /// The control plane's founding voters.
+    pub fn voters(&self) -> Vec<NodeId> {
+        let mut v = self
+            .cluster
+            .voters
+            .clone()
+            .unwrap_or_else(|| self.nodes.iter().map(|n| n.id).collect());
+        v.sort_unstable();
+        v.dedup();
+        v
     }
 
     /// The node with this id, or an error listing the ids there are.

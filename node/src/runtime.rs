@@ -6,6 +6,9 @@ use std::time::{Duration, SystemTime};
 use ractor::{Actor, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage, node::NodeConnectionMode};
 
+use arbor_scheduler::resources::{Bytes, GpuAmount, Resources};
+use arbor_scheduler::{Bootstrap, Command, ProposeError, RaftHandle, RaftNode};
+
 use crate::config::{ClusterConfig, ConfigError, GpuSpec, NodeConfig, NodeId, Secret};
 use crate::link::actor::{LinkActor, LinkActorArgs};
 use crate::link::messages::{
@@ -36,6 +39,8 @@ pub enum NodeError {
     Spawn(&'static str, String),
     #[error("the node did not answer: {0}")]
     Unresponsive(String),
+    #[error("the control plane did not start: {0}")]
+    ControlPlane(#[from] arbor_scheduler::StartError),
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -45,6 +50,91 @@ pub struct Node {
     server: ActorRef<NodeServerMessage>,
     supervisor: ActorRef<SupervisorMsg>,
     link: ActorRef<LinkMsg>,
+    raft: RaftNode,
+    register: tokio::task::JoinHandle<()>,
+}
+
+/// The capacity a node registers with the control plane.
+pub fn capacity(node: &NodeConfig, declared: &DeclaredResources) -> Resources {
+    let r = &node.resources;
+    Resources {
+        cpu: r.cpu,
+        memory: r.memory,
+        gpu: GpuAmount::whole(u64::from(declared.gpu)),
+        gpu_memory: r.gpu_memory.unwrap_or_else(|| {
+            // Detected GPUs: their memory together.
+            Bytes(declared.gpus.iter().map(|g| g.memory_bytes).sum())
+        }),
+        ipu: r.ipu,
+        custom: r.custom.clone(),
+    }
+}
+
+/// The control-plane settings of one node, from cluster.toml.
+fn raft_config(
+    config: &ClusterConfig,
+    node: &NodeConfig,
+    secret: &Secret,
+    data_dir: &Path,
+) -> arbor_scheduler::NodeConfig {
+    let voters = config.voters();
+    let bootstrap = if voters.contains(&node.id) {
+        Bootstrap::Voters(voters)
+    } else {
+        Bootstrap::Join
+    };
+    let mut rc = arbor_scheduler::NodeConfig::new(
+        node.id,
+        node.raft,
+        data_dir.join("raft.redb"),
+        secret.as_bytes(),
+        bootstrap,
+    );
+    rc.peers = config
+        .nodes
+        .iter()
+        .filter(|n| n.id != node.id)
+        .map(|n| (n.id, n.raft.to_string()))
+        .collect();
+    rc.raft = config.raft.timing();
+    rc
+}
+
+/// Records the node, its capacity and labels in the control plane, retrying until a leader
+/// takes it (a node may start before a quorum is up).
+async fn register(
+    raft: RaftHandle,
+    id: NodeId,
+    address: String,
+    capacity: Resources,
+    labels: std::collections::BTreeMap<String, String>,
+) {
+    let command = Command::RegisterNode {
+        id,
+        address,
+        capacity,
+        labels,
+    };
+    loop {
+        match raft.propose(command.clone()).await {
+            Ok(_) => {
+                tracing::info!(node = id, "registered with the control plane");
+                return;
+            }
+            Err(ProposeError::Rejected(why)) => {
+                tracing::error!(
+                    node = id,
+                    "the control plane refused to register this node: {why}"
+                );
+                return;
+            }
+            Err(ProposeError::Stopped) => return,
+            Err(e) => {
+                tracing::debug!(node = id, "registration not yet accepted: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 /// What a node offers: declared in cluster.toml, GPUs counted when `gpu = "auto"`.
@@ -61,7 +151,8 @@ pub fn declared_resources(node: &NodeConfig) -> DeclaredResources {
                     .map(|g| GpuDescription {
                         index: g.index,
                         model: g.model,
-                        memory: arbor_scheduler::resources::Bytes(g.memory_bytes).to_string(),
+                        memory: Bytes(g.memory_bytes).to_string(),
+                        memory_bytes: g.memory_bytes,
                     })
                     .collect()
             }
@@ -101,11 +192,12 @@ impl Node {
             path: data_dir.clone(),
             source,
         })?;
+        let me_resources = declared_resources(node);
         let me = NodeInfo {
             id,
             started: SystemTime::now(),
             actors: node.actors.to_string(),
-            resources: declared_resources(node),
+            resources: me_resources.clone(),
             labels: node.labels.clone(),
         };
         let cluster = config.cluster.name.clone();
@@ -149,10 +241,24 @@ impl Node {
                 subscription: Box::new(SessionEvents(supervisor.clone())),
             })
             .map_err(|e| NodeError::Spawn("link supervisor", e.to_string()))?;
+        let raft = RaftNode::start(raft_config(config, node, secret, &data_dir)).await?;
+        let register = tokio::spawn(register(
+            raft.handle(),
+            id,
+            node.actors.to_string(),
+            capacity(node, &me_resources),
+            node.labels.clone(),
+        ));
         let link_args = LinkActorArgs {
             cluster,
             node: id,
             supervisor: supervisor.clone(),
+            raft: raft.handle(),
+            raft_addrs: config
+                .nodes
+                .iter()
+                .map(|n| (n.id, n.raft.to_string()))
+                .collect(),
         };
         let (link, _) = Actor::spawn(None, LinkActor, link_args)
             .await
@@ -164,7 +270,14 @@ impl Node {
             server,
             supervisor,
             link,
+            raft,
+            register,
         })
+    }
+
+    /// The control plane, as this node reaches it.
+    pub fn raft(&self) -> RaftHandle {
+        self.raft.handle()
     }
 
     pub fn id(&self) -> NodeId {
@@ -197,7 +310,9 @@ impl Node {
     /// Stops the node's actors and closes its links and listener.
     pub async fn shutdown(self) {
         let timeout = Some(Duration::from_secs(5));
+        self.register.abort();
         let _ = self.link.stop_and_wait(None, timeout).await;
+        self.raft.shutdown().await;
         let _ = self.supervisor.stop_and_wait(None, timeout).await;
         let _ = self.server.stop_and_wait(None, timeout).await;
         tracing::info!(node = self.id, "node stopped");

@@ -19,6 +19,30 @@ pub enum LinkMsg {
     /// The node's membership view, for `arbor status`.
     #[rpc]
     Membership(RpcReplyPort<Wire<MembershipReport>>),
+    /// The node's control-plane status, for `arbor cluster status`.
+    #[rpc]
+    RaftStatus(RpcReplyPort<Wire<Result<arbor_scheduler::NodeStatus, String>>>),
+    /// Adds or removes a control-plane member, for `arbor cluster add-node|remove-node`.
+    #[rpc]
+    ChangeMembership(
+        Wire<MembershipChange>,
+        RpcReplyPort<Wire<Result<MembershipOutcome, String>>>,
+    ),
+}
+
+/// A change of the control plane's members, one node at a time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MembershipChange {
+    /// Add the node (as a learner, promoted to voter once it has caught up).
+    Add(NodeId),
+    Remove(NodeId),
+}
+
+/// The members after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembershipOutcome {
+    pub voters: Vec<NodeId>,
+    pub learners: Vec<NodeId>,
 }
 
 /// A heartbeat from `from` to `to`.
@@ -57,6 +81,7 @@ pub struct GpuDescription {
     pub index: usize,
     pub model: String,
     pub memory: String,
+    pub memory_bytes: u64,
 }
 
 /// Up or down, as one node sees another.
