@@ -2,6 +2,8 @@
 //! commands. The binary in `main.rs` is a thin shell over this library, so tests start real
 //! nodes in-process through the same code.
 
+pub mod client;
+pub mod cluster_cmd;
 pub mod config;
 pub mod link;
 pub mod logging;

@@ -5,8 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use arbor_node::link::messages::MembershipChange;
 use arbor_node::logging::{self, LogFormat};
-use arbor_node::{ClusterConfig, Node, NodeId, status};
+use arbor_node::{ClusterConfig, Node, NodeId, cluster_cmd, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -47,6 +48,36 @@ enum Command {
         /// How long to wait for each node before trying the next.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+    },
+    /// The control plane: its status and its members.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print the leader, the term, and each member's commit and applied index.
+    Status {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+    /// Add a node of cluster.toml to the control plane: it catches up as a learner, then votes.
+    AddNode {
+        id: NodeId,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Remove a node from the control plane.
+    RemoveNode {
+        id: NodeId,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
     },
 }
 
@@ -100,7 +131,44 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Cluster { command } => cluster(command).await,
     }
+}
+
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    let per_node = Duration::from_secs(3);
+    let (config, change) = match command {
+        ClusterCommand::Status {
+            config,
+            json,
+            timeout,
+        } => {
+            let config = ClusterConfig::load(&config)?;
+            let secret = config.secret()?;
+            let s = cluster_cmd::status(&config, &secret, timeout).await?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                print!("{}", cluster_cmd::to_table(&s));
+            }
+            return Ok(());
+        }
+        ClusterCommand::AddNode { id, config } => (config, MembershipChange::Add(id)),
+        ClusterCommand::RemoveNode { id, config } => (config, MembershipChange::Remove(id)),
+    };
+    let config = ClusterConfig::load(&config)?;
+    config.node(match change {
+        MembershipChange::Add(id) | MembershipChange::Remove(id) => id,
+    })?;
+    let secret = config.secret()?;
+    let outcome = cluster_cmd::change(&config, &secret, per_node, change.clone())
+        .await?
+        .map_err(|why| anyhow::anyhow!("{change:?} failed: {why}"))?;
+    println!(
+        "voters: {:?}, learners: {:?}",
+        outcome.voters, outcome.learners
+    );
+    Ok(())
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -274,3 +274,156 @@ fn config_errors_exit_nonzero_with_the_file_and_field() {
         &["cannot read /nonexistent/cluster.toml"],
     );
 }
+
+/// `arbor cluster status --json` as a value, or None if nothing answered.
+fn cluster_status(config: &Path, secret: &str) -> Option<serde_json::Value> {
+    let out = arbor(
+        &[
+            "cluster",
+            "status",
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+            "--timeout",
+            "1s",
+        ],
+        Some(secret),
+    );
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).expect("cluster status --json prints JSON"))
+}
+
+fn wait_cluster(
+    config: &Path,
+    secret: &str,
+    what: &str,
+    want: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    let mut last = None;
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(s) = cluster_status(config, secret) {
+            if want(&s) {
+                return s;
+            }
+            last = Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("never saw {what}; last cluster status: {last:?}");
+}
+
+fn voter_ids(s: &serde_json::Value) -> Vec<u64> {
+    s["voters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["id"].as_u64().unwrap())
+        .collect()
+}
+
+fn caught_up(s: &serde_json::Value) -> bool {
+    let voters = s["voters"].as_array().unwrap();
+    s["leader"].is_u64()
+        && voters
+            .iter()
+            .all(|v| v["state"] == "up" && v["commit"] == v["applied"])
+        && voters.windows(2).all(|w| w[0]["commit"] == w[1]["commit"])
+}
+
+#[test]
+fn the_control_plane_fails_over_and_changes_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    let text = support::cluster_toml("raft", 4, dir.path(), None).replacen(
+        "[cluster]\n",
+        "[cluster]\nvoters = [1, 2, 3]\n",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let secret = "raft-secret";
+    let mut nodes: Vec<NodeProc> = (1..=3)
+        .map(|id| NodeProc::start(&config, id, secret))
+        .collect();
+    let s = wait_cluster(
+        &config,
+        secret,
+        "a leader and 3 caught-up voters",
+        caught_up,
+    );
+    assert_eq!(voter_ids(&s), vec![1, 2, 3]);
+    let leader = s["leader"].as_u64().unwrap();
+    let term = s["term"].as_u64().unwrap();
+
+    // The leader dies: the others elect a new one in a later term.
+    nodes[leader as usize - 1].sigkill();
+    let s = wait_cluster(&config, secret, "a new leader", |s| {
+        s["leader"].as_u64().is_some_and(|l| l != leader) && s["term"].as_u64() > Some(term)
+    });
+    eprintln!("new leader {} in term {}", s["leader"], s["term"]);
+    nodes[leader as usize - 1] = NodeProc::start(&config, leader, secret);
+    wait_cluster(
+        &config,
+        secret,
+        "the old leader back and caught up",
+        caught_up,
+    );
+
+    // A fourth node joins as a learner and is promoted; then it is removed again.
+    nodes.push(NodeProc::start(&config, 4, secret));
+    let out = arbor(
+        &[
+            "cluster",
+            "add-node",
+            "4",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        Some(secret),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_cluster(&config, secret, "node 4 a caught-up voter", |s| {
+        voter_ids(s).contains(&4) && caught_up(s)
+    });
+    let out = arbor(
+        &[
+            "cluster",
+            "remove-node",
+            "4",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        Some(secret),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_cluster(&config, secret, "node 4 removed", |s| {
+        voter_ids(s) == vec![1, 2, 3]
+    });
+
+    let out = arbor(
+        &[
+            "cluster",
+            "add-node",
+            "9",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        Some(secret),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no node has id 9"));
+    for node in nodes {
+        let (ok, log) = node.terminate();
+        assert!(!log.contains("panicked"), "{log}");
+        assert!(ok, "{log}");
+    }
+}

@@ -1,0 +1,229 @@
+//! The command-line client's way into the cluster: it joins the cluster's transport for a
+//! moment as a client node (proving the cluster secret like any node), calls a node's link
+//! actor, and leaves.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorRef};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage, NodeSessionMessage};
+use tokio::sync::mpsc;
+
+use crate::config::{ClusterConfig, NodeConfig, NodeId, Secret};
+use crate::link::messages::LinkMsg;
+use crate::link::{PeerName, parse_peer_name, peer_link_actor};
+
+/// Why the client got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(
+        "no node of cluster {cluster} answered:\n{tried}\nIs the cluster running? Start it with scripts/local-cluster.sh, or `arbor node --config {config} --node ID`."
+    )]
+    NoAnswer {
+        cluster: String,
+        config: String,
+        tried: String,
+    },
+    #[error("cannot start the client: {0}")]
+    Start(String),
+}
+
+/// A session event, with the address of the node it is with.
+enum Event {
+    Authenticated(String),
+    Ready(String, ActorRef<NodeSessionMessage>, Option<String>),
+    Closed(String),
+}
+
+struct Events(mpsc::UnboundedSender<Event>);
+
+impl NodeEventSubscription for Events {
+    fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+    fn node_session_authenticated(&self, ses: NodeServerSessionInformation) {
+        let _ = self.0.send(Event::Authenticated(ses.peer_addr));
+    }
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        let name = ses.peer_name.map(|n| n.name);
+        let _ = self.0.send(Event::Ready(ses.peer_addr, ses.actor, name));
+    }
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        let _ = self.0.send(Event::Closed(ses.peer_addr));
+    }
+}
+
+/// A connected client of one cluster.
+pub struct Client<'a> {
+    config: &'a ClusterConfig,
+    server: ActorRef<NodeServerMessage>,
+    events: mpsc::UnboundedReceiver<Event>,
+    per_node: Duration,
+}
+
+impl<'a> Client<'a> {
+    /// Starts a client node for `config`'s cluster; `per_node` bounds each node's answer.
+    pub async fn start(
+        config: &'a ClusterConfig,
+        secret: &Secret,
+        per_node: Duration,
+    ) -> Result<Client<'a>, ClientError> {
+        let name = format!("{}/cli-{}", config.cluster.name, std::process::id());
+        let server = NodeServer::new(
+            0,
+            secret.cookie(),
+            name,
+            "127.0.0.1".into(),
+            None,
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr([127, 0, 0, 1].into());
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| ClientError::Start(e.to_string()))?;
+        let (tx, events) = mpsc::unbounded_channel();
+        server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "arbor.client".into(),
+                subscription: Box::new(Events(tx)),
+            })
+            .map_err(|e| ClientError::Start(e.to_string()))?;
+        Ok(Client {
+            config,
+            server,
+            events,
+            per_node,
+        })
+    }
+
+    /// Asks the nodes in cluster.toml's order until one answers.
+    pub async fn ask_any<T>(
+        &mut self,
+        ask: impl AsyncFn(ActorRef<LinkMsg>, Duration) -> Result<T, String>,
+    ) -> Result<(NodeId, T), ClientError> {
+        let mut tried = String::new();
+        for node in &self.config.nodes {
+            match self.ask(node, &ask).await {
+                Ok(answer) => return Ok((node.id, answer)),
+                Err(why) => {
+                    let _ = writeln!(tried, "  node {} at {}: {why}", node.id, node.actors);
+                }
+            }
+        }
+        Err(ClientError::NoAnswer {
+            cluster: self.config.cluster.name.clone(),
+            config: self.config.path.display().to_string(),
+            tried: tried.trim_end().to_owned(),
+        })
+    }
+
+    /// Asks every node in cluster.toml; each answer or why there is none.
+    pub async fn ask_each<T>(
+        &mut self,
+        ask: impl AsyncFn(ActorRef<LinkMsg>, Duration) -> Result<T, String>,
+    ) -> Vec<(NodeId, Result<T, String>)> {
+        let mut out = Vec::new();
+        for node in &self.config.nodes {
+            out.push((node.id, self.ask(node, &ask).await));
+        }
+        out
+    }
+
+    /// Leaves the cluster's transport.
+    pub async fn stop(self) {
+        let _ = self
+            .server
+            .stop_and_wait(None, Some(Duration::from_secs(2)))
+            .await;
+    }
+
+    async fn ask<T>(
+        &mut self,
+        node: &NodeConfig,
+        ask: &impl AsyncFn(ActorRef<LinkMsg>, Duration) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let deadline = Instant::now() + self.per_node;
+        let session = self.connect(node, deadline).await?;
+        let cluster = &self.config.cluster.name;
+        let result = async {
+            // The node's link actor is mirrored during the session's ready sync; look briefly.
+            let target = loop {
+                if let Some(t) = peer_link_actor(cluster, node.id, &session.get_cell()) {
+                    break t;
+                }
+                if Instant::now() >= deadline {
+                    return Err("its link actor did not show up".to_string());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            };
+            let left = deadline
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(100));
+            ask(target, left).await
+        }
+        .await;
+        session.get_cell().stop(None);
+        result
+    }
+
+    async fn connect(
+        &mut self,
+        node: &NodeConfig,
+        deadline: Instant,
+    ) -> Result<ActorRef<NodeSessionMessage>, String> {
+        let here = node.actors.to_string();
+        let cluster = &self.config.cluster.name;
+        tokio::time::timeout(
+            self.per_node,
+            ractor_cluster::client_connect(&self.server, node.actors),
+        )
+        .await
+        .map_err(|_| "connection timed out".to_string())?
+        .map_err(|e| format!("cannot connect ({e})"))?;
+        let mut authenticated = false;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.events.recv()).await {
+                Err(_) | Ok(None) => return Err("no handshake before the timeout".into()),
+                // Events of an earlier attempt, with another node.
+                Ok(Some(
+                    Event::Authenticated(addr) | Event::Ready(addr, ..) | Event::Closed(addr),
+                )) if addr != here => continue,
+                Ok(Some(Event::Authenticated(_))) => authenticated = true,
+                Ok(Some(Event::Ready(_, session, name))) => {
+                    return match parse_peer_name(cluster, name.as_deref().unwrap_or("")) {
+                        PeerName::Node(id) if id == node.id => Ok(session),
+                        _ => {
+                            session.get_cell().stop(None);
+                            Err(format!(
+                                "it is not node {} of cluster {cluster} (it says {:?})",
+                                node.id,
+                                name.unwrap_or_default()
+                            ))
+                        }
+                    };
+                }
+                Ok(Some(Event::Closed(_))) if !authenticated => {
+                    return Err(
+                        "it refused us: authentication failed; check the cluster secret".into(),
+                    );
+                }
+                Ok(Some(Event::Closed(_))) => return Err("it closed the connection".into()),
+            }
+        }
+    }
+}
+
+/// A link actor's RPC result, as the client's answer.
+pub fn answer<T>(
+    result: Result<
+        ractor::rpc::CallResult<arbor_actors::wire::Wire<T>>,
+        ractor::MessagingErr<LinkMsg>,
+    >,
+) -> Result<T, String> {
+    match result {
+        Ok(ractor::rpc::CallResult::Success(w)) => w.into_inner().map_err(|e| e.to_string()),
+        Ok(ractor::rpc::CallResult::Timeout) => Err("no answer before the timeout".into()),
+        Ok(ractor::rpc::CallResult::SenderError) => Err("the node dropped the request".into()),
+        Err(e) => Err(format!("cannot send ({e})")),
+    }
+}
