@@ -10,6 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 config=${ARBOR_CONFIG:-cluster.toml}
 state=.arbor
+# ARBOR_BIN: run this arbor binary instead of building one.
 bin=${ARBOR_BIN:-target/release/arbor}
 nodes=$(grep -E '^\s*id\s*=' "$config" | sed -E 's/[^0-9]//g')
 
@@ -33,7 +34,7 @@ ensure_secret() {
 running() { [ -f "$state/pids/$1" ] && kill -0 "$(cat "$state/pids/$1")" 2>/dev/null; }
 
 start() {
-  build
+  [ -n "${ARBOR_BIN:-}" ] || build
   ensure_secret
   mkdir -p "$state/logs" "$state/pids"
   for n in $nodes; do

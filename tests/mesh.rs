@@ -37,7 +37,7 @@ fn all_up(view: &[(NodeId, PeerState)]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_form_a_full_mesh() {
-    arbor_node::logging::init(Default::default());
+    arbor_node::logging::init(Default::default(), false);
     let dir = tempfile::tempdir().unwrap();
     let config = cluster("mesh", 3, dir.path());
     let secret = Secret::new("mesh-secret").unwrap();
@@ -75,7 +75,7 @@ async fn three_nodes_form_a_full_mesh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_the_wrong_secret_is_refused() {
-    arbor_node::logging::init(Default::default());
+    arbor_node::logging::init(Default::default(), false);
     let dir = tempfile::tempdir().unwrap();
     let config = cluster("secrets", 3, dir.path());
     let good = Secret::new("the-cluster-secret").unwrap();

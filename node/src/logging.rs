@@ -11,20 +11,26 @@ pub enum LogFormat {
 }
 
 /// The filter when `RUST_LOG` is unset: our info lines, and only ractor_cluster's warnings
-/// (it logs every TCP session at info).
-pub const DEFAULT_FILTER: &str = "info,ractor_cluster=warn,ractor=warn";
+/// (it logs every TCP session at info, and every closed one at warn: the link supervisor
+/// says what matters about links itself).
+pub const DEFAULT_FILTER: &str = "info,ractor_cluster=error,ractor=warn";
+
+/// The filter of client commands when `RUST_LOG` is unset: their output is what they print.
+pub const CLIENT_FILTER: &str = "warn,ractor_cluster=off,ractor=off";
 
 /// Installs the global subscriber. A bad `RUST_LOG` falls back to the default, with a warning.
-pub fn init(format: LogFormat) {
+/// `quiet` picks the client commands' default filter.
+pub fn init(format: LogFormat, quiet: bool) {
+    let default = if quiet { CLIENT_FILTER } else { DEFAULT_FILTER };
     let (filter, bad) = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.is_empty() => match EnvFilter::try_new(&spec) {
             Ok(f) => (f, None),
             Err(e) => (
-                EnvFilter::new(DEFAULT_FILTER),
+                EnvFilter::new(default),
                 Some(format!("RUST_LOG={spec:?} ignored: {e}")),
             ),
         },
-        _ => (EnvFilter::new(DEFAULT_FILTER), None),
+        _ => (EnvFilter::new(default), None),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

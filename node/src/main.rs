@@ -83,7 +83,9 @@ enum ClusterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init(cli.log_format);
+    // Client commands print what they found; only a node logs its work at info.
+    let quiet = !matches!(cli.command, Command::Node { .. });
+    logging::init(cli.log_format, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

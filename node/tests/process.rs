@@ -19,9 +19,14 @@ struct NodeProc {
 
 impl NodeProc {
     fn start(config: &Path, id: u64, secret: &str) -> NodeProc {
+        Self::start_with(config, id, secret, &[])
+    }
+
+    fn start_with(config: &Path, id: u64, secret: &str, extra: &[&str]) -> NodeProc {
         let log = config.with_file_name(format!("node-{id}.log"));
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(ARBOR)
+            .args(extra)
             .args(["node", "--config"])
             .arg(config)
             .args(["--node", &id.to_string()])
@@ -426,4 +431,39 @@ fn the_control_plane_fails_over_and_changes_members() {
         assert!(!log.contains("panicked"), "{log}");
         assert!(ok, "{log}");
     }
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, support::cluster_toml("json", 1, dir.path(), None)).unwrap();
+    let node = NodeProc::start_with(&config, 1, "s", &["--log-format", "json"]);
+    let start = Instant::now();
+    while !std::fs::read_to_string(&node.log)
+        .unwrap()
+        .contains("node started")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the node never logged its start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ok, log) = node.terminate();
+    assert!(ok, "{log}");
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "node started")
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["level"].is_string() && l["timestamp"].is_string())
+    );
 }
