@@ -6,6 +6,7 @@ pub mod client;
 pub mod cluster_cmd;
 pub mod config;
 pub mod link;
+pub mod local;
 pub mod logging;
 pub mod runtime;
 pub mod status;

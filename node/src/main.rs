@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use arbor_kernels::Device;
+use arbor_kernels::llama::Sampling;
 use arbor_node::link::messages::MembershipChange;
 use arbor_node::logging::{self, LogFormat};
 use arbor_node::{ClusterConfig, Node, NodeId, cluster_cmd, status};
@@ -49,10 +51,53 @@ enum Command {
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         timeout: Duration,
     },
+    /// Run the models on this machine, without a cluster.
+    Local {
+        #[command(subcommand)]
+        command: LocalCommand,
+    },
     /// The control plane: its status and its members.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LocalCommand {
+    /// Embed texts with all-MiniLM-L6-v2 and print {"model", "dim", "embeddings"}.
+    Embed {
+        /// Where scripts/fetch-models.sh put the models (default: $ARBOR_MODELS, else
+        /// ~/.cache/arbor/models).
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+        #[arg(required = true)]
+        texts: Vec<String>,
+    },
+    /// Answer a prompt with SmolLM2-135M-Instruct, streamed to stdout.
+    Generate {
+        #[arg(long)]
+        models: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: usize,
+        /// Always pick the most likely token (the default).
+        #[arg(long, conflicts_with_all = ["temperature", "top_p", "seed"])]
+        greedy: bool,
+        /// Sample with this temperature (with --top-p and --seed).
+        #[arg(long)]
+        temperature: Option<f32>,
+        #[arg(long, default_value_t = 0.9)]
+        top_p: f32,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Print {"text", "token_ids", "finish_reason"} at the end instead of streaming.
+        #[arg(long)]
+        json: bool,
+        prompt: String,
     },
 }
 
@@ -134,7 +179,43 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cluster { command } => cluster(command).await,
+        Command::Local { command } => tokio::task::spawn_blocking(move || local(command)).await?,
     }
+}
+
+fn local(command: LocalCommand) -> anyhow::Result<()> {
+    match command {
+        LocalCommand::Embed {
+            models,
+            device,
+            texts,
+        } => {
+            let out = arbor_node::local::embed(models, device, &texts)?;
+            println!("{}", serde_json::to_string(&out)?);
+        }
+        LocalCommand::Generate {
+            models,
+            device,
+            max_tokens,
+            greedy: _,
+            temperature,
+            top_p,
+            seed,
+            json,
+            prompt,
+        } => {
+            let sampling = match temperature {
+                Some(temperature) => Sampling::TopP {
+                    temperature,
+                    top_p,
+                    seed,
+                },
+                None => Sampling::Greedy,
+            };
+            arbor_node::local::generate(models, device, &prompt, max_tokens, sampling, json)?;
+        }
+    }
+    Ok(())
 }
 
 async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
