@@ -2,6 +2,8 @@
 //! a wrong secret is refused and logged on both sides, `arbor status` answers or says why
 //! not, and config errors end the process with a message and no panic.
 
+// Shared with the cross-crate tests; this file uses only part of it.
+#[allow(dead_code)]
 #[path = "../../tests/support.rs"]
 mod support;
 
