@@ -17,6 +17,7 @@
 //! texts are not padded to the longest of the whole call.
 
 mod config;
+mod gelu;
 mod model;
 mod tokenize;
 mod weights;
@@ -115,12 +116,12 @@ impl Embedder {
         )?;
         let weights = Weights::open(&dir.join("model.safetensors"))?;
         let engine = match device {
-            Device::Cpu => Engine::Cpu(Bert::load(&weights, config, Default::default())?),
+            Device::Cpu => Engine::Cpu(Bert::load(&weights, config, Default::default(), true)?),
             Device::Cuda(index) => {
                 crate::device::cuda_driver()
                     .map_err(|e| EmbedError::Device(device, e.to_string()))?;
                 let dev = burn::backend::cuda::CudaDevice::new(index);
-                Engine::Cuda(Bert::load(&weights, config, dev)?)
+                Engine::Cuda(Bert::load(&weights, config, dev, false)?)
             }
         };
         tracing::info!(dir = %dir.display(), %device, "loaded sentence encoder");
