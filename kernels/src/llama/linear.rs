@@ -66,54 +66,107 @@ impl HostMatrix {
 
 /// `out[r * n + t] = w_r · x_t` for the weight rows `w` and activation rows `x`.
 fn rows_dot(w: &[f32], x: &[f32], cols: usize, n: usize, out: &mut [f32]) {
+    debug_assert_eq!(w.len() % cols, 0);
+    debug_assert_eq!(x.len(), n * cols);
+    debug_assert_eq!(out.len(), w.len() / cols * n);
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features the function is compiled for (checked above).
-        return unsafe { rows_dot_avx2(w, x, cols, n, out) };
+        // SAFETY: the CPU has the features (checked above); the lengths are as asserted.
+        return unsafe { avx2::rows_dot(w, x, cols, n, out) };
     }
-    rows_dot_body::<false>(w, x, cols, n, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn rows_dot_avx2(w: &[f32], x: &[f32], cols: usize, n: usize, out: &mut [f32]) {
-    rows_dot_body::<true>(w, x, cols, n, out)
-}
-
-#[inline(always)]
-fn rows_dot_body<const FMA: bool>(w: &[f32], x: &[f32], cols: usize, n: usize, out: &mut [f32]) {
     for (w_row, out_row) in w.chunks_exact(cols).zip(out.chunks_exact_mut(n)) {
         for (x_row, o) in x.chunks_exact(cols).zip(out_row.iter_mut()) {
-            *o = dot::<FMA>(w_row, x_row);
+            *o = w_row.iter().zip(x_row).map(|(a, b)| a * b).sum();
         }
     }
 }
 
-/// A dot product with 16 independent accumulators, which the compiler turns into SIMD lanes.
-#[inline(always)]
-fn dot<const FMA: bool>(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for j in 0..LANES {
-            acc[j] = if FMA { x[j].mul_add(y[j], acc[j]) } else { acc[j] + x[j] * y[j] };
+/// Register-blocked dot products with AVX2 and FMA: a block of `R` weight rows and `T`
+/// activation rows keeps `R × T` accumulators in registers, so each loaded weight vector
+/// serves `T` tokens and each loaded activation vector `R` rows.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn rows_dot(w: &[f32], x: &[f32], cols: usize, n: usize, out: &mut [f32]) {
+        let rows = w.len() / cols;
+        let mut r = 0;
+        // SAFETY (all blocks): r + R <= rows and t + T <= n, so every row read and every
+        // output written is inside the slices (lengths checked by the caller).
+        unsafe {
+            while r + 4 <= rows {
+                let mut t = 0;
+                while t + 4 <= n {
+                    block::<2, 4>(w, x, cols, n, r, t, out);
+                    block::<2, 4>(w, x, cols, n, r + 2, t, out);
+                    t += 4;
+                }
+                while t < n {
+                    block::<4, 1>(w, x, cols, n, r, t, out);
+                    t += 1;
+                }
+                r += 4;
+            }
+            while r < rows {
+                for t in 0..n {
+                    block::<1, 1>(w, x, cols, n, r, t, out);
+                }
+                r += 1;
+            }
         }
     }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail += x * y;
-    }
-    // Pairwise reduction of the lanes.
-    let mut width = LANES / 2;
-    while width > 0 {
-        for j in 0..width {
-            acc[j] += acc[j + width];
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn block<const R: usize, const T: usize>(
+        w: &[f32],
+        x: &[f32],
+        cols: usize,
+        n: usize,
+        r0: usize,
+        t0: usize,
+        out: &mut [f32],
+    ) {
+        let simd = cols / 8 * 8;
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        // SAFETY: the caller keeps r0 + R rows and t0 + T tokens in bounds; c + 8 <= cols.
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); T]; R];
+            let mut c = 0;
+            while c < simd {
+                let mut xv = [_mm256_setzero_ps(); T];
+                for (t, v) in xv.iter_mut().enumerate() {
+                    *v = _mm256_loadu_ps(xp.add((t0 + t) * cols + c));
+                }
+                for (r, acc_r) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_loadu_ps(wp.add((r0 + r) * cols + c));
+                    for (a, xv) in acc_r.iter_mut().zip(&xv) {
+                        *a = _mm256_fmadd_ps(wv, *xv, *a);
+                    }
+                }
+                c += 8;
+            }
+            for (r, acc_r) in acc.iter().enumerate() {
+                for (t, a) in acc_r.iter().enumerate() {
+                    let mut sum = hsum(*a);
+                    for c in simd..cols {
+                        sum += w[(r0 + r) * cols + c] * x[(t0 + t) * cols + c];
+                    }
+                    out[(r0 + r) * n + t0 + t] = sum;
+                }
+            }
         }
-        width /= 2;
     }
-    acc[0] + tail
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
 }
 
 /// A dense layer without bias, `[in] -> [out]`.
@@ -161,7 +214,7 @@ mod tests {
         let (rows, cols) = (70, 37);
         let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
         let m = HostMatrix::new(rows, cols, w.clone());
-        for n in [1, 3] {
+        for n in [1, 3, 4, 5, 8] {
             let x: Vec<f32> = (0..n * cols).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2).collect();
             let y = m.matmul_t(&x, n);
             for t in 0..n {
