@@ -791,8 +791,10 @@ impl Driver {
         }
         let mut rd = self.raw.ready();
         let mut repropose = false;
-        if let Some(ss) = rd.ss() {
-            if ss.leader_id != self.leader {
+        if let Some(ss) = rd.ss()
+            && ss.leader_id != self.leader
+        {
+            {
                 info!(
                     node = self.id,
                     leader = ss.leader_id,

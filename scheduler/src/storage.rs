@@ -152,8 +152,11 @@ impl RedbStorage {
         self.conf_state = self.snapshot.get_metadata().get_conf_state().clone();
         let entries = r.open_table(ENTRIES).map_err(|e| redb_err(&p, e))?;
         let snap_index = self.snapshot.get_metadata().index;
-        let mut expect = snap_index + 1;
-        for row in entries.range(expect..).map_err(|e| redb_err(&p, e))? {
+        for (expect, row) in (snap_index + 1..).zip(
+            entries
+                .range(snap_index + 1..)
+                .map_err(|e| redb_err(&p, e))?,
+        ) {
             let (k, v) = row.map_err(|e| redb_err(&p, e))?;
             let e = Entry::parse_from_bytes(v.value()).map_err(|e| corrupt("log entry", e))?;
             if k.value() != expect || e.index != expect {
@@ -166,7 +169,6 @@ impl RedbStorage {
                     ),
                 });
             }
-            expect += 1;
             self.entries.push(e);
         }
         Ok(())
@@ -188,9 +190,11 @@ impl RedbStorage {
         meta.term = 1;
         meta.mut_conf_state().voters = voters.to_vec();
         snap.data = initial_state.into();
-        let mut hs = HardState::default();
-        hs.term = 1;
-        hs.commit = 1;
+        let hs = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
         self.write(WriteBatch {
             received_snapshot: Some(snap),
             entries: vec![],
@@ -368,9 +372,11 @@ impl RedbStorage {
             path: p.clone(),
             detail: format!("no term for snapshot index {index}: {e}"),
         })?;
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(conf_state);
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
         {

@@ -279,7 +279,7 @@ impl Transport {
         let mut peers = self.inner.peers.lock().expect("lock");
         for m in msgs {
             let to = m.to;
-            if !peers.contains_key(&to) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = peers.entry(to) {
                 let addr = self
                     .inner
                     .configured
@@ -297,7 +297,7 @@ impl Transport {
                 self.inner
                     .tasks
                     .spawn(peer_loop(self.inner.clone(), to, addr.clone(), rx));
-                peers.insert(to, Peer { addr, queue: tx });
+                slot.insert(Peer { addr, queue: tx });
             }
             let peer = peers.get(&to).expect("inserted above");
             match peer.queue.try_send(m) {

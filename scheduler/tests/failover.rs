@@ -53,13 +53,12 @@ async fn proposals_from_any_node_apply_everywhere_and_rejections_come_back() {
     // The watcher on the leader saw both, in order.
     let mut seen = Vec::new();
     while seen.len() < 2 {
-        match tokio::time::timeout(T, events.recv())
+        let event = tokio::time::timeout(T, events.recv())
             .await
             .unwrap()
-            .unwrap()
-        {
-            StateEvent::Applied { result, .. } => seen.push(result.is_ok()),
-            _ => {}
+            .unwrap();
+        if let StateEvent::Applied { result, .. } = event {
+            seen.push(result.is_ok());
         }
     }
     assert_eq!(seen, vec![true, false]);

@@ -12,13 +12,11 @@ use common::{Cluster, kv, put};
 
 const T: Duration = Duration::from_secs(15);
 
+/// Leaders observed, per term.
+type LeadersByTerm = Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>;
+
 /// Polls every node's status and records, per term, which nodes claimed leadership.
-fn watch_leaders(
-    handles: Vec<RaftHandle>,
-) -> (
-    Arc<Mutex<BTreeMap<u64, BTreeSet<u64>>>>,
-    tokio::task::JoinHandle<()>,
-) {
+fn watch_leaders(handles: Vec<RaftHandle>) -> (LeadersByTerm, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(BTreeMap::<u64, BTreeSet<u64>>::new()));
     let s = seen.clone();
     let task = tokio::spawn(async move {
