@@ -4,7 +4,9 @@
 pub mod device;
 pub mod embed;
 pub mod gguf;
+pub mod hnsw;
 pub mod llama;
 pub mod models;
+pub mod topk;
 
 pub use device::{Device, GpuInfo, NoGpu};
