@@ -143,3 +143,35 @@ async fn whole_cluster_killed_and_restarted_keeps_its_state() {
     c.handle(3).propose(put("after", "yes")).await.unwrap();
     c.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_the_wrong_secret_is_kept_out() {
+    let mut c = Cluster::start(3).await;
+    c.kill(3).await;
+    let mut cfg = c.config(3, Bootstrap::Voters(vec![1, 2, 3]));
+    cfg.secret = b"not the cluster secret".to_vec();
+    cfg.client.read_timeout = Duration::from_secs(1);
+    c.start_node_with(3, cfg).await;
+    let leader = c.wait_leader(&[1, 2], T).await;
+    for i in 0..5 {
+        c.handle(leader)
+            .propose(put("k", &i.to_string()))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Node 3 never hears from the others, so it has none of the five writes.
+    let s3 = c.handle(3).status().await.unwrap();
+    let s = c.handle(leader).status().await.unwrap();
+    assert!(
+        s3.applied + 5 <= s.commit,
+        "node 3 applied entries through a refused link: {s3:?} vs leader {s:?}"
+    );
+    // Cut off from any quorum, it cannot serve a linearizable read.
+    assert_eq!(
+        c.handle(3).read_state().await,
+        Err(arbor_scheduler::ReadError::Timeout(Duration::from_secs(1)))
+    );
+    assert_ne!(s3.leader, Some(leader), "{s3:?}");
+    c.shutdown().await;
+}

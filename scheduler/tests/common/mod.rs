@@ -106,6 +106,11 @@ impl Cluster {
     /// Starts (or restarts) node `id` on its address with its data file.
     pub async fn start_node(&mut self, id: u64, bootstrap: Bootstrap) {
         let cfg = self.config(id, bootstrap);
+        self.start_node_with(id, cfg).await;
+    }
+
+    /// Starts node `id` with a config the test adjusted.
+    pub async fn start_node_with(&mut self, id: u64, cfg: NodeConfig) {
         let mut tries = 0;
         let listener = loop {
             match TcpListener::bind(self.addrs[&id]).await {
