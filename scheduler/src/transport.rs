@@ -48,7 +48,7 @@ pub enum TransportError {
     FrameTooLarge { len: usize, limit: usize },
     #[error("handshake: {0}")]
     Handshake(String),
-    #[error("handshake refused: cluster secret mismatch ({0})")]
+    #[error("cluster secret mismatch ({0})")]
     SecretMismatch(String),
     #[error("undecodable raft message: {0}")]
     Decode(#[from] protobuf::ProtobufError),
