@@ -64,11 +64,12 @@ fn block<const Q: usize, const V: usize, const FMA: bool>(
 
 type TileFn = fn(&[f32], &[f32], usize, &mut [f32], usize);
 
-/// The tile loop, shared by every instruction set: blocks of 4 queries × 2 rows, then the
-/// leftover queries one at a time against 4 rows. `$block::<Q, V>(qs, vs, d)` returns the
+/// The tile loop, shared by every instruction set: blocks of `$qb` queries × `$vb` rows (as
+/// many accumulators as the registers hold), then the leftover queries one at a time against
+/// 4 rows. `$block::<Q, V>(qs, vs, d)` returns the
 /// `Q × V` inner products of the row pointers `qs` and `vs`.
 macro_rules! tile_loop {
-    ($block:ident, $queries:expr, $rows:expr, $d:expr, $out:expr, $ldo:expr) => {{
+    ($block:ident, $qb:literal, $vb:literal, $queries:expr, $rows:expr, $d:expr, $out:expr, $ldo:expr) => {{
         let (queries, rows, d, out, ldo): (&[f32], &[f32], usize, &mut [f32], usize) =
             ($queries, $rows, $d, $out, $ldo);
         let nq = queries.len() / d;
@@ -76,25 +77,26 @@ macro_rules! tile_loop {
         let q = |i: usize| queries[i * d..(i + 1) * d].as_ptr();
         let v = |r: usize| rows[r * d..(r + 1) * d].as_ptr();
         let mut i = 0;
-        while i + 4 <= nq {
-            let qs = [q(i), q(i + 1), q(i + 2), q(i + 3)];
+        while i + $qb <= nq {
+            let qs: [*const f32; $qb] = std::array::from_fn(|a| q(i + a));
             let mut r = 0;
-            while r + 2 <= nr {
+            while r + $vb <= nr {
+                let vs: [*const f32; $vb] = std::array::from_fn(|b| v(r + b));
                 // SAFETY: every pointer addresses `d` readable floats.
-                let s = unsafe { $block::<4, 2>(qs, [v(r), v(r + 1)], d) };
+                let s = unsafe { $block::<$qb, $vb>(qs, vs, d) };
                 for (a, s) in s.iter().enumerate() {
-                    out[(i + a) * ldo + r..(i + a) * ldo + r + 2].copy_from_slice(s);
+                    out[(i + a) * ldo + r..(i + a) * ldo + r + $vb].copy_from_slice(s);
                 }
-                r += 2;
+                r += $vb;
             }
-            if r < nr {
+            for r in r..nr {
                 // SAFETY: as above.
-                let s = unsafe { $block::<4, 1>(qs, [v(r)], d) };
+                let s = unsafe { $block::<$qb, 1>(qs, [v(r)], d) };
                 for (a, s) in s.iter().enumerate() {
                     out[(i + a) * ldo + r] = s[0];
                 }
             }
-            i += 4;
+            i += $qb;
         }
         for i in i..nq {
             let qs = [q(i)];
@@ -127,7 +129,7 @@ fn tile_plain(queries: &[f32], rows: &[f32], d: usize, out: &mut [f32], ldo: usi
         let vs = vs.map(|p| unsafe { std::slice::from_raw_parts(p, d) });
         block::<Q, V, false>(qs, vs, d)
     }
-    tile_loop!(block_plain, queries, rows, d, out, ldo)
+    tile_loop!(block_plain, 4, 2, queries, rows, d, out, ldo)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -230,12 +232,12 @@ mod x86 {
 
     #[target_feature(enable = "avx512f")]
     fn tile_avx512(queries: &[f32], rows: &[f32], d: usize, out: &mut [f32], ldo: usize) {
-        tile_loop!(block_avx512, queries, rows, d, out, ldo)
+        tile_loop!(block_avx512, 8, 3, queries, rows, d, out, ldo)
     }
 
     #[target_feature(enable = "avx2,fma")]
     fn tile_avx2(queries: &[f32], rows: &[f32], d: usize, out: &mut [f32], ldo: usize) {
-        tile_loop!(block_avx2, queries, rows, d, out, ldo)
+        tile_loop!(block_avx2, 4, 2, queries, rows, d, out, ldo)
     }
 
     pub(super) fn pick() -> (super::TileFn, &'static str) {
