@@ -8,8 +8,10 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use arbor_kernels::topk::{CpuIndex, CudaIndex, VectorIndex, Metric};
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
+use arbor_kernels::topk::{CpuIndex, CudaIndex, Metric, VectorIndex};
+use criterion::{
+    BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
+};
 use rayon::prelude::*;
 
 const DIM: usize = 384;
@@ -20,15 +22,17 @@ const QUERIES: [usize; 3] = [1, 32, 128];
 /// Uniform values in [-0.5, 0.5) from a fixed-seed xorshift generator (fast to fill 1.5 GB).
 fn random_rows(n: usize, seed: u64) -> Vec<f32> {
     let mut out = vec![0.0f32; n * DIM];
-    out.par_chunks_mut(DIM * 1024).enumerate().for_each(|(c, chunk)| {
-        let mut s = seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        for x in chunk {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            *x = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-        }
-    });
+    out.par_chunks_mut(DIM * 1024)
+        .enumerate()
+        .for_each(|(c, chunk)| {
+            let mut s = seed ^ (c as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            for x in chunk {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                *x = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            }
+        });
     out
 }
 
@@ -47,18 +51,23 @@ fn bandwidth(c: &mut Criterion) {
     let mut g = c.benchmark_group("memory_bandwidth");
     g.throughput(Throughput::Bytes((buf.len() * 4) as u64));
     g.sample_size(10).measurement_time(Duration::from_secs(3));
-    g.bench_function("sum_1GiB_one_thread", |b| b.iter(|| black_box(sum_lanes(&buf))));
+    g.bench_function("sum_1GiB_one_thread", |b| {
+        b.iter(|| black_box(sum_lanes(&buf)))
+    });
     g.bench_function("sum_1GiB_all_threads", |b| {
-        b.iter(|| {
-            black_box(buf.par_chunks(1 << 20).map(sum_lanes).sum::<f32>())
-        })
+        b.iter(|| black_box(buf.par_chunks(1 << 20).map(sum_lanes).sum::<f32>()))
     });
     g.finish();
 }
 
-fn exact(c: &mut Criterion, name: &str, build: &dyn Fn(&[u64], &[f32]) -> Option<Box<dyn VectorIndex>>) {
+/// Builds an index over ids and rows, or says why it cannot (and returns None).
+type Build = dyn Fn(&[u64], &[f32]) -> Option<Box<dyn VectorIndex>>;
+
+fn exact(c: &mut Criterion, name: &str, build: &Build) {
     let mut g = c.benchmark_group(name);
-    g.sample_size(10).sampling_mode(SamplingMode::Flat).measurement_time(Duration::from_secs(4));
+    g.sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(4));
     for rows in ROWS {
         let data = random_rows(rows, rows as u64);
         let ids: Vec<u64> = (0..rows as u64).collect();
@@ -69,9 +78,11 @@ fn exact(c: &mut Criterion, name: &str, build: &dyn Fn(&[u64], &[f32]) -> Option
         g.throughput(Throughput::Bytes((rows * DIM * 4) as u64));
         for nq in QUERIES {
             let queries = random_rows(nq, 7);
-            g.bench_with_input(BenchmarkId::new(format!("{rows}x{DIM}"), nq), &queries, |b, q| {
-                b.iter(|| black_box(index.search(q, K).unwrap()))
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("{rows}x{DIM}"), nq),
+                &queries,
+                |b, q| b.iter(|| black_box(index.search(q, K).unwrap())),
+            );
         }
     }
     g.finish();
@@ -79,21 +90,27 @@ fn exact(c: &mut Criterion, name: &str, build: &dyn Fn(&[u64], &[f32]) -> Option
 
 fn cpu(c: &mut Criterion) {
     exact(c, "exact_top10_cpu_f32", &|ids, data| {
-        Some(Box::new(CpuIndex::from_rows(DIM, Metric::Dot, ids, data).unwrap()))
+        Some(Box::new(
+            CpuIndex::from_rows(DIM, Metric::Dot, ids, data).unwrap(),
+        ))
     });
 }
 
 fn gpu(c: &mut Criterion) {
-    exact(c, "exact_top10_gpu_fp16", &|ids, data| match CudaIndex::new(DIM, Metric::Dot, 0) {
-        Ok(mut index) => {
-            index.upsert(ids, data).unwrap();
-            Some(Box::new(index))
-        }
-        Err(e) => {
-            eprintln!("exact_top10_gpu_fp16 skipped: {e}");
-            None
-        }
-    });
+    exact(
+        c,
+        "exact_top10_gpu_fp16",
+        &|ids, data| match CudaIndex::new(DIM, Metric::Dot, 0) {
+            Ok(mut index) => {
+                index.upsert(ids, data).unwrap();
+                Some(Box::new(index))
+            }
+            Err(e) => {
+                eprintln!("exact_top10_gpu_fp16 skipped: {e}");
+                None
+            }
+        },
+    );
 }
 
 criterion_group!(benches, bandwidth, cpu, gpu);

@@ -21,9 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
-use crate::topk::{
-    Filter, Hit, MemoryUsage, Metric, TopKError, VectorIndex, dot,
-};
+use crate::topk::{Filter, Hit, MemoryUsage, Metric, TopKError, VectorIndex, dot};
 
 /// Graph construction and search settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,7 +161,11 @@ impl HnswIndex {
     }
 
     fn max_links(&self, level: usize) -> usize {
-        if level == 0 { 2 * self.params.m } else { self.params.m }
+        if level == 0 {
+            2 * self.params.m
+        } else {
+            self.params.m
+        }
     }
 
     /// Greedy descent through the upper layers to the best entry for layer `to`.
@@ -287,14 +289,10 @@ impl HnswIndex {
         };
         let row = row.to_vec();
         for l in (0..=level.min(self.top_level)).rev() {
-            let found = self.search_layer(
-                &row,
-                sq,
-                &[entry],
-                self.params.ef_construction,
-                l,
-                &|s| s != slot,
-            );
+            let found =
+                self.search_layer(&row, sq, &[entry], self.params.ef_construction, l, &|s| {
+                    s != slot
+                });
             let neighbors = self.select_neighbors(&found, self.params.m);
             for &nb in &neighbors {
                 self.links[nb as usize][l].push(slot);
@@ -332,7 +330,11 @@ impl HnswIndex {
             .filter(|&s| self.alive[s as usize])
             .map(|s| (self.ids[s as usize], self.row(s).to_vec()))
             .collect();
-        tracing::debug!(live = live.len(), dead = self.ids.len() - live.len(), "rebuilding HNSW graph");
+        tracing::debug!(
+            live = live.len(),
+            dead = self.ids.len() - live.len(),
+            "rebuilding HNSW graph"
+        );
         let mut fresh = HnswIndex::new(self.dim, self.metric, self.params)
             .expect("dimension was checked when this index was built");
         for (id, row) in live {
@@ -345,7 +347,8 @@ impl HnswIndex {
         let mut prepared = q.to_vec();
         self.metric.prepare(&mut prepared);
         let q_sq = dot(&prepared, &prepared);
-        let accept = |s: u32| self.alive[s as usize] && filter.is_none_or(|f| f(self.ids[s as usize]));
+        let accept =
+            |s: u32| self.alive[s as usize] && filter.is_none_or(|f| f(self.ids[s as usize]));
         let found = match self.descend(&prepared, q_sq, 0) {
             Some(entry) => {
                 let ef = self.params.ef_search.max(k);
@@ -450,7 +453,10 @@ impl VectorIndex for HnswIndex {
             .iter()
             .map(|node| {
                 size_of::<Vec<Vec<u32>>>()
-                    + node.iter().map(|l| size_of::<Vec<u32>>() + l.capacity() * 4).sum::<usize>()
+                    + node
+                        .iter()
+                        .map(|l| size_of::<Vec<u32>>() + l.capacity() * 4)
+                        .sum::<usize>()
             })
             .sum();
         let map = self.slots.capacity() * (size_of::<u64>() + size_of::<u32>() + 1);

@@ -3,9 +3,7 @@
 use std::collections::HashSet;
 
 use arbor_kernels::Device;
-use arbor_kernels::topk::{
-    CpuIndex, ExactIndex, Hit, Metric, VectorIndex, merge, naive_topk,
-};
+use arbor_kernels::topk::{CpuIndex, ExactIndex, Hit, Metric, VectorIndex, merge, naive_topk};
 use proptest::prelude::*;
 
 const METRICS: [Metric; 3] = [Metric::Cosine, Metric::Dot, Metric::L2];
@@ -57,11 +55,20 @@ fn assert_equivalent(
     let unique: HashSet<u64> = got.iter().map(|h| h.id).collect();
     assert_eq!(unique.len(), got.len(), "duplicate ids in {got:?}");
     for (g, w) in got.iter().zip(want) {
-        assert!((g.score - w.score).abs() <= tol, "{metric}: got {got:?}\nwant {want:?}");
-        assert!((true_score(g.id) - g.score).abs() <= tol, "{metric}: {g:?} misreported");
+        assert!(
+            (g.score - w.score).abs() <= tol,
+            "{metric}: got {got:?}\nwant {want:?}"
+        );
+        assert!(
+            (true_score(g.id) - g.score).abs() <= tol,
+            "{metric}: {g:?} misreported"
+        );
     }
     for pair in got.windows(2) {
-        assert!(metric.compare(&pair[0], &pair[1]).is_lt(), "{metric}: out of order {got:?}");
+        assert!(
+            metric.compare(&pair[0], &pair[1]).is_lt(),
+            "{metric}: out of order {got:?}"
+        );
     }
 }
 
@@ -91,7 +98,7 @@ proptest! {
     fn filtered_search_equals_naive(c in case(), modulus in 1u64..5) {
         for metric in [Metric::Dot, Metric::L2] {
             let index = CpuIndex::from_rows(c.d, metric, &c.ids, &c.rows).unwrap();
-            let keep = |id: u64| id % modulus == 0;
+            let keep = |id: u64| id.is_multiple_of(modulus);
             let got = index.search_filtered(&c.queries, c.k, Some(&keep)).unwrap();
             let want = naive_topk(metric, c.d, &c.ids, &c.rows, &c.queries, c.k, Some(&keep));
             prop_assert_eq!(got, want);
@@ -175,7 +182,15 @@ fn float_data_matches_naive_within_rounding() {
         let got = index.search(&queries, k).unwrap();
         let want = naive_topk(metric, d, &ids, &rows, &queries, k, None);
         for (q, (g, w)) in got.iter().zip(&want).enumerate() {
-            let all = naive_topk(metric, d, &ids, &rows, &queries[q * d..(q + 1) * d], n, None);
+            let all = naive_topk(
+                metric,
+                d,
+                &ids,
+                &rows,
+                &queries[q * d..(q + 1) * d],
+                n,
+                None,
+            );
             let score = |id| all[0].iter().find(|h| h.id == id).unwrap().score;
             assert_equivalent(metric, g, w, score, 1e-4);
         }
@@ -187,8 +202,13 @@ fn edge_cases_have_documented_answers() {
     let mut index = ExactIndex::new(2, Metric::Cosine, Device::Cpu).unwrap();
     assert_eq!(index.device(), Device::Cpu);
     // Empty index and k = 0 give one empty list per query.
-    assert_eq!(index.search(&[1.0, 0.0, 0.0, 1.0], 3).unwrap(), vec![vec![]; 2]);
-    index.upsert(&[10, 11, 12], &[1.0, 0.0, 0.0, 2.0, 0.0, 0.0]).unwrap();
+    assert_eq!(
+        index.search(&[1.0, 0.0, 0.0, 1.0], 3).unwrap(),
+        vec![vec![]; 2]
+    );
+    index
+        .upsert(&[10, 11, 12], &[1.0, 0.0, 0.0, 2.0, 0.0, 0.0])
+        .unwrap();
     assert_eq!(index.search(&[1.0, 0.0], 0).unwrap(), vec![vec![]]);
     // k larger than the index returns every row; the zero vector scores 0.
     let hits = index.search(&[3.0, 0.0], 10).unwrap();

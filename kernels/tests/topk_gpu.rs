@@ -37,8 +37,14 @@ fn uniform(n: usize, seed: u64) -> Vec<f32> {
 fn assert_near(metric: Metric, gpu: &[Hit], cpu: &[Hit], all: &HashMap<u64, f32>, tol: f32) {
     assert_eq!(gpu.len(), cpu.len(), "gpu {gpu:?}\ncpu {cpu:?}");
     for (g, c) in gpu.iter().zip(cpu) {
-        assert!((g.score - c.score).abs() <= tol, "{metric}: gpu {gpu:?}\ncpu {cpu:?}");
-        assert!((all[&g.id] - c.score).abs() <= tol, "{metric}: gpu {gpu:?}\ncpu {cpu:?}");
+        assert!(
+            (g.score - c.score).abs() <= tol,
+            "{metric}: gpu {gpu:?}\ncpu {cpu:?}"
+        );
+        assert!(
+            (all[&g.id] - c.score).abs() <= tol,
+            "{metric}: gpu {gpu:?}\ncpu {cpu:?}"
+        );
     }
 }
 
@@ -97,13 +103,18 @@ fn gpu_follows_upserts_removals_and_filters() {
     let odd = |id: u64| id % 2 == 1;
     let got = gpu.search_filtered(&queries, 25, Some(&odd)).unwrap();
     let want = cpu.search_filtered(&queries, 25, Some(&odd)).unwrap();
-    let every = cpu.search_filtered(&queries, usize::MAX, Some(&odd)).unwrap();
+    let every = cpu
+        .search_filtered(&queries, usize::MAX, Some(&odd))
+        .unwrap();
     for q in 0..20 {
         assert!(got[q].iter().all(|h| odd(h.id) && h.id % 4 != 1));
         let all: HashMap<u64, f32> = every[q].iter().map(|h| (h.id, h.score)).collect();
         assert_near(Metric::L2, &got[q], &want[q], &all, 0.05);
     }
-    assert!(matches!(gpu.search(&queries, 10_000), Err(TopKError::KTooLarge { .. })));
+    assert!(matches!(
+        gpu.search(&queries, 10_000),
+        Err(TopKError::KTooLarge { .. })
+    ));
 }
 
 #[test]

@@ -21,7 +21,11 @@ fn clustered(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
             let c = (i * 7919) % clusters;
             let centre = centres[c * d..(c + 1) * d].to_vec();
             let noise: Vec<f32> = (0..d).map(|_| uniform() + uniform() + uniform()).collect();
-            centre.into_iter().zip(noise).map(|(c, e)| c + e).collect::<Vec<_>>()
+            centre
+                .into_iter()
+                .zip(noise)
+                .map(|(c, e)| c + e)
+                .collect::<Vec<_>>()
         })
         .collect()
 }
@@ -91,12 +95,16 @@ fn removed_and_filtered_rows_are_never_returned() {
     assert_eq!(hnsw.remove(&gone).unwrap(), gone.len());
     exact.remove(&gone).unwrap();
     assert_eq!(hnsw.len(), n - gone.len());
-    let even = |id: u64| id % 2 == 0;
+    let even = |id: u64| id.is_multiple_of(2);
     let got = hnsw.search_filtered(&queries, 10, Some(&even)).unwrap();
     let want = exact.search_filtered(&queries, 10, Some(&even)).unwrap();
     for hits in &got {
         assert_eq!(hits.len(), 10);
-        assert!(hits.iter().all(|h| h.id % 3 != 0 && h.id % 2 == 0), "{hits:?}");
+        assert!(
+            hits.iter()
+                .all(|h| !h.id.is_multiple_of(3) && h.id.is_multiple_of(2)),
+            "{hits:?}"
+        );
     }
     let r = recall(&got, &want);
     assert!(r >= 0.85, "filtered recall@10 {r}");
@@ -119,7 +127,10 @@ fn removed_and_filtered_rows_are_never_returned() {
     let most: Vec<u64> = (0..n as u64).filter(|i| i % 10 != 1).collect();
     hnsw.remove(&most).unwrap();
     let left = hnsw.len();
-    assert_eq!(left, (0..n as u64).filter(|i| i % 10 == 1 && i % 3 != 0).count());
+    assert_eq!(
+        left,
+        (0..n as u64).filter(|i| i % 10 == 1 && i % 3 != 0).count()
+    );
     let all = hnsw.search(&queries[..D], left + 5).unwrap();
     assert_eq!(all[0].len(), left);
     assert!(hnsw.memory().host_bytes > left * D * 4);

@@ -185,7 +185,8 @@ impl VectorIndex for CpuIndex {
             }
             self.ids.truncate(last);
             self.data.truncate(last * d);
-            self.sq_norms.truncate(if self.metric == Metric::L2 { last } else { 0 });
+            self.sq_norms
+                .truncate(if self.metric == Metric::L2 { last } else { 0 });
             removed += 1;
         }
         Ok(removed)

@@ -243,7 +243,10 @@ mod x86 {
     pub(super) fn pick() -> (super::TileFn, &'static str) {
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the feature tile_avx512 is compiled for was just detected.
-            (|q, r, d, o, l| unsafe { tile_avx512(q, r, d, o, l) }, "avx512")
+            (
+                |q, r, d, o, l| unsafe { tile_avx512(q, r, d, o, l) },
+                "avx512",
+            )
         } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // SAFETY: as above, for AVX2 and FMA.
             (|q, r, d, o, l| unsafe { tile_avx2(q, r, d, o, l) }, "avx2")
@@ -300,7 +303,10 @@ mod tests {
     use super::*;
 
     fn naive(a: &[f32], b: &[f32]) -> f64 {
-        a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| f64::from(*x) * f64::from(*y))
+            .sum()
     }
 
     #[test]
@@ -308,8 +314,12 @@ mod tests {
         for d in [1, 3, 16, 17, 40, 384] {
             for nq in [1, 3, 4, 5, 9] {
                 for nr in [1, 2, 5, 8] {
-                    let q: Vec<f32> = (0..nq * d).map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0).collect();
-                    let r: Vec<f32> = (0..nr * d).map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0).collect();
+                    let q: Vec<f32> = (0..nq * d)
+                        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0)
+                        .collect();
+                    let r: Vec<f32> = (0..nr * d)
+                        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0)
+                        .collect();
                     let ldo = nr + 3;
                     let mut out = vec![f32::NAN; nq * ldo];
                     score_tile(&q, &r, d, &mut out, ldo);
@@ -317,7 +327,10 @@ mod tests {
                         for j in 0..nr {
                             let want = naive(&q[i * d..(i + 1) * d], &r[j * d..(j + 1) * d]);
                             let got = f64::from(out[i * ldo + j]);
-                            assert!((got - want).abs() <= 1e-4 * want.abs().max(1.0), "d={d} nq={nq} nr={nr} ({i},{j}): {got} vs {want}");
+                            assert!(
+                                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                                "d={d} nq={nq} nr={nr} ({i},{j}): {got} vs {want}"
+                            );
                         }
                     }
                 }

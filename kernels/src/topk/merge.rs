@@ -5,11 +5,7 @@ use super::{Hit, Metric};
 /// Merges per-partition top-k lists (each best first, from disjoint sets of rows) into the
 /// global top-k, best first with ties broken by id ascending. Because every list holds its
 /// partition's best `k` in that same order, the result equals one scan over all partitions.
-pub fn merge<'a>(
-    metric: Metric,
-    k: usize,
-    lists: impl IntoIterator<Item = &'a [Hit]>,
-) -> Vec<Hit> {
+pub fn merge<'a>(metric: Metric, k: usize, lists: impl IntoIterator<Item = &'a [Hit]>) -> Vec<Hit> {
     let mut all: Vec<Hit> = lists.into_iter().flatten().copied().collect();
     if k < all.len() {
         all.select_nth_unstable_by(k, |a, b| metric.compare(a, b));

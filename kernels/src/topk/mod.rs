@@ -134,8 +134,14 @@ pub type Filter<'a> = &'a (dyn Fn(u64) -> bool + Sync);
 pub enum TopKError {
     #[error("vector dimension must be at least 1")]
     ZeroDimension,
-    #[error("{ids} ids were given with {values} values, which is not {ids} rows of dimension {dim}")]
-    RowsMismatch { ids: usize, values: usize, dim: usize },
+    #[error(
+        "{ids} ids were given with {values} values, which is not {ids} rows of dimension {dim}"
+    )]
+    RowsMismatch {
+        ids: usize,
+        values: usize,
+        dim: usize,
+    },
     #[error("{values} query values are not a whole number of queries of dimension {dim}")]
     RaggedQueries { values: usize, dim: usize },
     #[error("vector {id} has a non-finite component at position {position}")]
@@ -312,7 +318,7 @@ mod tests {
         let a = Hit { id: 2, score: 1.0 };
         let b = Hit { id: 1, score: 1.0 };
         let c = Hit { id: 0, score: 0.5 };
-        let mut hits = vec![c, a, b];
+        let mut hits = [c, a, b];
         hits.sort_by(|x, y| Metric::Dot.compare(x, y));
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [1, 2, 0]);
         hits.sort_by(|x, y| Metric::L2.compare(x, y));
@@ -324,14 +330,23 @@ mod tests {
         for m in [Metric::Cosine, Metric::Dot, Metric::L2] {
             assert_eq!(m.to_string().parse::<Metric>(), Ok(m));
         }
-        assert!("manhattan".parse::<Metric>().unwrap_err().contains("manhattan"));
+        assert!(
+            "manhattan"
+                .parse::<Metric>()
+                .unwrap_err()
+                .contains("manhattan")
+        );
     }
 
     #[test]
     fn bad_input_is_refused_with_a_reason() {
         assert!(matches!(
             check_rows(3, &[1, 2], &[0.0; 5]),
-            Err(TopKError::RowsMismatch { ids: 2, values: 5, dim: 3 })
+            Err(TopKError::RowsMismatch {
+                ids: 2,
+                values: 5,
+                dim: 3
+            })
         ));
         assert!(matches!(
             check_rows(2, &[7, 8], &[0.0, 1.0, f32::NAN, 0.0]),
@@ -343,7 +358,10 @@ mod tests {
         ));
         assert!(matches!(
             check_queries(2, &[0.0, 0.0, 1.0, f32::INFINITY]),
-            Err(TopKError::NonFiniteQuery { query: 1, position: 1 })
+            Err(TopKError::NonFiniteQuery {
+                query: 1,
+                position: 1
+            })
         ));
     }
 

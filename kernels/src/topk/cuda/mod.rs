@@ -25,9 +25,7 @@ use cudarc::driver::{
 };
 use half::f16;
 
-use super::{
-    Filter, Hit, MemoryUsage, Metric, TopKError, VectorIndex, check_queries, check_rows,
-};
+use super::{Filter, Hit, MemoryUsage, Metric, TopKError, VectorIndex, check_queries, check_rows};
 use crate::device::{NoGpu, cuda_driver};
 
 const KERNELS: &str = include_str!("kernels.cu");
@@ -169,7 +167,10 @@ impl CudaIndex {
                 )
                 .map_err(cuda_err("copying rows"))?;
             self.stream
-                .memcpy_dtod(&self.sq_norms.slice(..live), &mut sq_norms.slice_mut(..live))
+                .memcpy_dtod(
+                    &self.sq_norms.slice(..live),
+                    &mut sq_norms.slice_mut(..live),
+                )
                 .map_err(cuda_err("copying norms"))?;
         }
         self.vectors = vectors;
@@ -391,10 +392,16 @@ impl VectorIndex for CudaIndex {
         let copy = cuda_err("copying rows to the GPU");
         if new_ids > 0 {
             self.stream
-                .memcpy_htod(&staged, &mut self.vectors.slice_mut(old_len * d..new_len * d))
+                .memcpy_htod(
+                    &staged,
+                    &mut self.vectors.slice_mut(old_len * d..new_len * d),
+                )
                 .map_err(copy)?;
             self.stream
-                .memcpy_htod(&staged_norms, &mut self.sq_norms.slice_mut(old_len..new_len))
+                .memcpy_htod(
+                    &staged_norms,
+                    &mut self.sq_norms.slice_mut(old_len..new_len),
+                )
                 .map_err(cuda_err("copying norms to the GPU"))?;
         }
         for (row, half, sq_norm) in replaced {
