@@ -12,7 +12,7 @@
 
 #define CHUNK 2048
 #define THREADS 256
-#define NEG_INF __int_as_float(0xff800000)
+#define NEG_INF __int_as_float((int)0xff800000u)
 #define NO_ROW 0xffffffffu
 
 __device__ __forceinline__ bool beats(float a, unsigned ra, float b, unsigned rb) {

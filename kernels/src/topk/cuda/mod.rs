@@ -404,12 +404,16 @@ impl VectorIndex for CudaIndex {
                 )
                 .map_err(cuda_err("copying norms to the GPU"))?;
         }
-        for (row, half, sq_norm) in replaced {
+        for (row, half, sq_norm) in &replaced {
+            let row = *row;
             self.stream
-                .memcpy_htod(&half, &mut self.vectors.slice_mut(row * d..(row + 1) * d))
+                .memcpy_htod(half, &mut self.vectors.slice_mut(row * d..(row + 1) * d))
                 .map_err(cuda_err("copying rows to the GPU"))?;
             self.stream
-                .memcpy_htod(&[sq_norm], &mut self.sq_norms.slice_mut(row..row + 1))
+                .memcpy_htod(
+                    std::slice::from_ref(sq_norm),
+                    &mut self.sq_norms.slice_mut(row..row + 1),
+                )
                 .map_err(cuda_err("copying norms to the GPU"))?;
         }
         // The host buffers above must outlive the asynchronous copies.
