@@ -104,7 +104,7 @@ impl BertConfig {
                 hf.position_embedding_type
             ));
         }
-        if hf.num_attention_heads == 0 || hf.hidden_size % hf.num_attention_heads != 0 {
+        if hf.num_attention_heads == 0 || !hf.hidden_size.is_multiple_of(hf.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 hf.hidden_size, hf.num_attention_heads

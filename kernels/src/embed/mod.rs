@@ -72,9 +72,10 @@ impl EmbedError {
     }
 }
 
+/// The model on its backend; boxed, as the two differ much in size.
 enum Engine {
-    Cpu(Bert<CpuBackend>),
-    Cuda(Bert<CudaBackend>),
+    Cpu(Box<Bert<CpuBackend>>),
+    Cuda(Box<Bert<CudaBackend>>),
 }
 
 /// A loaded sentence encoder. `embed` takes `&self`, so one embedder can serve several
@@ -116,12 +117,17 @@ impl Embedder {
         )?;
         let weights = Weights::open(&dir.join("model.safetensors"))?;
         let engine = match device {
-            Device::Cpu => Engine::Cpu(Bert::load(&weights, config, Default::default(), true)?),
+            Device::Cpu => Engine::Cpu(Box::new(Bert::load(
+                &weights,
+                config,
+                Default::default(),
+                true,
+            )?)),
             Device::Cuda(index) => {
                 crate::device::cuda_driver()
                     .map_err(|e| EmbedError::Device(device, e.to_string()))?;
                 let dev = burn::backend::cuda::CudaDevice::new(index);
-                Engine::Cuda(Bert::load(&weights, config, dev, false)?)
+                Engine::Cuda(Box::new(Bert::load(&weights, config, dev, false)?))
             }
         };
         tracing::info!(dir = %dir.display(), %device, "loaded sentence encoder");
