@@ -31,7 +31,10 @@ fn prompts(llama: &Llama, batch: usize) -> Vec<String> {
         .iter()
         .map(|t| {
             let question = Message::user(format!("Write a long, detailed essay about {t}."));
-            llama.chat_template().render(&[question]).expect("template renders")
+            llama
+                .chat_template()
+                .render(&[question])
+                .expect("template renders")
         })
         .collect()
 }
@@ -39,12 +42,18 @@ fn prompts(llama: &Llama, batch: usize) -> Vec<String> {
 fn decode(c: &mut Criterion) {
     let path = models_dir(None).join(SMOLLM2_GGUF);
     if !path.exists() {
-        eprintln!("{} is missing: run scripts/fetch-models.sh; skipping the generation bench", path.display());
+        eprintln!(
+            "{} is missing: run scripts/fetch-models.sh; skipping the generation bench",
+            path.display()
+        );
         return;
     }
     let llama = Llama::load(&path, Device::Cpu).expect("the model loads");
     let mut group = c.benchmark_group("generate_greedy_cpu");
-    group.sample_size(10).measurement_time(Duration::from_secs(20)).warm_up_time(Duration::from_secs(2));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20))
+        .warm_up_time(Duration::from_secs(2));
     for batch in [1usize, 8] {
         let prompts = prompts(&llama, batch);
         group.throughput(Throughput::Elements((batch * STEPS) as u64));
@@ -55,16 +64,28 @@ fn decode(c: &mut Criterion) {
                     let mut seqs: Vec<_> = prompts
                         .iter()
                         // One more token than timed: the first comes from the untimed prefill.
-                        .map(|p| llama.sequence(p, GenerateParams::greedy(STEPS + 1)).expect("sequence"))
+                        .map(|p| {
+                            llama
+                                .sequence(p, GenerateParams::greedy(STEPS + 1))
+                                .expect("sequence")
+                        })
                         .collect();
-                    llama.step(&mut seqs, |_, _| ControlFlow::Continue(())).expect("prefill");
+                    llama
+                        .step(&mut seqs, |_, _| ControlFlow::Continue(()))
+                        .expect("prefill");
                     let start = Instant::now();
                     for _ in 0..STEPS {
-                        llama.step(&mut seqs, |_, _| ControlFlow::Continue(())).expect("step");
+                        llama
+                            .step(&mut seqs, |_, _| ControlFlow::Continue(()))
+                            .expect("step");
                     }
                     total += start.elapsed();
                     for s in &seqs {
-                        assert_eq!(s.generated().len(), STEPS + 1, "a sequence ended early: pick longer prompts");
+                        assert_eq!(
+                            s.generated().len(),
+                            STEPS + 1,
+                            "a sequence ended early: pick longer prompts"
+                        );
                     }
                 }
                 total

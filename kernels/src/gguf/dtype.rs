@@ -56,7 +56,7 @@ impl GgmlType {
     /// blocks or overflows.
     pub fn bytes_for(self, elements: u64) -> Option<u64> {
         let block_len = self.block_len() as u64;
-        if elements % block_len != 0 {
+        if !elements.is_multiple_of(block_len) {
             return None;
         }
         (elements / block_len).checked_mul(self.block_bytes() as u64)
@@ -172,13 +172,20 @@ mod tests {
     #[test]
     fn float_types() {
         let mut out = [0f32; 2];
-        let bytes: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let bytes: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         GgmlType::F32.dequantize(&bytes, &mut out);
         assert_eq!(out, [1.5, -2.0]);
         let bytes: Vec<u8> = [f16_bytes(3.0), f16_bytes(-0.5)].concat();
         GgmlType::F16.dequantize(&bytes, &mut out);
         assert_eq!(out, [3.0, -0.5]);
-        let bytes: Vec<u8> = [bf16::from_f32(7.0).to_le_bytes(), bf16::from_f32(0.25).to_le_bytes()].concat();
+        let bytes: Vec<u8> = [
+            bf16::from_f32(7.0).to_le_bytes(),
+            bf16::from_f32(0.25).to_le_bytes(),
+        ]
+        .concat();
         GgmlType::BF16.dequantize(&bytes, &mut out);
         assert_eq!(out, [7.0, 0.25]);
     }

@@ -35,7 +35,9 @@ pub enum GgufError {
     BadMagic([u8; 4]),
     #[error("GGUF version {0} is not supported (only versions 2 and 3)")]
     UnsupportedVersion(u32),
-    #[error("the file ends early: {what} needs {needed} bytes at offset {offset}, {available} remain")]
+    #[error(
+        "the file ends early: {what} needs {needed} bytes at offset {offset}, {available} remain"
+    )]
     Truncated {
         what: String,
         offset: usize,
@@ -109,7 +111,10 @@ impl Gguf {
 
     /// Parses a whole GGUF file held in memory.
     pub fn parse(bytes: Vec<u8>) -> Result<Self, GgufError> {
-        let mut r = Reader { bytes: &bytes, pos: 0 };
+        let mut r = Reader {
+            bytes: &bytes,
+            pos: 0,
+        };
         let magic: [u8; 4] = r.take("the magic number", 4)?.try_into().expect("4 bytes");
         if &magic != MAGIC {
             return Err(GgufError::BadMagic(magic));
@@ -128,11 +133,18 @@ impl Gguf {
         for i in 0..kv_count {
             let key = r.string(&format!("metadata key #{i}"))?;
             let tag = r.u32(&format!("the type of metadata {key:?}"))?;
-            let ty = ValueType::from_tag(tag)
-                .ok_or_else(|| GgufError::invalid(format!("metadata {key:?}"), format!("unknown value type {tag}")))?;
+            let ty = ValueType::from_tag(tag).ok_or_else(|| {
+                GgufError::invalid(
+                    format!("metadata {key:?}"),
+                    format!("unknown value type {tag}"),
+                )
+            })?;
             let value = r.value(&key, ty, 0)?;
             if metadata.insert(key.clone(), value).is_some() {
-                return Err(GgufError::invalid(format!("metadata {key:?}"), "the key appears twice"));
+                return Err(GgufError::invalid(
+                    format!("metadata {key:?}"),
+                    "the key appears twice",
+                ));
             }
         }
 
@@ -155,24 +167,34 @@ impl Gguf {
             let what = format!("tensor {name:?}");
             let n_dims = r.u32(&format!("the dimension count of {what}"))?;
             if n_dims == 0 || n_dims > MAX_DIMS {
-                return Err(GgufError::invalid(what, format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)")));
+                return Err(GgufError::invalid(
+                    what,
+                    format!("{n_dims} dimensions (1 to {MAX_DIMS} allowed)"),
+                ));
             }
             let dims = (0..n_dims)
                 .map(|_| r.u64(&format!("the dimensions of {what}")))
                 .collect::<Result<Vec<_>, _>>()?;
             let tag = r.u32(&format!("the type of {what}"))?;
-            let dtype = GgmlType::from_tag(tag)
-                .map_err(|t| GgufError::invalid(&what, format!("element type {t} is not supported")))?;
+            let dtype = GgmlType::from_tag(tag).map_err(|t| {
+                GgufError::invalid(&what, format!("element type {t} is not supported"))
+            })?;
             let offset = r.u64(&format!("the offset of {what}"))?;
-            if offset % alignment != 0 {
-                return Err(GgufError::invalid(what, format!("offset {offset} is not a multiple of {alignment}")));
+            if !offset.is_multiple_of(alignment) {
+                return Err(GgufError::invalid(
+                    what,
+                    format!("offset {offset} is not a multiple of {alignment}"),
+                ));
             }
             let elements = dims
                 .iter()
                 .try_fold(1u64, |n, &d| n.checked_mul(d))
                 .ok_or_else(|| GgufError::invalid(&what, format!("shape {dims:?} overflows")))?;
             let size = dtype.bytes_for(elements).ok_or_else(|| {
-                GgufError::invalid(&what, format!("shape {dims:?} is not a whole number of {dtype:?} blocks"))
+                GgufError::invalid(
+                    &what,
+                    format!("shape {dims:?} is not a whole number of {dtype:?} blocks"),
+                )
             })?;
             entries.push((name, dims, dtype, offset, size));
         }
@@ -183,18 +205,26 @@ impl Gguf {
             let start = data_start.checked_add(offset);
             let end = start.and_then(|s| s.checked_add(size));
             let (Some(start), Some(end)) = (start, end) else {
-                return Err(GgufError::invalid(format!("tensor {name:?}"), "its offset overflows"));
+                return Err(GgufError::invalid(
+                    format!("tensor {name:?}"),
+                    "its offset overflows",
+                ));
             };
             if end > bytes.len() as u64 {
                 return Err(GgufError::Truncated {
                     what: format!("the data of tensor {name:?}"),
                     offset: usize::try_from(start).unwrap_or(usize::MAX),
                     needed: size,
-                    available: bytes.len().saturating_sub(usize::try_from(start).unwrap_or(usize::MAX)),
+                    available: bytes
+                        .len()
+                        .saturating_sub(usize::try_from(start).unwrap_or(usize::MAX)),
                 });
             }
             if tensors.iter().any(|t: &TensorInfo| t.name == name) {
-                return Err(GgufError::invalid(format!("tensor {name:?}"), "the name appears twice"));
+                return Err(GgufError::invalid(
+                    format!("tensor {name:?}"),
+                    "the name appears twice",
+                ));
             }
             tensors.push(TensorInfo {
                 name,
@@ -229,7 +259,9 @@ impl Gguf {
 
     /// The value of a metadata key, or an error naming the missing key.
     pub fn get(&self, key: &str) -> Result<&Value, GgufError> {
-        self.metadata.get(key).ok_or_else(|| GgufError::MissingKey(key.to_owned()))
+        self.metadata
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey(key.to_owned()))
     }
 
     fn typed<'a, T>(
@@ -278,7 +310,9 @@ impl Gguf {
 
     /// The raw bytes of a tensor.
     pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8]), GgufError> {
-        let info = self.tensor(name).ok_or_else(|| GgufError::MissingTensor(name.to_owned()))?;
+        let info = self
+            .tensor(name)
+            .ok_or_else(|| GgufError::MissingTensor(name.to_owned()))?;
         Ok((info, &self.bytes[info.range.clone()]))
     }
 
@@ -322,7 +356,10 @@ impl<'a> Reader<'a> {
             Some(needed) if needed <= self.remaining() as u64 => Ok(()),
             _ => Err(GgufError::invalid(
                 what,
-                format!("the file claims {count} of them, but only {} bytes remain", self.remaining()),
+                format!(
+                    "the file claims {count} of them, but only {} bytes remain",
+                    self.remaining()
+                ),
             )),
         }
     }
@@ -342,7 +379,8 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let len = self.u64(what)?;
         let bytes = self.take(what, len)?;
-        String::from_utf8(bytes.to_vec()).map_err(|e| GgufError::invalid(what, format!("not UTF-8: {e}")))
+        String::from_utf8(bytes.to_vec())
+            .map_err(|e| GgufError::invalid(what, format!("not UTF-8: {e}")))
     }
 
     fn value(&mut self, key: &str, ty: ValueType, depth: usize) -> Result<Value, GgufError> {
@@ -361,16 +399,25 @@ impl<'a> Reader<'a> {
             ValueType::Bool => match self.array::<1>(&what)?[0] {
                 0 => Value::Bool(false),
                 1 => Value::Bool(true),
-                b => return Err(GgufError::invalid(what, format!("bool byte {b} is neither 0 nor 1"))),
+                b => {
+                    return Err(GgufError::invalid(
+                        what,
+                        format!("bool byte {b} is neither 0 nor 1"),
+                    ));
+                }
             },
             ValueType::String => Value::String(self.string(&what)?),
             ValueType::Array => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::invalid(what, format!("arrays nested deeper than {MAX_ARRAY_DEPTH}")));
+                    return Err(GgufError::invalid(
+                        what,
+                        format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+                    ));
                 }
                 let tag = self.u32(&what)?;
-                let elem = ValueType::from_tag(tag)
-                    .ok_or_else(|| GgufError::invalid(&what, format!("unknown array element type {tag}")))?;
+                let elem = ValueType::from_tag(tag).ok_or_else(|| {
+                    GgufError::invalid(&what, format!("unknown array element type {tag}"))
+                })?;
                 let count = self.u64(&what)?;
                 self.check_count(&format!("{what} array"), count, elem.min_encoded_size())?;
                 let items = (0..count)
@@ -443,7 +490,10 @@ pub(crate) mod tests {
         arr.extend(2u64.to_le_bytes());
         arr.extend(string("a"));
         arr.extend(string("bc"));
-        let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let f32s: Vec<u8> = [1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
         Builder::default()
             .kv("general.architecture", 8, &string("llama"))
             .kv("llama.block_count", 4, &30u32.to_le_bytes())
@@ -473,9 +523,15 @@ pub(crate) mod tests {
         assert!(matches!(g.get_u64("missing"), Err(GgufError::MissingKey(k)) if k == "missing"));
         assert!(matches!(
             g.get_u64("general.architecture"),
-            Err(GgufError::WrongType { found: "string", .. })
+            Err(GgufError::WrongType {
+                found: "string",
+                ..
+            })
         ));
-        assert!(matches!(g.dequantize("nope"), Err(GgufError::MissingTensor(_))));
+        assert!(matches!(
+            g.dequantize("nope"),
+            Err(GgufError::MissingTensor(_))
+        ));
     }
 
     #[test]
@@ -497,7 +553,10 @@ pub(crate) mod tests {
         let mut huge_key = bytes.clone();
         huge_key.extend((1u64 << 62).to_le_bytes());
         huge_key.extend([0u8; 16]);
-        assert!(matches!(Gguf::parse(huge_key), Err(GgufError::Truncated { .. })));
+        assert!(matches!(
+            Gguf::parse(huge_key),
+            Err(GgufError::Truncated { .. })
+        ));
 
         // An array claiming 2^60 u32 elements.
         let mut arr = 4u32.to_le_bytes().to_vec();
@@ -511,37 +570,89 @@ pub(crate) mod tests {
         many.extend(3u32.to_le_bytes());
         many.extend(0u64.to_le_bytes());
         many.extend((1u64 << 63).to_le_bytes());
-        assert!(Gguf::parse(many).unwrap_err().to_string().contains("metadata entries"));
+        assert!(
+            Gguf::parse(many)
+                .unwrap_err()
+                .to_string()
+                .contains("metadata entries")
+        );
     }
 
     #[test]
     fn bad_headers_and_tensors() {
         let mut bad_magic = sample();
         bad_magic[0] = b'X';
-        assert!(matches!(Gguf::parse(bad_magic), Err(GgufError::BadMagic(_))));
+        assert!(matches!(
+            Gguf::parse(bad_magic),
+            Err(GgufError::BadMagic(_))
+        ));
         let mut v1 = sample();
         v1[4] = 1;
-        assert!(matches!(Gguf::parse(v1), Err(GgufError::UnsupportedVersion(1))));
+        assert!(matches!(
+            Gguf::parse(v1),
+            Err(GgufError::UnsupportedVersion(1))
+        ));
 
-        let overflow = Builder::default().tensor("t", &[u64::MAX, 2], 0, &[]).build();
-        assert!(Gguf::parse(overflow).unwrap_err().to_string().contains("overflows"));
-        let beyond = Builder::default().tensor("t", &[1 << 20], 0, &[0; 8]).build();
-        assert!(matches!(Gguf::parse(beyond), Err(GgufError::Truncated { .. })));
+        let overflow = Builder::default()
+            .tensor("t", &[u64::MAX, 2], 0, &[])
+            .build();
+        assert!(
+            Gguf::parse(overflow)
+                .unwrap_err()
+                .to_string()
+                .contains("overflows")
+        );
+        let beyond = Builder::default()
+            .tensor("t", &[1 << 20], 0, &[0; 8])
+            .build();
+        assert!(matches!(
+            Gguf::parse(beyond),
+            Err(GgufError::Truncated { .. })
+        ));
         let partial_block = Builder::default().tensor("t", &[31], 3, &[0; 20]).build();
-        assert!(Gguf::parse(partial_block).unwrap_err().to_string().contains("blocks"));
-        let unknown = Builder::default().tensor("t", &[256], 14, &[0; 210]).build();
-        assert!(Gguf::parse(unknown).unwrap_err().to_string().contains("element type 14"));
+        assert!(
+            Gguf::parse(partial_block)
+                .unwrap_err()
+                .to_string()
+                .contains("blocks")
+        );
+        let unknown = Builder::default()
+            .tensor("t", &[256], 14, &[0; 210])
+            .build();
+        assert!(
+            Gguf::parse(unknown)
+                .unwrap_err()
+                .to_string()
+                .contains("element type 14")
+        );
         let no_dims = Builder::default().tensor("t", &[], 0, &[]).build();
-        assert!(Gguf::parse(no_dims).unwrap_err().to_string().contains("dimensions"));
+        assert!(
+            Gguf::parse(no_dims)
+                .unwrap_err()
+                .to_string()
+                .contains("dimensions")
+        );
         let dup = Builder::default()
             .tensor("t", &[1], 0, &[0; 4])
             .tensor("t", &[1], 0, &[0; 4])
             .build();
         assert!(Gguf::parse(dup).unwrap_err().to_string().contains("twice"));
         let bad_bool = Builder::default().kv("b", 7, &[2]).build();
-        assert!(Gguf::parse(bad_bool).unwrap_err().to_string().contains("bool"));
-        let bad_align = Builder::default().kv("general.alignment", 4, &3u32.to_le_bytes()).build();
-        assert!(Gguf::parse(bad_align).unwrap_err().to_string().contains("power of two"));
+        assert!(
+            Gguf::parse(bad_bool)
+                .unwrap_err()
+                .to_string()
+                .contains("bool")
+        );
+        let bad_align = Builder::default()
+            .kv("general.alignment", 4, &3u32.to_le_bytes())
+            .build();
+        assert!(
+            Gguf::parse(bad_align)
+                .unwrap_err()
+                .to_string()
+                .contains("power of two")
+        );
     }
 
     #[test]
@@ -554,6 +665,11 @@ pub(crate) mod tests {
         value.extend(4u32.to_le_bytes());
         value.extend(0u64.to_le_bytes());
         let nested = Builder::default().kv("deep", 9, &value).build();
-        assert!(Gguf::parse(nested).unwrap_err().to_string().contains("nested"));
+        assert!(
+            Gguf::parse(nested)
+                .unwrap_err()
+                .to_string()
+                .contains("nested")
+        );
     }
 }

@@ -23,15 +23,24 @@ pub struct Message {
 
 impl Message {
     pub fn system(content: impl Into<String>) -> Self {
-        Message { role: Role::System, content: content.into() }
+        Message {
+            role: Role::System,
+            content: content.into(),
+        }
     }
 
     pub fn user(content: impl Into<String>) -> Self {
-        Message { role: Role::User, content: content.into() }
+        Message {
+            role: Role::User,
+            content: content.into(),
+        }
     }
 
     pub fn assistant(content: impl Into<String>) -> Self {
-        Message { role: Role::Assistant, content: content.into() }
+        Message {
+            role: Role::Assistant,
+            content: content.into(),
+        }
     }
 }
 
@@ -52,12 +61,19 @@ impl ChatTemplate {
         let mut env = Environment::new();
         env.add_template_owned(NAME, source.to_owned())
             .map_err(|e| GenerateError::Template(e.to_string()))?;
-        Ok(ChatTemplate { env, bos: bos.to_owned(), eos: eos.to_owned() })
+        Ok(ChatTemplate {
+            env,
+            bos: bos.to_owned(),
+            eos: eos.to_owned(),
+        })
     }
 
     /// The prompt for `messages`, ending with the cue for the assistant's answer.
     pub fn render(&self, messages: &[Message]) -> Result<String, GenerateError> {
-        let template = self.env.get_template(NAME).map_err(|e| GenerateError::Template(e.to_string()))?;
+        let template = self
+            .env
+            .get_template(NAME)
+            .map_err(|e| GenerateError::Template(e.to_string()))?;
         template
             .render(context! {
                 messages => messages,
@@ -85,13 +101,17 @@ mod tests {
              <|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(
-            t.render(&[Message::system("Be brief."), Message::user("2+2?")]).unwrap(),
+            t.render(&[Message::system("Be brief."), Message::user("2+2?")])
+                .unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
         );
     }
 
     #[test]
     fn bad_templates_are_errors() {
-        assert!(matches!(ChatTemplate::new("{% for %}", "", ""), Err(GenerateError::Template(_))));
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", ""),
+            Err(GenerateError::Template(_))
+        ));
     }
 }

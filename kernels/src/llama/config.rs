@@ -38,14 +38,16 @@ impl LlamaConfig {
         let d_model = usize_key("llama.embedding_length")?;
         let n_heads = usize_key("llama.attention.head_count")?;
         let n_kv_heads = usize_key("llama.attention.head_count_kv")?;
-        if d_model % n_heads != 0 || n_heads % n_kv_heads != 0 {
+        if !d_model.is_multiple_of(n_heads) || !n_heads.is_multiple_of(n_kv_heads) {
             return Err(GenerateError::Model(format!(
                 "{n_heads} heads and {n_kv_heads} key/value heads do not divide a width of {d_model}"
             )));
         }
         let head_dim = d_model / n_heads;
-        if head_dim % 2 != 0 {
-            return Err(GenerateError::Model(format!("head dimension {head_dim} is odd")));
+        if !head_dim.is_multiple_of(2) {
+            return Err(GenerateError::Model(format!(
+                "head dimension {head_dim} is odd"
+            )));
         }
         if let Ok(rope_dims) = gguf.get_u64("llama.rope.dimension_count")
             && rope_dims as usize != head_dim
@@ -63,7 +65,9 @@ impl LlamaConfig {
         let float_key = |key: &str, default: f64| -> Result<f32, GenerateError> {
             match gguf.get_f64(key) {
                 Ok(v) if v.is_finite() && v > 0.0 => Ok(v as f32),
-                Ok(v) => Err(GenerateError::Model(format!("{key} = {v} is not a positive number"))),
+                Ok(v) => Err(GenerateError::Model(format!(
+                    "{key} = {v} is not a positive number"
+                ))),
                 Err(GgufError::MissingKey(_)) => Ok(default as f32),
                 Err(e) => Err(e.into()),
             }

@@ -27,7 +27,11 @@ const ROWS_PER_TASK: usize = 32;
 impl HostMatrix {
     pub(crate) fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
         assert_eq!(data.len(), rows * cols, "HostMatrix shape");
-        HostMatrix { rows, cols, data: data.into() }
+        HostMatrix {
+            rows,
+            cols,
+            data: data.into(),
+        }
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -185,7 +189,10 @@ impl<B: Backend> Linear<B> {
             Linear::Host(weights)
         } else {
             let (rows, cols) = (weights.rows, weights.cols);
-            let t = Tensor::<B, 2>::from_data(TensorData::new(weights.data.to_vec(), [rows, cols]), device);
+            let t = Tensor::<B, 2>::from_data(
+                TensorData::new(weights.data.to_vec(), [rows, cols]),
+                device,
+            );
             Linear::Device(t.transpose())
         }
     }
@@ -212,10 +219,14 @@ mod tests {
     #[test]
     fn matmul_t_matches_naive() {
         let (rows, cols) = (70, 37);
-        let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1).collect();
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
+            .collect();
         let m = HostMatrix::new(rows, cols, w.clone());
         for n in [1, 3, 4, 5, 8] {
-            let x: Vec<f32> = (0..n * cols).map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2).collect();
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2)
+                .collect();
             let y = m.matmul_t(&x, n);
             for t in 0..n {
                 for r in 0..rows {

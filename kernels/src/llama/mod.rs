@@ -80,7 +80,11 @@ pub struct GenerateParams {
 impl GenerateParams {
     /// Greedy decoding of at most `max_tokens` tokens, without stop strings.
     pub fn greedy(max_tokens: usize) -> Self {
-        GenerateParams { max_tokens, sampling: Sampling::Greedy, stop: Vec::new() }
+        GenerateParams {
+            max_tokens,
+            sampling: Sampling::Greedy,
+            stop: Vec::new(),
+        }
     }
 }
 
@@ -124,8 +128,9 @@ pub struct Generation {
 }
 
 enum Engine {
-    Cpu(Model<CpuBackend>),
-    Cuda(Model<CudaBackend>),
+    Cpu(Box<Model<CpuBackend>>),
+    // Boxed: the models are large, and one is held for its whole life.
+    Cuda(Box<Model<CudaBackend>>),
 }
 
 enum Cache {
@@ -222,15 +227,26 @@ impl Llama {
             &name(Some(tokenizer.eos())),
         )?;
         let engine = match device {
-            Device::Cpu => Engine::Cpu(Model::load(gguf, config, Default::default(), true)?),
+            Device::Cpu => Engine::Cpu(Box::new(Model::load(
+                gguf,
+                config,
+                Default::default(),
+                true,
+            )?)),
             Device::Cuda(index) => {
-                crate::device::cuda_driver().map_err(|e| GenerateError::Device(device, e.to_string()))?;
+                crate::device::cuda_driver()
+                    .map_err(|e| GenerateError::Device(device, e.to_string()))?;
                 let dev = burn::backend::cuda::CudaDevice::new(index);
-                Engine::Cuda(Model::load(gguf, config, dev, false)?)
+                Engine::Cuda(Box::new(Model::load(gguf, config, dev, false)?))
             }
         };
         tracing::info!(%device, "loaded Llama model");
-        Ok(Llama { engine, tokenizer, template, device })
+        Ok(Llama {
+            engine,
+            tokenizer,
+            template,
+            device,
+        })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -254,13 +270,21 @@ impl Llama {
 
     /// Starts a generation from `prompt` (raw text: special tokens written in it count as
     /// such; use [`ChatTemplate::render`] for a conversation).
-    pub fn sequence(&self, prompt: &str, params: GenerateParams) -> Result<Sequence, GenerateError> {
+    pub fn sequence(
+        &self,
+        prompt: &str,
+        params: GenerateParams,
+    ) -> Result<Sequence, GenerateError> {
         let ids = self.tokenizer.encode(prompt)?;
         self.sequence_from_ids(ids, params)
     }
 
     /// Starts a generation from prompt token ids.
-    pub fn sequence_from_ids(&self, ids: Vec<u32>, params: GenerateParams) -> Result<Sequence, GenerateError> {
+    pub fn sequence_from_ids(
+        &self,
+        ids: Vec<u32>,
+        params: GenerateParams,
+    ) -> Result<Sequence, GenerateError> {
         params.sampling.validate()?;
         if ids.is_empty() {
             return Err(GenerateError::EmptyPrompt);
@@ -293,8 +317,11 @@ impl Llama {
         mut on_token: impl FnMut(usize, &TokenEvent) -> ControlFlow<()>,
     ) -> Result<(), GenerateError> {
         let context = self.config().context_length;
-        let mut active: Vec<(usize, &mut Sequence)> =
-            seqs.iter_mut().enumerate().filter(|(_, s)| !s.is_finished()).collect();
+        let mut active: Vec<(usize, &mut Sequence)> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter(|(_, s)| !s.is_finished())
+            .collect();
         // A sequence whose context would overflow ends here instead of failing the batch.
         active.retain_mut(|(_, s)| {
             let len = match &s.cache {
@@ -360,7 +387,11 @@ impl Llama {
             // Text held back for a stop string that never came is shown now.
             let text = seq.text[seq.emitted..].to_owned();
             seq.emitted = seq.text.len();
-            return Ok(TokenEvent { token_id: token, index, text });
+            return Ok(TokenEvent {
+                token_id: token,
+                index,
+                text,
+            });
         }
         seq.pending.push(token);
         let full = self.tokenizer.decode(&seq.generated)?;
@@ -386,9 +417,17 @@ impl Llama {
             }
         };
         let end = end.max(seq.emitted);
-        let text = seq.text.get(seq.emitted..end).unwrap_or_default().to_owned();
+        let text = seq
+            .text
+            .get(seq.emitted..end)
+            .unwrap_or_default()
+            .to_owned();
         seq.emitted = end;
-        Ok(TokenEvent { token_id: token, index, text })
+        Ok(TokenEvent {
+            token_id: token,
+            index,
+            text,
+        })
     }
 
     /// Generates from raw prompt text, streaming tokens to `on_token`; `Break` stops it.

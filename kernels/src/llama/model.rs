@@ -28,10 +28,17 @@ fn matrix(gguf: &Gguf, name: &str, rows: usize, cols: usize) -> Result<HostMatri
     Ok(HostMatrix::new(rows, cols, data))
 }
 
-fn vector<B: Backend>(gguf: &Gguf, name: &str, len: usize, device: &B::Device) -> Result<Tensor<B, 1>, GenerateError> {
+fn vector<B: Backend>(
+    gguf: &Gguf,
+    name: &str,
+    len: usize,
+    device: &B::Device,
+) -> Result<Tensor<B, 1>, GenerateError> {
     let (dims, data) = gguf.dequantize(name)?;
     if dims != [len as u64] {
-        return Err(GenerateError::Model(format!("tensor {name:?} has shape {dims:?}, expected [{len}]")));
+        return Err(GenerateError::Model(format!(
+            "tensor {name:?} has shape {dims:?}, expected [{len}]"
+        )));
     }
     Ok(Tensor::from_data(TensorData::new(data, [len]), device))
 }
@@ -76,7 +83,10 @@ pub(crate) struct KvCache<B: Backend> {
 
 impl<B: Backend> KvCache<B> {
     pub(crate) fn new(n_layers: usize) -> Self {
-        KvCache { layers: vec![None; n_layers], len: 0 }
+        KvCache {
+            layers: vec![None; n_layers],
+            len: 0,
+        }
     }
 
     /// Positions cached so far.
@@ -100,7 +110,12 @@ pub(crate) struct Model<B: Backend> {
 impl<B: Backend> Model<B> {
     /// Loads the weights, dequantized to f32 once. `on_host` keeps the dense layers in host
     /// memory for the CPU path (see `linear.rs`).
-    pub(crate) fn load(gguf: &Gguf, config: LlamaConfig, device: B::Device, on_host: bool) -> Result<Self, GenerateError> {
+    pub(crate) fn load(
+        gguf: &Gguf,
+        config: LlamaConfig,
+        device: B::Device,
+        on_host: bool,
+    ) -> Result<Self, GenerateError> {
         let c = &config;
         let kv_dim = c.n_kv_heads * c.head_dim;
         let mut layers = Vec::with_capacity(c.n_layers);
@@ -118,10 +133,18 @@ impl<B: Backend> Model<B> {
             layers.push(Layer {
                 attn_norm: vector(gguf, &name("attn_norm"), c.d_model, &device)?,
                 qkv: Linear::new(qkv, on_host, &device),
-                out: Linear::new(matrix(gguf, &name("attn_output"), c.d_model, c.d_model)?, on_host, &device),
+                out: Linear::new(
+                    matrix(gguf, &name("attn_output"), c.d_model, c.d_model)?,
+                    on_host,
+                    &device,
+                ),
                 ffn_norm: vector(gguf, &name("ffn_norm"), c.d_model, &device)?,
                 gate_up: Linear::new(gate_up, on_host, &device),
-                down: Linear::new(matrix(gguf, &name("ffn_down"), c.d_model, c.ffn_dim)?, on_host, &device),
+                down: Linear::new(
+                    matrix(gguf, &name("ffn_down"), c.d_model, c.ffn_dim)?,
+                    on_host,
+                    &device,
+                ),
             });
         }
         let embed = matrix(gguf, "token_embd.weight", c.vocab_size, c.d_model)?;
@@ -134,8 +157,13 @@ impl<B: Backend> Model<B> {
             Embedding::Host(embed)
         } else {
             let (rows, cols) = (embed.rows(), embed.cols());
-            let data = (0..rows).flat_map(|r| embed.row(r).to_vec()).collect::<Vec<_>>();
-            Embedding::Device(Tensor::from_data(TensorData::new(data, [rows, cols]), &device))
+            let data = (0..rows)
+                .flat_map(|r| embed.row(r).to_vec())
+                .collect::<Vec<_>>();
+            Embedding::Device(Tensor::from_data(
+                TensorData::new(data, [rows, cols]),
+                &device,
+            ))
         };
         let (rope_cos, rope_sin) = rope_tables(c, &device);
         Ok(Model {
@@ -158,7 +186,10 @@ impl<B: Backend> Model<B> {
         let d = self.config.d_model;
         match &self.embedding {
             Embedding::Host(m) => {
-                let data: Vec<f32> = ids.iter().flat_map(|&id| m.row(id as usize).iter().copied()).collect();
+                let data: Vec<f32> = ids
+                    .iter()
+                    .flat_map(|&id| m.row(id as usize).iter().copied())
+                    .collect();
                 Tensor::from_data(TensorData::new(data, [ids.len(), d]), &self.device)
             }
             Embedding::Device(t) => t.clone().select(0, self.int_tensor(ids)),
@@ -191,7 +222,10 @@ impl<B: Backend> Model<B> {
 
     /// Feeds each sequence's new tokens through the model, extending its cache, and returns
     /// the logits that follow each sequence's last token.
-    pub(crate) fn forward(&self, batch: &mut [(&mut KvCache<B>, &[u32])]) -> Result<Vec<Vec<f32>>, GenerateError> {
+    pub(crate) fn forward(
+        &self,
+        batch: &mut [(&mut KvCache<B>, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, GenerateError> {
         let c = &self.config;
         let (hd, nh, nkv) = (c.head_dim, c.n_heads, c.n_kv_heads);
         let group = nh / nkv;
@@ -199,10 +233,14 @@ impl<B: Backend> Model<B> {
         let mut positions = Vec::new();
         for (cache, tokens) in batch.iter() {
             if tokens.is_empty() {
-                return Err(GenerateError::Model("a sequence was stepped with no tokens".into()));
+                return Err(GenerateError::Model(
+                    "a sequence was stepped with no tokens".into(),
+                ));
             }
             if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
-                return Err(GenerateError::Model(format!("token id {bad} is outside the vocabulary")));
+                return Err(GenerateError::Model(format!(
+                    "token id {bad} is outside the vocabulary"
+                )));
             }
             if cache.len + tokens.len() > c.context_length {
                 return Err(GenerateError::ContextFull(c.context_length));
@@ -212,17 +250,37 @@ impl<B: Backend> Model<B> {
         }
         let n = ids.len();
         let pos = self.int_tensor(&positions);
-        let cos = self.rope_cos.clone().select(0, pos.clone()).reshape([n, 1, hd / 2, 1]);
-        let sin = self.rope_sin.clone().select(0, pos).reshape([n, 1, hd / 2, 1]);
+        let cos = self
+            .rope_cos
+            .clone()
+            .select(0, pos.clone())
+            .reshape([n, 1, hd / 2, 1]);
+        let sin = self
+            .rope_sin
+            .clone()
+            .select(0, pos)
+            .reshape([n, 1, hd / 2, 1]);
         let scale = (hd as f64).powf(-0.5);
 
         let mut x = self.embed(&ids);
         for (li, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(x.clone(), &layer.attn_norm);
             let qkv = layer.qkv.forward(h);
-            let q = self.rope(qkv.clone().narrow(1, 0, nh * hd).reshape([n, nh, hd]), &cos, &sin);
-            let k = self.rope(qkv.clone().narrow(1, nh * hd, nkv * hd).reshape([n, nkv, hd]), &cos, &sin);
-            let v = qkv.narrow(1, (nh + nkv) * hd, nkv * hd).reshape([n, nkv, hd]);
+            let q = self.rope(
+                qkv.clone().narrow(1, 0, nh * hd).reshape([n, nh, hd]),
+                &cos,
+                &sin,
+            );
+            let k = self.rope(
+                qkv.clone()
+                    .narrow(1, nh * hd, nkv * hd)
+                    .reshape([n, nkv, hd]),
+                &cos,
+                &sin,
+            );
+            let v = qkv
+                .narrow(1, (nh + nkv) * hd, nkv * hd)
+                .reshape([n, nkv, hd]);
 
             let mut outputs = Vec::with_capacity(batch.len());
             let mut offset = 0;
@@ -245,12 +303,20 @@ impl<B: Backend> Model<B> {
                     scores = scores + self.causal_mask(group, s, start, total).unsqueeze::<3>();
                 }
                 let probs = softmax(scores, 2);
-                let out = probs.matmul(values.clone()).reshape([nh, s, hd]).swap_dims(0, 1).reshape([s, nh * hd]);
+                let out = probs
+                    .matmul(values.clone())
+                    .reshape([nh, s, hd])
+                    .swap_dims(0, 1)
+                    .reshape([s, nh * hd]);
                 outputs.push(out);
                 cache.layers[li] = Some((keys, values));
                 offset += s;
             }
-            let attn = if outputs.len() == 1 { outputs.pop().expect("one") } else { Tensor::cat(outputs, 0) };
+            let attn = if outputs.len() == 1 {
+                outputs.pop().expect("one")
+            } else {
+                Tensor::cat(outputs, 0)
+            };
             x = x + layer.out.forward(attn);
 
             let h = self.rms_norm(x.clone(), &layer.ffn_norm);

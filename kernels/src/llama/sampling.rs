@@ -10,7 +10,11 @@ pub enum Sampling {
     Greedy,
     /// Softmax of logits / `temperature`, cut to the smallest set of most likely tokens whose
     /// probabilities add up to `top_p`, sampled with a generator seeded by `seed`.
-    TopP { temperature: f32, top_p: f32, seed: u64 },
+    TopP {
+        temperature: f32,
+        top_p: f32,
+        seed: u64,
+    },
 }
 
 /// Why sampling parameters were rejected.
@@ -26,7 +30,9 @@ impl Sampling {
     pub fn validate(&self) -> Result<(), BadSampling> {
         match *self {
             Sampling::Greedy => Ok(()),
-            Sampling::TopP { temperature, top_p, .. } => {
+            Sampling::TopP {
+                temperature, top_p, ..
+            } => {
                 if !(temperature.is_finite() && temperature > 0.0) {
                     Err(BadSampling::Temperature(temperature))
                 } else if !(top_p > 0.0 && top_p <= 1.0) {
@@ -58,9 +64,12 @@ impl Sampler {
     /// The next token for these logits (one per vocabulary entry).
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         match (self.sampling, self.rng.as_mut()) {
-            (Sampling::TopP { temperature, top_p, .. }, Some(rng)) => {
-                top_p_sample(logits, temperature, top_p, rng.random::<f32>())
-            }
+            (
+                Sampling::TopP {
+                    temperature, top_p, ..
+                },
+                Some(rng),
+            ) => top_p_sample(logits, temperature, top_p, rng.random::<f32>()),
             _ => argmax(logits),
         }
     }
@@ -149,7 +158,11 @@ mod tests {
     #[test]
     fn seeded_sampling_repeats() {
         let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
-        let params = Sampling::TopP { temperature: 1.0, top_p: 0.95, seed: 7 };
+        let params = Sampling::TopP {
+            temperature: 1.0,
+            top_p: 0.95,
+            seed: 7,
+        };
         let run = || {
             let mut s = Sampler::new(params);
             (0..20).map(|_| s.sample(&logits)).collect::<Vec<_>>()
@@ -161,9 +174,41 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_rejected() {
-        assert!(Sampling::TopP { temperature: 0.0, top_p: 0.9, seed: 0 }.validate().is_err());
-        assert!(Sampling::TopP { temperature: 1.0, top_p: 1.5, seed: 0 }.validate().is_err());
-        assert!(Sampling::TopP { temperature: f32::NAN, top_p: 0.9, seed: 0 }.validate().is_err());
-        assert!(Sampling::TopP { temperature: 0.7, top_p: 0.9, seed: 0 }.validate().is_ok());
+        assert!(
+            Sampling::TopP {
+                temperature: 0.0,
+                top_p: 0.9,
+                seed: 0
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Sampling::TopP {
+                temperature: 1.0,
+                top_p: 1.5,
+                seed: 0
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Sampling::TopP {
+                temperature: f32::NAN,
+                top_p: 0.9,
+                seed: 0
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            Sampling::TopP {
+                temperature: 0.7,
+                top_p: 0.9,
+                seed: 0
+            }
+            .validate()
+            .is_ok()
+        );
     }
 }

@@ -42,7 +42,10 @@ mod tests {
 
     #[test]
     fn finds_the_earliest_stop() {
-        assert_eq!(scan("hello\n\nworld END", &stops(&["END", "\n\n"])), StopScan::Stopped(5));
+        assert_eq!(
+            scan("hello\n\nworld END", &stops(&["END", "\n\n"])),
+            StopScan::Stopped(5)
+        );
         assert_eq!(scan("abc", &stops(&[])), StopScan::Safe(3));
         assert_eq!(scan("abc", &stops(&[""])), StopScan::Safe(3));
     }

@@ -60,7 +60,9 @@ impl Tokenizer {
             .map(|(i, m)| {
                 m.split_once(' ')
                     .map(|(a, b)| (a.to_owned(), b.to_owned()))
-                    .ok_or_else(|| GenerateError::Tokenizer(format!("merge #{i} {m:?} has no space")))
+                    .ok_or_else(|| {
+                        GenerateError::Tokenizer(format!("merge #{i} {m:?} has no space"))
+                    })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let bpe = BpeBuilder::new()
@@ -74,7 +76,9 @@ impl Tokenizer {
                 PreTokenizerWrapper::Digits(Digits::new(true)),
                 PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
             ],
-            Ok("gpt2" | "default") => vec![PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true))],
+            Ok("gpt2" | "default") => vec![PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+                false, true, true,
+            ))],
             Ok(other) => {
                 return Err(GenerateError::Tokenizer(format!(
                     "pre-tokenizer {other:?} is not supported (smollm, gpt2)"
@@ -115,8 +119,9 @@ impl Tokenizer {
                 Err(e) => Err(e.into()),
             }
         };
-        let eos = id("tokenizer.ggml.eos_token_id")?
-            .ok_or_else(|| GenerateError::Tokenizer("tokenizer.ggml.eos_token_id is missing".into()))?;
+        let eos = id("tokenizer.ggml.eos_token_id")?.ok_or_else(|| {
+            GenerateError::Tokenizer("tokenizer.ggml.eos_token_id is missing".into())
+        })?;
         Ok(Tokenizer {
             inner,
             bos: id("tokenizer.ggml.bos_token_id")?,
