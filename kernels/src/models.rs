@@ -14,7 +14,9 @@ pub const SMOLLM2_GGUF: &str = "smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 pub fn models_dir(flag: Option<PathBuf>) -> PathBuf {
     flag.or_else(|| std::env::var_os(MODELS_ENV).map(PathBuf::from))
         .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
             home.join(".cache/arbor/models")
         })
 }
