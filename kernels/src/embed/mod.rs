@@ -37,8 +37,8 @@ use weights::Weights;
 type CpuBackend = NdArray<f32>;
 type CudaBackend = Cuda<f32, i32>;
 
-/// Texts per forward pass unless set with [`Embedder::with_batch_size`]: measured in
-/// `benches/embed.rs`, bigger batches gain nothing on the CPU once sorted by length.
+/// Texts per forward pass unless set with [`Embedder::with_batch_size`]: texts are sorted by
+/// length first, so this mostly bounds the attention's memory (`batch × heads × tokens²`).
 pub const DEFAULT_BATCH_SIZE: usize = 32;
 
 /// Why loading the model or embedding failed.
