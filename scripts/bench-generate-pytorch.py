@@ -3,6 +3,9 @@
 side by side with kernels/benches/generate.rs (same GGUF file, same prompts) at batch 1 and
 batch 8: the time of 32 decode steps, taken as generate(33 tokens) minus generate(1 token).
 
+On a busy machine PyTorch's OpenMP threads spin and collapse at batch 1 (seen here: 3.4 tokens/s
+with 2 threads, 20 with OMP_NUM_THREADS=1): compare on a quiet machine, or try both settings.
+
 Usage: scripts/bench-generate-pytorch.py [MODELS_DIR]   (needs torch, transformers, gguf, accelerate)
 """
 import os
