@@ -321,6 +321,20 @@ fn wait_cluster(
     panic!("never saw {what}; last cluster status: {last:?}");
 }
 
+/// `arbor cluster add-node|remove-node ID`, which must succeed.
+fn change_members(config: &Path, secret: &str, verb: &str, id: u64) {
+    let id = id.to_string();
+    let out = arbor(
+        &["cluster", verb, &id, "--config", config.to_str().unwrap()],
+        Some(secret),
+    );
+    assert!(
+        out.status.success(),
+        "{verb} {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn voter_ids(s: &serde_json::Value) -> Vec<u64> {
     s["voters"]
         .as_array()
@@ -379,39 +393,11 @@ fn the_control_plane_fails_over_and_changes_members() {
 
     // A fourth node joins as a learner and is promoted; then it is removed again.
     nodes.push(NodeProc::start(&config, 4, secret));
-    let out = arbor(
-        &[
-            "cluster",
-            "add-node",
-            "4",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        Some(secret),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    change_members(&config, secret, "add-node", 4);
     wait_cluster(&config, secret, "node 4 a caught-up voter", |s| {
         voter_ids(s).contains(&4) && caught_up(s)
     });
-    let out = arbor(
-        &[
-            "cluster",
-            "remove-node",
-            "4",
-            "--config",
-            config.to_str().unwrap(),
-        ],
-        Some(secret),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    change_members(&config, secret, "remove-node", 4);
     wait_cluster(&config, secret, "node 4 removed", |s| {
         voter_ids(s) == vec![1, 2, 3]
     });
