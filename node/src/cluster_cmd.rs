@@ -165,7 +165,11 @@ mod tests {
             applied: commit,
             snapshot_index: 0,
             voters: (1..=3)
-                .map(|id| MemberProgress { id, matched: None })
+                .map(|id| MemberProgress {
+                    id,
+                    matched: None,
+                    last_heard_ms: None,
+                })
                 .collect(),
             learners: vec![],
             dropped_messages: 0,

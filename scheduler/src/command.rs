@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::state::{
-    ActorId, CollectionSpec, DeploymentSpec, JobId, JobStatus, Liveness, NodeId, Placement,
-    PlacementStatus, Resources,
+    ActorId, CollectionSpec, DeploymentSpec, JobId, JobStatus, Liveness, NodeId, PlacementDecision,
+    PlacementStatus, Resources, StatusUpdate,
 };
 
 /// A change to the cluster state. Applied deterministically, in log order, on every node.
@@ -43,9 +43,11 @@ pub enum Command {
     },
     /// Deletes a deployment and every placement of it.
     DeleteDeployment { name: String },
-    /// Adds or replaces placements, all or none: rejected if any names an unknown node or
-    /// deployment, or would move a placement to an older generation.
-    PlaceActors { placements: Vec<Placement> },
+    /// Places or moves replicas, all or none. Each decision is re-checked against the state
+    /// it meets: rejected if its node is unknown, down or draining, if its deployment changed
+    /// revision, if the replica's placement changed since it was decided, or if the node can
+    /// no longer hold it (resources, GPU shares, labels, anti-affinity). Never overcommits.
+    PlaceActors { decisions: Vec<PlacementDecision> },
     /// Updates one placement's status; ignored (rejected) for a stale generation.
     SetPlacementStatus {
         actor_id: ActorId,
@@ -80,6 +82,16 @@ pub enum Command {
         expected: Option<String>,
         new: Option<String>,
     },
+    /// Node agents' status reports, applied one by one; a report for a generation that is
+    /// no longer current is skipped (counted as stale), never applied.
+    SetPlacementStatuses { updates: Vec<StatusUpdate> },
+    /// Starts or ends a drain of a node.
+    SetNodeDrain { id: NodeId, draining: bool },
+    /// Records why some replica of a deployment waits (`None`: none waits).
+    SetPendingReason {
+        deployment: String,
+        reason: Option<String>,
+    },
 }
 
 /// What a command that applied returns to its proposer.
@@ -99,6 +111,10 @@ pub enum CommandOutcome {
         voters: Vec<u64>,
         learners: Vec<u64>,
     },
+    /// Result of [`Command::SetPlacementStatuses`].
+    StatusesApplied { applied: u32, stale: u32 },
+    /// Result of [`Command::PlaceActors`]: the generations given, in decision order.
+    Placed { generations: Vec<u64> },
 }
 
 /// Why a command was refused. A refused command changed nothing.

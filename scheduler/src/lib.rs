@@ -77,6 +77,7 @@ mod logger;
 pub mod machine;
 pub mod node;
 pub mod placement;
+pub mod reconciler;
 pub mod resources;
 pub mod state;
 pub mod storage;
@@ -89,4 +90,5 @@ pub use node::{
     MemberProgress, NodeStatus, ProposeError, RaftHandle, RaftNode, ReadError, Role, StartError,
     StateEvent,
 };
+pub use reconciler::driver::{Reconciler, ReconcilerConfig};
 pub use state::ClusterState;

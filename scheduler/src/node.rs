@@ -98,6 +98,10 @@ pub struct MemberProgress {
     pub id: NodeId,
     /// Highest log index known to be on that member (leader only).
     pub matched: Option<u64>,
+    /// Milliseconds since this node last received a raft message from that member (`None`:
+    /// never since this node started). On the leader this is the member's heartbeat: the
+    /// reconciler marks a member down once it exceeds `node_timeout`.
+    pub last_heard_ms: Option<u64>,
 }
 
 /// A snapshot of one node's raft status.
@@ -469,6 +473,7 @@ impl RaftNode {
             promotion_seq: rand::random::<u64>() >> 1,
             applied_dirty: false,
             warned_data_loss: false,
+            last_heard: HashMap::new(),
         };
         let driver = tasks.spawn(driver.run(rx, net_rx));
         Ok(RaftNode {
@@ -530,6 +535,8 @@ struct Driver {
     promotion_seq: u64,
     applied_dirty: bool,
     warned_data_loss: bool,
+    /// When each peer last sent this node a raft message.
+    last_heard: HashMap<NodeId, Instant>,
 }
 
 /// Most requests handled between two Ready rounds (bounds latency under load).
@@ -588,6 +595,7 @@ impl Driver {
     fn handle_net(&mut self, e: NetEvent) {
         match e {
             NetEvent::Raft(mut m) => {
+                self.last_heard.insert(m.from, Instant::now());
                 let last = self.raw.raft.raft_log.last_index();
                 if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last {
                     // The leader believes we hold entries we do not have: this node's data
@@ -761,8 +769,16 @@ impl Driver {
         let raft = &self.raw.raft;
         let cs = self.raw.store().conf_state();
         let leader = raft.state == StateRole::Leader;
+        let now = Instant::now();
         let progress = |id: &u64| MemberProgress {
             id: *id,
+            last_heard_ms: if *id == self.id {
+                Some(0)
+            } else {
+                self.last_heard
+                    .get(id)
+                    .map(|at| now.duration_since(*at).as_millis() as u64)
+            },
             matched: if leader {
                 raft.prs().get(*id).map(|p| p.matched)
             } else {

@@ -4,12 +4,15 @@
 //! Payloads that later issues flesh out (deployment configs, job specs) are plain serde
 //! types or opaque bytes here.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Command, CommandOutcome, ObjectKind, Rejection};
+use crate::placement::{GpuShare, LabelConstraint, ReplicaRequest, Strategy};
 pub use crate::resources::Resources;
+
+mod admission;
 
 /// A Raft node id (never 0).
 pub type NodeId = u64;
@@ -21,9 +24,9 @@ pub type JobId = String;
 /// A node's liveness as last recorded through the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Liveness {
+    /// Heard from within `node_timeout`.
     Ready,
-    /// Alive but accepting no new placements.
-    Draining,
+    /// Silent for longer than `node_timeout`: its placements are moved elsewhere.
     Down,
 }
 
@@ -36,28 +39,66 @@ pub struct NodeRecord {
     pub liveness: Liveness,
     /// Proposer's clock when liveness last changed (ms since the Unix epoch).
     pub liveness_at_ms: u64,
+    /// Drained by an operator (`arbor node drain`): its actors move off and no new ones
+    /// come. Independent of liveness: a draining node can also go down and come back.
+    pub draining: bool,
 }
 
-/// What a deployment asks for.
+/// What a deployment asks for: the desired state a user writes in a deployment file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentSpec {
     pub name: String,
-    /// Actor kind, e.g. "embedder", "llm", "vector-partition".
+    /// Actor kind, e.g. "echo", "embedder", "model".
     pub kind: String,
     pub replicas: u32,
     /// Per-replica resource request.
     pub resources: Resources,
-    /// Node labels a replica's node must carry.
-    pub node_selector: BTreeMap<String, String>,
-    /// Kind-specific configuration, opaque to the control plane.
-    pub config: Vec<u8>,
+    pub strategy: Strategy,
+    /// Conditions on node labels, all of which a replica's node must meet.
+    pub constraints: Vec<LabelConstraint>,
+    /// Keep replicas on distinct nodes.
+    pub anti_affinity: bool,
+    /// How many replicas a rolling update or a drain may take down at a time (at least 1).
+    pub max_unavailable: u32,
+    /// The user's version label; changing it (or anything else) rolls the replicas.
+    pub version: String,
+    /// Kind-specific configuration as JSON text, read by the actor kind, opaque here.
+    pub config: String,
 }
 
-/// A deployment and its version (bumped by every update).
+impl DeploymentSpec {
+    /// What placement needs to know to place replica `replica` of this deployment.
+    pub fn request(&self, replica: u32) -> ReplicaRequest {
+        ReplicaRequest {
+            deployment: self.name.clone(),
+            replica,
+            resources: self.resources.clone(),
+            constraints: self.constraints.clone(),
+            strategy: self.strategy,
+            anti_affinity: self.anti_affinity,
+            gang: None,
+        }
+    }
+
+    /// The id of replica `replica`: stable across moves, so generations fence old copies.
+    pub fn actor_id(&self, replica: u32) -> ActorId {
+        actor_id(&self.name, replica)
+    }
+}
+
+/// The id of one replica of a deployment.
+pub fn actor_id(deployment: &str, replica: u32) -> ActorId {
+    format!("{deployment}/{replica}")
+}
+
+/// A deployment, its revision (bumped by every update) and why replicas wait, if any do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     pub spec: DeploymentSpec,
+    /// 1 at creation, +1 per update. Placements record the revision they run.
     pub version: u64,
+    /// Why some replica could not be placed, as the reconciler last found it.
+    pub pending_reason: Option<String>,
 }
 
 /// Lifecycle of one placed actor.
@@ -73,12 +114,48 @@ pub enum PlacementStatus {
 /// One actor assigned to one node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Placement {
+    /// `{deployment}/{replica}`.
     pub actor_id: ActorId,
     pub deployment: String,
+    pub replica: u32,
     pub node: NodeId,
-    /// GPU device indices on that node.
-    pub devices: Vec<u32>,
-    /// Bumped each time the actor is placed again; stale updates are refused.
+    /// GPU shares on that node (device index and amount).
+    pub gpus: Vec<GpuShare>,
+    /// What it holds on its node: the deployment's request when it was placed.
+    pub resources: Resources,
+    /// The deployment revision it runs.
+    pub revision: u64,
+    /// Unique in the cluster and increasing: each placement of an actor gets a new one, so an
+    /// actor still running under an older generation is known to be stale and is stopped.
+    pub generation: u64,
+    pub status: PlacementStatus,
+}
+
+impl Placement {
+    /// GPU device indices, for the actor.
+    pub fn devices(&self) -> Vec<u32> {
+        self.gpus.iter().map(|g| g.index).collect()
+    }
+}
+
+/// A reconciler's decision to place (or move) one replica, re-checked when it applies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlacementDecision {
+    pub deployment: String,
+    pub replica: u32,
+    pub node: NodeId,
+    pub gpus: Vec<GpuShare>,
+    /// The deployment revision the decision was made for; a newer one makes it stale.
+    pub revision: u64,
+    /// The generation of the placement it replaces (`None`: the replica has none). A
+    /// different current generation makes the decision stale.
+    pub replaces: Option<u64>,
+}
+
+/// A node agent's report about one of its actors.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusUpdate {
+    pub actor_id: ActorId,
     pub generation: u64,
     pub status: PlacementStatus,
 }
@@ -144,6 +221,8 @@ pub struct ClusterState {
     pub kv: BTreeMap<String, String>,
     /// Raft addresses of members added through membership changes (id → address).
     pub raft_members: BTreeMap<NodeId, String>,
+    /// The last placement generation handed out.
+    pub last_generation: u64,
 }
 
 fn not_found(kind: ObjectKind, name: impl ToString) -> Rejection {
@@ -184,8 +263,12 @@ impl ClusterState {
                 capacity
                     .validate()
                     .map_err(|e| Rejection::Invalid(format!("node {id} capacity: {e}")))?;
-                let liveness = self.nodes.get(id).map(|n| (n.liveness, n.liveness_at_ms));
-                let (liveness, liveness_at_ms) = liveness.unwrap_or((Liveness::Ready, 0));
+                let known = self
+                    .nodes
+                    .get(id)
+                    .map(|n| (n.liveness, n.liveness_at_ms, n.draining));
+                let (liveness, liveness_at_ms, draining) =
+                    known.unwrap_or((Liveness::Ready, 0, false));
                 self.nodes.insert(
                     *id,
                     NodeRecord {
@@ -194,6 +277,7 @@ impl ClusterState {
                         labels: labels.clone(),
                         liveness,
                         liveness_at_ms,
+                        draining,
                     },
                 );
                 Ok(CommandOutcome::Done)
@@ -231,6 +315,7 @@ impl ClusterState {
                     Deployment {
                         spec: spec.clone(),
                         version: 1,
+                        pending_reason: None,
                     },
                 );
                 Ok(CommandOutcome::DeploymentVersion(1))
@@ -263,35 +348,7 @@ impl ClusterState {
                 self.placements.retain(|_, p| &p.deployment != name);
                 Ok(CommandOutcome::Done)
             }
-            PlaceActors { placements } => {
-                let mut seen = BTreeSet::new();
-                for p in placements {
-                    if !seen.insert(&p.actor_id) {
-                        return Err(Rejection::Invalid(format!(
-                            "placement {:?} appears twice in one batch",
-                            p.actor_id
-                        )));
-                    }
-                    if !self.nodes.contains_key(&p.node) {
-                        return Err(Rejection::UnknownNode(p.node));
-                    }
-                    if !self.deployments.contains_key(&p.deployment) {
-                        return Err(not_found(ObjectKind::Deployment, &p.deployment));
-                    }
-                    if let Some(old) = self.placements.get(&p.actor_id)
-                        && old.generation >= p.generation
-                    {
-                        return Err(Rejection::Invalid(format!(
-                            "placement {:?} generation {} is not newer than {}",
-                            p.actor_id, p.generation, old.generation
-                        )));
-                    }
-                }
-                for p in placements {
-                    self.placements.insert(p.actor_id.clone(), p.clone());
-                }
-                Ok(CommandOutcome::Done)
-            }
+            PlaceActors { decisions } => self.place(decisions),
             SetPlacementStatus {
                 actor_id,
                 generation,
@@ -399,6 +456,34 @@ impl ClusterState {
                 }
                 Ok(CommandOutcome::Cas { swapped, previous })
             }
+            SetPlacementStatuses { updates } => {
+                let mut applied = 0;
+                for u in updates {
+                    if let Some(p) = self.placements.get_mut(&u.actor_id)
+                        && p.generation == u.generation
+                    {
+                        p.status = u.status.clone();
+                        applied += 1;
+                    }
+                }
+                Ok(CommandOutcome::StatusesApplied {
+                    applied,
+                    stale: updates.len() as u32 - applied,
+                })
+            }
+            SetNodeDrain { id, draining } => {
+                let node = self.nodes.get_mut(id).ok_or(Rejection::UnknownNode(*id))?;
+                node.draining = *draining;
+                Ok(CommandOutcome::Done)
+            }
+            SetPendingReason { deployment, reason } => {
+                let d = self
+                    .deployments
+                    .get_mut(deployment)
+                    .ok_or_else(|| not_found(ObjectKind::Deployment, deployment))?;
+                d.pending_reason = reason.clone();
+                Ok(CommandOutcome::Done)
+            }
         }
     }
 }
@@ -407,6 +492,21 @@ fn validate_deployment(spec: &DeploymentSpec) -> Result<(), Rejection> {
     if spec.name.is_empty() {
         return Err(Rejection::Invalid("deployment name is empty".into()));
     }
+    if spec.name.contains('/') {
+        return Err(Rejection::Invalid(format!(
+            "deployment name {:?} contains '/'",
+            spec.name
+        )));
+    }
+    if spec.max_unavailable == 0 {
+        return Err(Rejection::Invalid(format!(
+            "deployment {:?}: max_unavailable must be at least 1",
+            spec.name
+        )));
+    }
+    spec.resources
+        .validate()
+        .map_err(|e| Rejection::Invalid(format!("deployment {:?} resources: {e}", spec.name)))?;
     if spec.kind.is_empty() {
         return Err(Rejection::Invalid(format!(
             "deployment {:?} has no kind",
@@ -437,20 +537,27 @@ mod tests {
             name: name.into(),
             kind: "embedder".into(),
             replicas: 2,
-            resources: Resources::default(),
-            node_selector: BTreeMap::new(),
-            config: vec![],
+            resources: Resources {
+                cpu: crate::resources::Millicores(3000),
+                ..Default::default()
+            },
+            strategy: Strategy::Spread,
+            constraints: vec![],
+            anti_affinity: false,
+            max_unavailable: 1,
+            version: String::new(),
+            config: String::new(),
         }
     }
 
-    fn placement(actor: &str, node: NodeId, generation: u64) -> Placement {
-        Placement {
-            actor_id: actor.into(),
+    fn decision(replica: u32, node: NodeId, replaces: Option<u64>) -> PlacementDecision {
+        PlacementDecision {
             deployment: "emb".into(),
+            replica,
             node,
-            devices: vec![],
-            generation,
-            status: PlacementStatus::Pending,
+            gpus: vec![],
+            revision: 1,
+            replaces,
         }
     }
 
@@ -477,7 +584,7 @@ mod tests {
             .unwrap();
         let before = s.clone();
         let batch = Command::PlaceActors {
-            placements: vec![placement("a", 1, 1), placement("b", 9, 1)],
+            decisions: vec![decision(0, 1, None), decision(1, 9, None)],
         };
         assert_eq!(s.apply(&batch), Err(Rejection::UnknownNode(9)));
         assert_eq!(
@@ -485,11 +592,16 @@ mod tests {
             "a rejected batch must not leave a partial placement"
         );
         let ok = Command::PlaceActors {
-            placements: vec![placement("a", 1, 1)],
+            decisions: vec![decision(0, 1, None)],
         };
-        s.apply(&ok).unwrap();
+        assert_eq!(
+            s.apply(&ok),
+            Ok(CommandOutcome::Placed {
+                generations: vec![1]
+            })
+        );
         assert_eq!(s.placements.len(), 1);
-        // Same generation again is stale.
+        // The same decision again is stale: the replica has a placement now.
         assert!(matches!(s.apply(&ok), Err(Rejection::Invalid(_))));
         // A node with placements cannot be deregistered.
         assert!(s.apply(&Command::DeregisterNode { id: 1 }).is_err());
@@ -497,6 +609,96 @@ mod tests {
             .unwrap();
         assert!(s.placements.is_empty());
         s.apply(&Command::DeregisterNode { id: 1 }).unwrap();
+    }
+
+    #[test]
+    fn stale_decisions_are_rejected_never_overcommitted() {
+        let mut s = ClusterState::default();
+        s.apply(&node(1)).unwrap(); // 8 cores; each replica asks for 3
+        s.apply(&Command::CreateDeployment(deployment("emb")))
+            .unwrap();
+        // Two replicas fit (6 of 8 cores).
+        s.apply(&Command::PlaceActors {
+            decisions: vec![decision(0, 1, None), decision(1, 1, None)],
+        })
+        .unwrap();
+        // Scale to 3: a third does not fit, and admission says why.
+        let mut bigger = deployment("emb");
+        bigger.replicas = 3;
+        s.apply(&Command::UpdateDeployment {
+            spec: bigger,
+            expected_version: None,
+        })
+        .unwrap();
+        let mut third = decision(2, 1, None);
+        third.revision = 2;
+        let err = s
+            .apply(&Command::PlaceActors {
+                decisions: vec![third.clone()],
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("lacks free cpu"), "{err}");
+        // A decision made for revision 1 is stale now.
+        let gen0 = s.placements["emb/0"].generation;
+        let err = s
+            .apply(&Command::PlaceActors {
+                decisions: vec![decision(0, 1, Some(gen0))],
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("revision 1"), "{err}");
+        // Moving replica 0 in place releases what it held first, so it fits.
+        let mut again = decision(0, 1, Some(gen0));
+        again.revision = 2;
+        s.apply(&Command::PlaceActors {
+            decisions: vec![again],
+        })
+        .unwrap();
+        assert!(s.placements["emb/0"].generation > gen0);
+        // A down or draining node takes nothing.
+        s.apply(&Command::SetNodeDrain {
+            id: 1,
+            draining: true,
+        })
+        .unwrap();
+        s.apply(&Command::RemovePlacements {
+            actor_ids: vec!["emb/1".into()],
+        })
+        .unwrap();
+        let mut one = decision(1, 1, None);
+        one.revision = 2;
+        let err = s
+            .apply(&Command::PlaceActors {
+                decisions: vec![one],
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("draining"), "{err}");
+    }
+
+    #[test]
+    fn status_reports_for_old_generations_are_skipped() {
+        let mut s = ClusterState::default();
+        s.apply(&node(1)).unwrap();
+        s.apply(&Command::CreateDeployment(deployment("emb")))
+            .unwrap();
+        s.apply(&Command::PlaceActors {
+            decisions: vec![decision(0, 1, None)],
+        })
+        .unwrap();
+        let report = |generation| StatusUpdate {
+            actor_id: "emb/0".into(),
+            generation,
+            status: PlacementStatus::Running,
+        };
+        assert_eq!(
+            s.apply(&Command::SetPlacementStatuses {
+                updates: vec![report(1), report(7)]
+            }),
+            Ok(CommandOutcome::StatusesApplied {
+                applied: 1,
+                stale: 1
+            })
+        );
+        assert_eq!(s.placements["emb/0"].status, PlacementStatus::Running);
     }
 
     #[test]

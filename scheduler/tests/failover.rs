@@ -18,8 +18,12 @@ fn deployment(name: &str) -> DeploymentSpec {
         kind: "embedder".into(),
         replicas: 1,
         resources: Default::default(),
-        node_selector: Default::default(),
-        config: vec![],
+        strategy: Default::default(),
+        constraints: vec![],
+        anti_affinity: false,
+        max_unavailable: 1,
+        version: String::new(),
+        config: String::new(),
     }
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use arbor_scheduler::state::{DeploymentSpec, Placement, PlacementStatus, Resources};
+use arbor_scheduler::state::{DeploymentSpec, PlacementDecision, Resources};
 use arbor_scheduler::{Bootstrap, Command, CommandOutcome, NodeConfig, ProposeError, Rejection};
 use common::{Cluster, kv, put};
 
@@ -139,25 +139,27 @@ async fn one_hundred_thousand_placements_snapshot_transfer_and_restore() {
         kind: "embedder".into(),
         replicas: 100_000,
         resources: Resources::default(),
-        node_selector: Default::default(),
-        config: vec![],
+        strategy: Default::default(),
+        constraints: vec![],
+        anti_affinity: false,
+        max_unavailable: 1,
+        version: String::new(),
+        config: String::new(),
     }))
     .await
     .unwrap();
     for batch in 0..10u64 {
-        let placements = (0..10_000u64)
-            .map(|i| Placement {
-                actor_id: format!("emb-{}", batch * 10_000 + i),
+        let decisions = (0..10_000u64)
+            .map(|i| PlacementDecision {
                 deployment: "emb".into(),
+                replica: (batch * 10_000 + i) as u32,
                 node: 1 + i % 3,
-                devices: vec![(i % 8) as u32],
-                generation: 1,
-                status: PlacementStatus::Running,
+                gpus: vec![],
+                revision: 1,
+                replaces: None,
             })
             .collect();
-        h.propose(Command::PlaceActors { placements })
-            .await
-            .unwrap();
+        h.propose(Command::PlaceActors { decisions }).await.unwrap();
     }
     // Some writes after the big batches so the snapshot lands past them.
     for i in 0..10 {

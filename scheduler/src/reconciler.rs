@@ -1,0 +1,208 @@
+//! The reconciler: desired state (deployments) against actual state (placements, node
+//! liveness), as a pure function from a snapshot to the commands that close the gap.
+//!
+//! [`reconcile`] runs on the leader (see [`driver`]) on every commit and on a timer. One
+//! round:
+//! 1. liveness: a ready node silent for `node_timeout` is marked down, a down node heard
+//!    again is marked ready;
+//! 2. per deployment: replicas past `replicas` are removed; missing replicas, and replicas on
+//!    down nodes, are placed; replicas of an older revision (rolling update) or on a draining
+//!    node are replaced, but only while fewer than `max_unavailable` replicas are unavailable,
+//!    so each new replica runs before the next old one stops;
+//! 3. one [`place`] call for everything, batched into [`Command::PlaceActors`] proposals that
+//!    the state machine re-checks when it applies them (see `state/admission.rs`);
+//! 4. replicas of down nodes that fit nowhere are unplaced (they wait as pending, and never
+//!    count as running on a node that is gone); each deployment records why replicas wait.
+//!
+//! Moving a replica gives it a new generation, so a node that comes back and still runs the
+//! old copy stops it as soon as it sees the new placement: never two live copies.
+
+pub mod driver;
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::command::Command;
+use crate::placement::{ReplicaRequest, place};
+use crate::state::{
+    ActorId, ClusterState, Liveness, NodeId, Placement, PlacementDecision, PlacementStatus,
+};
+
+/// What the leader knows about its peers this round. A node in neither set is undecided
+/// (a new leader gives every node `node_timeout` to be heard before judging it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// The proposer's wall clock (ms since the Unix epoch), recorded with liveness changes.
+    pub now_ms: u64,
+    /// Heard from within `node_timeout`.
+    pub alive: BTreeSet<NodeId>,
+    /// Silent for longer than `node_timeout`.
+    pub silent: BTreeSet<NodeId>,
+}
+
+/// The commands that move `state` toward what its deployments ask for, in the order they
+/// must be proposed. Placements go in batches of at most `max_batch` decisions.
+pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> Vec<Command> {
+    let mut commands = liveness_changes(state, seen);
+    // Plan against the state as it will be once the liveness changes apply.
+    let state = if commands.is_empty() {
+        Cow::Borrowed(state)
+    } else {
+        let mut next = state.clone();
+        for c in &commands {
+            let _ = next.apply(c);
+        }
+        Cow::Owned(next)
+    };
+    let state = state.as_ref();
+
+    let mut by_deployment: BTreeMap<&str, BTreeMap<u32, &Placement>> = BTreeMap::new();
+    let mut removals: Vec<ActorId> = Vec::new();
+    for p in state.placements.values() {
+        match state.deployments.get(&p.deployment) {
+            Some(d) if p.replica < d.spec.replicas => {
+                by_deployment
+                    .entry(&p.deployment)
+                    .or_default()
+                    .insert(p.replica, p);
+            }
+            // Scaled down (or an orphan): stop it.
+            _ => removals.push(p.actor_id.clone()),
+        }
+    }
+
+    let node_up = |id: NodeId| {
+        state
+            .nodes
+            .get(&id)
+            .is_some_and(|n| n.liveness == Liveness::Ready)
+    };
+    let draining = |id: NodeId| state.nodes.get(&id).is_some_and(|n| n.draining);
+
+    let mut requests: Vec<ReplicaRequest> = Vec::new();
+    let mut replaces: BTreeMap<(&str, u32), u64> = BTreeMap::new();
+    let mut lost: BTreeSet<(&str, u32)> = BTreeSet::new();
+    let empty = BTreeMap::new();
+    for (name, d) in &state.deployments {
+        let spec = &d.spec;
+        let placed = by_deployment.get(name.as_str()).unwrap_or(&empty);
+        let available = placed
+            .values()
+            .filter(|p| p.status == PlacementStatus::Running && node_up(p.node))
+            .count() as u32;
+        let mut budget = spec
+            .max_unavailable
+            .saturating_sub(spec.replicas.saturating_sub(available));
+        for replica in 0..spec.replicas {
+            let Some(p) = placed.get(&replica) else {
+                requests.push(spec.request(replica));
+                continue;
+            };
+            let key = (name.as_str(), replica);
+            if !node_up(p.node) {
+                lost.insert(key);
+            } else if p.revision != d.version || draining(p.node) {
+                // Replacing a replica that is not running costs no availability.
+                if p.status == PlacementStatus::Running {
+                    if budget == 0 {
+                        continue;
+                    }
+                    budget -= 1;
+                }
+            } else {
+                continue;
+            }
+            replaces.insert(key, p.generation);
+            requests.push(spec.request(replica));
+        }
+    }
+
+    // What replaced and removed replicas hold is free for the new decisions: the state
+    // machine releases it the same way when it applies them.
+    let mut released: BTreeSet<&str> = removals.iter().map(String::as_str).collect();
+    for (name, replica) in replaces.keys() {
+        if let Some(p) = by_deployment.get(name).and_then(|m| m.get(replica)) {
+            released.insert(p.actor_id.as_str());
+        }
+    }
+    let views: Vec<_> = state.views_of(|_| true, &released).into_values().collect();
+    let plan = if requests.is_empty() {
+        Default::default()
+    } else {
+        place(&views, &requests)
+    };
+
+    let decisions: Vec<PlacementDecision> = plan
+        .placements
+        .into_iter()
+        .map(|p| {
+            let revision = state.deployments[&p.deployment].version;
+            let replaces = replaces.get(&(p.deployment.as_str(), p.replica)).copied();
+            PlacementDecision {
+                deployment: p.deployment,
+                replica: p.replica,
+                node: p.node,
+                gpus: p.gpus,
+                revision,
+                replaces,
+            }
+        })
+        .collect();
+
+    let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
+    for pending in &plan.pending {
+        let key = (pending.deployment.as_str(), pending.replica);
+        if lost.contains(&key)
+            && let Some(p) = by_deployment.get(key.0).and_then(|m| m.get(&key.1))
+        {
+            removals.push(p.actor_id.clone());
+        }
+        reasons
+            .entry(pending.deployment.as_str())
+            .or_insert_with(|| pending.reason.to_string());
+    }
+
+    for chunk in removals.chunks(max_batch.max(1)) {
+        commands.push(Command::RemovePlacements {
+            actor_ids: chunk.to_vec(),
+        });
+    }
+    for chunk in decisions.chunks(max_batch.max(1)) {
+        commands.push(Command::PlaceActors {
+            decisions: chunk.to_vec(),
+        });
+    }
+    for (name, d) in &state.deployments {
+        let reason = reasons.get(name.as_str()).cloned();
+        if reason != d.pending_reason {
+            commands.push(Command::SetPendingReason {
+                deployment: name.clone(),
+                reason,
+            });
+        }
+    }
+    commands
+}
+
+/// Liveness changes the observation calls for.
+fn liveness_changes(state: &ClusterState, seen: &Observation) -> Vec<Command> {
+    state
+        .nodes
+        .iter()
+        .filter_map(|(id, n)| {
+            let liveness = match n.liveness {
+                Liveness::Ready if seen.silent.contains(id) => Liveness::Down,
+                Liveness::Down if seen.alive.contains(id) => Liveness::Ready,
+                _ => return None,
+            };
+            Some(Command::SetNodeLiveness {
+                id: *id,
+                liveness,
+                observed_at_ms: seen.now_ms,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

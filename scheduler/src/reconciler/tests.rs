@@ -1,0 +1,387 @@
+//! The reconciler against a simulated cluster: commands applied through the real state
+//! machine, node agents simulated by marking placements running.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::command::CommandOutcome;
+use crate::placement::Strategy;
+use crate::resources::{Bytes, GpuAmount, Millicores, Resources};
+use crate::state::{DeploymentSpec, StatusUpdate};
+
+fn cpu(millis: u64) -> Resources {
+    Resources {
+        cpu: Millicores(millis),
+        memory: Bytes::mib(64),
+        ..Default::default()
+    }
+}
+
+fn cluster(nodes: u64, cores: u64) -> ClusterState {
+    let mut s = ClusterState::default();
+    for id in 1..=nodes {
+        s.apply(&Command::RegisterNode {
+            id,
+            address: format!("10.0.0.{id}:7000"),
+            capacity: Resources {
+                cpu: Millicores(cores * 1000),
+                memory: Bytes::gib(8),
+                ..Default::default()
+            },
+            labels: BTreeMap::from([("zone".into(), format!("z{id}"))]),
+        })
+        .unwrap();
+    }
+    s
+}
+
+fn echo(name: &str, replicas: u32) -> DeploymentSpec {
+    DeploymentSpec {
+        name: name.into(),
+        kind: "echo".into(),
+        replicas,
+        resources: cpu(100),
+        strategy: Strategy::Spread,
+        constraints: vec![],
+        anti_affinity: false,
+        max_unavailable: 1,
+        version: "1".into(),
+        config: String::new(),
+    }
+}
+
+fn all_alive(s: &ClusterState) -> Observation {
+    Observation {
+        now_ms: 1,
+        alive: s.nodes.keys().copied().collect(),
+        silent: BTreeSet::new(),
+    }
+}
+
+/// Node agents: every placement on a ready node that is not running yet starts.
+fn agents_start_everything(s: &mut ClusterState) {
+    let updates: Vec<StatusUpdate> = s
+        .placements
+        .values()
+        .filter(|p| p.status == PlacementStatus::Pending)
+        .filter(|p| s.nodes[&p.node].liveness == Liveness::Ready)
+        .map(|p| StatusUpdate {
+            actor_id: p.actor_id.clone(),
+            generation: p.generation,
+            status: PlacementStatus::Running,
+        })
+        .collect();
+    if !updates.is_empty() {
+        s.apply(&Command::SetPlacementStatuses { updates }).unwrap();
+    }
+}
+
+fn running(s: &ClusterState, deployment: &str) -> usize {
+    s.placements
+        .values()
+        .filter(|p| p.deployment == deployment && p.status == PlacementStatus::Running)
+        .filter(|p| s.nodes[&p.node].liveness == Liveness::Ready)
+        .count()
+}
+
+/// Rounds of reconcile → apply → agents, until nothing is left to do. `each` sees the state
+/// after every applied command. Returns the number of rounds.
+fn settle(s: &mut ClusterState, seen: &Observation, mut each: impl FnMut(&ClusterState)) -> usize {
+    for round in 1..100 {
+        let commands = reconcile(s, seen, 4);
+        if commands.is_empty() {
+            return round;
+        }
+        for c in &commands {
+            s.apply(c)
+                .unwrap_or_else(|e| panic!("{c:?} was rejected: {e}"));
+            each(s);
+        }
+        agents_start_everything(s);
+        each(s);
+    }
+    panic!("the reconciler did not settle in 100 rounds");
+}
+
+fn settle_alive(s: &mut ClusterState, each: impl FnMut(&ClusterState)) -> usize {
+    let seen = all_alive(s);
+    settle(s, &seen, each)
+}
+
+fn per_node(s: &ClusterState, deployment: &str) -> BTreeMap<NodeId, usize> {
+    let mut out = BTreeMap::new();
+    for p in s.placements.values().filter(|p| p.deployment == deployment) {
+        *out.entry(p.node).or_default() += 1;
+    }
+    out
+}
+
+fn no_node_overcommitted(s: &ClusterState) {
+    for view in s.node_views().values() {
+        assert!(
+            view.capacity.fits(&view.used),
+            "node {} holds {:?} of {:?}",
+            view.id,
+            view.used,
+            view.capacity
+        );
+        assert!(view.gpus.iter().all(|g| g.free <= GpuAmount::ONE));
+    }
+}
+
+#[test]
+fn six_replicas_spread_two_per_node() {
+    let mut s = cluster(3, 4);
+    s.apply(&Command::CreateDeployment(echo("echo", 6)))
+        .unwrap();
+    let seen = all_alive(&s);
+    settle(&mut s, &seen, no_node_overcommitted);
+    assert_eq!(
+        per_node(&s, "echo"),
+        BTreeMap::from([(1, 2), (2, 2), (3, 2)])
+    );
+    assert_eq!(running(&s, "echo"), 6);
+    assert_eq!(s.deployments["echo"].pending_reason, None);
+}
+
+#[test]
+fn a_silent_node_is_marked_down_and_its_replicas_move_in_one_round() {
+    let mut s = cluster(3, 4);
+    s.apply(&Command::CreateDeployment(echo("echo", 6)))
+        .unwrap();
+    settle_alive(&mut s, |_| {});
+    let gens: BTreeMap<_, _> = s
+        .placements
+        .values()
+        .map(|p| (p.actor_id.clone(), (p.node, p.generation)))
+        .collect();
+
+    let mut seen = all_alive(&s);
+    seen.alive.remove(&3);
+    seen.silent.insert(3);
+    let commands = reconcile(&s, &seen, 100);
+    assert!(matches!(
+        commands[0],
+        Command::SetNodeLiveness {
+            id: 3,
+            liveness: Liveness::Down,
+            ..
+        }
+    ));
+    assert!(
+        commands
+            .iter()
+            .any(|c| matches!(c, Command::PlaceActors { decisions } if decisions.len() == 2)),
+        "{commands:?}"
+    );
+    settle(&mut s, &seen, no_node_overcommitted);
+    assert_eq!(per_node(&s, "echo"), BTreeMap::from([(1, 3), (2, 3)]));
+    // The moved replicas have newer generations: node 3's old copies are fenced.
+    for p in s.placements.values() {
+        let (old_node, old_gen) = gens[&p.actor_id];
+        if old_node == 3 {
+            assert!(p.generation > old_gen);
+        } else {
+            assert_eq!(p.generation, old_gen, "{} moved needlessly", p.actor_id);
+        }
+    }
+
+    // Node 3 comes back: marked ready, and nothing moves back by itself.
+    let back = all_alive(&s);
+    let commands = reconcile(&s, &back, 100);
+    assert_eq!(commands.len(), 1, "{commands:?}");
+    settle(&mut s, &back, |_| {});
+    assert_eq!(s.nodes[&3].liveness, Liveness::Ready);
+    assert_eq!(per_node(&s, "echo"), BTreeMap::from([(1, 3), (2, 3)]));
+}
+
+#[test]
+fn a_gpu_deployment_on_gpu_less_nodes_waits_with_its_reason() {
+    let mut s = cluster(3, 4);
+    let mut spec = echo("llm", 2);
+    spec.resources.gpu = GpuAmount::whole(1);
+    s.apply(&Command::CreateDeployment(spec)).unwrap();
+    settle_alive(&mut s, |_| {});
+    assert!(s.placements.is_empty());
+    let reason = s.deployments["llm"].pending_reason.clone().unwrap();
+    assert!(
+        reason.contains("needs gpu=1") && reason.contains("no ready node has a free GPU"),
+        "{reason}"
+    );
+
+    // A node with a GPU joins: the replicas are placed on its devices, one each.
+    s.apply(&Command::RegisterNode {
+        id: 4,
+        address: "10.0.0.4:7000".into(),
+        capacity: Resources {
+            cpu: Millicores(8000),
+            memory: Bytes::gib(8),
+            gpu: GpuAmount::whole(2),
+            ..Default::default()
+        },
+        labels: BTreeMap::new(),
+    })
+    .unwrap();
+    settle_alive(&mut s, no_node_overcommitted);
+    let devices: BTreeSet<Vec<u32>> = s.placements.values().map(|p| p.devices()).collect();
+    assert_eq!(devices, BTreeSet::from([vec![0], vec![1]]));
+    assert_eq!(s.deployments["llm"].pending_reason, None);
+}
+
+#[test]
+fn replicas_of_a_dead_node_that_fit_nowhere_are_unplaced_and_pending() {
+    let mut s = cluster(2, 1);
+    let mut spec = echo("big", 2);
+    spec.resources = cpu(1000);
+    s.apply(&Command::CreateDeployment(spec)).unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_eq!(per_node(&s, "big"), BTreeMap::from([(1, 1), (2, 1)]));
+    let mut seen = all_alive(&s);
+    seen.alive.remove(&2);
+    seen.silent.insert(2);
+    settle(&mut s, &seen, no_node_overcommitted);
+    assert_eq!(per_node(&s, "big"), BTreeMap::from([(1, 1)]));
+    let reason = s.deployments["big"].pending_reason.clone().unwrap();
+    assert!(reason.contains("needs cpu=1"), "{reason}");
+}
+
+#[test]
+fn rolling_update_keeps_desired_minus_max_unavailable_running() {
+    for max_unavailable in [1, 2] {
+        let mut s = cluster(3, 4);
+        let mut spec = echo("echo", 6);
+        spec.max_unavailable = max_unavailable;
+        s.apply(&Command::CreateDeployment(spec.clone())).unwrap();
+        settle_alive(&mut s, |_| {});
+        spec.version = "2".into();
+        spec.config = r#"{"greeting": "hi"}"#.into();
+        assert_eq!(
+            s.apply(&Command::UpdateDeployment {
+                spec,
+                expected_version: None
+            }),
+            Ok(CommandOutcome::DeploymentVersion(2))
+        );
+        let mut lowest = usize::MAX;
+        let rounds = settle_alive(&mut s, |s| {
+            lowest = lowest.min(running(s, "echo"));
+        });
+        assert_eq!(lowest, 6 - max_unavailable as usize);
+        assert!(rounds >= 6 / max_unavailable as usize, "{rounds} rounds");
+        assert!(s.placements.values().all(|p| p.revision == 2));
+        assert_eq!(running(&s, "echo"), 6);
+    }
+}
+
+#[test]
+fn drain_moves_replicas_off_one_at_a_time_and_undrain_takes_new_ones() {
+    let mut s = cluster(3, 4);
+    s.apply(&Command::CreateDeployment(echo("echo", 6)))
+        .unwrap();
+    settle_alive(&mut s, |_| {});
+    s.apply(&Command::SetNodeDrain {
+        id: 2,
+        draining: true,
+    })
+    .unwrap();
+    let mut lowest = usize::MAX;
+    settle_alive(&mut s, |s| {
+        lowest = lowest.min(running(s, "echo"));
+        no_node_overcommitted(s);
+    });
+    assert_eq!(lowest, 5);
+    assert_eq!(per_node(&s, "echo"), BTreeMap::from([(1, 3), (3, 3)]));
+
+    s.apply(&Command::SetNodeDrain {
+        id: 2,
+        draining: false,
+    })
+    .unwrap();
+    s.apply(&Command::UpdateDeployment {
+        spec: echo("echo", 9),
+        expected_version: None,
+    })
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_eq!(per_node(&s, "echo")[&2], 3);
+}
+
+#[test]
+fn scaling_down_removes_the_highest_replicas() {
+    let mut s = cluster(3, 4);
+    s.apply(&Command::CreateDeployment(echo("echo", 6)))
+        .unwrap();
+    settle_alive(&mut s, |_| {});
+    s.apply(&Command::UpdateDeployment {
+        spec: echo("echo", 2),
+        expected_version: None,
+    })
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    let ids: BTreeSet<&str> = s.placements.keys().map(String::as_str).collect();
+    assert_eq!(ids, BTreeSet::from(["echo/0", "echo/1"]));
+}
+
+#[test]
+fn anti_affinity_leaves_extra_replicas_pending() {
+    let mut s = cluster(3, 4);
+    let mut spec = echo("spread", 4);
+    spec.anti_affinity = true;
+    s.apply(&Command::CreateDeployment(spec)).unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_eq!(
+        per_node(&s, "spread"),
+        BTreeMap::from([(1, 1), (2, 1), (3, 1)])
+    );
+    let reason = s.deployments["spread"].pending_reason.clone().unwrap();
+    assert!(reason.contains("anti-affinity"), "{reason}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Whatever the deployments and node failures, the reconciler settles without a rejected
+    /// command, never overcommits a node, never places on a down node, honors anti-affinity,
+    /// and places every replica that can be placed.
+    #[test]
+    fn settles_without_overcommit(
+        nodes in 1u64..6,
+        cores in 1u64..5,
+        deployments in prop::collection::vec((1u32..8, 1u64..1500, any::<bool>(), any::<bool>()), 1..5),
+        down in prop::collection::btree_set(1u64..6, 0..3),
+    ) {
+        let mut s = cluster(nodes, cores);
+        for (i, (replicas, millis, anti, pack)) in deployments.iter().enumerate() {
+            let mut spec = echo(&format!("d{i}"), *replicas);
+            spec.resources = cpu(*millis);
+            spec.anti_affinity = *anti;
+            spec.strategy = if *pack { Strategy::Pack } else { Strategy::Spread };
+            s.apply(&Command::CreateDeployment(spec)).unwrap();
+        }
+        settle_alive(&mut s, no_node_overcommitted);
+        let mut seen = all_alive(&s);
+        for id in &down {
+            if seen.alive.remove(id) {
+                seen.silent.insert(*id);
+            }
+        }
+        settle(&mut s, &seen, no_node_overcommitted);
+        for p in s.placements.values() {
+            prop_assert!(!down.contains(&p.node), "{} on down node {}", p.actor_id, p.node);
+        }
+        for (name, d) in &s.deployments {
+            let placed = per_node(&s, name);
+            if d.spec.anti_affinity {
+                prop_assert!(placed.values().all(|n| *n == 1));
+            }
+            let total: usize = placed.values().sum();
+            if total < d.spec.replicas as usize {
+                prop_assert!(d.pending_reason.is_some(), "{name} waits without a reason");
+            } else {
+                prop_assert_eq!(&d.pending_reason, &None);
+            }
+        }
+    }
+}
