@@ -594,3 +594,21 @@ async fn the_router_rides_through_a_replica_dying_mid_call() {
     assert_eq!(seen.len(), 2, "{seen:?}");
     agent.stop(None);
 }
+
+/// A slow start is visible as `Starting`, and the agent keeps answering meanwhile.
+#[tokio::test]
+async fn the_agent_answers_while_a_replica_starts_slowly() {
+    let scope = "t-slow-start";
+    let (agent, mut rx) = start_agent(scope, fast_policy()).await;
+    let mut slow = assignment("slow", "echo", "echo", 1);
+    slow.config = r#"{"start_delay_ms": 300}"#.into();
+    agent.cast(AgentMsg::Assign(vec![slow])).unwrap();
+    until_state(&mut rx, "slow", 1, ReplicaState::Starting).await;
+    let list = replicas(&agent).await;
+    assert_eq!(list[0].state, ReplicaState::Starting);
+    assert_eq!(list[0].pid, None);
+    assert!(members(scope, "echo").is_empty());
+    until_state(&mut rx, "slow", 1, ReplicaState::Running).await;
+    assert!(replicas(&agent).await[0].pid.is_some());
+    agent.stop(None);
+}
