@@ -1,3 +1,8 @@
 //! Arbor's actor kinds, their messages, the node agent, routing and batching.
 
+pub mod agent;
+pub mod kinds;
+pub mod replica;
+pub mod router;
+pub mod supervision;
 pub mod wire;

@@ -1,0 +1,153 @@
+//! The kinds of actor a deployment can run, and how one replica of a kind is started.
+//!
+//! Replicas are unnamed actors: ractor's registry is process-global, and several nodes may
+//! share one process in tests. They are found through their deployment's process group, which
+//! the node agent joins them to once they have started; a replica joins nothing itself.
+
+mod echo;
+mod spin;
+
+use std::fmt;
+use std::str::FromStr;
+
+use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
+use serde::de::DeserializeOwned;
+
+use crate::replica::ReplicaMsg;
+
+pub use echo::{EchoConfig, EchoReplica};
+pub use spin::{MAX_SPIN_MS, SpinReplica, SpinRequest};
+
+/// A kind of actor that a deployment may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Replies with what it got: for checking routing, supervision and placement.
+    Echo,
+    /// Burns CPU for a requested time: for checking load spreading and concurrency.
+    Spin,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 2] = [Kind::Echo, Kind::Spin];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Echo => "echo",
+            Kind::Spin => "spin",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A kind name that no kind has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown actor kind {name:?}; known kinds: {known}")]
+pub struct UnknownKind {
+    pub name: String,
+    known: String,
+}
+
+impl FromStr for Kind {
+    type Err = UnknownKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownKind {
+                name: s.to_string(),
+                known: Kind::ALL.map(Kind::as_str).join(", "),
+            })
+    }
+}
+
+/// What a replica knows about itself when it starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaContext {
+    pub actor_id: String,
+    pub deployment: String,
+    /// Changes whenever the control plane replaces the actor (new config, moved, ...).
+    pub generation: u64,
+    /// Accelerator indices assigned to this replica on its node.
+    pub devices: Vec<u32>,
+    /// The kind's configuration as JSON text; `""` or `"{}"` means the defaults.
+    pub config: String,
+}
+
+/// Starts one replica of `kind` as a linked child of `supervisor`, and returns once it is
+/// ready (its `pre_start` has finished) or has failed to start.
+pub async fn spawn_replica(
+    kind: Kind,
+    ctx: ReplicaContext,
+    supervisor: ActorCell,
+) -> Result<ActorRef<ReplicaMsg>, SpawnErr> {
+    let spawned = match kind {
+        Kind::Echo => Actor::spawn_linked(None, EchoReplica, ctx, supervisor).await,
+        Kind::Spin => Actor::spawn_linked(None, SpinReplica, ctx, supervisor).await,
+    };
+    spawned.map(|(actor, _handle)| actor)
+}
+
+/// Parses a kind's JSON configuration; `""` (or whitespace) means the defaults. The error
+/// names the replica and, through serde_json, the field at fault.
+pub(crate) fn parse_config<C: DeserializeOwned + Default>(
+    kind: Kind,
+    ctx: &ReplicaContext,
+) -> Result<C, String> {
+    if ctx.config.trim().is_empty() {
+        return Ok(C::default());
+    }
+    serde_json::from_str(&ctx.config).map_err(|e| {
+        format!(
+            "bad config for {kind} actor {:?} (deployment {:?}): {e}",
+            ctx.actor_id, ctx.deployment
+        )
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn ctx(config: &str) -> ReplicaContext {
+        ReplicaContext {
+            actor_id: "a1".into(),
+            deployment: "d".into(),
+            generation: 1,
+            devices: vec![],
+            config: config.into(),
+        }
+    }
+
+    #[test]
+    fn kinds_parse_and_print() {
+        for kind in Kind::ALL {
+            assert_eq!(kind.as_str().parse::<Kind>(), Ok(kind));
+            assert_eq!(kind.to_string(), kind.as_str());
+        }
+        let err = "foo".parse::<Kind>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown actor kind \"foo\"; known kinds: echo, spin"
+        );
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let c: EchoConfig = parse_config(Kind::Echo, &ctx("")).unwrap();
+        assert_eq!(c, EchoConfig::default());
+        let c: EchoConfig = parse_config(Kind::Echo, &ctx("{}")).unwrap();
+        assert_eq!(c, EchoConfig::default());
+        let err =
+            parse_config::<EchoConfig>(Kind::Echo, &ctx(r#"{"fail_on_stat": "x"}"#)).unwrap_err();
+        assert!(err.contains("fail_on_stat"), "{err}");
+        let err =
+            parse_config::<EchoConfig>(Kind::Echo, &ctx(r#"{"start_delay_ms": "x"}"#)).unwrap_err();
+        assert!(err.contains("bad config for echo"), "{err}");
+    }
+}

@@ -1,0 +1,182 @@
+//! `spin`: burns CPU for the requested time, then says how long it spun.
+//!
+//! Used to check load spreading and that a replica keeps answering while work is under way:
+//! the busy loop runs on tokio's blocking pool and the reply is sent from that task, so the
+//! actor's mailbox is never held up by a request.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::{Kind, ReplicaContext, parse_config};
+use crate::replica::{CallReply, ReplicaMsg, decode_request};
+use crate::wire::Wire;
+
+/// The longest spin one request may ask for, in milliseconds.
+pub const MAX_SPIN_MS: u64 = 60_000;
+
+/// `spin` takes no configuration; unknown fields are still rejected, so a typo is noticed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpinConfig {}
+
+/// A spin request: `{"ms": N}` (a bare integer `N` is accepted too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpinRequest {
+    pub ms: u64,
+}
+
+#[derive(Serialize)]
+struct SpinReply {
+    spun_ms: u64,
+}
+
+impl SpinRequest {
+    /// Parses a request payload; the error says what a valid one looks like.
+    pub fn parse(payload: &[u8]) -> Result<SpinRequest, String> {
+        const USAGE: &str = "a spin payload is {\"ms\": N} or an integer N (milliseconds)";
+        let text = std::str::from_utf8(payload)
+            .map_err(|e| format!("{USAGE}; got bytes that are not UTF-8: {e}"))?
+            .trim();
+        let request = match text.parse::<u64>() {
+            Ok(ms) => SpinRequest { ms },
+            Err(_) => serde_json::from_str::<SpinRequest>(text)
+                .map_err(|e| format!("{USAGE}; got {:?}: {e}", truncate(text, 80)))?,
+        };
+        if request.ms > MAX_SPIN_MS {
+            return Err(format!(
+                "spin of {} ms asked for; at most {MAX_SPIN_MS} ms is allowed",
+                request.ms
+            ));
+        }
+        Ok(request)
+    }
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    text.chars().take(max_chars).collect()
+}
+
+/// The `spin` actor.
+pub struct SpinReplica;
+
+/// Work in flight. Dropping it (the actor stopped, or was killed) aborts the reply tasks,
+/// so callers see the replica gone instead of an answer from a dead actor, and stops the
+/// busy loops early.
+pub struct SpinState {
+    _ctx: ReplicaContext,
+    tasks: JoinSet<()>,
+    cancelled: Arc<AtomicBool>,
+}
+
+impl Drop for SpinState {
+    fn drop(&mut self) {
+        self.cancelled.store(true, Ordering::Relaxed);
+        self.tasks.abort_all();
+    }
+}
+
+impl Actor for SpinReplica {
+    type Msg = ReplicaMsg;
+    type State = SpinState;
+    type Arguments = ReplicaContext;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: ReplicaContext,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let _config: SpinConfig = parse_config(Kind::Spin, &ctx)?;
+        Ok(SpinState {
+            _ctx: ctx,
+            tasks: JoinSet::new(),
+            cancelled: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Reap finished tasks so the set does not grow with every request.
+        while state.tasks.try_join_next().is_some() {}
+        match msg {
+            ReplicaMsg::Call(request, reply) => {
+                let parsed = decode_request(request).and_then(|r| SpinRequest::parse(&r.payload));
+                match parsed {
+                    Ok(request) => {
+                        let cancelled = state.cancelled.clone();
+                        state.tasks.spawn(spin_and_reply(request, cancelled, reply));
+                    }
+                    Err(why) => {
+                        let _ = reply.send(Wire::new(Err(why)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn spin_and_reply(
+    request: SpinRequest,
+    cancelled: Arc<AtomicBool>,
+    reply: RpcReplyPort<Wire<CallReply>>,
+) {
+    let ms = request.ms;
+    let spun =
+        tokio::task::spawn_blocking(move || busy_wait(Duration::from_millis(ms), &cancelled)).await;
+    let answer = match spun {
+        Ok(()) => serde_json::to_vec(&SpinReply { spun_ms: ms })
+            .map_err(|e| format!("could not encode the spin reply: {e}")),
+        Err(e) => Err(format!("spin task failed: {e}")),
+    };
+    let _ = reply.send(Wire::new(answer));
+}
+
+/// Keeps one core busy for `duration`, or until `cancelled`.
+fn busy_wait(duration: Duration, cancelled: &AtomicBool) {
+    let start = Instant::now();
+    let mut spins: u64 = 0;
+    while start.elapsed() < duration {
+        if cancelled.load(Ordering::Relaxed) {
+            return;
+        }
+        spins = std::hint::black_box(spins.wrapping_add(1));
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads() {
+        assert_eq!(SpinRequest::parse(b"25"), Ok(SpinRequest { ms: 25 }));
+        assert_eq!(SpinRequest::parse(b" 7\n"), Ok(SpinRequest { ms: 7 }));
+        assert_eq!(
+            SpinRequest::parse(br#"{"ms": 40}"#),
+            Ok(SpinRequest { ms: 40 })
+        );
+        for bad in [
+            &b"{\"ms\": -1}"[..],
+            b"soon",
+            b"{\"sec\": 1}",
+            b"\xff\xfe",
+            b"",
+        ] {
+            let err = SpinRequest::parse(bad).unwrap_err();
+            assert!(err.contains("a spin payload is"), "{err}");
+        }
+        let err = SpinRequest::parse(b"60001").unwrap_err();
+        assert!(err.contains("at most 60000"), "{err}");
+    }
+}

@@ -1,0 +1,68 @@
+//! The message every deployment replica answers, whichever kind it is and whichever node it
+//! runs on.
+//!
+//! Variants only ever grow: a peer running another version drops a variant it does not know
+//! (ractor_cluster does so silently), so none is renamed, reordered or reused. Every payload
+//! is a [`Wire`], so bytes that do not decode reach the handler as an error, not a panic.
+
+use ractor::RpcReplyPort;
+use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize};
+
+use crate::wire::Wire;
+
+/// Messages to a replica of a deployment.
+#[derive(RactorClusterMessage)]
+pub enum ReplicaMsg {
+    /// One request; the reply is the kind's answer or why it failed.
+    #[rpc]
+    Call(Wire<CallRequest>, RpcReplyPort<Wire<CallReply>>),
+}
+
+/// One request to a replica: opaque bytes whose meaning is up to the kind.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallRequest {
+    pub payload: Vec<u8>,
+}
+
+/// The kind's answer, or why the request failed (an application error: retrying it on another
+/// replica would fail the same way).
+pub type CallReply = Result<Vec<u8>, String>;
+
+/// The process group that a deployment's running replicas join, in the agent's pg scope.
+pub fn deployment_group(deployment: &str) -> String {
+    format!("arbor.deploy.{deployment}")
+}
+
+/// The request inside a [`Wire`], or the error reply that a replica sends back when the bytes
+/// did not decode.
+pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, String> {
+    request
+        .into_inner()
+        .map_err(|e| format!("request rejected: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ractor::BytesConvertable;
+
+    #[test]
+    fn group_name() {
+        assert_eq!(deployment_group("echo-1"), "arbor.deploy.echo-1");
+    }
+
+    #[test]
+    fn garbage_request_is_an_error() {
+        let wire = Wire::<CallRequest>::from_bytes(vec![0xFF; 3]);
+        let err = decode_request(wire).unwrap_err();
+        assert!(err.contains("does not decode"), "{err}");
+    }
+
+    #[test]
+    fn reply_round_trips() {
+        let reply: CallReply = Err("nope".into());
+        let bytes = Wire::new(reply.clone()).into_bytes();
+        assert_eq!(Wire::<CallReply>::from_bytes(bytes).into_inner(), Ok(reply));
+    }
+}

@@ -1,0 +1,295 @@
+//! How callers reach a deployment: pick a running replica, call it, and ride through replicas
+//! that die or move.
+//!
+//! Replicas are found through their deployment's process group, read afresh on every attempt,
+//! so a replica that the agent restarted or the control plane moved to another node is picked
+//! up as soon as it joins. The choice is "power of two choices" on the requests this router
+//! has outstanding per replica: nearly as good as least-loaded, without a global view and
+//! without every caller piling onto the same idle replica.
+//!
+//! A replica that is gone (the send fails, it died mid-call, or it did not answer in time) is
+//! excluded for this request and another is tried, until `attempt_deadline` has passed. An
+//! error *answered* by a replica is the application's, and is returned as it is: another
+//! replica of the same kind would answer the same.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorCell, ActorId};
+use rand::Rng;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::replica::{CallRequest, ReplicaMsg, deployment_group};
+use crate::wire::{Wire, WireError};
+
+/// How long a caller keeps looking for a replica that answers, by default.
+pub const DEFAULT_ATTEMPT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The pause before reading the group again when no untried replica is in it.
+const NO_MEMBER_PAUSE: Duration = Duration::from_millis(75);
+
+/// Why a call did not produce an answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    #[error(
+        "no running replica of deployment {deployment:?} is reachable; check `arbor deployments`"
+    )]
+    NoReplicas { deployment: String },
+    /// The replica answered with an error (not retried).
+    #[error("the replica answered with an error: {0}")]
+    Replica(String),
+    #[error(
+        "deployment {deployment:?} did not answer: {attempts} attempt(s) reached replicas that \
+         died or timed out; check `arbor deployments`"
+    )]
+    Timeout { deployment: String, attempts: u32 },
+    #[error("the reply could not be used: {0}")]
+    Wire(#[from] WireError),
+}
+
+/// Calls the replicas of one deployment. Cheap to clone; clones share the load counters, so
+/// many tasks can call through one router and spread their load together.
+#[derive(Debug, Clone)]
+pub struct Router {
+    scope: String,
+    deployment: String,
+    group: String,
+    attempt_deadline: Duration,
+    outstanding: Arc<Mutex<HashMap<ActorId, usize>>>,
+}
+
+impl Router {
+    /// A router for `deployment`, whose replicas join groups in the pg `scope`.
+    pub fn new(scope: impl Into<String>, deployment: impl Into<String>) -> Router {
+        let deployment = deployment.into();
+        Router {
+            scope: scope.into(),
+            group: deployment_group(&deployment),
+            deployment,
+            attempt_deadline: DEFAULT_ATTEMPT_DEADLINE,
+            outstanding: Arc::default(),
+        }
+    }
+
+    /// How long [`Router::call`] keeps trying other replicas (and waiting for one to appear)
+    /// before it gives up; one attempt already under way may run its `timeout` past it.
+    pub fn with_attempt_deadline(mut self, deadline: Duration) -> Router {
+        self.attempt_deadline = deadline;
+        self
+    }
+
+    pub fn deployment(&self) -> &str {
+        &self.deployment
+    }
+
+    /// Requests this router (and its clones) has in flight to `replica`.
+    pub fn outstanding(&self, replica: ActorId) -> usize {
+        self.counters().get(&replica).copied().unwrap_or(0)
+    }
+
+    /// Sends `payload` to one replica and returns its answer. `timeout` bounds each attempt.
+    pub async fn call(&self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let deadline = Instant::now() + self.attempt_deadline;
+        let mut tried: HashSet<ActorId> = HashSet::new();
+        let mut attempts: u32 = 0;
+        loop {
+            let members = ractor::pg::get_scoped_members(&self.scope, &self.group);
+            let Some(replica) = self.choose(&members, &tried) else {
+                if Instant::now() >= deadline {
+                    return Err(self.gave_up(attempts));
+                }
+                tokio::time::sleep_until(deadline.min(Instant::now() + NO_MEMBER_PAUSE)).await;
+                continue;
+            };
+            attempts += 1;
+            let id = replica.get_id();
+            let result = {
+                let _counted = Outstanding::enter(&self.outstanding, id);
+                let request = Wire::new(CallRequest {
+                    payload: payload.clone(),
+                });
+                ractor::rpc::call(
+                    &replica,
+                    |reply| ReplicaMsg::Call(request, reply),
+                    Some(timeout),
+                )
+                .await
+            };
+            let why = match result {
+                Ok(CallResult::Success(reply)) => {
+                    return match reply.into_inner()? {
+                        Ok(answer) => Ok(answer),
+                        Err(error) => Err(CallError::Replica(error)),
+                    };
+                }
+                Ok(CallResult::Timeout) => "timed out",
+                Ok(CallResult::SenderError) => "exited during the call",
+                Err(_) => "is gone",
+            };
+            debug!(deployment = %self.deployment, %id, attempts, "replica {why}; trying another");
+            tried.insert(id);
+            if Instant::now() >= deadline {
+                return Err(self.gave_up(attempts));
+            }
+        }
+    }
+
+    fn gave_up(&self, attempts: u32) -> CallError {
+        let deployment = self.deployment.clone();
+        if attempts == 0 {
+            CallError::NoReplicas { deployment }
+        } else {
+            CallError::Timeout {
+                deployment,
+                attempts,
+            }
+        }
+    }
+
+    fn choose(&self, members: &[ActorCell], tried: &HashSet<ActorId>) -> Option<ActorCell> {
+        let candidates: Vec<(ActorId, usize)> = {
+            let counters = self.counters();
+            members
+                .iter()
+                .map(ActorCell::get_id)
+                .filter(|id| !tried.contains(id))
+                .map(|id| (id, counters.get(&id).copied().unwrap_or(0)))
+                .collect()
+        };
+        let id = pick(&candidates, &mut rand::rng())?;
+        members.iter().find(|m| m.get_id() == id).cloned()
+    }
+
+    fn counters(&self) -> std::sync::MutexGuard<'_, HashMap<ActorId, usize>> {
+        // The map holds plain counters: one left half-updated by a panic is still usable.
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Power of two choices: two distinct candidates at random, the one with fewer outstanding
+/// requests wins (the first drawn on a tie). `None` when there is no candidate.
+pub fn pick<R: Rng + ?Sized>(candidates: &[(ActorId, usize)], rng: &mut R) -> Option<ActorId> {
+    match candidates.len() {
+        0 => None,
+        1 => Some(candidates[0].0),
+        n => {
+            let a = rng.random_range(0..n);
+            let mut b = rng.random_range(0..n - 1);
+            if b >= a {
+                b += 1;
+            }
+            let (first, second) = (candidates[a], candidates[b]);
+            Some(if second.1 < first.1 {
+                second.0
+            } else {
+                first.0
+            })
+        }
+    }
+}
+
+/// Counts one request against a replica for as long as it lives, so the count drops even
+/// when the caller's future is cancelled.
+struct Outstanding<'a> {
+    counters: &'a Mutex<HashMap<ActorId, usize>>,
+    id: ActorId,
+}
+
+impl<'a> Outstanding<'a> {
+    fn enter(counters: &'a Mutex<HashMap<ActorId, usize>>, id: ActorId) -> Self {
+        *counters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id)
+            .or_insert(0) += 1;
+        Outstanding { counters, id }
+    }
+}
+
+impl Drop for Outstanding<'_> {
+    fn drop(&mut self) {
+        let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counters.get_mut(&self.id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counters.remove(&self.id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn id(n: u64) -> ActorId {
+        ActorId::Local(n)
+    }
+
+    #[test]
+    fn empty_and_single() {
+        let mut rng = StdRng::seed_from_u64(1);
+        assert_eq!(pick(&[], &mut rng), None);
+        assert_eq!(pick(&[(id(3), 99)], &mut rng), Some(id(3)));
+    }
+
+    #[test]
+    fn never_picks_the_busiest_of_many_when_others_are_idle() {
+        // With two draws, the busiest wins only when drawn against itself, which cannot
+        // happen: the two draws are distinct.
+        let mut rng = StdRng::seed_from_u64(7);
+        let candidates = [(id(1), 0), (id(2), 0), (id(3), 10)];
+        for _ in 0..1000 {
+            assert_ne!(pick(&candidates, &mut rng), Some(id(3)));
+        }
+    }
+
+    #[test]
+    fn spreads_over_equal_candidates() {
+        let mut rng = StdRng::seed_from_u64(42);
+        let candidates: Vec<_> = (0..4).map(|n| (id(n), 0)).collect();
+        let mut seen = HashMap::new();
+        for _ in 0..4000 {
+            *seen
+                .entry(pick(&candidates, &mut rng).unwrap())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 4);
+        assert!(seen.values().all(|&n| n > 700), "{seen:?}");
+    }
+
+    #[test]
+    fn outstanding_counts_drop_with_the_guard() {
+        let counters = Mutex::new(HashMap::new());
+        let a = Outstanding::enter(&counters, id(1));
+        let b = Outstanding::enter(&counters, id(1));
+        assert_eq!(counters.lock().unwrap()[&id(1)], 2);
+        drop(a);
+        drop(b);
+        assert!(counters.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_members_is_no_replicas() {
+        let router = Router::new("router-unit-empty", "nothing")
+            .with_attempt_deadline(Duration::from_millis(100));
+        let err = router
+            .call(b"x".to_vec(), Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            CallError::NoReplicas {
+                deployment: "nothing".into()
+            }
+        );
+        assert!(err.to_string().contains("check `arbor deployments`"));
+    }
+}
