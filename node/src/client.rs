@@ -58,6 +58,8 @@ pub struct Client<'a> {
     server: ActorRef<NodeServerMessage>,
     events: mpsc::UnboundedReceiver<Event>,
     per_node: Duration,
+    /// Sessions kept open by [`Client::join_all`].
+    sessions: Vec<ActorRef<NodeSessionMessage>>,
 }
 
 impl<'a> Client<'a> {
@@ -92,6 +94,7 @@ impl<'a> Client<'a> {
             server,
             events,
             per_node,
+            sessions: Vec::new(),
         })
     }
 
@@ -128,8 +131,37 @@ impl<'a> Client<'a> {
         out
     }
 
+    /// Links with every node in cluster.toml and keeps the sessions open, so actors the nodes
+    /// advertise in process groups (deployment replicas) become reachable from here. Returns
+    /// each node's result; the call succeeds if any node linked.
+    pub async fn join_all(&mut self) -> Result<Vec<(NodeId, Result<(), String>)>, ClientError> {
+        let mut out = Vec::new();
+        let mut tried = String::new();
+        for node in &self.config.nodes {
+            let deadline = Instant::now() + self.per_node;
+            let result = self.connect(node, deadline).await.map(|session| {
+                self.sessions.push(session);
+            });
+            if let Err(why) = &result {
+                let _ = writeln!(tried, "  node {} at {}: {why}", node.id, node.actors);
+            }
+            out.push((node.id, result));
+        }
+        if self.sessions.is_empty() {
+            return Err(ClientError::NoAnswer {
+                cluster: self.config.cluster.name.clone(),
+                config: self.config.path.display().to_string(),
+                tried: tried.trim_end().to_owned(),
+            });
+        }
+        Ok(out)
+    }
+
     /// Leaves the cluster's transport.
     pub async fn stop(self) {
+        for session in &self.sessions {
+            session.get_cell().stop(None);
+        }
         let _ = self
             .server
             .stop_and_wait(None, Some(Duration::from_secs(2)))

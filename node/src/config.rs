@@ -26,6 +26,7 @@ pub struct ClusterConfig {
     pub cluster: ClusterSection,
     pub links: LinkTiming,
     pub raft: RaftSection,
+    pub scheduler: SchedulerSection,
     pub nodes: Vec<NodeConfig>,
 }
 
@@ -78,6 +79,40 @@ impl RaftSection {
             heartbeat_ticks: self.heartbeat_ticks,
             election_ticks: self.election_ticks,
             snapshot_interval: self.snapshot_interval,
+            ..Default::default()
+        }
+    }
+}
+
+/// How the leader watches nodes and places actors.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerSection {
+    /// A node the leader has not heard from for this long is marked down, and its actors are
+    /// placed elsewhere.
+    #[serde(with = "humantime_serde")]
+    pub node_timeout: Duration,
+    /// The reconciler runs at least this often (and after every commit).
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        let d = arbor_scheduler::ReconcilerConfig::default();
+        SchedulerSection {
+            node_timeout: d.node_timeout,
+            reconcile_interval: d.interval,
+        }
+    }
+}
+
+impl SchedulerSection {
+    /// The reconciler's settings with these values.
+    pub fn reconciler(&self) -> arbor_scheduler::ReconcilerConfig {
+        arbor_scheduler::ReconcilerConfig {
+            node_timeout: self.node_timeout,
+            interval: self.reconcile_interval,
             ..Default::default()
         }
     }
@@ -235,6 +270,8 @@ struct RawConfig {
     links: LinkTiming,
     #[serde(default)]
     raft: RaftSection,
+    #[serde(default)]
+    scheduler: SchedulerSection,
     #[serde(default, rename = "nodes")]
     nodes: Vec<NodeConfig>,
 }
@@ -260,6 +297,7 @@ impl ClusterConfig {
             cluster: raw.cluster,
             links: raw.links,
             raft: raw.raft,
+            scheduler: raw.scheduler,
             nodes: raw.nodes,
         };
         config.validate()?;
@@ -286,6 +324,19 @@ impl ClusterConfig {
                 "nodes",
                 "no node is configured: add at least one [[nodes]] table",
             ));
+        }
+        let heartbeat = self.raft.tick * self.raft.heartbeat_ticks.max(1) as u32;
+        if self.scheduler.node_timeout < heartbeat * 3 {
+            return Err(self.invalid(
+                "scheduler.node_timeout",
+                format!(
+                    "must be at least 3 raft heartbeats ({:?}), or healthy nodes would be marked down",
+                    heartbeat * 3
+                ),
+            ));
+        }
+        if self.scheduler.reconcile_interval.is_zero() {
+            return Err(self.invalid("scheduler.reconcile_interval", "must be more than 0"));
         }
         let t = &self.links;
         if t.heartbeat_interval.is_zero() || t.peer_timeout <= t.heartbeat_interval {

@@ -2,9 +2,13 @@
 //! commands. The binary in `main.rs` is a thin shell over this library, so tests start real
 //! nodes in-process through the same code.
 
+pub mod assignments;
+pub mod call;
 pub mod client;
 pub mod cluster_cmd;
 pub mod config;
+pub mod control;
+pub mod deployment_file;
 pub mod link;
 pub mod local;
 pub mod logging;

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Context;
 use arbor_kernels::Device;
 use arbor_kernels::llama::Sampling;
+use arbor_node::control::{ControlReply, ControlRequest, DeployChange};
 use arbor_node::link::messages::MembershipChange;
 use arbor_node::logging::{self, LogFormat};
-use arbor_node::{ClusterConfig, Node, NodeId, cluster_cmd, status};
+use arbor_node::{ClusterConfig, Node, NodeId, call, cluster_cmd, deployment_file, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,17 +29,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start one node of the cluster and run until SIGTERM or ctrl-c.
-    Node {
-        /// The cluster's config file.
+    /// Start one node of the cluster and run until SIGTERM or ctrl-c (`arbor node --node ID`),
+    /// or drain a node (`arbor node drain ID`, `arbor node undrain ID`).
+    Node(NodeArgs),
+    /// Create or update a deployment from a TOML or JSON file.
+    Deploy {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
-        /// Which node of the config this is.
+    },
+    /// Delete a deployment and stop its replicas.
+    Undeploy {
+        name: String,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Show each deployment: desired and running replicas, where each runs, why any waits.
+    Deployments {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
         #[arg(long)]
-        node: NodeId,
-        /// Keep durable state here instead of the node's configured data_dir.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
+        json: bool,
+    },
+    /// Send one request to a deployment and print the reply.
+    Call {
+        deployment: String,
+        /// The request, as text (echo replies with it; spin takes {"ms": N}).
+        payload: String,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        /// How long to keep trying replicas.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Print the cluster's membership as a reachable node sees it.
     Status {
@@ -60,6 +83,39 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct NodeArgs {
+    #[command(subcommand)]
+    action: Option<NodeAction>,
+    /// The cluster's config file.
+    #[arg(long, default_value = "cluster.toml")]
+    config: PathBuf,
+    /// Which node of the config this is.
+    #[arg(long, required = true)]
+    node: Option<NodeId>,
+    /// Keep durable state here instead of the node's configured data_dir.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum NodeAction {
+    /// Move a node's actors elsewhere (at most max_unavailable per deployment at a time) and
+    /// keep new ones away.
+    Drain {
+        id: NodeId,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Let a drained node take actors again.
+    Undrain {
+        id: NodeId,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
     },
 }
 
@@ -129,7 +185,7 @@ enum ClusterCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Client commands print what they found; only a node logs its work at info.
-    let quiet = !matches!(cli.command, Command::Node { .. });
+    let quiet = !matches!(cli.command, Command::Node(NodeArgs { action: None, .. }));
     logging::init(cli.log_format, quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -149,11 +205,34 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Node {
+        Command::Node(NodeArgs {
+            action: Some(action),
+            ..
+        }) => {
+            let (config, node, draining) = match action {
+                NodeAction::Drain { id, config } => (config, id, true),
+                NodeAction::Undrain { id, config } => (config, id, false),
+            };
+            let config = ClusterConfig::load(&config)?;
+            config.node(node)?;
+            control(&config, ControlRequest::Drain { node, draining }).await?;
+            println!(
+                "node {node} {}",
+                if draining {
+                    "draining: its actors are moving elsewhere; watch `arbor deployments`"
+                } else {
+                    "takes actors again"
+                }
+            );
+            Ok(())
+        }
+        Command::Node(NodeArgs {
+            action: None,
             config,
             node,
             data_dir,
-        } => {
+        }) => {
+            let node = node.context("--node is required")?;
             let config = ClusterConfig::load(&config)?;
             config.node(node)?;
             let secret = config.secret()?;
@@ -176,6 +255,62 @@ async fn run(command: Command) -> anyhow::Result<()> {
             } else {
                 print!("{}", status::to_table(&report));
             }
+            Ok(())
+        }
+        Command::Deploy { file, config } => {
+            let spec = deployment_file::load(&file)?;
+            let config = ClusterConfig::load(&config)?;
+            let name = spec.name.clone();
+            match control(&config, ControlRequest::Deploy(spec)).await? {
+                ControlReply::Deployed { revision, change } => {
+                    let what = match change {
+                        DeployChange::Created => "created",
+                        DeployChange::Updated => "updated (rolling its replicas)",
+                        DeployChange::Unchanged => "unchanged",
+                    };
+                    println!(
+                        "deployment {name} {what}, revision {revision}; watch it with `arbor deployments`"
+                    );
+                }
+                other => anyhow::bail!("unexpected reply {other:?}"),
+            }
+            Ok(())
+        }
+        Command::Undeploy { name, config } => {
+            let config = ClusterConfig::load(&config)?;
+            control(&config, ControlRequest::Undeploy(name.clone())).await?;
+            println!("deployment {name} deleted; its replicas are stopping");
+            Ok(())
+        }
+        Command::Deployments { config, json } => {
+            let config = ClusterConfig::load(&config)?;
+            let ControlReply::Deployments(reports) =
+                control(&config, ControlRequest::Deployments).await?
+            else {
+                anyhow::bail!("unexpected reply");
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&arbor_node::control::to_json(&reports))?
+                );
+            } else {
+                print!("{}", arbor_node::control::to_table(&reports));
+            }
+            Ok(())
+        }
+        Command::Call {
+            deployment,
+            payload,
+            config,
+            timeout,
+        } => {
+            let config = ClusterConfig::load(&config)?;
+            let secret = config.secret()?;
+            let reply =
+                call::call_once(&config, &secret, &deployment, payload.into_bytes(), timeout)
+                    .await?;
+            println!("{}", String::from_utf8_lossy(&reply));
             Ok(())
         }
         Command::Cluster { command } => cluster(command).await,
@@ -252,6 +387,14 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         outcome.voters, outcome.learners
     );
     Ok(())
+}
+
+/// Sends a deployment or drain request to any reachable node.
+async fn control(config: &ClusterConfig, request: ControlRequest) -> anyhow::Result<ControlReply> {
+    let secret = config.secret()?;
+    arbor_node::control::request(config, &secret, Duration::from_secs(3), request)
+        .await?
+        .map_err(|why| anyhow::anyhow!("{why}"))
 }
 
 /// Resolves on ctrl-c or SIGTERM.

@@ -7,7 +7,9 @@ use ractor::{Actor, ActorRef};
 use ractor_cluster::{NodeServer, NodeServerMessage, node::NodeConnectionMode};
 
 use arbor_scheduler::resources::{Bytes, GpuAmount, Resources};
-use arbor_scheduler::{Bootstrap, Command, ProposeError, RaftHandle, RaftNode};
+use arbor_scheduler::{Bootstrap, Command, ProposeError, RaftHandle, RaftNode, Reconciler};
+
+use crate::assignments::AgentBridge;
 
 use crate::config::{ClusterConfig, ConfigError, GpuSpec, NodeConfig, NodeId, Secret};
 use crate::link::actor::{LinkActor, LinkActorArgs};
@@ -52,6 +54,8 @@ pub struct Node {
     link: ActorRef<LinkMsg>,
     raft: RaftNode,
     register: tokio::task::JoinHandle<()>,
+    agent: AgentBridge,
+    reconciler: Reconciler,
 }
 
 /// The capacity a node registers with the control plane.
@@ -263,6 +267,16 @@ impl Node {
         let (link, _) = Actor::spawn(None, LinkActor, link_args)
             .await
             .map_err(|e| NodeError::Spawn("link", e.to_string()))?;
+        let agent = AgentBridge::start(
+            raft.handle(),
+            id,
+            crate::link::scope(&config.cluster.name),
+            Default::default(),
+        )
+        .await
+        .map_err(|e| NodeError::Spawn("node agent", e.to_string()))?;
+        // Every node runs one; only the leader's acts.
+        let reconciler = Reconciler::spawn(raft.handle(), config.scheduler.reconciler());
         tracing::info!(node = id, actors = %node.actors, data_dir = %data_dir.display(), "node started");
         Ok(Node {
             id,
@@ -272,7 +286,14 @@ impl Node {
             link,
             raft,
             register,
+            agent,
+            reconciler,
         })
+    }
+
+    /// This node's agent, the supervisor of the actors placed here.
+    pub fn agent(&self) -> &ractor::ActorRef<arbor_actors::agent::AgentMsg> {
+        self.agent.agent()
     }
 
     /// The control plane, as this node reaches it.
@@ -311,6 +332,8 @@ impl Node {
     pub async fn shutdown(self) {
         let timeout = Some(Duration::from_secs(5));
         self.register.abort();
+        self.reconciler.stop();
+        self.agent.shutdown().await;
         let _ = self.link.stop_and_wait(None, timeout).await;
         self.raft.shutdown().await;
         let _ = self.supervisor.stop_and_wait(None, timeout).await;

@@ -152,6 +152,9 @@ enum Request {
     Read {
         f: ReadFn,
     },
+    ReadLocal {
+        f: ReadFn,
+    },
     Status(oneshot::Sender<NodeStatus>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -274,6 +277,25 @@ impl RaftHandle {
             Ok(Err(_)) => Err(ReadError::Timeout(timeout)),
             Err(_) => Err(ReadError::Timeout(timeout)),
         }
+    }
+
+    /// Runs `f` on this node's state as applied so far, without asking the leader: possibly
+    /// stale, but answered even without a quorum. For work that follows commits anyway
+    /// (a node agent watching its own placements).
+    pub async fn read_local<R, F>(&self, f: F) -> Result<R, ReadError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&ClusterState) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let f: ReadFn = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        self.tx
+            .send(Request::ReadLocal { f })
+            .await
+            .map_err(|_| ReadError::Stopped)?;
+        rx.await.map_err(|_| ReadError::Stopped)
     }
 
     /// A linearizable copy of the whole state.
@@ -657,6 +679,7 @@ impl Driver {
                     },
                 );
             }
+            Request::ReadLocal { f } => f(&self.machine.state),
             Request::Status(tx) => {
                 let _ = tx.send(self.status());
             }

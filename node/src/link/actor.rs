@@ -121,6 +121,19 @@ impl Actor for LinkActor {
                     let _ = reply.send(Wire::new(result));
                 });
             }
+            LinkMsg::Control(request, reply) => {
+                let raft = state.raft.clone();
+                tokio::spawn(async move {
+                    let result = match request.into_inner() {
+                        Ok(request) => {
+                            tracing::info!(?request, "control request");
+                            crate::control::execute(&raft, request).await
+                        }
+                        Err(e) => Err(format!("malformed control request: {e}")),
+                    };
+                    let _ = reply.send(Wire::new(result));
+                });
+            }
         }
         Ok(())
     }

@@ -28,6 +28,12 @@ pub enum LinkMsg {
         Wire<MembershipChange>,
         RpcReplyPort<Wire<Result<MembershipOutcome, String>>>,
     ),
+    /// Deployments and drains, for `arbor deploy|undeploy|deployments|node drain`.
+    #[rpc]
+    Control(
+        Wire<crate::control::ControlRequest>,
+        RpcReplyPort<Wire<Result<crate::control::ControlReply, String>>>,
+    ),
 }
 
 /// A change of the control plane's members, one node at a time.

@@ -1,0 +1,247 @@
+//! Deployments and drains: what `arbor deploy|undeploy|deployments|node drain` ask a node to
+//! do, how the node does it through the control plane, and how the answers are printed.
+
+use std::fmt::Write as _;
+
+use arbor_scheduler::state::{ClusterState, DeploymentSpec, Liveness, PlacementStatus};
+use arbor_scheduler::{Command, CommandOutcome, RaftHandle};
+use serde::{Deserialize, Serialize};
+
+use crate::config::NodeId;
+
+/// A request from a client to any node. Variants only grow (see `link::messages`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Create the deployment, or update it if its spec differs.
+    Deploy(DeploymentSpec),
+    Undeploy(String),
+    Deployments,
+    /// Start (`true`) or end a drain of a node.
+    Drain {
+        node: NodeId,
+        draining: bool,
+    },
+}
+
+/// What a [`ControlRequest`] did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ControlReply {
+    Deployed { revision: u64, change: DeployChange },
+    Undeployed,
+    Deployments(Vec<DeploymentReport>),
+    Drained,
+}
+
+/// Whether a deploy changed anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeployChange {
+    Created,
+    Updated,
+    /// The same spec was already deployed.
+    Unchanged,
+}
+
+/// One deployment as `arbor deployments` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentReport {
+    pub name: String,
+    pub kind: String,
+    pub version: String,
+    pub revision: u64,
+    pub desired: u32,
+    /// Replicas running, on nodes that are up.
+    pub running: u32,
+    pub replicas: Vec<ReplicaReport>,
+    pub pending_reason: Option<String>,
+}
+
+/// One replica: where it runs and how it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaReport {
+    pub replica: u32,
+    /// `None` while it waits for a node.
+    pub node: Option<NodeId>,
+    /// pending, starting, running, failed, stopped, or lost (its node is down).
+    pub state: String,
+    /// Why it failed.
+    pub reason: Option<String>,
+    pub devices: Vec<u32>,
+    pub generation: Option<u64>,
+    /// The deployment revision it runs.
+    pub revision: Option<u64>,
+}
+
+/// Carries out one request through this node's view of the control plane.
+pub async fn execute(raft: &RaftHandle, request: ControlRequest) -> Result<ControlReply, String> {
+    let propose = async |command| raft.propose(command).await.map_err(|e| e.to_string());
+    match request {
+        ControlRequest::Deploy(spec) => {
+            let name = spec.name.clone();
+            let current = raft
+                .read(move |s| s.deployments.get(&name).cloned())
+                .await
+                .map_err(|e| e.to_string())?;
+            let (command, change) = match current {
+                None => (Command::CreateDeployment(spec), DeployChange::Created),
+                Some(d) if d.spec == spec => {
+                    return Ok(ControlReply::Deployed {
+                        revision: d.version,
+                        change: DeployChange::Unchanged,
+                    });
+                }
+                Some(d) => (
+                    Command::UpdateDeployment {
+                        spec,
+                        expected_version: Some(d.version),
+                    },
+                    DeployChange::Updated,
+                ),
+            };
+            match propose(command).await? {
+                CommandOutcome::DeploymentVersion(revision) => {
+                    Ok(ControlReply::Deployed { revision, change })
+                }
+                other => Err(format!("unexpected outcome {other:?}")),
+            }
+        }
+        ControlRequest::Undeploy(name) => {
+            propose(Command::DeleteDeployment { name }).await?;
+            Ok(ControlReply::Undeployed)
+        }
+        ControlRequest::Deployments => {
+            let reports = raft.read(report).await.map_err(|e| e.to_string())?;
+            Ok(ControlReply::Deployments(reports))
+        }
+        ControlRequest::Drain { node, draining } => {
+            propose(Command::SetNodeDrain { id: node, draining }).await?;
+            Ok(ControlReply::Drained)
+        }
+    }
+}
+
+/// Every deployment, its replicas and why any waits. Pure.
+pub fn report(state: &ClusterState) -> Vec<DeploymentReport> {
+    state
+        .deployments
+        .values()
+        .map(|d| {
+            let replicas: Vec<ReplicaReport> = (0..d.spec.replicas)
+                .map(|i| match state.placements.get(&d.spec.actor_id(i)) {
+                    None => ReplicaReport {
+                        replica: i,
+                        node: None,
+                        state: "pending".into(),
+                        reason: None,
+                        devices: vec![],
+                        generation: None,
+                        revision: None,
+                    },
+                    Some(p) => {
+                        let down = state
+                            .nodes
+                            .get(&p.node)
+                            .is_none_or(|n| n.liveness == Liveness::Down);
+                        let (name, reason) = match &p.status {
+                            _ if down => ("lost", None),
+                            PlacementStatus::Pending => ("pending", None),
+                            PlacementStatus::Starting => ("starting", None),
+                            PlacementStatus::Running => ("running", None),
+                            PlacementStatus::Failed { reason } => ("failed", Some(reason.clone())),
+                            PlacementStatus::Stopped => ("stopped", None),
+                        };
+                        ReplicaReport {
+                            replica: i,
+                            node: Some(p.node),
+                            state: name.into(),
+                            reason,
+                            devices: p.devices(),
+                            generation: Some(p.generation),
+                            revision: Some(p.revision),
+                        }
+                    }
+                })
+                .collect();
+            DeploymentReport {
+                name: d.spec.name.clone(),
+                kind: d.spec.kind.clone(),
+                version: d.spec.version.clone(),
+                revision: d.version,
+                desired: d.spec.replicas,
+                running: replicas.iter().filter(|r| r.state == "running").count() as u32,
+                replicas,
+                pending_reason: d.pending_reason.clone(),
+            }
+        })
+        .collect()
+}
+
+/// `arbor deployments` as a table.
+pub fn to_table(reports: &[DeploymentReport]) -> String {
+    let mut out = String::new();
+    if reports.is_empty() {
+        out.push_str("no deployments; create one with `arbor deploy -f FILE`\n");
+        return out;
+    }
+    for d in reports {
+        let _ = writeln!(
+            out,
+            "{}  kind={}  version={:?} (revision {})  running {}/{}",
+            d.name, d.kind, d.version, d.revision, d.running, d.desired
+        );
+        for r in &d.replicas {
+            let node = r.node.map_or("-".to_owned(), |n| format!("node {n}"));
+            let devices = if r.devices.is_empty() {
+                String::new()
+            } else {
+                format!("  gpus {:?}", r.devices)
+            };
+            let reason = r
+                .reason
+                .as_ref()
+                .map_or(String::new(), |why| format!("  ({why})"));
+            let _ = writeln!(
+                out,
+                "  {}/{:<4} {:<8} {:<9}{devices}{reason}",
+                d.name, r.replica, node, r.state
+            );
+        }
+        if let Some(why) = &d.pending_reason {
+            let _ = writeln!(out, "  pending: {why}");
+        }
+    }
+    out
+}
+
+/// `arbor deployments --json`.
+pub fn to_json(reports: &[DeploymentReport]) -> serde_json::Value {
+    serde_json::json!({ "deployments": reports })
+}
+
+/// Sends one request to any reachable node of the cluster.
+pub async fn request(
+    config: &crate::ClusterConfig,
+    secret: &crate::Secret,
+    per_node: std::time::Duration,
+    request: ControlRequest,
+) -> Result<Result<ControlReply, String>, crate::client::ClientError> {
+    use crate::client::{Client, answer};
+    use crate::link::messages::LinkMsg;
+    use arbor_actors::wire::Wire;
+    let mut client = Client::start(config, secret, per_node).await?;
+    let result = client
+        .ask_any(async |link, timeout| {
+            let r = Wire::new(request.clone());
+            // Answered once committed: give it the proposal's own deadline.
+            Ok(answer(
+                link.call(
+                    |reply| LinkMsg::Control(r, reply),
+                    Some(timeout.max(std::time::Duration::from_secs(15))),
+                )
+                .await,
+            ))
+        })
+        .await;
+    client.stop().await;
+    result.map(|(_, r)| r.and_then(|inner| inner))
+}

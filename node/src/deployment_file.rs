@@ -1,0 +1,229 @@
+//! Deployment files (`arbor deploy -f FILE`): TOML, or JSON when the name ends in `.json`.
+//!
+//! ```toml
+//! name = "echo"
+//! kind = "echo"
+//! replicas = 6
+//! strategy = "spread"        # or "pack"
+//! anti_affinity = false      # keep replicas on distinct nodes
+//! max_unavailable = 1        # rolling updates and drains take down at most this many
+//! version = "1"              # change it (or anything else) to roll the replicas
+//! constraints = [{ op = "equal", key = "zone", value = "a" }]   # not_equal, in, exists
+//! [resources]
+//! cpu = "100m"
+//! memory = "64MiB"
+//! [config]                   # handed to the actor kind as JSON
+//! start_delay_ms = 0
+//! ```
+
+use std::path::Path;
+
+use arbor_scheduler::placement::{LabelConstraint, Strategy};
+use arbor_scheduler::resources::Resources;
+use arbor_scheduler::state::DeploymentSpec;
+use serde::Deserialize;
+
+/// A deployment file that cannot be used, naming the file and what is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum DeploymentFileError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentFile {
+    name: String,
+    kind: String,
+    replicas: u32,
+    #[serde(default)]
+    strategy: Strategy,
+    #[serde(default)]
+    resources: Resources,
+    #[serde(default)]
+    constraints: Vec<LabelConstraint>,
+    #[serde(default)]
+    anti_affinity: bool,
+    #[serde(default = "one")]
+    max_unavailable: u32,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    config: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// Reads and checks a deployment file.
+pub fn load(path: &Path) -> Result<DeploymentSpec, DeploymentFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| DeploymentFileError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parses deployment file text; JSON if `path` ends in `.json`, else TOML.
+pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileError> {
+    let invalid = |message: String| DeploymentFileError::Invalid {
+        path: path.display().to_string(),
+        message,
+    };
+    let json = path.extension().is_some_and(|e| e == "json");
+    let file: DeploymentFile = if json {
+        serde_json::from_str(text).map_err(|e| invalid(e.to_string()))?
+    } else {
+        toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?
+    };
+    if file.name.is_empty()
+        || !file
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(invalid(format!(
+            "name = {:?}: use letters, digits, '-', '_' and '.' only",
+            file.name
+        )));
+    }
+    file.kind
+        .parse::<arbor_actors::kinds::Kind>()
+        .map_err(|e| invalid(format!("kind: {e}")))?;
+    if file.max_unavailable == 0 {
+        return Err(invalid("max_unavailable: must be at least 1".into()));
+    }
+    file.resources
+        .validate()
+        .map_err(|e| invalid(format!("resources: {e}")))?;
+    let config = match file.config {
+        Some(map) => serde_json::Value::Object(map).to_string(),
+        None => String::new(),
+    };
+    Ok(DeploymentSpec {
+        name: file.name,
+        kind: file.kind,
+        replicas: file.replicas,
+        resources: file.resources,
+        strategy: file.strategy,
+        constraints: file.constraints,
+        anti_affinity: file.anti_affinity,
+        max_unavailable: file.max_unavailable,
+        version: file.version,
+        config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arbor_scheduler::resources::{Bytes, Millicores};
+
+    fn toml(text: &str) -> Result<DeploymentSpec, DeploymentFileError> {
+        parse(Path::new("d.toml"), text)
+    }
+
+    #[test]
+    fn the_smallest_file_from_the_issue() {
+        let spec = toml(
+            r#"
+            name = "echo"
+            kind = "echo"
+            replicas = 6
+            strategy = "spread"
+            [resources]
+            cpu = "100m"
+            memory = "64MiB"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(spec.name, "echo");
+        assert_eq!(spec.replicas, 6);
+        assert_eq!(spec.resources.cpu, Millicores(100));
+        assert_eq!(spec.resources.memory, Bytes::mib(64));
+        assert_eq!(spec.max_unavailable, 1);
+        assert_eq!(spec.strategy, Strategy::Spread);
+        assert_eq!(spec.config, "");
+    }
+
+    #[test]
+    fn every_field_in_toml_and_json() {
+        let spec = toml(
+            r#"
+            name = "spin"
+            kind = "spin"
+            replicas = 3
+            strategy = "pack"
+            anti_affinity = true
+            max_unavailable = 2
+            version = "v2"
+            constraints = [
+              { op = "equal", key = "zone", value = "a" },
+              { op = "not_equal", key = "disk", value = "hdd" },
+              { op = "in", key = "rack", values = ["r1", "r2"] },
+              { op = "exists", key = "fast" },
+            ]
+            [resources]
+            cpu = "2"
+            memory = "1GiB"
+            gpu = "0.5"
+            [config]
+            start_delay_ms = 10
+            "#,
+        )
+        .unwrap();
+        assert_eq!(spec.constraints.len(), 4);
+        assert!(spec.anti_affinity);
+        assert_eq!(spec.strategy, Strategy::Pack);
+        assert_eq!(spec.resources.gpu.to_string(), "0.5");
+        assert_eq!(spec.config, r#"{"start_delay_ms":10}"#);
+        let json = parse(
+            Path::new("d.json"),
+            r#"{"name": "spin", "kind": "spin", "replicas": 3, "strategy": "pack",
+                "anti_affinity": true, "max_unavailable": 2, "version": "v2",
+                "constraints": [{"op": "equal", "key": "zone", "value": "a"},
+                                {"op": "not_equal", "key": "disk", "value": "hdd"},
+                                {"op": "in", "key": "rack", "values": ["r1", "r2"]},
+                                {"op": "exists", "key": "fast"}],
+                "resources": {"cpu": "2", "memory": "1GiB", "gpu": "0.5"},
+                "config": {"start_delay_ms": 10}}"#,
+        )
+        .unwrap();
+        assert_eq!(json, spec);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let base = "name = \"e\"\nkind = \"echo\"\nreplicas = 1\n";
+        let cases = [
+            (format!("{base}colour = 1"), "colour"),
+            (
+                "name = \"e\"\nkind = \"teapot\"\nreplicas = 1".to_owned(),
+                "unknown actor kind \"teapot\"",
+            ),
+            (format!("{base}[resources]\nmemory = \"8GB\""), "8GiB"),
+            (format!("{base}max_unavailable = 0"), "max_unavailable"),
+            (format!("{base}strategy = \"random\""), "strategy"),
+            (
+                "name = \"a/b\"\nkind = \"echo\"\nreplicas = 1".to_owned(),
+                "name",
+            ),
+            ("kind = \"echo\"\nreplicas = 1".to_owned(), "name"),
+            (
+                format!("{base}constraints = [{{ op = \"near\", key = \"a\" }}]"),
+                "near",
+            ),
+        ];
+        for (text, needle) in cases {
+            let err = toml(&text).unwrap_err().to_string();
+            assert!(err.starts_with("d.toml: "), "{err}");
+            assert!(err.contains(needle), "{needle:?} not in: {err}");
+        }
+    }
+}
