@@ -1,0 +1,74 @@
+//! What the process tests share: `arbor` node processes and one-shot commands.
+
+#![allow(dead_code)] // each test file uses part of it
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ARBOR: &str = env!("CARGO_BIN_EXE_arbor");
+
+/// A node process, killed when dropped so a failing test leaves nothing behind.
+pub struct NodeProc {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl NodeProc {
+    pub fn start(config: &Path, id: u64, secret: &str) -> NodeProc {
+        Self::start_with(config, id, secret, &[])
+    }
+
+    pub fn start_with(config: &Path, id: u64, secret: &str, extra: &[&str]) -> NodeProc {
+        let log = config.with_file_name(format!("node-{id}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(ARBOR)
+            .args(extra)
+            .args(["node", "--config"])
+            .arg(config)
+            .args(["--node", &id.to_string()])
+            .env("ARBOR_CLUSTER_SECRET", secret)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("cannot start arbor");
+        NodeProc { child, log }
+    }
+
+    pub fn sigkill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then the exit status and the log.
+    pub fn terminate(mut self) -> (bool, String) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ok = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status.success();
+            }
+            assert!(Instant::now() < deadline, "node did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (ok, std::fs::read_to_string(&self.log).unwrap())
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn arbor(args: &[&str], secret: Option<&str>) -> Output {
+    let mut cmd = Command::new(ARBOR);
+    cmd.args(args).env_remove("ARBOR_CLUSTER_SECRET");
+    if let Some(s) = secret {
+        cmd.env("ARBOR_CLUSTER_SECRET", s);
+    }
+    cmd.output().expect("cannot run arbor")
+}

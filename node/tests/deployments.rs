@@ -1,0 +1,398 @@
+//! Deployments on real 3-node clusters of `arbor` processes: placement, recovery from a
+//! SIGKILLed or frozen node while a client keeps calling, generation fencing, pending reasons,
+//! crash-looping actors, drain and rolling updates.
+
+#[allow(dead_code)]
+#[path = "../../tests/support.rs"]
+mod support;
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arbor_actors::replica::deployment_group;
+use arbor_node::call::Caller;
+use arbor_node::control::DeploymentReport;
+use arbor_node::{ClusterConfig, Secret};
+use common::{NodeProc, arbor};
+
+const T: Duration = Duration::from_secs(30);
+
+struct Cluster {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    config: ClusterConfig,
+    secret: &'static str,
+    nodes: Vec<NodeProc>,
+}
+
+impl Cluster {
+    /// Starts 3 node processes and waits until the control plane answers.
+    async fn start(name: &str, secret: &'static str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, support::cluster_toml(name, 3, dir.path(), None)).unwrap();
+        let config = ClusterConfig::load(&path).unwrap();
+        let nodes = (1..=3)
+            .map(|id| NodeProc::start(&path, id, secret))
+            .collect();
+        let c = Cluster {
+            _dir: dir,
+            path,
+            config,
+            secret,
+            nodes,
+        };
+        let start = Instant::now();
+        while c.deployments().await.is_none() {
+            assert!(start.elapsed() < T, "the cluster never answered");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c
+    }
+
+    fn secret(&self) -> Secret {
+        Secret::new(self.secret).unwrap()
+    }
+
+    /// Runs `arbor ARGS --config <this cluster>`; panics with its stderr if it fails.
+    fn arbor(&self, args: &[&str]) -> String {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--config", self.path.to_str().unwrap()]);
+        let out = arbor(&all, Some(self.secret));
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "arbor {args:?} failed: {stderr}");
+        stdout
+    }
+
+    fn deploy(&self, file: &str, text: &str) -> String {
+        let path = self.path.with_file_name(file);
+        std::fs::write(&path, text).unwrap();
+        self.arbor(&["deploy", "-f", path.to_str().unwrap()])
+    }
+
+    /// `arbor deployments --json`, or `None` if no node answered. Run as its own process:
+    /// ractor_cluster numbers remote actors per client node, and a second client node in
+    /// this process would clash with the caller's in the process-global groups.
+    async fn deployments(&self) -> Option<BTreeMap<String, DeploymentReport>> {
+        let config = self.path.to_str().unwrap().to_owned();
+        let secret = self.secret;
+        let out = tokio::task::spawn_blocking(move || {
+            arbor(
+                &["deployments", "--json", "--config", &config],
+                Some(secret),
+            )
+        })
+        .await
+        .unwrap();
+        if !out.status.success() {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let list: Vec<DeploymentReport> = serde_json::from_value(v["deployments"].clone()).ok()?;
+        Some(list.into_iter().map(|d| (d.name.clone(), d)).collect())
+    }
+
+    /// Polls `arbor deployments` until `want` holds for `name`; calls `each` on every answer.
+    async fn wait_for(
+        &self,
+        name: &str,
+        what: &str,
+        mut each: impl FnMut(&DeploymentReport),
+        want: impl Fn(&DeploymentReport) -> bool,
+    ) -> Duration {
+        let start = Instant::now();
+        let mut last = None;
+        while start.elapsed() < T {
+            if let Some(d) = self.deployments().await.and_then(|mut d| d.remove(name)) {
+                each(&d);
+                if want(&d) {
+                    return start.elapsed();
+                }
+                last = Some(d);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("never saw {what}; last: {last:#?}");
+    }
+
+    /// How many live replicas of `deployment` a freshly linked client finds in its group.
+    async fn group_size(&self, deployment: &str) -> usize {
+        let caller = Caller::connect(&self.config, &self.secret(), Duration::from_secs(3))
+            .await
+            .unwrap();
+        // Group memberships arrive just after each session is ready.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let scope = arbor_node::link::scope(&self.config.cluster.name);
+        let n = ractor::pg::get_scoped_members(&scope, &deployment_group(deployment)).len();
+        caller.stop().await;
+        n
+    }
+}
+
+fn per_node(d: &DeploymentReport) -> BTreeMap<u64, usize> {
+    let mut out = BTreeMap::new();
+    for r in d.replicas.iter().filter(|r| r.state == "running") {
+        *out.entry(r.node.unwrap()).or_default() += 1;
+    }
+    out
+}
+
+const ECHO: &str = r#"
+name = "echo"
+kind = "echo"
+replicas = 6
+strategy = "spread"
+[resources]
+cpu = "100m"
+memory = "64MiB"
+"#;
+
+/// 6 echo replicas spread 2 per node; a node SIGKILLed, and its replicas run elsewhere while
+/// a client's calls keep succeeding; the node restarted, and no replica runs twice; a node
+/// frozen past node_timeout and thawed stops its old copies (generation fencing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_move_off_a_dead_node_and_never_run_twice() {
+    let mut c = Cluster::start("deploy-kill", "kill-secret").await;
+    let out = c.deploy("echo.toml", ECHO);
+    assert!(out.contains("deployment echo created"), "{out}");
+    c.wait_for(
+        "echo",
+        "6 running, 2 per node",
+        |_| {},
+        |d| d.running == 6 && per_node(d) == BTreeMap::from([(1, 2), (2, 2), (3, 2)]),
+    )
+    .await;
+    let json: serde_json::Value =
+        serde_json::from_str(&c.arbor(&["deployments", "--json"])).unwrap();
+    let d = &json["deployments"][0];
+    assert_eq!(
+        (d["name"].as_str(), d["desired"].as_u64()),
+        (Some("echo"), Some(6))
+    );
+    assert_eq!(d["running"], 6);
+    assert_eq!(d["pending_reason"], serde_json::Value::Null);
+    assert_eq!(d["replicas"][0]["state"], "running");
+    assert!(d["replicas"][0]["devices"].as_array().unwrap().is_empty());
+    assert_eq!(c.arbor(&["call", "echo", "hello"]).trim(), "hello");
+
+    // A client calls the deployment all along.
+    let caller = Caller::connect(&c.config, &c.secret(), Duration::from_secs(3))
+        .await
+        .unwrap();
+    let router = caller.router("echo", Duration::from_secs(5)).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let calls = tokio::spawn({
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let payload = format!("call {i}").into_bytes();
+                match router.call(payload.clone(), Duration::from_secs(1)).await {
+                    Ok(reply) if reply == payload => ok.fetch_add(1, Ordering::Relaxed),
+                    other => {
+                        eprintln!("call {i} failed: {other:?}");
+                        failed.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    c.nodes[2].sigkill();
+    let moved = c
+        .wait_for(
+            "echo",
+            "6 running on nodes 1 and 2",
+            |_| {},
+            |d| d.running == 6 && per_node(d) == BTreeMap::from([(1, 3), (2, 3)]),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    calls.await.unwrap();
+    caller.stop().await;
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "replicas of the killed node running elsewhere {moved:?} after SIGKILL (node_timeout 3s, polling included); {ok} calls ok, {failed} failed"
+    );
+    assert_eq!(failed, 0, "calls must ride through the loss by retrying");
+    assert!(ok > 20, "the client kept calling ({ok} calls)");
+    // The issue's figure is 5 s; this bound only guards against a broken detector.
+    assert!(moved < Duration::from_secs(15), "{moved:?}");
+
+    // Node 3 comes back: it runs nothing, so no replica runs twice.
+    c.nodes[2] = NodeProc::start(&c.path, 3, c.secret);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(c.group_size("echo").await, 6);
+
+    // A frozen node keeps its replicas alive in memory; once marked down they are placed
+    // elsewhere, and when it thaws it sees the newer generations and stops its copies.
+    c.arbor(&["undeploy", "echo"]);
+    c.deploy("echo.toml", ECHO);
+    c.wait_for(
+        "echo",
+        "6 running, 2 per node",
+        |_| {},
+        |d| d.running == 6 && per_node(d) == BTreeMap::from([(1, 2), (2, 2), (3, 2)]),
+    )
+    .await;
+    let pid = c.nodes[2].child.id().to_string();
+    Command::new("kill").args(["-STOP", &pid]).status().unwrap();
+    c.wait_for(
+        "echo",
+        "replicas moved off the frozen node",
+        |_| {},
+        |d| d.running == 6 && !per_node(d).contains_key(&3),
+    )
+    .await;
+    Command::new("kill").args(["-CONT", &pid]).status().unwrap();
+    // Once node 3 has caught up with the log its agent stops the old copies.
+    let start = Instant::now();
+    loop {
+        let n = c.group_size("echo").await;
+        if n == 6 {
+            break;
+        }
+        assert!(start.elapsed() < T, "{n} copies of 6 replicas still run");
+    }
+    for node in std::mem::take(&mut c.nodes) {
+        let (ok, log) = node.terminate();
+        assert!(ok && !log.contains("panicked"), "{log}");
+    }
+}
+
+/// Pending with a reason, crash-looping actors reported failed, drain, and a rolling update
+/// that never has fewer than `desired - max_unavailable` replicas running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_failed_drain_and_rolling_update() {
+    let c = Cluster::start("deploy-ops", "ops-secret").await;
+    c.deploy(
+        "gpu.toml",
+        "name = \"llm\"\nkind = \"echo\"\nreplicas = 1\n[resources]\ncpu = \"100m\"\ngpu = 1\n",
+    );
+    c.deploy(
+        "bad.toml",
+        "name = \"bad\"\nkind = \"echo\"\nreplicas = 1\n[config]\nfail_on_start = \"disk on fire\"\n",
+    );
+    c.wait_for(
+        "llm",
+        "a pending reason",
+        |_| {},
+        |d| d.pending_reason.is_some(),
+    )
+    .await;
+    let llm = c.deployments().await.unwrap().remove("llm").unwrap();
+    let reason = llm.pending_reason.unwrap();
+    assert!(
+        reason.contains("needs gpu=1") && reason.contains("no ready node has a free GPU"),
+        "{reason}"
+    );
+    assert_eq!(llm.replicas[0].state, "pending");
+    assert!(c.arbor(&["deployments"]).contains("pending: needs gpu=1"));
+
+    // Restarted with backoff (200 ms doubling: about 6 s), then reported failed.
+    c.wait_for(
+        "bad",
+        "the replica failed",
+        |_| {},
+        |d| d.replicas[0].state == "failed",
+    )
+    .await;
+    let bad = c.deployments().await.unwrap().remove("bad").unwrap();
+    let why = bad.replicas[0].reason.clone().unwrap();
+    assert!(
+        why.contains("disk on fire") && why.contains("failed 6 times"),
+        "{why}"
+    );
+    c.arbor(&["undeploy", "bad"]);
+    c.arbor(&["undeploy", "llm"]);
+
+    // Slow-starting replicas make a rollout take long enough to watch.
+    let echo = ECHO.replace(
+        "[resources]",
+        "max_unavailable = 1\nversion = \"1\"\n[config]\nstart_delay_ms = 300\n[resources]",
+    );
+    c.deploy("echo.toml", &echo);
+    c.wait_for("echo", "6 running", |_| {}, |d| d.running == 6)
+        .await;
+
+    let out = c.arbor(&["node", "drain", "2"]);
+    assert!(out.contains("node 2 draining"), "{out}");
+    let mut lowest = u32::MAX;
+    c.wait_for(
+        "echo",
+        "nothing left on node 2",
+        |d| lowest = lowest.min(d.running),
+        |d| d.running == 6 && per_node(d) == BTreeMap::from([(1, 3), (3, 3)]),
+    )
+    .await;
+    assert!(
+        lowest >= 5,
+        "drain took {} replicas down at once",
+        6 - lowest
+    );
+    c.arbor(&["node", "undrain", "2"]);
+
+    let out = c.deploy(
+        "echo.toml",
+        &echo.replace("version = \"1\"", "version = \"2\""),
+    );
+    assert!(out.contains("updated"), "{out}");
+    let (mut lowest, mut mixed) = (u32::MAX, false);
+    c.wait_for(
+        "echo",
+        "every replica at revision 2",
+        |d| {
+            lowest = lowest.min(d.running);
+            let revisions: std::collections::BTreeSet<_> =
+                d.replicas.iter().map(|r| r.revision).collect();
+            mixed |= revisions.len() > 1;
+        },
+        |d| d.running == 6 && d.replicas.iter().all(|r| r.revision == Some(d.revision)),
+    )
+    .await;
+    assert!(mixed, "the rollout was never seen in progress");
+    assert!(
+        lowest >= 5,
+        "the rollout took {} replicas down at once",
+        6 - lowest
+    );
+    let again = c.deploy(
+        "echo.toml",
+        &echo.replace("version = \"1\"", "version = \"2\""),
+    );
+    assert!(again.contains("unchanged"), "{again}");
+
+    // Bad input gets a clear error, and nothing is deployed.
+    let path = c.path.with_file_name("typo.toml");
+    std::fs::write(&path, "name = \"x\"\nkind = \"echoo\"\nreplicas = 1\n").unwrap();
+    let out = arbor(
+        &[
+            "deploy",
+            "-f",
+            path.to_str().unwrap(),
+            "--config",
+            c.path.to_str().unwrap(),
+        ],
+        Some(c.secret),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unknown actor kind \"echoo\""),
+        "{err}"
+    );
+    assert!(!c.deployments().await.unwrap().contains_key("x"));
+}
