@@ -5,93 +5,16 @@
 //! Run: `cargo bench -p arbor-scheduler --bench raft_cluster`. Percentiles and the failover
 //! median are printed to stderr next to criterion's report.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arbor_scheduler::{Bootstrap, Command, NodeConfig, RaftHandle, RaftNode, Role};
+mod common;
+
+use arbor_scheduler::{Command, RaftHandle};
+use common::BenchCluster;
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group, criterion_main};
-use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
-
-struct BenchCluster {
-    _dir: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    addrs: BTreeMap<u64, std::net::SocketAddr>,
-    nodes: BTreeMap<u64, RaftNode>,
-}
-
-impl BenchCluster {
-    async fn start() -> BenchCluster {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = BenchCluster {
-            dir: dir.path().to_path_buf(),
-            _dir: dir,
-            addrs: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-        };
-        let mut listeners = BTreeMap::new();
-        for id in 1..=3 {
-            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            c.addrs.insert(id, l.local_addr().unwrap());
-            listeners.insert(id, l);
-        }
-        for (id, l) in listeners {
-            let node = RaftNode::start_with_listener(c.config(id), l)
-                .await
-                .unwrap();
-            c.nodes.insert(id, node);
-        }
-        c
-    }
-
-    fn config(&self, id: u64) -> NodeConfig {
-        let mut cfg = NodeConfig::new(
-            id,
-            self.addrs[&id],
-            self.dir.join(format!("n{id}.redb")),
-            b"bench-secret".to_vec(),
-            Bootstrap::Voters(vec![1, 2, 3]),
-        );
-        for (o, a) in &self.addrs {
-            if *o != id {
-                cfg.peers.insert(*o, a.to_string());
-            }
-        }
-        cfg
-    }
-
-    async fn restart(&mut self, id: u64) {
-        let l = loop {
-            match TcpListener::bind(self.addrs[&id]).await {
-                Ok(l) => break l,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        };
-        let node = RaftNode::start_with_listener(self.config(id), l)
-            .await
-            .unwrap();
-        self.nodes.insert(id, node);
-    }
-
-    async fn leader(&self) -> u64 {
-        loop {
-            for n in self.nodes.values() {
-                if let Ok(s) = n.handle().status().await
-                    && s.role == Role::Leader
-                {
-                    return s.id;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
-    fn handle(&self, id: u64) -> RaftHandle {
-        self.nodes[&id].handle()
-    }
-}
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
