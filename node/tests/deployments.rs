@@ -320,6 +320,26 @@ async fn pending_failed_drain_and_rolling_update() {
     c.arbor(&["undeploy", "bad"]);
     c.arbor(&["undeploy", "llm"]);
 
+    // The shipped spin example, called through the CLI.
+    let spin = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/spin.toml"
+    ))
+    .unwrap();
+    c.deploy("spin.toml", &spin);
+    c.wait_for(
+        "spin",
+        "3 spin replicas, one per node",
+        |_| {},
+        |d| d.running == 3 && per_node(d).len() == 3,
+    )
+    .await;
+    assert_eq!(
+        c.arbor(&["call", "spin", r#"{"ms": 30}"#]).trim(),
+        r#"{"spun_ms":30}"#
+    );
+    c.arbor(&["undeploy", "spin"]);
+
     // Slow-starting replicas make a rollout take long enough to watch.
     let echo = ECHO.replace(
         "[resources]",
