@@ -13,6 +13,7 @@
 //! expected (the assignment changed meanwhile) is discarded and its actor stopped.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use ractor::{
@@ -71,6 +72,10 @@ pub struct AgentArgs {
     pub policy: RestartPolicy,
     /// Where status changes go; a closed receiver is not an error.
     pub reports: UnboundedSender<StatusReport>,
+    /// Where replicas keep durable data (each under its own subfolder).
+    pub data_dir: PathBuf,
+    /// Where model files are (see `arbor_kernels::models`).
+    pub models_dir: PathBuf,
 }
 
 /// What the agent is asked to do.
@@ -116,6 +121,8 @@ pub struct AgentState {
     scope: String,
     policy: RestartPolicy,
     reports: UnboundedSender<StatusReport>,
+    data_dir: PathBuf,
+    models_dir: PathBuf,
     slots: BTreeMap<String, Slot>,
     /// Running children, to find the slot of a supervision event.
     by_pid: HashMap<ActorId, String>,
@@ -150,6 +157,8 @@ impl Actor for NodeAgent {
             scope: args.scope,
             policy: args.policy,
             reports: args.reports,
+            data_dir: args.data_dir,
+            models_dir: args.models_dir,
             slots: BTreeMap::new(),
             by_pid: HashMap::new(),
             next_token: 0,
@@ -320,6 +329,7 @@ impl AgentState {
     fn spawn(&mut self, myself: &ActorRef<AgentMsg>, actor_id: &str) {
         let token = self.next_token;
         self.next_token += 1;
+        let (data_dir, models_dir) = (self.data_dir.clone(), self.models_dir.clone());
         let Some(slot) = self.slots.get_mut(actor_id) else {
             return;
         };
@@ -342,6 +352,8 @@ impl AgentState {
             generation: a.generation,
             devices: a.devices.clone(),
             config: a.config.clone(),
+            data_dir,
+            models_dir,
         };
         debug!(actor_id = %ctx.actor_id, generation = ctx.generation, %kind, "spawning");
         let agent = myself.clone();

@@ -40,6 +40,8 @@ async fn start_agent(
         scope: scope.into(),
         policy,
         reports,
+        data_dir: std::env::temp_dir(),
+        models_dir: std::env::temp_dir(),
     };
     let (agent, _) = Actor::spawn(None, NodeAgent, args)
         .await

@@ -64,12 +64,14 @@ pub struct AgentBridge {
 }
 
 impl AgentBridge {
-    /// Starts node `node`'s agent; its replicas join process groups in `scope`.
+    /// Starts node `node`'s agent; its replicas join process groups in `scope` and keep their
+    /// files under `data_dir`.
     pub async fn start(
         raft: RaftHandle,
         node: NodeId,
         scope: String,
         policy: RestartPolicy,
+        data_dir: std::path::PathBuf,
     ) -> Result<AgentBridge, ractor::SpawnErr> {
         let (reports, rx) = mpsc::unbounded_channel();
         let args = AgentArgs {
@@ -77,6 +79,8 @@ impl AgentBridge {
             scope,
             policy,
             reports,
+            data_dir,
+            models_dir: arbor_kernels::models::models_dir(None),
         };
         let (agent, _) = Actor::spawn(None, NodeAgent, args).await?;
         let watcher = tokio::spawn(watch(raft.clone(), node, agent.clone()));

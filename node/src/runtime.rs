@@ -272,6 +272,7 @@ impl Node {
             id,
             crate::link::scope(&config.cluster.name),
             Default::default(),
+            data_dir.join("actors"),
         )
         .await
         .map_err(|e| NodeError::Spawn("node agent", e.to_string()))?;

@@ -8,6 +8,7 @@ mod echo;
 mod spin;
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
@@ -77,6 +78,10 @@ pub struct ReplicaContext {
     pub devices: Vec<u32>,
     /// The kind's configuration as JSON text; `""` or `"{}"` means the defaults.
     pub config: String,
+    /// The node's folder for actor data; a kind that keeps files makes its own subfolder.
+    pub data_dir: PathBuf,
+    /// Where model files are (see `arbor_kernels::models`).
+    pub models_dir: PathBuf,
 }
 
 /// Starts one replica of `kind` as a linked child of `supervisor`, and returns once it is
@@ -121,6 +126,8 @@ pub(crate) mod tests {
             generation: 1,
             devices: vec![],
             config: config.into(),
+            data_dir: std::env::temp_dir(),
+            models_dir: std::env::temp_dir(),
         }
     }
 
