@@ -210,6 +210,7 @@ mod tests {
             max_unavailable: 1,
             version: String::new(),
             config: "{\"start_delay_ms\":1}".into(),
+            collection: None,
         }))
         .unwrap();
         let decision = |replica, node| PlacementDecision {

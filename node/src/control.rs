@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use arbor_scheduler::state::{ClusterState, DeploymentSpec, Liveness, PlacementStatus};
+use arbor_scheduler::state::{
+    ClusterState, CollectionSpec, DeploymentSpec, Liveness, PlacementStatus,
+};
 use arbor_scheduler::{Command, CommandOutcome, RaftHandle};
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +23,9 @@ pub enum ControlRequest {
         node: NodeId,
         draining: bool,
     },
+    CreateCollection(CollectionSpec),
+    DeleteCollection(String),
+    Collections,
 }
 
 /// What a [`ControlRequest`] did.
@@ -30,6 +35,22 @@ pub enum ControlReply {
     Undeployed,
     Deployments(Vec<DeploymentReport>),
     Drained,
+    CollectionCreated,
+    CollectionDeleted,
+    Collections(Vec<CollectionReport>),
+}
+
+/// One collection as `arbor collections` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CollectionReport {
+    pub name: String,
+    pub dimension: u32,
+    pub metric: String,
+    pub partitions: u32,
+    pub replication: u32,
+    pub embedder: String,
+    /// Partition replicas running, out of partitions × replication.
+    pub running: u32,
 }
 
 /// Whether a deploy changed anything.
@@ -117,6 +138,18 @@ pub async fn execute(raft: &RaftHandle, request: ControlRequest) -> Result<Contr
             propose(Command::SetNodeDrain { id: node, draining }).await?;
             Ok(ControlReply::Drained)
         }
+        ControlRequest::CreateCollection(spec) => {
+            propose(Command::CreateCollection(spec)).await?;
+            Ok(ControlReply::CollectionCreated)
+        }
+        ControlRequest::DeleteCollection(name) => {
+            propose(Command::DeleteCollection { name }).await?;
+            Ok(ControlReply::CollectionDeleted)
+        }
+        ControlRequest::Collections => {
+            let reports = raft.read(collections).await.map_err(|e| e.to_string())?;
+            Ok(ControlReply::Collections(reports))
+        }
     }
 }
 
@@ -172,6 +205,29 @@ pub fn report(state: &ClusterState) -> Vec<DeploymentReport> {
                 replicas,
                 pending_reason: d.pending_reason.clone(),
             }
+        })
+        .collect()
+}
+
+/// Every collection and how many of its partition replicas run. Pure.
+pub fn collections(state: &ClusterState) -> Vec<CollectionReport> {
+    let running = report(state);
+    state
+        .collections
+        .values()
+        .map(|c| CollectionReport {
+            name: c.name.clone(),
+            dimension: c.dimension,
+            metric: c.metric.as_str().into(),
+            partitions: c.partitions,
+            replication: c.replication,
+            embedder: c.embedder.clone(),
+            running: (0..c.partitions)
+                .filter_map(|p| {
+                    let name = c.partition_deployment(p);
+                    running.iter().find(|d| d.name == name).map(|d| d.running)
+                })
+                .sum(),
         })
         .collect()
 }

@@ -117,6 +117,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
         max_unavailable: file.max_unavailable,
         version: file.version,
         config,
+        collection: None,
     })
 }
 

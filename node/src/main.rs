@@ -11,6 +11,7 @@ use arbor_node::control::{ControlReply, ControlRequest, DeployChange};
 use arbor_node::link::messages::MembershipChange;
 use arbor_node::logging::{self, LogFormat};
 use arbor_node::{ClusterConfig, Node, NodeId, call, cluster_cmd, deployment_file, status};
+use arbor_scheduler::state::{CollectionSpec, Metric};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -47,6 +48,18 @@ enum Command {
     },
     /// Show each deployment: desired and running replicas, where each runs, why any waits.
     Deployments {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Vector collections: create or delete one.
+    Collection {
+        #[command(subcommand)]
+        command: CollectionCommand,
+    },
+    /// List the collections and how many partition replicas run.
+    Collections {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
         #[arg(long)]
@@ -100,6 +113,41 @@ struct NodeArgs {
     /// Keep durable state here instead of the node's configured data_dir.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CollectionCommand {
+    /// Create a collection: PARTITIONS shards, each on REPLICAS distinct nodes, placed all
+    /// together or not at all.
+    Create {
+        name: String,
+        #[arg(long)]
+        partitions: u32,
+        #[arg(long)]
+        replicas: u32,
+        /// The embedder deployment that embeds this collection's text.
+        #[arg(long)]
+        embedder: String,
+        /// Vector dimension (all-MiniLM-L6-v2: 384).
+        #[arg(long, default_value_t = 384)]
+        dim: u32,
+        #[arg(long, default_value = "cosine", value_parser = ["cosine", "dot", "l2"])]
+        metric: String,
+        /// CPU per partition replica.
+        #[arg(long, default_value = "250m")]
+        cpu: arbor_scheduler::resources::Millicores,
+        /// Memory per partition replica (1M x 384 vectors take about 1.6GiB).
+        #[arg(long, default_value = "512MiB")]
+        memory: arbor_scheduler::resources::Bytes,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Delete a collection, its partition actors and their data.
+    Delete {
+        name: String,
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -313,6 +361,35 @@ async fn run(command: Command) -> anyhow::Result<()> {
             println!("{}", String::from_utf8_lossy(&reply));
             Ok(())
         }
+        Command::Collection { command } => collection(command).await,
+        Command::Collections { config, json } => {
+            let config = ClusterConfig::load(&config)?;
+            let ControlReply::Collections(list) =
+                control(&config, ControlRequest::Collections).await?
+            else {
+                anyhow::bail!("unexpected reply");
+            };
+            if json {
+                println!("{}", serde_json::json!({ "collections": list }));
+            } else if list.is_empty() {
+                println!("no collections; create one with `arbor collection create`");
+            } else {
+                for c in list {
+                    println!(
+                        "{}  dim={} metric={} partitions={} replicas={} embedder={}  running {}/{}",
+                        c.name,
+                        c.dimension,
+                        c.metric,
+                        c.partitions,
+                        c.replication,
+                        c.embedder,
+                        c.running,
+                        c.partitions * c.replication
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Cluster { command } => cluster(command).await,
         Command::Local { command } => tokio::task::spawn_blocking(move || local(command)).await?,
     }
@@ -386,6 +463,52 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         "voters: {:?}, learners: {:?}",
         outcome.voters, outcome.learners
     );
+    Ok(())
+}
+
+async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
+    match command {
+        CollectionCommand::Create {
+            name,
+            partitions,
+            replicas,
+            embedder,
+            dim,
+            metric,
+            cpu,
+            memory,
+            config,
+        } => {
+            let config = ClusterConfig::load(&config)?;
+            let metric = match metric.as_str() {
+                "dot" => Metric::Dot,
+                "l2" => Metric::L2,
+                _ => Metric::Cosine,
+            };
+            let spec = CollectionSpec {
+                name: name.clone(),
+                dimension: dim,
+                metric,
+                partitions,
+                replication: replicas,
+                embedder,
+                resources: arbor_scheduler::resources::Resources {
+                    cpu,
+                    memory,
+                    ..Default::default()
+                },
+            };
+            control(&config, ControlRequest::CreateCollection(spec)).await?;
+            println!(
+                "collection {name} created: {partitions} partitions x {replicas} replicas; watch them with `arbor deployments`"
+            );
+        }
+        CollectionCommand::Delete { name, config } => {
+            let config = ClusterConfig::load(&config)?;
+            control(&config, ControlRequest::DeleteCollection(name.clone())).await?;
+            println!("collection {name} deleted");
+        }
+    }
     Ok(())
 }
 

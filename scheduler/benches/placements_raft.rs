@@ -37,6 +37,7 @@ fn spec(name: &str) -> DeploymentSpec {
         max_unavailable: 1,
         version: String::new(),
         config: String::new(),
+        collection: None,
     }
 }
 

@@ -11,6 +11,7 @@
 //!    so each new replica runs before the next old one stops;
 //! 3. one [`place`] call for everything, batched into [`Command::PlaceActors`] proposals that
 //!    the state machine re-checks when it applies them (see `state/admission.rs`);
+//!    A new collection's partitions go in as one gang: all of them or none;
 //! 4. replicas of down nodes that fit nowhere are unplaced (they wait as pending, and never
 //!    count as running on a node that is gone); each deployment records why replicas wait.
 //!
@@ -79,6 +80,20 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
     };
     let draining = |id: NodeId| state.nodes.get(&id).is_some_and(|n| n.draining);
 
+    // Collections none of whose partitions is placed yet go in as one gang.
+    let placed_collections: BTreeSet<&str> = by_deployment
+        .keys()
+        .filter_map(|d| state.deployments.get(*d)?.spec.collection.as_deref())
+        .collect();
+    let request = |spec: &crate::state::DeploymentSpec, replica: u32| {
+        let mut r = spec.request(replica);
+        r.gang = spec
+            .collection
+            .clone()
+            .filter(|c| !placed_collections.contains(c.as_str()));
+        r
+    };
+
     let mut requests: Vec<ReplicaRequest> = Vec::new();
     let mut replaces: BTreeMap<(&str, u32), u64> = BTreeMap::new();
     let mut lost: BTreeSet<(&str, u32)> = BTreeSet::new();
@@ -95,7 +110,7 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
             .saturating_sub(spec.replicas.saturating_sub(available));
         for replica in 0..spec.replicas {
             let Some(p) = placed.get(&replica) else {
-                requests.push(spec.request(replica));
+                requests.push(request(spec, replica));
                 continue;
             };
             let key = (name.as_str(), replica);

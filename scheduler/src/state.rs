@@ -13,6 +13,7 @@ use crate::placement::{GpuShare, LabelConstraint, ReplicaRequest, Strategy};
 pub use crate::resources::Resources;
 
 mod admission;
+mod collections;
 
 /// A Raft node id (never 0).
 pub type NodeId = u64;
@@ -64,6 +65,10 @@ pub struct DeploymentSpec {
     pub version: String,
     /// Kind-specific configuration as JSON text, read by the actor kind, opaque here.
     pub config: String,
+    /// Set on the partition deployments of a collection: they are managed through the
+    /// collection (not deployed or undeployed on their own), and first placed as one gang,
+    /// all of them or none.
+    pub collection: Option<String>,
 }
 
 impl DeploymentSpec {
@@ -168,7 +173,8 @@ pub enum Metric {
     L2,
 }
 
-/// A vector collection.
+/// A vector collection: `partitions` shards, each kept by `replication` replicas on distinct
+/// nodes. Creating one creates a deployment per partition (see `state/collections.rs`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CollectionSpec {
     pub name: String,
@@ -176,6 +182,10 @@ pub struct CollectionSpec {
     pub metric: Metric,
     pub partitions: u32,
     pub replication: u32,
+    /// The embedder deployment that turns this collection's text into vectors.
+    pub embedder: String,
+    /// What each partition replica asks for.
+    pub resources: Resources,
 }
 
 /// Lifecycle of a job.
@@ -307,6 +317,12 @@ impl ClusterState {
             }
             CreateDeployment(spec) => {
                 validate_deployment(spec)?;
+                if let Some(c) = &spec.collection {
+                    return Err(Rejection::Invalid(format!(
+                        "deployment {:?} names collection {c:?}: partitions are created with their collection",
+                        spec.name
+                    )));
+                }
                 if self.deployments.contains_key(&spec.name) {
                     return Err(exists(ObjectKind::Deployment, &spec.name));
                 }
@@ -325,6 +341,7 @@ impl ClusterState {
                 expected_version,
             } => {
                 validate_deployment(spec)?;
+                self.not_owned(&spec.name)?;
                 let current = self
                     .deployments
                     .get_mut(&spec.name)
@@ -342,6 +359,7 @@ impl ClusterState {
                 Ok(CommandOutcome::DeploymentVersion(current.version))
             }
             DeleteDeployment { name } => {
+                self.not_owned(name)?;
                 if self.deployments.remove(name).is_none() {
                     return Err(not_found(ObjectKind::Deployment, name));
                 }
@@ -377,28 +395,8 @@ impl ClusterState {
                 }
                 Ok(CommandOutcome::Done)
             }
-            CreateCollection(spec) => {
-                if spec.name.is_empty() || spec.dimension == 0 || spec.partitions == 0 {
-                    return Err(Rejection::Invalid(format!(
-                        "collection {:?} needs a name, dimension > 0 and partitions > 0",
-                        spec.name
-                    )));
-                }
-                if spec.replication == 0 {
-                    return Err(Rejection::Invalid("replication must be at least 1".into()));
-                }
-                if self.collections.contains_key(&spec.name) {
-                    return Err(exists(ObjectKind::Collection, &spec.name));
-                }
-                self.collections.insert(spec.name.clone(), spec.clone());
-                Ok(CommandOutcome::Done)
-            }
-            DeleteCollection { name } => {
-                self.collections
-                    .remove(name)
-                    .ok_or_else(|| not_found(ObjectKind::Collection, name))?;
-                Ok(CommandOutcome::Done)
-            }
+            CreateCollection(spec) => self.create_collection(spec),
+            DeleteCollection { name } => self.delete_collection(name),
             SubmitJob { id, kind, spec } => {
                 if self.jobs.contains_key(id) {
                     return Err(exists(ObjectKind::Job, id));
@@ -547,6 +545,7 @@ mod tests {
             max_unavailable: 1,
             version: String::new(),
             config: String::new(),
+            collection: None,
         }
     }
 

@@ -24,6 +24,7 @@ fn deployment(name: &str) -> DeploymentSpec {
         max_unavailable: 1,
         version: String::new(),
         config: String::new(),
+        collection: None,
     }
 }
 

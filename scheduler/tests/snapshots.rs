@@ -145,6 +145,7 @@ async fn one_hundred_thousand_placements_snapshot_transfer_and_restore() {
         max_unavailable: 1,
         version: String::new(),
         config: String::new(),
+        collection: None,
     }))
     .await
     .unwrap();

@@ -49,6 +49,7 @@ fn echo(name: &str, replicas: u32) -> DeploymentSpec {
         max_unavailable: 1,
         version: "1".into(),
         config: String::new(),
+        collection: None,
     }
 }
 
@@ -384,4 +385,97 @@ proptest! {
             }
         }
     }
+}
+
+fn collection(name: &str, partitions: u32, replication: u32) -> crate::state::CollectionSpec {
+    crate::state::CollectionSpec {
+        name: name.into(),
+        dimension: 384,
+        metric: crate::state::Metric::Cosine,
+        partitions,
+        replication,
+        embedder: "embedder".into(),
+        resources: cpu(250),
+    }
+}
+
+#[test]
+fn a_collection_is_placed_whole_with_replicas_of_a_partition_apart() {
+    let mut s = cluster(3, 4);
+    s.apply(&Command::CreateDeployment(echo("embedder", 1)))
+        .unwrap();
+    s.apply(&Command::CreateCollection(collection("docs", 4, 2)))
+        .unwrap();
+    settle_alive(&mut s, no_node_overcommitted);
+    for p in 0..4 {
+        let nodes = per_node(&s, &format!("docs.p{p}"));
+        assert_eq!(nodes.len(), 2, "partition {p}: {nodes:?}");
+        assert!(nodes.values().all(|n| *n == 1));
+    }
+    let config = &s.deployments["docs.p3"].spec.config;
+    assert_eq!(
+        config,
+        r#"{"collection":"docs","partition":3,"dim":384,"metric":"cosine"}"#
+    );
+    // Its partitions are managed through the collection only.
+    let err = s
+        .apply(&Command::DeleteDeployment {
+            name: "docs.p0".into(),
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("belongs to collection"), "{err}");
+    s.apply(&Command::DeleteCollection {
+        name: "docs".into(),
+    })
+    .unwrap();
+    assert!(s.placements.values().all(|p| p.deployment == "embedder"));
+    assert_eq!(s.deployments.len(), 1);
+}
+
+#[test]
+fn a_collection_that_cannot_be_placed_whole_places_nothing() {
+    // Replication 3 needs 3 distinct nodes; there are 2.
+    let mut s = cluster(2, 4);
+    s.apply(&Command::CreateDeployment(echo("embedder", 1)))
+        .unwrap();
+    s.apply(&Command::CreateCollection(collection("docs", 2, 3)))
+        .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert!(s.placements.values().all(|p| p.deployment == "embedder"));
+    let reason = s.deployments["docs.p0"].pending_reason.clone().unwrap();
+    assert!(reason.contains("gang docs placed nothing"), "{reason}");
+    // A third node joins: the whole collection is placed.
+    s.apply(&Command::RegisterNode {
+        id: 3,
+        address: "10.0.0.3:7000".into(),
+        capacity: s.nodes[&1].capacity.clone(),
+        labels: BTreeMap::new(),
+    })
+    .unwrap();
+    settle_alive(&mut s, no_node_overcommitted);
+    assert_eq!(
+        s.placements
+            .values()
+            .filter(|p| p.deployment.starts_with("docs."))
+            .count(),
+        6
+    );
+}
+
+#[test]
+fn collections_check_their_embedder_and_names() {
+    let mut s = cluster(1, 4);
+    let err = s
+        .apply(&Command::CreateCollection(collection("docs", 1, 1)))
+        .unwrap_err();
+    assert!(err.to_string().contains("deploy it first"), "{err}");
+    s.apply(&Command::CreateDeployment(echo("embedder", 1)))
+        .unwrap();
+    let err = s
+        .apply(&Command::CreateCollection(collection("a b", 1, 1)))
+        .unwrap_err();
+    assert!(err.to_string().contains("letters, digits"), "{err}");
+    let mut own = echo("docs.p0", 1);
+    own.collection = Some("docs".into());
+    assert!(s.apply(&Command::CreateDeployment(own)).is_err());
 }
