@@ -262,14 +262,7 @@ impl RaftHandle {
         R: Send + 'static,
         F: FnOnce(&ClusterState) -> R + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let f: ReadFn = Box::new(move |s| {
-            let _ = tx.send(f(s));
-        });
-        self.tx
-            .send(Request::Read { f })
-            .await
-            .map_err(|_| ReadError::Stopped)?;
+        let rx = self.enqueue(f, |f| Request::Read { f }).await?;
         let timeout = self.client.read_timeout;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(r)) => Ok(r),
@@ -277,6 +270,28 @@ impl RaftHandle {
             Ok(Err(_)) => Err(ReadError::Timeout(timeout)),
             Err(_) => Err(ReadError::Timeout(timeout)),
         }
+    }
+
+    /// Hands `f` to the Ready loop as the request `wrap` makes; its result comes back on the
+    /// returned channel.
+    async fn enqueue<R, F>(
+        &self,
+        f: F,
+        wrap: impl FnOnce(ReadFn) -> Request,
+    ) -> Result<oneshot::Receiver<R>, ReadError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&ClusterState) -> R + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let f: ReadFn = Box::new(move |s| {
+            let _ = tx.send(f(s));
+        });
+        self.tx
+            .send(wrap(f))
+            .await
+            .map_err(|_| ReadError::Stopped)?;
+        Ok(rx)
     }
 
     /// Runs `f` on this node's state as applied so far, without asking the leader: possibly
@@ -287,14 +302,7 @@ impl RaftHandle {
         R: Send + 'static,
         F: FnOnce(&ClusterState) -> R + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel();
-        let f: ReadFn = Box::new(move |s| {
-            let _ = tx.send(f(s));
-        });
-        self.tx
-            .send(Request::ReadLocal { f })
-            .await
-            .map_err(|_| ReadError::Stopped)?;
+        let rx = self.enqueue(f, |f| Request::ReadLocal { f }).await?;
         rx.await.map_err(|_| ReadError::Stopped)
     }
 
