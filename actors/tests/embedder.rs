@@ -390,3 +390,46 @@ async fn through_the_agent_it_runs_once_loaded_and_answers_calls() {
     assert_close(&vectors, &expected(&["hello world"]), 1e-5);
     agent.stop(None);
 }
+
+/// Not a test: texts per second through the actor (many concurrent one-text requests) against
+/// one direct `embed` call over the same texts. Speed is never asserted (ARCHITECTURE.md,
+/// Testing). Run:
+/// `cargo test -p arbor-actors --test embedder -- --ignored --nocapture throughput`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn throughput() {
+    const N: usize = 512;
+    let texts: Vec<String> = (0..N)
+        .map(|i| format!("{} (#{i})", SENTENCES[i % SENTENCES.len()]))
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    direct().embed(&refs[..8]).expect("warm up");
+    let t = std::time::Instant::now();
+    direct().embed(&refs).expect("direct");
+    let direct_rate = N as f64 / t.elapsed().as_secs_f64();
+
+    let replica = embedder("").await;
+    embed(&replica, &refs[..8]).await.expect("warm up");
+    let t = std::time::Instant::now();
+    let tasks: Vec<_> = texts
+        .iter()
+        .map(|text| {
+            let replica = replica.clone();
+            let text = text.clone();
+            tokio::spawn(async move { embed(&replica, &[text.as_str()]).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task").expect("embedded");
+    }
+    let actor_rate = N as f64 / t.elapsed().as_secs_f64();
+    let s = stats(&replica).await;
+    println!(
+        "{N} texts: direct embed (one call) {direct_rate:.0} texts/s; through the actor \
+         ({N} concurrent 1-text requests) {actor_rate:.0} texts/s in {} batches \
+         (largest {} requests)",
+        s.batches - 1,
+        s.largest_batch
+    );
+    replica.stop(None);
+}
