@@ -1,6 +1,7 @@
 //! Arbor's actor kinds, their messages, the node agent, routing and batching.
 
 pub mod agent;
+pub mod batching;
 pub mod kinds;
 pub mod replica;
 pub mod router;

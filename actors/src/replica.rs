@@ -17,7 +17,41 @@ pub enum ReplicaMsg {
     /// One request; the reply is the kind's answer or why it failed.
     #[rpc]
     Call(Wire<CallRequest>, RpcReplyPort<Wire<CallReply>>),
+    /// Texts to embed, answered by `embedder` replicas (other kinds answer
+    /// [`EmbedFailure::Invalid`]).
+    #[rpc]
+    Embed(Wire<EmbedRequest>, RpcReplyPort<Wire<EmbedReply>>),
 }
+
+/// Texts to turn into vectors, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    pub texts: Vec<String>,
+}
+
+/// One unit-length vector of `dim` floats per text of the request, in the same order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResult {
+    pub vectors: Vec<Vec<f32>>,
+    pub dim: u32,
+}
+
+/// Why an embed request got no vectors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum EmbedFailure {
+    /// The replica's queue is full: retry later, or on another replica.
+    #[error("embedder queue is full ({queued} requests waiting); retry later or add replicas")]
+    Overloaded { queued: u32 },
+    /// The request itself is at fault (retrying it anywhere fails the same way).
+    #[error("invalid embed request: {0}")]
+    Invalid(String),
+    /// The model failed on a request that looked valid.
+    #[error("the model failed: {0}")]
+    Model(String),
+}
+
+/// An embedder's answer to [`ReplicaMsg::Embed`].
+pub type EmbedReply = Result<EmbedResult, EmbedFailure>;
 
 /// One request to a replica: opaque bytes whose meaning is up to the kind.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +76,13 @@ pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, 
         .map_err(|e| format!("request rejected: {e}"))
 }
 
+/// What a replica of a kind other than `embedder` answers to [`ReplicaMsg::Embed`].
+pub(crate) fn not_an_embedder(kind: crate::kinds::Kind, actor_id: &str) -> EmbedReply {
+    Err(EmbedFailure::Invalid(format!(
+        "actor {actor_id:?} is a {kind} replica, not an embedder"
+    )))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,6 +98,24 @@ mod tests {
         let wire = Wire::<CallRequest>::from_bytes(vec![0xFF; 3]);
         let err = decode_request(wire).unwrap_err();
         assert!(err.contains("does not decode"), "{err}");
+    }
+
+    #[test]
+    fn embed_reply_round_trips() {
+        for reply in [
+            Ok(EmbedResult {
+                vectors: vec![vec![0.5, -0.25]],
+                dim: 2,
+            }),
+            Err(EmbedFailure::Overloaded { queued: 3 }),
+            Err(EmbedFailure::Invalid("no texts".into())),
+        ] {
+            let bytes = Wire::new(reply.clone()).into_bytes();
+            assert_eq!(
+                Wire::<EmbedReply>::from_bytes(bytes).into_inner(),
+                Ok(reply)
+            );
+        }
     }
 
     #[test]

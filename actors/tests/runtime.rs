@@ -451,7 +451,7 @@ async fn an_unknown_kind_fails_without_restarts() {
             actor_id: "u".into(),
             generation: 3,
             state: ReplicaState::Failed {
-                reason: "unknown actor kind \"foo\"; known kinds: echo, spin".into()
+                reason: "unknown actor kind \"foo\"; known kinds: echo, spin, embedder".into()
             }
         }]
     );
@@ -531,7 +531,14 @@ async fn undecodable_requests_get_error_replies() {
             deployment: "raw".into(),
             generation: 1,
             devices: vec![0],
-            config: "{}".into(),
+            // The embedder would take the assigned GPU by default; this machine may have none.
+            config: if kind == Kind::Embedder {
+                r#"{"device": "cpu"}"#.into()
+            } else {
+                "{}".into()
+            },
+            data_dir: std::env::temp_dir(),
+            models_dir: arbor_kernels::models::models_dir(None),
         };
         let replica = spawn_replica(kind, ctx, parent.get_cell()).await.unwrap();
         let garbage = Wire::<CallRequest>::from_bytes(vec![0xFF, 0xFF, 0xFF]);

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{ReplicaMsg, decode_request};
+use crate::replica::{ReplicaMsg, decode_request, not_an_embedder};
 use crate::wire::Wire;
 
 /// `echo`'s configuration.
@@ -52,13 +52,16 @@ impl Actor for EchoReplica {
         &self,
         _myself: ActorRef<Self::Msg>,
         msg: Self::Msg,
-        _ctx: &mut Self::State,
+        ctx: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
             ReplicaMsg::Call(request, reply) => {
                 let answer = decode_request(request).map(|r| r.payload);
                 // The caller may have given up (timeout): nothing to do about it.
                 let _ = reply.send(Wire::new(answer));
+            }
+            ReplicaMsg::Embed(_, reply) => {
+                let _ = reply.send(Wire::new(not_an_embedder(Kind::Echo, &ctx.actor_id)));
             }
         }
         Ok(())

@@ -5,6 +5,7 @@
 //! the node agent joins them to once they have started; a replica joins nothing itself.
 
 mod echo;
+mod embedder;
 mod spin;
 
 use std::fmt;
@@ -17,6 +18,9 @@ use serde::de::DeserializeOwned;
 use crate::replica::ReplicaMsg;
 
 pub use echo::{EchoConfig, EchoReplica};
+pub use embedder::{
+    DeviceChoice, EmbedderConfig, EmbedderReplica, EmbedderStats, MAX_TEXTS_PER_REQUEST,
+};
 pub use spin::{MAX_SPIN_MS, SpinReplica, SpinRequest};
 
 /// A kind of actor that a deployment may name.
@@ -26,15 +30,45 @@ pub enum Kind {
     Echo,
     /// Burns CPU for a requested time: for checking load spreading and concurrency.
     Spin,
+    /// An embedder shard: all-MiniLM-L6-v2 with dynamic batching, on the CPU or a GPU.
+    Embedder,
 }
 
+/// The resources one replica of a kind asks for when its deployment file leaves
+/// `[resources]` out. A plain pair, so that this crate does not depend on the scheduler's
+/// resource type; the node turns it into one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindResources {
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+}
+
+const MIB: u64 = 1024 * 1024;
+
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Echo, Kind::Spin];
+    pub const ALL: [Kind; 3] = [Kind::Echo, Kind::Spin, Kind::Embedder];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Echo => "echo",
             Kind::Spin => "spin",
+            Kind::Embedder => "embedder",
+        }
+    }
+
+    /// What a replica of this kind is given when its deployment file leaves `[resources]`
+    /// out: echo is nearly idle; spin keeps a core busy per request; the embedder keeps one
+    /// core busy per batch and holds the model (about 90 MB of weights, plus activations and
+    /// the tokenizer). A GPU is never a default: a deployment that wants one says so.
+    pub fn default_resources(self) -> KindResources {
+        let (cpu_millicores, memory_bytes) = match self {
+            Kind::Echo => (100, 64 * MIB),
+            Kind::Spin => (1000, 64 * MIB),
+            Kind::Embedder => (1000, 512 * MIB),
+        };
+        KindResources {
+            cpu_millicores,
+            memory_bytes,
         }
     }
 }
@@ -94,6 +128,7 @@ pub async fn spawn_replica(
     let spawned = match kind {
         Kind::Echo => Actor::spawn_linked(None, EchoReplica, ctx, supervisor).await,
         Kind::Spin => Actor::spawn_linked(None, SpinReplica, ctx, supervisor).await,
+        Kind::Embedder => Actor::spawn_linked(None, EmbedderReplica, ctx, supervisor).await,
     };
     spawned.map(|(actor, _handle)| actor)
 }
@@ -140,7 +175,22 @@ pub(crate) mod tests {
         let err = "foo".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown actor kind \"foo\"; known kinds: echo, spin"
+            "unknown actor kind \"foo\"; known kinds: echo, spin, embedder"
+        );
+    }
+
+    #[test]
+    fn every_kind_has_default_resources() {
+        for kind in Kind::ALL {
+            let r = kind.default_resources();
+            assert!(r.cpu_millicores > 0 && r.memory_bytes > 0, "{kind}: {r:?}");
+        }
+        assert_eq!(
+            Kind::Embedder.default_resources(),
+            KindResources {
+                cpu_millicores: 1000,
+                memory_bytes: 512 * MIB
+            }
         );
     }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{CallReply, ReplicaMsg, decode_request};
+use crate::replica::{CallReply, ReplicaMsg, decode_request, not_an_embedder};
 use crate::wire::Wire;
 
 /// The longest spin one request may ask for, in milliseconds.
@@ -69,7 +69,7 @@ pub struct SpinReplica;
 /// so callers see the replica gone instead of an answer from a dead actor, and stops the
 /// busy loops early.
 pub struct SpinState {
-    _ctx: ReplicaContext,
+    ctx: ReplicaContext,
     tasks: JoinSet<()>,
     cancelled: Arc<AtomicBool>,
 }
@@ -93,7 +93,7 @@ impl Actor for SpinReplica {
     ) -> Result<Self::State, ActorProcessingErr> {
         let _config: SpinConfig = parse_config(Kind::Spin, &ctx)?;
         Ok(SpinState {
-            _ctx: ctx,
+            ctx,
             tasks: JoinSet::new(),
             cancelled: Arc::new(AtomicBool::new(false)),
         })
@@ -119,6 +119,9 @@ impl Actor for SpinReplica {
                         let _ = reply.send(Wire::new(Err(why)));
                     }
                 }
+            }
+            ReplicaMsg::Embed(_, reply) => {
+                let _ = reply.send(Wire::new(not_an_embedder(Kind::Spin, &state.ctx.actor_id)));
             }
         }
         Ok(())
