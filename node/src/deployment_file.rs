@@ -9,7 +9,7 @@
 //! max_unavailable = 1        # rolling updates and drains take down at most this many
 //! version = "1"              # change it (or anything else) to roll the replicas
 //! constraints = [{ op = "equal", key = "zone", value = "a" }]   # not_equal, in, exists
-//! [resources]
+//! [resources]              # absent: the kind's defaults (echo 100m/64MiB, embedder 1/512MiB, ...)
 //! cpu = "100m"
 //! memory = "64MiB"
 //! [config]                   # handed to the actor kind as JSON
@@ -19,7 +19,7 @@
 use std::path::Path;
 
 use arbor_scheduler::placement::{LabelConstraint, Strategy};
-use arbor_scheduler::resources::Resources;
+use arbor_scheduler::resources::{Bytes, Millicores, Resources};
 use arbor_scheduler::state::DeploymentSpec;
 use serde::Deserialize;
 
@@ -43,8 +43,9 @@ struct DeploymentFile {
     replicas: u32,
     #[serde(default)]
     strategy: Strategy,
+    /// Absent: the kind's defaults (`Kind::default_resources`).
     #[serde(default)]
-    resources: Resources,
+    resources: Option<Resources>,
     #[serde(default)]
     constraints: Vec<LabelConstraint>,
     #[serde(default)]
@@ -93,13 +94,22 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
             file.name
         )));
     }
-    file.kind
+    let kind = file
+        .kind
         .parse::<arbor_actors::kinds::Kind>()
         .map_err(|e| invalid(format!("kind: {e}")))?;
+    let resources = file.resources.unwrap_or_else(|| {
+        let d = kind.default_resources();
+        Resources {
+            cpu: Millicores(d.cpu_millicores),
+            memory: Bytes(d.memory_bytes),
+            ..Default::default()
+        }
+    });
     if file.max_unavailable == 0 {
         return Err(invalid("max_unavailable: must be at least 1".into()));
     }
-    file.resources
+    resources
         .validate()
         .map_err(|e| invalid(format!("resources: {e}")))?;
     let config = match file.config {
@@ -110,7 +120,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
         name: file.name,
         kind: file.kind,
         replicas: file.replicas,
-        resources: file.resources,
+        resources,
         strategy: file.strategy,
         constraints: file.constraints,
         anti_affinity: file.anti_affinity,
@@ -124,7 +134,6 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arbor_scheduler::resources::{Bytes, Millicores};
 
     fn toml(text: &str) -> Result<DeploymentSpec, DeploymentFileError> {
         parse(Path::new("d.toml"), text)
@@ -197,6 +206,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(json, spec);
+    }
+
+    #[test]
+    fn without_resources_a_deployment_gets_its_kinds_defaults() {
+        let spec = toml("name = \"e\"\nkind = \"embedder\"\nreplicas = 2\n").unwrap();
+        assert_eq!(spec.resources.cpu, Millicores(1000));
+        assert_eq!(spec.resources.memory, Bytes::mib(512));
     }
 
     #[test]
