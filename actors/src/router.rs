@@ -92,6 +92,27 @@ impl Router {
 
     /// Sends `payload` to one replica and returns its answer. `timeout` bounds each attempt.
     pub async fn call(&self, payload: Vec<u8>, timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let request = CallRequest { payload };
+        let reply = self
+            .ask(
+                |reply| ReplicaMsg::Call(Wire::new(request.clone()), reply),
+                timeout,
+            )
+            .await?;
+        match reply.into_inner()? {
+            Ok(answer) => Ok(answer),
+            Err(error) => Err(CallError::Replica(error)),
+        }
+    }
+
+    /// Sends the message `make` builds to one replica and returns what it answered, trying
+    /// another replica when one is gone. Typed requests (embed, search, generate) go through
+    /// here; what the answer means is the caller's business.
+    pub async fn ask<R: Send + 'static>(
+        &self,
+        make: impl Fn(ractor::RpcReplyPort<R>) -> ReplicaMsg,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
         let deadline = Instant::now() + self.attempt_deadline;
         let mut tried: HashSet<ActorId> = HashSet::new();
         let mut attempts: u32 = 0;
@@ -108,23 +129,10 @@ impl Router {
             let id = replica.get_id();
             let result = {
                 let _counted = Outstanding::enter(&self.outstanding, id);
-                let request = Wire::new(CallRequest {
-                    payload: payload.clone(),
-                });
-                ractor::rpc::call(
-                    &replica,
-                    |reply| ReplicaMsg::Call(request, reply),
-                    Some(timeout),
-                )
-                .await
+                ractor::rpc::call(&replica, &make, Some(timeout)).await
             };
             let why = match result {
-                Ok(CallResult::Success(reply)) => {
-                    return match reply.into_inner()? {
-                        Ok(answer) => Ok(answer),
-                        Err(error) => Err(CallError::Replica(error)),
-                    };
-                }
+                Ok(CallResult::Success(reply)) => return Ok(reply),
                 Ok(CallResult::Timeout) => "timed out",
                 Ok(CallResult::SenderError) => "exited during the call",
                 Err(_) => "is gone",
