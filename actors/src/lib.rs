@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod kinds;
+pub mod partition;
 pub mod replica;
 pub mod router;
 pub mod supervision;

@@ -9,6 +9,7 @@ use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::partition::{PartitionReply, PartitionRequest};
 use crate::wire::Wire;
 
 /// Messages to a replica of a deployment.
@@ -17,6 +18,9 @@ pub enum ReplicaMsg {
     /// One request; the reply is the kind's answer or why it failed.
     #[rpc]
     Call(Wire<CallRequest>, RpcReplyPort<Wire<CallReply>>),
+    /// A request to a vector partition; other kinds answer that they are not one.
+    #[rpc]
+    Partition(Wire<PartitionRequest>, RpcReplyPort<Wire<PartitionReply>>),
 }
 
 /// One request to a replica: opaque bytes whose meaning is up to the kind.
@@ -40,6 +44,13 @@ pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, 
     request
         .into_inner()
         .map_err(|e| format!("request rejected: {e}"))
+}
+
+/// The answer a kind that is not a vector partition gives to a partition request.
+pub(crate) fn not_a_partition(kind: crate::kinds::Kind) -> Wire<PartitionReply> {
+    Wire::new(Err(format!(
+        "this replica is a {kind} actor, not a vector partition"
+    )))
 }
 
 #[cfg(test)]

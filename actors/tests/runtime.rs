@@ -525,13 +525,20 @@ async fn undecodable_requests_get_error_replies() {
         }
     }
     let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
     for kind in Kind::ALL {
+        let config = match kind {
+            Kind::VectorPartition => r#"{"collection":"raw","partition":0,"dim":4}"#,
+            Kind::Echo | Kind::Spin => "{}",
+        };
         let ctx = ReplicaContext {
             actor_id: format!("raw-{kind}"),
             deployment: "raw".into(),
             generation: 1,
             devices: vec![0],
-            config: "{}".into(),
+            config: config.into(),
+            data_dir: data.path().to_path_buf(),
+            models_dir: data.path().to_path_buf(),
         };
         let replica = spawn_replica(kind, ctx, parent.get_cell()).await.unwrap();
         let garbage = Wire::<CallRequest>::from_bytes(vec![0xFF, 0xFF, 0xFF]);

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{ReplicaMsg, decode_request};
+use crate::replica::{ReplicaMsg, decode_request, not_a_partition};
 use crate::wire::Wire;
 
 /// `echo`'s configuration.
@@ -59,6 +59,9 @@ impl Actor for EchoReplica {
                 let answer = decode_request(request).map(|r| r.payload);
                 // The caller may have given up (timeout): nothing to do about it.
                 let _ = reply.send(Wire::new(answer));
+            }
+            ReplicaMsg::Partition(_, reply) => {
+                let _ = reply.send(not_a_partition(Kind::Echo));
             }
         }
         Ok(())

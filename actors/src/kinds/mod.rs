@@ -5,6 +5,7 @@
 //! the node agent joins them to once they have started; a replica joins nothing itself.
 
 mod echo;
+mod partition;
 mod spin;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::replica::ReplicaMsg;
 
 pub use echo::{EchoConfig, EchoReplica};
+pub use partition::{PartitionConfig, PartitionReplica};
 pub use spin::{MAX_SPIN_MS, SpinReplica, SpinRequest};
 
 /// A kind of actor that a deployment may name.
@@ -26,15 +28,18 @@ pub enum Kind {
     Echo,
     /// Burns CPU for a requested time: for checking load spreading and concurrency.
     Spin,
+    /// One replica of one partition of a vector collection: stores rows, answers top-k.
+    VectorPartition,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Echo, Kind::Spin];
+    pub const ALL: [Kind; 3] = [Kind::Echo, Kind::Spin, Kind::VectorPartition];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Echo => "echo",
             Kind::Spin => "spin",
+            Kind::VectorPartition => "vector_partition",
         }
     }
 }
@@ -94,6 +99,7 @@ pub async fn spawn_replica(
     let spawned = match kind {
         Kind::Echo => Actor::spawn_linked(None, EchoReplica, ctx, supervisor).await,
         Kind::Spin => Actor::spawn_linked(None, SpinReplica, ctx, supervisor).await,
+        Kind::VectorPartition => Actor::spawn_linked(None, PartitionReplica, ctx, supervisor).await,
     };
     spawned.map(|(actor, _handle)| actor)
 }
@@ -113,6 +119,25 @@ pub(crate) fn parse_config<C: DeserializeOwned + Default>(
             ctx.actor_id, ctx.deployment
         )
     })
+}
+
+/// Parses a kind's JSON configuration that has required fields: `""` is an error that says
+/// which fields are needed.
+pub(crate) fn parse_required_config<C: DeserializeOwned>(
+    kind: Kind,
+    ctx: &ReplicaContext,
+    needed: &str,
+) -> Result<C, String> {
+    let bad = |e: &dyn fmt::Display| {
+        format!(
+            "bad config for {kind} actor {:?} (deployment {:?}): {e}",
+            ctx.actor_id, ctx.deployment
+        )
+    };
+    if ctx.config.trim().is_empty() {
+        return Err(bad(&format!("a {kind} needs a config with {needed}")));
+    }
+    serde_json::from_str(&ctx.config).map_err(|e| bad(&e))
 }
 
 #[cfg(test)]
@@ -140,7 +165,7 @@ pub(crate) mod tests {
         let err = "foo".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown actor kind \"foo\"; known kinds: echo, spin"
+            "unknown actor kind \"foo\"; known kinds: echo, spin, vector_partition"
         );
     }
 

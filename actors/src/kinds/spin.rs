@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{CallReply, ReplicaMsg, decode_request};
+use crate::replica::{CallReply, ReplicaMsg, decode_request, not_a_partition};
 use crate::wire::Wire;
 
 /// The longest spin one request may ask for, in milliseconds.
@@ -119,6 +119,9 @@ impl Actor for SpinReplica {
                         let _ = reply.send(Wire::new(Err(why)));
                     }
                 }
+            }
+            ReplicaMsg::Partition(_, reply) => {
+                let _ = reply.send(not_a_partition(Kind::Spin));
             }
         }
         Ok(())
