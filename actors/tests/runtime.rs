@@ -451,7 +451,8 @@ async fn an_unknown_kind_fails_without_restarts() {
             actor_id: "u".into(),
             generation: 3,
             state: ReplicaState::Failed {
-                reason: "unknown actor kind \"foo\"; known kinds: echo, spin".into()
+                reason: "unknown actor kind \"foo\"; known kinds: echo, spin, vector_partition"
+                    .into()
             }
         }]
     );

@@ -439,7 +439,12 @@ mod tests {
         assert!(before.metadata_bytes > 0);
         drop(p);
         let p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
-        assert_eq!(p.stats(), before);
+        // Byte counts follow allocation history (capacities), so only the contents compare.
+        let after = p.stats();
+        assert_eq!(
+            (after.count, after.seq, after.dim),
+            (before.count, before.seq, before.dim)
+        );
         assert_eq!(p.search(&q, 2, Some(&en)).unwrap()[0][0].id, 3);
     }
 
