@@ -36,6 +36,10 @@ pub const MAX_DELETE_IDS: usize = 100_000;
 pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 /// The largest vector dimension a partition accepts.
 pub const MAX_DIM: usize = 65_536;
+/// redb's page cache for a partition file. redb's default is 1 GiB, and every row is read
+/// once at load, so the default would keep up to 1 GiB of pages that the index already holds
+/// in its own form; 64 MiB is enough for a write batch's dirty pages.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Why input was refused. Nothing was written.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -258,10 +262,15 @@ impl Store {
                 detail: format!("cannot create {}: {e}", parent.display()),
             })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::AlreadyOpen { path: p.clone() },
-            e => redb_err(&p, e),
-        })?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| match e {
+                redb::DatabaseError::DatabaseAlreadyOpen => {
+                    StoreError::AlreadyOpen { path: p.clone() }
+                }
+                e => redb_err(&p, e),
+            })?;
         let mut store = Store {
             db,
             path: p,
