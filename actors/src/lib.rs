@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod batching;
 pub mod kinds;
+pub mod partition;
 pub mod replica;
 pub mod router;
 pub mod supervision;

@@ -9,6 +9,7 @@ use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::partition::{PartitionReply, PartitionRequest};
 use crate::wire::Wire;
 
 /// Messages to a replica of a deployment.
@@ -21,6 +22,9 @@ pub enum ReplicaMsg {
     /// [`EmbedFailure::Invalid`]).
     #[rpc]
     Embed(Wire<EmbedRequest>, RpcReplyPort<Wire<EmbedReply>>),
+    /// A request to a vector partition; other kinds answer that they are not one.
+    #[rpc]
+    Partition(Wire<PartitionRequest>, RpcReplyPort<Wire<PartitionReply>>),
 }
 
 /// Texts to turn into vectors, in order.
@@ -80,6 +84,13 @@ pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, 
 pub(crate) fn not_an_embedder(kind: crate::kinds::Kind, actor_id: &str) -> EmbedReply {
     Err(EmbedFailure::Invalid(format!(
         "actor {actor_id:?} is a {kind} replica, not an embedder"
+    )))
+}
+
+/// The answer a kind that is not a vector partition gives to a partition request.
+pub(crate) fn not_a_partition(kind: crate::kinds::Kind) -> Wire<PartitionReply> {
+    Wire::new(Err(format!(
+        "this replica is a {kind} actor, not a vector partition"
     )))
 }
 

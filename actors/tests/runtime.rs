@@ -451,7 +451,8 @@ async fn an_unknown_kind_fails_without_restarts() {
             actor_id: "u".into(),
             generation: 3,
             state: ReplicaState::Failed {
-                reason: "unknown actor kind \"foo\"; known kinds: echo, spin, embedder".into()
+                reason: "unknown actor kind \"foo\"; known kinds: echo, spin, embedder, vector_partition"
+                    .into()
             }
         }]
     );
@@ -525,19 +526,21 @@ async fn undecodable_requests_get_error_replies() {
         }
     }
     let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
+    let data = tempfile::tempdir().unwrap();
     for kind in Kind::ALL {
+        let config = match kind {
+            Kind::VectorPartition => r#"{"collection":"raw","partition":0,"dim":4}"#,
+            // The embedder would take the assigned GPU by default; this machine may have none.
+            Kind::Embedder => r#"{"device": "cpu"}"#,
+            Kind::Echo | Kind::Spin => "{}",
+        };
         let ctx = ReplicaContext {
             actor_id: format!("raw-{kind}"),
             deployment: "raw".into(),
             generation: 1,
             devices: vec![0],
-            // The embedder would take the assigned GPU by default; this machine may have none.
-            config: if kind == Kind::Embedder {
-                r#"{"device": "cpu"}"#.into()
-            } else {
-                "{}".into()
-            },
-            data_dir: std::env::temp_dir(),
+            config: config.into(),
+            data_dir: data.path().to_path_buf(),
             models_dir: arbor_kernels::models::models_dir(None),
         };
         let replica = spawn_replica(kind, ctx, parent.get_cell()).await.unwrap();

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{ReplicaMsg, decode_request, not_an_embedder};
+use crate::replica::{ReplicaMsg, decode_request, not_a_partition, not_an_embedder};
 use crate::wire::Wire;
 
 /// `echo`'s configuration.
@@ -62,6 +62,9 @@ impl Actor for EchoReplica {
             }
             ReplicaMsg::Embed(_, reply) => {
                 let _ = reply.send(Wire::new(not_an_embedder(Kind::Echo, &ctx.actor_id)));
+            }
+            ReplicaMsg::Partition(_, reply) => {
+                let _ = reply.send(not_a_partition(Kind::Echo));
             }
         }
         Ok(())

@@ -574,6 +574,9 @@ impl Actor for EmbedderReplica {
                     }
                 }
             }
+            ReplicaMsg::Partition(_, reply) => {
+                let _ = reply.send(crate::replica::not_a_partition(Kind::Embedder));
+            }
         }
         Ok(())
     }

@@ -6,6 +6,7 @@
 
 mod echo;
 mod embedder;
+mod partition;
 mod spin;
 
 use std::fmt;
@@ -21,6 +22,7 @@ pub use echo::{EchoConfig, EchoReplica};
 pub use embedder::{
     DeviceChoice, EmbedderConfig, EmbedderReplica, EmbedderStats, MAX_TEXTS_PER_REQUEST,
 };
+pub use partition::{PartitionConfig, PartitionReplica};
 pub use spin::{MAX_SPIN_MS, SpinReplica, SpinRequest};
 
 /// A kind of actor that a deployment may name.
@@ -32,6 +34,8 @@ pub enum Kind {
     Spin,
     /// An embedder shard: all-MiniLM-L6-v2 with dynamic batching, on the CPU or a GPU.
     Embedder,
+    /// One replica of one partition of a vector collection: stores rows, answers top-k.
+    VectorPartition,
 }
 
 /// The resources one replica of a kind asks for when its deployment file leaves
@@ -46,25 +50,34 @@ pub struct KindResources {
 const MIB: u64 = 1024 * 1024;
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Echo, Kind::Spin, Kind::Embedder];
+    pub const ALL: [Kind; 4] = [
+        Kind::Echo,
+        Kind::Spin,
+        Kind::Embedder,
+        Kind::VectorPartition,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Echo => "echo",
             Kind::Spin => "spin",
             Kind::Embedder => "embedder",
+            Kind::VectorPartition => "vector_partition",
         }
     }
 
     /// What a replica of this kind is given when its deployment file leaves `[resources]`
     /// out: echo is nearly idle; spin keeps a core busy per request; the embedder keeps one
     /// core busy per batch and holds the model (about 90 MB of weights, plus activations and
-    /// the tokenizer). A GPU is never a default: a deployment that wants one says so.
+    /// the tokenizer); a partition holds its vectors in memory (size it for the data: 1M x 384
+    /// vectors take about 1.9 GB). A GPU is never a default: a deployment that wants one says
+    /// so.
     pub fn default_resources(self) -> KindResources {
         let (cpu_millicores, memory_bytes) = match self {
             Kind::Echo => (100, 64 * MIB),
             Kind::Spin => (1000, 64 * MIB),
             Kind::Embedder => (1000, 512 * MIB),
+            Kind::VectorPartition => (250, 512 * MIB),
         };
         KindResources {
             cpu_millicores,
@@ -129,6 +142,7 @@ pub async fn spawn_replica(
         Kind::Echo => Actor::spawn_linked(None, EchoReplica, ctx, supervisor).await,
         Kind::Spin => Actor::spawn_linked(None, SpinReplica, ctx, supervisor).await,
         Kind::Embedder => Actor::spawn_linked(None, EmbedderReplica, ctx, supervisor).await,
+        Kind::VectorPartition => Actor::spawn_linked(None, PartitionReplica, ctx, supervisor).await,
     };
     spawned.map(|(actor, _handle)| actor)
 }
@@ -148,6 +162,25 @@ pub(crate) fn parse_config<C: DeserializeOwned + Default>(
             ctx.actor_id, ctx.deployment
         )
     })
+}
+
+/// Parses a kind's JSON configuration that has required fields: `""` is an error that says
+/// which fields are needed.
+pub(crate) fn parse_required_config<C: DeserializeOwned>(
+    kind: Kind,
+    ctx: &ReplicaContext,
+    needed: &str,
+) -> Result<C, String> {
+    let bad = |e: &dyn fmt::Display| {
+        format!(
+            "bad config for {kind} actor {:?} (deployment {:?}): {e}",
+            ctx.actor_id, ctx.deployment
+        )
+    };
+    if ctx.config.trim().is_empty() {
+        return Err(bad(&format!("a {kind} needs a config with {needed}")));
+    }
+    serde_json::from_str(&ctx.config).map_err(|e| bad(&e))
 }
 
 #[cfg(test)]
@@ -175,7 +208,7 @@ pub(crate) mod tests {
         let err = "foo".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown actor kind \"foo\"; known kinds: echo, spin, embedder"
+            "unknown actor kind \"foo\"; known kinds: echo, spin, embedder, vector_partition"
         );
     }
 

@@ -1,0 +1,463 @@
+//! One vector partition replica: a shard of a collection, durable in redb, searched in memory.
+//!
+//! Writes go to the [`Store`] first (one fsynced transaction each) and only then to memory, so
+//! whatever a caller saw acknowledged is on disk, and memory is always rebuilt from disk on
+//! start. Searches run on an [`ExactIndex`] (CPU, or the replica's GPU) with the metadata
+//! filter applied inside the scan, so a filtered search still returns `k` rows when `k`
+//! matching rows exist.
+//!
+//! Metadata is kept in memory in a compact form (keys interned, one boxed slice per row) so
+//! that a partition of a million rows with a few small fields costs tens of MB, not the
+//! hundreds a `serde_json::Map` per row would.
+
+pub mod filter;
+pub mod messages;
+pub mod store;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+
+use arbor_kernels::device::Device;
+use arbor_kernels::topk::{ExactIndex, Hit, Metric, TopKError, VectorIndex};
+use serde_json::{Map, Value};
+
+pub use filter::{FilterError, MetadataFilter};
+pub use messages::{
+    PartitionAnswer, PartitionReply, PartitionRequest, PartitionStats, SearchHit, VectorRecord,
+};
+pub use store::{CheckedBatch, InvalidInput, Store, StoreError, StoredRecord, store_path};
+
+use crate::wire::MAX_PAYLOAD_BYTES;
+
+/// The most queries one search may carry.
+pub const MAX_QUERIES: usize = 1024;
+/// The largest `k` a search may ask for (the GPU kernel's limit, so that answers do not
+/// depend on where the scan runs).
+pub const MAX_K: usize = 256;
+/// Rows handed to the index at a time while loading, so the load never holds a second copy
+/// of the whole partition.
+const LOAD_CHUNK_ROWS: usize = 4096;
+/// fp16's largest finite value: the GPU index keeps rows as fp16.
+const HALF_MAX: f32 = 65504.0;
+
+/// Why a partition refused or failed a request.
+#[derive(Debug, thiserror::Error)]
+pub enum PartitionError {
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("bad filter: {0}")]
+    Filter(#[from] FilterError),
+    #[error("bad search: {0}")]
+    BadSearch(String),
+    #[error("index: {0}")]
+    Index(#[from] TopKError),
+    /// The write is durable but memory could not follow: memory no longer matches the disk,
+    /// and the partition must be loaded again (the actor stops so that it is restarted).
+    #[error("write {seq} is durable but could not be applied in memory ({reason}); reload needed")]
+    Diverged { seq: u64, reason: String },
+}
+
+impl PartitionError {
+    /// True when the partition can no longer be trusted and must be reloaded from disk.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, PartitionError::Diverged { .. })
+    }
+}
+
+/// A durable write's sequence number and how many rows it stored or removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteAck {
+    pub seq: u64,
+    pub count: usize,
+}
+
+/// One row's metadata in memory: (interned key, value) pairs sorted by key.
+type MetaRow = Box<[(Arc<str>, Value)]>;
+
+/// Every row's metadata, compactly.
+#[derive(Debug, Default)]
+struct MetadataTable {
+    rows: HashMap<u64, MetaRow>,
+    /// Each distinct key once, shared by every row that has it.
+    keys: HashSet<Arc<str>>,
+    /// Running estimate of the rows' heap bytes (slices and values).
+    heap_bytes: usize,
+}
+
+impl MetadataTable {
+    fn insert(&mut self, id: u64, map: Map<String, Value>) {
+        let mut row: Vec<(Arc<str>, Value)> = map
+            .into_iter()
+            .map(|(k, v)| {
+                let key = match self.keys.get(k.as_str()) {
+                    Some(key) => key.clone(),
+                    None => {
+                        let key: Arc<str> = k.into();
+                        self.keys.insert(key.clone());
+                        key
+                    }
+                };
+                (key, v)
+            })
+            .collect();
+        row.sort_by(|a, b| a.0.cmp(&b.0));
+        let row = row.into_boxed_slice();
+        self.heap_bytes += row_bytes(&row);
+        if let Some(old) = self.rows.insert(id, row) {
+            self.heap_bytes -= row_bytes(&old);
+        }
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(old) = self.rows.remove(&id) {
+            self.heap_bytes -= row_bytes(&old);
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<&MetaRow> {
+        self.rows.get(&id)
+    }
+
+    fn bytes(&self) -> usize {
+        let entry = size_of::<u64>() + size_of::<MetaRow>() + 1;
+        let keys: usize = self
+            .keys
+            .iter()
+            .map(|k| k.len() + 2 * size_of::<usize>() + size_of::<Arc<str>>() + 1)
+            .sum();
+        self.rows.capacity() * entry + self.heap_bytes + keys
+    }
+}
+
+/// The value under `key` in a row, by binary search on the sorted keys.
+fn row_get<'a>(row: &'a MetaRow, key: &str) -> Option<&'a Value> {
+    row.binary_search_by(|(k, _)| k.as_ref().cmp(key))
+        .ok()
+        .map(|i| &row[i].1)
+}
+
+/// A row's metadata as JSON text again.
+fn row_text(row: &MetaRow) -> String {
+    let map: Map<String, Value> = row
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    Value::Object(map).to_string()
+}
+
+/// Estimated heap bytes of one row: its slice and what its values own.
+fn row_bytes(row: &MetaRow) -> usize {
+    row.len() * size_of::<(Arc<str>, Value)>()
+        + row.iter().map(|(_, v)| value_bytes(v)).sum::<usize>()
+}
+
+fn value_bytes(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        Value::String(s) => s.capacity(),
+        // Nested values are rare in metadata; their text length doubled is a fair guess.
+        Value::Array(_) | Value::Object(_) => 2 * v.to_string().len() + 64,
+    }
+}
+
+/// One partition replica: its durable store, its index and its metadata.
+pub struct Partition {
+    store: Store,
+    index: ExactIndex,
+    metadata: MetadataTable,
+    dim: usize,
+    metric: Metric,
+}
+
+impl std::fmt::Debug for Partition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partition")
+            .field("store", &self.store)
+            .field("rows", &self.index.len())
+            .field("device", &self.index.device())
+            .finish()
+    }
+}
+
+impl Partition {
+    /// Opens the store at `path` (creating it when new) and loads every row into an index on
+    /// `device` (the CPU when that GPU cannot be used).
+    pub fn open(
+        path: &Path,
+        dim: usize,
+        metric: Metric,
+        device: Device,
+    ) -> Result<Self, PartitionError> {
+        let store = Store::open(path, dim, metric)?;
+        let mut index = ExactIndex::new_or_cpu(dim, metric, device)?;
+        let mut metadata = MetadataTable::default();
+        let mut ids = Vec::with_capacity(LOAD_CHUNK_ROWS);
+        let mut vectors = Vec::with_capacity(LOAD_CHUNK_ROWS * dim);
+        store.for_each(|r: StoredRecord| {
+            let map =
+                store::parse_metadata(r.id, &r.metadata).map_err(|e| StoreError::Corrupt {
+                    path: store.path().to_string(),
+                    detail: e.to_string(),
+                })?;
+            metadata.insert(r.id, map);
+            ids.push(r.id);
+            vectors.extend_from_slice(&r.vector);
+            if ids.len() == LOAD_CHUNK_ROWS {
+                index.upsert(&ids, &vectors)?;
+                ids.clear();
+                vectors.clear();
+            }
+            Ok::<_, PartitionError>(())
+        })?;
+        index.upsert(&ids, &vectors)?;
+        Ok(Partition {
+            store,
+            index,
+            metadata,
+            dim,
+            metric,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.dim
+    }
+
+    pub fn metric(&self) -> Metric {
+        self.metric
+    }
+
+    pub fn device(&self) -> Device {
+        self.index.device()
+    }
+
+    /// Rows stored.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// The sequence number of the last durable write.
+    pub fn seq(&self) -> u64 {
+        self.store.seq()
+    }
+
+    /// Stores rows (replacing rows with the same ids): checked, made durable, then searchable.
+    pub fn upsert(&mut self, records: Vec<VectorRecord>) -> Result<WriteAck, PartitionError> {
+        let batch = CheckedBatch::new(self.dim, records)?;
+        self.check_half_range(&batch)?;
+        let seq = self.store.upsert(&batch)?;
+        let count = batch.len();
+        if let Err(e) = self.index.upsert(batch.ids(), batch.vectors()) {
+            return Err(PartitionError::Diverged {
+                seq,
+                reason: e.to_string(),
+            });
+        }
+        for (id, map) in batch.into_metadata() {
+            self.metadata.insert(id, map);
+        }
+        Ok(WriteAck { seq, count })
+    }
+
+    /// Removes rows by id (absent ids are fine): made durable, then gone from searches.
+    pub fn delete(&mut self, ids: &[u64]) -> Result<WriteAck, PartitionError> {
+        let (seq, count) = self.store.delete(ids)?;
+        if let Err(e) = self.index.remove(ids) {
+            return Err(PartitionError::Diverged {
+                seq,
+                reason: e.to_string(),
+            });
+        }
+        for &id in ids {
+            self.metadata.remove(id);
+        }
+        Ok(WriteAck { seq, count })
+    }
+
+    /// The GPU keeps rows as fp16: refuse, before anything is written, a row it could not
+    /// hold (cosine rows are normalized first, so they always fit).
+    fn check_half_range(&self, batch: &CheckedBatch) -> Result<(), InvalidInput> {
+        if self.index.device() == Device::Cpu || self.metric == Metric::Cosine {
+            return Ok(());
+        }
+        for (&id, row) in batch
+            .ids()
+            .iter()
+            .zip(batch.vectors().chunks_exact(self.dim))
+        {
+            if let Some(&value) = row.iter().find(|x| x.abs() > HALF_MAX) {
+                return Err(InvalidInput::OutOfHalfRange { id, value });
+            }
+        }
+        Ok(())
+    }
+
+    /// The `k` best rows for each query, best first, among the rows that pass `filter`.
+    pub fn search(
+        &self,
+        queries: &[Vec<f32>],
+        k: usize,
+        filter: Option<&MetadataFilter>,
+    ) -> Result<Vec<Vec<SearchHit>>, PartitionError> {
+        if queries.len() > MAX_QUERIES {
+            return Err(PartitionError::BadSearch(format!(
+                "{} queries in one search; at most {MAX_QUERIES} are allowed",
+                queries.len()
+            )));
+        }
+        if k > MAX_K {
+            return Err(PartitionError::BadSearch(format!(
+                "k = {k}; at most {MAX_K} is allowed"
+            )));
+        }
+        let mut flat = Vec::with_capacity(queries.len() * self.dim);
+        for (i, q) in queries.iter().enumerate() {
+            if q.len() != self.dim {
+                return Err(PartitionError::BadSearch(format!(
+                    "query {i} has {} components; this partition's dimension is {}",
+                    q.len(),
+                    self.dim
+                )));
+            }
+            if let Some(position) = q.iter().position(|x| !x.is_finite()) {
+                return Err(PartitionError::BadSearch(format!(
+                    "query {i} has a non-finite component at position {position}"
+                )));
+            }
+            flat.extend_from_slice(q);
+        }
+        if let Some(f) = filter {
+            f.validate()?;
+        }
+        if k == 0 || queries.is_empty() {
+            return Ok(vec![Vec::new(); queries.len()]);
+        }
+        let pass = |id: u64| match (filter, self.metadata.get(id)) {
+            (None, _) => true,
+            (Some(f), Some(row)) => f.matches_by(&|key| row_get(row, key)),
+            (Some(_), None) => false,
+        };
+        let found = match filter {
+            None => self.index.search_filtered(&flat, k, None)?,
+            Some(_) => self.index.search_filtered(&flat, k, Some(&pass))?,
+        };
+        self.hits(found)
+    }
+
+    /// Attaches metadata to hits, refusing an answer too large to travel.
+    fn hits(&self, found: Vec<Vec<Hit>>) -> Result<Vec<Vec<SearchHit>>, PartitionError> {
+        let mut bytes = 0usize;
+        let mut out = Vec::with_capacity(found.len());
+        for list in found {
+            let mut hits = Vec::with_capacity(list.len());
+            for Hit { id, score } in list {
+                let metadata = self.metadata.get(id).map(row_text).unwrap_or_default();
+                bytes += metadata.len() + 24;
+                hits.push(SearchHit {
+                    id,
+                    score,
+                    metadata,
+                });
+            }
+            out.push(hits);
+        }
+        // Leave room for the envelope; a remote caller could not decode more.
+        if bytes > MAX_PAYLOAD_BYTES - 64 * 1024 {
+            return Err(PartitionError::BadSearch(format!(
+                "the answer would be about {bytes} bytes, over the {MAX_PAYLOAD_BYTES}-byte \
+                 message limit: ask for fewer queries or a smaller k"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// What the partition holds and what it costs.
+    pub fn stats(&self) -> PartitionStats {
+        let memory = self.index.memory();
+        PartitionStats {
+            count: self.index.len() as u64,
+            dim: u32::try_from(self.dim).unwrap_or(u32::MAX),
+            metric: self.metric,
+            device: self.index.device().to_string(),
+            host_bytes: memory.host_bytes as u64,
+            device_bytes: memory.device_bytes as u64,
+            metadata_bytes: self.metadata.bytes() as u64,
+            seq: self.store.seq(),
+        }
+    }
+
+    /// Every stored row, read from disk (for checks and, later, for rebuilding a replica).
+    pub fn stored(&self) -> Result<Vec<StoredRecord>, PartitionError> {
+        Ok(self.store.load_all()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rec(id: u64, vector: Vec<f32>, metadata: Value) -> VectorRecord {
+        VectorRecord {
+            id,
+            vector,
+            metadata: metadata.to_string(),
+        }
+    }
+
+    #[test]
+    fn write_search_filter_delete_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), "c", 0);
+        let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
+        let ack = p
+            .upsert(vec![
+                rec(1, vec![1.0, 0.0], json!({"lang": "en", "page": 1})),
+                rec(2, vec![0.9, 0.1], json!({"lang": "fr", "page": 2})),
+                rec(3, vec![0.5, 0.5], json!({"lang": "en", "page": 3})),
+            ])
+            .unwrap();
+        assert_eq!(ack, WriteAck { seq: 1, count: 3 });
+        let q = vec![vec![1.0, 0.0]];
+        let hits = p.search(&q, 2, None).unwrap();
+        assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(hits[0][0].metadata, r#"{"lang":"en","page":1}"#);
+        let en = MetadataFilter::parse(r#"{"op":"equal","key":"lang","value":"en"}"#).unwrap();
+        let hits = p.search(&q, 2, Some(&en)).unwrap();
+        assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(p.delete(&[1]).unwrap(), WriteAck { seq: 2, count: 1 });
+        let hits = p.search(&q, 2, Some(&en)).unwrap();
+        assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), [3]);
+        let before = p.stats();
+        assert!(before.metadata_bytes > 0);
+        drop(p);
+        let p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
+        // Byte counts follow allocation history (capacities), so only the contents compare.
+        let after = p.stats();
+        assert_eq!(
+            (after.count, after.seq, after.dim),
+            (before.count, before.seq, before.dim)
+        );
+        assert_eq!(p.search(&q, 2, Some(&en)).unwrap()[0][0].id, 3);
+    }
+
+    #[test]
+    fn bad_searches_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p =
+            Partition::open(&store_path(dir.path(), "c", 0), 2, Metric::L2, Device::Cpu).unwrap();
+        let err = |q: Vec<Vec<f32>>, k| p.search(&q, k, None).unwrap_err().to_string();
+        assert!(err(vec![vec![1.0]], 1).contains("dimension is 2"));
+        assert!(err(vec![vec![1.0, f32::NAN]], 1).contains("non-finite"));
+        assert!(err(vec![vec![1.0, 1.0]], 257).contains("at most 256"));
+        assert!(err(vec![vec![0.0, 0.0]; 1025], 1).contains("at most 1024"));
+        assert_eq!(p.search(&[vec![0.0, 0.0]], 0, None).unwrap(), vec![vec![]]);
+    }
+}
