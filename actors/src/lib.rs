@@ -4,5 +4,6 @@ pub mod agent;
 pub mod kinds;
 pub mod replica;
 pub mod router;
+pub mod stream;
 pub mod supervision;
 pub mod wire;

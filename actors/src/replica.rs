@@ -9,6 +9,8 @@ use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::kinds::Kind;
+use crate::kinds::model::{ModelFailure, ModelReply, ModelRequest};
 use crate::wire::Wire;
 
 /// Messages to a replica of a deployment.
@@ -17,6 +19,10 @@ pub enum ReplicaMsg {
     /// One request; the reply is the kind's answer or why it failed.
     #[rpc]
     Call(Wire<CallRequest>, RpcReplyPort<Wire<CallReply>>),
+    /// A streaming text generation, for `model` replicas; every other kind answers
+    /// [`ModelFailure::Invalid`]. See [`crate::kinds::model`].
+    #[rpc]
+    Model(Wire<ModelRequest>, RpcReplyPort<Wire<ModelReply>>),
 }
 
 /// One request to a replica: opaque bytes whose meaning is up to the kind.
@@ -40,6 +46,13 @@ pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, 
     request
         .into_inner()
         .map_err(|e| format!("request rejected: {e}"))
+}
+
+/// The answer of a replica that is not a model to a [`ReplicaMsg::Model`] request.
+pub(crate) fn not_a_model(kind: Kind, reply: RpcReplyPort<Wire<ModelReply>>) {
+    let why = ModelFailure::Invalid(format!("a {kind} replica is not a model replica"));
+    // The caller may have given up: nothing to do about it.
+    let _ = reply.send(Wire::new(Err(why)));
 }
 
 #[cfg(test)]

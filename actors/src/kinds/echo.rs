@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{ReplicaMsg, decode_request};
+use crate::replica::{ReplicaMsg, decode_request, not_a_model};
 use crate::wire::Wire;
 
 /// `echo`'s configuration.
@@ -60,6 +60,7 @@ impl Actor for EchoReplica {
                 // The caller may have given up (timeout): nothing to do about it.
                 let _ = reply.send(Wire::new(answer));
             }
+            ReplicaMsg::Model(_, reply) => not_a_model(Kind::Echo, reply),
         }
         Ok(())
     }

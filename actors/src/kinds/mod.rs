@@ -5,6 +5,7 @@
 //! the node agent joins them to once they have started; a replica joins nothing itself.
 
 mod echo;
+pub mod model;
 mod spin;
 
 use std::fmt;
@@ -17,6 +18,7 @@ use serde::de::DeserializeOwned;
 use crate::replica::ReplicaMsg;
 
 pub use echo::{EchoConfig, EchoReplica};
+pub use model::{ModelConfig, ModelReplica};
 pub use spin::{MAX_SPIN_MS, SpinReplica, SpinRequest};
 
 /// A kind of actor that a deployment may name.
@@ -26,15 +28,18 @@ pub enum Kind {
     Echo,
     /// Burns CPU for a requested time: for checking load spreading and concurrency.
     Spin,
+    /// An LLM replica (SmolLM2) that streams generated text, batching concurrent requests.
+    Model,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 2] = [Kind::Echo, Kind::Spin];
+    pub const ALL: [Kind; 3] = [Kind::Echo, Kind::Spin, Kind::Model];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Echo => "echo",
             Kind::Spin => "spin",
+            Kind::Model => "model",
         }
     }
 }
@@ -94,6 +99,7 @@ pub async fn spawn_replica(
     let spawned = match kind {
         Kind::Echo => Actor::spawn_linked(None, EchoReplica, ctx, supervisor).await,
         Kind::Spin => Actor::spawn_linked(None, SpinReplica, ctx, supervisor).await,
+        Kind::Model => Actor::spawn_linked(None, ModelReplica, ctx, supervisor).await,
     };
     spawned.map(|(actor, _handle)| actor)
 }
@@ -140,7 +146,7 @@ pub(crate) mod tests {
         let err = "foo".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown actor kind \"foo\"; known kinds: echo, spin"
+            "unknown actor kind \"foo\"; known kinds: echo, spin, model"
         );
     }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{CallReply, ReplicaMsg, decode_request};
+use crate::replica::{CallReply, ReplicaMsg, decode_request, not_a_model};
 use crate::wire::Wire;
 
 /// The longest spin one request may ask for, in milliseconds.
@@ -120,6 +120,7 @@ impl Actor for SpinReplica {
                     }
                 }
             }
+            ReplicaMsg::Model(_, reply) => not_a_model(Kind::Spin, reply),
         }
         Ok(())
     }
