@@ -285,7 +285,7 @@ fn sampling(
     }
     let temperature = match (temperature, top_p) {
         (None, None) => return Ok(Sampling::Greedy),
-        (Some(t), _) if t == 0.0 => return Ok(Sampling::Greedy),
+        (Some(0.0), _) => return Ok(Sampling::Greedy),
         (Some(t), _) => t,
         (None, Some(_)) => 1.0,
     };
