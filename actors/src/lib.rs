@@ -6,5 +6,6 @@ pub mod kinds;
 pub mod partition;
 pub mod replica;
 pub mod router;
+pub mod stream;
 pub mod supervision;
 pub mod wire;

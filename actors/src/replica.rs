@@ -9,6 +9,8 @@ use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::kinds::Kind;
+use crate::kinds::model::{ModelFailure, ModelReply, ModelRequest};
 use crate::partition::{PartitionReply, PartitionRequest};
 use crate::wire::Wire;
 
@@ -25,6 +27,10 @@ pub enum ReplicaMsg {
     /// A request to a vector partition; other kinds answer that they are not one.
     #[rpc]
     Partition(Wire<PartitionRequest>, RpcReplyPort<Wire<PartitionReply>>),
+    /// A streaming text generation, for `model` replicas; every other kind answers
+    /// [`ModelFailure::Invalid`]. See [`crate::kinds::model`].
+    #[rpc]
+    Model(Wire<ModelRequest>, RpcReplyPort<Wire<ModelReply>>),
 }
 
 /// Texts to turn into vectors, in order.
@@ -92,6 +98,13 @@ pub(crate) fn not_a_partition(kind: crate::kinds::Kind) -> Wire<PartitionReply> 
     Wire::new(Err(format!(
         "this replica is a {kind} actor, not a vector partition"
     )))
+}
+
+/// The answer of a replica that is not a model to a [`ReplicaMsg::Model`] request.
+pub(crate) fn not_a_model(kind: Kind, reply: RpcReplyPort<Wire<ModelReply>>) {
+    let why = ModelFailure::Invalid(format!("a {kind} replica is not a model replica"));
+    // The caller may have given up: nothing to do about it.
+    let _ = reply.send(Wire::new(Err(why)));
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{ReplicaMsg, decode_request, not_a_partition, not_an_embedder};
+use crate::replica::{ReplicaMsg, decode_request, not_a_model, not_a_partition, not_an_embedder};
 use crate::wire::Wire;
 
 /// `echo`'s configuration.
@@ -66,6 +66,7 @@ impl Actor for EchoReplica {
             ReplicaMsg::Partition(_, reply) => {
                 let _ = reply.send(not_a_partition(Kind::Echo));
             }
+            ReplicaMsg::Model(_, reply) => not_a_model(Kind::Echo, reply),
         }
         Ok(())
     }

@@ -577,6 +577,7 @@ impl Actor for EmbedderReplica {
             ReplicaMsg::Partition(_, reply) => {
                 let _ = reply.send(crate::replica::not_a_partition(Kind::Embedder));
             }
+            ReplicaMsg::Model(_, reply) => crate::replica::not_a_model(Kind::Embedder, reply),
         }
         Ok(())
     }

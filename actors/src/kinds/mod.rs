@@ -6,6 +6,7 @@
 
 mod echo;
 mod embedder;
+pub mod model;
 mod partition;
 mod spin;
 
@@ -22,6 +23,7 @@ pub use echo::{EchoConfig, EchoReplica};
 pub use embedder::{
     DeviceChoice, EmbedderConfig, EmbedderReplica, EmbedderStats, MAX_TEXTS_PER_REQUEST,
 };
+pub use model::{ModelConfig, ModelReplica};
 pub use partition::{PartitionConfig, PartitionReplica};
 pub use spin::{MAX_SPIN_MS, SpinReplica, SpinRequest};
 
@@ -36,6 +38,8 @@ pub enum Kind {
     Embedder,
     /// One replica of one partition of a vector collection: stores rows, answers top-k.
     VectorPartition,
+    /// An LLM replica (SmolLM2) that streams generated text, batching concurrent requests.
+    Model,
 }
 
 /// The resources one replica of a kind asks for when its deployment file leaves
@@ -50,11 +54,12 @@ pub struct KindResources {
 const MIB: u64 = 1024 * 1024;
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 5] = [
         Kind::Echo,
         Kind::Spin,
         Kind::Embedder,
         Kind::VectorPartition,
+        Kind::Model,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -63,6 +68,7 @@ impl Kind {
             Kind::Spin => "spin",
             Kind::Embedder => "embedder",
             Kind::VectorPartition => "vector_partition",
+            Kind::Model => "model",
         }
     }
 
@@ -78,6 +84,7 @@ impl Kind {
             Kind::Spin => (1000, 64 * MIB),
             Kind::Embedder => (1000, 512 * MIB),
             Kind::VectorPartition => (250, 512 * MIB),
+            Kind::Model => (2000, 1024 * MIB),
         };
         KindResources {
             cpu_millicores,
@@ -143,6 +150,7 @@ pub async fn spawn_replica(
         Kind::Spin => Actor::spawn_linked(None, SpinReplica, ctx, supervisor).await,
         Kind::Embedder => Actor::spawn_linked(None, EmbedderReplica, ctx, supervisor).await,
         Kind::VectorPartition => Actor::spawn_linked(None, PartitionReplica, ctx, supervisor).await,
+        Kind::Model => Actor::spawn_linked(None, ModelReplica, ctx, supervisor).await,
     };
     spawned.map(|(actor, _handle)| actor)
 }
@@ -208,7 +216,7 @@ pub(crate) mod tests {
         let err = "foo".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown actor kind \"foo\"; known kinds: echo, spin, embedder, vector_partition"
+            "unknown actor kind \"foo\"; known kinds: echo, spin, embedder, vector_partition, model"
         );
     }
 

@@ -170,6 +170,9 @@ impl Actor for PartitionReplica {
                     &state.ctx.actor_id,
                 )));
             }
+            ReplicaMsg::Model(_, reply) => {
+                crate::replica::not_a_model(Kind::VectorPartition, reply)
+            }
         }
         Ok(())
     }

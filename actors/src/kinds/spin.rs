@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{CallReply, ReplicaMsg, decode_request, not_a_partition, not_an_embedder};
+use crate::replica::{
+    CallReply, ReplicaMsg, decode_request, not_a_model, not_a_partition, not_an_embedder,
+};
 use crate::wire::Wire;
 
 /// The longest spin one request may ask for, in milliseconds.
@@ -126,6 +128,7 @@ impl Actor for SpinReplica {
             ReplicaMsg::Partition(_, reply) => {
                 let _ = reply.send(not_a_partition(Kind::Spin));
             }
+            ReplicaMsg::Model(_, reply) => not_a_model(Kind::Spin, reply),
         }
         Ok(())
     }
