@@ -112,6 +112,7 @@ fn bench(c: &mut Criterion) {
             config: format!(r#"{{"device": "{device_name}", "max_batch": 8}}"#),
             data_dir: std::env::temp_dir(),
             models_dir: dir.clone(),
+            scope: String::new(),
         };
         let replica = spawn_replica(Kind::Model, ctx, parent.get_cell())
             .await

@@ -354,6 +354,7 @@ impl AgentState {
             config: a.config.clone(),
             data_dir,
             models_dir,
+            scope: self.scope.clone(),
         };
         debug!(actor_id = %ctx.actor_id, generation = ctx.generation, %kind, "spawning");
         let agent = myself.clone();

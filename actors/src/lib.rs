@@ -5,6 +5,7 @@ pub mod batching;
 pub mod kinds;
 pub mod partition;
 pub mod replica;
+pub mod retrieval;
 pub mod router;
 pub mod stream;
 pub mod supervision;

@@ -74,6 +74,7 @@ fn context(kind: Kind, config: &str, models: std::path::PathBuf) -> ReplicaConte
         config: config.into(),
         data_dir: std::env::temp_dir(),
         models_dir: models,
+        scope: String::new(),
     }
 }
 

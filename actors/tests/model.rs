@@ -89,6 +89,7 @@ async fn spawn(kind: Kind, config: &str) -> (ActorRef<ReplicaMsg>, ActorRef<()>)
         config: config.into(),
         data_dir: std::env::temp_dir(),
         models_dir: model_dir(),
+        scope: String::new(),
     };
     let replica = spawn_replica(kind, ctx, parent.get_cell())
         .await
@@ -475,6 +476,7 @@ async fn a_missing_model_file_fails_the_start_and_says_where() {
         config: String::new(),
         data_dir: std::env::temp_dir(),
         models_dir: std::env::temp_dir().join("arbor-no-models-here"),
+        scope: String::new(),
     };
     let err = spawn_replica(Kind::Model, ctx, parent.get_cell())
         .await

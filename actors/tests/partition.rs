@@ -37,6 +37,7 @@ fn ctx(data_dir: &Path, config: Value) -> ReplicaContext {
         config: config.to_string(),
         data_dir: data_dir.to_path_buf(),
         models_dir: data_dir.to_path_buf(),
+        scope: String::new(),
     }
 }
 

@@ -543,6 +543,7 @@ async fn undecodable_requests_get_error_replies() {
             config: config.into(),
             data_dir: data.path().to_path_buf(),
             models_dir: arbor_kernels::models::models_dir(None),
+            scope: String::new(),
         };
         let replica = spawn_replica(kind, ctx, parent.get_cell()).await.unwrap();
         let garbage = Wire::<CallRequest>::from_bytes(vec![0xFF, 0xFF, 0xFF]);

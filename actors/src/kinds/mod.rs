@@ -136,6 +136,9 @@ pub struct ReplicaContext {
     pub data_dir: PathBuf,
     /// Where model files are (see `arbor_kernels::models`).
     pub models_dir: PathBuf,
+    /// The process-group scope of the cluster, for kinds that call other deployments (a
+    /// retrieval coordinator reaches embedders and partitions through it).
+    pub scope: String,
 }
 
 /// Starts one replica of `kind` as a linked child of `supervisor`, and returns once it is
@@ -204,6 +207,7 @@ pub(crate) mod tests {
             config: config.into(),
             data_dir: std::env::temp_dir(),
             models_dir: std::env::temp_dir(),
+            scope: String::new(),
         }
     }
 

@@ -65,14 +65,21 @@ mod tests {
 
     #[test]
     fn short_texts_are_one_chunk_and_blank_ones_none() {
-        let p = ChunkPolicy { size: 4, overlap: 1 };
+        let p = ChunkPolicy {
+            size: 4,
+            overlap: 1,
+        };
         assert_eq!(chunks("  a  b\nc ", p), vec!["a b c"]);
         assert!(chunks(" \n\t", p).is_empty());
-        assert_eq!(
-            chunks("a b c d e f g", p),
-            vec!["a b c d", "d e f g"]
+        assert_eq!(chunks("a b c d e f g", p), vec!["a b c d", "d e f g"]);
+        assert!(
+            ChunkPolicy {
+                size: 3,
+                overlap: 3
+            }
+            .validate()
+            .is_err()
         );
-        assert!(ChunkPolicy { size: 3, overlap: 3 }.validate().is_err());
     }
 
     proptest! {

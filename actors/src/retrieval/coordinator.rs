@@ -1,0 +1,473 @@
+//! The coordinator: ingest and query over one collection's partitions.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use arbor_kernels::topk::Metric;
+use ractor::rpc::CallResult;
+use ractor::{ActorCell, ActorRef};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::chunk::{ChunkPolicy, chunks};
+use super::route::{chunk_id, partition_of};
+use crate::partition::{
+    MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, SearchHit, VectorRecord,
+};
+use crate::replica::{EmbedFailure, EmbedRequest, ReplicaMsg, deployment_group};
+use crate::router::{CallError, Router};
+use crate::wire::Wire;
+
+/// Texts per embed request: one embedder batch.
+const EMBED_BATCH: usize = 32;
+/// Records per upsert message: well under the 8 MiB payload limit for 384-dim vectors with
+/// a chunk of text each.
+const UPSERT_BATCH: usize = 512;
+
+/// The deployment that holds partition `partition` of `collection`. The control plane names
+/// them the same way (`CollectionSpec::partition_deployment`).
+pub fn partition_deployment(collection: &str, partition: u32) -> String {
+    format!("{collection}.p{partition}")
+}
+
+/// What a coordinator serves: a collection and how to reach it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectionRoute {
+    pub collection: String,
+    pub partitions: u32,
+    /// The embedder deployment.
+    pub embedder: String,
+    #[serde(default = "cosine")]
+    pub metric: Metric,
+    #[serde(default)]
+    pub chunking: ChunkPolicy,
+    /// How long one partition may take to answer a search before it counts as missing.
+    #[serde(default = "search_timeout_ms")]
+    pub search_timeout_ms: u64,
+    /// A partition replica that has not answered after this long gets a twin request on
+    /// another replica; the first answer wins.
+    #[serde(default = "hedge_after_ms")]
+    pub hedge_after_ms: u64,
+}
+
+fn cosine() -> Metric {
+    Metric::Cosine
+}
+fn search_timeout_ms() -> u64 {
+    2000
+}
+fn hedge_after_ms() -> u64 {
+    150
+}
+
+/// A document to ingest. Its id names it: ingesting the same id again overwrites its chunks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Document {
+    pub id: String,
+    pub text: String,
+    #[serde(default)]
+    pub title: Option<String>,
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+}
+
+/// How far an ingest has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngestProgress {
+    pub chunks_done: u64,
+    pub chunks_total: u64,
+}
+
+/// What an ingest did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IngestReport {
+    pub documents: u64,
+    pub chunks: u64,
+    /// Chunks written per partition.
+    pub per_partition: Vec<u64>,
+    pub elapsed_ms: u64,
+}
+
+/// One retrieved chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryHit {
+    pub doc_id: String,
+    pub chunk_id: u32,
+    pub score: f32,
+    pub text: String,
+    pub title: Option<String>,
+    /// The document's own metadata.
+    pub metadata: Map<String, Value>,
+}
+
+/// The answer to a query; `missing_partitions` lists partitions that did not answer, so a
+/// partial answer says what it lacks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueryAnswer {
+    pub results: Vec<QueryHit>,
+    pub missing_partitions: Vec<u32>,
+}
+
+/// Why an ingest or query failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RetrievalError {
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("embedding failed: {0}")]
+    Embed(String),
+    #[error(
+        "partition {partition} of collection {collection:?} has no live replica; check `arbor deployments`"
+    )]
+    NoReplica { collection: String, partition: u32 },
+    #[error("writing to partition {partition} failed: {reason}")]
+    Write { partition: u32, reason: String },
+}
+
+/// Ingest and query over one collection.
+#[derive(Debug, Clone)]
+pub struct Coordinator {
+    scope: String,
+    route: CollectionRoute,
+    embedder: Router,
+}
+
+impl Coordinator {
+    /// A coordinator for `route`, reaching replicas in the pg `scope`.
+    pub fn new(scope: impl Into<String>, route: CollectionRoute) -> Result<Self, RetrievalError> {
+        route.chunking.validate().map_err(RetrievalError::Invalid)?;
+        if route.partitions == 0 {
+            return Err(RetrievalError::Invalid(
+                "partitions must be at least 1".into(),
+            ));
+        }
+        let scope = scope.into();
+        Ok(Coordinator {
+            embedder: Router::new(scope.clone(), route.embedder.clone()),
+            scope,
+            route,
+        })
+    }
+
+    pub fn route(&self) -> &CollectionRoute {
+        &self.route
+    }
+
+    /// Chunks, embeds and writes `docs`; returns once every chunk is durable on every live
+    /// replica of its partition. Idempotent: chunk ids derive from document id and position.
+    pub async fn ingest(
+        &self,
+        docs: &[Document],
+        mut progress: impl FnMut(IngestProgress),
+    ) -> Result<IngestReport, RetrievalError> {
+        let start = Instant::now();
+        let mut pending: Vec<(u64, String, String)> = Vec::new(); // (id, text, metadata)
+        for doc in docs {
+            if doc.id.is_empty() {
+                return Err(RetrievalError::Invalid("a document has an empty id".into()));
+            }
+            if let Some(key) = doc.metadata.keys().find(|k| k.starts_with('_')) {
+                return Err(RetrievalError::Invalid(format!(
+                    "document {:?}: metadata key {key:?} starts with '_', which is reserved",
+                    doc.id
+                )));
+            }
+            for (i, text) in chunks(&doc.text, self.route.chunking)
+                .into_iter()
+                .enumerate()
+            {
+                let i = i as u32;
+                let mut meta = doc.metadata.clone();
+                meta.insert("_doc".into(), Value::from(doc.id.clone()));
+                meta.insert("_chunk".into(), Value::from(i));
+                meta.insert("_text".into(), Value::from(text.clone()));
+                if let Some(title) = &doc.title {
+                    meta.insert("_title".into(), Value::from(title.clone()));
+                }
+                pending.push((chunk_id(&doc.id, i), text, Value::Object(meta).to_string()));
+            }
+        }
+        let total = pending.len() as u64;
+        let mut per_partition = vec![0u64; self.route.partitions as usize];
+        let mut done = 0u64;
+        for batch in pending.chunks(EMBED_BATCH) {
+            let texts: Vec<String> = batch.iter().map(|(_, t, _)| t.clone()).collect();
+            let vectors = self.embed(texts).await?;
+            let mut by_partition: BTreeMap<u32, Vec<VectorRecord>> = BTreeMap::new();
+            for ((id, _, metadata), vector) in batch.iter().zip(vectors) {
+                by_partition
+                    .entry(partition_of(*id, self.route.partitions))
+                    .or_default()
+                    .push(VectorRecord {
+                        id: *id,
+                        vector,
+                        metadata: metadata.clone(),
+                    });
+            }
+            for (partition, records) in by_partition {
+                per_partition[partition as usize] += records.len() as u64;
+                for part in records.chunks(UPSERT_BATCH) {
+                    self.write(partition, PartitionRequest::Upsert(part.to_vec()))
+                        .await?;
+                }
+            }
+            done += batch.len() as u64;
+            progress(IngestProgress {
+                chunks_done: done,
+                chunks_total: total,
+            });
+        }
+        Ok(IngestReport {
+            documents: docs.len() as u64,
+            chunks: total,
+            per_partition,
+            elapsed_ms: start.elapsed().as_millis() as u64,
+        })
+    }
+
+    /// The `k` chunks closest to `text`.
+    pub async fn query(
+        &self,
+        text: &str,
+        k: u32,
+        filter: Option<&MetadataFilter>,
+    ) -> Result<QueryAnswer, RetrievalError> {
+        if text.trim().is_empty() {
+            return Err(RetrievalError::Invalid("the query text is empty".into()));
+        }
+        let mut vectors = self.embed(vec![text.to_owned()]).await?;
+        let vector = vectors
+            .pop()
+            .ok_or_else(|| RetrievalError::Embed("the embedder returned no vector".into()))?;
+        self.query_vector(vector, k, filter).await
+    }
+
+    /// The `k` chunks closest to `vector`: one replica of every partition is asked (a second
+    /// one too if the first is slow), and the answers are merged.
+    pub async fn query_vector(
+        &self,
+        vector: Vec<f32>,
+        k: u32,
+        filter: Option<&MetadataFilter>,
+    ) -> Result<QueryAnswer, RetrievalError> {
+        if k == 0 {
+            return Err(RetrievalError::Invalid("k must be at least 1".into()));
+        }
+        let request = PartitionRequest::search(vec![vector], k, filter);
+        let mut tasks = tokio::task::JoinSet::new();
+        for partition in 0..self.route.partitions {
+            let (this, request) = (self.clone(), request.clone());
+            tasks.spawn(async move { (partition, this.search(partition, request).await) });
+        }
+        let mut hits: Vec<SearchHit> = Vec::new();
+        let mut missing = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((_, Some(mut found))) => hits.append(&mut found),
+                Ok((partition, None)) => missing.push(partition),
+                Err(e) => tracing::warn!("a partition search task failed: {e}"),
+            }
+        }
+        missing.sort_unstable();
+        let lower_better = self.route.metric.lower_is_better();
+        hits.sort_by(|a, b| {
+            let order = a.score.total_cmp(&b.score);
+            if lower_better { order } else { order.reverse() }
+        });
+        hits.truncate(k as usize);
+        Ok(QueryAnswer {
+            results: hits.into_iter().map(hit).collect(),
+            missing_partitions: missing,
+        })
+    }
+
+    /// Embeds `texts`, trying another embedder replica when one is overloaded or gone.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, RetrievalError> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let request = EmbedRequest {
+                texts: texts.clone(),
+            };
+            let reply = self
+                .embedder
+                .ask(
+                    |reply| ReplicaMsg::Embed(Wire::new(request.clone()), reply),
+                    Duration::from_secs(30),
+                )
+                .await;
+            let answer = match reply {
+                Ok(wire) => wire
+                    .into_inner()
+                    .map_err(|e| RetrievalError::Embed(e.to_string()))?,
+                Err(CallError::NoReplicas { deployment }) => {
+                    return Err(RetrievalError::Embed(format!(
+                        "no replica of embedder deployment {deployment:?} is reachable"
+                    )));
+                }
+                Err(e) => return Err(RetrievalError::Embed(e.to_string())),
+            };
+            match answer {
+                Ok(result) => return Ok(result.vectors),
+                Err(EmbedFailure::Overloaded { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => return Err(RetrievalError::Embed(e.to_string())),
+            }
+        }
+    }
+
+    fn members(&self, partition: u32) -> Vec<ActorCell> {
+        let group = deployment_group(&partition_deployment(&self.route.collection, partition));
+        ractor::pg::get_scoped_members(&self.scope, &group)
+    }
+
+    /// Writes to every live replica of `partition`; succeeds once all that are still alive
+    /// have it durable. A replica that vanished meanwhile is no longer live and does not
+    /// count; one that answered with an error fails the write.
+    async fn write(&self, partition: u32, request: PartitionRequest) -> Result<(), RetrievalError> {
+        let members = self.members(partition);
+        if members.is_empty() {
+            return Err(RetrievalError::NoReplica {
+                collection: self.route.collection.clone(),
+                partition,
+            });
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for member in members {
+            let request = request.clone();
+            tasks.spawn(async move {
+                let actor: ActorRef<ReplicaMsg> = member.into();
+                ractor::rpc::call(
+                    &actor.get_cell(),
+                    |reply| ReplicaMsg::Partition(Wire::new(request), reply),
+                    Some(Duration::from_secs(30)),
+                )
+                .await
+            });
+        }
+        let mut acked = 0;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(CallResult::Success(reply))) => match reply.into_inner() {
+                    Ok(Ok(_)) => acked += 1,
+                    Ok(Err(reason)) => return Err(RetrievalError::Write { partition, reason }),
+                    Err(e) => {
+                        return Err(RetrievalError::Write {
+                            partition,
+                            reason: e.to_string(),
+                        });
+                    }
+                },
+                Ok(Ok(CallResult::Timeout)) => {
+                    return Err(RetrievalError::Write {
+                        partition,
+                        reason: "a replica did not acknowledge within 30 s".into(),
+                    });
+                }
+                // Gone before or during the write: not live any more.
+                Ok(Ok(CallResult::SenderError)) | Ok(Err(_)) => {}
+                Err(e) => {
+                    return Err(RetrievalError::Write {
+                        partition,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        if acked == 0 {
+            return Err(RetrievalError::NoReplica {
+                collection: self.route.collection.clone(),
+                partition,
+            });
+        }
+        Ok(())
+    }
+
+    /// One partition's hits, or `None` if no replica answered in time.
+    async fn search(&self, partition: u32, request: PartitionRequest) -> Option<Vec<SearchHit>> {
+        let timeout = Duration::from_millis(self.route.search_timeout_ms);
+        let hedge_after = Duration::from_millis(self.route.hedge_after_ms);
+        let mut members = self.members(partition);
+        if members.is_empty() {
+            return None;
+        }
+        // Spread first tries over replicas.
+        let first = rand::random_range(0..members.len());
+        members.rotate_left(first);
+        let ask = |cell: ActorCell| {
+            let request = request.clone();
+            async move {
+                let actor: ActorRef<ReplicaMsg> = cell.into();
+                let reply = ractor::rpc::call(
+                    &actor.get_cell(),
+                    |reply| ReplicaMsg::Partition(Wire::new(request), reply),
+                    Some(timeout),
+                )
+                .await;
+                hits_of(reply)
+            }
+        };
+        let primary = ask(members[0].clone());
+        tokio::pin!(primary);
+        let Some(second) = members.get(1).cloned() else {
+            return primary.await;
+        };
+        tokio::select! {
+            found = &mut primary => match found {
+                Some(hits) => return Some(hits),
+                None => return ask(second).await,
+            },
+            _ = tokio::time::sleep(hedge_after) => {}
+        }
+        let hedge = ask(second);
+        tokio::pin!(hedge);
+        // The first answer wins; a failure waits for the other.
+        tokio::select! {
+            found = &mut primary => match found {
+                Some(hits) => Some(hits),
+                None => hedge.await,
+            },
+            found = &mut hedge => match found {
+                Some(hits) => Some(hits),
+                None => primary.await,
+            },
+        }
+    }
+}
+
+fn hits_of(
+    reply: Result<CallResult<Wire<PartitionReply>>, ractor::MessagingErr<ReplicaMsg>>,
+) -> Option<Vec<SearchHit>> {
+    match reply {
+        Ok(CallResult::Success(wire)) => match wire.into_inner() {
+            Ok(Ok(PartitionAnswer::Hits(mut per_query))) => per_query.pop(),
+            Ok(Err(why)) => {
+                tracing::warn!("a partition refused a search: {why}");
+                None
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn hit(h: SearchHit) -> QueryHit {
+    let mut meta: Map<String, Value> = serde_json::from_str(&h.metadata).unwrap_or_default();
+    let take_str = |m: &mut Map<String, Value>, k: &str| match m.remove(k) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    };
+    let doc_id = take_str(&mut meta, "_doc").unwrap_or_default();
+    let text = take_str(&mut meta, "_text").unwrap_or_default();
+    let title = take_str(&mut meta, "_title");
+    let chunk_id = meta.remove("_chunk").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    QueryHit {
+        doc_id,
+        chunk_id,
+        score: h.score,
+        text,
+        title,
+        metadata: meta,
+    }
+}

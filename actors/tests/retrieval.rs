@@ -1,0 +1,238 @@
+//! Retrieval with the real MiniLM (after scripts/fetch-models.sh) on real actors: an embedder
+//! and vector partitions started by node agents (two "nodes" with their own data dirs, so a
+//! partition's two replicas are apart as anti-affinity would place them), and the coordinator
+//! ingesting the corpus shipped in tests/data and answering paraphrased questions.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use arbor_actors::agent::{AgentArgs, AgentMsg, Assignment, NodeAgent, ReplicaState, StatusReport};
+use arbor_actors::partition::MetadataFilter;
+use arbor_actors::retrieval::{
+    CollectionRoute, Coordinator, Document, RetrievalError, partition_deployment,
+};
+use arbor_actors::supervision::RestartPolicy;
+use ractor::{Actor, ActorRef};
+use serde::Deserialize;
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+struct Node {
+    agent: ActorRef<AgentMsg>,
+    reports: UnboundedReceiver<StatusReport>,
+    _data: tempfile::TempDir,
+}
+
+async fn node(scope: &str, id: u64) -> Node {
+    let data = tempfile::tempdir().unwrap();
+    let (reports, rx) = unbounded_channel();
+    let args = AgentArgs {
+        node: id,
+        scope: scope.into(),
+        policy: RestartPolicy::default(),
+        reports,
+        data_dir: data.path().to_path_buf(),
+        models_dir: arbor_kernels::models::models_dir(None),
+    };
+    let (agent, _) = Actor::spawn(None, NodeAgent, args).await.unwrap();
+    Node {
+        agent,
+        reports: rx,
+        _data: data,
+    }
+}
+
+impl Node {
+    /// Assigns `actors` and waits until each runs.
+    async fn run(&mut self, actors: Vec<Assignment>) {
+        let mut waiting: BTreeSet<String> = actors.iter().map(|a| a.actor_id.clone()).collect();
+        self.agent.cast(AgentMsg::Assign(actors)).unwrap();
+        while !waiting.is_empty() {
+            let report = tokio::time::timeout(PATIENCE, self.reports.recv())
+                .await
+                .expect("actors start in time")
+                .unwrap();
+            match report.state {
+                ReplicaState::Running => {
+                    waiting.remove(&report.actor_id);
+                }
+                ReplicaState::Failed { reason } => panic!("{} failed: {reason}", report.actor_id),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn embedder() -> Assignment {
+    Assignment {
+        actor_id: "embedder/0".into(),
+        deployment: "embedder".into(),
+        kind: "embedder".into(),
+        generation: 1,
+        devices: vec![],
+        config: r#"{"device": "cpu"}"#.into(),
+    }
+}
+
+fn partition(collection: &str, partition: u32, replica: u32) -> Assignment {
+    let deployment = partition_deployment(collection, partition);
+    Assignment {
+        actor_id: format!("{deployment}/{replica}"),
+        deployment,
+        kind: "vector_partition".into(),
+        generation: 1,
+        devices: vec![],
+        config: format!(
+            r#"{{"collection":"{collection}","partition":{partition},"dim":384,"metric":"cosine"}}"#
+        ),
+    }
+}
+
+fn route(collection: &str, partitions: u32) -> CollectionRoute {
+    serde_json::from_value(serde_json::json!({
+        "collection": collection,
+        "partitions": partitions,
+        "embedder": "embedder",
+    }))
+    .unwrap()
+}
+
+fn corpus() -> Vec<Document> {
+    include_str!("data/corpus.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[derive(Deserialize)]
+struct Question {
+    question: String,
+    doc_id: String,
+}
+
+fn questions() -> Vec<Question> {
+    include_str!("data/questions.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Top-3 document ids per question.
+async fn answers(c: &Coordinator) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for q in questions() {
+        let a = c.query(&q.question, 3, None).await.unwrap();
+        assert!(a.missing_partitions.is_empty(), "{a:?}");
+        out.push(a.results.into_iter().map(|h| h.doc_id).collect());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partitions() {
+    let scope = "t-retrieval";
+    let mut a = node(scope, 1).await;
+    let mut b = node(scope, 2).await;
+    // Node a: the embedder, the one-partition collection, and replica 0 of each of 4
+    // partitions; node b: replica 1 of each.
+    let mut on_a = vec![embedder(), partition("one", 0, 0)];
+    on_a.extend((0..4).map(|p| partition("docs", p, 0)));
+    a.run(on_a.clone()).await;
+    b.run((0..4).map(|p| partition("docs", p, 1)).collect())
+        .await;
+
+    let one = Coordinator::new(scope, route("one", 1)).unwrap();
+    let four = Coordinator::new(scope, route("docs", 4)).unwrap();
+    let mut progress = Vec::new();
+    let report = four
+        .ingest(&corpus(), |p| progress.push(p.chunks_done))
+        .await
+        .unwrap();
+    assert_eq!((report.documents, report.chunks), (20, 20));
+    assert_eq!(report.per_partition.iter().sum::<u64>(), 20);
+    assert!(report.per_partition.iter().all(|n| *n > 0), "{report:?}");
+    assert_eq!(progress.last(), Some(&20));
+    one.ingest(&corpus(), |_| {}).await.unwrap();
+    // Ingesting again changes nothing (ids come from document id and position).
+    four.ingest(&corpus(), |_| {}).await.unwrap();
+
+    let on_four = answers(&four).await;
+    let on_one = answers(&one).await;
+    assert_eq!(on_four, on_one, "1 and 4 partitions must agree");
+    let qs = questions();
+    let right = qs
+        .iter()
+        .zip(&on_four)
+        .filter(|(q, top)| top.first() == Some(&q.doc_id))
+        .count();
+    eprintln!("rank-1 accuracy: {right}/{}", qs.len());
+    assert!(
+        right * 10 >= qs.len() * 9,
+        "only {right} of {} at rank 1",
+        qs.len()
+    );
+
+    // Results carry the chunk's text, title and the document's metadata.
+    let top = &four
+        .query("What causes the tides?", 1, None)
+        .await
+        .unwrap()
+        .results[0];
+    assert_eq!(top.doc_id, "tides");
+    assert_eq!(top.title.as_deref(), Some("Ocean tides"));
+    assert!(top.text.starts_with("Ocean tides are"), "{top:?}");
+    assert_eq!(top.metadata["topic"], "science");
+    assert!(top.score > 0.3, "{top:?}");
+
+    // A filter applies during the search: still k hits, all matching.
+    let filter =
+        MetadataFilter::parse(r#"{"op": "equal", "key": "topic", "value": "science"}"#).unwrap();
+    let science = four
+        .query("What causes the tides?", 5, Some(&filter))
+        .await
+        .unwrap();
+    assert_eq!(science.results.len(), 5);
+    assert!(
+        science
+            .results
+            .iter()
+            .all(|h| h.metadata["topic"] == "science")
+    );
+
+    // One replica of each partition gone: queries and writes go on with the other.
+    b.run(vec![]).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(answers(&four).await, on_one);
+    four.ingest(&corpus()[..3], |_| {}).await.unwrap();
+
+    // Both replicas of partition 2 gone: the answer says which partition it lacks, and a
+    // write there fails with a reason.
+    let without_2: Vec<Assignment> = on_a
+        .into_iter()
+        .filter(|x| x.deployment != partition_deployment("docs", 2))
+        .collect();
+    a.agent.cast(AgentMsg::Assign(without_2)).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let partial = four.query("volcano eruption", 3, None).await.unwrap();
+    assert_eq!(partial.missing_partitions, vec![2]);
+    assert!(!partial.results.is_empty());
+    let err = four.ingest(&corpus(), |_| {}).await.unwrap_err();
+    assert!(
+        matches!(err, RetrievalError::NoReplica { partition: 2, .. }),
+        "{err}"
+    );
+
+    // Bad input gets a clear error.
+    let bad = Document {
+        id: "x".into(),
+        text: "t".into(),
+        title: None,
+        metadata: serde_json::from_str(r#"{"_doc": 1}"#).unwrap(),
+    };
+    let err = four.ingest(&[bad], |_| {}).await.unwrap_err().to_string();
+    assert!(err.contains("reserved"), "{err}");
+    assert!(four.query("  ", 3, None).await.is_err());
+    a.agent.stop(None);
+    b.agent.stop(None);
+}
