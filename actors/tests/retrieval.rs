@@ -11,6 +11,7 @@ use arbor_actors::partition::MetadataFilter;
 use arbor_actors::retrieval::{
     CollectionRoute, Coordinator, Document, RetrievalError, partition_deployment,
 };
+use arbor_actors::router::Router;
 use arbor_actors::supervision::RestartPolicy;
 use ractor::{Actor, ActorRef};
 use serde::Deserialize;
@@ -46,7 +47,12 @@ async fn node(scope: &str, id: u64) -> Node {
 impl Node {
     /// Assigns `actors` and waits until each runs.
     async fn run(&mut self, actors: Vec<Assignment>) {
-        let mut waiting: BTreeSet<String> = actors.iter().map(|a| a.actor_id.clone()).collect();
+        let all = actors.iter().map(|a| a.actor_id.clone()).collect();
+        self.run_waiting(actors, all).await;
+    }
+
+    /// Assigns `actors` and waits until those in `waiting` run.
+    async fn run_waiting(&mut self, actors: Vec<Assignment>, mut waiting: BTreeSet<String>) {
         self.agent.cast(AgentMsg::Assign(actors)).unwrap();
         while !waiting.is_empty() {
             let report = tokio::time::timeout(PATIENCE, self.reports.recv())
@@ -199,6 +205,63 @@ async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partition
             .iter()
             .all(|h| h.metadata["topic"] == "science")
     );
+
+    // The same through a retrieval_coordinator replica, called with JSON like `arbor call`.
+    let coordinator = Assignment {
+        actor_id: "docs-coord/0".into(),
+        deployment: "docs-coord".into(),
+        kind: "retrieval_coordinator".into(),
+        generation: 1,
+        devices: vec![],
+        config: r#"{"collection": "docs", "partitions": 4, "embedder": "embedder"}"#.into(),
+    };
+    let mut with_coordinator = on_a.clone();
+    with_coordinator.push(coordinator);
+    a.run_waiting(
+        with_coordinator,
+        BTreeSet::from(["docs-coord/0".to_owned()]),
+    )
+    .await;
+    let router = Router::new(scope, "docs-coord");
+    let reply = router
+        .call(
+            br#"{"query": "What causes the tides?", "k": 2}"#.to_vec(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let found: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(found["results"][0]["doc_id"], "tides", "{found}");
+    assert_eq!(found["results"].as_array().unwrap().len(), 2);
+    assert_eq!(found["missing_partitions"], serde_json::json!([]));
+    let reply = router
+        .call(
+            br#"{"ingest": [{"id": "extra", "text": "An extra paragraph about kites."}]}"#.to_vec(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(report["chunks"], 1, "{report}");
+    // Keep the one-partition collection equal, for the comparison below.
+    let extra: Document =
+        serde_json::from_str(r#"{"id": "extra", "text": "An extra paragraph about kites."}"#)
+            .unwrap();
+    one.ingest(&[extra], |_| {}).await.unwrap();
+    let on_one = answers(&one).await;
+    let err = router
+        .call(
+            br#"{"query": "x", "k": 0}"#.to_vec(),
+            Duration::from_secs(30),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("k = 0"), "{err}");
+    let err = router
+        .call(br#"{"frobnicate": 1}"#.to_vec(), Duration::from_secs(30))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("expected"), "{err}");
 
     // One replica of each partition gone: queries and writes go on with the other.
     b.run(vec![]).await;

@@ -451,7 +451,7 @@ async fn an_unknown_kind_fails_without_restarts() {
             actor_id: "u".into(),
             generation: 3,
             state: ReplicaState::Failed {
-                reason: "unknown actor kind \"foo\"; known kinds: echo, spin, embedder, vector_partition, model"
+                reason: "unknown actor kind \"foo\"; known kinds: echo, spin, embedder, vector_partition, model, retrieval_coordinator"
                     .into()
             }
         }]
@@ -533,6 +533,9 @@ async fn undecodable_requests_get_error_replies() {
             Kind::VectorPartition => r#"{"collection":"raw","partition":0,"dim":4}"#,
             // The embedder would take the assigned GPU by default; this machine may have none.
             Kind::Embedder => r#"{"device": "cpu"}"#,
+            Kind::RetrievalCoordinator => {
+                r#"{"collection":"raw","partitions":1,"embedder":"none"}"#
+            }
             Kind::Echo | Kind::Spin | Kind::Model => "{}",
         };
         let ctx = ReplicaContext {

@@ -4,6 +4,7 @@
 //! share one process in tests. They are found through their deployment's process group, which
 //! the node agent joins them to once they have started; a replica joins nothing itself.
 
+mod coordinator;
 mod echo;
 mod embedder;
 pub mod model;
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 
 use crate::replica::ReplicaMsg;
 
+pub use coordinator::CoordinatorReplica;
 pub use echo::{EchoConfig, EchoReplica};
 pub use embedder::{
     DeviceChoice, EmbedderConfig, EmbedderReplica, EmbedderStats, MAX_TEXTS_PER_REQUEST,
@@ -40,6 +42,8 @@ pub enum Kind {
     VectorPartition,
     /// An LLM replica (SmolLM2) that streams generated text, batching concurrent requests.
     Model,
+    /// Ingest and query over one collection: embeds, routes to partitions, merges top-k.
+    RetrievalCoordinator,
 }
 
 /// The resources one replica of a kind asks for when its deployment file leaves
@@ -54,12 +58,13 @@ pub struct KindResources {
 const MIB: u64 = 1024 * 1024;
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Echo,
         Kind::Spin,
         Kind::Embedder,
         Kind::VectorPartition,
         Kind::Model,
+        Kind::RetrievalCoordinator,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -69,6 +74,7 @@ impl Kind {
             Kind::Embedder => "embedder",
             Kind::VectorPartition => "vector_partition",
             Kind::Model => "model",
+            Kind::RetrievalCoordinator => "retrieval_coordinator",
         }
     }
 
@@ -85,6 +91,7 @@ impl Kind {
             Kind::Embedder => (1000, 512 * MIB),
             Kind::VectorPartition => (250, 512 * MIB),
             Kind::Model => (2000, 1024 * MIB),
+            Kind::RetrievalCoordinator => (250, 128 * MIB),
         };
         KindResources {
             cpu_millicores,
@@ -154,6 +161,9 @@ pub async fn spawn_replica(
         Kind::Embedder => Actor::spawn_linked(None, EmbedderReplica, ctx, supervisor).await,
         Kind::VectorPartition => Actor::spawn_linked(None, PartitionReplica, ctx, supervisor).await,
         Kind::Model => Actor::spawn_linked(None, ModelReplica, ctx, supervisor).await,
+        Kind::RetrievalCoordinator => {
+            Actor::spawn_linked(None, CoordinatorReplica, ctx, supervisor).await
+        }
     };
     spawned.map(|(actor, _handle)| actor)
 }
@@ -220,7 +230,7 @@ pub(crate) mod tests {
         let err = "foo".parse::<Kind>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown actor kind \"foo\"; known kinds: echo, spin, embedder, vector_partition, model"
+            "unknown actor kind \"foo\"; known kinds: echo, spin, embedder, vector_partition, model, retrieval_coordinator"
         );
     }
 

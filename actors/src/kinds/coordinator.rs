@@ -1,0 +1,136 @@
+//! `retrieval_coordinator`: ingest and query over one collection, as a deployment.
+//!
+//! A thin actor over [`Coordinator`]: every request runs in its own task, so a long ingest
+//! never holds up queries. It answers the generic call with JSON, which is what `arbor call`
+//! and, later, the gateway send:
+//!
+//! * `{"ingest": [{"id", "text", "title"?, "metadata"?}, ...]}` → the ingest report;
+//! * `{"query": "text", "k": 5, "filter": {...}?}` → `{"results": [...], "missing_partitions": [...]}`.
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::Deserialize;
+
+use super::{Kind, ReplicaContext};
+use crate::partition::MetadataFilter;
+use crate::replica::{
+    CallReply, ReplicaMsg, decode_request, not_a_model, not_a_partition, not_an_embedder,
+};
+use crate::retrieval::{CollectionRoute, Coordinator, Document};
+use crate::wire::Wire;
+
+/// The most results one query may ask for.
+const MAX_K: u32 = 256;
+
+/// The `retrieval_coordinator` actor.
+pub struct CoordinatorReplica;
+
+/// Its state: who it is and the coordinator it serves through.
+pub struct CoordinatorState {
+    ctx: ReplicaContext,
+    coordinator: Coordinator,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+enum CallAsk {
+    #[serde(rename = "ingest")]
+    Ingest(Vec<Document>),
+    #[serde(untagged)]
+    Query {
+        query: String,
+        #[serde(default = "default_k")]
+        k: u32,
+        #[serde(default)]
+        filter: Option<serde_json::Value>,
+    },
+}
+
+fn default_k() -> u32 {
+    5
+}
+
+impl Actor for CoordinatorReplica {
+    type Msg = ReplicaMsg;
+    type State = CoordinatorState;
+    type Arguments = ReplicaContext;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: ReplicaContext,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let route: CollectionRoute = serde_json::from_str(&ctx.config).map_err(|e| {
+            format!(
+                "bad config for {} actor {:?}: {e} (it needs collection, partitions and embedder)",
+                Kind::RetrievalCoordinator,
+                ctx.actor_id
+            )
+        })?;
+        let coordinator = Coordinator::new(ctx.scope.clone(), route)?;
+        Ok(CoordinatorState { ctx, coordinator })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        const KIND: Kind = Kind::RetrievalCoordinator;
+        match msg {
+            ReplicaMsg::Call(request, reply) => {
+                let coordinator = state.coordinator.clone();
+                tokio::spawn(async move {
+                    let answer = match decode_request(request) {
+                        Ok(r) => answer(&coordinator, &r.payload).await,
+                        Err(why) => Err(why),
+                    };
+                    let _ = reply.send(Wire::new(answer));
+                });
+            }
+            ReplicaMsg::Embed(_, reply) => {
+                let _ = reply.send(Wire::new(not_an_embedder(KIND, &state.ctx.actor_id)));
+            }
+            ReplicaMsg::Partition(_, reply) => {
+                let _ = reply.send(not_a_partition(KIND));
+            }
+            ReplicaMsg::Model(_, reply) => not_a_model(KIND, reply),
+        }
+        Ok(())
+    }
+}
+
+/// Runs one JSON request.
+async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
+    let ask: CallAsk = serde_json::from_slice(payload).map_err(|e| {
+        format!(
+            "expected {{\"ingest\": [documents]}} or {{\"query\": \"text\", \"k\": 5, \"filter\": {{...}}}}: {e}"
+        )
+    })?;
+    let json = match ask {
+        CallAsk::Ingest(docs) => {
+            let report = coordinator
+                .ingest(&docs, |_| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_vec(&report)
+        }
+        CallAsk::Query { query, k, filter } => {
+            if k == 0 || k > MAX_K {
+                return Err(format!("k = {k} is not in 1..={MAX_K}"));
+            }
+            let filter = match filter {
+                Some(f) => Some(
+                    MetadataFilter::parse(&f.to_string()).map_err(|e| format!("filter: {e}"))?,
+                ),
+                None => None,
+            };
+            let found = coordinator
+                .query(&query, k, filter.as_ref())
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_vec(&found)
+        }
+    };
+    json.map_err(|e| format!("the answer could not be encoded: {e}"))
+}
