@@ -213,13 +213,24 @@ async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partition
         kind: "retrieval_coordinator".into(),
         generation: 1,
         devices: vec![],
-        config: r#"{"collection": "docs", "partitions": 4, "embedder": "embedder"}"#.into(),
+        config:
+            r#"{"collection": "docs", "partitions": 4, "embedder": "embedder", "model": "llm"}"#
+                .into(),
+    };
+    let model = Assignment {
+        actor_id: "llm/0".into(),
+        deployment: "llm".into(),
+        kind: "model".into(),
+        generation: 1,
+        devices: vec![],
+        config: r#"{"device": "cpu"}"#.into(),
     };
     let mut with_coordinator = on_a.clone();
     with_coordinator.push(coordinator);
+    with_coordinator.push(model);
     a.run_waiting(
         with_coordinator,
-        BTreeSet::from(["docs-coord/0".to_owned()]),
+        BTreeSet::from(["docs-coord/0".to_owned(), "llm/0".to_owned()]),
     )
     .await;
     let router = Router::new(scope, "docs-coord");

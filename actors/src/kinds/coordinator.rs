@@ -5,7 +5,9 @@
 //! and, later, the gateway send:
 //!
 //! * `{"ingest": [{"id", "text", "title"?, "metadata"?}, ...]}` → the ingest report;
-//! * `{"query": "text", "k": 5, "filter": {...}?}` → `{"results": [...], "missing_partitions": [...]}`.
+//! * `{"query": "text", "k": 5, "filter": {...}?}` → `{"results": [...], "missing_partitions": [...]}`;
+//! * `{"rag": "question", "k": 3, "max_tokens": 128}` → `{"answer", "sources", "missing_partitions",
+//!   "finish_reason"}` (needs `model` in the config).
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
@@ -36,6 +38,14 @@ enum CallAsk {
     #[serde(rename = "ingest")]
     Ingest(Vec<Document>),
     #[serde(untagged)]
+    Rag {
+        rag: String,
+        #[serde(default = "default_k")]
+        k: u32,
+        #[serde(default = "default_max_tokens")]
+        max_tokens: u32,
+    },
+    #[serde(untagged)]
     Query {
         query: String,
         #[serde(default = "default_k")]
@@ -47,6 +57,10 @@ enum CallAsk {
 
 fn default_k() -> u32 {
     5
+}
+
+fn default_max_tokens() -> u32 {
+    128
 }
 
 impl Actor for CoordinatorReplica {
@@ -104,7 +118,7 @@ impl Actor for CoordinatorReplica {
 async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
     let ask: CallAsk = serde_json::from_slice(payload).map_err(|e| {
         format!(
-            "expected {{\"ingest\": [documents]}} or {{\"query\": \"text\", \"k\": 5, \"filter\": {{...}}}}: {e}"
+            "expected {{\"ingest\": [documents]}}, {{\"query\": \"text\", \"k\": 5, \"filter\": {{...}}}} or {{\"rag\": \"question\"}}: {e}"
         )
     })?;
     let json = match ask {
@@ -114,6 +128,16 @@ async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
                 .await
                 .map_err(|e| e.to_string())?;
             serde_json::to_vec(&report)
+        }
+        CallAsk::Rag { rag, k, max_tokens } => {
+            if k == 0 || k > 16 {
+                return Err(format!("k = {k} is not in 1..=16 for rag"));
+            }
+            let answer = coordinator
+                .rag(&rag, k, max_tokens, |_| {})
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_vec(&answer)
         }
         CallAsk::Query { query, k, filter } => {
             if k == 0 || k > MAX_K {

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::chunk::{ChunkPolicy, chunks};
 use super::route::{chunk_id, partition_of};
+use crate::kinds::model::{ChatMessage, ChatRole, GenerateSpec};
 use crate::partition::{
     MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, SearchHit, VectorRecord,
 };
@@ -49,6 +50,9 @@ pub struct CollectionRoute {
     /// another replica; the first answer wins.
     #[serde(default = "hedge_after_ms")]
     pub hedge_after_ms: u64,
+    /// The model deployment that answers RAG questions (none: RAG is refused).
+    #[serde(default)]
+    pub model: Option<String>,
 }
 
 fn cosine() -> Metric {
@@ -110,6 +114,37 @@ pub struct QueryAnswer {
     pub missing_partitions: Vec<u32>,
 }
 
+/// A question answered from the collection: the generated answer and the chunks it was
+/// given, numbered as the answer cites them (`[1]` is `sources[0]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RagAnswer {
+    pub answer: String,
+    pub sources: Vec<QueryHit>,
+    pub missing_partitions: Vec<u32>,
+    pub finish_reason: String,
+}
+
+/// The chat that asks the model to answer from `sources` only, citing them by number.
+pub fn rag_prompt(question: &str, sources: &[QueryHit]) -> Vec<ChatMessage> {
+    let mut context = String::new();
+    for (i, s) in sources.iter().enumerate() {
+        let title = s.title.as_deref().unwrap_or(&s.doc_id);
+        context.push_str(&format!("[{}] {title}: {}\n", i + 1, s.text));
+    }
+    vec![
+        ChatMessage {
+            role: ChatRole::System,
+            content: "Answer the question using only the numbered sources. Cite them like [1]. \
+                      If the sources do not contain the answer, say so."
+                .into(),
+        },
+        ChatMessage {
+            role: ChatRole::User,
+            content: format!("Sources:\n{context}\nQuestion: {question}"),
+        },
+    ]
+}
+
 /// Why an ingest or query failed.
 #[derive(Debug, thiserror::Error)]
 pub enum RetrievalError {
@@ -123,6 +158,8 @@ pub enum RetrievalError {
     NoReplica { collection: String, partition: u32 },
     #[error("writing to partition {partition} failed: {reason}")]
     Write { partition: u32, reason: String },
+    #[error("generation failed: {0}")]
+    Generate(String),
 }
 
 /// Ingest and query over one collection.
@@ -241,6 +278,52 @@ impl Coordinator {
             .pop()
             .ok_or_else(|| RetrievalError::Embed("the embedder returned no vector".into()))?;
         self.query_vector(vector, k, filter).await
+    }
+
+    /// Retrieves the `k` chunks closest to `question`, asks a replica of the model deployment
+    /// to answer from them, and streams the answer's text to `on_text` as it is generated.
+    pub async fn rag(
+        &self,
+        question: &str,
+        k: u32,
+        max_tokens: u32,
+        on_text: impl FnMut(&str),
+    ) -> Result<RagAnswer, RetrievalError> {
+        let model = self.route.model.as_deref().ok_or_else(|| {
+            RetrievalError::Invalid(format!(
+                "the coordinator of {:?} has no model deployment configured (config: model)",
+                self.route.collection
+            ))
+        })?;
+        let found = self.query(question, k, None).await?;
+        let members = ractor::pg::get_scoped_members(&self.scope, &deployment_group(model));
+        if members.is_empty() {
+            return Err(RetrievalError::Generate(format!(
+                "no replica of model deployment {model:?} is reachable; check `arbor deployments`"
+            )));
+        }
+        let replica: ActorRef<ReplicaMsg> =
+            members[rand::random_range(0..members.len())].clone().into();
+        let spec = GenerateSpec::chat(rag_prompt(question, &found.results), max_tokens);
+        let mut answer = String::new();
+        let mut on_text = on_text;
+        let finished = crate::stream::generate_stream(
+            replica,
+            spec,
+            |t| {
+                answer.push_str(t);
+                on_text(t);
+            },
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| RetrievalError::Generate(e.to_string()))?;
+        Ok(RagAnswer {
+            answer,
+            sources: found.results,
+            missing_partitions: found.missing_partitions,
+            finish_reason: finished.reason,
+        })
     }
 
     /// The `k` chunks closest to `vector`: one replica of every partition is asked (a second

@@ -17,5 +17,5 @@ pub mod route;
 pub use chunk::ChunkPolicy;
 pub use coordinator::{
     CollectionRoute, Coordinator, Document, IngestProgress, IngestReport, QueryAnswer, QueryHit,
-    RetrievalError, partition_deployment,
+    RagAnswer, RetrievalError, partition_deployment, rag_prompt,
 };
