@@ -13,7 +13,7 @@ use arbor_actors::partition::{
     MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, PartitionStats, SearchHit,
     VectorRecord,
 };
-use arbor_actors::replica::{CallRequest, ReplicaMsg};
+use arbor_actors::replica::{CallRequest, ReplicaMsg, deployment_group};
 use arbor_actors::wire::Wire;
 use arbor_kernels::topk::{Hit, Metric, naive_topk};
 use ractor::rpc::CallResult;
@@ -31,13 +31,15 @@ const LANGS: [&str; 3] = ["en", "fr", "de"];
 fn ctx(data_dir: &Path, config: Value) -> ReplicaContext {
     ReplicaContext {
         actor_id: "p1".into(),
+        // A scope of its own per folder, so that tests running together never see each
+        // other's replicas as peers.
+        scope: data_dir.display().to_string(),
         deployment: "docs".into(),
         generation: 1,
         devices: vec![],
         config: config.to_string(),
         data_dir: data_dir.to_path_buf(),
         models_dir: data_dir.to_path_buf(),
-        scope: String::new(),
     }
 }
 
@@ -46,9 +48,41 @@ fn config(metric: &str) -> Value {
 }
 
 async fn start(data_dir: &Path, config: Value) -> (ActorRef<ReplicaMsg>, JoinHandle<()>) {
-    Actor::spawn(None, PartitionReplica, ctx(data_dir, config))
+    let started = spawn_joined(ctx(data_dir, config)).await;
+    // Alone in its group: it serves at once.
+    serving(&started.0).await;
+    started
+}
+
+/// Spawns a replica and joins it to its deployment's group, as the node agent does.
+async fn spawn_joined(ctx: ReplicaContext) -> (ActorRef<ReplicaMsg>, JoinHandle<()>) {
+    let (scope, group) = (ctx.scope.clone(), deployment_group(&ctx.deployment));
+    let (actor, handle) = Actor::spawn(None, PartitionReplica, ctx)
         .await
-        .expect("partition starts")
+        .expect("partition starts");
+    ractor::pg::join_scoped(scope, group, vec![actor.get_cell()]);
+    (actor, handle)
+}
+
+/// Waits until the replica serves (it has caught up), for at most 30 s.
+async fn serving(actor: &ActorRef<ReplicaMsg>) {
+    let give_up = tokio::time::Instant::now() + CALL;
+    loop {
+        let request = PartitionRequest::Page {
+            after: None,
+            limit: 1,
+        };
+        match ask(actor, request).await {
+            Ok(PartitionAnswer::Page { .. }) => return,
+            Err(e) if e.contains("catching up") => {}
+            other => panic!("not a page: {other:?}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "still catching up after {CALL:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Kills the actor and waits until it is gone.
@@ -520,4 +554,194 @@ async fn generic_call_answers_stats_and_other_kinds_refuse_partition_requests() 
         replica.stop(None);
         parent.stop(None);
     }
+}
+
+// ---- Catching up from a live replica ----
+
+/// A replica `actor_id` of the "docs" partition in `scope`, on its own folder.
+async fn replica(
+    scope: &str,
+    data_dir: &Path,
+    actor_id: &str,
+) -> (ActorRef<ReplicaMsg>, JoinHandle<()>) {
+    let mut c = ctx(data_dir, config("dot"));
+    c.scope = scope.into();
+    c.actor_id = actor_id.into();
+    spawn_joined(c).await
+}
+
+/// Every row a replica stores, through `Page` requests.
+async fn all_rows(actor: &ActorRef<ReplicaMsg>) -> Vec<VectorRecord> {
+    let mut rows: Vec<VectorRecord> = Vec::new();
+    let mut after = None;
+    loop {
+        match ask(actor, PartitionRequest::Page { after, limit: 700 }).await {
+            Ok(PartitionAnswer::Page { records, last }) => {
+                assert!(records.len() <= 700);
+                if let (Some(prev), Some(first)) = (rows.last(), records.first()) {
+                    assert!(first.id > prev.id, "pages come in id order");
+                }
+                rows.extend(records);
+                match last {
+                    Some(l) => after = Some(l),
+                    None => return rows,
+                }
+            }
+            other => panic!("not a page: {other:?}"),
+        }
+    }
+}
+
+/// Waits until the replica holds `count` rows (30 s at most).
+async fn wait_count(actor: &ActorRef<ReplicaMsg>, count: u64) {
+    let give_up = tokio::time::Instant::now() + CALL;
+    while stats(actor).await.count != count {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "count is {} after {CALL:?}, not {count}",
+            stats(actor).await.count
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn upsert_all(actor: &ActorRef<ReplicaMsg>, rows: &[VectorRecord]) {
+    for chunk in rows.chunks(1000) {
+        upsert(actor, chunk.to_vec()).await;
+    }
+}
+
+async fn delete(actor: &ActorRef<ReplicaMsg>, ids: Vec<u64>) {
+    match ask(actor, PartitionRequest::Delete(ids)).await {
+        Ok(PartitionAnswer::Deleted { .. }) => {}
+        other => panic!("not deleted: {other:?}"),
+    }
+}
+
+/// Both replicas answer the same searches, with and without a filter.
+async fn same_searches(a: &ActorRef<ReplicaMsg>, b: &ActorRef<ReplicaMsg>, rng: &mut StdRng) {
+    let queries = random_queries(rng, 20);
+    assert_eq!(
+        search(a, &queries, 10, None).await,
+        search(b, &queries, 10, None).await
+    );
+    let f = filter(json!({"op": "equal", "key": "lang", "value": "fr"}));
+    assert_eq!(
+        search(a, &queries, 10, Some(&f)).await,
+        search(b, &queries, 10, Some(&f)).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_catches_up_from_a_live_one_before_it_serves() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let scope = "t-catchup-new";
+    let mut rng = StdRng::seed_from_u64(11);
+    let (a, ha) = replica(scope, dir_a.path(), "p/0").await;
+    serving(&a).await;
+    let rows = random_rows(&mut rng, 3000);
+    upsert_all(&a, &rows).await;
+    // A page never holds more than asked, in id order, and the pages cover every row.
+    let paged = all_rows(&a).await;
+    assert_eq!(paged, rows, "pages hold exactly the stored rows");
+
+    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
+    let query = random_queries(&mut rng, 1);
+    match ask(&b, PartitionRequest::search(query.clone(), 5, None)).await {
+        Err(e) => assert!(e.contains("catching up from a live replica"), "{e}"),
+        // Already caught up: then it must have everything.
+        Ok(PartitionAnswer::Hits(h)) => assert_eq!(h, search(&a, &query, 5, None).await),
+        Ok(other) => panic!("not hits: {other:?}"),
+    }
+    wait_count(&b, 3000).await;
+    serving(&b).await;
+    assert_eq!(all_rows(&b).await, rows);
+    same_searches(&a, &b, &mut rng).await;
+    kill(b, hb).await;
+    kill(a, ha).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_on_a_stale_store_catches_up() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let scope = "t-catchup-stale";
+    let mut rng = StdRng::seed_from_u64(12);
+    let (a, ha) = replica(scope, dir_a.path(), "p/0").await;
+    serving(&a).await;
+    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
+    serving(&b).await;
+    let rows = random_rows(&mut rng, 1500);
+    upsert_all(&a, &rows).await;
+    upsert_all(&b, &rows).await;
+    kill(b, hb).await;
+
+    // While B is down: new rows, a changed row and two deletes, on A only.
+    let mut more = random_rows(&mut rng, 2500);
+    more.drain(..1500);
+    upsert_all(&a, &more).await;
+    let mut changed = rows[10].clone();
+    changed.metadata = json!({"lang": "fr", "changed": true}).to_string();
+    upsert(&a, vec![changed.clone()]).await;
+    let deleted = vec![rows[0].id, rows[700].id];
+    delete(&a, deleted.clone()).await;
+    assert_eq!(stats(&a).await.count, 2498);
+
+    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
+    serving(&b).await;
+    assert_eq!(stats(&b).await.count, 2498);
+    let on_b = all_rows(&b).await;
+    assert_eq!(on_b, all_rows(&a).await);
+    assert!(on_b.iter().all(|r| !deleted.contains(&r.id)));
+    assert!(on_b.contains(&changed));
+    same_searches(&a, &b, &mut rng).await;
+    // And what it copied is durable: restarted alone, B still has it.
+    kill(a, ha).await;
+    kill(b, hb).await;
+    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
+    serving(&b).await;
+    assert_eq!(all_rows(&b).await, on_b);
+    kill(b, hb).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_catch_up_are_not_overwritten_by_the_copy() {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let scope = "t-catchup-writes";
+    let mut rng = StdRng::seed_from_u64(13);
+    let (a, ha) = replica(scope, dir_a.path(), "p/0").await;
+    serving(&a).await;
+    let rows = random_rows(&mut rng, 3000);
+    upsert_all(&a, &rows).await;
+
+    // B starts empty; the writes a coordinator would send to both arrive while it copies.
+    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
+    let mut newer: Vec<VectorRecord> = [5, 1500, 2999]
+        .iter()
+        .map(|&i| {
+            let mut r = rows[i].clone();
+            r.metadata = json!({"lang": "de", "version": 2}).to_string();
+            r
+        })
+        .collect();
+    newer.push(VectorRecord {
+        id: 1_000_000,
+        vector: vec![0.5; DIM],
+        metadata: json!({"lang": "en", "new": true}).to_string(),
+    });
+    let gone = vec![rows[6].id, rows[2000].id];
+    for r in [&a, &b] {
+        upsert(r, newer.clone()).await;
+        delete(r, gone.clone()).await;
+    }
+    serving(&b).await;
+    let on_b = all_rows(&b).await;
+    assert_eq!(on_b, all_rows(&a).await);
+    assert_eq!(on_b.len(), 3000 - 2 + 1);
+    for r in &newer {
+        assert!(on_b.contains(r), "row {} lost its newer version", r.id);
+    }
+    assert!(on_b.iter().all(|r| !gone.contains(&r.id)));
+    same_searches(&a, &b, &mut rng).await;
+    kill(b, hb).await;
+    kill(a, ha).await;
 }

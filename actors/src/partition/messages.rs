@@ -61,6 +61,10 @@ pub enum PartitionRequest {
     },
     /// What the partition holds.
     Stats,
+    /// The stored rows with id > `after` (all when `None`), in id order, at most `limit` (the
+    /// replica lowers a limit that could make the answer too large to travel). Used by a
+    /// replica that catches up; answered only by a replica that is itself caught up.
+    Page { after: Option<u64>, limit: u32 },
 }
 
 impl PartitionRequest {
@@ -90,6 +94,12 @@ pub enum PartitionAnswer {
     /// One list of hits per query, best first.
     Hits(Vec<Vec<SearchHit>>),
     Stats(PartitionStats),
+    /// A page of stored rows in id order; `last` is the id to ask after for the next page,
+    /// `None` when this page reached the end.
+    Page {
+        records: Vec<VectorRecord>,
+        last: Option<u64>,
+    },
 }
 
 /// The answer, or why the request failed.

@@ -393,6 +393,47 @@ impl Partition {
         }
     }
 
+    /// A page of stored rows, read from disk in id order: those with id > `after` (all when
+    /// `None`), at most `limit` and about `max_bytes` of them. The second value is the id to
+    /// ask after for the next page, `None` when this page reaches the end.
+    pub fn page(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<VectorRecord>, Option<u64>), PartitionError> {
+        let start = match after {
+            None => 0,
+            Some(a) => match a.checked_add(1) {
+                Some(s) => s,
+                None => return Ok((Vec::new(), None)),
+            },
+        };
+        let (rows, more) = self.store.scan(start..=u64::MAX, limit, max_bytes)?;
+        let last = if more {
+            rows.last().map(|r| r.id)
+        } else {
+            None
+        };
+        let records = rows
+            .into_iter()
+            .map(|r| VectorRecord {
+                id: r.id,
+                vector: r.vector,
+                metadata: r.metadata,
+            })
+            .collect();
+        Ok((records, last))
+    }
+
+    /// The stored rows with ids in `ids`, read from disk in id order.
+    pub fn stored_range(
+        &self,
+        ids: std::ops::RangeInclusive<u64>,
+    ) -> Result<Vec<StoredRecord>, PartitionError> {
+        Ok(self.store.scan(ids, usize::MAX, usize::MAX)?.0)
+    }
+
     /// Every stored row, read from disk (for checks and, later, for rebuilding a replica).
     pub fn stored(&self) -> Result<Vec<StoredRecord>, PartitionError> {
         Ok(self.store.load_all()?)

@@ -428,6 +428,35 @@ impl Store {
         Ok(())
     }
 
+    /// The stored rows with ids in `ids`, in id order: at most `limit` of them, and no more
+    /// once their encoded size (vector, metadata and some overhead per row) passes
+    /// `max_bytes` (always at least one row). The flag tells whether rows in range remain.
+    pub fn scan(
+        &self,
+        ids: std::ops::RangeInclusive<u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredRecord>, bool), StoreError> {
+        let p = &self.path;
+        let mut out = Vec::new();
+        if ids.is_empty() {
+            return Ok((out, false));
+        }
+        let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let mut bytes = 0usize;
+        for row in records.range(ids).map_err(|e| redb_err(p, e))? {
+            if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
+                return Ok((out, true));
+            }
+            let (id, value) = row.map_err(|e| redb_err(p, e))?;
+            let value = value.value();
+            bytes = bytes.saturating_add(value.len() + 32);
+            out.push(self.decode_record(id.value(), value)?);
+        }
+        Ok((out, false))
+    }
+
     /// Every stored row, in id order.
     pub fn load_all(&self) -> Result<Vec<StoredRecord>, StoreError> {
         let mut all = Vec::new();
