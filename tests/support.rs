@@ -6,12 +6,21 @@ use std::path::Path;
 
 use arbor_node::ClusterConfig;
 
-/// A port that was free a moment ago. Tests bind it again at once.
+/// A port that was free a moment ago and that this process has not handed out before (the
+/// OS may give a just-closed port again). Tests bind it again at once.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port on 127.0.0.1")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port on 127.0.0.1");
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// cluster.toml text for `n` nodes on free loopback ports, data under `dir`.

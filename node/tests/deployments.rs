@@ -2,141 +2,18 @@
 //! SIGKILLed or frozen node while a client keeps calling, generation fencing, pending reasons,
 //! crash-looping actors, drain and rolling updates.
 
-#[allow(dead_code)]
-#[path = "../../tests/support.rs"]
-mod support;
-
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arbor_actors::replica::deployment_group;
 use arbor_node::call::Caller;
 use arbor_node::control::DeploymentReport;
-use arbor_node::{ClusterConfig, Secret};
+use common::cluster::{Cluster, T};
 use common::{NodeProc, arbor};
-
-const T: Duration = Duration::from_secs(30);
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    path: PathBuf,
-    config: ClusterConfig,
-    secret: &'static str,
-    nodes: Vec<NodeProc>,
-}
-
-impl Cluster {
-    /// Starts 3 node processes and waits until the control plane answers.
-    async fn start(name: &str, secret: &'static str) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("cluster.toml");
-        std::fs::write(&path, support::cluster_toml(name, 3, dir.path(), None)).unwrap();
-        let config = ClusterConfig::load(&path).unwrap();
-        let nodes = (1..=3)
-            .map(|id| NodeProc::start(&path, id, secret))
-            .collect();
-        let c = Cluster {
-            _dir: dir,
-            path,
-            config,
-            secret,
-            nodes,
-        };
-        let start = Instant::now();
-        while c.deployments().await.is_none() {
-            assert!(start.elapsed() < T, "the cluster never answered");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        c
-    }
-
-    fn secret(&self) -> Secret {
-        Secret::new(self.secret).unwrap()
-    }
-
-    /// Runs `arbor ARGS --config <this cluster>`; panics with its stderr if it fails.
-    fn arbor(&self, args: &[&str]) -> String {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--config", self.path.to_str().unwrap()]);
-        let out = arbor(&all, Some(self.secret));
-        let (stdout, stderr) = (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        );
-        assert!(out.status.success(), "arbor {args:?} failed: {stderr}");
-        stdout
-    }
-
-    fn deploy(&self, file: &str, text: &str) -> String {
-        let path = self.path.with_file_name(file);
-        std::fs::write(&path, text).unwrap();
-        self.arbor(&["deploy", "-f", path.to_str().unwrap()])
-    }
-
-    /// `arbor deployments --json`, or `None` if no node answered. Run as its own process:
-    /// ractor_cluster numbers remote actors per client node, and a second client node in
-    /// this process would clash with the caller's in the process-global groups.
-    async fn deployments(&self) -> Option<BTreeMap<String, DeploymentReport>> {
-        let config = self.path.to_str().unwrap().to_owned();
-        let secret = self.secret;
-        let out = tokio::task::spawn_blocking(move || {
-            arbor(
-                &["deployments", "--json", "--config", &config],
-                Some(secret),
-            )
-        })
-        .await
-        .unwrap();
-        if !out.status.success() {
-            return None;
-        }
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        let list: Vec<DeploymentReport> = serde_json::from_value(v["deployments"].clone()).ok()?;
-        Some(list.into_iter().map(|d| (d.name.clone(), d)).collect())
-    }
-
-    /// Polls `arbor deployments` until `want` holds for `name`; calls `each` on every answer.
-    async fn wait_for(
-        &self,
-        name: &str,
-        what: &str,
-        mut each: impl FnMut(&DeploymentReport),
-        want: impl Fn(&DeploymentReport) -> bool,
-    ) -> Duration {
-        let start = Instant::now();
-        let mut last = None;
-        while start.elapsed() < T {
-            if let Some(d) = self.deployments().await.and_then(|mut d| d.remove(name)) {
-                each(&d);
-                if want(&d) {
-                    return start.elapsed();
-                }
-                last = Some(d);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("never saw {what}; last: {last:#?}");
-    }
-
-    /// How many live replicas of `deployment` a freshly linked client finds in its group.
-    async fn group_size(&self, deployment: &str) -> usize {
-        let caller = Caller::connect(&self.config, &self.secret(), Duration::from_secs(3))
-            .await
-            .unwrap();
-        // Group memberships arrive just after each session is ready.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let scope = arbor_node::link::scope(&self.config.cluster.name);
-        let n = ractor::pg::get_scoped_members(&scope, &deployment_group(deployment)).len();
-        caller.stop().await;
-        n
-    }
-}
 
 fn per_node(d: &DeploymentReport) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();

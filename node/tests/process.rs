@@ -2,18 +2,13 @@
 //! a wrong secret is refused and logged on both sides, `arbor status` answers or says why
 //! not, and config errors end the process with a message and no panic.
 
-// Shared with the cross-crate tests; this file uses only part of it.
-#[allow(dead_code)]
-#[path = "../../tests/support.rs"]
-mod support;
-
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, arbor};
+use common::{NodeProc, arbor, support};
 
 /// Each node's state as `arbor status --json` reports it, or None if no node answered.
 fn states(config: &Path, secret: &str) -> Option<Vec<(u64, String)>> {

@@ -2,6 +2,10 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod cluster;
+#[path = "../../../tests/support.rs"]
+pub mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
