@@ -1,0 +1,231 @@
+//! The retrieval path, with real actors in one process (a node agent running an embedder and 4
+//! vector partitions, the coordinator calling them through their process groups):
+//!
+//! * query latency end to end (embed the question, search every partition, merge) and without
+//!   the embedding (`query_vector`), over `ARBOR_QUERY_ROWS` vectors (default 100,000; random
+//!   unit vectors, written straight to the partitions so that setting up does not take an hour
+//!   of embedding on a small CPU); p50/p99 printed;
+//! * ingest throughput (chunk, embed, route, durable writes) against the embedder's own
+//!   throughput on the same texts through the same actor: the cluster's cost.
+//!
+//! `cargo bench -p arbor-actors --bench retrieval` (needs scripts/fetch-models.sh first).
+
+use std::time::{Duration, Instant};
+
+use arbor_actors::agent::{AgentArgs, AgentMsg, Assignment, NodeAgent, ReplicaState};
+use arbor_actors::partition::{PartitionRequest, VectorRecord};
+use arbor_actors::replica::{EmbedRequest, ReplicaMsg, deployment_group};
+use arbor_actors::retrieval::{CollectionRoute, Coordinator, Document, partition_deployment};
+use arbor_actors::router::Router;
+use arbor_actors::supervision::RestartPolicy;
+use arbor_actors::wire::Wire;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use ractor::{Actor, ActorRef};
+use tokio::runtime::Runtime;
+
+const SCOPE: &str = "bench-retrieval";
+const PARTITIONS: u32 = 4;
+const DIM: usize = 384;
+
+fn assignment(actor_id: &str, deployment: &str, kind: &str, config: String) -> Assignment {
+    Assignment {
+        actor_id: actor_id.into(),
+        deployment: deployment.into(),
+        kind: kind.into(),
+        generation: 1,
+        devices: vec![],
+        config,
+    }
+}
+
+/// Starts the agent with the embedder and the partitions, and waits until all run.
+async fn start(data: &std::path::Path) -> ActorRef<AgentMsg> {
+    let (reports, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let args = AgentArgs {
+        node: 1,
+        scope: SCOPE.into(),
+        policy: RestartPolicy::default(),
+        reports,
+        data_dir: data.to_path_buf(),
+        models_dir: arbor_kernels::models::models_dir(None),
+    };
+    let (agent, _) = Actor::spawn(None, NodeAgent, args).await.unwrap();
+    let mut actors = vec![assignment(
+        "embedder/0",
+        "embedder",
+        "embedder",
+        r#"{"device": "cpu"}"#.into(),
+    )];
+    for p in 0..PARTITIONS {
+        let d = partition_deployment("bench", p);
+        actors.push(assignment(
+            &format!("{d}/0"),
+            &d,
+            "vector_partition",
+            format!(r#"{{"collection":"bench","partition":{p},"dim":{DIM}}}"#),
+        ));
+    }
+    let mut waiting = actors.len();
+    agent.cast(AgentMsg::Assign(actors)).unwrap();
+    while waiting > 0 {
+        match rx.recv().await.unwrap().state {
+            ReplicaState::Running => waiting -= 1,
+            ReplicaState::Failed { reason } => panic!("{reason}"),
+            _ => {}
+        }
+    }
+    // Keep the channel drained so reports never pile up.
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    agent
+}
+
+/// Writes `rows` random unit vectors, spread evenly over the partitions.
+async fn fill(rows: usize) {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+    };
+    let per = rows / PARTITIONS as usize;
+    for p in 0..PARTITIONS {
+        let members = ractor::pg::get_scoped_members(
+            &SCOPE.to_owned(),
+            &deployment_group(&partition_deployment("bench", p)),
+        );
+        let replica: ActorRef<ReplicaMsg> = members[0].clone().into();
+        let mut id = u64::from(p) << 40;
+        let mut left = per;
+        while left > 0 {
+            let n = left.min(2000);
+            left -= n;
+            let records: Vec<VectorRecord> = (0..n)
+                .map(|_| {
+                    id += 1;
+                    VectorRecord {
+                        id,
+                        vector: (0..DIM).map(|_| next()).collect(),
+                        metadata: format!(r#"{{"_doc":"d{id}","_chunk":0,"_text":"row {id}"}}"#),
+                    }
+                })
+                .collect();
+            let reply = ractor::rpc::call(
+                &replica.get_cell(),
+                |r| ReplicaMsg::Partition(Wire::new(PartitionRequest::Upsert(records)), r),
+                Some(Duration::from_secs(120)),
+            )
+            .await
+            .unwrap();
+            if let ractor::rpc::CallResult::Success(w) = reply {
+                w.into_inner().unwrap().unwrap();
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn documents(n: usize) -> Vec<Document> {
+    let corpus: Vec<Document> = include_str!("../tests/data/corpus.jsonl")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (0..n)
+        .map(|i| {
+            let mut d = corpus[i % corpus.len()].clone();
+            d.id = format!("{}-{i}", d.id);
+            d
+        })
+        .collect()
+}
+
+fn retrieval(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let rows: usize = std::env::var("ARBOR_QUERY_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let agent = rt.block_on(start(data.path()));
+    let loaded = Instant::now();
+    rt.block_on(fill(rows));
+    eprintln!("retrieval: {rows} rows written in {:.1?}", loaded.elapsed());
+    let route: CollectionRoute = serde_json::from_value(serde_json::json!({
+        "collection": "bench", "partitions": PARTITIONS, "embedder": "embedder",
+    }))
+    .unwrap();
+    let coordinator = Coordinator::new(SCOPE, route).unwrap();
+
+    // Percentiles over a fixed run, beside criterion's means.
+    let questions = ["How do bees communicate?", "What causes the tides?"];
+    for (what, with_text) in [("text", true), ("vector", false)] {
+        let mut lat = Vec::new();
+        let vector = vec![0.05f32; DIM];
+        for i in 0..200 {
+            let t = Instant::now();
+            let found = rt.block_on(async {
+                if with_text {
+                    coordinator.query(questions[i % 2], 10, None).await
+                } else {
+                    coordinator.query_vector(vector.clone(), 10, None).await
+                }
+            });
+            lat.push(t.elapsed());
+            assert_eq!(found.unwrap().results.len(), 10);
+        }
+        lat.sort();
+        eprintln!(
+            "retrieval/query_{what} over {rows} rows in {PARTITIONS} partitions: p50 {:.2?} p99 {:.2?}",
+            percentile(&lat, 0.5),
+            percentile(&lat, 0.99)
+        );
+    }
+    let mut g = c.benchmark_group("retrieval_query");
+    g.sample_size(30);
+    g.bench_function(format!("text_{rows}_rows"), |b| {
+        b.to_async(&rt).iter(|| async {
+            coordinator
+                .query("How do bees communicate?", 10, None)
+                .await
+                .unwrap()
+        })
+    });
+    g.finish();
+
+    // Ingest against the embedder alone, on the same texts (one chunk per document).
+    let docs = documents(256);
+    let texts: Vec<String> = docs.iter().map(|d| d.text.clone()).collect();
+    let embedder = Router::new(SCOPE, "embedder");
+    let mut g = c.benchmark_group("retrieval_ingest");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(docs.len() as u64));
+    g.bench_function("embed_only_256_texts", |b| {
+        b.to_async(&rt).iter(|| async {
+            for batch in texts.chunks(32) {
+                let request = EmbedRequest {
+                    texts: batch.to_vec(),
+                };
+                let reply = embedder
+                    .ask(
+                        |r| ReplicaMsg::Embed(Wire::new(request.clone()), r),
+                        Duration::from_secs(60),
+                    )
+                    .await
+                    .unwrap();
+                reply.into_inner().unwrap().unwrap();
+            }
+        })
+    });
+    g.bench_function("ingest_256_documents", |b| {
+        b.to_async(&rt)
+            .iter(|| async { coordinator.ingest(&docs, |_| {}).await.unwrap() })
+    });
+    g.finish();
+    agent.stop(None);
+}
+
+criterion_group!(benches, retrieval);
+criterion_main!(benches);
