@@ -5,6 +5,7 @@
 //!   the embedding (`query_vector`), over `ARBOR_QUERY_ROWS` vectors (default 100,000; random
 //!   unit vectors, written straight to the partitions so that setting up does not take an hour
 //!   of embedding on a small CPU); p50/p99 printed;
+//! * RAG time to first token (retrieve, build the prompt, prefill on a `model` replica);
 //! * ingest throughput (chunk, embed, route, durable writes) against the embedder's own
 //!   throughput on the same texts through the same actor: the cluster's cost.
 //!
@@ -50,12 +51,15 @@ async fn start(data: &std::path::Path) -> ActorRef<AgentMsg> {
         models_dir: arbor_kernels::models::models_dir(None),
     };
     let (agent, _) = Actor::spawn(None, NodeAgent, args).await.unwrap();
-    let mut actors = vec![assignment(
-        "embedder/0",
-        "embedder",
-        "embedder",
-        r#"{"device": "cpu"}"#.into(),
-    )];
+    let mut actors = vec![
+        assignment(
+            "embedder/0",
+            "embedder",
+            "embedder",
+            r#"{"device": "cpu"}"#.into(),
+        ),
+        assignment("llm/0", "llm", "model", r#"{"device": "cpu"}"#.into()),
+    ];
     for p in 0..PARTITIONS {
         let d = partition_deployment("bench", p);
         actors.push(assignment(
@@ -154,7 +158,7 @@ fn retrieval(c: &mut Criterion) {
     rt.block_on(fill(rows));
     eprintln!("retrieval: {rows} rows written in {:.1?}", loaded.elapsed());
     let route: CollectionRoute = serde_json::from_value(serde_json::json!({
-        "collection": "bench", "partitions": PARTITIONS, "embedder": "embedder",
+        "collection": "bench", "partitions": PARTITIONS, "embedder": "embedder", "model": "llm",
     }))
     .unwrap();
     let coordinator = Coordinator::new(SCOPE, route).unwrap();
@@ -191,6 +195,34 @@ fn retrieval(c: &mut Criterion) {
                 .query("How do bees communicate?", 10, None)
                 .await
                 .unwrap()
+        })
+    });
+    g.finish();
+
+    // RAG: time from the question to the first streamed token of the answer (retrieval,
+    // prompt with 3 sources, prefill, first decode step).
+    let mut g = c.benchmark_group("retrieval_rag");
+    g.sample_size(10);
+    g.bench_function("time_to_first_token", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let coordinator = coordinator.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = Instant::now();
+                    let mut first = None;
+                    coordinator
+                        .rag("How do bees communicate?", 3, 8, |t| {
+                            if first.is_none() && !t.is_empty() {
+                                first = Some(start.elapsed());
+                            }
+                        })
+                        .await
+                        .unwrap();
+                    total += first.unwrap_or_else(|| start.elapsed());
+                }
+                total
+            }
         })
     });
     g.finish();
