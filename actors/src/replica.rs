@@ -86,6 +86,26 @@ pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, 
         .map_err(|e| format!("request rejected: {e}"))
 }
 
+/// Answers a request that `kind` does not serve, saying what the replica is instead: each kind
+/// matches the variants it serves and hands every other one here.
+pub(crate) fn refuse(kind: Kind, actor_id: &str, msg: ReplicaMsg) {
+    // The caller may have given up: nothing to do about a failed send.
+    match msg {
+        ReplicaMsg::Call(_, reply) => {
+            let _ = reply.send(Wire::new(Err(format!(
+                "actor {actor_id:?} is a {kind} replica and takes no generic call"
+            ))));
+        }
+        ReplicaMsg::Embed(_, reply) => {
+            let _ = reply.send(Wire::new(not_an_embedder(kind, actor_id)));
+        }
+        ReplicaMsg::Partition(_, reply) => {
+            let _ = reply.send(not_a_partition(kind));
+        }
+        ReplicaMsg::Model(_, reply) => not_a_model(kind, reply),
+    }
+}
+
 /// What a replica of a kind other than `embedder` answers to [`ReplicaMsg::Embed`].
 pub(crate) fn not_an_embedder(kind: crate::kinds::Kind, actor_id: &str) -> EmbedReply {
     Err(EmbedFailure::Invalid(format!(

@@ -14,9 +14,7 @@ use serde::Deserialize;
 
 use super::{Kind, ReplicaContext};
 use crate::partition::MetadataFilter;
-use crate::replica::{
-    CallReply, ReplicaMsg, decode_request, not_a_model, not_a_partition, not_an_embedder,
-};
+use crate::replica::{CallReply, ReplicaMsg, decode_request};
 use crate::retrieval::{CollectionRoute, Coordinator, Document};
 use crate::wire::Wire;
 
@@ -102,13 +100,8 @@ impl Actor for CoordinatorReplica {
                     let _ = reply.send(Wire::new(answer));
                 });
             }
-            ReplicaMsg::Embed(_, reply) => {
-                let _ = reply.send(Wire::new(not_an_embedder(KIND, &state.ctx.actor_id)));
-            }
-            ReplicaMsg::Partition(_, reply) => {
-                let _ = reply.send(not_a_partition(KIND));
-            }
-            ReplicaMsg::Model(_, reply) => not_a_model(KIND, reply),
+            // Requests for other kinds are refused with what this replica is.
+            other => crate::replica::refuse(KIND, &state.ctx.actor_id, other),
         }
         Ok(())
     }

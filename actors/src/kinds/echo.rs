@@ -10,7 +10,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{ReplicaMsg, decode_request, not_a_model, not_a_partition, not_an_embedder};
+use crate::replica::{ReplicaMsg, decode_request};
 use crate::wire::Wire;
 
 /// `echo`'s configuration.
@@ -60,13 +60,8 @@ impl Actor for EchoReplica {
                 // The caller may have given up (timeout): nothing to do about it.
                 let _ = reply.send(Wire::new(answer));
             }
-            ReplicaMsg::Embed(_, reply) => {
-                let _ = reply.send(Wire::new(not_an_embedder(Kind::Echo, &ctx.actor_id)));
-            }
-            ReplicaMsg::Partition(_, reply) => {
-                let _ = reply.send(not_a_partition(Kind::Echo));
-            }
-            ReplicaMsg::Model(_, reply) => not_a_model(Kind::Echo, reply),
+            // Requests for other kinds are refused with what this replica is.
+            other => crate::replica::refuse(Kind::Echo, &ctx.actor_id, other),
         }
         Ok(())
     }

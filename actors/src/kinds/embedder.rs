@@ -574,10 +574,8 @@ impl Actor for EmbedderReplica {
                     }
                 }
             }
-            ReplicaMsg::Partition(_, reply) => {
-                let _ = reply.send(crate::replica::not_a_partition(Kind::Embedder));
-            }
-            ReplicaMsg::Model(_, reply) => crate::replica::not_a_model(Kind::Embedder, reply),
+            // Requests for other kinds are refused with what this replica is.
+            other => crate::replica::refuse(Kind::Embedder, &state.ctx.actor_id, other),
         }
         Ok(())
     }

@@ -233,15 +233,8 @@ impl Actor for PartitionReplica {
                 let answer = decode_request(request).and_then(|r| call(state, &r.payload));
                 let _ = reply.send(Wire::new(answer));
             }
-            ReplicaMsg::Embed(_, reply) => {
-                let _ = reply.send(Wire::new(crate::replica::not_an_embedder(
-                    Kind::VectorPartition,
-                    &state.ctx.actor_id,
-                )));
-            }
-            ReplicaMsg::Model(_, reply) => {
-                crate::replica::not_a_model(Kind::VectorPartition, reply)
-            }
+            // Requests for other kinds are refused with what this replica is.
+            other => crate::replica::refuse(Kind::VectorPartition, &state.ctx.actor_id, other),
         }
         Ok(())
     }

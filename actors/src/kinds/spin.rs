@@ -13,9 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{Kind, ReplicaContext, parse_config};
-use crate::replica::{
-    CallReply, ReplicaMsg, decode_request, not_a_model, not_a_partition, not_an_embedder,
-};
+use crate::replica::{CallReply, ReplicaMsg, decode_request};
 use crate::wire::Wire;
 
 /// The longest spin one request may ask for, in milliseconds.
@@ -122,13 +120,8 @@ impl Actor for SpinReplica {
                     }
                 }
             }
-            ReplicaMsg::Embed(_, reply) => {
-                let _ = reply.send(Wire::new(not_an_embedder(Kind::Spin, &state.ctx.actor_id)));
-            }
-            ReplicaMsg::Partition(_, reply) => {
-                let _ = reply.send(not_a_partition(Kind::Spin));
-            }
-            ReplicaMsg::Model(_, reply) => not_a_model(Kind::Spin, reply),
+            // Requests for other kinds are refused with what this replica is.
+            other => crate::replica::refuse(Kind::Spin, &state.ctx.actor_id, other),
         }
         Ok(())
     }

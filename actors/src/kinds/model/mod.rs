@@ -211,15 +211,6 @@ impl Actor for ModelReplica {
                     let _ = reply.send(Wire::new(Err(why)));
                 }
             },
-            ReplicaMsg::Embed(_, reply) => {
-                let _ = reply.send(Wire::new(crate::replica::not_an_embedder(
-                    Kind::Model,
-                    &state.ctx.actor_id,
-                )));
-            }
-            ReplicaMsg::Partition(_, reply) => {
-                let _ = reply.send(crate::replica::not_a_partition(Kind::Model));
-            }
             ReplicaMsg::Call(request, reply) => {
                 let payload = decode_request(request).map(|r| r.payload);
                 match payload {
@@ -229,6 +220,8 @@ impl Actor for ModelReplica {
                     }
                 }
             }
+            // Requests for other kinds are refused with what this replica is.
+            other => crate::replica::refuse(Kind::Model, &state.ctx.actor_id, other),
         }
         Ok(())
     }
