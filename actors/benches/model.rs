@@ -5,6 +5,10 @@
 //! `cargo bench -p arbor-actors --bench model` (needs scripts/fetch-models.sh first;
 //! `ARBOR_BENCH_DEVICE=cuda` runs the model on GPU 0).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::Parent;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
@@ -16,7 +20,7 @@ use arbor_kernels::Device;
 use arbor_kernels::llama::{GenerateParams, Llama, Message};
 use arbor_kernels::models::{SMOLLM2_GGUF, models_dir};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use ractor::{Actor, ActorRef};
 
 const NEW_TOKENS: u32 = 16;
 const QUESTIONS: [&str; 8] = [
@@ -29,25 +33,6 @@ const QUESTIONS: [&str; 8] = [
     "Describe a busy market.",
     "How do airplanes fly?",
 ];
-
-struct Parent;
-
-impl Actor for Parent {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-    async fn handle_supervisor_evt(
-        &self,
-        _: ActorRef<()>,
-        _: SupervisionEvent,
-        _: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-}
 
 fn device() -> (Device, &'static str) {
     match std::env::var("ARBOR_BENCH_DEVICE").as_deref() {

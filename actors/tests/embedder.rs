@@ -3,6 +3,9 @@
 //! Needs the model in the models dir (`scripts/fetch-models.sh`). Replicas run on the CPU.
 //! Tests that go through a node agent use a pg scope of their own (pg is process-global).
 
+mod common;
+
+use common::Parent;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -41,28 +44,6 @@ fn direct() -> &'static Embedder {
         Embedder::load(models_dir(None), Device::Cpu)
             .expect("the model is in the models dir (run scripts/fetch-models.sh)")
     })
-}
-
-/// A parent that outlives the replicas it is given (ractor's default stops with the first).
-struct Parent;
-
-impl Actor for Parent {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ractor::ActorProcessingErr> {
-        Ok(())
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _: ActorRef<()>,
-        _: ractor::SupervisionEvent,
-        _: &mut (),
-    ) -> Result<(), ractor::ActorProcessingErr> {
-        Ok(())
-    }
 }
 
 fn context(kind: Kind, config: &str, models: std::path::PathBuf) -> ReplicaContext {

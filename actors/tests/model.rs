@@ -3,6 +3,9 @@
 //! cancellation, idle reaping, overload and bad requests behave.
 //! Needs the model file: run scripts/fetch-models.sh first.
 
+mod common;
+
+use common::Parent;
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
@@ -19,7 +22,7 @@ use arbor_kernels::Device;
 use arbor_kernels::llama::{GenerateParams, Generation, Llama, Message};
 use arbor_kernels::models::{SMOLLM2_GGUF, models_dir};
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, BytesConvertable, SupervisionEvent};
+use ractor::{Actor, ActorRef, BytesConvertable};
 
 const CALL: Duration = Duration::from_secs(120);
 const POLL: Duration = Duration::from_millis(500);
@@ -57,26 +60,6 @@ fn chat_prompt(question: &str) -> String {
         .chat_template()
         .render(&[Message::user(question)])
         .expect("renders")
-}
-
-/// Stays up whatever its children do, so a test sees a replica's failure itself.
-struct Parent;
-
-impl Actor for Parent {
-    type Msg = ();
-    type State = ();
-    type Arguments = ();
-    async fn pre_start(&self, _: ActorRef<()>, _: ()) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
-    async fn handle_supervisor_evt(
-        &self,
-        _: ActorRef<()>,
-        _: SupervisionEvent,
-        _: &mut (),
-    ) -> Result<(), ActorProcessingErr> {
-        Ok(())
-    }
 }
 
 async fn spawn(kind: Kind, config: &str) -> (ActorRef<ReplicaMsg>, ActorRef<()>) {

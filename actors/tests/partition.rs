@@ -4,6 +4,9 @@
 //! it would between nodes, so types that bincode cannot carry are caught here. Results are
 //! checked against the kernels' brute-force reference, `naive_topk`.
 
+mod common;
+
+use common::Parent;
 use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
@@ -532,19 +535,6 @@ async fn generic_call_answers_stats_and_other_kinds_refuse_partition_requests() 
     kill(actor, handle).await;
 
     for kind in [Kind::Echo, Kind::Spin] {
-        struct Parent;
-        impl Actor for Parent {
-            type Msg = ();
-            type State = ();
-            type Arguments = ();
-            async fn pre_start(
-                &self,
-                _: ActorRef<()>,
-                _: (),
-            ) -> Result<(), ractor::ActorProcessingErr> {
-                Ok(())
-            }
-        }
         let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
         let mut c = ctx(dir.path(), json!({}));
         c.config = String::new();

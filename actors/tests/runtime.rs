@@ -4,6 +4,9 @@
 //! are process-global. Expectations wait on the agent's status reports (with a timeout), not
 //! on sleeps.
 
+mod common;
+
+use common::Parent;
 use std::time::Duration;
 
 use arbor_actors::agent::{
@@ -503,28 +506,6 @@ async fn spin_answers_and_rejects_bad_payloads() {
 /// Bytes that do not decode as a request get an error reply from every kind, not a panic.
 #[tokio::test]
 async fn undecodable_requests_get_error_replies() {
-    struct Parent;
-    impl Actor for Parent {
-        type Msg = ();
-        type State = ();
-        type Arguments = ();
-        async fn pre_start(
-            &self,
-            _: ActorRef<()>,
-            _: (),
-        ) -> Result<(), ractor::ActorProcessingErr> {
-            Ok(())
-        }
-        // Outlives the children it is given (the default stops with the first one).
-        async fn handle_supervisor_evt(
-            &self,
-            _: ActorRef<()>,
-            _: ractor::SupervisionEvent,
-            _: &mut (),
-        ) -> Result<(), ractor::ActorProcessingErr> {
-            Ok(())
-        }
-    }
     let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
     let data = tempfile::tempdir().unwrap();
     // A model replica loads a real model first: tests/model.rs sends it garbage.
