@@ -333,28 +333,36 @@ mod tests {
         all
     }
 
-    #[test]
-    fn every_kernel_matches_naive_for_every_shape() {
-        for (name, kernel) in kernels() {
-            for d in [1, 3, 8, 16, 17, 40, 384] {
-                for nq in [1, 5, 8, 9, 17] {
-                    for nr in [1, 2, 3, 5, 7] {
-                        let q: Vec<f32> = (0..nq * d)
-                            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0)
-                            .collect();
-                        let r: Vec<f32> = (0..nr * d)
-                            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0)
-                            .collect();
-                        let ldo = nr + 1;
-                        let mut out = vec![f32::NAN; nq * ldo];
-                        kernel(&q, &r, d, &mut out, ldo);
-                        for i in 0..nq {
-                            for j in 0..nr {
-                                let want = naive(&q[i * d..(i + 1) * d], &r[j * d..(j + 1) * d]);
-                                let got = f64::from(out[i * ldo + j]);
-                                let close = (got - want).abs() <= 1e-4 * want.abs().max(1.0);
-                                assert!(close, "{name} d={d} nq={nq} nr={nr}: {got} vs {want}");
-                            }
+    /// Checks `kernel` against the naive dot product on every shape in `ds × nqs × nrs`,
+    /// writing into rows `pad` floats wider than needed (so stray writes would show).
+    fn matches_naive(
+        name: &str,
+        kernel: impl Fn(&[f32], &[f32], usize, &mut [f32], usize),
+        ds: &[usize],
+        nqs: &[usize],
+        nrs: &[usize],
+        pad: usize,
+    ) {
+        for &d in ds {
+            for &nq in nqs {
+                for &nr in nrs {
+                    let q: Vec<f32> = (0..nq * d)
+                        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0)
+                        .collect();
+                    let r: Vec<f32> = (0..nr * d)
+                        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0)
+                        .collect();
+                    let ldo = nr + pad;
+                    let mut out = vec![f32::NAN; nq * ldo];
+                    kernel(&q, &r, d, &mut out, ldo);
+                    for i in 0..nq {
+                        for j in 0..nr {
+                            let want = naive(&q[i * d..(i + 1) * d], &r[j * d..(j + 1) * d]);
+                            let got = f64::from(out[i * ldo + j]);
+                            assert!(
+                                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                                "{name} d={d} nq={nq} nr={nr} ({i},{j}): {got} vs {want}"
+                            );
                         }
                     }
                 }
@@ -363,32 +371,16 @@ mod tests {
     }
 
     #[test]
-    fn tile_matches_naive_for_every_shape() {
-        for d in [1, 3, 16, 17, 40, 384] {
-            for nq in [1, 3, 4, 5, 9] {
-                for nr in [1, 2, 5, 8] {
-                    let q: Vec<f32> = (0..nq * d)
-                        .map(|i| ((i * 7 % 13) as f32 - 6.0) / 3.0)
-                        .collect();
-                    let r: Vec<f32> = (0..nr * d)
-                        .map(|i| ((i * 5 % 11) as f32 - 5.0) / 2.0)
-                        .collect();
-                    let ldo = nr + 3;
-                    let mut out = vec![f32::NAN; nq * ldo];
-                    score_tile(&q, &r, d, &mut out, ldo);
-                    for i in 0..nq {
-                        for j in 0..nr {
-                            let want = naive(&q[i * d..(i + 1) * d], &r[j * d..(j + 1) * d]);
-                            let got = f64::from(out[i * ldo + j]);
-                            assert!(
-                                (got - want).abs() <= 1e-4 * want.abs().max(1.0),
-                                "d={d} nq={nq} nr={nr} ({i},{j}): {got} vs {want}"
-                            );
-                        }
-                    }
-                }
-            }
+    fn every_kernel_matches_naive_for_every_shape() {
+        for (name, kernel) in kernels() {
+            let ds = [1, 3, 8, 16, 17, 40, 384];
+            matches_naive(name, kernel, &ds, &[1, 5, 8, 9, 17], &[1, 2, 3, 5, 7], 1);
         }
-        assert_eq!(dot(&[1.0, 2.0, 3.0], &[4.0, 5.0, 6.0]), 32.0);
+    }
+
+    #[test]
+    fn tile_matches_naive_for_every_shape() {
+        let ds = [1, 3, 16, 17, 40, 384];
+        matches_naive("tile", score_tile, &ds, &[1, 3, 4, 5, 9], &[1, 2, 5, 8], 3);
     }
 }
