@@ -65,6 +65,13 @@ pub enum Command {
         id: JobId,
         kind: String,
         spec: Vec<u8>,
+        /// The node that accepted the job and runs it.
+        node: NodeId,
+        /// Who submitted it (a token id).
+        owner: String,
+        /// When it was accepted, in ms since the Unix epoch (the proposer's clock: the state
+        /// machine never reads one).
+        submitted_ms: u64,
     },
     /// Updates a job's status, progress and result. Rejected once a job is finished.
     UpdateJob {
@@ -73,6 +80,8 @@ pub enum Command {
         progress: f32,
         result: Option<Vec<u8>>,
     },
+    /// Forgets finished jobs (unfinished ones among `ids`, and unknown ids, are skipped).
+    PruneJobs { ids: Vec<JobId> },
     /// Sets a key in the small key-value namespace.
     KvPut { key: String, value: String },
     /// Sets `key` to `new` (or deletes it when `new` is `None`) only if its current value is

@@ -217,6 +217,12 @@ pub struct Job {
     /// 0.0 ..= 1.0.
     pub progress: f32,
     pub result: Option<Vec<u8>>,
+    /// The node that accepted and runs it.
+    pub node: NodeId,
+    /// Who submitted it (a token id).
+    pub owner: String,
+    /// When it was accepted, in ms since the Unix epoch.
+    pub submitted_ms: u64,
 }
 
 /// The replicated state of the cluster.
@@ -397,7 +403,14 @@ impl ClusterState {
             }
             CreateCollection(spec) => self.create_collection(spec),
             DeleteCollection { name } => self.delete_collection(name),
-            SubmitJob { id, kind, spec } => {
+            SubmitJob {
+                id,
+                kind,
+                spec,
+                node,
+                owner,
+                submitted_ms,
+            } => {
                 if self.jobs.contains_key(id) {
                     return Err(exists(ObjectKind::Job, id));
                 }
@@ -409,8 +422,19 @@ impl ClusterState {
                         status: JobStatus::Queued,
                         progress: 0.0,
                         result: None,
+                        node: *node,
+                        owner: owner.clone(),
+                        submitted_ms: *submitted_ms,
                     },
                 );
+                Ok(CommandOutcome::Done)
+            }
+            PruneJobs { ids } => {
+                for id in ids {
+                    if self.jobs.get(id).is_some_and(|j| j.status.is_finished()) {
+                        self.jobs.remove(id);
+                    }
+                }
                 Ok(CommandOutcome::Done)
             }
             UpdateJob {
@@ -751,6 +775,9 @@ mod tests {
             id: "j".into(),
             kind: "ingest".into(),
             spec: vec![],
+            node: 1,
+            owner: "t".into(),
+            submitted_ms: 5,
         })
         .unwrap();
         let upd = |status| Command::UpdateJob {
@@ -759,8 +786,17 @@ mod tests {
             progress: 1.0,
             result: None,
         };
+        let prune = Command::PruneJobs {
+            ids: vec!["j".into(), "unknown".into()],
+        };
+        s.apply(&upd(JobStatus::Running)).unwrap();
+        s.apply(&prune).unwrap();
+        assert!(s.jobs.contains_key("j"), "a running job is never pruned");
         s.apply(&upd(JobStatus::Succeeded)).unwrap();
         assert!(s.apply(&upd(JobStatus::Running)).is_err());
         assert_eq!(s.jobs["j"].status, JobStatus::Succeeded);
+        assert_eq!(s.jobs["j"].node, 1);
+        s.apply(&prune).unwrap();
+        assert!(s.jobs.is_empty());
     }
 }

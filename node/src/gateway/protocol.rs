@@ -1,0 +1,1050 @@
+//! The gateway's wire protocol: JSON, one object per WebSocket text frame, tagged by `"type"`.
+//! `docs/protocol.md` documents every message with an example; this module is the one place
+//! that turns frames into typed messages and back, so the server and the `arbor` client agree
+//! by construction.
+//!
+//! Parsing never panics and every failure names what was wrong: malformed JSON, a frame that
+//! is not an object, an unknown `type` or `kind`, a missing, unknown or mistyped field (with
+//! its path, e.g. `job.k`).
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The protocol version this build speaks. `auth` carries it; a client that speaks another
+/// one is told so and disconnected.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A job's id, given by the gateway that accepted it.
+pub type JobId = String;
+
+/// A message from a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    /// Must be the first message.
+    Auth { v: u32, token: String },
+    /// Starts a job; answered at once by `accepted` (or an `error`), then its events.
+    Submit {
+        /// The client's own name for this submit, echoed in `accepted` and in errors, so a
+        /// client can pipeline submits.
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        /// Record the job in the control plane even if its kind is not recorded by default.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        record: bool,
+        job: JobSpec,
+    },
+    /// Streams a job's events (from where it is now) until it finishes.
+    Subscribe { job: JobId },
+    /// One job's record, or the most recent jobs when `job` is absent.
+    Status {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobId>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+    },
+    /// Stops a job.
+    Cancel { job: JobId },
+    Ping {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<u64>,
+    },
+}
+
+/// What a job does; the `kind` field tags it. Each kind's arguments are a struct of their own
+/// so that [`parse_client`] can name the exact field at fault (serde loses field paths inside
+/// internally tagged enums).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobSpec {
+    /// Create or update a deployment.
+    Deploy(DeployJob),
+    Undeploy(NameJob),
+    CreateCollection(CreateCollectionJob),
+    DeleteCollection(NameJob),
+    /// The collections and how many of their partition replicas run.
+    Collections,
+    /// The deployments and where their replicas run.
+    Deployments,
+    Ingest(IngestJob),
+    Query(QueryJob),
+    Rag(RagJob),
+    Embed(EmbedJob),
+    Generate(GenerateJob),
+    /// The cluster as the accepting node sees it.
+    Status,
+}
+
+/// `deployment` is a deployment file (`arbor deploy -f`) as a JSON object.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployJob {
+    pub deployment: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NameJob {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCollectionJob {
+    pub name: String,
+    pub partitions: u32,
+    pub replicas: u32,
+    pub embedder: String,
+    #[serde(default = "default_dimension")]
+    pub dimension: u32,
+    #[serde(default = "default_metric")]
+    pub metric: String,
+    /// CPU per partition replica, e.g. "250m".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory per partition replica, e.g. "512MiB".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestJob {
+    pub collection: String,
+    pub documents: Vec<DocumentIn>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryJob {
+    pub collection: String,
+    pub text: String,
+    #[serde(default = "default_query_k")]
+    pub k: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RagJob {
+    pub collection: String,
+    pub question: String,
+    #[serde(default = "default_rag_k")]
+    pub k: u32,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbedJob {
+    pub texts: Vec<String>,
+    /// The embedder deployment; absent: the only one there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateJob {
+    pub prompt: String,
+    #[serde(default = "default_max_tokens")]
+    pub max_tokens: u32,
+    /// The model deployment; absent: the only one there is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for JobSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<JobSpec, D::Error> {
+        let value = Value::deserialize(d)?;
+        job_spec(value, "").map_err(|e| serde::de::Error::custom(e.message))
+    }
+}
+
+/// A job object to its spec; `at` prefixes the field paths in errors (`"job"`).
+fn job_spec(value: Value, at: &str) -> Result<JobSpec, ParseError> {
+    let field = |name: &str| {
+        if at.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{at}.{name}")
+        }
+    };
+    let Value::Object(mut object) = value else {
+        return Err(ParseError::new(
+            ErrorCode::InvalidField,
+            format!(
+                "field \"{at}\" must be an object, not {}",
+                json_type(&value)
+            ),
+            Some(at.to_owned()),
+        ));
+    };
+    let kind = match object.remove("kind") {
+        Some(Value::String(k)) => k,
+        None => {
+            let f = field("kind");
+            return Err(ParseError::new(
+                ErrorCode::MissingField,
+                format!(
+                    "missing field \"{f}\"; it is one of {}",
+                    JOB_KINDS.join(", ")
+                ),
+                Some(f),
+            ));
+        }
+        Some(other) => {
+            let f = field("kind");
+            return Err(ParseError::new(
+                ErrorCode::InvalidField,
+                format!("field \"{f}\" must be a string, not {}", json_type(&other)),
+                Some(f),
+            ));
+        }
+    };
+    let rest = Value::Object(object);
+    let unit = |spec: JobSpec, rest: Value| match rest {
+        Value::Object(m) if m.is_empty() => Ok(spec),
+        Value::Object(m) => {
+            let name = m.keys().next().cloned().unwrap_or_default();
+            let f = field(&name);
+            Err(ParseError::new(
+                ErrorCode::UnknownField,
+                format!("unknown field \"{f}\"; a {kind} job takes no arguments"),
+                Some(f),
+            ))
+        }
+        _ => Ok(spec),
+    };
+    Ok(match kind.as_str() {
+        "deploy" => JobSpec::Deploy(typed_at(rest, at)?),
+        "undeploy" => JobSpec::Undeploy(typed_at(rest, at)?),
+        "create_collection" => JobSpec::CreateCollection(typed_at(rest, at)?),
+        "delete_collection" => JobSpec::DeleteCollection(typed_at(rest, at)?),
+        "collections" => unit(JobSpec::Collections, rest)?,
+        "deployments" => unit(JobSpec::Deployments, rest)?,
+        "ingest" => JobSpec::Ingest(typed_at(rest, at)?),
+        "query" => JobSpec::Query(typed_at(rest, at)?),
+        "rag" => JobSpec::Rag(typed_at(rest, at)?),
+        "embed" => JobSpec::Embed(typed_at(rest, at)?),
+        "generate" => JobSpec::Generate(typed_at(rest, at)?),
+        "status" => unit(JobSpec::Status, rest)?,
+        other => {
+            let f = field("kind");
+            return Err(ParseError::new(
+                ErrorCode::UnknownType,
+                format!(
+                    "unknown job kind {other:?}; it is one of {}",
+                    JOB_KINDS.join(", ")
+                ),
+                Some(f),
+            ));
+        }
+    })
+}
+
+fn default_dimension() -> u32 {
+    384
+}
+fn default_metric() -> String {
+    "cosine".into()
+}
+fn default_query_k() -> u32 {
+    5
+}
+fn default_rag_k() -> u32 {
+    3
+}
+fn default_max_tokens() -> u32 {
+    128
+}
+
+/// A document to ingest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DocumentIn {
+    pub id: String,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub metadata: Map<String, Value>,
+}
+
+/// Who may do what. Each role may do everything the roles below it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Cluster and job status.
+    Reader,
+    /// Ingest, query, RAG, embed, generate.
+    User,
+    /// Deployments, collections, cluster changes.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Reader => "reader",
+            Role::User => "user",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Role, String> {
+        match s {
+            "reader" => Ok(Role::Reader),
+            "user" => Ok(Role::User),
+            "admin" => Ok(Role::Admin),
+            other => Err(format!(
+                "unknown role {other:?}; the roles are admin, user and reader"
+            )),
+        }
+    }
+}
+
+impl JobSpec {
+    /// The `kind` tag.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobSpec::Deploy(_) => "deploy",
+            JobSpec::Undeploy(_) => "undeploy",
+            JobSpec::CreateCollection(_) => "create_collection",
+            JobSpec::DeleteCollection(_) => "delete_collection",
+            JobSpec::Collections => "collections",
+            JobSpec::Deployments => "deployments",
+            JobSpec::Ingest(_) => "ingest",
+            JobSpec::Query(_) => "query",
+            JobSpec::Rag(_) => "rag",
+            JobSpec::Embed(_) => "embed",
+            JobSpec::Generate(_) => "generate",
+            JobSpec::Status => "status",
+        }
+    }
+
+    /// The least role that may submit it.
+    pub fn required_role(&self) -> Role {
+        match self {
+            JobSpec::Deploy(_)
+            | JobSpec::Undeploy(_)
+            | JobSpec::CreateCollection(_)
+            | JobSpec::DeleteCollection(_) => Role::Admin,
+            JobSpec::Ingest(_)
+            | JobSpec::Query(_)
+            | JobSpec::Rag(_)
+            | JobSpec::Embed(_)
+            | JobSpec::Generate(_) => Role::User,
+            JobSpec::Collections | JobSpec::Deployments | JobSpec::Status => Role::Reader,
+        }
+    }
+
+    /// Whether the control plane records it without being asked to. Reads that answer in
+    /// microseconds to milliseconds (status, query, embed, listings) are not: a consensus
+    /// write per request would cost more than the request and grow the log without bound.
+    /// Changes and long-running work are, so their status outlives the node running them.
+    pub fn recorded_by_default(&self) -> bool {
+        !matches!(
+            self,
+            JobSpec::Status
+                | JobSpec::Query(_)
+                | JobSpec::Embed(_)
+                | JobSpec::Collections
+                | JobSpec::Deployments
+        )
+    }
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A job as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub kind: String,
+    pub state: JobState,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// 0.0 ..= 1.0.
+    pub progress: f32,
+    /// The node that runs it.
+    pub node: u64,
+    /// The token id that submitted it.
+    pub owner: String,
+    /// ms since the Unix epoch.
+    pub submitted_ms: u64,
+    /// Whether the control plane holds its record.
+    pub recorded: bool,
+    /// The final result, once it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+/// A message to a client.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    /// The answer to a good `auth`.
+    Authenticated {
+        v: u32,
+        node: u64,
+        role: Role,
+        token_id: String,
+        limits: Limits,
+    },
+    /// A submitted job was taken; its events follow.
+    Accepted {
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        job: JobId,
+        kind: String,
+        node: u64,
+        recorded: bool,
+    },
+    /// How far a job has come.
+    Progress {
+        job: JobId,
+        done: u64,
+        total: u64,
+        /// What `done` and `total` count (documents, chunks, tokens).
+        unit: String,
+    },
+    /// Generated text, as it is generated (generate, rag).
+    Token { job: JobId, text: String },
+    /// A job's result (some kinds send parts before the last one).
+    Result {
+        job: JobId,
+        data: Value,
+        #[serde(rename = "final")]
+        last: bool,
+    },
+    /// A job changed state. The last event of a job has a finished state.
+    Event {
+        job: JobId,
+        state: JobState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// One job's record (the answer to `status` with a job).
+    Job { job: JobView },
+    /// The most recent jobs (the answer to `status` without a job), newest first.
+    Jobs { jobs: Vec<JobView> },
+    Pong {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        nonce: Option<u64>,
+    },
+    Error {
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        job: Option<JobId>,
+        code: ErrorCode,
+        message: String,
+        /// The field at fault, as a path (`job.k`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        field: Option<String>,
+    },
+}
+
+/// The limits the gateway enforces on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    pub max_message_bytes: usize,
+    pub max_jobs_per_connection: usize,
+    pub max_jobs_per_token: usize,
+}
+
+/// Why a request was refused or a job failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not JSON.
+    MalformedJson,
+    /// The frame is JSON but not an object.
+    NotAnObject,
+    /// `type` (or `job.kind`) names nothing this gateway knows.
+    UnknownType,
+    MissingField,
+    UnknownField,
+    /// A field has the wrong type or an impossible value.
+    InvalidField,
+    UnsupportedVersion,
+    MessageTooLarge,
+    /// Only `auth` is accepted before a good `auth`.
+    NotAuthenticated,
+    AuthFailed,
+    AlreadyAuthenticated,
+    /// The token's role may not do this.
+    Forbidden,
+    /// Too many jobs in flight on this connection or for this token.
+    Overloaded,
+    NotFound,
+    /// The job's arguments are well-formed but cannot be carried out (e.g. k = 0).
+    InvalidJob,
+    /// The job ran and failed.
+    JobFailed,
+    /// The job has already finished (so it cannot be cancelled).
+    JobFinished,
+    /// The control plane or the actors needed are not reachable now; retry.
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::MalformedJson => "malformed_json",
+            ErrorCode::NotAnObject => "not_an_object",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::MissingField => "missing_field",
+            ErrorCode::UnknownField => "unknown_field",
+            ErrorCode::InvalidField => "invalid_field",
+            ErrorCode::UnsupportedVersion => "unsupported_version",
+            ErrorCode::MessageTooLarge => "message_too_large",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::AlreadyAuthenticated => "already_authenticated",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::Overloaded => "overloaded",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::InvalidJob => "invalid_job",
+            ErrorCode::JobFailed => "job_failed",
+            ErrorCode::JobFinished => "job_finished",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A frame that is not a valid message: what to answer, and the `ref` if one could be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct ParseError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub field: Option<String>,
+    pub reference: Option<String>,
+}
+
+impl ParseError {
+    fn new(code: ErrorCode, message: impl Into<String>, field: Option<String>) -> ParseError {
+        ParseError {
+            code,
+            message: message.into(),
+            field,
+            reference: None,
+        }
+    }
+
+    /// The `error` message that answers it.
+    pub fn to_msg(&self) -> ServerMsg {
+        ServerMsg::Error {
+            reference: self.reference.clone(),
+            job: None,
+            code: self.code,
+            message: self.message.clone(),
+            field: self.field.clone(),
+        }
+    }
+}
+
+const CLIENT_TYPES: &[&str] = &["auth", "submit", "subscribe", "status", "cancel", "ping"];
+const JOB_KINDS: &[&str] = &[
+    "deploy",
+    "undeploy",
+    "create_collection",
+    "delete_collection",
+    "collections",
+    "deployments",
+    "ingest",
+    "query",
+    "rag",
+    "embed",
+    "generate",
+    "status",
+];
+
+/// Parses one text frame from a client.
+pub fn parse_client(text: &str) -> Result<ClientMsg, ParseError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ParseError::new(
+            ErrorCode::MalformedJson,
+            format!("the message is not valid JSON: {e}"),
+            None,
+        )
+    })?;
+    let Value::Object(object) = &value else {
+        return Err(ParseError::new(
+            ErrorCode::NotAnObject,
+            format!(
+                "a message is one JSON object with a \"type\" field, not {}",
+                json_type(&value)
+            ),
+            None,
+        ));
+    };
+    let reference = object.get("ref").and_then(Value::as_str).map(str::to_owned);
+    let with_ref = |mut e: ParseError| {
+        e.reference = reference.clone();
+        e
+    };
+    let kind = match object.get("type") {
+        None => {
+            return Err(with_ref(ParseError::new(
+                ErrorCode::MissingField,
+                format!(
+                    "missing field \"type\"; it is one of {}",
+                    CLIENT_TYPES.join(", ")
+                ),
+                Some("type".into()),
+            )));
+        }
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => {
+            return Err(with_ref(ParseError::new(
+                ErrorCode::InvalidField,
+                format!("field \"type\" must be a string, not {}", json_type(other)),
+                Some("type".into()),
+            )));
+        }
+    };
+    if !CLIENT_TYPES.contains(&kind) {
+        return Err(with_ref(ParseError::new(
+            ErrorCode::UnknownType,
+            format!(
+                "unknown message type {kind:?}; it is one of {}",
+                CLIENT_TYPES.join(", ")
+            ),
+            Some("type".into()),
+        )));
+    }
+    if kind == "submit" {
+        return submit(object).map_err(with_ref);
+    }
+    typed(value).map_err(with_ref)
+}
+
+/// A `submit` object, parsed by hand so that errors in the job name their full path.
+fn submit(object: &Map<String, Value>) -> Result<ClientMsg, ParseError> {
+    if let Some(key) = object
+        .keys()
+        .find(|k| !["type", "ref", "record", "job"].contains(&k.as_str()))
+    {
+        return Err(ParseError::new(
+            ErrorCode::UnknownField,
+            format!("unknown field \"{key}\"; a submit has type, ref, record and job"),
+            Some(key.clone()),
+        ));
+    }
+    let reference = match object.get("ref") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            return Err(ParseError::new(
+                ErrorCode::InvalidField,
+                format!("field \"ref\" must be a string, not {}", json_type(other)),
+                Some("ref".into()),
+            ));
+        }
+    };
+    let record = match object.get("record") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(other) => {
+            return Err(ParseError::new(
+                ErrorCode::InvalidField,
+                format!(
+                    "field \"record\" must be a boolean, not {}",
+                    json_type(other)
+                ),
+                Some("record".into()),
+            ));
+        }
+    };
+    let Some(job) = object.get("job") else {
+        return Err(ParseError::new(
+            ErrorCode::MissingField,
+            "missing field \"job\"",
+            Some("job".into()),
+        ));
+    };
+    Ok(ClientMsg::Submit {
+        reference,
+        record,
+        job: job_spec(job.clone(), "job")?,
+    })
+}
+
+/// Parses one text frame from a gateway (the client side).
+pub fn parse_server(text: &str) -> Result<ServerMsg, ParseError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| {
+        ParseError::new(
+            ErrorCode::MalformedJson,
+            format!("the gateway sent a frame that is not JSON: {e}"),
+            None,
+        )
+    })?;
+    typed(value)
+}
+
+/// Deserializes with the path of the field at fault.
+fn typed<T: DeserializeOwned>(value: Value) -> Result<T, ParseError> {
+    typed_at(value, "")
+}
+
+/// Deserializes with the path of the field at fault, under `at`.
+fn typed_at<T: DeserializeOwned>(value: Value, at: &str) -> Result<T, ParseError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = match (at, path.as_str()) {
+            ("", p) => p.to_owned(),
+            (a, "" | ".") => a.to_owned(),
+            (a, p) if p.starts_with('[') => format!("{a}{p}"),
+            (a, p) => format!("{a}.{p}"),
+        };
+        let inner = e.into_inner().to_string();
+        field_error(&path, &inner)
+    })
+}
+
+/// Classifies serde's message and names the field: serde reports a missing or unknown field
+/// at the object that lacks or has it, and a mistyped one at the field itself.
+fn field_error(path: &str, message: &str) -> ParseError {
+    let at = |name: &str| {
+        if path.is_empty() || path == "." {
+            name.to_owned()
+        } else {
+            format!("{path}.{name}")
+        }
+    };
+    let quoted = |prefix: &str| {
+        message
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.split('`').next())
+            .map(str::to_owned)
+    };
+    if let Some(name) = quoted("missing field `") {
+        let field = at(&name);
+        return ParseError::new(
+            ErrorCode::MissingField,
+            format!("missing field \"{field}\""),
+            Some(field),
+        );
+    }
+    if let Some(name) = quoted("unknown field `") {
+        let field = at(&name);
+        let expected = message
+            .split_once(", expected ")
+            .map(|(_, e)| format!("; expected {}", e.replace('`', "\"")))
+            .unwrap_or_default();
+        return ParseError::new(
+            ErrorCode::UnknownField,
+            format!("unknown field \"{field}\"{expected}"),
+            Some(field),
+        );
+    }
+    let field = (!path.is_empty() && path != ".").then(|| path.to_owned());
+    let message = message.replace('`', "\"");
+    ParseError::new(
+        ErrorCode::InvalidField,
+        match &field {
+            Some(f) => format!("field \"{f}\": {message}"),
+            None => message,
+        },
+        field,
+    )
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// One message as a text frame.
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    // Our own types hold only strings, numbers, maps and JSON values: encoding cannot fail.
+    serde_json::to_string(msg).unwrap_or_else(|e| {
+        format!(r#"{{"type":"error","code":"internal","message":"cannot encode: {e}"}}"#)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn err(text: &str) -> ParseError {
+        parse_client(text).expect_err(text)
+    }
+
+    #[test]
+    fn every_message_type_parses() {
+        let cases = [
+            r#"{"type":"auth","v":1,"token":"t"}"#,
+            r#"{"type":"submit","ref":"a","job":{"kind":"status"}}"#,
+            r#"{"type":"submit","job":{"kind":"query","collection":"c","text":"hi","k":3,"filter":{"lang":"en"}}}"#,
+            r#"{"type":"submit","record":true,"job":{"kind":"embed","texts":["a"]}}"#,
+            r#"{"type":"subscribe","job":"j1"}"#,
+            r#"{"type":"status"}"#,
+            r#"{"type":"status","job":"j1"}"#,
+            r#"{"type":"cancel","job":"j1"}"#,
+            r#"{"type":"ping","nonce":7}"#,
+        ];
+        for c in cases {
+            let m = parse_client(c).unwrap_or_else(|e| panic!("{c}: {e}"));
+            // What we encode parses back the same.
+            assert_eq!(parse_client(&encode(&m)).unwrap(), m, "{c}");
+        }
+    }
+
+    #[test]
+    fn defaults_fill_optional_fields() {
+        let ClientMsg::Submit { job, .. } = parse_client(
+            r#"{"type":"submit","job":{"kind":"rag","collection":"c","question":"q"}}"#,
+        )
+        .unwrap() else {
+            panic!("not a submit")
+        };
+        assert_eq!(
+            job,
+            JobSpec::Rag(RagJob {
+                collection: "c".into(),
+                question: "q".into(),
+                k: 3,
+                max_tokens: 128
+            })
+        );
+    }
+
+    #[test]
+    fn each_bad_input_class_names_its_problem() {
+        let e = err("{not json");
+        assert_eq!(e.code, ErrorCode::MalformedJson);
+        let e = err("[1,2]");
+        assert_eq!(e.code, ErrorCode::NotAnObject);
+        assert!(e.message.contains("an array"), "{}", e.message);
+        let e = err(r#"{"token":"x"}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::MissingField, Some("type"))
+        );
+        let e = err(r#"{"type":7}"#);
+        assert_eq!(e.code, ErrorCode::InvalidField);
+        let e = err(r#"{"type":"launch"}"#);
+        assert_eq!(e.code, ErrorCode::UnknownType);
+        assert!(e.message.contains("launch") && e.message.contains("submit"));
+        let e = err(r#"{"type":"submit","ref":"r9","job":{"kind":"fly"}}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref(), e.reference.as_deref()),
+            (ErrorCode::UnknownType, Some("job.kind"), Some("r9"))
+        );
+        let e = err(r#"{"type":"submit","job":{"kind":"query","collection":"c"}}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::MissingField, Some("job.text"))
+        );
+        let e = err(
+            r#"{"type":"submit","job":{"kind":"query","collection":"c","text":"t","k":"five"}}"#,
+        );
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("job.k"))
+        );
+        let e = err(r#"{"type":"submit","job":{"kind":"status","colour":1}}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::UnknownField, Some("job.colour"))
+        );
+        let e = err(r#"{"type":"auth","v":1}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::MissingField, Some("token"))
+        );
+        let e = err(
+            r#"{"type":"submit","job":{"kind":"ingest","collection":"c","documents":[{"id":"a"}]}}"#,
+        );
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::MissingField, Some("job.documents[0].text"))
+        );
+        let e = err(r#"{"type":"submit","job":[]}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("job"))
+        );
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let msgs = [
+            ServerMsg::Accepted {
+                reference: Some("r".into()),
+                job: "j".into(),
+                kind: "query".into(),
+                node: 1,
+                recorded: false,
+            },
+            ServerMsg::Event {
+                job: "j".into(),
+                state: JobState::Failed,
+                reason: Some("x".into()),
+            },
+            ServerMsg::Result {
+                job: "j".into(),
+                data: serde_json::json!({"a": 1}),
+                last: true,
+            },
+            ParseError::new(ErrorCode::Overloaded, "busy", None).to_msg(),
+        ];
+        for m in msgs {
+            let text = encode(&m);
+            assert_eq!(parse_server(&text).unwrap(), m, "{text}");
+        }
+        assert!(encode(&msgs_error()).contains(r#""code":"job_finished""#));
+    }
+
+    fn msgs_error() -> ServerMsg {
+        ServerMsg::Error {
+            reference: None,
+            job: Some("j".into()),
+            code: ErrorCode::JobFinished,
+            message: "done".into(),
+            field: None,
+        }
+    }
+
+    #[test]
+    fn error_code_names_match_their_json() {
+        for code in [
+            ErrorCode::MalformedJson,
+            ErrorCode::Overloaded,
+            ErrorCode::JobFinished,
+            ErrorCode::UnsupportedVersion,
+        ] {
+            assert_eq!(
+                serde_json::to_value(code).unwrap(),
+                Value::String(code.as_str().into())
+            );
+        }
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            "[a-z_]{0,8}".prop_map(Value::from),
+            prop::sample::select(vec![
+                "auth", "submit", "status", "query", "kind", "job", "type", "token", "k"
+            ])
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(
+                    prop::sample::select(vec![
+                        "type",
+                        "job",
+                        "kind",
+                        "token",
+                        "v",
+                        "ref",
+                        "text",
+                        "k",
+                        "collection",
+                        "documents",
+                        "id",
+                        "texts",
+                        "filter",
+                        "nonce",
+                        "limit"
+                    ])
+                    .prop_map(str::to_owned),
+                    inner,
+                    0..6
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Arbitrary bytes never panic the parser, and a refusal always names a code.
+        #[test]
+        fn arbitrary_text_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let text = String::from_utf8_lossy(&bytes);
+            if let Err(e) = parse_client(&text) {
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+
+        /// Arbitrary JSON shaped like messages never panics, and what parses re-encodes to
+        /// something that parses the same.
+        #[test]
+        fn arbitrary_json_never_panics(v in json_value()) {
+            let text = v.to_string();
+            match parse_client(&text) {
+                Ok(m) => prop_assert_eq!(parse_client(&encode(&m)).unwrap(), m),
+                Err(e) => prop_assert!(!e.message.is_empty()),
+            }
+        }
+    }
+}
