@@ -34,6 +34,10 @@ pub enum StreamError {
         request: &'static str,
         answer: String,
     },
+    #[error(
+        "no replica of model deployment {deployment:?} is reachable; check `arbor deployments`"
+    )]
+    NoReplicas { deployment: String },
 }
 
 /// Sends one request and waits up to `timeout` for its answer.
@@ -114,6 +118,80 @@ pub async fn generate_stream(
         from = next;
         if let Some(finished) = finished {
             return Ok(finished);
+        }
+    }
+}
+
+/// Generates on a replica of `deployment` (process groups of `scope`), handing each new piece
+/// of text to `on_text`, and returns the whole text and how it ended.
+///
+/// When a replica is lost mid-answer another one continues: decoding is deterministic (greedy,
+/// or seeded sampling), so it regenerates the same text and only the part past what was
+/// already streamed is handed on. `cancelled` is asked between polls; once it says yes, the
+/// generation is cancelled on its replica (so it stops using a batch slot at once) and the
+/// result's reason is `cancelled`.
+pub async fn generate_failover(
+    scope: &str,
+    deployment: &str,
+    spec: GenerateSpec,
+    mut on_text: impl FnMut(&str),
+    cancelled: impl Fn() -> bool,
+    poll_wait: Duration,
+) -> Result<(String, Finished), StreamError> {
+    let group = crate::replica::deployment_group(deployment);
+    let mut text = String::new();
+    let mut tried: Vec<ractor::ActorId> = Vec::new();
+    loop {
+        let fresh: Vec<ractor::ActorCell> = ractor::pg::get_scoped_members(&scope.to_owned(), &group)
+            .into_iter()
+            .filter(|m| !tried.contains(&m.get_id()))
+            .collect();
+        if fresh.is_empty() {
+            return Err(StreamError::NoReplicas {
+                deployment: deployment.to_owned(),
+            });
+        }
+        let cell = fresh[rand::random_range(0..fresh.len())].clone();
+        tried.push(cell.get_id());
+        let replica: ActorRef<ReplicaMsg> = cell.into();
+        let already = text.len();
+        let mut seen = 0usize;
+        let attempt = async {
+            let id = start(&replica, spec.clone()).await?;
+            let mut from = 0;
+            loop {
+                if cancelled() {
+                    // Best effort: a replica that cannot be told drops it after its idle timeout.
+                    let _ = cancel(&replica, id).await;
+                    return Ok(Finished {
+                        reason: "cancelled".into(),
+                        prompt_tokens: 0,
+                        generated_tokens: 0,
+                    });
+                }
+                let (texts, next, finished) = poll(&replica, id, from, poll_wait).await?;
+                for t in texts.iter().filter(|t| !t.is_empty()) {
+                    let start = seen;
+                    seen += t.len();
+                    if seen > already {
+                        // Never panics: a cut that is not a char boundary yields nothing.
+                        let new = t.get(already.saturating_sub(start)..).unwrap_or("");
+                        text.push_str(new);
+                        on_text(new);
+                    }
+                }
+                from = next;
+                if let Some(finished) = finished {
+                    return Ok(finished);
+                }
+            }
+        };
+        match attempt.await {
+            Ok(finished) => return Ok((text, finished)),
+            Err(e @ (StreamError::Unreachable(_) | StreamError::Timeout(_))) => {
+                tracing::warn!("a model replica was lost mid-answer ({e}); trying another");
+            }
+            Err(e) => return Err(e),
         }
     }
 }

@@ -297,54 +297,16 @@ impl Coordinator {
         })?;
         let found = self.query(question, k, None).await?;
         let spec = GenerateSpec::chat(rag_prompt(question, &found.results), max_tokens);
-        // Greedy decoding is deterministic: when a replica dies mid-answer, another one
-        // generates the same text, and what was already streamed is skipped.
-        let mut answer = String::new();
-        let mut on_text = on_text;
-        let mut tried: Vec<ractor::ActorId> = Vec::new();
-        let finished = loop {
-            let members = ractor::pg::get_scoped_members(&self.scope, &deployment_group(model));
-            let fresh: Vec<ActorCell> = members
-                .into_iter()
-                .filter(|m| !tried.contains(&m.get_id()))
-                .collect();
-            if fresh.is_empty() {
-                return Err(RetrievalError::Generate(format!(
-                    "no replica of model deployment {model:?} is reachable; check `arbor deployments`"
-                )));
-            }
-            let cell = fresh[rand::random_range(0..fresh.len())].clone();
-            tried.push(cell.get_id());
-            let already = answer.len();
-            let mut seen = 0usize;
-            let result = crate::stream::generate_stream(
-                cell.into(),
-                spec.clone(),
-                |t| {
-                    let start = seen;
-                    seen += t.len();
-                    // Only the part past what earlier replicas already streamed is new.
-                    if seen > already {
-                        // Never panics: a cut that is not a char boundary yields nothing.
-                        let new = t.get(already.saturating_sub(start)..).unwrap_or("");
-                        answer.push_str(new);
-                        on_text(new);
-                    }
-                },
-                Duration::from_secs(10),
-            )
-            .await;
-            match result {
-                Ok(finished) => break finished,
-                Err(
-                    e @ (crate::stream::StreamError::Unreachable(_)
-                    | crate::stream::StreamError::Timeout(_)),
-                ) => {
-                    tracing::warn!("a model replica was lost mid-answer ({e}); trying another");
-                }
-                Err(e) => return Err(RetrievalError::Generate(e.to_string())),
-            }
-        };
+        let (answer, finished) = crate::stream::generate_failover(
+            &self.scope,
+            model,
+            spec,
+            on_text,
+            || false,
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|e| RetrievalError::Generate(e.to_string()))?;
         Ok(RagAnswer {
             answer,
             sources: found.results,

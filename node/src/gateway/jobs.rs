@@ -1,0 +1,353 @@
+//! Jobs this node runs, and their records in the control plane.
+//!
+//! Every accepted job has a [`LocalJob`] here while it runs and for a while after, so `status`
+//! and `subscribe` on this node see it at once, with its live events. Recorded jobs also have
+//! a record in the control plane, written in order by one [`Recorder`] per job, so that every
+//! node sees their status, also after this node has died.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arbor_scheduler::state::{Job, JobStatus};
+use arbor_scheduler::{Command, ProposeError, RaftHandle};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::protocol::{JobId, JobState, JobView, ServerMsg};
+use crate::config::NodeId;
+
+/// How many finished jobs this node remembers (beyond those the control plane records).
+const FINISHED_KEPT: usize = 10_000;
+/// Events buffered for each watcher of a job before it starts losing them.
+const WATCHER_BUFFER: usize = 1024;
+/// Recorded results larger than this are replaced by a note: the control plane holds status,
+/// not bulk data (the submitter received the whole result).
+pub const MAX_RECORDED_RESULT: usize = 64 * 1024;
+
+/// Now, in ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh job id: `j` and 16 hex digits (random: unique across nodes and restarts).
+pub fn new_job_id() -> JobId {
+    format!("j{:016x}", rand::random::<u64>())
+}
+
+/// What a job looks like now.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub state: JobState,
+    pub reason: Option<String>,
+    pub progress: f32,
+    pub result: Option<Value>,
+}
+
+/// A job this node accepted.
+#[derive(Debug)]
+pub struct LocalJob {
+    pub id: JobId,
+    pub kind: &'static str,
+    pub owner: String,
+    pub node: NodeId,
+    pub submitted_ms: u64,
+    pub recorded: bool,
+    now: Mutex<Snapshot>,
+    /// Events for watchers other than the submitter (who gets them through its connection).
+    events: broadcast::Sender<ServerMsg>,
+    cancel: watch::Sender<bool>,
+}
+
+impl LocalJob {
+    pub fn new(
+        id: JobId,
+        kind: &'static str,
+        owner: String,
+        node: NodeId,
+        recorded: bool,
+    ) -> LocalJob {
+        LocalJob {
+            id,
+            kind,
+            owner,
+            node,
+            submitted_ms: now_ms(),
+            recorded,
+            now: Mutex::new(Snapshot {
+                state: JobState::Queued,
+                reason: None,
+                progress: 0.0,
+                result: None,
+            }),
+            events: broadcast::channel(WATCHER_BUFFER).0,
+            cancel: watch::channel(false).0,
+        }
+    }
+
+    fn now(&self) -> MutexGuard<'_, Snapshot> {
+        self.now.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        self.now().clone()
+    }
+
+    pub fn view(&self) -> JobView {
+        let s = self.snapshot();
+        JobView {
+            id: self.id.clone(),
+            kind: self.kind.into(),
+            state: s.state,
+            reason: s.reason,
+            progress: s.progress,
+            node: self.node,
+            owner: self.owner.clone(),
+            submitted_ms: self.submitted_ms,
+            recorded: self.recorded,
+            result: s.result,
+        }
+    }
+
+    /// Changes the snapshot; returns false (and changes nothing) once the job has finished.
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) -> bool {
+        let mut now = self.now();
+        if now.state.is_finished() {
+            return false;
+        }
+        f(&mut now);
+        true
+    }
+
+    /// Hands an event to this job's watchers.
+    pub fn publish(&self, msg: &ServerMsg) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(msg.clone());
+        }
+    }
+
+    /// The events from now on.
+    pub fn watch(&self) -> broadcast::Receiver<ServerMsg> {
+        self.events.subscribe()
+    }
+
+    /// Asks the job to stop; true if it was still running.
+    pub fn cancel(&self) -> bool {
+        let running = !self.now().state.is_finished();
+        self.cancel.send_replace(true);
+        running
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        *self.cancel.borrow()
+    }
+
+    /// Resolves once the job is asked to stop.
+    pub async fn cancelled(&self) {
+        let mut rx = self.cancel.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+}
+
+/// The jobs this node accepted: those running and the most recent finished ones.
+#[derive(Debug, Default)]
+pub struct JobTable {
+    inner: Mutex<TableInner>,
+}
+
+#[derive(Debug, Default)]
+struct TableInner {
+    jobs: HashMap<JobId, Arc<LocalJob>>,
+    /// Ids in the order they were added, to forget the oldest finished ones.
+    order: VecDeque<JobId>,
+}
+
+impl JobTable {
+    fn inner(&self) -> MutexGuard<'_, TableInner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn insert(&self, job: Arc<LocalJob>) {
+        let mut t = self.inner();
+        t.order.push_back(job.id.clone());
+        t.jobs.insert(job.id.clone(), job);
+        // Forget the oldest finished jobs beyond the limit; running ones always stay.
+        let mut scan = t.order.len().saturating_sub(FINISHED_KEPT);
+        while scan > 0 {
+            scan -= 1;
+            let Some(id) = t.order.pop_front() else { break };
+            let finished = t
+                .jobs
+                .get(&id)
+                .is_none_or(|j| j.snapshot().state.is_finished());
+            if finished {
+                t.jobs.remove(&id);
+            } else {
+                t.order.push_back(id);
+            }
+        }
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<LocalJob>> {
+        self.inner().jobs.get(id).cloned()
+    }
+
+    /// The most recent `limit` jobs, newest first.
+    pub fn recent(&self, limit: usize) -> Vec<JobView> {
+        let t = self.inner();
+        t.order
+            .iter()
+            .rev()
+            .filter_map(|id| t.jobs.get(id))
+            .take(limit)
+            .map(|j| j.view())
+            .collect()
+    }
+
+    /// Recorded jobs still running here.
+    pub fn running_recorded(&self) -> Vec<Arc<LocalJob>> {
+        self.inner()
+            .jobs
+            .values()
+            .filter(|j| j.recorded && !j.snapshot().state.is_finished())
+            .cloned()
+            .collect()
+    }
+}
+
+/// A control-plane record as a [`JobView`].
+pub fn record_view(id: &str, job: &Job) -> JobView {
+    let (state, reason) = match &job.status {
+        JobStatus::Queued => (JobState::Queued, None),
+        JobStatus::Running => (JobState::Running, None),
+        JobStatus::Succeeded => (JobState::Succeeded, None),
+        JobStatus::Failed { reason } => (JobState::Failed, Some(reason.clone())),
+        JobStatus::Cancelled => (JobState::Cancelled, None),
+    };
+    JobView {
+        id: id.to_owned(),
+        kind: job.kind.clone(),
+        state,
+        reason,
+        progress: job.progress,
+        node: job.node,
+        owner: job.owner.clone(),
+        submitted_ms: job.submitted_ms,
+        recorded: true,
+        result: job
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_slice(r).ok()),
+    }
+}
+
+/// The control plane's status for a snapshot.
+pub fn record_status(s: &Snapshot) -> JobStatus {
+    match s.state {
+        JobState::Queued => JobStatus::Queued,
+        JobState::Running => JobStatus::Running,
+        JobState::Succeeded => JobStatus::Succeeded,
+        JobState::Failed => JobStatus::Failed {
+            reason: s.reason.clone().unwrap_or_default(),
+        },
+        JobState::Cancelled => JobStatus::Cancelled,
+    }
+}
+
+/// Writes one job's record changes to the control plane in order, skipping to the newest
+/// when several wait (progress updates are only ever superseded), and always writing the last.
+pub struct Recorder {
+    tx: mpsc::UnboundedSender<Snapshot>,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Recorder {
+    pub fn start(raft: RaftHandle, id: JobId) -> Recorder {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Snapshot>();
+        let done = tokio::spawn(async move {
+            while let Some(mut s) = rx.recv().await {
+                while let Ok(newer) = rx.try_recv() {
+                    s = newer;
+                }
+                let result = s.result.as_ref().map(|r| {
+                    let bytes = serde_json::to_vec(r).unwrap_or_default();
+                    if bytes.len() > MAX_RECORDED_RESULT {
+                        serde_json::to_vec(&serde_json::json!({
+                            "truncated": true,
+                            "bytes": bytes.len(),
+                        }))
+                        .unwrap_or_default()
+                    } else {
+                        bytes
+                    }
+                });
+                let command = Command::UpdateJob {
+                    id: id.clone(),
+                    status: record_status(&s),
+                    progress: s.progress.clamp(0.0, 1.0),
+                    result,
+                };
+                if let Err(e) = propose_retrying(&raft, command).await {
+                    // Rejected: the record finished elsewhere (cancelled from another node).
+                    tracing::debug!(job = %id, "job record not updated: {e}");
+                }
+            }
+        });
+        Recorder { tx, done }
+    }
+
+    pub fn record(&self, s: Snapshot) {
+        let _ = self.tx.send(s);
+    }
+
+    /// Waits until every change handed over is written (or refused).
+    pub async fn finish(self) {
+        drop(self.tx);
+        let _ = self.done.await;
+    }
+}
+
+/// Proposes, retrying for a few seconds while there is no leader (an election).
+pub async fn propose_retrying(raft: &RaftHandle, command: Command) -> Result<(), ProposeError> {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match raft.propose(command.clone()).await {
+            Ok(_) => return Ok(()),
+            Err(e @ (ProposeError::Rejected(_) | ProposeError::Stopped)) => return Err(e),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_jobs_are_forgotten_oldest_first_running_ones_never() {
+        let table = JobTable::default();
+        let running = Arc::new(LocalJob::new("run".into(), "ingest", "t".into(), 1, true));
+        table.insert(running.clone());
+        for i in 0..FINISHED_KEPT + 5 {
+            let j = Arc::new(LocalJob::new(format!("j{i}"), "status", "t".into(), 1, false));
+            j.update(|s| s.state = JobState::Succeeded);
+            table.insert(j);
+        }
+        assert!(table.get("run").is_some());
+        assert!(table.get("j0").is_none());
+        assert!(table.get(&format!("j{}", FINISHED_KEPT + 4)).is_some());
+        assert_eq!(table.recent(2)[0].id, format!("j{}", FINISHED_KEPT + 4));
+    }
+
+    #[test]
+    fn a_finished_job_does_not_change() {
+        let j = LocalJob::new("j".into(), "query", "t".into(), 1, false);
+        assert!(j.update(|s| s.state = JobState::Cancelled));
+        assert!(!j.update(|s| s.state = JobState::Succeeded));
+        assert_eq!(j.snapshot().state, JobState::Cancelled);
+        assert!(!j.cancel(), "cancelling a finished job reports it was not running");
+    }
+}
