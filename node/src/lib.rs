@@ -9,6 +9,7 @@ pub mod cluster_cmd;
 pub mod config;
 pub mod control;
 pub mod deployment_file;
+pub mod gateway;
 pub mod link;
 pub mod local;
 pub mod logging;
