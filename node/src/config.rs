@@ -27,6 +27,7 @@ pub struct ClusterConfig {
     pub links: LinkTiming,
     pub raft: RaftSection,
     pub scheduler: SchedulerSection,
+    pub gateway: GatewaySection,
     pub nodes: Vec<NodeConfig>,
 }
 
@@ -116,6 +117,46 @@ impl SchedulerSection {
             ..Default::default()
         }
     }
+}
+
+/// The WebSocket gateway: who may connect, and the limits that hold before any work starts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatewaySection {
+    /// The tokens file (`arbor token create` writes it); relative to the config file's folder.
+    /// Missing: no client is accepted until a token is created.
+    pub tokens_file: PathBuf,
+    /// The largest frame a client may send, in bytes.
+    pub max_message_bytes: usize,
+    /// Jobs one connection may have unfinished at once (per-connection backpressure).
+    pub max_jobs_per_connection: usize,
+    /// Jobs one token may have unfinished at once, over all its connections to this node.
+    pub max_jobs_per_token: usize,
+    /// Failed `auth` attempts after which the connection is closed.
+    pub max_failed_auths: u32,
+    /// A connection that has not authenticated after this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub auth_timeout: Duration,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            tokens_file: PathBuf::from("tokens.toml"),
+            max_message_bytes: 4 << 20,
+            max_jobs_per_connection: 64,
+            max_jobs_per_token: 256,
+            max_failed_auths: 3,
+            auth_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl GatewaySection {
+    /// The smallest `max_message_bytes`: room for an auth frame and a modest request.
+    pub const MIN_MESSAGE_BYTES: usize = 1 << 10;
+    /// The largest `max_message_bytes`: bulk data goes in several frames, not one huge one.
+    pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 }
 
 /// How nodes watch each other. The defaults see a dead peer within 2 s.
@@ -272,6 +313,8 @@ struct RawConfig {
     raft: RaftSection,
     #[serde(default)]
     scheduler: SchedulerSection,
+    #[serde(default)]
+    gateway: GatewaySection,
     #[serde(default, rename = "nodes")]
     nodes: Vec<NodeConfig>,
 }
@@ -298,6 +341,7 @@ impl ClusterConfig {
             links: raw.links,
             raft: raw.raft,
             scheduler: raw.scheduler,
+            gateway: raw.gateway,
             nodes: raw.nodes,
         };
         config.validate()?;
@@ -403,6 +447,35 @@ impl ClusterConfig {
         if r.snapshot_interval == 0 {
             return Err(self.invalid("raft.snapshot_interval", "must be positive"));
         }
+        let g = &self.gateway;
+        if g.tokens_file.as_os_str().is_empty() {
+            return Err(self.invalid("gateway.tokens_file", "must not be empty"));
+        }
+        if !(GatewaySection::MIN_MESSAGE_BYTES..=GatewaySection::MAX_MESSAGE_BYTES)
+            .contains(&g.max_message_bytes)
+        {
+            return Err(self.invalid(
+                "gateway.max_message_bytes",
+                format!(
+                    "{} is out of range: must be between {} (1 KiB) and {} (64 MiB)",
+                    g.max_message_bytes,
+                    GatewaySection::MIN_MESSAGE_BYTES,
+                    GatewaySection::MAX_MESSAGE_BYTES
+                ),
+            ));
+        }
+        for (field, value) in [
+            ("gateway.max_jobs_per_connection", g.max_jobs_per_connection),
+            ("gateway.max_jobs_per_token", g.max_jobs_per_token),
+            ("gateway.max_failed_auths", g.max_failed_auths as usize),
+        ] {
+            if value == 0 {
+                return Err(self.invalid(field, "must be positive"));
+            }
+        }
+        if g.auth_timeout.is_zero() {
+            return Err(self.invalid("gateway.auth_timeout", "must be more than 0"));
+        }
         if let Some(voters) = &self.cluster.voters {
             if voters.is_empty() {
                 return Err(self.invalid("cluster.voters", "must name at least one node"));
@@ -455,6 +528,11 @@ impl ClusterConfig {
     /// The node's data dir: the override if given, else the configured one.
     pub fn data_dir(&self, node: &NodeConfig, overridden: Option<&Path>) -> PathBuf {
         overridden.map_or_else(|| self.resolve(&node.data_dir), Path::to_owned)
+    }
+
+    /// The gateway's tokens file, anchored at the config file's folder when relative.
+    pub fn tokens_file(&self) -> PathBuf {
+        self.resolve(&self.gateway.tokens_file)
     }
 
     /// Reads the cluster secret from `cluster.secret_file`, or from `ARBOR_CLUSTER_SECRET`.

@@ -8,6 +8,7 @@ use anyhow::Context;
 use arbor_kernels::Device;
 use arbor_kernels::llama::Sampling;
 use arbor_node::control::{ControlReply, ControlRequest, DeployChange};
+use arbor_node::gateway::tokens::{self, Role, TokenFile};
 use arbor_node::link::messages::MembershipChange;
 use arbor_node::logging::{self, LogFormat};
 use arbor_node::{ClusterConfig, Node, NodeId, call, cluster_cmd, deployment_file, status};
@@ -96,6 +97,11 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Gateway tokens: create, list or revoke the tokens clients authenticate with.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
 }
 
@@ -228,6 +234,59 @@ enum ClusterCommand {
         #[arg(long, default_value = "cluster.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Add a token with ROLE to the tokens file (creating it) and print the token, once, on
+    /// stdout: `TOKEN=$(arbor token create --role admin)`.
+    Create {
+        /// reader (status), user (also ingest, query, rag, embed, generate) or admin (also
+        /// deploy, undeploy, collections, cluster changes).
+        #[arg(long)]
+        role: Role,
+        /// Free text to tell tokens apart, e.g. who holds it.
+        #[arg(long)]
+        label: Option<String>,
+        #[command(flatten)]
+        file: TokensFileArgs,
+    },
+    /// List the tokens: id, role, when created, label (never secrets or digests).
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        file: TokensFileArgs,
+    },
+    /// Remove a token; running nodes refuse it from then on, on open connections too.
+    Revoke {
+        /// The token's id, as `arbor token list` shows it.
+        id: String,
+        #[command(flatten)]
+        file: TokensFileArgs,
+    },
+}
+
+/// Which tokens file a `token` command works on.
+#[derive(clap::Args)]
+struct TokensFileArgs {
+    /// The cluster's config file; its `[gateway] tokens_file` is used.
+    #[arg(long, default_value = "cluster.toml")]
+    config: PathBuf,
+    /// The tokens file itself, instead of the one cluster.toml names (no cluster.toml needed).
+    #[arg(long, conflicts_with = "config")]
+    tokens_file: Option<PathBuf>,
+}
+
+impl TokensFileArgs {
+    fn path(self) -> anyhow::Result<PathBuf> {
+        match self.tokens_file {
+            Some(path) => Ok(path),
+            None => Ok(ClusterConfig::load(&self.config)
+                .context("cannot find the tokens file (name it with --tokens-file instead)")?
+                .tokens_file()),
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -391,6 +450,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cluster { command } => cluster(command).await,
+        Command::Token { command } => token(command),
         Command::Local { command } => tokio::task::spawn_blocking(move || local(command)).await?,
     }
 }
@@ -425,6 +485,60 @@ fn local(command: LocalCommand) -> anyhow::Result<()> {
                 None => Sampling::Greedy,
             };
             arbor_node::local::generate(models, device, &prompt, max_tokens, sampling, json)?;
+        }
+    }
+    Ok(())
+}
+
+/// The token commands only touch the tokens file; running nodes notice the change themselves.
+fn token(command: TokenCommand) -> anyhow::Result<()> {
+    match command {
+        TokenCommand::Create { role, label, file } => {
+            let path = file.path()?;
+            let (info, token) = TokenFile::create(&path, role, label.as_deref())?;
+            // The token alone on stdout, so scripts can capture it; the rest on stderr.
+            println!("{token}");
+            eprintln!(
+                "created token {} with role {role}{} in {}; this is the only time the token is \
+                 shown (the file keeps only its digest): store it now",
+                info.id,
+                info.label
+                    .as_deref()
+                    .map_or_else(String::new, |l| format!(" ({l})")),
+                path.display()
+            );
+        }
+        TokenCommand::List { json, file } => {
+            let path = file.path()?;
+            let list = TokenFile::load(&path)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "file": path, "tokens": list.list() })
+                );
+            } else if list.is_empty() {
+                println!(
+                    "{} {}; create one with `arbor token create --role admin`",
+                    if list.exists() {
+                        "no tokens in"
+                    } else {
+                        "no tokens file at"
+                    },
+                    path.display()
+                );
+            } else {
+                print!("{}", tokens::to_table(&list.list()));
+            }
+        }
+        TokenCommand::Revoke { id, file } => {
+            let path = file.path()?;
+            let info = TokenFile::revoke(&path, &id)?;
+            println!(
+                "token {} ({}) revoked in {}; running nodes refuse it once they see the change",
+                info.id,
+                info.role,
+                path.display()
+            );
         }
     }
     Ok(())

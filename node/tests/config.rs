@@ -2,7 +2,9 @@
 
 use std::path::Path;
 
-use arbor_node::config::{ClusterConfig, GpuSpec, Secret};
+use std::time::Duration;
+
+use arbor_node::config::{ClusterConfig, GatewaySection, GpuSpec, Secret};
 
 const GOOD: &str = r#"
 [cluster]
@@ -173,4 +175,47 @@ fn other_mistakes_are_named() {
         1,
     ));
     assert!(e.contains("links.peer_timeout"), "{e}");
+}
+
+#[test]
+fn the_gateway_section_has_defaults_and_anchors_the_tokens_file() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.gateway, GatewaySection::default());
+    assert_eq!(c.gateway.max_message_bytes, 4 << 20);
+    assert_eq!(c.gateway.auth_timeout, Duration::from_secs(10));
+    assert_eq!(c.tokens_file(), Path::new("conf/tokens.toml"));
+
+    let c = parse(&GOOD.replacen(
+        "[[nodes]]",
+        "[gateway]\ntokens_file = \"/etc/arbor/tokens.toml\"\nmax_message_bytes = 1024\nauth_timeout = \"3s\"\n\n[[nodes]]",
+        1,
+    ))
+    .unwrap();
+    assert_eq!(c.tokens_file(), Path::new("/etc/arbor/tokens.toml"));
+    assert_eq!(c.gateway.max_message_bytes, 1024);
+    assert_eq!(c.gateway.auth_timeout, Duration::from_secs(3));
+    assert_eq!(c.gateway.max_jobs_per_token, 256);
+}
+
+#[test]
+fn gateway_mistakes_are_named() {
+    let with =
+        |lines: &str| GOOD.replacen("[[nodes]]", &format!("[gateway]\n{lines}\n\n[[nodes]]"), 1);
+    let e = error_of(&with("max_message_bytes = 100"));
+    assert!(e.contains("gateway.max_message_bytes"), "{e}");
+    assert!(e.contains("1 KiB") && e.contains("64 MiB"), "{e}");
+    let e = error_of(&with("max_message_bytes = 100000000"));
+    assert!(e.contains("gateway.max_message_bytes"), "{e}");
+    for field in [
+        "max_jobs_per_connection",
+        "max_jobs_per_token",
+        "max_failed_auths",
+    ] {
+        let e = error_of(&with(&format!("{field} = 0")));
+        assert!(e.contains(&format!("gateway.{field}")), "{e}");
+    }
+    let e = error_of(&with("auth_timeout = \"0s\""));
+    assert!(e.contains("gateway.auth_timeout"), "{e}");
+    let e = error_of(&with("token_file = \"t.toml\""));
+    assert!(e.contains("unknown field `token_file`"), "{e}");
 }

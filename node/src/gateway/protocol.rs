@@ -276,47 +276,7 @@ pub struct DocumentIn {
     pub metadata: Map<String, Value>,
 }
 
-/// Who may do what. Each role may do everything the roles below it may.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Cluster and job status.
-    Reader,
-    /// Ingest, query, RAG, embed, generate.
-    User,
-    /// Deployments, collections, cluster changes.
-    Admin,
-}
-
-impl Role {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Reader => "reader",
-            Role::User => "user",
-            Role::Admin => "admin",
-        }
-    }
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Role, String> {
-        match s {
-            "reader" => Ok(Role::Reader),
-            "user" => Ok(Role::User),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?}; the roles are admin, user and reader"
-            )),
-        }
-    }
-}
+pub use super::tokens::Role;
 
 impl JobSpec {
     /// The `kind` tag.
