@@ -142,10 +142,11 @@ pub async fn generate_failover(
     let mut text = String::new();
     let mut tried: Vec<ractor::ActorId> = Vec::new();
     loop {
-        let fresh: Vec<ractor::ActorCell> = ractor::pg::get_scoped_members(&scope.to_owned(), &group)
-            .into_iter()
-            .filter(|m| !tried.contains(&m.get_id()))
-            .collect();
+        let fresh: Vec<ractor::ActorCell> =
+            ractor::pg::get_scoped_members(&scope.to_owned(), &group)
+                .into_iter()
+                .filter(|m| !tried.contains(&m.get_id()))
+                .collect();
         if fresh.is_empty() {
             return Err(StreamError::NoReplicas {
                 deployment: deployment.to_owned(),

@@ -43,6 +43,16 @@ pub enum NodeError {
     Unresponsive(String),
     #[error("the control plane did not start: {0}")]
     ControlPlane(#[from] arbor_scheduler::StartError),
+    #[error(transparent)]
+    Tokens(#[from] crate::gateway::tokens::TokenError),
+    #[error(
+        "cannot listen on {addr} (nodes[{id}].gateway): {source}; is another node or program using it?"
+    )]
+    GatewayListen {
+        id: NodeId,
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -56,6 +66,7 @@ pub struct Node {
     register: tokio::task::JoinHandle<()>,
     agent: AgentBridge,
     reconciler: Reconciler,
+    gateway: crate::gateway::Gateway,
 }
 
 /// The capacity a node registers with the control plane.
@@ -278,7 +289,22 @@ impl Node {
         .map_err(|e| NodeError::Spawn("node agent", e.to_string()))?;
         // Every node runs one; only the leader's acts.
         let reconciler = Reconciler::spawn(raft.handle(), config.scheduler.reconciler());
-        tracing::info!(node = id, actors = %node.actors, data_dir = %data_dir.display(), "node started");
+        let tokens = crate::gateway::tokens::TokenStore::open(config.tokens_file())?;
+        let gateway = crate::gateway::Gateway::start(crate::gateway::GatewayArgs {
+            node: id,
+            addr: node.gateway,
+            raft: raft.handle(),
+            scope: crate::link::scope(&config.cluster.name),
+            tokens,
+            settings: config.gateway.clone(),
+        })
+        .await
+        .map_err(|source| NodeError::GatewayListen {
+            id,
+            addr: node.gateway.to_string(),
+            source,
+        })?;
+        tracing::info!(node = id, actors = %node.actors, gateway = %gateway.local_addr(), data_dir = %data_dir.display(), "node started");
         Ok(Node {
             id,
             data_dir,
@@ -289,7 +315,13 @@ impl Node {
             register,
             agent,
             reconciler,
+            gateway,
         })
+    }
+
+    /// Where this node's gateway listens.
+    pub fn gateway_addr(&self) -> std::net::SocketAddr {
+        self.gateway.local_addr()
     }
 
     /// This node's agent, the supervisor of the actors placed here.
@@ -333,6 +365,7 @@ impl Node {
     pub async fn shutdown(self) {
         let timeout = Some(Duration::from_secs(5));
         self.register.abort();
+        self.gateway.shutdown();
         self.reconciler.stop();
         self.agent.shutdown().await;
         let _ = self.link.stop_and_wait(None, timeout).await;

@@ -298,6 +298,11 @@ impl Recorder {
         Recorder { tx, done }
     }
 
+    /// Another handle for handing over changes (progress, from inside the job).
+    pub fn sender(&self) -> mpsc::UnboundedSender<Snapshot> {
+        self.tx.clone()
+    }
+
     pub fn record(&self, s: Snapshot) {
         let _ = self.tx.send(s);
     }
@@ -332,7 +337,13 @@ mod tests {
         let running = Arc::new(LocalJob::new("run".into(), "ingest", "t".into(), 1, true));
         table.insert(running.clone());
         for i in 0..FINISHED_KEPT + 5 {
-            let j = Arc::new(LocalJob::new(format!("j{i}"), "status", "t".into(), 1, false));
+            let j = Arc::new(LocalJob::new(
+                format!("j{i}"),
+                "status",
+                "t".into(),
+                1,
+                false,
+            ));
             j.update(|s| s.state = JobState::Succeeded);
             table.insert(j);
         }
@@ -348,6 +359,9 @@ mod tests {
         assert!(j.update(|s| s.state = JobState::Cancelled));
         assert!(!j.update(|s| s.state = JobState::Succeeded));
         assert_eq!(j.snapshot().state, JobState::Cancelled);
-        assert!(!j.cancel(), "cancelling a finished job reports it was not running");
+        assert!(
+            !j.cancel(),
+            "cancelling a finished job reports it was not running"
+        );
     }
 }

@@ -76,6 +76,16 @@ pub enum JobSpec {
     Generate(GenerateJob),
     /// The cluster as the accepting node sees it.
     Status,
+    /// One request to any deployment, answered by its kind (echo, spin, a coordinator's JSON).
+    Call(CallJob),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallJob {
+    pub deployment: String,
+    /// The request, as text (what `arbor call` sends).
+    pub payload: String,
 }
 
 /// `deployment` is a deployment file (`arbor deploy -f`) as a JSON object.
@@ -234,6 +244,7 @@ fn job_spec(value: Value, at: &str) -> Result<JobSpec, ParseError> {
         "embed" => JobSpec::Embed(typed_at(rest, at)?),
         "generate" => JobSpec::Generate(typed_at(rest, at)?),
         "status" => unit(JobSpec::Status, rest)?,
+        "call" => JobSpec::Call(typed_at(rest, at)?),
         other => {
             let f = field("kind");
             return Err(ParseError::new(
@@ -294,6 +305,7 @@ impl JobSpec {
             JobSpec::Embed(_) => "embed",
             JobSpec::Generate(_) => "generate",
             JobSpec::Status => "status",
+            JobSpec::Call(_) => "call",
         }
     }
 
@@ -308,9 +320,19 @@ impl JobSpec {
             | JobSpec::Query(_)
             | JobSpec::Rag(_)
             | JobSpec::Embed(_)
-            | JobSpec::Generate(_) => Role::User,
+            | JobSpec::Generate(_)
+            | JobSpec::Call(_) => Role::User,
             JobSpec::Collections | JobSpec::Deployments | JobSpec::Status => Role::Reader,
         }
+    }
+
+    /// Whether it stops by itself soon after a cancel (it checks between steps, and cancels
+    /// its generation on the model replica); other kinds are dropped at once.
+    pub fn stops_by_itself(&self) -> bool {
+        matches!(
+            self,
+            JobSpec::Ingest(_) | JobSpec::Rag(_) | JobSpec::Generate(_)
+        )
     }
 
     /// Whether the control plane records it without being asked to. Reads that answer in
@@ -323,6 +345,7 @@ impl JobSpec {
             JobSpec::Status
                 | JobSpec::Query(_)
                 | JobSpec::Embed(_)
+                | JobSpec::Call(_)
                 | JobSpec::Collections
                 | JobSpec::Deployments
         )
@@ -570,6 +593,7 @@ const JOB_KINDS: &[&str] = &[
     "embed",
     "generate",
     "status",
+    "call",
 ];
 
 /// Parses one text frame from a client.
@@ -629,7 +653,50 @@ pub fn parse_client(text: &str) -> Result<ClientMsg, ParseError> {
     if kind == "submit" {
         return submit(object).map_err(with_ref);
     }
-    typed(value).map_err(with_ref)
+    // Each type's fields on their own, so that serde keeps the path of the one at fault
+    // (it loses it inside internally tagged enums).
+    let mut rest = object.clone();
+    rest.remove("type");
+    let rest = Value::Object(rest);
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct AuthFields {
+        v: u32,
+        token: String,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct JobField {
+        job: JobId,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct StatusFields {
+        #[serde(default)]
+        job: Option<JobId>,
+        #[serde(default)]
+        limit: Option<u32>,
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct PingFields {
+        #[serde(default)]
+        nonce: Option<u64>,
+    }
+    let msg = match kind {
+        "auth" => typed::<AuthFields>(rest).map(|a| ClientMsg::Auth {
+            v: a.v,
+            token: a.token,
+        }),
+        "subscribe" => typed::<JobField>(rest).map(|j| ClientMsg::Subscribe { job: j.job }),
+        "cancel" => typed::<JobField>(rest).map(|j| ClientMsg::Cancel { job: j.job }),
+        "status" => typed::<StatusFields>(rest).map(|s| ClientMsg::Status {
+            job: s.job,
+            limit: s.limit,
+        }),
+        _ => typed::<PingFields>(rest).map(|p| ClientMsg::Ping { nonce: p.nonce }),
+    };
+    msg.map_err(with_ref)
 }
 
 /// A `submit` object, parsed by hand so that errors in the job name their full path.
@@ -740,7 +807,12 @@ fn field_error(path: &str, message: &str) -> ParseError {
         );
     }
     if let Some(name) = quoted("unknown field `") {
-        let field = at(&name);
+        // serde_path_to_error's path already ends at an unknown field.
+        let field = if path == name || path.ends_with(&format!(".{name}")) {
+            path.to_owned()
+        } else {
+            at(&name)
+        };
         let expected = message
             .split_once(", expected ")
             .map(|(_, e)| format!("; expected {}", e.replace('`', "\"")))
@@ -868,6 +940,16 @@ mod tests {
         assert_eq!(
             (e.code, e.field.as_deref()),
             (ErrorCode::UnknownField, Some("job.colour"))
+        );
+        let e = err(r#"{"type":"cancel","job":7}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("job"))
+        );
+        let e = err(r#"{"type":"ping","colour":1}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::UnknownField, Some("colour"))
         );
         let e = err(r#"{"type":"auth","v":1}"#);
         assert_eq!(

@@ -1,0 +1,746 @@
+//! What each job kind does, through this node's view of the control plane and its process
+//! groups (the node is linked with every peer, so every replica in the cluster is visible
+//! here; no extra client node is started).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arbor_actors::kinds::model::GenerateSpec;
+use arbor_actors::replica::{EmbedFailure, EmbedRequest, ReplicaMsg};
+use arbor_actors::retrieval::{CollectionRoute, QueryAnswer, rag_prompt};
+use arbor_actors::router::{CallError, Router};
+use arbor_actors::stream::{StreamError, generate_failover};
+use arbor_actors::wire::Wire;
+use arbor_scheduler::RaftHandle;
+use arbor_scheduler::resources::{Bytes, Millicores, Resources};
+use arbor_scheduler::state::{ClusterState, CollectionSpec, Metric};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use super::jobs::LocalJob;
+use super::protocol::{
+    CreateCollectionJob, DeployJob, DocumentIn, EmbedJob, ErrorCode, GenerateJob, IngestJob,
+    JobSpec, QueryJob, RagJob, ServerMsg,
+};
+use crate::config::NodeId;
+use crate::control::{self, ControlReply, ControlRequest, DeployChange};
+
+/// The most results a query may ask for.
+pub const MAX_K: u32 = 256;
+/// The most sources a RAG answer may be given.
+pub const MAX_RAG_K: u32 = 16;
+/// The most tokens one generation may ask for.
+pub const MAX_TOKENS: u32 = 4096;
+/// The most texts one embed job may carry.
+pub const MAX_EMBED_TEXTS: usize = 256;
+/// Documents per request to the coordinator during an ingest: progress is reported, and
+/// cancellation takes effect, between them.
+const INGEST_STEP: usize = 16;
+/// How long a call to a deployment may take before another replica is tried.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the job kinds need from the node.
+#[derive(Clone)]
+pub struct Env {
+    pub node: NodeId,
+    pub raft: RaftHandle,
+    /// The process-group scope of this cluster's replicas.
+    pub scope: String,
+    /// The latest cluster summary (the `status` job's answer).
+    pub summary: watch::Receiver<Arc<Value>>,
+}
+
+/// Why a job did not succeed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFailure {
+    pub code: ErrorCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl JobFailure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    fn field(code: ErrorCode, field: &str, message: impl Into<String>) -> JobFailure {
+        JobFailure {
+            code,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+}
+
+/// Checks a job's arguments before it is accepted. Pure.
+pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
+    let invalid = |field: &str, message: String| {
+        Err(JobFailure::field(
+            ErrorCode::InvalidJob,
+            &format!("job.{field}"),
+            message,
+        ))
+    };
+    let named = |field: &str, name: &str| {
+        if name.trim().is_empty() {
+            invalid(field, format!("{field} is empty"))
+        } else {
+            Ok(())
+        }
+    };
+    match spec {
+        JobSpec::Undeploy(n) | JobSpec::DeleteCollection(n) => named("name", &n.name),
+        JobSpec::CreateCollection(c) => {
+            named("name", &c.name)?;
+            named("embedder", &c.embedder)?;
+            if c.partitions == 0 {
+                return invalid("partitions", "partitions must be at least 1".into());
+            }
+            if c.replicas == 0 {
+                return invalid("replicas", "replicas must be at least 1".into());
+            }
+            if c.dimension == 0 {
+                return invalid("dimension", "dimension must be at least 1".into());
+            }
+            metric(&c.metric).map(|_| ())
+        }
+        JobSpec::Ingest(i) => {
+            named("collection", &i.collection)?;
+            if i.documents.is_empty() {
+                return invalid("documents", "documents is empty".into());
+            }
+            match i.documents.iter().position(|d| d.id.is_empty()) {
+                Some(n) => invalid(
+                    &format!("documents[{n}].id"),
+                    "a document id is empty".into(),
+                ),
+                None => Ok(()),
+            }
+        }
+        JobSpec::Query(q) => {
+            named("collection", &q.collection)?;
+            named("text", &q.text)?;
+            if q.k == 0 || q.k > MAX_K {
+                return invalid("k", format!("k = {} is not in 1..={MAX_K}", q.k));
+            }
+            match &q.filter {
+                Some(f) => arbor_actors::partition::MetadataFilter::parse(&f.to_string())
+                    .map(|_| ())
+                    .or_else(|e| invalid("filter", format!("filter: {e}"))),
+                None => Ok(()),
+            }
+        }
+        JobSpec::Rag(r) => {
+            named("collection", &r.collection)?;
+            named("question", &r.question)?;
+            if r.k == 0 || r.k > MAX_RAG_K {
+                return invalid("k", format!("k = {} is not in 1..={MAX_RAG_K}", r.k));
+            }
+            max_tokens(r.max_tokens)
+        }
+        JobSpec::Embed(e) => {
+            if e.texts.is_empty() || e.texts.len() > MAX_EMBED_TEXTS {
+                return invalid(
+                    "texts",
+                    format!(
+                        "texts has {} entries; give 1..={MAX_EMBED_TEXTS}",
+                        e.texts.len()
+                    ),
+                );
+            }
+            Ok(())
+        }
+        JobSpec::Generate(g) => {
+            named("prompt", &g.prompt)?;
+            max_tokens(g.max_tokens)
+        }
+        JobSpec::Call(c) => named("deployment", &c.deployment),
+        JobSpec::Deploy(_) | JobSpec::Collections | JobSpec::Deployments | JobSpec::Status => {
+            Ok(())
+        }
+    }
+}
+
+fn max_tokens(n: u32) -> Result<(), JobFailure> {
+    if n == 0 || n > MAX_TOKENS {
+        return Err(JobFailure::field(
+            ErrorCode::InvalidJob,
+            "job.max_tokens",
+            format!("max_tokens = {n} is not in 1..={MAX_TOKENS}"),
+        ));
+    }
+    Ok(())
+}
+
+fn metric(name: &str) -> Result<Metric, JobFailure> {
+    match name {
+        "cosine" => Ok(Metric::Cosine),
+        "dot" => Ok(Metric::Dot),
+        "l2" => Ok(Metric::L2),
+        other => Err(JobFailure::field(
+            ErrorCode::InvalidJob,
+            "job.metric",
+            format!("metric {other:?} is not one of cosine, dot, l2"),
+        )),
+    }
+}
+
+/// Hands a job's events to its submitter and its watchers.
+pub struct Emit {
+    pub job: Arc<LocalJob>,
+    /// The submitter's connection (events to it are never dropped).
+    pub owner: Option<tokio::sync::mpsc::UnboundedSender<super::server::Outgoing>>,
+    /// Progress is also written to the job's record, at most this often.
+    pub on_progress: Box<dyn Fn(f32) + Send + Sync>,
+}
+
+impl Emit {
+    pub fn send(&self, msg: ServerMsg) {
+        self.job.publish(&msg);
+        if let Some(owner) = &self.owner {
+            let _ = owner.send(super::server::Outgoing::Msg(msg));
+        }
+    }
+
+    fn progress(&self, done: u64, total: u64, unit: &str) {
+        let fraction = if total == 0 {
+            0.0
+        } else {
+            (done as f32 / total as f32).clamp(0.0, 1.0)
+        };
+        self.job.update(|s| s.progress = fraction);
+        (self.on_progress)(fraction);
+        self.send(ServerMsg::Progress {
+            job: self.job.id.clone(),
+            done,
+            total,
+            unit: unit.into(),
+        });
+    }
+
+    fn token(&self, text: &str) {
+        self.send(ServerMsg::Token {
+            job: self.job.id.clone(),
+            text: text.into(),
+        });
+    }
+}
+
+/// Runs one job to its result.
+pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, JobFailure> {
+    match spec {
+        JobSpec::Status => Ok(Value::clone(&env.summary.borrow())),
+        JobSpec::Deploy(d) => deploy(env, d).await,
+        JobSpec::Undeploy(n) => {
+            control_request(&env.raft, ControlRequest::Undeploy(n.name.clone())).await?;
+            Ok(json!({ "name": n.name, "deleted": true }))
+        }
+        JobSpec::CreateCollection(c) => create_collection(env, c).await,
+        JobSpec::DeleteCollection(n) => {
+            control_request(&env.raft, ControlRequest::DeleteCollection(n.name.clone())).await?;
+            Ok(json!({ "name": n.name, "deleted": true }))
+        }
+        JobSpec::Collections => {
+            let list = read(&env.raft, control::collections).await?;
+            Ok(json!({ "collections": list }))
+        }
+        JobSpec::Deployments => {
+            let reports = read(&env.raft, control::report).await?;
+            Ok(control::to_json(&reports))
+        }
+        JobSpec::Ingest(i) => ingest(env, i, emit).await,
+        JobSpec::Query(q) => {
+            let (coordinator, _) = coordinator_of(env, &q.collection).await?;
+            let answer = query(env, &coordinator, &q).await?;
+            serde_json::to_value(answer).map_err(internal)
+        }
+        JobSpec::Rag(r) => rag(env, r, emit).await,
+        JobSpec::Embed(e) => embed(env, e).await,
+        JobSpec::Generate(g) => generate(env, g, emit).await,
+        JobSpec::Call(c) => {
+            let router = Router::new(env.scope.clone(), c.deployment.clone())
+                .with_attempt_deadline(Duration::from_secs(10));
+            let reply = router
+                .call(c.payload.into_bytes(), CALL_TIMEOUT)
+                .await
+                .map_err(call_failure)?;
+            Ok(json!({ "reply": String::from_utf8_lossy(&reply) }))
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> JobFailure {
+    JobFailure::new(ErrorCode::Internal, e.to_string())
+}
+
+async fn read<R: Send + 'static>(
+    raft: &RaftHandle,
+    f: impl FnOnce(&ClusterState) -> R + Send + 'static,
+) -> Result<R, JobFailure> {
+    raft.read_local(f).await.map_err(|e| {
+        JobFailure::new(
+            ErrorCode::Unavailable,
+            format!("the control plane is not reachable from this node: {e}"),
+        )
+    })
+}
+
+async fn control_request(
+    raft: &RaftHandle,
+    request: ControlRequest,
+) -> Result<ControlReply, JobFailure> {
+    control::execute(raft, request).await.map_err(|why| {
+        // Refusals (not found, exists, invalid) are the request's fault; the rest is the
+        // control plane's state (no leader, timeout).
+        let code = if [
+            "not found",
+            "already exists",
+            "invalid",
+            "exists",
+            "no such",
+        ]
+        .iter()
+        .any(|w| why.contains(w))
+        {
+            ErrorCode::InvalidJob
+        } else {
+            ErrorCode::Unavailable
+        };
+        JobFailure::new(code, why)
+    })
+}
+
+async fn deploy(env: &Env, d: DeployJob) -> Result<Value, JobFailure> {
+    let text = Value::Object(d.deployment).to_string();
+    let spec = crate::deployment_file::parse(Path::new("job.deployment.json"), &text)
+        .map_err(|e| JobFailure::field(ErrorCode::InvalidJob, "job.deployment", e.to_string()))?;
+    let name = spec.name.clone();
+    match control_request(&env.raft, ControlRequest::Deploy(spec)).await? {
+        ControlReply::Deployed { revision, change } => Ok(json!({
+            "name": name,
+            "revision": revision,
+            "change": match change {
+                DeployChange::Created => "created",
+                DeployChange::Updated => "updated",
+                DeployChange::Unchanged => "unchanged",
+            },
+        })),
+        other => Err(internal(format!("unexpected reply {other:?}"))),
+    }
+}
+
+async fn create_collection(env: &Env, c: CreateCollectionJob) -> Result<Value, JobFailure> {
+    let cpu = match &c.cpu {
+        Some(s) => s.parse::<Millicores>().map_err(|e| {
+            JobFailure::field(ErrorCode::InvalidJob, "job.cpu", format!("cpu {s:?}: {e}"))
+        })?,
+        None => Millicores(250),
+    };
+    let memory = match &c.memory {
+        Some(s) => s.parse::<Bytes>().map_err(|e| {
+            JobFailure::field(
+                ErrorCode::InvalidJob,
+                "job.memory",
+                format!("memory {s:?}: {e}"),
+            )
+        })?,
+        None => Bytes(512 << 20),
+    };
+    let spec = CollectionSpec {
+        name: c.name.clone(),
+        dimension: c.dimension,
+        metric: metric(&c.metric)?,
+        partitions: c.partitions,
+        replication: c.replicas,
+        embedder: c.embedder.clone(),
+        resources: Resources {
+            cpu,
+            memory,
+            ..Default::default()
+        },
+    };
+    control_request(&env.raft, ControlRequest::CreateCollection(spec)).await?;
+    Ok(json!({
+        "name": c.name,
+        "partitions": c.partitions,
+        "replicas": c.replicas,
+        "embedder": c.embedder,
+    }))
+}
+
+/// The coordinator deployment that serves `collection`, and its route. Pure.
+pub fn find_coordinator(
+    state: &ClusterState,
+    collection: &str,
+) -> Result<(String, CollectionRoute), JobFailure> {
+    if !state.collections.contains_key(collection) {
+        return Err(JobFailure::field(
+            ErrorCode::NotFound,
+            "job.collection",
+            format!("there is no collection {collection:?}; see `arbor collections`"),
+        ));
+    }
+    state
+        .deployments
+        .values()
+        .filter(|d| d.spec.kind == "retrieval_coordinator")
+        .find_map(|d| {
+            let route: CollectionRoute = serde_json::from_str(&d.spec.config).ok()?;
+            (route.collection == collection).then(|| (d.spec.name.clone(), route))
+        })
+        .ok_or_else(|| {
+            JobFailure::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "collection {collection:?} has no retrieval_coordinator deployment; deploy \
+                     one whose config names it (see examples/coordinator.toml)"
+                ),
+            )
+        })
+}
+
+/// The deployment of `kind` to use: the one named, or the only one there is. Pure.
+pub fn pick_deployment(
+    state: &ClusterState,
+    kind: &str,
+    named: Option<&str>,
+) -> Result<String, JobFailure> {
+    let of_kind: Vec<&str> = state
+        .deployments
+        .values()
+        .filter(|d| d.spec.kind == kind)
+        .map(|d| d.spec.name.as_str())
+        .collect();
+    match named {
+        Some(name) if of_kind.contains(&name) => Ok(name.to_owned()),
+        Some(name) => Err(JobFailure::field(
+            ErrorCode::NotFound,
+            "job.deployment",
+            format!(
+                "there is no {kind} deployment {name:?}; the {kind} deployments are {of_kind:?}"
+            ),
+        )),
+        None => match of_kind.as_slice() {
+            [only] => Ok((*only).to_owned()),
+            [] => Err(JobFailure::new(
+                ErrorCode::Unavailable,
+                format!("there is no {kind} deployment; deploy one (see examples/)"),
+            )),
+            many => Err(JobFailure::field(
+                ErrorCode::InvalidJob,
+                "job.deployment",
+                format!("there are several {kind} deployments ({many:?}); name one in deployment"),
+            )),
+        },
+    }
+}
+
+async fn coordinator_of(
+    env: &Env,
+    collection: &str,
+) -> Result<(String, CollectionRoute), JobFailure> {
+    let name = collection.to_owned();
+    read(&env.raft, move |s| find_coordinator(s, &name)).await?
+}
+
+fn call_failure(e: CallError) -> JobFailure {
+    match e {
+        CallError::Replica(why) => JobFailure::new(ErrorCode::JobFailed, why),
+        other => JobFailure::new(ErrorCode::Unavailable, other.to_string()),
+    }
+}
+
+/// One JSON request to a deployment's replicas (the generic call every kind answers).
+async fn call_json(env: &Env, deployment: &str, body: &Value) -> Result<Value, JobFailure> {
+    let router =
+        Router::new(env.scope.clone(), deployment).with_attempt_deadline(Duration::from_secs(10));
+    let reply = router
+        .call(body.to_string().into_bytes(), CALL_TIMEOUT)
+        .await
+        .map_err(call_failure)?;
+    serde_json::from_slice(&reply).map_err(|e| {
+        internal(format!(
+            "deployment {deployment:?} answered something that is not JSON: {e}"
+        ))
+    })
+}
+
+async fn query(env: &Env, coordinator: &str, q: &QueryJob) -> Result<QueryAnswer, JobFailure> {
+    let mut body = json!({ "query": q.text, "k": q.k });
+    if let Some(filter) = &q.filter {
+        body["filter"] = filter.clone();
+    }
+    let answer = call_json(env, coordinator, &body).await?;
+    serde_json::from_value(answer).map_err(internal)
+}
+
+async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value, JobFailure> {
+    let (coordinator, route) = coordinator_of(env, &i.collection).await?;
+    let start = Instant::now();
+    let total = i.documents.len() as u64;
+    let mut chunks = 0u64;
+    let mut per_partition = vec![0u64; route.partitions as usize];
+    let mut done = 0u64;
+    emit.progress(0, total, "documents");
+    for step in i.documents.chunks(INGEST_STEP) {
+        if emit.job.is_cancelled() {
+            break;
+        }
+        let docs: Vec<&DocumentIn> = step.iter().collect();
+        let report = call_json(env, &coordinator, &json!({ "ingest": docs })).await?;
+        chunks += report["chunks"].as_u64().unwrap_or(0);
+        if let Some(parts) = report["per_partition"].as_array() {
+            for (sum, n) in per_partition.iter_mut().zip(parts) {
+                *sum += n.as_u64().unwrap_or(0);
+            }
+        }
+        done += step.len() as u64;
+        emit.progress(done, total, "documents");
+    }
+    Ok(json!({
+        "documents": done,
+        "chunks": chunks,
+        "per_partition": per_partition,
+        "elapsed_ms": start.elapsed().as_millis() as u64,
+    }))
+}
+
+fn stream_failure(e: StreamError) -> JobFailure {
+    match e {
+        StreamError::Failure(f) => JobFailure::new(ErrorCode::JobFailed, f.to_string()),
+        other => JobFailure::new(ErrorCode::Unavailable, other.to_string()),
+    }
+}
+
+async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
+    let (coordinator, route) = coordinator_of(env, &r.collection).await?;
+    let model = route.model.clone().ok_or_else(|| {
+        JobFailure::new(
+            ErrorCode::InvalidJob,
+            format!(
+                "the coordinator {coordinator:?} of {:?} has no model deployment configured \
+                 (its config needs \"model\")",
+                r.collection
+            ),
+        )
+    })?;
+    let found = query(
+        env,
+        &coordinator,
+        &QueryJob {
+            collection: r.collection.clone(),
+            text: r.question.clone(),
+            k: r.k,
+            filter: None,
+        },
+    )
+    .await?;
+    emit.send(ServerMsg::Result {
+        job: emit.job.id.clone(),
+        data: json!({ "sources": found.results, "missing_partitions": found.missing_partitions }),
+        last: false,
+    });
+    let spec = GenerateSpec::chat(rag_prompt(&r.question, &found.results), r.max_tokens);
+    let (answer, finished) = generate_failover(
+        &env.scope,
+        &model,
+        spec,
+        |t| emit.token(t),
+        || emit.job.is_cancelled(),
+        Duration::from_millis(250),
+    )
+    .await
+    .map_err(stream_failure)?;
+    Ok(json!({
+        "answer": answer,
+        "sources": found.results,
+        "missing_partitions": found.missing_partitions,
+        "finish_reason": finished.reason,
+    }))
+}
+
+async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFailure> {
+    let named = g.deployment.clone();
+    let model = read(&env.raft, move |s| {
+        pick_deployment(s, "model", named.as_deref())
+    })
+    .await??;
+    let spec = GenerateSpec::prompt(g.prompt, g.max_tokens);
+    let (text, finished) = generate_failover(
+        &env.scope,
+        &model,
+        spec,
+        |t| emit.token(t),
+        || emit.job.is_cancelled(),
+        Duration::from_millis(250),
+    )
+    .await
+    .map_err(stream_failure)?;
+    Ok(json!({
+        "deployment": model,
+        "text": text,
+        "finish_reason": finished.reason,
+        "prompt_tokens": finished.prompt_tokens,
+        "generated_tokens": finished.generated_tokens,
+    }))
+}
+
+async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
+    let named = e.deployment.clone();
+    let deployment = read(&env.raft, move |s| {
+        pick_deployment(s, "embedder", named.as_deref())
+    })
+    .await??;
+    let router = Router::new(env.scope.clone(), deployment.clone())
+        .with_attempt_deadline(Duration::from_secs(10));
+    let request = EmbedRequest { texts: e.texts };
+    let reply = router
+        .ask(
+            |port| ReplicaMsg::Embed(Wire::new(request.clone()), port),
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(call_failure)?;
+    let result = reply.into_inner().map_err(internal)?.map_err(|f| match f {
+        EmbedFailure::Invalid(why) => JobFailure::new(ErrorCode::InvalidJob, why),
+        EmbedFailure::Overloaded { .. } => JobFailure::new(ErrorCode::Overloaded, f.to_string()),
+        EmbedFailure::Model(why) => JobFailure::new(ErrorCode::JobFailed, why),
+    })?;
+    Ok(json!({
+        "deployment": deployment,
+        "dim": result.dim,
+        "vectors": result.vectors,
+    }))
+}
+
+/// The `status` job's answer. Pure.
+pub fn summarize(state: &ClusterState, node: NodeId, leader: Option<NodeId>) -> Value {
+    use arbor_scheduler::state::Liveness;
+    let nodes: Vec<Value> = state
+        .nodes
+        .iter()
+        .map(|(id, n)| {
+            json!({
+                "id": id,
+                "state": match n.liveness { Liveness::Ready => "up", Liveness::Down => "down" },
+                "draining": n.draining,
+            })
+        })
+        .collect();
+    json!({
+        "node": node,
+        "leader": leader,
+        "nodes": nodes,
+        "deployments": state.deployments.len(),
+        "collections": state.collections.len(),
+        "jobs_running": state.jobs.values().filter(|j| !j.status.is_finished()).count(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::protocol::parse_client;
+
+    fn job(text: &str) -> JobSpec {
+        match parse_client(&format!(r#"{{"type":"submit","job":{text}}}"#)).unwrap() {
+            super::super::protocol::ClientMsg::Submit { job, .. } => job,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn arguments_out_of_range_name_their_field() {
+        let cases = [
+            (
+                r#"{"kind":"query","collection":"c","text":"t","k":0}"#,
+                "job.k",
+            ),
+            (
+                r#"{"kind":"query","collection":"c","text":"  "}"#,
+                "job.text",
+            ),
+            (
+                r#"{"kind":"query","collection":"c","text":"t","filter":{"a":{"$nope":1}}}"#,
+                "job.filter",
+            ),
+            (
+                r#"{"kind":"rag","collection":"c","question":"q","k":17}"#,
+                "job.k",
+            ),
+            (
+                r#"{"kind":"generate","prompt":"p","max_tokens":0}"#,
+                "job.max_tokens",
+            ),
+            (r#"{"kind":"embed","texts":[]}"#, "job.texts"),
+            (
+                r#"{"kind":"ingest","collection":"c","documents":[]}"#,
+                "job.documents",
+            ),
+            (
+                r#"{"kind":"ingest","collection":"c","documents":[{"id":"","text":"t"}]}"#,
+                "job.documents[0].id",
+            ),
+            (
+                r#"{"kind":"create_collection","name":"c","partitions":0,"replicas":1,"embedder":"e"}"#,
+                "job.partitions",
+            ),
+            (
+                r#"{"kind":"create_collection","name":"c","partitions":1,"replicas":1,"embedder":"e","metric":"manhattan"}"#,
+                "job.metric",
+            ),
+            (r#"{"kind":"undeploy","name":""}"#, "job.name"),
+        ];
+        for (text, field) in cases {
+            let e = validate(&job(text)).expect_err(text);
+            assert_eq!(e.code, ErrorCode::InvalidJob, "{text}");
+            assert_eq!(e.field.as_deref(), Some(field), "{text}: {}", e.message);
+        }
+        validate(&job(r#"{"kind":"query","collection":"c","text":"t"}"#)).unwrap();
+    }
+
+    #[test]
+    fn deployments_are_picked_by_name_or_when_only_one() {
+        use arbor_scheduler::Command;
+        use arbor_scheduler::state::DeploymentSpec;
+        let mut s = ClusterState::default();
+        assert_eq!(
+            pick_deployment(&s, "model", None).unwrap_err().code,
+            ErrorCode::Unavailable
+        );
+        let spec = |name: &str| DeploymentSpec {
+            name: name.into(),
+            kind: "model".into(),
+            replicas: 1,
+            resources: Default::default(),
+            strategy: Default::default(),
+            constraints: vec![],
+            anti_affinity: false,
+            max_unavailable: 1,
+            version: String::new(),
+            config: "{}".into(),
+            collection: None,
+        };
+        s.apply(&Command::CreateDeployment(spec("m1"))).unwrap();
+        assert_eq!(pick_deployment(&s, "model", None).unwrap(), "m1");
+        s.apply(&Command::CreateDeployment(spec("m2"))).unwrap();
+        assert_eq!(
+            pick_deployment(&s, "model", None).unwrap_err().code,
+            ErrorCode::InvalidJob
+        );
+        assert_eq!(pick_deployment(&s, "model", Some("m2")).unwrap(), "m2");
+        assert_eq!(
+            pick_deployment(&s, "model", Some("m3")).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert_eq!(
+            find_coordinator(&s, "docs").unwrap_err().code,
+            ErrorCode::NotFound
+        );
+    }
+}

@@ -1,0 +1,511 @@
+//! The WebSocket gateway end to end, against a real 3-node cluster of `arbor` processes and raw
+//! WebSocket frames (so malformed input reaches the server exactly as sent): auth and each way
+//! it fails, each class of bad input, jobs and their events, limits, cancel (on the running
+//! node and through another one), and a job's record outliving the node that accepted it.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::cluster::Cluster;
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A raw connection to one gateway.
+struct Ws {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Ws {
+    async fn connect(addr: SocketAddr) -> Ws {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to the gateway at {addr}: {e}"));
+        Ws { ws }
+    }
+
+    async fn authed(addr: SocketAddr, token: &str) -> Ws {
+        let mut ws = Ws::connect(addr).await;
+        ws.send(json!({"type": "auth", "v": 1, "token": token}))
+            .await;
+        let m = ws.recv().await;
+        assert_eq!(m["type"], "authenticated", "{m}");
+        ws
+    }
+
+    async fn send(&mut self, v: Value) {
+        self.send_text(v.to_string()).await;
+    }
+
+    async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next message; panics on close or after `WAIT`.
+    async fn recv(&mut self) -> Value {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("no message from the gateway in time");
+            match frame {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(Message::Close(c))) => panic!("closed by the gateway: {c:?}"),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    /// Messages until one of `type` (for `job`, when given) comes; returns it and those before.
+    async fn until(&mut self, kind: &str, job: Option<&str>) -> (Value, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if m["type"] == kind && job.is_none_or(|j| m["job"] == j) {
+                return (m, before);
+            }
+            before.push(m);
+        }
+    }
+
+    /// Waits for the gateway to close the connection; its close code and reason.
+    async fn closed(&mut self) -> (u16, String) {
+        loop {
+            let frame = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the gateway did not close the connection");
+            match frame {
+                Some(Ok(Message::Close(Some(c)))) => {
+                    return (u16::from(c.code), c.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => return (0, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return (0, e.to_string()),
+            }
+        }
+    }
+
+    /// Submits a job; its `accepted` message.
+    async fn submit(&mut self, job: Value) -> String {
+        self.send(json!({"type": "submit", "ref": "r", "job": job}))
+            .await;
+        let (m, _) = self.until_any(&["accepted", "error"]).await;
+        assert_eq!(m["type"], "accepted", "{m}");
+        m["job"].as_str().unwrap().to_owned()
+    }
+
+    async fn until_any(&mut self, kinds: &[&str]) -> (Value, Vec<Value>) {
+        let mut before = Vec::new();
+        loop {
+            let m = self.recv().await;
+            if kinds.iter().any(|k| m["type"] == *k) {
+                return (m, before);
+            }
+            before.push(m);
+        }
+    }
+
+    /// Submits and waits for the job's last event; the final result (if any) and that event.
+    async fn run(&mut self, job: Value) -> (Option<Value>, Value) {
+        let id = self.submit(job).await;
+        let mut result = None;
+        loop {
+            let m = self.recv().await;
+            if m["job"] != id.as_str() {
+                continue;
+            }
+            if m["type"] == "result" && m["final"] == true {
+                result = Some(m["data"].clone());
+            }
+            if m["type"] == "event"
+                && ["succeeded", "failed", "cancelled"].contains(&m["state"].as_str().unwrap())
+            {
+                return (result, m);
+            }
+        }
+    }
+
+    /// Sends `v` and expects an `error` with `code` (and `field`, when given).
+    async fn refused(&mut self, v: Value, code: &str, field: Option<&str>) -> Value {
+        self.send(v.clone()).await;
+        let (m, _) = self.until("error", None).await;
+        assert_eq!(m["code"], code, "{v} → {m}");
+        if let Some(f) = field {
+            assert_eq!(m["field"], f, "{v} → {m}");
+        }
+        assert!(!m["message"].as_str().unwrap().is_empty());
+        m
+    }
+}
+
+fn token(c: &Cluster, role: &str) -> String {
+    c.arbor(&["token", "create", "--role", role])
+        .trim()
+        .to_owned()
+}
+
+fn gateway(c: &Cluster, id: usize) -> SocketAddr {
+    c.config.nodes[id - 1].gateway
+}
+
+/// A job's record as node `id` tells it.
+async fn job_status(c: &Cluster, id: usize, token: &str, job: &str) -> Value {
+    let mut ws = Ws::authed(gateway(c, id), token).await;
+    ws.send(json!({"type": "status", "job": job})).await;
+    let (m, _) = ws.until_any(&["job", "error"]).await;
+    assert_eq!(m["type"], "job", "{m}");
+    m["job"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_end_to_end() {
+    let mut c = Cluster::start_with("gw", "gateway-secret", |t| {
+        t.replacen(
+            "\n[[nodes]]",
+            "\n[gateway]\nmax_message_bytes = 65536\nmax_jobs_per_connection = 3\n\
+             max_failed_auths = 3\nauth_timeout = \"2s\"\n\n[[nodes]]",
+            1,
+        )
+    })
+    .await;
+    let admin = token(&c, "admin");
+    let user = token(&c, "user");
+    let reader = token(&c, "reader");
+    let g1 = gateway(&c, 1);
+
+    // ---- Auth and each way it fails.
+    let mut ws = Ws::connect(g1).await;
+    ws.refused(
+        json!({"type": "submit", "job": {"kind": "status"}}),
+        "not_authenticated",
+        None,
+    )
+    .await;
+    let unknown = format!("arbor_00000000_{}", "0".repeat(64));
+    ws.refused(
+        json!({"type": "auth", "v": 1, "token": unknown}),
+        "auth_failed",
+        Some("token"),
+    )
+    .await;
+    ws.refused(
+        json!({"type": "auth", "v": 1, "token": "letmein"}),
+        "auth_failed",
+        Some("token"),
+    )
+    .await;
+    assert_eq!(
+        ws.closed().await.0,
+        1008,
+        "the third failure closes the connection"
+    );
+
+    let mut ws = Ws::connect(g1).await;
+    ws.refused(
+        json!({"type": "auth", "v": 2, "token": admin}),
+        "unsupported_version",
+        Some("v"),
+    )
+    .await;
+    assert_eq!(ws.closed().await.0, 1008);
+
+    let mut ws = Ws::connect(g1).await;
+    let (code, reason) = ws.closed().await;
+    assert_eq!(
+        code, 1008,
+        "silent connections are closed after auth_timeout"
+    );
+    assert!(reason.contains("auth"), "{reason}");
+
+    let mut ws = Ws::authed(g1, &reader).await;
+    ws.refused(
+        json!({"type": "auth", "v": 1, "token": reader}),
+        "already_authenticated",
+        None,
+    )
+    .await;
+    ws.refused(
+        json!({"type": "submit", "job": {"kind": "undeploy", "name": "x"}}),
+        "forbidden",
+        Some("job.kind"),
+    )
+    .await;
+    ws.refused(
+        json!({"type": "submit", "job": {"kind": "query", "collection": "c", "text": "t"}}),
+        "forbidden",
+        None,
+    )
+    .await;
+    let (status, _) = ws.run(json!({"kind": "status"})).await;
+    let status = status.unwrap();
+    assert_eq!(status["node"], 1);
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+
+    // A revoked token stops working on open connections too.
+    let mut revoked = Ws::authed(g1, &user).await;
+    let id = user.split('_').nth(1).unwrap().to_owned();
+    c.arbor(&["token", "revoke", &id]);
+    let start = Instant::now();
+    loop {
+        revoked.send(json!({"type": "ping"})).await;
+        let m = revoked.recv().await;
+        if m["type"] == "error" {
+            assert_eq!(m["code"], "auth_failed", "{m}");
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the revocation was never picked up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(revoked.closed().await.0, 1008);
+    let mut ws = Ws::connect(gateway(&c, 2)).await;
+    ws.refused(
+        json!({"type": "auth", "v": 1, "token": user}),
+        "auth_failed",
+        None,
+    )
+    .await;
+
+    // ---- Each class of bad input gets an error naming it; the connection stays usable.
+    let mut ws = Ws::authed(g1, &admin).await;
+    ws.send_text("{not json".into()).await;
+    assert_eq!(ws.until("error", None).await.0["code"], "malformed_json");
+    ws.refused(json!([1, 2]), "not_an_object", None).await;
+    ws.refused(json!({"type": "launch"}), "unknown_type", Some("type"))
+        .await;
+    ws.refused(json!({"v": 1}), "missing_field", Some("type"))
+        .await;
+    ws.refused(json!({"type": "cancel"}), "missing_field", Some("job"))
+        .await;
+    ws.refused(
+        json!({"type": "cancel", "job": 7}),
+        "invalid_field",
+        Some("job"),
+    )
+    .await;
+    ws.refused(json!({"type": "ping", "colour": 1}), "unknown_field", None)
+        .await;
+    ws.refused(
+        json!({"type": "submit", "job": {"kind": "fly"}}),
+        "unknown_type",
+        Some("job.kind"),
+    )
+    .await;
+    let m = ws
+        .refused(
+            json!({"type": "submit", "ref": "q1", "job": {"kind": "query", "collection": "c", "text": "t", "k": "five"}}),
+            "invalid_field",
+            Some("job.k"),
+        )
+        .await;
+    assert_eq!(m["ref"], "q1", "errors carry the submit's ref");
+    ws.refused(
+        json!({"type": "submit", "job": {"kind": "query", "collection": "c", "text": "t", "k": 0}}),
+        "invalid_job",
+        Some("job.k"),
+    )
+    .await;
+    ws.refused(
+        json!({"type": "submit", "job": {"kind": "query", "collection": "none", "text": "t"}}),
+        "not_found",
+        Some("job.collection"),
+    )
+    .await;
+    ws.send(json!({"type": "ping", "nonce": 1, "pad": "x".repeat(70_000)}))
+        .await;
+    let m = ws.until("error", None).await.0;
+    assert_eq!(m["code"], "message_too_large", "{m}");
+    assert!(m["message"].as_str().unwrap().contains("65536"), "{m}");
+    ws.send(json!({"type": "ping", "nonce": 2})).await;
+    assert_eq!(ws.until("pong", None).await.0["nonce"], 2, "still usable");
+    ws.ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
+    assert_eq!(
+        ws.closed().await.0,
+        1003,
+        "binary frames close the connection"
+    );
+    let mut ws = Ws::authed(g1, &admin).await;
+    ws.send_text("x".repeat(200_000)).await;
+    assert_eq!(
+        ws.closed().await.0,
+        1009,
+        "over the hard limit closes the connection"
+    );
+
+    // ---- Jobs: a deploy (recorded) and calls through it, from any node.
+    let mut ws = Ws::authed(g1, &admin).await;
+    let (result, end) = ws
+        .run(json!({"kind": "deploy", "deployment": {
+            "name": "spin", "kind": "spin", "replicas": 2, "version": "1"
+        }}))
+        .await;
+    assert_eq!(end["state"], "succeeded", "{end}");
+    let result = result.unwrap();
+    assert_eq!(
+        (result["name"].as_str(), result["change"].as_str()),
+        (Some("spin"), Some("created"))
+    );
+    let deploy_job = end["job"].as_str().unwrap().to_owned();
+    let record = job_status(&c, 2, &admin, &deploy_job).await;
+    assert_eq!(
+        record["state"], "succeeded",
+        "recorded jobs show on every node: {record}"
+    );
+    assert_eq!(record["node"], 1);
+    assert_eq!(record["kind"], "deploy");
+
+    let mut on3 = Ws::authed(gateway(&c, 3), &admin).await;
+    on3.send(json!({"type": "subscribe", "job": deploy_job}))
+        .await;
+    let (m, before) = on3.until("event", Some(&deploy_job)).await;
+    assert_eq!(m["state"], "succeeded");
+    assert!(before.iter().any(|m| m["type"] == "result"), "{before:?}");
+
+    let start = Instant::now();
+    loop {
+        let (result, end) = ws
+            .run(json!({"kind": "call", "deployment": "spin", "payload": "{\"ms\": 1}"}))
+            .await;
+        if end["state"] == "succeeded" {
+            assert!(result.unwrap()["reply"].as_str().unwrap().contains("spun"));
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "spin never answered: {end}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    ws.send(json!({"type": "status"})).await;
+    let jobs = ws.until("jobs", None).await.0;
+    assert!(
+        jobs["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|j| j["id"] == deploy_job.as_str()),
+        "{jobs}"
+    );
+
+    // ---- Limits: in-flight jobs per connection.
+    for _ in 0..3 {
+        ws.submit(json!({"kind": "call", "deployment": "spin", "payload": "{\"ms\": 3000}"}))
+            .await;
+    }
+    ws.refused(
+        json!({"type": "submit", "job": {"kind": "call", "deployment": "spin", "payload": "1"}}),
+        "overloaded",
+        None,
+    )
+    .await;
+
+    // ---- Cancel, on the node that runs the job and through another one.
+    let mut runner = Ws::authed(g1, &admin).await;
+    let spin = json!({"type": "submit", "record": true, "job": {"kind": "call", "deployment": "spin", "payload": "{\"ms\": 50000}"}});
+    runner.send(spin.clone()).await;
+    let job = runner.until("accepted", None).await.0["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    runner.send(json!({"type": "cancel", "job": job})).await;
+    let (m, _) = runner.until("event", Some(&job)).await;
+    let (m2, _) = if m["state"] == "running" {
+        runner.until("event", Some(&job)).await
+    } else {
+        (m, vec![])
+    };
+    assert_eq!(m2["state"], "cancelled", "{m2}");
+    let start = Instant::now();
+    while job_status(&c, 3, &admin, &job).await["state"] != "cancelled" {
+        assert!(
+            start.elapsed() < WAIT,
+            "the cancel never reached the record"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    runner
+        .refused(json!({"type": "cancel", "job": job}), "job_finished", None)
+        .await;
+    runner
+        .refused(json!({"type": "cancel", "job": "jnope"}), "not_found", None)
+        .await;
+
+    runner.send(spin.clone()).await;
+    let job = runner.until("accepted", None).await.0["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut other = Ws::authed(gateway(&c, 2), &admin).await;
+    other.send(json!({"type": "cancel", "job": job})).await;
+    assert_eq!(
+        other.until("event", Some(&job)).await.0["state"],
+        "cancelled"
+    );
+    let start = Instant::now();
+    loop {
+        let (m, _) = runner.until("event", Some(&job)).await;
+        if m["state"] == "cancelled" {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the runner never stopped the job: {m}"
+        );
+    }
+
+    // ---- A job's record outlives the node that accepted it.
+    let (_, done) = {
+        let mut ws = Ws::authed(g1, &admin).await;
+        ws.send(json!({"type": "submit", "record": true, "job": {"kind": "status"}}))
+            .await;
+        let id = ws.until("accepted", None).await.0["job"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (m, _) = ws.until_any(&["event"]).await;
+        let m = if m["state"] == "running" {
+            ws.until("event", Some(&id)).await.0
+        } else {
+            m
+        };
+        (id, m)
+    };
+    assert_eq!(done["state"], "succeeded");
+    let finished_job = done["job"].as_str().unwrap().to_owned();
+    runner.send(spin).await;
+    let running_job = runner.until("accepted", None).await.0["job"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.nodes[0].sigkill();
+    let record = job_status(&c, 2, &admin, &finished_job).await;
+    assert_eq!(record["state"], "succeeded", "{record}");
+    assert!(
+        record["result"]["nodes"].is_array(),
+        "the result is recorded: {record}"
+    );
+    let start = Instant::now();
+    let record = loop {
+        let r = job_status(&c, 3, &admin, &running_job).await;
+        if r["state"] == "failed" {
+            break r;
+        }
+        assert_eq!(r["state"], "running", "{r}");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never marked failed: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert!(
+        record["reason"]
+            .as_str()
+            .unwrap()
+            .contains("node 1 went down"),
+        "{record}"
+    );
+}
