@@ -1,0 +1,349 @@
+//! The gateway over WebSocket, against a real `arbor node` process on loopback: a `status`
+//! job's round trip (submit → its last event) with 1 and 64 connections, one job in flight per
+//! connection and pipelined; and, when the models are fetched, `query` jobs end to end
+//! (gateway → coordinator → embedder → 4 partitions and back).
+//!
+//! `cargo bench -p arbor-node --bench gateway` prints a table first, then criterion's figures.
+//! `ARBOR_BENCH_QUICK=1` shortens every pass (CI smoke runs).
+
+#[path = "../../tests/support.rs"]
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+const ARBOR: &str = env!("CARGO_BIN_EXE_arbor");
+const SECRET: &str = "gateway-bench-secret";
+
+struct NodeProc(Child);
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn arbor(config: &Path, args: &[&str]) -> String {
+    let out = Command::new(ARBOR)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("ARBOR_CLUSTER_SECRET", SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "arbor {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+struct Conn {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr, token: &str) -> Conn {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+            .await
+            .unwrap();
+        let _ = ws.get_ref();
+        let mut c = Conn { ws };
+        c.send(&json!({"type": "auth", "v": 1, "token": token}).to_string())
+            .await;
+        let m = c.recv().await;
+        assert_eq!(m["type"], "authenticated", "{m}");
+        c
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    }
+
+    async fn recv(&mut self) -> Value {
+        loop {
+            match self.ws.next().await {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(Ok(_)) => continue,
+                other => panic!("connection ended: {other:?}"),
+            }
+        }
+    }
+
+    /// Submits `submit` and waits for its job's last event; panics unless it succeeded.
+    async fn job(&mut self, submit: &str) {
+        self.send(submit).await;
+        self.until_done(1).await;
+    }
+
+    /// Reads until `n` jobs have ended.
+    async fn until_done(&mut self, mut n: usize) {
+        while n > 0 {
+            let m = self.recv().await;
+            match m["type"].as_str() {
+                Some("event") if m["state"] != "running" => {
+                    assert_eq!(m["state"], "succeeded", "{m}");
+                    n -= 1;
+                }
+                Some("error") => panic!("{m}"),
+                _ => {}
+            }
+        }
+    }
+}
+
+fn status_submit() -> String {
+    json!({"type": "submit", "job": {"kind": "status"}}).to_string()
+}
+
+/// Each of `conns` connections runs `per_conn` jobs, `depth` in flight at a time; latencies
+/// (of whole windows divided by `depth` when pipelined) and jobs/s overall.
+async fn sample(
+    addr: SocketAddr,
+    token: &str,
+    conns: usize,
+    per_conn: usize,
+    depth: usize,
+    submit: String,
+) -> (Vec<Duration>, f64) {
+    let mut opened = Vec::new();
+    for _ in 0..conns {
+        opened.push(Conn::open(addr, token).await);
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = opened
+        .into_iter()
+        .map(|mut c| {
+            let submit = submit.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::with_capacity(per_conn);
+                for _ in 0..per_conn / depth {
+                    let t = Instant::now();
+                    for _ in 0..depth {
+                        c.send(&submit).await;
+                    }
+                    c.until_done(depth).await;
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = (all.len() * depth) as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    (all, rate)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, (lat, rate): (Vec<Duration>, f64)) {
+    println!(
+        "{name:<44} p50 {:>9.1} µs   p99 {:>9.1} µs   {:>9.0} jobs/s",
+        percentile(&lat, 0.5).as_secs_f64() * 1e6,
+        percentile(&lat, 0.99).as_secs_f64() * 1e6,
+        rate
+    );
+}
+
+/// Starts a 1-node cluster in `dir`; the node's process, its gateway and an admin token.
+async fn start(dir: &Path) -> (NodeProc, SocketAddr, String, PathBuf) {
+    let config = dir.join("cluster.toml");
+    std::fs::write(&config, support::cluster_toml("gwbench", 1, dir, None)).unwrap();
+    let token = arbor(&config, &["token", "create", "--role", "admin"])
+        .trim()
+        .to_owned();
+    let child = Command::new(ARBOR)
+        .args(["node", "--node", "1", "--config"])
+        .arg(&config)
+        .env("ARBOR_CLUSTER_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let node = NodeProc(child);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let addr: SocketAddr = text
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Until the control plane has a leader and the status job answers.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Ok((ws, _))) = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+        )
+        .await
+        {
+            drop(ws);
+            let mut c = Conn::open(addr, &token).await;
+            c.send(&status_submit()).await;
+            let mut ok = false;
+            loop {
+                let m = c.recv().await;
+                if m["type"] == "result" {
+                    ok = !m["data"]["leader"].is_null();
+                }
+                if m["type"] == "event" && m["state"] != "running" {
+                    break;
+                }
+            }
+            if ok {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the node never answered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    (node, addr, token, config)
+}
+
+/// Deploys an embedder, a 4-partition collection and its coordinator, ingests the test
+/// corpus, and returns the collection's name; `None` without the models.
+async fn rag_setup(addr: SocketAddr, token: &str, dir: &Path) -> Option<String> {
+    let models = std::env::var("ARBOR_MODELS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/arbor/models")
+        });
+    if !models.join("all-minilm-l6-v2").exists() {
+        println!("query jobs: skipped (no models in {}; run scripts/fetch-models.sh)", models.display());
+        return None;
+    }
+    let _ = dir;
+    let mut c = Conn::open(addr, token).await;
+    let deploy = |d: Value| json!({"type": "submit", "job": {"kind": "deploy", "deployment": d}}).to_string();
+    c.job(&deploy(json!({"name": "embedder", "kind": "embedder", "replicas": 1,
+        "resources": {"cpu": "100m", "memory": "64MiB"}})))
+        .await;
+    c.job(&json!({"type": "submit", "job": {"kind": "create_collection", "name": "bench",
+        "partitions": 4, "replicas": 1, "embedder": "embedder", "cpu": "50m", "memory": "32MiB"}})
+        .to_string())
+        .await;
+    c.job(&deploy(json!({"name": "coordinator", "kind": "retrieval_coordinator", "replicas": 1,
+        "resources": {"cpu": "50m", "memory": "32MiB"},
+        "config": {"collection": "bench", "partitions": 4, "embedder": "embedder"}})))
+        .await;
+    let corpus = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../actors/tests/data/corpus.jsonl"),
+    )
+    .unwrap();
+    let docs: Vec<Value> = corpus
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // Replicas take a moment to start and load the model: retry the first ingest.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        c.send(&json!({"type": "submit", "job": {"kind": "ingest", "collection": "bench", "documents": docs}}).to_string())
+            .await;
+        let mut ok = None;
+        while ok.is_none() {
+            let m = c.recv().await;
+            if m["type"] == "event" && m["state"] != "running" {
+                ok = Some(m["state"] == "succeeded");
+            }
+        }
+        if ok == Some(true) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the collection never took an ingest");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Some("bench".into())
+}
+
+fn main() {
+    let quick = std::env::var_os("ARBOR_BENCH_QUICK").is_some();
+    let scale = if quick { 10 } else { 1 };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, addr, token, _config) = rt.block_on(start(dir.path()));
+
+    println!("gateway jobs over WebSocket, one `arbor node` process on loopback");
+    let status = status_submit();
+    for (name, conns, per_conn, depth) in [
+        ("status, 1 connection, 1 in flight", 1, 20_000, 1),
+        ("status, 64 connections, 1 in flight each", 64, 500, 1),
+        ("status, 1 connection, 32 in flight", 1, 40_000, 32),
+        ("status, 64 connections, 16 in flight each", 64, 1_600, 16),
+    ] {
+        report(
+            name,
+            rt.block_on(sample(
+                addr,
+                &token,
+                conns,
+                (per_conn / scale).max(depth),
+                depth,
+                status.clone(),
+            )),
+        );
+    }
+    if let Some(collection) = rt.block_on(rag_setup(addr, &token, dir.path())) {
+        let query = json!({"type": "submit", "job": {"kind": "query", "collection": collection,
+            "text": "How do vector partitions stay available when a node dies?", "k": 5}})
+        .to_string();
+        for (name, conns, per_conn) in [
+            ("query, 1 connection, 1 in flight", 1, 200),
+            ("query, 8 connections, 1 in flight each", 8, 50),
+        ] {
+            report(
+                name,
+                rt.block_on(sample(
+                    addr,
+                    &token,
+                    conns,
+                    (per_conn / scale).max(1),
+                    1,
+                    query.clone(),
+                )),
+            );
+        }
+    }
+
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(if quick { 1 } else { 3 }))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(
+        rt.block_on(Conn::open(addr, &token)),
+    ));
+    let mut g = c.benchmark_group("gateway");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("status_round_trip", |b| {
+        b.to_async(&rt).iter(|| {
+            let conn = conn.clone();
+            let status = status.clone();
+            async move { conn.lock().await.job(&status).await }
+        })
+    });
+    g.finish();
+    c.final_summary();
+}
