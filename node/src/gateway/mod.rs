@@ -7,6 +7,7 @@
 //! * [`jobs`]: the jobs a node runs and their records in the control plane;
 //! * [`run`]: what each job kind does.
 
+pub mod client;
 pub mod jobs;
 pub mod protocol;
 pub mod run;
