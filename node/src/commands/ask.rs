@@ -4,50 +4,14 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use anyhow::Context;
-use serde::Deserialize;
-use serde_json::{Map, Value};
+use arbor_actors::retrieval::{QueryAnswer, QueryHit, RagAnswer};
+use serde_json::Value;
 
 use super::{GatewayArgs, excerpt, parse_data, run_interruptible, run_job};
 use crate::gateway::protocol::{EmbedJob, GenerateJob, JobSpec, QueryJob, RagJob, ServerMsg};
 
 /// How many characters of a hit's text `arbor query` prints.
 const EXCERPT_CHARS: usize = 200;
-
-/// One search hit, as `query` and `rag` results carry them.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Hit {
-    pub doc_id: String,
-    /// The chunk's number in its document.
-    pub chunk_id: Value,
-    pub score: f64,
-    #[serde(default)]
-    pub text: String,
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub metadata: Option<Map<String, Value>>,
-}
-
-/// The result data of a `query` job.
-#[derive(Debug, Clone, Deserialize)]
-pub struct QueryResult {
-    pub results: Vec<Hit>,
-    #[serde(default)]
-    pub missing_partitions: Vec<Value>,
-}
-
-/// The result data of a `rag` job.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RagResult {
-    #[serde(default)]
-    pub answer: String,
-    #[serde(default)]
-    pub sources: Vec<Hit>,
-    #[serde(default)]
-    pub missing_partitions: Vec<Value>,
-    #[serde(default)]
-    pub finish_reason: Option<String>,
-}
 
 /// `arbor query NAME TEXT`.
 pub async fn query(
@@ -75,7 +39,7 @@ pub async fn query(
         println!("{}", serde_json::to_string(&data)?);
         return Ok(());
     }
-    let r: QueryResult = parse_data(data, "query")?;
+    let r: QueryAnswer = parse_data(data, "query")?;
     print!("{}", hits_text(&r.results));
     if let Some(warning) = missing_warning(&r.missing_partitions) {
         eprintln!("{warning}");
@@ -100,11 +64,14 @@ pub async fn rag(
     });
     let mut streamed = false;
     let data = run_interruptible(&mut client, job, "rag", |m| streamed |= print_token(m)).await?;
-    let r: RagResult = parse_data(data, "rag")?;
+    let r: RagAnswer = parse_data(data, "rag")?;
     if !streamed {
         print!("{}", r.answer);
     }
     println!("\n\n{}", sources_text(&r.sources).trim_end());
+    if let Some(note) = finish_note(&r.finish_reason, max_tokens) {
+        eprintln!("{note}");
+    }
     if let Some(warning) = missing_warning(&r.missing_partitions) {
         eprintln!("{warning}");
     }
@@ -148,6 +115,13 @@ pub async fn generate(
         print!("{text}");
     }
     println!();
+    if let Some(note) = data
+        .get("finish_reason")
+        .and_then(Value::as_str)
+        .and_then(|r| finish_note(r, max_tokens))
+    {
+        eprintln!("{note}");
+    }
     Ok(())
 }
 
@@ -163,7 +137,7 @@ fn print_token(msg: &ServerMsg) -> bool {
 }
 
 /// `arbor query`'s list: score, doc_id#chunk and title, then the start of the text.
-pub fn hits_text(hits: &[Hit]) -> String {
+pub fn hits_text(hits: &[QueryHit]) -> String {
     if hits.is_empty() {
         return "no results\n".into();
     }
@@ -181,7 +155,7 @@ pub fn hits_text(hits: &[Hit]) -> String {
             i + 1,
             h.score,
             h.doc_id,
-            show(&h.chunk_id)
+            h.chunk_id
         );
         let _ = writeln!(out, "    {}", excerpt(&h.text, EXCERPT_CHARS));
     }
@@ -189,7 +163,7 @@ pub fn hits_text(hits: &[Hit]) -> String {
 }
 
 /// `Sources:` and one `[n] doc_id (score)` line per source.
-pub fn sources_text(sources: &[Hit]) -> String {
+pub fn sources_text(sources: &[QueryHit]) -> String {
     let mut out = String::from("Sources:\n");
     if sources.is_empty() {
         out.push_str("  (none)\n");
@@ -201,22 +175,26 @@ pub fn sources_text(sources: &[Hit]) -> String {
 }
 
 /// A warning when some partitions did not answer.
-pub fn missing_warning(missing: &[Value]) -> Option<String> {
+pub fn missing_warning(missing: &[u32]) -> Option<String> {
     if missing.is_empty() {
         return None;
     }
-    let list: Vec<String> = missing.iter().map(show).collect();
+    let list: Vec<String> = missing.iter().map(u32::to_string).collect();
     Some(format!(
         "warning: partitions {} did not answer; the results may miss documents (see `arbor collections`)",
         list.join(", ")
     ))
 }
 
-/// A JSON scalar without the quotes of a string.
-fn show(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
+/// A note when generation stopped before the model was done.
+pub fn finish_note(reason: &str, max_tokens: u32) -> Option<String> {
+    match reason {
+        "max_tokens" => Some(format!(
+            "(stopped after --max-tokens {max_tokens}; give a larger one for a longer answer)"
+        )),
+        "context_full" => Some("(stopped: the model's context is full)".into()),
+        "cancelled" => Some("(cancelled)".into()),
+        _ => None,
     }
 }
 
@@ -225,13 +203,13 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn result() -> QueryResult {
+    fn result() -> QueryAnswer {
         parse_data(
             json!({"results": [
                 {"doc_id": "a.md", "chunk_id": 2, "score": 0.91234, "text": "hello\nworld",
                  "title": "a", "metadata": {}},
                 {"doc_id": "b.txt", "chunk_id": 0, "score": 0.5, "text": "x".repeat(300),
-                 "title": null, "metadata": null}
+                 "title": null, "metadata": {}}
             ], "missing_partitions": [1]}),
             "query",
         )
@@ -258,7 +236,7 @@ mod tests {
 
     #[test]
     fn rag_sources_are_numbered() {
-        let r: RagResult = parse_data(
+        let r: RagAnswer = parse_data(
             json!({"answer": "42", "sources": result_hits(), "missing_partitions": [],
                    "finish_reason": "stop"}),
             "rag",
@@ -272,8 +250,21 @@ mod tests {
 
     fn result_hits() -> Value {
         json!([
-            {"doc_id": "a.md", "chunk_id": 2, "score": 0.91234, "text": "t"},
-            {"doc_id": "b.txt", "chunk_id": 0, "score": 0.5, "text": "t"}
+            {"doc_id": "a.md", "chunk_id": 2, "score": 0.91234, "text": "t", "title": null,
+             "metadata": {}},
+            {"doc_id": "b.txt", "chunk_id": 0, "score": 0.5, "text": "t", "title": "b",
+             "metadata": {"lang": "en"}}
         ])
+    }
+
+    #[test]
+    fn early_stops_are_explained() {
+        assert!(
+            finish_note("max_tokens", 64)
+                .unwrap()
+                .contains("--max-tokens 64")
+        );
+        assert_eq!(finish_note("eos", 64), None);
+        assert_eq!(finish_note("stop", 64), None);
     }
 }
