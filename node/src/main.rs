@@ -91,7 +91,9 @@ enum Command {
         /// How many results.
         #[arg(long, default_value_t = 5)]
         k: u32,
-        /// Only chunks whose metadata has these values, as a JSON object ('{"lang":"en"}').
+        /// Only chunks whose metadata matches this filter (JSON): '{"op":"equal","key":"lang",
+        /// "value":"en"}'; ops: equal (key, value), in (key, values), range (key, gte, gt,
+        /// lte, lt), and (filters).
         #[arg(long)]
         filter: Option<String>,
         /// Print the result data as JSON.

@@ -63,7 +63,8 @@ pub async fn rag(
         max_tokens,
     });
     let mut streamed = false;
-    let data = run_interruptible(&mut client, job, "rag", |m| streamed |= print_token(m)).await?;
+    let data = run_interruptible(&mut client, job, "rag", |m| streamed |= print_token(m)).await;
+    let data = end_line_on_error(data, streamed)?;
     let r: RagAnswer = parse_data(data, "rag")?;
     if !streamed {
         print!("{}", r.answer);
@@ -110,11 +111,16 @@ pub async fn generate(
     });
     let mut streamed = false;
     let data =
-        run_interruptible(&mut client, job, "generate", |m| streamed |= print_token(m)).await?;
-    if !streamed && let Some(text) = data.get("text").and_then(Value::as_str) {
+        run_interruptible(&mut client, job, "generate", |m| streamed |= print_token(m)).await;
+    let data = end_line_on_error(data, streamed)?;
+    let text = data.get("text").and_then(Value::as_str).unwrap_or_default();
+    if !streamed {
         print!("{text}");
     }
     println!();
+    if text.is_empty() {
+        eprintln!("(the model produced no text)");
+    }
     if let Some(note) = data
         .get("finish_reason")
         .and_then(Value::as_str)
@@ -123,6 +129,14 @@ pub async fn generate(
         eprintln!("{note}");
     }
     Ok(())
+}
+
+/// Ends the line of streamed text before an error is printed.
+fn end_line_on_error(result: anyhow::Result<Value>, streamed: bool) -> anyhow::Result<Value> {
+    if result.is_err() && streamed {
+        println!();
+    }
+    result
 }
 
 /// Prints a `token` message's text at once; whether it was one.

@@ -502,7 +502,7 @@ async fn pump(
                 bar.abandon();
                 cancel_all(client, &pipe.jobs()).await;
                 return Err(anyhow!(
-                    "interrupted: {} documents were ingested, the others were not",
+                    "interrupted: the batches in flight were cancelled (they may have stored part of their documents); {} documents of finished batches were ingested",
                     pipe.documents
                 ));
             }
