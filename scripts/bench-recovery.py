@@ -48,9 +48,15 @@ def write_config(folder):
     return path
 
 
+# The gateway token `arbor deploy|deployments|undeploy` authenticate with (set in main).
+TOKEN = None
+
+
 def env():
     e = dict(os.environ)
     e["ARBOR_CLUSTER_SECRET"] = SECRET
+    if TOKEN:
+        e["ARBOR_TOKEN"] = TOKEN
     return e
 
 
@@ -103,6 +109,11 @@ def main():
         sys.exit(f"{ARBOR} not found: run `cargo build --release` or set ARBOR_BIN")
     folder = tempfile.mkdtemp(prefix="arbor-recovery-")
     config = write_config(folder)
+    global TOKEN
+    made = arbor(config, "token", "create", "--role", "admin")
+    if made.returncode != 0:
+        sys.exit(f"arbor token create failed: {made.stderr}")
+    TOKEN = made.stdout.strip()
     procs = {n: start_node(config, n, folder) for n in (1, 2, 3)}
     times = []
     try:

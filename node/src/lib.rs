@@ -6,6 +6,7 @@ pub mod assignments;
 pub mod call;
 pub mod client;
 pub mod cluster_cmd;
+pub mod commands;
 pub mod config;
 pub mod control;
 pub mod deployment_file;

@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::Context;
 use arbor_kernels::Device;
 use arbor_kernels::llama::Sampling;
-use arbor_node::control::{ControlReply, ControlRequest, DeployChange};
+use arbor_node::commands::{GatewayArgs, admin, ask, ingest, jobs};
+use arbor_node::control::{ControlReply, ControlRequest};
+use arbor_node::gateway::protocol::CreateCollectionJob;
 use arbor_node::gateway::tokens::{self, Role, TokenFile};
 use arbor_node::link::messages::MembershipChange;
 use arbor_node::logging::{self, LogFormat};
-use arbor_node::{ClusterConfig, Node, NodeId, call, cluster_cmd, deployment_file, status};
-use arbor_scheduler::state::{CollectionSpec, Metric};
+use arbor_node::{ClusterConfig, Node, NodeId, call, cluster_cmd, status};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,23 +35,23 @@ enum Command {
     /// Start one node of the cluster and run until SIGTERM or ctrl-c (`arbor node --node ID`),
     /// or drain a node (`arbor node drain ID`, `arbor node undrain ID`).
     Node(NodeArgs),
-    /// Create or update a deployment from a TOML or JSON file.
+    /// Create or update a deployment from a TOML or JSON file (through the gateway).
     Deploy {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Delete a deployment and stop its replicas.
     Undeploy {
         name: String,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Show each deployment: desired and running replicas, where each runs, why any waits.
     Deployments {
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         #[arg(long)]
         json: bool,
     },
@@ -61,10 +62,101 @@ enum Command {
     },
     /// List the collections and how many partition replicas run.
     Collections {
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         #[arg(long)]
         json: bool,
+    },
+    /// Add documents from .txt, .md and .jsonl files to a collection.
+    ///
+    /// Each .txt or .md file is one document (id: the file name, title: the name without
+    /// its extension); each line of a .jsonl file is one {"id", "text", "title"?,
+    /// "metadata"?}. Directories are refused (pass dir/*.md), and so are other extensions
+    /// and ids that two documents share; any such problem is reported before anything is
+    /// sent. Documents go in batches of at most 64 documents and about 1 MiB, one ingest job
+    /// each, two in flight; ctrl-c cancels the batches in flight.
+    Ingest {
+        /// The collection.
+        collection: String,
+        /// Files to read (.txt, .md, .jsonl).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Search a collection for the chunks nearest to TEXT.
+    Query {
+        collection: String,
+        text: String,
+        /// How many results.
+        #[arg(long, default_value_t = 5)]
+        k: u32,
+        /// Only chunks whose metadata matches this filter (JSON): '{"op":"equal","key":"lang",
+        /// "value":"en"}'; ops: equal (key, value), in (key, values), range (key, gte, gt,
+        /// lte, lt), and (filters).
+        #[arg(long)]
+        filter: Option<String>,
+        /// Print the result data as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Answer a question from a collection's documents, streamed, then list the sources.
+    Rag {
+        collection: String,
+        question: String,
+        /// How many chunks to give the model.
+        #[arg(long, default_value_t = 3)]
+        k: u32,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Embed texts with the cluster's embedder and print {"model", "dim", "vectors"}.
+    Embed {
+        #[arg(required = true)]
+        texts: Vec<String>,
+        /// The embedder deployment (default: the only one there is).
+        #[arg(long)]
+        deployment: Option<String>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Generate text from a prompt with the cluster's model, streamed.
+    Generate {
+        prompt: String,
+        #[arg(long, default_value_t = 128)]
+        max_tokens: u32,
+        /// The model deployment (default: the only one there is).
+        #[arg(long)]
+        deployment: Option<String>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// List the most recent jobs, newest first.
+    Jobs {
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Show one job: its state, progress, node and result.
+    Job {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Cancel a job.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Send one request to a deployment and print the reply.
     Call {
@@ -145,14 +237,14 @@ enum CollectionCommand {
         /// Memory per partition replica (1M x 384 vectors take about 1.6GiB).
         #[arg(long, default_value = "512MiB")]
         memory: arbor_scheduler::resources::Bytes,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Delete a collection, its partition actors and their data.
     Delete {
         name: String,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
 }
 
@@ -364,48 +456,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Deploy { file, config } => {
-            let spec = deployment_file::load(&file)?;
-            let config = ClusterConfig::load(&config)?;
-            let name = spec.name.clone();
-            match control(&config, ControlRequest::Deploy(spec)).await? {
-                ControlReply::Deployed { revision, change } => {
-                    let what = match change {
-                        DeployChange::Created => "created",
-                        DeployChange::Updated => "updated (rolling its replicas)",
-                        DeployChange::Unchanged => "unchanged",
-                    };
-                    println!(
-                        "deployment {name} {what}, revision {revision}; watch it with `arbor deployments`"
-                    );
-                }
-                other => anyhow::bail!("unexpected reply {other:?}"),
-            }
-            Ok(())
-        }
-        Command::Undeploy { name, config } => {
-            let config = ClusterConfig::load(&config)?;
-            control(&config, ControlRequest::Undeploy(name.clone())).await?;
-            println!("deployment {name} deleted; its replicas are stopping");
-            Ok(())
-        }
-        Command::Deployments { config, json } => {
-            let config = ClusterConfig::load(&config)?;
-            let ControlReply::Deployments(reports) =
-                control(&config, ControlRequest::Deployments).await?
-            else {
-                anyhow::bail!("unexpected reply");
-            };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string(&arbor_node::control::to_json(&reports))?
-                );
-            } else {
-                print!("{}", arbor_node::control::to_table(&reports));
-            }
-            Ok(())
-        }
+        Command::Deploy { file, gateway } => admin::deploy(&gateway, &file).await,
+        Command::Undeploy { name, gateway } => admin::undeploy(&gateway, name).await,
+        Command::Deployments { gateway, json } => admin::deployments(&gateway, json).await,
         Command::Call {
             deployment,
             payload,
@@ -421,34 +474,45 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Collection { command } => collection(command).await,
-        Command::Collections { config, json } => {
-            let config = ClusterConfig::load(&config)?;
-            let ControlReply::Collections(list) =
-                control(&config, ControlRequest::Collections).await?
-            else {
-                anyhow::bail!("unexpected reply");
-            };
-            if json {
-                println!("{}", serde_json::json!({ "collections": list }));
-            } else if list.is_empty() {
-                println!("no collections; create one with `arbor collection create`");
-            } else {
-                for c in list {
-                    println!(
-                        "{}  dim={} metric={} partitions={} replicas={} embedder={}  running {}/{}",
-                        c.name,
-                        c.dimension,
-                        c.metric,
-                        c.partitions,
-                        c.replication,
-                        c.embedder,
-                        c.running,
-                        c.partitions * c.replication
-                    );
-                }
-            }
-            Ok(())
-        }
+        Command::Collections { gateway, json } => admin::collections(&gateway, json).await,
+        Command::Ingest {
+            collection,
+            paths,
+            gateway,
+        } => ingest::ingest(&gateway, collection, paths).await,
+        Command::Query {
+            collection,
+            text,
+            k,
+            filter,
+            json,
+            gateway,
+        } => ask::query(&gateway, collection, text, k, filter, json).await,
+        Command::Rag {
+            collection,
+            question,
+            k,
+            max_tokens,
+            gateway,
+        } => ask::rag(&gateway, collection, question, k, max_tokens).await,
+        Command::Embed {
+            texts,
+            deployment,
+            gateway,
+        } => ask::embed(&gateway, texts, deployment).await,
+        Command::Generate {
+            prompt,
+            max_tokens,
+            deployment,
+            gateway,
+        } => ask::generate(&gateway, prompt, max_tokens, deployment).await,
+        Command::Jobs {
+            limit,
+            json,
+            gateway,
+        } => jobs::jobs(&gateway, limit, json).await,
+        Command::Job { id, json, gateway } => jobs::job(&gateway, id, json).await,
+        Command::Cancel { id, gateway } => jobs::cancel(&gateway, id).await,
         Command::Cluster { command } => cluster(command).await,
         Command::Token { command } => token(command),
         Command::Local { command } => tokio::task::spawn_blocking(move || local(command)).await?,
@@ -591,42 +655,27 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
             metric,
             cpu,
             memory,
-            config,
+            gateway,
         } => {
-            let config = ClusterConfig::load(&config)?;
-            let metric = match metric.as_str() {
-                "dot" => Metric::Dot,
-                "l2" => Metric::L2,
-                _ => Metric::Cosine,
-            };
-            let spec = CollectionSpec {
-                name: name.clone(),
+            let job = CreateCollectionJob {
+                name,
+                partitions,
+                replicas,
+                embedder,
                 dimension: dim,
                 metric,
-                partitions,
-                replication: replicas,
-                embedder,
-                resources: arbor_scheduler::resources::Resources {
-                    cpu,
-                    memory,
-                    ..Default::default()
-                },
+                cpu: Some(cpu.to_string()),
+                memory: Some(memory.to_string()),
             };
-            control(&config, ControlRequest::CreateCollection(spec)).await?;
-            println!(
-                "collection {name} created: {partitions} partitions x {replicas} replicas; watch them with `arbor deployments`"
-            );
+            admin::create_collection(&gateway, job).await
         }
-        CollectionCommand::Delete { name, config } => {
-            let config = ClusterConfig::load(&config)?;
-            control(&config, ControlRequest::DeleteCollection(name.clone())).await?;
-            println!("collection {name} deleted");
+        CollectionCommand::Delete { name, gateway } => {
+            admin::delete_collection(&gateway, name).await
         }
     }
-    Ok(())
 }
 
-/// Sends a deployment or drain request to any reachable node.
+/// Sends a drain request to any reachable node.
 async fn control(config: &ClusterConfig, request: ControlRequest) -> anyhow::Result<ControlReply> {
     let secret = config.secret()?;
     arbor_node::control::request(config, &secret, Duration::from_secs(3), request)

@@ -5,8 +5,10 @@
 //! * [`tokens`]: the hashed tokens file and its roles, reloaded while nodes run;
 //! * [`server`]: the listener and its connections (limits, auth, dispatch);
 //! * [`jobs`]: the jobs a node runs and their records in the control plane;
-//! * [`run`]: what each job kind does.
+//! * [`run`]: what each job kind does;
+//! * [`client`]: the client the `arbor` commands, tests and benchmarks use.
 
+pub mod client;
 pub mod jobs;
 pub mod protocol;
 pub mod run;

@@ -10,7 +10,7 @@ use arbor_node::call::Caller;
 use arbor_node::control::DeploymentReport;
 use arbor_node::{ClusterConfig, Secret};
 
-use super::{NodeProc, arbor};
+use super::{NodeProc, arbor, arbor_as};
 
 pub const T: Duration = Duration::from_secs(30);
 
@@ -19,6 +19,8 @@ pub struct Cluster {
     pub path: PathBuf,
     pub config: ClusterConfig,
     pub secret: &'static str,
+    /// An admin token of the gateway, for the commands that go through it.
+    pub token: String,
     pub nodes: Vec<NodeProc>,
 }
 
@@ -39,6 +41,23 @@ impl Cluster {
         let text = edit(super::support::cluster_toml(name, 3, dir.path(), None));
         std::fs::write(&path, text).unwrap();
         let config = ClusterConfig::load(&path).unwrap();
+        let out = arbor(
+            &[
+                "token",
+                "create",
+                "--role",
+                "admin",
+                "--config",
+                path.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(
+            out.status.success(),
+            "arbor token create failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let nodes = (1..=3)
             .map(|id| NodeProc::start(&path, id, secret))
             .collect();
@@ -47,6 +66,7 @@ impl Cluster {
             path,
             config,
             secret,
+            token,
             nodes,
         };
         let start = Instant::now();
@@ -65,7 +85,7 @@ impl Cluster {
     pub fn arbor(&self, args: &[&str]) -> String {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--config", self.path.to_str().unwrap()]);
-        let out = arbor(&all, Some(self.secret));
+        let out = arbor_as(&all, Some(self.secret), Some(&self.token));
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -86,10 +106,12 @@ impl Cluster {
     pub async fn deployments(&self) -> Option<BTreeMap<String, DeploymentReport>> {
         let config = self.path.to_str().unwrap().to_owned();
         let secret = self.secret;
+        let token = self.token.clone();
         let out = tokio::task::spawn_blocking(move || {
-            arbor(
+            arbor_as(
                 &["deployments", "--json", "--config", &config],
                 Some(secret),
+                Some(&token),
             )
         })
         .await

@@ -69,10 +69,21 @@ impl Drop for NodeProc {
 }
 
 pub fn arbor(args: &[&str], secret: Option<&str>) -> Output {
+    arbor_as(args, secret, None)
+}
+
+/// [`arbor`] with a gateway token in `ARBOR_TOKEN` (the commands that go through the gateway
+/// need one).
+pub fn arbor_as(args: &[&str], secret: Option<&str>, token: Option<&str>) -> Output {
     let mut cmd = Command::new(ARBOR);
-    cmd.args(args).env_remove("ARBOR_CLUSTER_SECRET");
+    cmd.args(args)
+        .env_remove("ARBOR_CLUSTER_SECRET")
+        .env_remove("ARBOR_TOKEN");
     if let Some(s) = secret {
         cmd.env("ARBOR_CLUSTER_SECRET", s);
+    }
+    if let Some(t) = token {
+        cmd.env("ARBOR_TOKEN", t);
     }
     cmd.output().expect("cannot run arbor")
 }
