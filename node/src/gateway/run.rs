@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arbor_actors::kinds::model::GenerateSpec;
+use arbor_actors::kinds::model::{ChatMessage, ChatRole, GenerateSpec};
 use arbor_actors::replica::{EmbedFailure, EmbedRequest, ReplicaMsg};
 use arbor_actors::retrieval::{CollectionRoute, QueryAnswer, rag_prompt};
 use arbor_actors::router::{CallError, Router};
@@ -570,7 +570,15 @@ async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFa
         pick_deployment(s, "model", named.as_deref())
     })
     .await??;
-    let spec = GenerateSpec::prompt(g.prompt, g.max_tokens);
+    // An instruct model answers a prompt through its chat template (a raw prompt makes
+    // SmolLM2-Instruct stop at once), as `arbor local generate` does.
+    let spec = GenerateSpec::chat(
+        vec![ChatMessage {
+            role: ChatRole::User,
+            content: g.prompt,
+        }],
+        g.max_tokens,
+    );
     let (text, finished) = generate_failover(
         &env.scope,
         &model,

@@ -527,11 +527,6 @@ impl Session {
         if let Some(job) = self.shared.jobs.get(&id) {
             let mut events = job.watch();
             let now = job.snapshot();
-            self.send(ServerMsg::Event {
-                job: id.clone(),
-                state: now.state,
-                reason: now.reason.clone(),
-            });
             if now.state.is_finished() {
                 if let Some(data) = now.result {
                     self.send(ServerMsg::Result {
@@ -547,6 +542,11 @@ impl Session {
                 });
                 return;
             }
+            self.send(ServerMsg::Event {
+                job: id.clone(),
+                state: now.state,
+                reason: now.reason.clone(),
+            });
             let tx = self.tx.clone();
             tokio::spawn(async move {
                 use tokio::sync::broadcast::error::RecvError;
