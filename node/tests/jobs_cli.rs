@@ -1,0 +1,124 @@
+//! The AI job kinds end to end through the `arbor` client over WebSocket, on a real 3-process
+//! cluster with the real models (after scripts/fetch-models.sh): deploy the embedder, the
+//! model and a coordinator, create a collection, ingest the test corpus (JSONL) and a Markdown
+//! file, then query, rag, embed and generate, and list the jobs.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{Cluster, T};
+use serde_json::Value;
+
+const COORDINATOR: &str = r#"
+name = "coord"
+kind = "retrieval_coordinator"
+replicas = 1
+[config]
+collection = "docs"
+partitions = 2
+embedder = "embedder"
+model = "model"
+"#;
+
+const MODEL: &str = r#"
+name = "model"
+kind = "model"
+replicas = 1
+[config]
+max_batch = 4
+max_queue = 16
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_query_rag_embed_generate_through_the_client() {
+    let c = Cluster::start_with("jobs-cli", "jobs-secret", |t| {
+        t.replace(
+            "cpu = \"1\"\nmemory = \"1GiB\"",
+            "cpu = \"8\"\nmemory = \"16GiB\"",
+        )
+    })
+    .await;
+    let embedder = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/embedder.toml");
+    let out = c.arbor(&["deploy", "-f", embedder]);
+    assert!(out.contains("deployment embedder created"), "{out}");
+    c.deploy("model.toml", MODEL);
+    let out = c.arbor(&[
+        "collection", "create", "docs", "--partitions", "2", "--replicas", "2", "--embedder",
+        "embedder", "--memory", "128MiB",
+    ]);
+    assert!(out.contains("docs"), "{out}");
+    c.deploy("coord.toml", COORDINATOR);
+    let start = Instant::now();
+    while !c
+        .deployments()
+        .await
+        .is_some_and(|d| d.len() == 5 && d.values().all(|d| d.running == d.desired))
+    {
+        assert!(start.elapsed() < T * 2, "{:#?}", c.deployments().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // JSONL and Markdown, with a summary.
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../actors/tests/data/corpus.jsonl");
+    let md = c.path.with_file_name("gossip.md");
+    std::fs::write(
+        &md,
+        "# Gossip\n\nGossip protocols spread membership news: every second each member tells \
+         a few random peers what it knows, so news reaches everyone in a logarithmic number \
+         of rounds.\n",
+    )
+    .unwrap();
+    let out = c.arbor(&["ingest", "docs", corpus, md.to_str().unwrap()]);
+    assert!(out.contains("21 documents"), "{out}");
+
+    let found: Value = serde_json::from_str(&c.arbor(&[
+        "query",
+        "docs",
+        "How do members learn about each other by telling random peers?",
+        "--k",
+        "3",
+        "--json",
+    ]))
+    .unwrap();
+    let results = found["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{found}");
+    assert_eq!(results[0]["doc_id"], "gossip.md", "{found}");
+    for field in ["chunk_id", "score", "text", "metadata"] {
+        assert!(!results[0][field].is_null(), "{field} missing: {found}");
+    }
+    assert_eq!(found["missing_partitions"], Value::Array(vec![]));
+
+    let out = c.arbor(&[
+        "rag",
+        "docs",
+        "What does Raft elect?",
+        "--k",
+        "2",
+        "--max-tokens",
+        "24",
+    ]);
+    assert!(out.contains("Sources:"), "{out}");
+    assert!(out.contains("[1] "), "{out}");
+    let answer = out.split("Sources:").next().unwrap();
+    assert!(answer.trim().len() > 3, "no answer streamed: {out}");
+
+    let embedded: Value =
+        serde_json::from_str(&c.arbor(&["embed", "first text", "second text"])).unwrap();
+    assert_eq!(embedded["dim"], 384, "{embedded}");
+    assert_eq!(embedded["vectors"].as_array().unwrap().len(), 2);
+
+    let out = c.arbor(&["generate", "Name a colour.", "--max-tokens", "12"]);
+    assert!(!out.trim().is_empty(), "nothing generated");
+
+    let jobs: Value = serde_json::from_str(&c.arbor(&["jobs", "--json"])).unwrap();
+    let kinds: Vec<&str> = jobs["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["kind"].as_str().unwrap())
+        .collect();
+    for kind in ["ingest", "rag", "generate", "deploy", "create_collection"] {
+        assert!(kinds.contains(&kind), "{kind} not listed: {jobs}");
+    }
+}
