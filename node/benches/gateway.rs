@@ -166,7 +166,13 @@ fn report(name: &str, (lat, rate): (Vec<Duration>, f64)) {
 /// Starts a 1-node cluster in `dir`; the node's process, its gateway and an admin token.
 async fn start(dir: &Path) -> (NodeProc, SocketAddr, String, PathBuf) {
     let config = dir.join("cluster.toml");
-    std::fs::write(&config, support::cluster_toml("gwbench", 1, dir, None)).unwrap();
+    // 64 connections × 16 jobs in flight are one token's: let it have them all.
+    let text = support::cluster_toml("gwbench", 1, dir, None).replacen(
+        "\n[[nodes]]",
+        "\n[gateway]\nmax_jobs_per_token = 4096\n\n[[nodes]]",
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
     let token = arbor(&config, &["token", "create", "--role", "admin"])
         .trim()
         .to_owned();
@@ -228,24 +234,35 @@ async fn rag_setup(addr: SocketAddr, token: &str, dir: &Path) -> Option<String> 
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/arbor/models")
         });
-    if !models.join("all-minilm-l6-v2").exists() {
-        println!("query jobs: skipped (no models in {}; run scripts/fetch-models.sh)", models.display());
+    if !models.join("all-MiniLM-L6-v2").exists() {
+        println!(
+            "query jobs: skipped (no models in {}; run scripts/fetch-models.sh)",
+            models.display()
+        );
         return None;
     }
     let _ = dir;
     let mut c = Conn::open(addr, token).await;
-    let deploy = |d: Value| json!({"type": "submit", "job": {"kind": "deploy", "deployment": d}}).to_string();
-    c.job(&deploy(json!({"name": "embedder", "kind": "embedder", "replicas": 1,
-        "resources": {"cpu": "100m", "memory": "64MiB"}})))
-        .await;
-    c.job(&json!({"type": "submit", "job": {"kind": "create_collection", "name": "bench",
+    let deploy = |d: Value| {
+        json!({"type": "submit", "job": {"kind": "deploy", "deployment": d}}).to_string()
+    };
+    c.job(&deploy(
+        json!({"name": "embedder", "kind": "embedder", "replicas": 1,
+        "resources": {"cpu": "100m", "memory": "64MiB"}}),
+    ))
+    .await;
+    c.job(
+        &json!({"type": "submit", "job": {"kind": "create_collection", "name": "bench",
         "partitions": 4, "replicas": 1, "embedder": "embedder", "cpu": "50m", "memory": "32MiB"}})
-        .to_string())
-        .await;
-    c.job(&deploy(json!({"name": "coordinator", "kind": "retrieval_coordinator", "replicas": 1,
+        .to_string(),
+    )
+    .await;
+    c.job(&deploy(
+        json!({"name": "coordinator", "kind": "retrieval_coordinator", "replicas": 1,
         "resources": {"cpu": "50m", "memory": "32MiB"},
-        "config": {"collection": "bench", "partitions": 4, "embedder": "embedder"}})))
-        .await;
+        "config": {"collection": "bench", "partitions": 4, "embedder": "embedder"}}),
+    ))
+    .await;
     let corpus = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../actors/tests/data/corpus.jsonl"),
     )
@@ -270,7 +287,10 @@ async fn rag_setup(addr: SocketAddr, token: &str, dir: &Path) -> Option<String> 
         if ok == Some(true) {
             break;
         }
-        assert!(Instant::now() < deadline, "the collection never took an ingest");
+        assert!(
+            Instant::now() < deadline,
+            "the collection never took an ingest"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     Some("bench".into())

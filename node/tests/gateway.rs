@@ -508,4 +508,9 @@ async fn the_gateway_end_to_end() {
             .contains("node 1 went down"),
         "{record}"
     );
+
+    // The client fails over: node 1 comes first in cluster.toml and is dead.
+    let shown: Value = serde_json::from_str(&c.arbor(&["job", &finished_job, "--json"])).unwrap();
+    assert_eq!(shown["state"], "succeeded", "{shown}");
+    assert_eq!(shown["node"], 1);
 }

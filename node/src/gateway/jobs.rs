@@ -56,8 +56,9 @@ pub struct LocalJob {
     pub submitted_ms: u64,
     pub recorded: bool,
     now: Mutex<Snapshot>,
-    /// Events for watchers other than the submitter (who gets them through its connection).
-    events: broadcast::Sender<ServerMsg>,
+    /// Events for watchers other than the submitter (who gets them through its connection);
+    /// made by the first watcher, since most jobs never have one and the buffer is large.
+    events: std::sync::OnceLock<broadcast::Sender<ServerMsg>>,
     cancel: watch::Sender<bool>,
 }
 
@@ -82,7 +83,7 @@ impl LocalJob {
                 progress: 0.0,
                 result: None,
             }),
-            events: broadcast::channel(WATCHER_BUFFER).0,
+            events: std::sync::OnceLock::new(),
             cancel: watch::channel(false).0,
         }
     }
@@ -123,14 +124,18 @@ impl LocalJob {
 
     /// Hands an event to this job's watchers.
     pub fn publish(&self, msg: &ServerMsg) {
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(msg.clone());
+        if let Some(events) = self.events.get()
+            && events.receiver_count() > 0
+        {
+            let _ = events.send(msg.clone());
         }
     }
 
     /// The events from now on.
     pub fn watch(&self) -> broadcast::Receiver<ServerMsg> {
-        self.events.subscribe()
+        self.events
+            .get_or_init(|| broadcast::channel(WATCHER_BUFFER).0)
+            .subscribe()
     }
 
     /// Asks the job to stop; true if it was still running.
