@@ -44,8 +44,17 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
     assert!(out.contains("deployment embedder created"), "{out}");
     c.deploy("model.toml", MODEL);
     let out = c.arbor(&[
-        "collection", "create", "docs", "--partitions", "2", "--replicas", "2", "--embedder",
-        "embedder", "--memory", "128MiB",
+        "collection",
+        "create",
+        "docs",
+        "--partitions",
+        "2",
+        "--replicas",
+        "2",
+        "--embedder",
+        "embedder",
+        "--memory",
+        "128MiB",
     ]);
     assert!(out.contains("docs"), "{out}");
     c.deploy("coord.toml", COORDINATOR);
@@ -60,7 +69,10 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
     }
 
     // JSONL and Markdown, with a summary.
-    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../actors/tests/data/corpus.jsonl");
+    let corpus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../actors/tests/data/corpus.jsonl"
+    );
     let md = c.path.with_file_name("gossip.md");
     std::fs::write(
         &md,
