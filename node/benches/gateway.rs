@@ -7,6 +7,7 @@
 //! `ARBOR_BENCH_QUICK=1` shortens every pass (CI smoke runs).
 
 #[path = "../../tests/support.rs"]
+#[allow(dead_code)] // shared with the tests; this bench needs only cluster_toml
 mod support;
 
 use std::net::SocketAddr;

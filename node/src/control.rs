@@ -93,16 +93,50 @@ pub struct ReplicaReport {
     pub revision: Option<u64>,
 }
 
-/// Carries out one request through this node's view of the control plane.
+/// Why a [`ControlRequest`] was not carried out.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ControlError {
+    /// The control plane refused it (not found, exists, invalid): retrying will not help.
+    #[error("{0}")]
+    Refused(String),
+    /// The control plane could not be reached in time (no leader, no quorum): retry.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<arbor_scheduler::ProposeError> for ControlError {
+    fn from(e: arbor_scheduler::ProposeError) -> Self {
+        match e {
+            arbor_scheduler::ProposeError::Rejected(_) => ControlError::Refused(e.to_string()),
+            other => ControlError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+impl From<arbor_scheduler::ReadError> for ControlError {
+    fn from(e: arbor_scheduler::ReadError) -> Self {
+        ControlError::Unavailable(e.to_string())
+    }
+}
+
+/// Carries out one request through this node's view of the control plane; the error as text
+/// (what a remote caller receives).
 pub async fn execute(raft: &RaftHandle, request: ControlRequest) -> Result<ControlReply, String> {
-    let propose = async |command| raft.propose(command).await.map_err(|e| e.to_string());
+    carry_out(raft, request).await.map_err(|e| e.to_string())
+}
+
+/// Carries out one request through this node's view of the control plane.
+pub async fn carry_out(
+    raft: &RaftHandle,
+    request: ControlRequest,
+) -> Result<ControlReply, ControlError> {
+    let propose = async |command| raft.propose(command).await.map_err(ControlError::from);
     match request {
         ControlRequest::Deploy(spec) => {
             let name = spec.name.clone();
             let current = raft
                 .read(move |s| s.deployments.get(&name).cloned())
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             let (command, change) = match current {
                 None => (Command::CreateDeployment(spec), DeployChange::Created),
                 Some(d) if d.spec == spec => {
@@ -123,7 +157,9 @@ pub async fn execute(raft: &RaftHandle, request: ControlRequest) -> Result<Contr
                 CommandOutcome::DeploymentVersion(revision) => {
                     Ok(ControlReply::Deployed { revision, change })
                 }
-                other => Err(format!("unexpected outcome {other:?}")),
+                other => Err(ControlError::Unavailable(format!(
+                    "unexpected outcome {other:?}"
+                ))),
             }
         }
         ControlRequest::Undeploy(name) => {
@@ -131,7 +167,7 @@ pub async fn execute(raft: &RaftHandle, request: ControlRequest) -> Result<Contr
             Ok(ControlReply::Undeployed)
         }
         ControlRequest::Deployments => {
-            let reports = raft.read(report).await.map_err(|e| e.to_string())?;
+            let reports = raft.read(report).await?;
             Ok(ControlReply::Deployments(reports))
         }
         ControlRequest::Drain { node, draining } => {
@@ -147,7 +183,7 @@ pub async fn execute(raft: &RaftHandle, request: ControlRequest) -> Result<Contr
             Ok(ControlReply::CollectionDeleted)
         }
         ControlRequest::Collections => {
-            let reports = raft.read(collections).await.map_err(|e| e.to_string())?;
+            let reports = raft.read(collections).await?;
             Ok(ControlReply::Collections(reports))
         }
     }

@@ -222,8 +222,19 @@ impl JobTable {
     }
 }
 
-/// A control-plane record as a [`JobView`].
+/// A control-plane record as a [`JobView`], with its result.
 pub fn record_view(id: &str, job: &Job) -> JobView {
+    JobView {
+        result: job
+            .result
+            .as_deref()
+            .and_then(|r| serde_json::from_slice(r).ok()),
+        ..record_status_view(id, job)
+    }
+}
+
+/// A control-plane record as a [`JobView`] without its result (listings: no decoding).
+pub fn record_status_view(id: &str, job: &Job) -> JobView {
     let (state, reason) = match &job.status {
         JobStatus::Queued => (JobState::Queued, None),
         JobStatus::Running => (JobState::Running, None),
@@ -241,10 +252,7 @@ pub fn record_view(id: &str, job: &Job) -> JobView {
         owner: job.owner.clone(),
         submitted_ms: job.submitted_ms,
         recorded: true,
-        result: job
-            .result
-            .as_deref()
-            .and_then(|r| serde_json::from_slice(r).ok()),
+        result: None,
     }
 }
 

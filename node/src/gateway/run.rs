@@ -24,7 +24,7 @@ use super::protocol::{
     JobSpec, QueryJob, RagJob, ServerMsg,
 };
 use crate::config::NodeId;
-use crate::control::{self, ControlReply, ControlRequest, DeployChange};
+use crate::control::{self, ControlError, ControlReply, ControlRequest, DeployChange};
 
 /// The most results a query may ask for.
 pub const MAX_K: u32 = 256;
@@ -294,25 +294,12 @@ async fn control_request(
     raft: &RaftHandle,
     request: ControlRequest,
 ) -> Result<ControlReply, JobFailure> {
-    control::execute(raft, request).await.map_err(|why| {
-        // Refusals (not found, exists, invalid) are the request's fault; the rest is the
-        // control plane's state (no leader, timeout).
-        let code = if [
-            "not found",
-            "already exists",
-            "invalid",
-            "exists",
-            "no such",
-        ]
-        .iter()
-        .any(|w| why.contains(w))
-        {
-            ErrorCode::InvalidJob
-        } else {
-            ErrorCode::Unavailable
-        };
-        JobFailure::new(code, why)
-    })
+    control::carry_out(raft, request)
+        .await
+        .map_err(|e| match e {
+            ControlError::Refused(why) => JobFailure::new(ErrorCode::InvalidJob, why),
+            ControlError::Unavailable(why) => JobFailure::new(ErrorCode::Unavailable, why),
+        })
 }
 
 async fn deploy(env: &Env, d: DeployJob) -> Result<Value, JobFailure> {

@@ -23,7 +23,8 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use super::jobs::{
-    JobTable, LocalJob, Recorder, new_job_id, now_ms, propose_retrying, record_view,
+    JobTable, LocalJob, Recorder, new_job_id, now_ms, propose_retrying, record_status_view,
+    record_view,
 };
 use super::protocol::{
     ClientMsg, ErrorCode, JobId, JobSpec, JobState, JobView, Limits, PROTOCOL_VERSION, ServerMsg,
@@ -616,11 +617,14 @@ impl Session {
             .env
             .raft
             .read_local(move |s| {
-                let mut all: Vec<JobView> =
-                    s.jobs.iter().map(|(id, j)| record_view(id, j)).collect();
-                all.sort_by_key(|j| std::cmp::Reverse(j.submitted_ms));
-                all.truncate(limit);
-                all
+                let mut newest: Vec<(&String, &arbor_scheduler::state::Job)> =
+                    s.jobs.iter().collect();
+                newest.sort_by_key(|(_, j)| std::cmp::Reverse(j.submitted_ms));
+                newest
+                    .into_iter()
+                    .take(limit)
+                    .map(|(id, j)| record_status_view(id, j))
+                    .collect::<Vec<JobView>>()
             })
             .await
             .unwrap_or_default();
