@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Creates the Python environment the Python client example and its test use, once:
+# a venv at target/python-env with the pinned `websockets`. Prints the venv's python.
+#
+#   scripts/python-env.sh            # then: export ARBOR_PYTHON=$(scripts/python-env.sh)
+#
+# Needs python3 (>= 3.10) with the venv module (Debian/Ubuntu: apt-get install python3-venv),
+# and network access to PyPI the first time. Progress goes to stderr, the path to stdout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# websockets 16.0 is the newest release that still supports Python 3.10.
+WEBSOCKETS=websockets==16.0
+venv=target/python-env
+python="$PWD/$venv/bin/python"
+
+if [ -x "$python" ] && "$python" - "$WEBSOCKETS" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+sys.exit(0 if version("websockets") == sys.argv[1].split("==")[1] else 1)
+PY
+  echo "$python"
+  exit 0
+fi
+
+if ! command -v python3 >/dev/null 2>&1; then
+  echo "error: python3 is not installed; install Python 3.10 or newer, then run $0 again." >&2
+  exit 1
+fi
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
+  echo "error: $(python3 --version 2>&1) is too old; $WEBSOCKETS needs Python 3.10 or newer." >&2
+  exit 1
+fi
+if [ ! -x "$python" ]; then
+  echo "creating a Python environment in $venv" >&2
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >&2; then
+    rm -rf "$venv"
+    echo "error: 'python3 -m venv' failed; on Debian/Ubuntu install python3-venv (apt-get install python3-venv), then run $0 again." >&2
+    exit 1
+  fi
+fi
+echo "installing $WEBSOCKETS into $venv" >&2
+if ! "$python" -m pip install --quiet --disable-pip-version-check "$WEBSOCKETS" >&2; then
+  echo "error: 'pip install $WEBSOCKETS' failed (see above); it needs network access to PyPI, or an index set by PIP_INDEX_URL." >&2
+  exit 1
+fi
+echo "$python"
