@@ -46,12 +46,13 @@ pub enum NodeError {
     #[error(transparent)]
     Tokens(#[from] crate::gateway::tokens::TokenError),
     #[error(
-        "cannot listen on {addr} (nodes[{id}].gateway): {source}; is another node or program using it?"
+        "cannot listen on {addr} (nodes[{id}].gateway): {reason}; is another node or program using it?"
     )]
     GatewayListen {
         id: NodeId,
         addr: String,
-        source: std::io::Error,
+        /// Not a `source`: the message says it, and `{:#}` would say it twice.
+        reason: std::io::Error,
     },
 }
 
@@ -299,10 +300,10 @@ impl Node {
             settings: config.gateway.clone(),
         })
         .await
-        .map_err(|source| NodeError::GatewayListen {
+        .map_err(|reason| NodeError::GatewayListen {
             id,
             addr: node.gateway.to_string(),
-            source,
+            reason,
         })?;
         tracing::info!(node = id, actors = %node.actors, gateway = %gateway.local_addr(), data_dir = %data_dir.display(), "node started");
         Ok(Node {
