@@ -327,6 +327,25 @@ fn main() {
             )),
         );
     }
+    let mut c = Criterion::default()
+        .measurement_time(Duration::from_secs(if quick { 1 } else { 3 }))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(
+        rt.block_on(Conn::open(addr, &token)),
+    ));
+    let mut g = c.benchmark_group("gateway");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("status_round_trip", |b| {
+        b.to_async(&rt).iter(|| {
+            let conn = conn.clone();
+            let status = status.clone();
+            async move { conn.lock().await.job(&status).await }
+        })
+    });
+    g.finish();
+
+    // Query jobs last: the actors they deploy would weigh on the status figures.
     if let Some(collection) = rt.block_on(rag_setup(addr, &token, dir.path())) {
         let query = json!({"type": "submit", "job": {"kind": "query", "collection": collection,
             "text": "How do vector partitions stay available when a node dies?", "k": 5}})
@@ -349,22 +368,5 @@ fn main() {
         }
     }
 
-    let mut c = Criterion::default()
-        .measurement_time(Duration::from_secs(if quick { 1 } else { 3 }))
-        .warm_up_time(Duration::from_secs(1))
-        .configure_from_args();
-    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(
-        rt.block_on(Conn::open(addr, &token)),
-    ));
-    let mut g = c.benchmark_group("gateway");
-    g.throughput(Throughput::Elements(1));
-    g.bench_function("status_round_trip", |b| {
-        b.to_async(&rt).iter(|| {
-            let conn = conn.clone();
-            let status = status.clone();
-            async move { conn.lock().await.job(&status).await }
-        })
-    });
-    g.finish();
     c.final_summary();
 }
