@@ -469,3 +469,84 @@ async fn a_missing_model_file_fails_the_start_and_says_where() {
     assert!(err.contains("scripts/fetch-models.sh"), "{err}");
     parent.stop(None);
 }
+
+/// A replica of deployment "model" named `actor_id`, in the group of its deployment in pg
+/// `scope` (as the node agent puts it once it runs).
+async fn replica_in(scope: &str, actor_id: &str) -> (ActorRef<ReplicaMsg>, ActorRef<()>) {
+    let (parent, _) = Actor::spawn(None, Parent, ()).await.expect("parent starts");
+    let ctx = ReplicaContext {
+        actor_id: actor_id.into(),
+        deployment: "model".into(),
+        generation: 1,
+        devices: vec![],
+        config: "{}".into(),
+        data_dir: std::env::temp_dir(),
+        models_dir: model_dir(),
+        scope: scope.into(),
+    };
+    let replica = spawn_replica(Kind::Model, ctx, parent.get_cell())
+        .await
+        .expect("replica starts");
+    ractor::pg::join_scoped(
+        scope.into(),
+        arbor_actors::replica::deployment_group("model"),
+        vec![replica.get_cell()],
+    );
+    (replica, parent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_continues_on_another_replica_when_its_own_dies_mid_stream() {
+    const SCOPE: &str = "model-failover-test";
+    let a = replica_in(SCOPE, "model/0").await;
+    let b = replica_in(SCOPE, "model/1").await;
+    let spec = GenerateSpec::chat(
+        vec![ChatMessage {
+            role: ChatRole::User,
+            content: "Tell me a long story about a dragon.".into(),
+        }],
+        40,
+    );
+    let (whole, _) =
+        stream::generate_failover(SCOPE, "model", spec.clone(), |_| {}, || false, POLL)
+            .await
+            .expect("generates");
+
+    // Again, and once three pieces have arrived, the replica that generates them dies.
+    let (tx, first_pieces) = tokio::sync::oneshot::channel();
+    let run = tokio::spawn(async move {
+        let mut pieces: Vec<String> = Vec::new();
+        let mut tx = Some(tx);
+        let result = stream::generate_failover(
+            SCOPE,
+            "model",
+            spec,
+            |t| {
+                pieces.push(t.to_owned());
+                if pieces.len() == 3
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send(());
+                }
+            },
+            || false,
+            POLL,
+        )
+        .await;
+        (result, pieces)
+    });
+    first_pieces.await.expect("three pieces stream");
+    let mut killed = 0;
+    for (replica, _) in [&a, &b] {
+        if stats(replica).await["generations"].as_u64() > Some(0) {
+            replica.stop(Some("killed by the test".into()));
+            killed += 1;
+        }
+    }
+    assert_eq!(killed, 1, "exactly one replica was generating");
+    let (result, pieces) = run.await.unwrap();
+    let (text, finished) = result.expect("the other replica finishes it");
+    assert_eq!(text, whole, "greedy decoding: the same answer");
+    assert_eq!(pieces.concat(), whole, "no piece streamed twice or lost");
+    assert_eq!(finished.reason, "max_tokens");
+}
