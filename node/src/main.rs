@@ -382,6 +382,13 @@ impl TokensFileArgs {
 }
 
 fn main() -> ExitCode {
+    // `arbor jobs | head` must end quietly when head stops reading, as Unix tools do, instead
+    // of panicking in println! on EPIPE (Rust ignores SIGPIPE by default).
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     // Client commands print what they found; only a node logs its work at info.
     let quiet = !matches!(cli.command, Command::Node(NodeArgs { action: None, .. }));
