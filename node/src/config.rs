@@ -134,6 +134,9 @@ pub struct GatewaySection {
     pub max_jobs_per_token: usize,
     /// Failed `auth` attempts after which the connection is closed.
     pub max_failed_auths: u32,
+    /// Open connections a node serves at once; more are closed with 1013 ("try again later",
+    /// or another node) so a flood of them cannot exhaust its file descriptors.
+    pub max_connections: usize,
     /// A connection that has not authenticated after this long is closed.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
@@ -147,6 +150,7 @@ impl Default for GatewaySection {
             max_jobs_per_connection: 64,
             max_jobs_per_token: 256,
             max_failed_auths: 3,
+            max_connections: 10_000,
             auth_timeout: Duration::from_secs(10),
         }
     }
@@ -468,6 +472,7 @@ impl ClusterConfig {
             ("gateway.max_jobs_per_connection", g.max_jobs_per_connection),
             ("gateway.max_jobs_per_token", g.max_jobs_per_token),
             ("gateway.max_failed_auths", g.max_failed_auths as usize),
+            ("gateway.max_connections", g.max_connections),
         ] {
             if value == 0 {
                 return Err(self.invalid(field, "must be positive"));

@@ -514,3 +514,46 @@ async fn the_gateway_end_to_end() {
     assert_eq!(shown["state"], "succeeded", "{shown}");
     assert_eq!(shown["node"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_limit_are_told_to_come_back_later() {
+    let c = Cluster::start_with("gw-conns", "gateway-conns-secret", |t| {
+        t.replacen(
+            "\n[[nodes]]",
+            "\n[gateway]\nmax_connections = 2\n\n[[nodes]]",
+            1,
+        )
+    })
+    .await;
+    let token = token(&c, "reader");
+    let g1 = gateway(&c, 1);
+    let first = Ws::authed(g1, &token).await;
+    let _second = Ws::authed(g1, &token).await;
+    let mut third = Ws::connect(g1).await;
+    let (code, reason) = third.closed().await;
+    assert_eq!(code, 1013, "{reason}");
+    assert!(reason.contains("max_connections"), "{reason}");
+    // Another node has room of its own.
+    let _elsewhere = Ws::authed(gateway(&c, 2), &token).await;
+
+    // Once one closes, a new connection is served.
+    drop(first);
+    let start = Instant::now();
+    loop {
+        let mut ws = Ws::connect(g1).await;
+        // May fail when the gateway has already closed it: the answer below says so.
+        let auth = json!({"type": "auth", "v": 1, "token": token}).to_string();
+        let _ = ws.ws.send(Message::text(auth)).await;
+        match tokio::time::timeout(WAIT, ws.ws.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) => {
+                assert!(t.as_str().contains("authenticated"), "{t}");
+                break;
+            }
+            other => assert!(
+                start.elapsed() < WAIT,
+                "the closed connection never freed its place: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -138,10 +138,21 @@ impl Gateway {
 }
 
 async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                tokio::spawn(connection(shared.clone(), stream, peer));
+                let max = shared.settings.max_connections;
+                if open.load(Ordering::Relaxed) >= max {
+                    tokio::spawn(refuse_connection(shared.clone(), stream, max));
+                    continue;
+                }
+                open.fetch_add(1, Ordering::Relaxed);
+                let (shared, open) = (shared.clone(), open.clone());
+                tokio::spawn(async move {
+                    connection(shared, stream, peer).await;
+                    open.fetch_sub(1, Ordering::Relaxed);
+                });
             }
             Err(e) => {
                 // Out of file descriptors, usually: back off instead of spinning.
@@ -149,6 +160,22 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+/// Answers a connection over the limit: the handshake, then a close that says why (1013: try
+/// again later, or another node).
+async fn refuse_connection(shared: Arc<Shared>, stream: TcpStream, max: usize) {
+    let handshake = tokio::time::timeout(
+        shared.settings.auth_timeout,
+        tokio_tungstenite::accept_async(stream),
+    );
+    if let Ok(Ok(mut ws)) = handshake.await {
+        let frame = CloseFrame {
+            code: CloseCode::Again,
+            reason: format!("this node serves {max} connections (gateway.max_connections); try another node or later").into(),
+        };
+        let _ = ws.close(Some(frame)).await;
     }
 }
 
