@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{NodeProc, arbor, support};
+use common::{NodeProc, support};
 use serde_json::Value;
 
 const SECRET: &str = "python-client-test-secret";
@@ -72,19 +72,7 @@ fn python_client_against_a_node() {
     let config = arbor_node::ClusterConfig::load(&path).unwrap();
     let url = format!("ws://{}/", config.nodes[0].gateway);
 
-    let out = arbor(
-        &[
-            "token",
-            "create",
-            "--role",
-            "admin",
-            "--config",
-            path.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(out.status.success(), "arbor token create: {}", text(&out));
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let token = common::create_token(&path, "admin");
 
     let node = NodeProc::start(&path, 1, SECRET);
 

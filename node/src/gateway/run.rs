@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use arbor_actors::kinds::model::{ChatMessage, ChatRole, GenerateSpec};
+use arbor_actors::kinds::model::{ChatMessage, ChatRole, Finished, GenerateSpec};
 use arbor_actors::replica::{EmbedFailure, EmbedRequest, ReplicaMsg};
 use arbor_actors::retrieval::{CollectionRoute, QueryAnswer, rag_prompt};
 use arbor_actors::router::{CallError, Router};
@@ -263,9 +263,7 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
         JobSpec::Embed(e) => embed(env, e).await,
         JobSpec::Generate(g) => generate(env, g, emit).await,
         JobSpec::Call(c) => {
-            let router = Router::new(env.scope.clone(), c.deployment.clone())
-                .with_attempt_deadline(Duration::from_secs(10));
-            let reply = router
+            let reply = router(env, &c.deployment)
                 .call(c.payload.into_bytes(), CALL_TIMEOUT)
                 .await
                 .map_err(call_failure)?;
@@ -442,11 +440,14 @@ fn call_failure(e: CallError) -> JobFailure {
     }
 }
 
+/// A router to `deployment`'s replicas, as every job kind calls them.
+fn router(env: &Env, deployment: &str) -> Router {
+    Router::new(env.scope.clone(), deployment).with_attempt_deadline(Duration::from_secs(10))
+}
+
 /// One JSON request to a deployment's replicas (the generic call every kind answers).
 async fn call_json(env: &Env, deployment: &str, body: &Value) -> Result<Value, JobFailure> {
-    let router =
-        Router::new(env.scope.clone(), deployment).with_attempt_deadline(Duration::from_secs(10));
-    let reply = router
+    let reply = router(env, deployment)
         .call(body.to_string().into_bytes(), CALL_TIMEOUT)
         .await
         .map_err(call_failure)?;
@@ -497,11 +498,27 @@ async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value, JobFailur
     }))
 }
 
-fn stream_failure(e: StreamError) -> JobFailure {
-    match e {
+/// Generates on a replica of `model`, sending each piece of text to the job's watchers as a
+/// `token`, and stopping when the job is cancelled (checked between polls).
+async fn stream_tokens(
+    env: &Env,
+    model: &str,
+    spec: GenerateSpec,
+    emit: &Emit,
+) -> Result<(String, Finished), JobFailure> {
+    generate_failover(
+        &env.scope,
+        model,
+        spec,
+        |t| emit.token(t),
+        || emit.job.is_cancelled(),
+        Duration::from_millis(250),
+    )
+    .await
+    .map_err(|e| match e {
         StreamError::Failure(f) => JobFailure::new(ErrorCode::JobFailed, f.to_string()),
         other => JobFailure::new(ErrorCode::Unavailable, other.to_string()),
-    }
+    })
 }
 
 async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
@@ -533,16 +550,7 @@ async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
         last: false,
     });
     let spec = GenerateSpec::chat(rag_prompt(&r.question, &found.results), r.max_tokens);
-    let (answer, finished) = generate_failover(
-        &env.scope,
-        &model,
-        spec,
-        |t| emit.token(t),
-        || emit.job.is_cancelled(),
-        Duration::from_millis(250),
-    )
-    .await
-    .map_err(stream_failure)?;
+    let (answer, finished) = stream_tokens(env, &model, spec, emit).await?;
     Ok(json!({
         "answer": answer,
         "sources": found.results,
@@ -566,16 +574,7 @@ async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFa
         }],
         g.max_tokens,
     );
-    let (text, finished) = generate_failover(
-        &env.scope,
-        &model,
-        spec,
-        |t| emit.token(t),
-        || emit.job.is_cancelled(),
-        Duration::from_millis(250),
-    )
-    .await
-    .map_err(stream_failure)?;
+    let (text, finished) = stream_tokens(env, &model, spec, emit).await?;
     Ok(json!({
         "deployment": model,
         "text": text,
@@ -591,10 +590,8 @@ async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
         pick_deployment(s, "embedder", named.as_deref())
     })
     .await??;
-    let router = Router::new(env.scope.clone(), deployment.clone())
-        .with_attempt_deadline(Duration::from_secs(10));
     let request = EmbedRequest { texts: e.texts };
-    let reply = router
+    let reply = router(env, &deployment)
         .ask(
             |port| ReplicaMsg::Embed(Wire::new(request.clone()), port),
             CALL_TIMEOUT,

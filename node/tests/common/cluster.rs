@@ -10,7 +10,7 @@ use arbor_node::call::Caller;
 use arbor_node::control::DeploymentReport;
 use arbor_node::{ClusterConfig, Secret};
 
-use super::{NodeProc, arbor, arbor_as};
+use super::{NodeProc, arbor_as};
 
 pub const T: Duration = Duration::from_secs(30);
 
@@ -41,23 +41,7 @@ impl Cluster {
         let text = edit(super::support::cluster_toml(name, 3, dir.path(), None));
         std::fs::write(&path, text).unwrap();
         let config = ClusterConfig::load(&path).unwrap();
-        let out = arbor(
-            &[
-                "token",
-                "create",
-                "--role",
-                "admin",
-                "--config",
-                path.to_str().unwrap(),
-            ],
-            None,
-        );
-        assert!(
-            out.status.success(),
-            "arbor token create failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let token = super::create_token(&path, "admin");
         let nodes = (1..=3)
             .map(|id| NodeProc::start(&path, id, secret))
             .collect();

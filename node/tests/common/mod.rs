@@ -87,3 +87,24 @@ pub fn arbor_as(args: &[&str], secret: Option<&str>, token: Option<&str>) -> Out
     }
     cmd.output().expect("cannot run arbor")
 }
+
+/// `arbor token create --role ROLE` for the cluster of `config`: the token it printed.
+pub fn create_token(config: &Path, role: &str) -> String {
+    let out = arbor(
+        &[
+            "token",
+            "create",
+            "--role",
+            role,
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "arbor token create failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
