@@ -275,7 +275,9 @@ impl PartitionReplica {
                     count: count32(a.count),
                 })
             }
-            PartitionRequest::Search { .. } | PartitionRequest::Page { .. }
+            PartitionRequest::Search { .. }
+            | PartitionRequest::Page { .. }
+            | PartitionRequest::Get(_)
                 if is_catching_up(&state.catching_up) =>
             {
                 let _ = reply.send(Wire::new(Err(CATCHING_UP.to_string())));
@@ -295,6 +297,23 @@ impl PartitionReplica {
                     })
                     .await
                     .unwrap_or_else(|e| Err(format!("page task failed: {e}")));
+                    let _ = reply.send(Wire::new(answer));
+                });
+                Ok(())
+            }
+            PartitionRequest::Get(ids) => {
+                let partition = state.partition.clone();
+                state.tasks.spawn(async move {
+                    let answer = tokio::task::spawn_blocking(move || {
+                        let p = partition.read().map_err(|_| {
+                            "the partition failed and is being reloaded".to_string()
+                        })?;
+                        p.get(&ids)
+                            .map(PartitionAnswer::Records)
+                            .map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(format!("get task failed: {e}")));
                     let _ = reply.send(Wire::new(answer));
                 });
                 Ok(())

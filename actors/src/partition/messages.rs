@@ -65,7 +65,14 @@ pub enum PartitionRequest {
     /// replica lowers a limit that could make the answer too large to travel). Used by a
     /// replica that catches up; answered only by a replica that is itself caught up.
     Page { after: Option<u64>, limit: u32 },
+    /// The stored rows with these ids (at most [`MAX_GET_IDS`]), in the order asked; ids not
+    /// stored are left out. Answered only by a replica that is caught up.
+    Get(Vec<u64>),
 }
+
+/// The most ids one [`PartitionRequest::Get`] may ask for, so that its answer (vectors
+/// included) stays well under the message limit.
+pub const MAX_GET_IDS: usize = 1024;
 
 impl PartitionRequest {
     /// A search request, with the filter encoded as it travels.
@@ -100,6 +107,8 @@ pub enum PartitionAnswer {
         records: Vec<VectorRecord>,
         last: Option<u64>,
     },
+    /// The rows a [`PartitionRequest::Get`] found.
+    Records(Vec<VectorRecord>),
 }
 
 /// The answer, or why the request failed.

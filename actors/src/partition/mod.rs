@@ -24,7 +24,8 @@ use serde_json::{Map, Value};
 
 pub use filter::{FilterError, MetadataFilter};
 pub use messages::{
-    PartitionAnswer, PartitionReply, PartitionRequest, PartitionStats, SearchHit, VectorRecord,
+    MAX_GET_IDS, PartitionAnswer, PartitionReply, PartitionRequest, PartitionStats, SearchHit,
+    VectorRecord,
 };
 pub use store::{CheckedBatch, InvalidInput, Store, StoreError, StoredRecord, store_path};
 
@@ -426,6 +427,27 @@ impl Partition {
         Ok((records, last))
     }
 
+    /// The stored rows with these ids, read from disk in the order asked; ids not stored are
+    /// left out.
+    pub fn get(&self, ids: &[u64]) -> Result<Vec<VectorRecord>, PartitionError> {
+        if ids.len() > MAX_GET_IDS {
+            return Err(PartitionError::BadSearch(format!(
+                "{} ids in one get; at most {MAX_GET_IDS} are allowed",
+                ids.len()
+            )));
+        }
+        Ok(self
+            .store
+            .get(ids)?
+            .into_iter()
+            .map(|r| VectorRecord {
+                id: r.id,
+                vector: r.vector,
+                metadata: r.metadata,
+            })
+            .collect())
+    }
+
     /// The stored rows with ids in `ids`, read from disk in id order.
     pub fn stored_range(
         &self,
@@ -473,6 +495,11 @@ mod tests {
         let en = MetadataFilter::parse(r#"{"op":"equal","key":"lang","value":"en"}"#).unwrap();
         let hits = p.search(&q, 2, Some(&en)).unwrap();
         assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), [1, 3]);
+        let got = p.get(&[3, 99, 2]).unwrap();
+        assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), [3, 2]);
+        assert_eq!(got[0].vector, [0.5, 0.5]);
+        assert_eq!(got[0].metadata, r#"{"lang":"en","page":3}"#);
+        assert!(p.get(&vec![1; MAX_GET_IDS + 1]).is_err());
         assert_eq!(p.delete(&[1]).unwrap(), WriteAck { seq: 2, count: 1 });
         let hits = p.search(&q, 2, Some(&en)).unwrap();
         assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), [3]);

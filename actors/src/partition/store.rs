@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use arbor_kernels::topk::Metric;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_json::{Map, Value};
 
 use super::messages::VectorRecord;
@@ -455,6 +455,58 @@ impl Store {
             out.push(self.decode_record(id.value(), value)?);
         }
         Ok((out, false))
+    }
+
+    /// The stored rows with these ids, in the order asked; ids not stored are left out.
+    pub fn get(&self, ids: &[u64]) -> Result<Vec<StoredRecord>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let mut out = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(value) = records.get(id).map_err(|e| redb_err(p, e))? {
+                out.push(self.decode_record(id, value.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The metadata text of each id, in the order asked (`None` for an id not stored),
+    /// without decoding the vectors.
+    pub fn metadata_of(&self, ids: &[u64]) -> Result<Vec<Option<String>>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let vector_end = 8 + self.dim * 4;
+        ids.iter()
+            .map(|&id| {
+                let Some(value) = records.get(id).map_err(|e| redb_err(p, e))? else {
+                    return Ok(None);
+                };
+                let bytes = value.value();
+                let text = bytes.get(vector_end..).ok_or_else(|| StoreError::Corrupt {
+                    path: self.path.clone(),
+                    detail: format!(
+                        "record {id}: {} bytes, fewer than its vector needs",
+                        bytes.len()
+                    ),
+                })?;
+                std::str::from_utf8(text)
+                    .map(|t| Some(t.to_string()))
+                    .map_err(|e| StoreError::Corrupt {
+                        path: self.path.clone(),
+                        detail: format!("record {id}: metadata is not UTF-8: {e}"),
+                    })
+            })
+            .collect()
+    }
+
+    /// How many rows are stored.
+    pub fn len(&self) -> Result<u64, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        records.len().map_err(|e| redb_err(p, e))
     }
 
     /// Every stored row, in id order.
