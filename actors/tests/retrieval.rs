@@ -7,12 +7,19 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use arbor_actors::agent::{AgentArgs, AgentMsg, Assignment, NodeAgent, ReplicaState, StatusReport};
-use arbor_actors::partition::MetadataFilter;
+use arbor_actors::partition::{
+    MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, VectorRecord,
+};
+use arbor_actors::replica::{ReplicaMsg, deployment_group};
+use arbor_actors::retrieval::chunk::chunks;
+use arbor_actors::retrieval::route::{chunk_id, partition_of};
 use arbor_actors::retrieval::{
-    CollectionRoute, Coordinator, Document, RetrievalError, partition_deployment,
+    ChunkPolicy, CollectionRoute, Coordinator, Document, RetrievalError, partition_deployment,
 };
 use arbor_actors::router::Router;
 use arbor_actors::supervision::RestartPolicy;
+use arbor_actors::wire::Wire;
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use serde::Deserialize;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -303,10 +310,215 @@ async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partition
         text: "t".into(),
         title: None,
         metadata: serde_json::from_str(r#"{"_doc": 1}"#).unwrap(),
+        vector: None,
     };
     let err = four.ingest(&[bad], |_| {}).await.unwrap_err().to_string();
     assert!(err.contains("reserved"), "{err}");
     assert!(four.query("  ", 3, None).await.is_err());
+    a.agent.stop(None);
+    b.agent.stop(None);
+}
+
+/// Asks every replica of `collection`'s `partition` (there must be `replicas`) and returns
+/// their answers, in no particular order.
+async fn on_every_replica(
+    scope: &str,
+    collection: &str,
+    partition: u32,
+    replicas: usize,
+    request: PartitionRequest,
+) -> Vec<PartitionAnswer> {
+    let group = deployment_group(&partition_deployment(collection, partition));
+    let members = ractor::pg::get_scoped_members(&scope.to_owned(), &group);
+    assert_eq!(members.len(), replicas, "replicas of partition {partition}");
+    let mut answers = Vec::new();
+    for member in members {
+        let actor: ActorRef<ReplicaMsg> = member.into();
+        let request = request.clone();
+        let reply = ractor::rpc::call(
+            &actor.get_cell(),
+            |port| ReplicaMsg::Partition(Wire::new(request), port),
+            Some(PATIENCE),
+        )
+        .await
+        .unwrap();
+        let CallResult::Success(wire) = reply else {
+            panic!("partition {partition} did not answer: {reply:?}")
+        };
+        let answer: PartitionReply = wire.into_inner().unwrap();
+        answers.push(answer.unwrap());
+    }
+    answers
+}
+
+/// Which of `ids` each replica of their partitions holds: one list per replica.
+async fn stored_ids(
+    scope: &str,
+    collection: &str,
+    partitions: u32,
+    replicas: usize,
+    ids: &[u64],
+) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for p in 0..partitions {
+        let mine: Vec<u64> = ids
+            .iter()
+            .copied()
+            .filter(|id| partition_of(*id, partitions) == p)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        for answer in
+            on_every_replica(scope, collection, p, replicas, PartitionRequest::Get(mine)).await
+        {
+            let PartitionAnswer::Records(records) = answer else {
+                panic!("a get answered {answer:?}")
+            };
+            out.push(records.into_iter().map(|r| r.id).collect());
+        }
+    }
+    out
+}
+
+/// A text of `n` distinct sentences (so that each chunk reads differently).
+fn long_text(n: usize) -> String {
+    const TOPICS: [&str; 8] = [
+        "kites climb on steady sea wind",
+        "volcanoes push molten rock through the crust",
+        "bees dance to tell the hive where flowers grow",
+        "glaciers carve valleys over thousands of years",
+        "tides follow the pull of the moon",
+        "owls hunt by sound in the dark",
+        "coral reefs shelter a quarter of sea life",
+        "deserts lose their heat quickly at night",
+    ];
+    (0..n)
+        .map(|i| format!("Note {i}: {}.", TOPICS[(i / 12) % TOPICS.len()]))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn doc(id: &str, text: String) -> Document {
+    Document {
+        id: id.into(),
+        text,
+        title: Some(format!("About {id}")),
+        metadata: Default::default(),
+        vector: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
+    let scope = "t-shrink";
+    let mut a = node(scope, 1).await;
+    let mut b = node(scope, 2).await;
+    let mut on_a = vec![embedder()];
+    on_a.extend((0..4).map(|p| partition("shrink", p, 0)));
+    a.run(on_a).await;
+    b.run((0..4).map(|p| partition("shrink", p, 1)).collect())
+        .await;
+    let c = Coordinator::new(scope, route("shrink", 4)).unwrap();
+    let policy = ChunkPolicy::default();
+
+    let long = long_text(120);
+    let old_chunks = chunks(&long, policy);
+    assert!(old_chunks.len() >= 5, "{}", old_chunks.len());
+    let old_n = old_chunks.len() as u32;
+    let report = c
+        .ingest(&[doc("long", long), doc("other", long_text(10))], |_| {})
+        .await
+        .unwrap();
+    assert_eq!(report.chunks, u64::from(old_n) + 1);
+    let all_ids: Vec<u64> = (0..old_n).map(|i| chunk_id("long", i)).collect();
+    let everywhere: usize = stored_ids(scope, "shrink", 4, 2, &all_ids)
+        .await
+        .iter()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(
+        everywhere,
+        2 * all_ids.len(),
+        "every chunk on both replicas"
+    );
+    // The last chunk's own text finds it first.
+    let last = old_chunks.last().unwrap();
+    let found = c.query(last, 1, None).await.unwrap();
+    assert_eq!(
+        (found.results[0].doc_id.as_str(), found.results[0].chunk_id),
+        ("long", old_n - 1)
+    );
+    assert!(
+        !found.results[0].metadata.contains_key("_chunks"),
+        "the chunk count is not shown as the document's metadata: {:?}",
+        found.results[0]
+    );
+
+    // Again, shorter: the chunks past its new end are gone from every replica and from
+    // the answers; those it still has are there.
+    let short = long_text(30);
+    let new_n = chunks(&short, policy).len() as u32;
+    assert!(new_n >= 2 && new_n < old_n, "{new_n} of {old_n}");
+    c.ingest(&[doc("long", short)], |_| {}).await.unwrap();
+    let dropped: Vec<u64> = (new_n..old_n).map(|i| chunk_id("long", i)).collect();
+    for held in stored_ids(scope, "shrink", 4, 2, &dropped).await {
+        assert!(held.is_empty(), "stale chunks still stored: {held:?}");
+    }
+    let kept: Vec<u64> = (0..new_n).map(|i| chunk_id("long", i)).collect();
+    let kept_everywhere: usize = stored_ids(scope, "shrink", 4, 2, &kept)
+        .await
+        .iter()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(kept_everywhere, 2 * kept.len());
+    for text in &old_chunks[new_n as usize..] {
+        let found = c.query(text, 20, None).await.unwrap();
+        assert!(found.missing_partitions.is_empty(), "{found:?}");
+        let long_hits: BTreeSet<u32> = found
+            .results
+            .iter()
+            .filter(|h| h.doc_id == "long")
+            .map(|h| h.chunk_id)
+            .collect();
+        assert_eq!(long_hits, (0..new_n).collect(), "{found:?}");
+    }
+
+    // An empty text has no chunks: ingesting it removes the document.
+    c.ingest(&[doc("long", String::new())], |_| {})
+        .await
+        .unwrap();
+    for held in stored_ids(scope, "shrink", 4, 2, &kept).await {
+        assert!(held.is_empty(), "{held:?}");
+    }
+    let found = c.query("kites on the sea wind", 20, None).await.unwrap();
+    assert!(
+        found.results.iter().all(|h| h.doc_id == "other"),
+        "{found:?}"
+    );
+
+    // A document stored before chunk counts were kept (no `_chunks`) is not pruned: nothing
+    // says how many chunks it had.
+    let legacy: Vec<VectorRecord> = (0..2)
+        .map(|i| VectorRecord {
+            id: chunk_id("legacy", i),
+            vector: vec![0.05; 384],
+            metadata: format!(r#"{{"_doc": "legacy", "_chunk": {i}, "_text": "old"}}"#),
+        })
+        .collect();
+    for r in legacy {
+        let p = partition_of(r.id, 4);
+        on_every_replica(scope, "shrink", p, 2, PartitionRequest::Upsert(vec![r])).await;
+    }
+    c.ingest(&[doc("legacy", "Now one short chunk.".into())], |_| {})
+        .await
+        .unwrap();
+    let held: usize = stored_ids(scope, "shrink", 4, 2, &[chunk_id("legacy", 1)])
+        .await
+        .iter()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(held, 2, "the old chunk 1 stays on both replicas");
     a.agent.stop(None);
     b.agent.stop(None);
 }

@@ -1,6 +1,7 @@
 //! The coordinator: ingest and query over one collection's partitions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbor_kernels::topk::Metric;
@@ -13,7 +14,8 @@ use super::chunk::{ChunkPolicy, chunks};
 use super::route::{chunk_id, partition_of};
 use crate::kinds::model::{ChatMessage, ChatRole, GenerateSpec};
 use crate::partition::{
-    MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, SearchHit, VectorRecord,
+    MAX_GET_IDS, MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, SearchHit,
+    VectorRecord,
 };
 use crate::replica::{EmbedFailure, EmbedRequest, ReplicaMsg, deployment_group};
 use crate::router::{CallError, Router};
@@ -24,6 +26,10 @@ const EMBED_BATCH: usize = 32;
 /// Records per upsert message: well under the 8 MiB payload limit for 384-dim vectors with
 /// a chunk of text each.
 const UPSERT_BATCH: usize = 512;
+/// Ids per delete message.
+const DELETE_BATCH: usize = 8192;
+/// How long a read (stored rows, stats) may take on one replica before the next is tried.
+const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The deployment that holds partition `partition` of `collection`. The control plane names
 /// them the same way (`CollectionSpec::partition_deployment`).
@@ -65,16 +71,24 @@ fn hedge_after_ms() -> u64 {
     150
 }
 
-/// A document to ingest. Its id names it: ingesting the same id again overwrites its chunks.
+/// A document to ingest. Its id names it: ingesting the same id again replaces it (its chunks
+/// are overwritten, and those past its new end are deleted).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Document {
     pub id: String,
+    /// Chunked and embedded; with `vector`, stored whole as the one chunk's text (it may then
+    /// be empty).
     pub text: String,
     #[serde(default)]
     pub title: Option<String>,
     #[serde(default)]
     pub metadata: Map<String, Value>,
+    /// The document's own vector (the collection's dimension, finite values): it is stored as
+    /// exactly one chunk with this vector and is not embedded, which is how vectors made
+    /// elsewhere are loaded, and how bulk loads go without the embedder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vector: Option<Vec<f32>>,
 }
 
 /// How far an ingest has come.
@@ -158,6 +172,8 @@ pub enum RetrievalError {
     NoReplica { collection: String, partition: u32 },
     #[error("writing to partition {partition} failed: {reason}")]
     Write { partition: u32, reason: String },
+    #[error("no replica of partition {partition} could be read: {reason}")]
+    Read { partition: u32, reason: String },
     #[error("generation failed: {0}")]
     Generate(String),
 }
@@ -168,6 +184,17 @@ pub struct Coordinator {
     scope: String,
     route: CollectionRoute,
     embedder: Router,
+    /// The collection's vector dimension, asked of a partition the first time a vector comes
+    /// from outside (the route does not carry it; the partitions are configured with it).
+    dimension: Arc<tokio::sync::OnceCell<u32>>,
+}
+
+/// One chunk on its way to the partitions; `vector` is `None` until it is embedded.
+struct Pending {
+    id: u64,
+    text: String,
+    metadata: String,
+    vector: Option<Vec<f32>>,
 }
 
 impl Coordinator {
@@ -184,6 +211,7 @@ impl Coordinator {
             embedder: Router::new(scope.clone(), route.embedder.clone()),
             scope,
             route,
+            dimension: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -193,27 +221,44 @@ impl Coordinator {
 
     /// Chunks, embeds and writes `docs`; returns once every chunk is durable on every live
     /// replica of its partition. Idempotent: chunk ids derive from document id and position.
+    ///
+    /// A document ingested again replaces the one stored: before anything is written, the
+    /// chunks past its new end are deleted (chunk 0 records how many a document has, in
+    /// `_chunks`). Deleting first means that an ingest that fails half way leaves no chunk
+    /// that a later ingest of the document could not find. When a batch names a document
+    /// more than once, its last occurrence is the one stored.
     pub async fn ingest(
         &self,
         docs: &[Document],
         mut progress: impl FnMut(IngestProgress),
     ) -> Result<IngestReport, RetrievalError> {
         let start = Instant::now();
-        let mut pending: Vec<(u64, String, String)> = Vec::new(); // (id, text, metadata)
-        for doc in docs {
-            if doc.id.is_empty() {
-                return Err(RetrievalError::Invalid("a document has an empty id".into()));
+        let dimension = if docs.iter().any(|d| d.vector.is_some()) {
+            Some(self.dimension().await?)
+        } else {
+            None
+        };
+        let last: HashMap<&str, usize> = docs
+            .iter()
+            .enumerate()
+            .map(|(n, d)| (d.id.as_str(), n))
+            .collect();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut counts: Vec<(&str, u32)> = Vec::new();
+        for (n, doc) in docs.iter().enumerate() {
+            check_document(doc, dimension)?;
+            if last.get(doc.id.as_str()) != Some(&n) {
+                continue;
             }
-            if let Some(key) = doc.metadata.keys().find(|k| k.starts_with('_')) {
-                return Err(RetrievalError::Invalid(format!(
-                    "document {:?}: metadata key {key:?} starts with '_', which is reserved",
-                    doc.id
-                )));
-            }
-            for (i, text) in chunks(&doc.text, self.route.chunking)
-                .into_iter()
-                .enumerate()
-            {
+            let pieces: Vec<(String, Option<Vec<f32>>)> = match &doc.vector {
+                Some(v) => vec![(doc.text.clone(), Some(v.clone()))],
+                None => chunks(&doc.text, self.route.chunking)
+                    .into_iter()
+                    .map(|t| (t, None))
+                    .collect(),
+            };
+            let count = pieces.len() as u32;
+            for (i, (text, vector)) in pieces.into_iter().enumerate() {
                 let i = i as u32;
                 let mut meta = doc.metadata.clone();
                 meta.insert("_doc".into(), Value::from(doc.id.clone()));
@@ -222,34 +267,79 @@ impl Coordinator {
                 if let Some(title) = &doc.title {
                     meta.insert("_title".into(), Value::from(title.clone()));
                 }
-                pending.push((chunk_id(&doc.id, i), text, Value::Object(meta).to_string()));
+                if i == 0 {
+                    meta.insert("_chunks".into(), Value::from(count));
+                }
+                pending.push(Pending {
+                    id: chunk_id(&doc.id, i),
+                    text,
+                    metadata: Value::Object(meta).to_string(),
+                    vector,
+                });
             }
+            counts.push((doc.id.as_str(), count));
         }
+        self.prune(&counts).await?;
+
         let total = pending.len() as u64;
         let mut per_partition = vec![0u64; self.route.partitions as usize];
         let mut done = 0u64;
-        for batch in pending.chunks(EMBED_BATCH) {
-            let texts: Vec<String> = batch.iter().map(|(_, t, _)| t.clone()).collect();
-            let vectors = self.embed(texts).await?;
-            let mut by_partition: BTreeMap<u32, Vec<VectorRecord>> = BTreeMap::new();
-            for ((id, _, metadata), vector) in batch.iter().zip(vectors) {
-                by_partition
-                    .entry(partition_of(*id, self.route.partitions))
-                    .or_default()
-                    .push(VectorRecord {
-                        id: *id,
-                        vector,
-                        metadata: metadata.clone(),
-                    });
+        // Steps of at most EMBED_BATCH texts to embed and UPSERT_BATCH rows; a step's writes
+        // run while the next step is embedded.
+        let mut writing: Option<tokio::task::JoinHandle<Result<u64, RetrievalError>>> = None;
+        let mut rest = pending;
+        while !rest.is_empty() {
+            let mut to_embed = 0;
+            let mut take = 0;
+            while take < rest.len() && take < UPSERT_BATCH {
+                if rest[take].vector.is_none() {
+                    if to_embed == EMBED_BATCH {
+                        break;
+                    }
+                    to_embed += 1;
+                }
+                take += 1;
             }
-            for (partition, records) in by_partition {
-                per_partition[partition as usize] += records.len() as u64;
-                for part in records.chunks(UPSERT_BATCH) {
-                    self.write(partition, PartitionRequest::Upsert(part.to_vec()))
-                        .await?;
+            let mut step: Vec<Pending> = rest.drain(..take).collect();
+            if to_embed > 0 {
+                let texts: Vec<String> = step
+                    .iter()
+                    .filter(|p| p.vector.is_none())
+                    .map(|p| p.text.clone())
+                    .collect();
+                let mut vectors = self.embed(texts).await?.into_iter();
+                for p in step.iter_mut().filter(|p| p.vector.is_none()) {
+                    p.vector = Some(vectors.next().ok_or_else(|| {
+                        RetrievalError::Embed("the embedder returned too few vectors".into())
+                    })?);
                 }
             }
-            done += batch.len() as u64;
+            let mut by_partition: BTreeMap<u32, Vec<VectorRecord>> = BTreeMap::new();
+            for p in step {
+                by_partition
+                    .entry(partition_of(p.id, self.route.partitions))
+                    .or_default()
+                    .push(VectorRecord {
+                        id: p.id,
+                        vector: p.vector.unwrap_or_default(),
+                        metadata: p.metadata,
+                    });
+            }
+            for (partition, records) in &by_partition {
+                per_partition[*partition as usize] += records.len() as u64;
+            }
+            if let Some(previous) = writing.take() {
+                done += joined(previous.await)?;
+                progress(IngestProgress {
+                    chunks_done: done,
+                    chunks_total: total,
+                });
+            }
+            let this = self.clone();
+            writing = Some(tokio::spawn(async move { this.upsert(by_partition).await }));
+        }
+        if let Some(previous) = writing.take() {
+            done += joined(previous.await)?;
             progress(IngestProgress {
                 chunks_done: done,
                 chunks_total: total,
@@ -261,6 +351,141 @@ impl Coordinator {
             per_partition,
             elapsed_ms: start.elapsed().as_millis() as u64,
         })
+    }
+
+    /// Writes each partition's rows to its replicas, the partitions at once; the rows written.
+    async fn upsert(
+        &self,
+        by_partition: BTreeMap<u32, Vec<VectorRecord>>,
+    ) -> Result<u64, RetrievalError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (partition, records) in by_partition {
+            let this = self.clone();
+            tasks.spawn(async move {
+                let n = records.len() as u64;
+                for part in records.chunks(UPSERT_BATCH) {
+                    this.write(partition, PartitionRequest::Upsert(part.to_vec()))
+                        .await?;
+                }
+                Ok(n)
+            });
+        }
+        let mut written = 0;
+        while let Some(done) = tasks.join_next().await {
+            written += joined(done)?;
+        }
+        Ok(written)
+    }
+
+    /// Deletes the chunks that documents had past their new count (`counts`: document id and
+    /// the number of chunks it is about to have). Chunk 0 of each is read (by id, from one
+    /// replica of its partition) for the count stored with it; a document stored before
+    /// counts were kept has none and is left as it is.
+    async fn prune(&self, counts: &[(&str, u32)]) -> Result<(), RetrievalError> {
+        let mut asks: BTreeMap<u32, Vec<(u64, String, u32)>> = BTreeMap::new();
+        for (doc, n) in counts {
+            let id = chunk_id(doc, 0);
+            asks.entry(partition_of(id, self.route.partitions))
+                .or_default()
+                .push((id, (*doc).to_owned(), *n));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (partition, docs) in asks {
+            let this = self.clone();
+            tasks.spawn(async move { this.stale_chunks(partition, docs).await });
+        }
+        let mut stale: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+        while let Some(found) = tasks.join_next().await {
+            for id in joined(found)? {
+                stale
+                    .entry(partition_of(id, self.route.partitions))
+                    .or_default()
+                    .push(id);
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (partition, ids) in stale {
+            let this = self.clone();
+            tasks.spawn(async move {
+                for part in ids.chunks(DELETE_BATCH) {
+                    this.write(partition, PartitionRequest::Delete(part.to_vec()))
+                        .await?;
+                }
+                Ok(())
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            joined(done)?;
+        }
+        Ok(())
+    }
+
+    /// The ids of the chunks past the new end of `docs` (chunk 0's id, document id, new
+    /// count), all of whose chunk 0 is in `partition`.
+    async fn stale_chunks(
+        &self,
+        partition: u32,
+        docs: Vec<(u64, String, u32)>,
+    ) -> Result<Vec<u64>, RetrievalError> {
+        let mut stale = Vec::new();
+        for batch in docs.chunks(MAX_GET_IDS) {
+            let ids = batch.iter().map(|(id, _, _)| *id).collect();
+            let records = match self.read(partition, PartitionRequest::Get(ids)).await? {
+                PartitionAnswer::Records(records) => records,
+                other => {
+                    return Err(RetrievalError::Read {
+                        partition,
+                        reason: format!("a get was answered with {}", answer_name(&other)),
+                    });
+                }
+            };
+            let stored: HashMap<u64, u64> = records
+                .iter()
+                .filter_map(|r| {
+                    let meta: Map<String, Value> = serde_json::from_str(&r.metadata).ok()?;
+                    let count = meta.get("_chunks")?.as_u64()?;
+                    let doc = meta.get("_doc")?.as_str()?;
+                    // An id of another document (a hash collision) says nothing about this one.
+                    batch
+                        .iter()
+                        .any(|(id, d, _)| *id == r.id && d == doc)
+                        .then_some((r.id, count))
+                })
+                .collect();
+            for (id, doc, new) in batch {
+                if let Some(&old) = stored.get(id) {
+                    let old = u32::try_from(old).unwrap_or(u32::MAX);
+                    stale.extend((*new..old).map(|i| chunk_id(doc, i)));
+                }
+            }
+        }
+        Ok(stale)
+    }
+
+    /// The collection's dimension (asked of a partition once, then remembered).
+    async fn dimension(&self) -> Result<u32, RetrievalError> {
+        self.dimension
+            .get_or_try_init(|| async {
+                let mut last = None;
+                for partition in 0..self.route.partitions {
+                    match self.read(partition, PartitionRequest::Stats).await {
+                        Ok(PartitionAnswer::Stats(stats)) => return Ok(stats.dim),
+                        Ok(other) => {
+                            last = Some(RetrievalError::Read {
+                                partition,
+                                reason: format!("stats were answered with {}", answer_name(&other)),
+                            })
+                        }
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| RetrievalError::NoReplica {
+                    collection: self.route.collection.clone(),
+                    partition: 0,
+                }))
+            })
+            .await
+            .copied()
     }
 
     /// The `k` chunks closest to `text`.
@@ -325,6 +550,19 @@ impl Coordinator {
     ) -> Result<QueryAnswer, RetrievalError> {
         if k == 0 {
             return Err(RetrievalError::Invalid("k must be at least 1".into()));
+        }
+        let dimension = self.dimension().await?;
+        if vector.len() != dimension as usize {
+            return Err(RetrievalError::Invalid(format!(
+                "the query vector has {} values; collection {:?} has dimension {dimension}",
+                vector.len(),
+                self.route.collection
+            )));
+        }
+        if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
+            return Err(RetrievalError::Invalid(format!(
+                "the query vector's value {i} is not a finite number"
+            )));
         }
         let request = PartitionRequest::search(vec![vector], k, filter);
         let mut tasks = tokio::task::JoinSet::new();
@@ -456,6 +694,51 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Asks one replica of `partition` at a time (starting at a random one) until one answers:
+    /// a replica that fails, times out or is still catching up passes it on to the next.
+    async fn read(
+        &self,
+        partition: u32,
+        request: PartitionRequest,
+    ) -> Result<PartitionAnswer, RetrievalError> {
+        let mut members = self.members(partition);
+        if members.is_empty() {
+            return Err(RetrievalError::NoReplica {
+                collection: self.route.collection.clone(),
+                partition,
+            });
+        }
+        let first = rand::random_range(0..members.len());
+        members.rotate_left(first);
+        let mut reasons = Vec::new();
+        for member in members {
+            let actor: ActorRef<ReplicaMsg> = member.into();
+            let request = request.clone();
+            let reply = ractor::rpc::call(
+                &actor.get_cell(),
+                |reply| ReplicaMsg::Partition(Wire::new(request), reply),
+                Some(READ_TIMEOUT),
+            )
+            .await;
+            match reply {
+                Ok(CallResult::Success(wire)) => match wire.into_inner() {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(why)) => reasons.push(why),
+                    Err(e) => reasons.push(e.to_string()),
+                },
+                Ok(CallResult::Timeout) => reasons.push(format!(
+                    "a replica did not answer within {} s",
+                    READ_TIMEOUT.as_secs()
+                )),
+                Ok(CallResult::SenderError) | Err(_) => reasons.push("a replica went away".into()),
+            }
+        }
+        Err(RetrievalError::Read {
+            partition,
+            reason: reasons.join("; "),
+        })
+    }
+
     /// One partition's hits, or `None` if no replica answered in time.
     async fn search(&self, partition: u32, request: PartitionRequest) -> Option<Vec<SearchHit>> {
         let timeout = Duration::from_millis(self.route.search_timeout_ms);
@@ -524,6 +807,57 @@ fn hits_of(
     }
 }
 
+/// A task's result, its panic or cancellation made an error.
+fn joined<T>(
+    r: Result<Result<T, RetrievalError>, tokio::task::JoinError>,
+) -> Result<T, RetrievalError> {
+    r.unwrap_or_else(|e| {
+        Err(RetrievalError::Invalid(format!(
+            "an ingest task failed: {e}"
+        )))
+    })
+}
+
+fn answer_name(a: &PartitionAnswer) -> &'static str {
+    match a {
+        PartitionAnswer::Written { .. } => "written",
+        PartitionAnswer::Deleted { .. } => "deleted",
+        PartitionAnswer::Hits(_) => "hits",
+        PartitionAnswer::Stats(_) => "stats",
+        PartitionAnswer::Page { .. } => "a page",
+        PartitionAnswer::Records(_) => "records",
+    }
+}
+
+/// Refuses a document that could not be stored as it is, naming it and what is wrong.
+fn check_document(doc: &Document, dimension: Option<u32>) -> Result<(), RetrievalError> {
+    if doc.id.is_empty() {
+        return Err(RetrievalError::Invalid("a document has an empty id".into()));
+    }
+    if let Some(key) = doc.metadata.keys().find(|k| k.starts_with('_')) {
+        return Err(RetrievalError::Invalid(format!(
+            "document {:?}: metadata key {key:?} starts with '_', which is reserved",
+            doc.id
+        )));
+    }
+    if let (Some(vector), Some(dimension)) = (&doc.vector, dimension) {
+        if vector.len() != dimension as usize {
+            return Err(RetrievalError::Invalid(format!(
+                "document {:?}: its vector has {} values; the collection's dimension is {dimension}",
+                doc.id,
+                vector.len()
+            )));
+        }
+        if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
+            return Err(RetrievalError::Invalid(format!(
+                "document {:?}: its vector's value {i} is not a finite number",
+                doc.id
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn hit(h: SearchHit) -> QueryHit {
     let mut meta: Map<String, Value> = serde_json::from_str(&h.metadata).unwrap_or_default();
     let take_str = |m: &mut Map<String, Value>, k: &str| match m.remove(k) {
@@ -534,6 +868,7 @@ fn hit(h: SearchHit) -> QueryHit {
     let text = take_str(&mut meta, "_text").unwrap_or_default();
     let title = take_str(&mut meta, "_title");
     let chunk_id = meta.remove("_chunk").and_then(|v| v.as_u64()).unwrap_or(0) as u32;
+    meta.remove("_chunks");
     QueryHit {
         doc_id,
         chunk_id,

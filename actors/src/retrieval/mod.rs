@@ -7,8 +7,10 @@
 //! process groups, so it follows replicas as they move.
 //!
 //! A chunk is stored with its text and document in reserved metadata keys (`_doc`, `_chunk`,
-//! `_text`, `_title`); the document's own metadata keys sit beside them, so filters name them
-//! directly (`{"op": "equal", "key": "lang", "value": "en"}`).
+//! `_text`, `_title`, and on chunk 0 `_chunks`, the document's chunk count, which lets an
+//! ingest of a shorter version delete the chunks past its end); the document's own metadata
+//! keys sit beside them, so filters name them directly
+//! (`{"op": "equal", "key": "lang", "value": "en"}`).
 
 pub mod chunk;
 mod coordinator;
