@@ -522,3 +522,159 @@ async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
     a.agent.stop(None);
     b.agent.stop(None);
 }
+
+/// A unit vector of `dim` values, the same for the same `seed`.
+fn unit_vector(seed: u64, dim: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
+    v.iter_mut().for_each(|a| *a /= norm);
+    v
+}
+
+fn vector_doc(n: u64, vector: Vec<f32>) -> Document {
+    Document {
+        id: format!("v-{n}"),
+        text: format!("vector document {n}"),
+        title: None,
+        metadata: serde_json::from_value(serde_json::json!({ "n": n })).unwrap(),
+        vector: Some(vector),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_with_their_own_vectors_are_found_by_vector_queries() {
+    let scope = "t-vectors";
+    let mut a = node(scope, 1).await;
+    let coordinator = Assignment {
+        actor_id: "vec-coord/0".into(),
+        deployment: "vec-coord".into(),
+        kind: "retrieval_coordinator".into(),
+        generation: 1,
+        devices: vec![],
+        config: r#"{"collection": "vec", "partitions": 2, "embedder": "embedder"}"#.into(),
+    };
+    a.run(vec![
+        embedder(),
+        partition("vec", 0, 0),
+        partition("vec", 1, 0),
+        coordinator,
+    ])
+    .await;
+    let c = Coordinator::new(scope, route("vec", 2)).unwrap();
+
+    // A mixed batch: documents with vectors (one with an empty text) and ones to embed.
+    let mut docs: Vec<Document> = (0..40)
+        .map(|n| vector_doc(n, unit_vector(n, 384)))
+        .collect();
+    docs[7].text = String::new();
+    docs.push(doc(
+        "kites",
+        "Kites climb on the steady wind by the sea.".into(),
+    ));
+    docs.push(doc("owls", long_text(200)));
+    let owl_chunks = chunks(&docs[41].text, ChunkPolicy::default()).len() as u64;
+    let report = c.ingest(&docs, |_| {}).await.unwrap();
+    assert_eq!((report.documents, report.chunks), (42, 40 + 1 + owl_chunks));
+    for n in [0u64, 7, 23, 39] {
+        let found = c.query_vector(unit_vector(n, 384), 3, None).await.unwrap();
+        assert!(found.missing_partitions.is_empty(), "{found:?}");
+        let top = &found.results[0];
+        assert_eq!(
+            (top.doc_id.as_str(), top.chunk_id),
+            (docs[n as usize].id.as_str(), 0)
+        );
+        assert!(top.score > 0.999, "{top:?}");
+        assert_eq!(top.text, docs[n as usize].text);
+        assert_eq!(
+            top.metadata, docs[n as usize].metadata,
+            "only the document's own keys"
+        );
+    }
+    let found = c.query("kites and the sea wind", 1, None).await.unwrap();
+    assert_eq!(found.results[0].doc_id, "kites", "{found:?}");
+
+    // A vector of the wrong length is refused, naming the document, before anything of
+    // the batch is written.
+    let fresh = vector_doc(100, unit_vector(100, 384));
+    let err = c
+        .ingest(&[fresh.clone(), vector_doc(101, vec![0.5; 3])], |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("\"v-101\"") && err.contains("3 values") && err.contains("384"),
+        "{err}"
+    );
+    let found = c
+        .query_vector(unit_vector(100, 384), 1, None)
+        .await
+        .unwrap();
+    assert_ne!(
+        found.results[0].doc_id, "v-100",
+        "nothing of a refused batch is stored"
+    );
+    let err = c
+        .ingest(&[vector_doc(102, vec![f32::NAN; 384])], |_| {})
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"v-102\"") && err.contains("finite"), "{err}");
+    let err = c
+        .query_vector(vec![1.0; 5], 1, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("5 values") && err.contains("384"), "{err}");
+
+    // A document that had several chunks and now brings a vector is one chunk.
+    let owls = Document {
+        vector: Some(unit_vector(500, 384)),
+        ..docs[41].clone()
+    };
+    c.ingest(&[owls], |_| {}).await.unwrap();
+    let ids: Vec<u64> = (0..owl_chunks as u32)
+        .map(|i| chunk_id("owls", i))
+        .collect();
+    let held: Vec<u64> = stored_ids(scope, "vec", 2, 1, &ids)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(held, vec![chunk_id("owls", 0)]);
+
+    // The same through the coordinator's JSON call.
+    let router = Router::new(scope, "vec-coord");
+    let ingest = serde_json::json!({ "ingest": [
+        { "id": "j-1", "text": "", "vector": unit_vector(1000, 384) },
+    ]});
+    let reply = router
+        .call(ingest.to_string().into_bytes(), PATIENCE)
+        .await
+        .unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(report["chunks"], 1, "{report}");
+    let ask = serde_json::json!({ "query_vector": unit_vector(1000, 384), "k": 2 });
+    let reply = router
+        .call(ask.to_string().into_bytes(), PATIENCE)
+        .await
+        .unwrap();
+    let found: serde_json::Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(found["results"][0]["doc_id"], "j-1", "{found}");
+    assert_eq!(found["results"].as_array().unwrap().len(), 2);
+    let bad = serde_json::json!({ "ingest": [{ "id": "j-2", "text": "x", "vector": [1.0, 2.0] }]});
+    let err = router
+        .call(bad.to_string().into_bytes(), PATIENCE)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"j-2\""), "{err}");
+    a.agent.stop(None);
+}

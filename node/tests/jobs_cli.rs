@@ -1,12 +1,15 @@
 //! The AI job kinds end to end through the `arbor` client over WebSocket, on a real 3-process
 //! cluster with the real models (after scripts/fetch-models.sh): deploy the embedder, the
 //! model and a coordinator, create a collection, ingest the test corpus (JSONL) and a Markdown
-//! file, then query, rag, embed and generate, and list the jobs.
+//! file, then query, rag, embed and generate, and list the jobs; documents with their own
+//! vectors and queries by vector through the gateway's typed client.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
+use arbor_node::gateway::client::GatewayClient;
+use arbor_node::gateway::protocol::{DocumentIn, IngestJob, JobSpec, QueryJob};
 use common::cluster::{Cluster, T};
 use serde_json::Value;
 
@@ -119,6 +122,82 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
         serde_json::from_str(&c.arbor(&["embed", "first text", "second text"])).unwrap();
     assert_eq!(embedded["dim"], 384, "{embedded}");
     assert_eq!(embedded["vectors"].as_array().unwrap().len(), 2);
+
+    // Documents that bring their own vectors (here the embedder's, made above), mixed with
+    // one to embed; found again by vector, at rank 1.
+    let vector =
+        |i: usize| -> Vec<f32> { serde_json::from_value(embedded["vectors"][i].clone()).unwrap() };
+    let doc = |id: &str, text: &str, vector: Option<Vec<f32>>| DocumentIn {
+        id: id.into(),
+        text: text.into(),
+        title: None,
+        metadata: Default::default(),
+        vector,
+    };
+    let mut client = GatewayClient::connect(&[c.config.nodes[1].gateway], &c.token, T)
+        .await
+        .unwrap();
+    let ingest = |documents| {
+        JobSpec::Ingest(IngestJob {
+            collection: "docs".into(),
+            documents,
+        })
+    };
+    let report = client
+        .run(
+            ingest(vec![
+                doc("own-1", "", Some(vector(0))),
+                doc("own-2", "the second, by vector", Some(vector(1))),
+                doc(
+                    "plain",
+                    "Lighthouses warn ships away from rocks at night.",
+                    None,
+                ),
+            ]),
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .into_data()
+        .unwrap();
+    assert_eq!(report["chunks"], 3, "{report}");
+    for (i, id) in [(0, "own-1"), (1, "own-2")] {
+        let found = client
+            .run(
+                JobSpec::Query(QueryJob {
+                    collection: "docs".into(),
+                    text: None,
+                    vector: Some(vector(i)),
+                    k: 2,
+                    filter: None,
+                }),
+                |_| {},
+            )
+            .await
+            .unwrap()
+            .into_data()
+            .unwrap();
+        assert_eq!(found["results"][0]["doc_id"], id, "{found}");
+        assert!(
+            found["results"][0]["score"].as_f64().unwrap() > 0.999,
+            "{found}"
+        );
+        assert_eq!(found["missing_partitions"], Value::Array(vec![]));
+    }
+    let refused = client
+        .run(
+            ingest(vec![doc("short-vec", "x", Some(vec![0.1; 3]))]),
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .into_data()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("\"short-vec\"") && refused.contains("384"),
+        "{refused}"
+    );
 
     let out = c.arbor(&["generate", "Name a colour.", "--max-tokens", "12"]);
     assert!(!out.trim().is_empty(), "nothing generated");

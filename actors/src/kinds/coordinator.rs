@@ -4,8 +4,11 @@
 //! never holds up queries. It answers the generic call with JSON, which is what `arbor call`
 //! and, later, the gateway send:
 //!
-//! * `{"ingest": [{"id", "text", "title"?, "metadata"?}, ...]}` → the ingest report;
+//! * `{"ingest": [{"id", "text", "title"?, "metadata"?, "vector"?}, ...]}` → the ingest report
+//!   (a document with a `vector` is stored as one chunk with it, not embedded);
 //! * `{"query": "text", "k": 5, "filter": {...}?}` → `{"results": [...], "missing_partitions": [...]}`;
+//! * `{"query_vector": [0.1, ...], "k": 5, "filter": {...}?}` → the same, for a vector of the
+//!   collection's dimension (no embedding);
 //! * `{"rag": "question", "k": 3, "max_tokens": 128}` → `{"answer", "sources", "missing_partitions",
 //!   "finish_reason"}` (needs `model` in the config).
 
@@ -42,6 +45,14 @@ enum CallAsk {
         k: u32,
         #[serde(default = "default_max_tokens")]
         max_tokens: u32,
+    },
+    #[serde(untagged)]
+    QueryVector {
+        query_vector: Vec<f32>,
+        #[serde(default = "default_k")]
+        k: u32,
+        #[serde(default)]
+        filter: Option<serde_json::Value>,
     },
     #[serde(untagged)]
     Query {
@@ -111,7 +122,7 @@ impl Actor for CoordinatorReplica {
 async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
     let ask: CallAsk = serde_json::from_slice(payload).map_err(|e| {
         format!(
-            "expected {{\"ingest\": [documents]}}, {{\"query\": \"text\", \"k\": 5, \"filter\": {{...}}}} or {{\"rag\": \"question\"}}: {e}"
+            "expected {{\"ingest\": [documents]}}, {{\"query\": \"text\", \"k\": 5, \"filter\": {{...}}}}, {{\"query_vector\": [numbers], \"k\": 5, \"filter\": {{...}}}} or {{\"rag\": \"question\"}}: {e}"
         )
     })?;
     let json = match ask {
@@ -132,16 +143,20 @@ async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
                 .map_err(|e| e.to_string())?;
             serde_json::to_vec(&answer)
         }
+        CallAsk::QueryVector {
+            query_vector,
+            k,
+            filter,
+        } => {
+            let filter = query_filter(k, filter)?;
+            let found = coordinator
+                .query_vector(query_vector, k, filter.as_ref())
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::to_vec(&found)
+        }
         CallAsk::Query { query, k, filter } => {
-            if k == 0 || k > MAX_K {
-                return Err(format!("k = {k} is not in 1..={MAX_K}"));
-            }
-            let filter = match filter {
-                Some(f) => Some(
-                    MetadataFilter::parse(&f.to_string()).map_err(|e| format!("filter: {e}"))?,
-                ),
-                None => None,
-            };
+            let filter = query_filter(k, filter)?;
             let found = coordinator
                 .query(&query, k, filter.as_ref())
                 .await
@@ -150,4 +165,17 @@ async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
         }
     };
     json.map_err(|e| format!("the answer could not be encoded: {e}"))
+}
+
+/// Checks a query's `k` and parses its filter.
+fn query_filter(
+    k: u32,
+    filter: Option<serde_json::Value>,
+) -> Result<Option<MetadataFilter>, String> {
+    if k == 0 || k > MAX_K {
+        return Err(format!("k = {k} is not in 1..={MAX_K}"));
+    }
+    filter
+        .map(|f| MetadataFilter::parse(&f.to_string()).map_err(|e| format!("filter: {e}")))
+        .transpose()
 }

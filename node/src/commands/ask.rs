@@ -30,7 +30,8 @@ pub async fn query(
     let mut client = gw.connect().await?;
     let job = JobSpec::Query(QueryJob {
         collection,
-        text,
+        text: Some(text),
+        vector: None,
         k,
         filter,
     });

@@ -42,7 +42,7 @@ pub enum ReadError {
     #[error("{path} is not UTF-8 text")]
     NotUtf8 { path: String },
     #[error(
-        "{path}:{line}: {message} (each line is one JSON object: {{\"id\": ..., \"text\": ..., \"title\"?: ..., \"metadata\"?: {{...}}}})"
+        "{path}:{line}: {message} (each line is one JSON object: {{\"id\": ..., \"text\": ..., \"title\"?: ..., \"metadata\"?: {{...}}, \"vector\"?: [...]}})"
     )]
     Line {
         path: String,
@@ -61,7 +61,8 @@ pub enum ReadError {
 
 /// Reads documents from files: a `.txt` or `.md` file is one document (id: the file name,
 /// title: the name without its extension); a `.jsonl` file holds one document a line
-/// (`{"id", "text", "title"?, "metadata"?}`; blank lines are skipped). Directories and other
+/// (`{"id", "text", "title"?, "metadata"?, "vector"?}`; blank lines are skipped; a line with
+/// its own `vector` is stored as one chunk with it, not embedded). Directories and other
 /// extensions are errors, and so is an id that two documents share. All or nothing: the first
 /// problem is the error.
 pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<DocumentIn>, ReadError> {
@@ -104,6 +105,7 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<DocumentIn>, ReadError> {
                     text,
                     title: Some(name(path.file_stem())),
                     metadata: Default::default(),
+                    vector: None,
                 };
                 add(doc, shown, &mut docs)?;
             }
@@ -539,6 +541,7 @@ mod tests {
             text: text.into(),
             title: None,
             metadata: Default::default(),
+            vector: None,
         }
     }
 

@@ -998,7 +998,8 @@ mod tests {
             .unwrap();
         let job = JobSpec::Query(crate::gateway::protocol::QueryJob {
             collection: "c".into(),
-            text: "t".into(),
+            text: Some("t".into()),
+            vector: None,
             k: 1,
             filter: None,
         });

@@ -127,11 +127,20 @@ pub struct IngestJob {
     pub documents: Vec<DocumentIn>,
 }
 
+/// A query by `text` (embedded first) or by `vector` (the collection's dimension): exactly
+/// one of them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryJob {
     pub collection: String,
-    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "finite_vector"
+    )]
+    pub vector: Option<Vec<f32>>,
     #[serde(default = "default_query_k")]
     pub k: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -239,7 +248,28 @@ fn job_spec(value: Value, at: &str) -> Result<JobSpec, ParseError> {
         "collections" => unit(JobSpec::Collections, rest)?,
         "deployments" => unit(JobSpec::Deployments, rest)?,
         "ingest" => JobSpec::Ingest(typed_at(rest, at)?),
-        "query" => JobSpec::Query(typed_at(rest, at)?),
+        "query" => {
+            let q: QueryJob = typed_at(rest, at)?;
+            match (&q.text, &q.vector) {
+                (None, None) => {
+                    let f = field("text");
+                    return Err(ParseError::new(
+                        ErrorCode::MissingField,
+                        format!("missing field \"{f}\"; a query has text, or vector instead"),
+                        Some(f),
+                    ));
+                }
+                (Some(_), Some(_)) => {
+                    let f = field("vector");
+                    return Err(ParseError::new(
+                        ErrorCode::InvalidField,
+                        format!("field \"{f}\": a query has text or vector, not both"),
+                        Some(f),
+                    ));
+                }
+                _ => JobSpec::Query(q),
+            }
+        }
         "rag" => JobSpec::Rag(typed_at(rest, at)?),
         "embed" => JobSpec::Embed(typed_at(rest, at)?),
         "generate" => JobSpec::Generate(typed_at(rest, at)?),
@@ -280,11 +310,33 @@ fn default_max_tokens() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct DocumentIn {
     pub id: String,
+    /// Chunked and embedded; with `vector`, stored whole as the one chunk's text (it may then
+    /// be empty).
     pub text: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
+    /// The document's own vector (the collection's dimension): stored as one chunk with it,
+    /// without embedding.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "finite_vector"
+    )]
+    pub vector: Option<Vec<f32>>,
+}
+
+/// A vector whose values are all finite 32-bit floats: a number too large for one (it would
+/// become infinite) is refused here, naming its place, rather than failing in a partition.
+fn finite_vector<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<f32>>, D::Error> {
+    let v: Option<Vec<f32>> = Option::deserialize(d)?;
+    if let Some(i) = v.iter().flatten().position(|x| !x.is_finite()) {
+        return Err(serde::de::Error::custom(format!(
+            "value {i} is not a finite 32-bit float"
+        )));
+    }
+    Ok(v)
 }
 
 pub use super::tokens::Role;
@@ -869,6 +921,8 @@ mod tests {
             r#"{"type":"auth","v":1,"token":"t"}"#,
             r#"{"type":"submit","ref":"a","job":{"kind":"status"}}"#,
             r#"{"type":"submit","job":{"kind":"query","collection":"c","text":"hi","k":3,"filter":{"lang":"en"}}}"#,
+            r#"{"type":"submit","job":{"kind":"query","collection":"c","vector":[0.5,-1,2e-3],"k":3}}"#,
+            r#"{"type":"submit","job":{"kind":"ingest","collection":"c","documents":[{"id":"a","text":"","vector":[1,0]},{"id":"b","text":"t"}]}}"#,
             r#"{"type":"submit","record":true,"job":{"kind":"embed","texts":["a"]}}"#,
             r#"{"type":"subscribe","job":"j1"}"#,
             r#"{"type":"status"}"#,
@@ -928,6 +982,38 @@ mod tests {
         assert_eq!(
             (e.code, e.field.as_deref()),
             (ErrorCode::MissingField, Some("job.text"))
+        );
+        assert!(e.message.contains("vector"), "{}", e.message);
+        let e = err(
+            r#"{"type":"submit","job":{"kind":"query","collection":"c","text":"t","vector":[1]}}"#,
+        );
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("job.vector"))
+        );
+        let e =
+            err(r#"{"type":"submit","job":{"kind":"query","collection":"c","vector":[1,"x"]}}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("job.vector[1]"))
+        );
+        let e = err(
+            r#"{"type":"submit","job":{"kind":"ingest","collection":"c","documents":[{"id":"a","text":"","vector":{}}]}}"#,
+        );
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("job.documents[0].vector"))
+        );
+        let e =
+            err(r#"{"type":"submit","job":{"kind":"query","collection":"c","vector":[1,1e39]}}"#);
+        assert_eq!(
+            (e.code, e.field.as_deref()),
+            (ErrorCode::InvalidField, Some("job.vector"))
+        );
+        assert!(
+            e.message.contains("value 1 is not a finite"),
+            "{}",
+            e.message
         );
         let e = err(
             r#"{"type":"submit","job":{"kind":"query","collection":"c","text":"t","k":"five"}}"#,
@@ -1054,6 +1140,7 @@ mod tests {
                         "id",
                         "texts",
                         "filter",
+                        "vector",
                         "nonce",
                         "limit"
                     ])

@@ -124,7 +124,12 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
         }
         JobSpec::Query(q) => {
             named("collection", &q.collection)?;
-            named("text", &q.text)?;
+            if let Some(text) = &q.text {
+                named("text", text)?;
+            }
+            if q.vector.as_ref().is_some_and(Vec::is_empty) {
+                return invalid("vector", "vector is empty".into());
+            }
             if q.k == 0 || q.k > MAX_K {
                 return invalid("k", format!("k = {} is not in 1..={MAX_K}", q.k));
             }
@@ -459,7 +464,10 @@ async fn call_json(env: &Env, deployment: &str, body: &Value) -> Result<Value, J
 }
 
 async fn query(env: &Env, coordinator: &str, q: &QueryJob) -> Result<QueryAnswer, JobFailure> {
-    let mut body = json!({ "query": q.text, "k": q.k });
+    let mut body = match (&q.text, &q.vector) {
+        (_, Some(vector)) => json!({ "query_vector": vector, "k": q.k }),
+        (text, None) => json!({ "query": text, "k": q.k }),
+    };
     if let Some(filter) = &q.filter {
         body["filter"] = filter.clone();
     }
@@ -538,7 +546,8 @@ async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
         &coordinator,
         &QueryJob {
             collection: r.collection.clone(),
-            text: r.question.clone(),
+            text: Some(r.question.clone()),
+            vector: None,
             k: r.k,
             filter: None,
         },
@@ -668,6 +677,10 @@ mod tests {
             (
                 r#"{"kind":"generate","prompt":"p","max_tokens":0}"#,
                 "job.max_tokens",
+            ),
+            (
+                r#"{"kind":"query","collection":"c","vector":[]}"#,
+                "job.vector",
             ),
             (r#"{"kind":"embed","texts":[]}"#, "job.texts"),
             (
