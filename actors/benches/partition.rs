@@ -1,12 +1,13 @@
 //! One vector partition on the CPU: what it costs in memory and how fast it answers.
 //!
-//! Writes `ARBOR_PARTITION_ROWS` rows (default 100,000) of dimension 384 with small metadata
-//! into a redb file (under `ARBOR_PARTITION_DIR`, or a temporary folder), loads them as a
+//! Writes `ARBOR_PARTITION_ROWS` rows (default 100,000) of dimension 384 with metadata shaped
+//! like the coordinator's chunks (about 700 bytes each, most of it the chunk's text) into a
+//! redb file (under `ARBOR_PARTITION_DIR`, or a temporary folder), loads them as a
 //! replica does on start, prints the partition's `stats()` and the process's resident memory,
 //! then measures single-query search latency for k = 10, with and without a filter.
 //!
 //! ```text
-//! ARBOR_PARTITION_ROWS=1000000 ARBOR_PARTITION_DIR=/dev/shm/arbor-bench \
+//! ARBOR_PARTITION_ROWS=1000000 ARBOR_PARTITION_DIR=/tmp/arbor-bench \
 //!     cargo bench -p arbor-actors --bench partition
 //! ```
 //!
@@ -55,6 +56,38 @@ fn random_vector(rng: &mut StdRng) -> Vec<f32> {
     (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
+/// Metadata shaped like the retrieval coordinator's chunks (document id, chunk number,
+/// title, the chunk's ~600 characters of text) plus two small fields to filter on.
+fn chunk_metadata(i: usize) -> String {
+    const WORDS: [&str; 8] = [
+        "replica",
+        "partition",
+        "vector",
+        "cluster",
+        "embedding",
+        "scheduler",
+        "node",
+        "query",
+    ];
+    let mut text = String::with_capacity(640);
+    let mut w = i;
+    while text.len() < 600 {
+        text.push_str(WORDS[w % WORDS.len()]);
+        text.push(' ');
+        w = w / 3 + 7 * text.len();
+    }
+    let lang = ["en", "fr", "de"][i % 3];
+    serde_json::json!({
+        "_doc": format!("doc-{}", i / 10),
+        "_chunk": i % 10,
+        "_title": format!("Notes on running document {}", i / 10),
+        "_text": text,
+        "page": i % 50,
+        "lang": lang,
+    })
+    .to_string()
+}
+
 /// Writes the rows through the store only, so the writer holds one batch at a time.
 fn write_rows(path: &Path, rows: usize) {
     let mut store = Store::open(path, DIM, Metric::Cosine).expect("store opens");
@@ -65,12 +98,7 @@ fn write_rows(path: &Path, rows: usize) {
             .map(|i| VectorRecord {
                 id: i as u64,
                 vector: random_vector(&mut rng),
-                metadata: format!(
-                    r#"{{"doc":"doc-{}","page":{},"lang":"{}"}}"#,
-                    i / 10,
-                    i % 50,
-                    ["en", "fr", "de"][i % 3]
-                ),
+                metadata: chunk_metadata(i),
             })
             .collect();
         let batch = CheckedBatch::new(DIM, records).expect("valid rows");

@@ -19,9 +19,15 @@ use serde::{Deserialize, Deserializer};
 /// The batching limits of one replica; part of a kind's JSON config as `"batching"`.
 ///
 /// ```json
-/// {"max_batch": 32, "max_wait_ms": 5, "token_budget": 8192, "queue_capacity": 1024}
+/// {"max_batch": 32, "max_wait_ms": 0, "token_budget": 8192, "queue_capacity": 1024}
 /// ```
 /// Every field is optional (the defaults are shown); an unknown one is an error.
+///
+/// `max_wait_ms` defaults to 0 because the worker runs one batch at a time: requests that
+/// arrive while a batch runs already form the next one, so under load batches fill without
+/// any wait, and a lone request on an idle replica (a user's query) runs at once instead of
+/// paying the wait for company that is not coming. A wait helps only where a bigger batch is
+/// nearly free and arrivals are bursty (a GPU replica behind many clients).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BatchPolicy {
@@ -41,7 +47,7 @@ impl Default for BatchPolicy {
     fn default() -> Self {
         BatchPolicy {
             max_batch: 32,
-            max_wait: Duration::from_millis(5),
+            max_wait: Duration::ZERO,
             token_budget: 8192,
             queue_capacity: 1024,
         }

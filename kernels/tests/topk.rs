@@ -230,3 +230,20 @@ fn edge_cases_have_documented_answers() {
     assert_eq!(index.len(), 3);
     assert!(CpuIndex::new(0, Metric::Dot).is_err());
 }
+
+#[test]
+fn reserving_a_known_load_holds_exactly_its_rows() {
+    let (d, n) = (16, 10_000);
+    let ids: Vec<u64> = (0..n as u64).collect();
+    let rows: Vec<f32> = (0..n * d).map(|i| (i % 7) as f32).collect();
+    let mut index = CpuIndex::new(d, Metric::Dot).unwrap();
+    index.reserve(n).unwrap();
+    for (ids, rows) in ids.chunks(512).zip(rows.chunks(512 * d)) {
+        index.upsert(ids, rows).unwrap();
+    }
+    let vectors_and_ids = n * (d * 4 + 8);
+    let host = index.memory().host_bytes;
+    // The id map is the only other cost; growth by doubling would have added up to 2×.
+    assert!(host >= vectors_and_ids);
+    assert!(host < vectors_and_ids + n * 40, "{host} bytes for {n} rows");
+}

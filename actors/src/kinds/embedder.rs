@@ -4,7 +4,7 @@
 //! Config (every field optional):
 //! ```json
 //! {"device": "cpu" | "cuda",
-//!  "batching": {"max_batch": 32, "max_wait_ms": 5, "token_budget": 8192, "queue_capacity": 1024}}
+//!  "batching": {"max_batch": 32, "max_wait_ms": 0, "token_budget": 8192, "queue_capacity": 1024}}
 //! ```
 //! `device` defaults to the first GPU assigned to the replica, or the CPU when none is;
 //! `"cuda"` with no GPU assigned is a start failure, as the scheduler did not account for one.

@@ -124,14 +124,10 @@ impl MetadataFilter {
         }
     }
 
-    /// True when `metadata` passes the filter.
+    /// True when `metadata` passes the filter. This is the definition; the partition's
+    /// compact in-memory form (`partition::metadata`) is tested against it.
     pub fn matches(&self, metadata: &Map<String, Value>) -> bool {
-        self.matches_by(&|key| metadata.get(key))
-    }
-
-    /// Like [`MetadataFilter::matches`], over any store of a row's fields: `get` returns the
-    /// value under a key. The partition keeps metadata in a compact form of its own.
-    pub fn matches_by<'a>(&self, get: &dyn Fn(&str) -> Option<&'a Value>) -> bool {
+        let get = |key: &str| metadata.get(key);
         match self {
             MetadataFilter::Equal { key, value } => get(key).is_some_and(|v| json_eq(v, value)),
             MetadataFilter::In { key, values } => {
@@ -152,7 +148,7 @@ impl MetadataFilter {
                     && lte.is_none_or(|b| x <= b)
                     && lt.is_none_or(|b| x < b)
             }
-            MetadataFilter::And { filters } => filters.iter().all(|f| f.matches_by(get)),
+            MetadataFilter::And { filters } => filters.iter().all(|f| f.matches(metadata)),
         }
     }
 }

@@ -6,27 +6,27 @@
 //! filter applied inside the scan, so a filtered search still returns `k` rows when `k`
 //! matching rows exist.
 //!
-//! Metadata is kept in memory in a compact form (keys interned, one boxed slice per row) so
-//! that a partition of a million rows with a few small fields costs tens of MB, not the
-//! hundreds a `serde_json::Map` per row would.
+//! Metadata is kept in memory in a compact form ([`metadata::MetadataTable`]: one arena, long
+//! strings as hashes) so that filters run inside the scan while a million rows cost tens of
+//! MB beside their vectors. Results, and the rare filter memory cannot decide, read the row's
+//! metadata from disk.
 
 pub mod filter;
 pub mod messages;
+pub mod metadata;
 pub mod store;
 
-use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::sync::Arc;
 
 use arbor_kernels::device::Device;
 use arbor_kernels::topk::{ExactIndex, Hit, Metric, TopKError, VectorIndex};
-use serde_json::{Map, Value};
 
 pub use filter::{FilterError, MetadataFilter};
 pub use messages::{
     MAX_GET_IDS, PartitionAnswer, PartitionReply, PartitionRequest, PartitionStats, SearchHit,
     VectorRecord,
 };
+use metadata::{MetadataTable, Verdict};
 pub use store::{CheckedBatch, InvalidInput, Store, StoreError, StoredRecord, store_path};
 
 use crate::wire::MAX_PAYLOAD_BYTES;
@@ -75,95 +75,6 @@ pub struct WriteAck {
     pub count: usize,
 }
 
-/// One row's metadata in memory: (interned key, value) pairs sorted by key.
-type MetaRow = Box<[(Arc<str>, Value)]>;
-
-/// Every row's metadata, compactly.
-#[derive(Debug, Default)]
-struct MetadataTable {
-    rows: HashMap<u64, MetaRow>,
-    /// Each distinct key once, shared by every row that has it.
-    keys: HashSet<Arc<str>>,
-    /// Running estimate of the rows' heap bytes (slices and values).
-    heap_bytes: usize,
-}
-
-impl MetadataTable {
-    fn insert(&mut self, id: u64, map: Map<String, Value>) {
-        let mut row: Vec<(Arc<str>, Value)> = map
-            .into_iter()
-            .map(|(k, v)| {
-                let key = match self.keys.get(k.as_str()) {
-                    Some(key) => key.clone(),
-                    None => {
-                        let key: Arc<str> = k.into();
-                        self.keys.insert(key.clone());
-                        key
-                    }
-                };
-                (key, v)
-            })
-            .collect();
-        row.sort_by(|a, b| a.0.cmp(&b.0));
-        let row = row.into_boxed_slice();
-        self.heap_bytes += row_bytes(&row);
-        if let Some(old) = self.rows.insert(id, row) {
-            self.heap_bytes -= row_bytes(&old);
-        }
-    }
-
-    fn remove(&mut self, id: u64) {
-        if let Some(old) = self.rows.remove(&id) {
-            self.heap_bytes -= row_bytes(&old);
-        }
-    }
-
-    fn get(&self, id: u64) -> Option<&MetaRow> {
-        self.rows.get(&id)
-    }
-
-    fn bytes(&self) -> usize {
-        let entry = size_of::<u64>() + size_of::<MetaRow>() + 1;
-        let keys: usize = self
-            .keys
-            .iter()
-            .map(|k| k.len() + 2 * size_of::<usize>() + size_of::<Arc<str>>() + 1)
-            .sum();
-        self.rows.capacity() * entry + self.heap_bytes + keys
-    }
-}
-
-/// The value under `key` in a row, by binary search on the sorted keys.
-fn row_get<'a>(row: &'a MetaRow, key: &str) -> Option<&'a Value> {
-    row.binary_search_by(|(k, _)| k.as_ref().cmp(key))
-        .ok()
-        .map(|i| &row[i].1)
-}
-
-/// A row's metadata as JSON text again.
-fn row_text(row: &MetaRow) -> String {
-    let map: Map<String, Value> = row
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    Value::Object(map).to_string()
-}
-
-/// Estimated heap bytes of one row: its slice and what its values own.
-fn row_bytes(row: &MetaRow) -> usize {
-    row.len() * size_of::<(Arc<str>, Value)>()
-        + row.iter().map(|(_, v)| value_bytes(v)).sum::<usize>()
-}
-
-fn value_bytes(v: &Value) -> usize {
-    match v {
-        Value::Null | Value::Bool(_) | Value::Number(_) => 0,
-        Value::String(s) => s.capacity(),
-        // Nested values are rare in metadata; their text length doubled is a fair guess.
-        Value::Array(_) | Value::Object(_) => 2 * v.to_string().len() + 64,
-    }
-}
-
 /// One partition replica: its durable store, its index and its metadata.
 pub struct Partition {
     store: Store,
@@ -195,6 +106,11 @@ impl Partition {
         let store = Store::open(path, dim, metric)?;
         let mut index = ExactIndex::new_or_cpu(dim, metric, device)?;
         let mut metadata = MetadataTable::default();
+        // Room for exactly the rows stored: growth by doubling would cost up to twice the
+        // vectors' memory for a large partition.
+        let rows = usize::try_from(store.row_count()?).unwrap_or(usize::MAX);
+        index.reserve(rows)?;
+        metadata.reserve(rows);
         let mut ids = Vec::with_capacity(LOAD_CHUNK_ROWS);
         let mut vectors = Vec::with_capacity(LOAD_CHUNK_ROWS * dim);
         store.for_each(|r: StoredRecord| {
@@ -203,7 +119,7 @@ impl Partition {
                     path: store.path().to_string(),
                     detail: e.to_string(),
                 })?;
-            metadata.insert(r.id, map);
+            metadata.insert(r.id, &map);
             ids.push(r.id);
             vectors.extend_from_slice(&r.vector);
             if ids.len() == LOAD_CHUNK_ROWS {
@@ -214,6 +130,7 @@ impl Partition {
             Ok::<_, PartitionError>(())
         })?;
         index.upsert(&ids, &vectors)?;
+        metadata.shrink_to_fit();
         Ok(Partition {
             store,
             index,
@@ -262,7 +179,7 @@ impl Partition {
             });
         }
         for (id, map) in batch.into_metadata() {
-            self.metadata.insert(id, map);
+            self.metadata.insert(id, &map);
         }
         Ok(WriteAck { seq, count })
     }
@@ -340,26 +257,45 @@ impl Partition {
         if k == 0 || queries.is_empty() {
             return Ok(vec![Vec::new(); queries.len()]);
         }
-        let pass = |id: u64| match (filter, self.metadata.get(id)) {
-            (None, _) => true,
-            (Some(f), Some(row)) => f.matches_by(&|key| row_get(row, key)),
-            (Some(_), None) => false,
-        };
         let found = match filter {
             None => self.index.search_filtered(&flat, k, None)?,
-            Some(_) => self.index.search_filtered(&flat, k, Some(&pass))?,
+            Some(f) => {
+                let compiled = self.metadata.compile(f);
+                let pass = |id: u64| match self.metadata.verdict(id, &compiled) {
+                    Verdict::Yes => true,
+                    Verdict::No => false,
+                    Verdict::Check => self.matches_on_disk(id, f),
+                };
+                self.index.search_filtered(&flat, k, Some(&pass))?
+            }
         };
         self.hits(found)
     }
 
-    /// Attaches metadata to hits, refusing an answer too large to travel.
+    /// Decides a filter memory could not (a long string's hash or a nested value matched)
+    /// from the row's metadata on disk. A row that cannot be read is left out, and logged.
+    fn matches_on_disk(&self, id: u64, filter: &MetadataFilter) -> bool {
+        let text = match self.store.metadata_of(&[id]) {
+            Ok(mut texts) => texts.pop().flatten(),
+            Err(e) => {
+                tracing::warn!(id, error = %e, "cannot read a row's metadata to filter it");
+                None
+            }
+        };
+        text.and_then(|t| store::parse_metadata(id, &t).ok())
+            .is_some_and(|map| filter.matches(&map))
+    }
+
+    /// Attaches metadata, read from disk, to hits, refusing an answer too large to travel.
     fn hits(&self, found: Vec<Vec<Hit>>) -> Result<Vec<Vec<SearchHit>>, PartitionError> {
+        let ids: Vec<u64> = found.iter().flatten().map(|h| h.id).collect();
+        let mut texts = self.store.metadata_of(&ids)?.into_iter();
         let mut bytes = 0usize;
         let mut out = Vec::with_capacity(found.len());
         for list in found {
             let mut hits = Vec::with_capacity(list.len());
             for Hit { id, score } in list {
-                let metadata = self.metadata.get(id).map(row_text).unwrap_or_default();
+                let metadata = texts.next().flatten().unwrap_or_default();
                 bytes += metadata.len() + 24;
                 hits.push(SearchHit {
                     id,
@@ -465,7 +401,7 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn rec(id: u64, vector: Vec<f32>, metadata: Value) -> VectorRecord {
         VectorRecord {
@@ -514,6 +450,39 @@ mod tests {
             (before.count, before.seq, before.dim)
         );
         assert_eq!(p.search(&q, 2, Some(&en)).unwrap()[0][0].id, 3);
+    }
+
+    #[test]
+    fn filters_on_long_text_are_decided_from_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), "c", 0);
+        let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
+        let text = |i: u64| format!("{i} {}", "long text ".repeat(20));
+        p.upsert(
+            (0..50)
+                .map(|i| rec(i, vec![1.0, i as f32], json!({"text": text(i), "n": i})))
+                .collect(),
+        )
+        .unwrap();
+        let wanted = MetadataFilter::Equal {
+            key: "text".into(),
+            value: Value::from(text(7)),
+        };
+        let hits = p.search(&[vec![1.0, 0.0]], 5, Some(&wanted)).unwrap();
+        assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), [7]);
+        assert!(hits[0][0].metadata.contains(&text(7)));
+        let both = MetadataFilter::In {
+            key: "text".into(),
+            values: vec![
+                Value::from(text(3)),
+                Value::from(text(40)),
+                Value::from("x"),
+            ],
+        };
+        let hits = p.search(&[vec![1.0, 0.0]], 5, Some(&both)).unwrap();
+        let mut ids: Vec<u64> = hits[0].iter().map(|h| h.id).collect();
+        ids.sort();
+        assert_eq!(ids, [3, 40]);
     }
 
     #[test]

@@ -38,8 +38,9 @@ pub const MAX_METADATA_BYTES: usize = 64 * 1024;
 pub const MAX_DIM: usize = 65_536;
 /// redb's page cache for a partition file. redb's default is 1 GiB, and every row is read
 /// once at load, so the default would keep up to 1 GiB of pages that the index already holds
-/// in its own form; 64 MiB is enough for a write batch's dirty pages.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// in its own form. Reads after the load are only the few rows a search returns, and a
+/// write batch's pages (at most a few MB from the coordinator) fit in 16 MiB.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Why input was refused. Nothing was written.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -502,7 +503,7 @@ impl Store {
     }
 
     /// How many rows are stored.
-    pub fn len(&self) -> Result<u64, StoreError> {
+    pub fn row_count(&self) -> Result<u64, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
         let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;

@@ -80,7 +80,9 @@ impl CpuIndex {
         let tile = self.tile_rows();
         let mut heaps = vec![TopK::new(k); n];
         let mut keys = vec![0.0f32; n * tile];
-        let mut allowed = vec![true; tile];
+        // Per row of the tile: 0 not asked yet, 1 passes the filter, 2 does not. The filter
+        // is asked lazily (see `TopK::push_run`) and at most once per row for all queries.
+        let mut verdicts = vec![0u8; tile];
         let mut t0 = range.start;
         while t0 < range.end {
             let t1 = (t0 + tile).min(range.end);
@@ -95,14 +97,17 @@ impl CpuIndex {
                 }
             }
             let ids = &self.ids[t0..t1];
-            let allowed = filter.map(|f| {
-                for (a, &id) in allowed.iter_mut().zip(ids) {
-                    *a = f(id);
-                }
-                &allowed[..nr]
-            });
+            verdicts[..nr].fill(0);
             for (heap, q) in heaps.iter_mut().zip(keys.chunks_exact(tile)) {
-                heap.push_run(&q[..nr], ids, allowed);
+                heap.push_run(&q[..nr], ids, |r| match filter {
+                    None => true,
+                    Some(f) => {
+                        if verdicts[r] == 0 {
+                            verdicts[r] = if f(ids[r]) { 1 } else { 2 };
+                        }
+                        verdicts[r] == 1
+                    }
+                });
             }
             t0 = t1;
         }
@@ -192,6 +197,17 @@ impl VectorIndex for CpuIndex {
         Ok(removed)
     }
 
+    fn reserve(&mut self, additional: usize) -> Result<(), TopKError> {
+        let rows = self.ids.len() + additional;
+        self.data.reserve_exact(rows * self.dim - self.data.len());
+        self.ids.reserve_exact(additional);
+        if self.metric == Metric::L2 {
+            self.sq_norms.reserve_exact(additional);
+        }
+        self.rows.reserve(additional);
+        Ok(())
+    }
+
     fn search_filtered(
         &self,
         queries: &[f32],
@@ -234,7 +250,10 @@ impl VectorIndex for CpuIndex {
 
     fn memory(&self) -> MemoryUsage {
         // A hash map entry costs its key, value and one control byte.
-        let map = self.rows.capacity() * (size_of::<u64>() + size_of::<usize>() + 1);
+        let map = MemoryUsage::hash_map_bytes(
+            self.rows.capacity(),
+            size_of::<u64>() + size_of::<usize>(),
+        );
         MemoryUsage {
             host_bytes: self.data.capacity() * 4
                 + self.ids.capacity() * 8

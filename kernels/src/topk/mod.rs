@@ -125,6 +125,23 @@ pub struct MemoryUsage {
     pub device_bytes: usize,
 }
 
+impl MemoryUsage {
+    /// The bytes a `std::collections::HashMap` with room for `capacity` entries of
+    /// `entry_bytes` each holds: its table has a power of two of buckets, at most 7/8 full,
+    /// and one control byte per bucket (so a million entries take two million buckets).
+    pub fn hash_map_bytes(capacity: usize, entry_bytes: usize) -> usize {
+        if capacity == 0 {
+            return 0;
+        }
+        let buckets = if capacity < 8 {
+            if capacity < 4 { 4 } else { 8 }
+        } else {
+            (capacity * 8 / 7).next_power_of_two()
+        };
+        buckets * (entry_bytes + 1)
+    }
+}
+
 /// A metadata filter: a row takes part in a search only when this returns true for its id.
 /// It is called from several threads at once.
 pub type Filter<'a> = &'a (dyn Fn(u64) -> bool + Sync);
@@ -181,6 +198,13 @@ pub trait VectorIndex: Send + Sync {
     fn upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), TopKError>;
     /// Removes the rows with these ids; ids not present are ignored. Returns how many went.
     fn remove(&mut self, ids: &[u64]) -> Result<usize, TopKError>;
+    /// Makes room for `additional` more rows at once, exactly, so that loading `n` known rows
+    /// costs `n` rows of memory rather than the next doubling (a million 384-d rows would
+    /// otherwise take up to twice their 1.5 GB). Indexes without preallocation ignore it.
+    fn reserve(&mut self, additional: usize) -> Result<(), TopKError> {
+        let _ = additional;
+        Ok(())
+    }
     /// The `k` best rows for each query, best first (see the module docs for the order).
     fn search(&self, queries: &[f32], k: usize) -> Result<Vec<Vec<Hit>>, TopKError> {
         self.search_filtered(queries, k, None)
@@ -261,6 +285,9 @@ impl VectorIndex for ExactIndex {
     }
     fn remove(&mut self, ids: &[u64]) -> Result<usize, TopKError> {
         self.inner_mut().remove(ids)
+    }
+    fn reserve(&mut self, additional: usize) -> Result<(), TopKError> {
+        self.inner_mut().reserve(additional)
     }
     fn search_filtered(
         &self,

@@ -71,11 +71,14 @@ impl TopK {
     }
 
     /// Pushes the keys of a run of rows, skipping those under the threshold cheaply.
+    /// `allowed(r)` says whether row `r` of the run may take part; it is asked only for rows
+    /// whose key would enter the heap, so a filter costs a few calls per query once the heap
+    /// is full rather than one per row.
     #[inline]
-    pub fn push_run(&mut self, keys: &[f32], ids: &[u64], allowed: Option<&[bool]>) {
+    pub fn push_run(&mut self, keys: &[f32], ids: &[u64], mut allowed: impl FnMut(usize) -> bool) {
         let mut threshold = self.threshold();
         for (r, (&key, &id)) in keys.iter().zip(ids).enumerate() {
-            if key >= threshold && allowed.is_none_or(|a| a[r]) {
+            if key >= threshold && allowed(r) {
                 self.push(Candidate { key, id });
                 threshold = self.threshold();
             }

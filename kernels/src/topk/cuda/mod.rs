@@ -143,12 +143,17 @@ impl CudaIndex {
         Ok((half, sq_norm))
     }
 
-    /// Makes room for `rows` rows, keeping the live ones.
-    fn reserve(&mut self, rows: usize) -> Result<(), TopKError> {
+    /// Makes room for `rows` rows, keeping the live ones: by doubling when `exact` is false
+    /// (many small upserts), to exactly `rows` when it is true (a load of known size).
+    fn grow_to(&mut self, rows: usize, exact: bool) -> Result<(), TopKError> {
         if rows <= self.capacity {
             return Ok(());
         }
-        let capacity = rows.max(self.capacity * 2);
+        let capacity = if exact {
+            rows
+        } else {
+            rows.max(self.capacity * 2)
+        };
         let live = self.ids.len();
         let d = self.dim;
         let mut vectors = self
@@ -370,7 +375,7 @@ impl VectorIndex for CudaIndex {
                 max: NO_ROW as usize,
             });
         }
-        self.reserve(new_len)?;
+        self.grow_to(new_len, false)?;
 
         // Appended rows are staged and copied at once; replaced rows are copied one by one.
         let mut staged = vec![f16::ZERO; new_ids * d];
@@ -421,6 +426,12 @@ impl VectorIndex for CudaIndex {
             .synchronize()
             .map_err(cuda_err("copying rows to the GPU"))?;
         Ok(())
+    }
+
+    fn reserve(&mut self, additional: usize) -> Result<(), TopKError> {
+        self.ids.reserve_exact(additional);
+        self.rows.reserve(additional);
+        self.grow_to(self.ids.len() + additional, true)
     }
 
     fn remove(&mut self, ids: &[u64]) -> Result<usize, TopKError> {
@@ -510,10 +521,34 @@ impl VectorIndex for CudaIndex {
     }
 
     fn memory(&self) -> MemoryUsage {
-        let map = self.rows.capacity() * (size_of::<u64>() + size_of::<usize>() + 1);
+        let map = MemoryUsage::hash_map_bytes(
+            self.rows.capacity(),
+            size_of::<u64>() + size_of::<usize>(),
+        );
         MemoryUsage {
             host_bytes: self.ids.capacity() * 8 + map,
-            device_bytes: self.capacity * (self.dim * size_of::<f16>() + size_of::<f32>()),
+            device_bytes: resident_device_bytes(self.capacity, self.dim),
         }
+    }
+}
+
+/// GPU memory an index keeps for `rows` rows of `dim` components: each row as fp16 plus its
+/// f32 squared norm. Searches add transient scratch (scores of one tile, at most 128 MiB,
+/// and `k` candidates per 2,048 rows per query) that is freed when they return.
+pub fn resident_device_bytes(rows: usize, dim: usize) -> usize {
+    rows * (dim * size_of::<f16>() + size_of::<f32>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The memory target: a million 384-d rows in at most 0.8 GB of GPU memory (loading a
+    /// partition reserves exactly its rows, so capacity equals rows).
+    #[test]
+    fn a_million_rows_of_384_fit_in_0_8_gb() {
+        let bytes = resident_device_bytes(1_000_000, 384);
+        assert_eq!(bytes, 772_000_000);
+        assert!(bytes <= 800_000_000);
     }
 }
