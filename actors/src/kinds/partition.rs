@@ -284,50 +284,36 @@ impl PartitionReplica {
                 Ok(())
             }
             PartitionRequest::Page { after, limit } => {
-                let partition = state.partition.clone();
-                state.tasks.spawn(async move {
-                    let answer = tokio::task::spawn_blocking(move || {
-                        let p = partition.read().map_err(|_| {
-                            "the partition failed and is being reloaded".to_string()
-                        })?;
+                spawn_read(
+                    &mut state.tasks,
+                    &state.partition,
+                    reply,
+                    "page",
+                    move |p| {
                         let limit = (limit as usize).min(page_cap(p.dim()));
                         p.page(after, limit, PAGE_BYTES)
                             .map(|(records, last)| PartitionAnswer::Page { records, last })
                             .map_err(|e| e.to_string())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("page task failed: {e}")));
-                    let _ = reply.send(Wire::new(answer));
-                });
+                    },
+                );
                 Ok(())
             }
             PartitionRequest::Get(ids) => {
-                let partition = state.partition.clone();
-                state.tasks.spawn(async move {
-                    let answer = tokio::task::spawn_blocking(move || {
-                        let p = partition.read().map_err(|_| {
-                            "the partition failed and is being reloaded".to_string()
-                        })?;
-                        p.get(&ids)
-                            .map(PartitionAnswer::Records)
-                            .map_err(|e| e.to_string())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("get task failed: {e}")));
-                    let _ = reply.send(Wire::new(answer));
+                spawn_read(&mut state.tasks, &state.partition, reply, "get", move |p| {
+                    p.get(&ids)
+                        .map(PartitionAnswer::Records)
+                        .map_err(|e| e.to_string())
                 });
                 Ok(())
             }
             PartitionRequest::Search { queries, k, filter } => {
-                let partition = state.partition.clone();
-                state.tasks.spawn(async move {
-                    let answer = tokio::task::spawn_blocking(move || {
-                        search(&partition, &queries, k as usize, filter.as_deref())
-                    })
-                    .await
-                    .unwrap_or_else(|e| Err(format!("search task failed: {e}")));
-                    let _ = reply.send(Wire::new(answer));
-                });
+                spawn_read(
+                    &mut state.tasks,
+                    &state.partition,
+                    reply,
+                    "search",
+                    move |p| search(p, &queries, k as usize, filter.as_deref()),
+                );
                 Ok(())
             }
             PartitionRequest::Stats => {
@@ -393,19 +379,34 @@ fn answer_write(
     }
 }
 
-fn search(
-    partition: &RwLock<Partition>,
-    queries: &[Vec<f32>],
-    k: usize,
-    filter: Option<&str>,
-) -> PartitionReply {
+/// Runs a read on the blocking pool, off the actor, and answers `reply` with it; the actor
+/// goes on with other requests meanwhile (reads share the lock).
+fn spawn_read(
+    tasks: &mut JoinSet<()>,
+    partition: &Arc<RwLock<Partition>>,
+    reply: RpcReplyPort<Wire<PartitionReply>>,
+    what: &'static str,
+    read: impl FnOnce(&Partition) -> PartitionReply + Send + 'static,
+) {
+    let partition = partition.clone();
+    tasks.spawn(async move {
+        let answer = tokio::task::spawn_blocking(move || {
+            let p = partition
+                .read()
+                .map_err(|_| "the partition failed and is being reloaded".to_string())?;
+            read(&p)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("{what} task failed: {e}")));
+        let _ = reply.send(Wire::new(answer));
+    });
+}
+
+fn search(p: &Partition, queries: &[Vec<f32>], k: usize, filter: Option<&str>) -> PartitionReply {
     let filter = filter
         .map(MetadataFilter::parse)
         .transpose()
         .map_err(|e| format!("bad filter: {e}"))?;
-    let p = partition
-        .read()
-        .map_err(|_| "the partition failed and is being reloaded".to_string())?;
     p.search(queries, k, filter.as_ref())
         .map(PartitionAnswer::Hits)
         .map_err(|e| e.to_string())
