@@ -26,6 +26,9 @@ const EMBED_BATCH: usize = 32;
 /// Records per upsert message: well under the 8 MiB payload limit for 384-dim vectors with
 /// a chunk of text each.
 const UPSERT_BATCH: usize = 512;
+/// Ids per get message: at most `MAX_GET_IDS`, and fewer, so that the rows found (vectors and
+/// all their text) stay well under the message limit.
+const GET_BATCH: usize = if MAX_GET_IDS < 256 { MAX_GET_IDS } else { 256 };
 /// Ids per delete message.
 const DELETE_BATCH: usize = 8192;
 /// How long a read (stored rows, stats) may take on one replica before the next is tried.
@@ -428,7 +431,7 @@ impl Coordinator {
         docs: Vec<(u64, String, u32)>,
     ) -> Result<Vec<u64>, RetrievalError> {
         let mut stale = Vec::new();
-        for batch in docs.chunks(MAX_GET_IDS) {
+        for batch in docs.chunks(GET_BATCH) {
             let ids = batch.iter().map(|(id, _, _)| *id).collect();
             let records = match self.read(partition, PartitionRequest::Get(ids)).await? {
                 PartitionAnswer::Records(records) => records,
