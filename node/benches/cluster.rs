@@ -14,7 +14,7 @@
 //!
 //! `cargo bench -p arbor-node --bench cluster` prints a table (it needs the models:
 //! scripts/fetch-models.sh). `ARBOR_BENCH_QUICK=1` makes it short (10,000 rows);
-//! `ARBOR_BENCH_ROWS=1000000` loads up to a million rows (about 3.5 GB of partition files, under
+//! `ARBOR_BENCH_ROWS=1000000` loads up to a million rows (about 8 GB of partition files, under
 //! `ARBOR_BENCH_DIR`, default the system's temp dir; deleted at the end).
 
 #[path = "../../tests/support.rs"]
@@ -435,6 +435,17 @@ fn check_answer(data: &Value) {
     assert_eq!(data["missing_partitions"], json!([]), "{data:.300}");
 }
 
+/// Whether an answer under load lacks partitions (a search timed out on every replica it
+/// was sent to). Counted and printed rather than fatal: under saturation that is how the
+/// coordinator is meant to degrade.
+fn is_partial(data: &Value) -> bool {
+    assert!(
+        data["results"].as_array().is_some_and(|r| !r.is_empty()),
+        "no results: {data:.300}"
+    );
+    data["missing_partitions"] != json!([])
+}
+
 /// Query latency with one connection (one at a time) and queries/s with 8 connections.
 async fn queries(addr: SocketAddr, token: &str, name: &str, n: usize, job: fn(usize) -> String) {
     let mut c = Conn::open(addr, token).await;
@@ -459,19 +470,22 @@ async fn queries(addr: SocketAddr, token: &str, name: &str, n: usize, job: fn(us
                 let done = c
                     .pipeline(per_conn, 1, |j| job(i * per_conn + j + 1000))
                     .await;
-                done.iter().for_each(|d| check_answer(&d.data));
+                done.iter().filter(|d| is_partial(&d.data)).count()
             })
         })
         .collect();
+    let mut partial = 0;
     for t in tasks {
-        t.await.unwrap();
+        partial += t.await.unwrap();
     }
     let qps = (conns * per_conn) as f64 / start.elapsed().as_secs_f64();
     println!(
-        "  {name:<28} p50 {:>7.2} ms   p99 {:>7.2} ms   {:>7.1} queries/s (8 connections)",
+        "  {name:<28} p50 {:>7.2} ms   p99 {:>7.2} ms   {:>7.1} queries/s (8 connections; \
+         {partial} of {} answers missed a partition)",
         ms(percentile(&lat, 0.5)),
         ms(percentile(&lat, 0.99)),
-        qps
+        qps,
+        conns * per_conn
     );
 }
 

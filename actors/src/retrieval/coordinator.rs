@@ -1,7 +1,7 @@
 //! The coordinator: ingest and query over one collection's partitions.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor_kernels::topk::Metric;
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::chunk::{ChunkPolicy, chunks};
+use super::hedge::HedgeBudget;
 use super::route::{chunk_id, partition_of};
 use crate::kinds::model::{ChatMessage, ChatRole, GenerateSpec};
 use crate::partition::{
@@ -59,6 +60,10 @@ pub struct CollectionRoute {
     /// another replica; the first answer wins.
     #[serde(default = "hedge_after_ms")]
     pub hedge_after_ms: u64,
+    /// Hedges may add at most this share of the searches sent (in %, plus a burst of 10), so
+    /// that a saturated cluster is not loaded twice over; 0 turns hedging off.
+    #[serde(default = "hedge_percent")]
+    pub hedge_percent: u32,
     /// The model deployment that answers RAG questions (none: RAG is refused).
     #[serde(default)]
     pub model: Option<String>,
@@ -73,6 +78,11 @@ fn search_timeout_ms() -> u64 {
 fn hedge_after_ms() -> u64 {
     150
 }
+fn hedge_percent() -> u32 {
+    10
+}
+/// Hedges a coordinator may send at once beyond its share.
+const HEDGE_BURST: u32 = 10;
 
 /// A document to ingest. Its id names it: ingesting the same id again replaces it (its chunks
 /// are overwritten, and those past its new end are deleted).
@@ -190,6 +200,8 @@ pub struct Coordinator {
     /// The collection's vector dimension, asked of a partition the first time a vector comes
     /// from outside (the route does not carry it; the partitions are configured with it).
     dimension: Arc<tokio::sync::OnceCell<u32>>,
+    /// Shared by every query through this coordinator (clones included).
+    hedges: Arc<Mutex<HedgeBudget>>,
 }
 
 /// One chunk on its way to the partitions; `vector` is `None` until it is embedded.
@@ -213,6 +225,10 @@ impl Coordinator {
         Ok(Coordinator {
             embedder: Router::new(scope.clone(), route.embedder.clone()),
             scope,
+            hedges: Arc::new(Mutex::new(HedgeBudget::new(
+                route.hedge_percent,
+                HEDGE_BURST,
+            ))),
             route,
             dimension: Arc::new(tokio::sync::OnceCell::new()),
         })
@@ -742,6 +758,12 @@ impl Coordinator {
         })
     }
 
+    fn hedge_budget(&self) -> std::sync::MutexGuard<'_, HedgeBudget> {
+        self.hedges
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// One partition's hits, or `None` if no replica answered in time.
     async fn search(&self, partition: u32, request: PartitionRequest) -> Option<Vec<SearchHit>> {
         let timeout = Duration::from_millis(self.route.search_timeout_ms);
@@ -768,6 +790,7 @@ impl Coordinator {
         };
         let primary = ask(members[0].clone());
         tokio::pin!(primary);
+        self.hedge_budget().on_request();
         let Some(second) = members.get(1).cloned() else {
             return primary.await;
         };
@@ -777,6 +800,13 @@ impl Coordinator {
                 None => return ask(second).await,
             },
             _ = tokio::time::sleep(hedge_after) => {}
+        }
+        if !self.hedge_budget().try_hedge() {
+            // Over budget: the cluster is likely saturated, and a twin would only add load.
+            return match primary.await {
+                Some(hits) => Some(hits),
+                None => ask(second).await,
+            };
         }
         let hedge = ask(second);
         tokio::pin!(hedge);

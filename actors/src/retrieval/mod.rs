@@ -14,6 +14,7 @@
 
 pub mod chunk;
 mod coordinator;
+pub mod hedge;
 pub mod route;
 
 pub use chunk::ChunkPolicy;
