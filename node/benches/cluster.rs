@@ -17,18 +17,17 @@
 //! `ARBOR_BENCH_ROWS=1000000` loads up to a million rows (about 8 GB of partition files, under
 //! `ARBOR_BENCH_DIR`, default the system's temp dir; deleted at the end).
 
-#[path = "../../tests/support.rs"]
-#[allow(dead_code)] // shared with the tests; this bench needs only cluster_toml
-mod support;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arbor_actors::retrieval::ChunkPolicy;
 use arbor_actors::retrieval::chunk::chunks;
+use common::NodeProc;
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -36,7 +35,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const ARBOR: &str = env!("CARGO_BIN_EXE_arbor");
 const SECRET: &str = "cluster-bench-secret";
 const DIM: usize = 384;
 const PARTITIONS: u32 = 4;
@@ -49,31 +47,6 @@ const TEXT_IN_FLIGHT: usize = 2;
 const LOAD_BATCH: usize = 256;
 const LOAD_IN_FLIGHT: usize = 4;
 const K: u32 = 10;
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn arbor(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(ARBOR)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("ARBOR_CLUSTER_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "arbor {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// One finished job: submit → its last event, submit → its first token, its final result.
 struct Done {
@@ -198,7 +171,7 @@ async fn start(dir: &Path) -> (Vec<NodeProc>, SocketAddr, String) {
     let config = dir.join("cluster.toml");
     // Room for every replica on any node (the scheduler counts, nothing is enforced), and
     // for the bench's connections and jobs in flight.
-    let text = support::cluster_toml("clbench", 3, dir, None)
+    let text = common::support::cluster_toml("clbench", 3, dir, None)
         .replace(
             "cpu = \"1\"\nmemory = \"1GiB\"",
             "cpu = \"16\"\nmemory = \"64GiB\"",
@@ -209,22 +182,9 @@ async fn start(dir: &Path) -> (Vec<NodeProc>, SocketAddr, String) {
             1,
         );
     std::fs::write(&config, &text).unwrap();
-    let token = arbor(&config, &["token", "create", "--role", "admin"])
-        .trim()
-        .to_owned();
+    let token = common::create_token(&config, "admin");
     let nodes: Vec<NodeProc> = (1..=3)
-        .map(|id| {
-            let child = Command::new(ARBOR)
-                .args(["node", "--node", &id.to_string(), "--config"])
-                .arg(&config)
-                .env("ARBOR_CLUSTER_SECRET", SECRET)
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(dir.join(format!("node-{id}.log"))).unwrap())
-                .spawn()
-                .unwrap();
-            NodeProc(child)
-        })
+        .map(|id| NodeProc::start(&config, id, SECRET))
         .collect();
     let addr: SocketAddr = text
         .lines()
@@ -516,8 +476,8 @@ fn rss_line(nodes: &[NodeProc]) -> String {
         .iter()
         .enumerate()
         .map(|(i, n)| {
-            let status =
-                std::fs::read_to_string(format!("/proc/{}/status", n.0.id())).unwrap_or_default();
+            let status = std::fs::read_to_string(format!("/proc/{}/status", n.child.id()))
+                .unwrap_or_default();
             let kb: u64 = status
                 .lines()
                 .find_map(|l| l.strip_prefix("VmRSS:"))

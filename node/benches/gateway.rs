@@ -6,15 +6,14 @@
 //! `cargo bench -p arbor-node --bench gateway` prints a table first, then criterion's figures.
 //! `ARBOR_BENCH_QUICK=1` shortens every pass (CI smoke runs).
 
-#[path = "../../tests/support.rs"]
-#[allow(dead_code)] // shared with the tests; this bench needs only cluster_toml
-mod support;
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::NodeProc;
 use criterion::{Criterion, Throughput};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -22,33 +21,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-const ARBOR: &str = env!("CARGO_BIN_EXE_arbor");
 const SECRET: &str = "gateway-bench-secret";
-
-struct NodeProc(Child);
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn arbor(config: &Path, args: &[&str]) -> String {
-    let out = Command::new(ARBOR)
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env("ARBOR_CLUSTER_SECRET", SECRET)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "arbor {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 struct Conn {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -168,25 +141,14 @@ fn report(name: &str, (lat, rate): (Vec<Duration>, f64)) {
 async fn start(dir: &Path) -> (NodeProc, SocketAddr, String, PathBuf) {
     let config = dir.join("cluster.toml");
     // 64 connections × 16 jobs in flight are one token's: let it have them all.
-    let text = support::cluster_toml("gwbench", 1, dir, None).replacen(
+    let text = common::support::cluster_toml("gwbench", 1, dir, None).replacen(
         "\n[[nodes]]",
         "\n[gateway]\nmax_jobs_per_token = 4096\n\n[[nodes]]",
         1,
     );
     std::fs::write(&config, text).unwrap();
-    let token = arbor(&config, &["token", "create", "--role", "admin"])
-        .trim()
-        .to_owned();
-    let child = Command::new(ARBOR)
-        .args(["node", "--node", "1", "--config"])
-        .arg(&config)
-        .env("ARBOR_CLUSTER_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("node.log")).unwrap())
-        .spawn()
-        .unwrap();
-    let node = NodeProc(child);
+    let token = common::create_token(&config, "admin");
+    let node = NodeProc::start(&config, 1, SECRET);
     let text = std::fs::read_to_string(&config).unwrap();
     let addr: SocketAddr = text
         .lines()
