@@ -208,6 +208,9 @@ fn retire(seqs: &mut Vec<Sequence>, slots: &mut Vec<Slot>, stats: &Stats) {
         let seq = seqs.remove(i);
         let slot = slots.remove(i);
         let result = seq.result();
+        // Counted before the end is published, so that whoever sees the end also sees it
+        // counted in the stats.
+        stats.finished.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = slot.stream.lock();
             // A cancelled sequence may hold back text (a possible stop string, a partial
@@ -222,7 +225,6 @@ fn retire(seqs: &mut Vec<Sequence>, slots: &mut Vec<Slot>, stats: &Stats) {
             });
         }
         slot.stream.wake();
-        stats.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
 
