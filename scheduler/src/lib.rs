@@ -87,8 +87,8 @@ pub mod transport;
 pub use command::{Command, CommandOutcome, ObjectKind, Rejection};
 pub use config::{Bootstrap, ClientTiming, NodeConfig, RaftTiming, TransportConfig};
 pub use node::{
-    MemberProgress, NodeStatus, ProposeError, RaftHandle, RaftNode, ReadError, Role, StartError,
-    StateEvent,
+    Halt, MemberProgress, NodeStatus, ProposeError, RaftHandle, RaftNode, ReadError, Role,
+    StartError, StateEvent,
 };
 pub use reconciler::driver::{Reconciler, ReconcilerConfig};
 pub use state::ClusterState;

@@ -12,7 +12,7 @@ use raft::prelude::*;
 use raft::{RawNode, ReadOnlyOption, SnapshotStatus, StateRole};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tracing::{debug, error, info, warn};
 
 use crate::codec::CodecError;
@@ -70,6 +70,24 @@ pub enum ReadError {
     Timeout(Duration),
     #[error("the raft node stopped")]
     Stopped,
+}
+
+/// Why a node's Ready loop stopped on its own: the node can no longer take part in the
+/// control plane, and a process that keeps running actors without one is a split brain
+/// (its placements move elsewhere while it still serves them).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Halt {
+    /// The raft log could not be written (disk full, I/O error).
+    #[error("raft storage failed: {0}")]
+    Storage(String),
+    /// A committed entry or a snapshot from the leader does not decode: applying around it
+    /// would let this node's state differ from every other's (a newer version's command,
+    /// or corruption).
+    #[error("committed entry {index} cannot be applied: {reason}")]
+    Undecodable { index: u64, reason: String },
+    /// The Ready loop panicked (raft-rs panics on invariants it cannot keep).
+    #[error("the raft driver panicked: {0}")]
+    Panicked(String),
 }
 
 /// The node's role in its current term.
@@ -187,12 +205,28 @@ pub struct RaftHandle {
     events: broadcast::Sender<StateEvent>,
     seq: Arc<AtomicU64>,
     client: ClientTiming,
+    halted: watch::Receiver<Option<Halt>>,
 }
 
 impl RaftHandle {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// Resolves once the node's Ready loop has stopped on its own, with the reason; never
+    /// while the node runs or after a requested shutdown or kill.
+    pub async fn halted(&self) -> Halt {
+        let mut rx = self.halted.clone();
+        loop {
+            if let Some(h) = rx.borrow_and_update().clone() {
+                return h;
+            }
+            if rx.changed().await.is_err() {
+                // The sender is gone without a halt: shut down or killed. Never resolve.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     fn next_id(&self) -> RequestId {
@@ -252,6 +286,21 @@ impl RaftHandle {
             Ok(Err(_)) => Err(ProposeError::Stopped),
             Err(_) => Err(ProposeError::Timeout(timeout)),
         }
+    }
+
+    /// Proposes raw entry bytes, as a newer version's command would look to this one: only
+    /// for tests of what a node does with an entry it cannot decode.
+    #[doc(hidden)]
+    pub async fn propose_undecodable(&self, data: Vec<u8>) -> Result<(), ProposeError> {
+        let (reply, _rx) = oneshot::channel();
+        self.tx
+            .send(Request::Propose {
+                id: self.next_id(),
+                entry: PendingEntry::Normal(data),
+                reply,
+            })
+            .await
+            .map_err(|_| ProposeError::Stopped)
     }
 
     /// Runs `f` on a linearizable view of the state: after a ReadIndex round confirms this
@@ -480,13 +529,16 @@ impl RaftNode {
         }
         let (tx, rx) = mpsc::channel(16_384);
         let (events, _) = broadcast::channel(4096);
+        let (halt_tx, halted) = watch::channel(None);
         let handle = RaftHandle {
             id: config.id,
             tx,
             events: events.clone(),
             seq: Arc::new(AtomicU64::new(rand::random::<u64>() >> 1)),
             client: config.client.clone(),
+            halted,
         };
+        let config_id = config.id;
         let driver = Driver {
             id: config.id,
             raw,
@@ -497,7 +549,9 @@ impl RaftNode {
             pending: HashMap::new(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
-            next_read: 1,
+            // Random, like request ids: a read context from before a restart must not answer
+            // one made after it (raft keys pending reads by context alone).
+            next_read: rand::random::<u64>() >> 1,
             leader: 0,
             config,
             promotion_seq: rand::random::<u64>() >> 1,
@@ -505,7 +559,22 @@ impl RaftNode {
             warned_data_loss: false,
             last_heard: HashMap::new(),
         };
-        let driver = tasks.spawn(driver.run(rx, net_rx));
+        let node_id = config_id;
+        let run = tasks.spawn(driver.run(rx, net_rx));
+        // Watches the Ready loop: a loop that ends by itself (storage, an undecodable entry,
+        // a panic) is reported through `RaftHandle::halted`, so the process can stop. Not in
+        // the task group: `kill` aborts the loop and then awaits this watcher, which ends only
+        // once the loop's task (and the storage it owns) is gone.
+        let driver = tokio::spawn(async move {
+            let halt = match run.await {
+                Ok(Ok(())) => return,
+                Ok(Err(h)) => h,
+                Err(e) if e.is_panic() => Halt::Panicked(panic_message(e.into_panic())),
+                Err(_) => return, // aborted: a kill
+            };
+            error!(node = node_id, "raft node halted: {halt}");
+            let _ = halt_tx.send(Some(halt));
+        });
         Ok(RaftNode {
             handle,
             tasks,
@@ -541,6 +610,18 @@ impl RaftNode {
     }
 }
 
+fn storage(e: StoreError) -> Halt {
+    Halt::Storage(e.to_string())
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
 /// Runs blocking storage work without stalling other tasks on a multi-thread runtime.
 fn blocking<R>(f: impl FnOnce() -> R) -> R {
     match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
@@ -573,7 +654,11 @@ struct Driver {
 const MAX_BATCH: usize = 4096;
 
 impl Driver {
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>, mut net: mpsc::Receiver<NetEvent>) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Request>,
+        mut net: mpsc::Receiver<NetEvent>,
+    ) -> Result<(), Halt> {
         let mut ticker = tokio::time::interval(self.config.raft.tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut stop: Option<oneshot::Sender<()>> = None;
@@ -585,11 +670,11 @@ impl Driver {
                 }
                 req = rx.recv() => match req {
                     Some(r) => self.handle_request(r, &mut stop),
-                    None => break,
+                    None => return Ok(()),
                 },
                 ev = net.recv() => match ev {
                     Some(e) => self.handle_net(e),
-                    None => break,
+                    None => return Ok(()),
                 },
             }
             let mut n = 0;
@@ -607,17 +692,11 @@ impl Driver {
                 }
                 n += 1;
             }
-            if let Err(e) = self.on_ready() {
-                error!(
-                    node = self.id,
-                    "raft node stopping after a storage failure: {e}"
-                );
-                break;
-            }
+            self.on_ready()?;
             if let Some(s) = stop.take() {
                 info!(node = self.id, "raft node shut down");
                 let _ = s.send(());
-                break;
+                return Ok(());
             }
         }
     }
@@ -831,10 +910,10 @@ impl Driver {
     }
 
     /// One round of the Ready loop, in the order ARCHITECTURE.md gives.
-    fn on_ready(&mut self) -> Result<(), StoreError> {
+    fn on_ready(&mut self) -> Result<(), Halt> {
         if !self.raw.has_ready() {
             self.run_ready_reads();
-            return self.maybe_snapshot();
+            return self.maybe_snapshot().map_err(storage);
         }
         let mut rd = self.raw.ready();
         let mut repropose = false;
@@ -865,6 +944,14 @@ impl Driver {
             let snap = rd.snapshot().clone();
             let index = snap.get_metadata().index;
             match StateMachine::decode(&snap.data) {
+                Err(e) => {
+                    // raft-rs marks the snapshot persisted once this Ready is advanced: a
+                    // node that dropped it would never be sent another. Stop instead.
+                    return Err(Halt::Undecodable {
+                        index,
+                        reason: format!("the leader's snapshot: {e}"),
+                    });
+                }
                 Ok(m) => {
                     self.machine = m;
                     self.applied = index;
@@ -881,13 +968,6 @@ impl Driver {
                     batch.received_snapshot = Some(snap);
                     batch.applied = Some(index);
                 }
-                Err(e) => {
-                    // Never install what we cannot read; a leader will resend.
-                    error!(
-                        node = self.id,
-                        "snapshot at {index} is undecodable, ignored: {e}"
-                    );
-                }
             }
         }
         for rs in rd.take_read_states() {
@@ -902,7 +982,7 @@ impl Driver {
         // written with the applied index in one fsynced transaction.
         let committed = rd.take_committed_entries();
         let mut replies = Vec::new();
-        self.apply_entries(committed, &mut replies);
+        self.apply_entries(committed, &mut replies)?;
         if self.applied_dirty {
             batch.applied = Some(self.applied);
             self.applied_dirty = false;
@@ -911,7 +991,7 @@ impl Driver {
         batch.hard_state = rd.hs().cloned();
         let store = self.raw.mut_store();
         if !batch.is_empty() {
-            blocking(|| store.write(batch))?;
+            blocking(|| store.write(batch)).map_err(storage)?;
         }
         self.send_replies(replies);
         // 5. Only now may the messages that depend on persisted state go out.
@@ -922,7 +1002,7 @@ impl Driver {
         }
         self.transport.send(light.take_messages());
         let mut replies = Vec::new();
-        self.apply_entries(light.take_committed_entries(), &mut replies);
+        self.apply_entries(light.take_committed_entries(), &mut replies)?;
         self.send_replies(replies);
         self.raw.advance_apply();
         if repropose {
@@ -935,7 +1015,7 @@ impl Driver {
             self.pending = pending;
         }
         self.run_ready_reads();
-        self.maybe_snapshot()
+        self.maybe_snapshot().map_err(storage)
     }
 
     fn send_replies(&mut self, replies: Vec<(RequestId, ApplyResult)>) {
@@ -960,20 +1040,30 @@ impl Driver {
         }
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>, replies: &mut Vec<(RequestId, ApplyResult)>) {
+    /// Applies committed entries in order. An entry that does not decode stops the loop:
+    /// skipping it would leave this node's state different from the others' while it reports
+    /// the same applied index.
+    fn apply_entries(
+        &mut self,
+        entries: Vec<Entry>,
+        replies: &mut Vec<(RequestId, ApplyResult)>,
+    ) -> Result<(), Halt> {
         for entry in entries {
             let index = entry.index;
             if index <= self.applied {
                 continue;
             }
-            self.applied = index;
-            self.applied_dirty = true;
             if entry.data.is_empty() {
+                self.applied = index;
+                self.applied_dirty = true;
                 continue; // a new leader's empty entry
             }
+            let undecodable = |reason: String| Halt::Undecodable { index, reason };
             match entry.get_entry_type() {
                 EntryType::EntryNormal => match Proposal::decode(&entry.data) {
                     Ok(p) => {
+                        self.applied = index;
+                        self.applied_dirty = true;
                         let result = self.machine.apply(p.id, &p.command);
                         replies.push((p.id, result.clone()));
                         let _ = self.events.send(StateEvent::Applied {
@@ -982,27 +1072,27 @@ impl Driver {
                             result,
                         });
                     }
-                    Err(e) => warn!(node = self.id, index, "skipping undecodable entry: {e}"),
+                    Err(e) => return Err(undecodable(e.to_string())),
                 },
                 EntryType::EntryConfChange => match ConfChange::parse_from_bytes(&entry.data) {
                     Ok(cc) => {
+                        self.applied = index;
+                        self.applied_dirty = true;
                         if let Some((id, result)) = self.apply_conf_change(index, &cc) {
                             replies.push((id, result));
                         }
                     }
-                    Err(e) => warn!(
-                        node = self.id,
-                        index, "skipping undecodable conf change: {e}"
-                    ),
+                    Err(e) => return Err(undecodable(format!("membership change: {e}"))),
                 },
                 EntryType::EntryConfChangeV2 => {
-                    warn!(
-                        node = self.id,
-                        index, "joint consensus changes are not used; skipped"
-                    )
+                    return Err(undecodable(
+                        "a joint-consensus membership change, which this version never makes"
+                            .into(),
+                    ));
                 }
             }
         }
+        Ok(())
     }
 
     /// Validates and applies one membership change. Deterministic: depends only on the

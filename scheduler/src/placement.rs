@@ -24,16 +24,17 @@
 //! O(log nodes) plus the nodes it rejects, and each placement updates the indexes holding
 //! its node. A shape that fits nowhere is remembered for the rest of the call.
 
+mod constraint;
 mod reason;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::fmt;
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
 use crate::resources::{GpuAmount, ResourceError, ResourceKind, Resources};
 
+pub use constraint::LabelConstraint;
 pub use reason::{NoFit, PendingReason, Rejection};
 
 /// A node's id in the cluster.
@@ -136,50 +137,6 @@ impl NodeView {
         }
         self.hosted.insert(request.deployment.clone());
         Ok(())
-    }
-}
-
-/// A condition on a node's labels.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum LabelConstraint {
-    /// The label is present with this value.
-    Equal { key: String, value: String },
-    /// The label is absent or has another value.
-    NotEqual { key: String, value: String },
-    /// The label is present with one of these values.
-    In {
-        key: String,
-        values: BTreeSet<String>,
-    },
-    /// The label is present, whatever its value.
-    Exists { key: String },
-}
-
-impl LabelConstraint {
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        match self {
-            LabelConstraint::Equal { key, value } => labels.get(key) == Some(value),
-            LabelConstraint::NotEqual { key, value } => labels.get(key) != Some(value),
-            LabelConstraint::In { key, values } => {
-                labels.get(key).is_some_and(|v| values.contains(v))
-            }
-            LabelConstraint::Exists { key } => labels.contains_key(key),
-        }
-    }
-}
-
-impl fmt::Display for LabelConstraint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LabelConstraint::Equal { key, value } => write!(f, "{key}={value}"),
-            LabelConstraint::NotEqual { key, value } => write!(f, "{key}!={value}"),
-            LabelConstraint::In { key, values } => {
-                let list: Vec<&str> = values.iter().map(String::as_str).collect();
-                write!(f, "{key} in ({})", list.join(", "))
-            }
-            LabelConstraint::Exists { key } => write!(f, "label {key}"),
-        }
     }
 }
 

@@ -17,6 +17,13 @@
 //!
 //! Moving a replica gives it a new generation, so a node that comes back and still runs the
 //! old copy stops it as soon as it sees the new placement: never two live copies.
+//!
+//! Vector partitions hold data, so their replicas follow their replica set
+//! (`state/replication.rs`): a primary whose node is down (or whose replica failed) is first
+//! replaced by another in-sync replica; an in-sync replica moves only while another in-sync
+//! replica is up to take over (a moved replica starts empty); and when every in-sync replica
+//! is down nothing of the partition moves: it waits for one of them, with a reason that says
+//! so. Availability for `max_unavailable` counts in-sync replicas.
 
 pub mod driver;
 
@@ -27,6 +34,7 @@ use crate::command::Command;
 use crate::placement::{ReplicaRequest, place};
 use crate::state::{
     ActorId, ClusterState, Liveness, NodeId, Placement, PlacementDecision, PlacementStatus,
+    ReplicaSet,
 };
 
 /// What the leader knows about its peers this round. A node in neither set is undecided
@@ -97,14 +105,45 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
     let mut requests: Vec<ReplicaRequest> = Vec::new();
     let mut replaces: BTreeMap<(&str, u32), u64> = BTreeMap::new();
     let mut lost: BTreeSet<(&str, u32)> = BTreeSet::new();
+    // Replicas that hold a partition's only up-to-date copies: never unplaced.
+    let mut kept: BTreeSet<(&str, u32)> = BTreeSet::new();
+    let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
+    let mut promotions: Vec<Command> = Vec::new();
     let empty = BTreeMap::new();
     for (name, d) in &state.deployments {
         let spec = &d.spec;
         let placed = by_deployment.get(name.as_str()).unwrap_or(&empty);
+        let set = state.replica_sets.get(name).filter(|s| s.epoch > 0);
+        let in_sync = |p: &Placement| set.is_some_and(|s| s.is_in_sync(p.replica, p.generation));
+        let serving =
+            |p: &Placement| node_up(p.node) && !matches!(p.status, PlacementStatus::Failed { .. });
+        if let Some(set) = set {
+            match partition_failover(name, set, placed, &serving) {
+                Failover::Promote(command) => {
+                    // The primary moves first; placements are planned on the next round.
+                    promotions.push(command);
+                    continue;
+                }
+                Failover::Stuck(reason) => {
+                    reasons.insert(name.as_str(), reason);
+                }
+                Failover::None => {}
+            }
+        }
         let available = placed
             .values()
-            .filter(|p| p.status == PlacementStatus::Running && node_up(p.node))
+            .filter(|p| {
+                p.status == PlacementStatus::Running
+                    && node_up(p.node)
+                    && (set.is_none() || in_sync(p))
+            })
             .count() as u32;
+        // Another in-sync replica that is up could take over from `replica`'s copy.
+        let covered = |replica: u32| {
+            placed
+                .values()
+                .any(|q| q.replica != replica && in_sync(q) && serving(q))
+        };
         let mut budget = spec
             .max_unavailable
             .saturating_sub(spec.replicas.saturating_sub(available));
@@ -114,6 +153,18 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
                 continue;
             };
             let key = (name.as_str(), replica);
+            if in_sync(p) && !covered(replica) {
+                // The last in-sync copies stay where they are, whatever happens to their node.
+                kept.insert(key);
+                if !node_up(p.node) || p.revision != d.version || draining(p.node) {
+                    reasons.entry(name.as_str()).or_insert_with(|| {
+                        format!(
+                            "replica {replica} holds the only in-sync copy of partition {name:?};                              it moves once another replica has caught up"
+                        )
+                    });
+                }
+                continue;
+            }
             if !node_up(p.node) {
                 lost.insert(key);
             } else if p.revision != d.version || draining(p.node) {
@@ -131,6 +182,7 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
             requests.push(spec.request(replica));
         }
     }
+    commands.extend(promotions);
 
     // What replaced and removed replicas hold is free for the new decisions: the state
     // machine releases it the same way when it applies them.
@@ -164,10 +216,10 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
         })
         .collect();
 
-    let mut reasons: BTreeMap<&str, String> = BTreeMap::new();
     for pending in &plan.pending {
         let key = (pending.deployment.as_str(), pending.replica);
         if lost.contains(&key)
+            && !kept.contains(&key)
             && let Some(p) = by_deployment.get(key.0).and_then(|m| m.get(&key.1))
         {
             removals.push(p.actor_id.clone());
@@ -197,6 +249,47 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
         }
     }
     commands
+}
+
+/// What a partition's primary needs this round.
+enum Failover {
+    None,
+    /// Another in-sync replica takes over.
+    Promote(Command),
+    /// No in-sync replica can serve: the partition waits, for this reason.
+    Stuck(String),
+}
+
+/// Pure: a primary that cannot serve (its node is down, its replica failed, or there is
+/// none) is replaced by an in-sync replica that can, lowest index first.
+fn partition_failover(
+    name: &str,
+    set: &ReplicaSet,
+    placed: &BTreeMap<u32, &Placement>,
+    serving: &impl Fn(&Placement) -> bool,
+) -> Failover {
+    let in_sync_serving = |replica: u32| {
+        placed
+            .get(&replica)
+            .is_some_and(|p| set.is_in_sync(replica, p.generation) && serving(p))
+    };
+    if set.primary.is_some_and(in_sync_serving) {
+        return Failover::None;
+    }
+    match set.in_sync.keys().copied().find(|r| in_sync_serving(*r)) {
+        Some(replica) => Failover::Promote(Command::PromotePrimary {
+            deployment: name.to_string(),
+            replica,
+            epoch: set.epoch,
+        }),
+        None if set.in_sync.is_empty() => Failover::Stuck(format!(
+            "partition {name:?} has no in-sync replica left;              `arbor collection promote-stale` accepts the loss"
+        )),
+        None => Failover::Stuck(format!(
+            "the in-sync replicas {:?} of partition {name:?} are all down or failed;              it waits for one of them (or `arbor collection promote-stale`)",
+            set.in_sync.keys().collect::<Vec<_>>()
+        )),
+    }
 }
 
 /// Liveness changes the observation calls for.

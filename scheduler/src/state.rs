@@ -14,6 +14,9 @@ pub use crate::resources::Resources;
 
 mod admission;
 mod collections;
+pub mod replication;
+
+pub use replication::{MemberView, PartitionView, ReplicaSet, partition_views};
 
 /// A Raft node id (never 0).
 pub type NodeId = u64;
@@ -186,6 +189,11 @@ pub struct CollectionSpec {
     pub embedder: String,
     /// What each partition replica asks for.
     pub resources: Resources,
+    /// Set by the control plane when the collection is created (whatever the proposer
+    /// wrote): a collection created again under the same name gets another one, so its
+    /// replicas never open the files of the one deleted before.
+    #[serde(default)]
+    pub incarnation: u64,
 }
 
 /// Lifecycle of a job.
@@ -239,6 +247,10 @@ pub struct ClusterState {
     pub raft_members: BTreeMap<NodeId, String>,
     /// The last placement generation handed out.
     pub last_generation: u64,
+    /// Each partition's replica set, by its deployment's name.
+    pub replica_sets: BTreeMap<String, ReplicaSet>,
+    /// The last collection incarnation handed out.
+    pub last_incarnation: u64,
 }
 
 fn not_found(kind: ObjectKind, name: impl ToString) -> Rejection {
@@ -372,7 +384,12 @@ impl ClusterState {
                 self.placements.retain(|_, p| &p.deployment != name);
                 Ok(CommandOutcome::Done)
             }
-            PlaceActors { decisions } => self.place(decisions),
+            PlaceActors { decisions } => {
+                self.check_replacements(decisions)?;
+                let outcome = self.place(decisions)?;
+                self.replication_after_placement(decisions);
+                Ok(outcome)
+            }
             SetPlacementStatus {
                 actor_id,
                 generation,
@@ -396,6 +413,7 @@ impl ClusterState {
                 {
                     return Err(not_found(ObjectKind::Placement, missing));
                 }
+                self.replication_before_removal(actor_ids)?;
                 for a in actor_ids {
                     self.placements.remove(a);
                 }
@@ -493,6 +511,34 @@ impl ClusterState {
                     stale: updates.len() as u32 - applied,
                 })
             }
+            AddInSync {
+                deployment,
+                replica,
+                generation,
+                epoch,
+                seq,
+            } => self.add_in_sync(deployment, *replica, *generation, *epoch, *seq),
+            RemoveInSync {
+                deployment,
+                replicas,
+                epoch,
+                seq,
+            } => self.remove_in_sync(deployment, replicas, *epoch, *seq),
+            LeaveInSync {
+                deployment,
+                replica,
+                generation,
+                reason: _,
+            } => self.leave_in_sync(deployment, *replica, *generation),
+            PromotePrimary {
+                deployment,
+                replica,
+                epoch,
+            } => self.promote_primary(deployment, *replica, *epoch),
+            PromoteStale {
+                deployment,
+                replica,
+            } => self.promote_stale(deployment, *replica),
             SetNodeDrain { id, draining } => {
                 let node = self.nodes.get_mut(id).ok_or(Rejection::UnknownNode(*id))?;
                 node.draining = *draining;

@@ -180,3 +180,26 @@ async fn a_node_with_the_wrong_secret_is_kept_out() {
     assert_ne!(s3.leader, Some(leader), "{s3:?}");
     c.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_committed_entry_no_node_can_decode_halts_every_node_instead_of_being_skipped() {
+    let mut c = Cluster::start(3).await;
+    let leader = c.wait_leader(&[1, 2, 3], T).await;
+    c.handle(leader).propose(put("before", "1")).await.unwrap();
+    // What a newer version's command looks like to this one.
+    c.handle(leader)
+        .propose_undecodable(vec![0xff; 16])
+        .await
+        .unwrap();
+    for id in [1, 2, 3] {
+        let halt = tokio::time::timeout(T, c.handle(id).halted())
+            .await
+            .unwrap_or_else(|_| panic!("node {id} kept applying past an undecodable entry"));
+        assert!(
+            matches!(halt, arbor_scheduler::Halt::Undecodable { .. }),
+            "node {id}: {halt}"
+        );
+        assert!(halt.to_string().contains("cannot be applied"), "{halt}");
+    }
+    c.shutdown().await;
+}

@@ -360,6 +360,8 @@ async fn create_collection(env: &Env, c: CreateCollectionJob) -> Result<Value, J
             memory,
             ..Default::default()
         },
+        // The control plane gives it one.
+        incarnation: 0,
     };
     control_request(&env.raft, ControlRequest::CreateCollection(spec)).await?;
     Ok(json!({

@@ -4,11 +4,11 @@
 //! Every node runs a driver; only the leader's acts. Liveness comes from raft itself: the
 //! leader hears each member's heartbeat responses every raft heartbeat, so a member whose
 //! last message is older than `node_timeout` is silent. A new leader has only just started
-//! hearing from its followers: it judges a member it heard from before (as a follower, from
-//! the old leader) once it has led for a third of `node_timeout` (live members answer every
-//! heartbeat, so by then they have been heard), and a member it never heard from only after a
-//! whole `node_timeout`. So a dead leader's replicas move about `node_timeout` after its
-//! death, as anyone else's do.
+//! hearing from its followers: it judges a member only once it has led for a whole
+//! `node_timeout`. That is what makes node leases safe (`node/src/lease.rs`): a node that
+//! last confirmed a leader at time `s` stops serving at `s + node_timeout / 2`, and no leader,
+//! old or new, marks it down before `s + node_timeout`, so its replicas are never moved while
+//! it may still serve them.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -69,9 +69,6 @@ pub fn observe(
             }
             Some(ms) if ms <= timeout_ms => {
                 seen.alive.insert(id);
-            }
-            Some(_) if leading_for >= node_timeout / 3 => {
-                seen.silent.insert(id);
             }
             _ if leading_for >= node_timeout => {
                 seen.silent.insert(id);
@@ -226,9 +223,10 @@ mod tests {
         let early = observe(&s, [1, 2, 3, 4, 5], Duration::from_millis(500), t, 7);
         assert_eq!(early.alive, BTreeSet::from([1, 2]));
         assert!(early.silent.is_empty(), "{early:?}");
-        // Heard long ago (the old leader, dead): judged after a third of the timeout.
-        let settled = observe(&s, [1, 2, 3, 4, 5], Duration::from_secs(1), t, 7);
-        assert_eq!(settled.silent, BTreeSet::from([4]));
+        // Heard long ago (the old leader, dead): still judged only after a whole timeout,
+        // so that a node's lease (half the timeout) has run out by then.
+        let settled = observe(&s, [1, 2, 3, 4, 5], Duration::from_millis(2999), t, 7);
+        assert!(settled.silent.is_empty(), "{settled:?}");
         let later = observe(&s, [1, 2, 3, 4, 5], Duration::from_secs(3), t, 7);
         assert_eq!(later.alive, BTreeSet::from([1, 2]));
         // Never heard, heard too long ago, and not a raft member at all.

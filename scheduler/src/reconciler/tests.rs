@@ -9,7 +9,7 @@ use super::*;
 use crate::command::CommandOutcome;
 use crate::placement::Strategy;
 use crate::resources::{Bytes, GpuAmount, Millicores, Resources};
-use crate::state::{DeploymentSpec, StatusUpdate};
+use crate::state::{DeploymentSpec, PlacementDecision, ReplicaSet, StatusUpdate};
 
 fn cpu(millis: u64) -> Resources {
     Resources {
@@ -396,6 +396,7 @@ fn collection(name: &str, partitions: u32, replication: u32) -> crate::state::Co
         replication,
         embedder: "embedder".into(),
         resources: cpu(250),
+        incarnation: 0,
     }
 }
 
@@ -415,7 +416,7 @@ fn a_collection_is_placed_whole_with_replicas_of_a_partition_apart() {
     let config = &s.deployments["docs.p3"].spec.config;
     assert_eq!(
         config,
-        r#"{"collection":"docs","partition":3,"dim":384,"metric":"cosine"}"#
+        r#"{"collection":"docs","incarnation":1,"partition":3,"dim":384,"metric":"cosine"}"#
     );
     // Its partitions are managed through the collection only.
     let err = s
@@ -478,4 +479,208 @@ fn collections_check_their_embedder_and_names() {
     let mut own = echo("docs.p0", 1);
     own.collection = Some("docs".into());
     assert!(s.apply(&Command::CreateDeployment(own)).is_err());
+}
+
+/// A 1-partition collection of `replication` replicas on `nodes` nodes, placed and running.
+fn partition(nodes: u64, replication: u32) -> ClusterState {
+    let mut s = cluster(nodes, 4);
+    s.apply(&Command::CreateDeployment(echo("embedder", 0)))
+        .unwrap();
+    s.apply(&Command::CreateCollection(collection(
+        "docs",
+        1,
+        replication,
+    )))
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    s
+}
+
+fn set(s: &ClusterState) -> &ReplicaSet {
+    &s.replica_sets["docs.p0"]
+}
+
+fn node_of(s: &ClusterState, replica: u32) -> NodeId {
+    s.placements[&format!("docs.p0/{replica}")].node
+}
+
+/// Settles with `down` silent (and marked down).
+fn settle_without(s: &mut ClusterState, down: &[NodeId]) {
+    let seen = Observation {
+        now_ms: 2,
+        alive: s
+            .nodes
+            .keys()
+            .copied()
+            .filter(|n| !down.contains(n))
+            .collect(),
+        silent: down.iter().copied().collect(),
+    };
+    settle(s, &seen, |_| {});
+}
+
+#[test]
+fn a_new_collection_starts_in_sync_at_epoch_one() {
+    let s = partition(3, 2);
+    let set = set(&s);
+    assert_eq!(set.epoch, 1);
+    assert_eq!(set.primary, Some(0));
+    assert_eq!(set.in_sync.len(), 2);
+    for (r, g) in &set.in_sync {
+        assert_eq!(s.placements[&format!("docs.p0/{r}")].generation, *g);
+    }
+    assert_eq!(s.collections["docs"].incarnation, 1);
+}
+
+#[test]
+fn a_down_primary_hands_over_then_moves_and_its_copy_is_not_in_sync() {
+    let mut s = partition(3, 2);
+    let primary_node = node_of(&s, 0);
+    settle_without(&mut s, &[primary_node]);
+    let set = set(&s).clone();
+    assert_eq!(set.primary, Some(1), "{set:?}");
+    // Replica 0 moved to the free node and starts empty: not in sync until it catches up.
+    assert_ne!(node_of(&s, 0), primary_node);
+    assert_eq!(set.in_sync.keys().copied().collect::<Vec<_>>(), [1]);
+    assert_eq!(set.epoch, 2, "{set:?}");
+    // The primary vouches for it once it has caught up; a stale epoch is refused.
+    let generation = s.placements["docs.p0/0"].generation;
+    let add = |epoch| Command::AddInSync {
+        deployment: "docs.p0".into(),
+        replica: 0,
+        generation,
+        epoch,
+        seq: 7,
+    };
+    assert!(s.apply(&add(set.epoch - 1)).is_err());
+    assert_eq!(
+        s.apply(&add(set.epoch)),
+        Ok(CommandOutcome::Epoch(set.epoch + 1))
+    );
+    assert!(self::set(&s).is_in_sync(0, generation));
+}
+
+#[test]
+fn when_every_in_sync_replica_is_down_nothing_of_the_partition_moves() {
+    let mut s = partition(4, 2);
+    let before = s.placements.clone();
+    let (a, b) = (node_of(&s, 0), node_of(&s, 1));
+    settle_without(&mut s, &[a, b]);
+    assert_eq!(s.placements.len(), before.len());
+    for (id, p) in &before {
+        assert_eq!(s.placements[id].generation, p.generation, "{id} moved");
+    }
+    assert_eq!(set(&s).primary, Some(0));
+    let reason = s.deployments["docs.p0"].pending_reason.clone().unwrap();
+    assert!(reason.contains("all down"), "{reason}");
+    // The operator may accept the loss only then; a stale promotion is refused while an
+    // in-sync replica is up.
+    let mut up = s.clone();
+    settle_without(&mut up, &[]);
+    let err = up
+        .apply(&Command::PromoteStale {
+            deployment: "docs.p0".into(),
+            replica: 1,
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("nothing is lost"), "{err}");
+}
+
+#[test]
+fn replacing_the_last_in_sync_copy_is_refused() {
+    let mut s = partition(3, 1);
+    let g = s.placements["docs.p0/0"].generation;
+    let other = s
+        .nodes
+        .keys()
+        .copied()
+        .find(|n| *n != node_of(&s, 0))
+        .unwrap();
+    let err = s
+        .apply(&Command::PlaceActors {
+            decisions: vec![PlacementDecision {
+                deployment: "docs.p0".into(),
+                replica: 0,
+                node: other,
+                gpus: vec![],
+                revision: 1,
+                replaces: Some(g),
+            }],
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("last in-sync copy"), "{err}");
+    let err = s
+        .apply(&Command::RemovePlacements {
+            actor_ids: vec!["docs.p0/0".into()],
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("last in-sync copy"), "{err}");
+    // A drain of its node waits, and says why.
+    s.apply(&Command::SetNodeDrain {
+        id: node_of(&s, 0),
+        draining: true,
+    })
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_eq!(s.placements["docs.p0/0"].generation, g);
+    let reason = s.deployments["docs.p0"].pending_reason.clone().unwrap();
+    assert!(reason.contains("only in-sync copy"), "{reason}");
+}
+
+#[test]
+fn a_second_drain_waits_until_the_moved_replica_is_in_sync() {
+    let mut s = partition(4, 2);
+    let (a, b) = (node_of(&s, 0), node_of(&s, 1));
+    s.apply(&Command::SetNodeDrain {
+        id: a,
+        draining: true,
+    })
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_ne!(node_of(&s, 0), a);
+    assert_eq!(set(&s).primary, Some(1));
+    s.apply(&Command::SetNodeDrain {
+        id: b,
+        draining: true,
+    })
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_eq!(node_of(&s, 1), b, "the only in-sync copy must wait");
+    // Once replica 0 has caught up, replica 1 may move.
+    let set = set(&s).clone();
+    s.apply(&Command::AddInSync {
+        deployment: "docs.p0".into(),
+        replica: 0,
+        generation: s.placements["docs.p0/0"].generation,
+        epoch: set.epoch,
+        seq: 0,
+    })
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_ne!(node_of(&s, 1), b);
+    assert_eq!(self::set(&s).primary, Some(0));
+}
+
+#[test]
+fn a_leaving_primary_hands_over_and_a_collection_recreated_is_another_incarnation() {
+    let mut s = partition(3, 2);
+    let g = s.placements["docs.p0/0"].generation;
+    s.apply(&Command::LeaveInSync {
+        deployment: "docs.p0".into(),
+        replica: 0,
+        generation: g,
+        reason: "disk full".into(),
+    })
+    .unwrap();
+    assert_eq!(set(&s).primary, Some(1));
+    assert!(!set(&s).in_sync.contains_key(&0));
+    s.apply(&Command::DeleteCollection {
+        name: "docs".into(),
+    })
+    .unwrap();
+    assert!(s.replica_sets.is_empty());
+    s.apply(&Command::CreateCollection(collection("docs", 1, 2)))
+        .unwrap();
+    assert_eq!(s.collections["docs"].incarnation, 2);
+    assert_eq!(set(&s).epoch, 0);
 }

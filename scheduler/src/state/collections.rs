@@ -5,7 +5,9 @@
 //! all, and after that replaces lost replicas one by one like any deployment's. Deleting the
 //! collection deletes them and every placement of them.
 
-use super::{ClusterState, CollectionSpec, Deployment, DeploymentSpec, Metric, exists, not_found};
+use super::{
+    ClusterState, CollectionSpec, Deployment, DeploymentSpec, Metric, ReplicaSet, exists, not_found,
+};
 use crate::command::{CommandOutcome, ObjectKind, Rejection};
 use crate::placement::Strategy;
 
@@ -42,8 +44,9 @@ impl CollectionSpec {
             version: String::new(),
             // The name is checked to need no escaping.
             config: format!(
-                r#"{{"collection":"{}","partition":{partition},"dim":{},"metric":"{}"}}"#,
+                r#"{{"collection":"{}","incarnation":{},"partition":{partition},"dim":{},"metric":"{}"}}"#,
                 self.name,
+                self.incarnation,
                 self.dimension,
                 self.metric.as_str()
             ),
@@ -97,6 +100,8 @@ impl ClusterState {
                 spec.name, spec.embedder
             )));
         }
+        let mut spec = spec.clone();
+        spec.incarnation = self.last_incarnation + 1;
         let partitions: Vec<DeploymentSpec> = (0..spec.partitions)
             .map(|p| spec.partition_spec(p))
             .collect();
@@ -109,7 +114,10 @@ impl ClusterState {
                 spec.name, taken.name
             )));
         }
+        self.last_incarnation = spec.incarnation;
         for d in partitions {
+            self.replica_sets
+                .insert(d.name.clone(), ReplicaSet::default());
             self.deployments.insert(
                 d.name.clone(),
                 Deployment {
@@ -119,7 +127,7 @@ impl ClusterState {
                 },
             );
         }
-        self.collections.insert(spec.name.clone(), spec.clone());
+        self.collections.insert(spec.name.clone(), spec);
         Ok(CommandOutcome::Done)
     }
 
@@ -130,6 +138,7 @@ impl ClusterState {
         let owned = |d: &DeploymentSpec| d.collection.as_deref() == Some(name);
         self.deployments.retain(|_, d| !owned(&d.spec));
         let deployments = &self.deployments;
+        self.replica_sets.retain(|d, _| deployments.contains_key(d));
         self.placements
             .retain(|_, p| deployments.contains_key(&p.deployment));
         Ok(CommandOutcome::Done)
