@@ -98,6 +98,7 @@ fn bench(c: &mut Criterion) {
             data_dir: std::env::temp_dir(),
             models_dir: dir.clone(),
             scope: String::new(),
+            control: arbor_actors::control::memory::MemoryControl::new().control(),
         };
         let replica = spawn_replica(Kind::Model, ctx, parent.get_cell())
             .await

@@ -16,7 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use arbor_actors::partition::store::{CheckedBatch, Store, store_path};
+use arbor_actors::partition::store::{CheckedBatch, Store, StoreName, store_path};
 use arbor_actors::partition::{MetadataFilter, Partition, VectorRecord};
 use arbor_kernels::device::Device;
 use arbor_kernels::topk::Metric;
@@ -102,7 +102,7 @@ fn write_rows(path: &Path, rows: usize) {
             })
             .collect();
         let batch = CheckedBatch::new(DIM, records).expect("valid rows");
-        store.upsert(&batch).expect("durable write");
+        store.upsert(&batch, 1).expect("durable write");
     }
     let secs = start.elapsed().as_secs_f64();
     println!(
@@ -122,7 +122,15 @@ fn partition(c: &mut Criterion) {
             (Some(tmp), dir)
         }
     };
-    let path = store_path(&dir, "bench", 0);
+    let path = store_path(
+        &dir,
+        &StoreName {
+            collection: "bench".into(),
+            incarnation: 1,
+            partition: 0,
+            generation: 1,
+        },
+    );
     let _ = std::fs::remove_file(&path);
     write_rows(&path, rows);
     let file_bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);

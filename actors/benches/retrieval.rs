@@ -13,15 +13,18 @@
 
 use std::time::{Duration, Instant};
 
-use arbor_actors::agent::{AgentArgs, AgentMsg, Assignment, NodeAgent, ReplicaState};
-use arbor_actors::partition::{PartitionRequest, VectorRecord};
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use arbor_actors::agent::Assignment;
+use arbor_actors::partition::{PartitionAnswer, PartitionRequest, VectorRecord, WriteOp};
 use arbor_actors::replica::{EmbedRequest, ReplicaMsg, deployment_group};
-use arbor_actors::retrieval::{CollectionRoute, Coordinator, Document, partition_deployment};
+use arbor_actors::retrieval::{CollectionRoute, Document, partition_deployment};
 use arbor_actors::router::Router;
-use arbor_actors::supervision::RestartPolicy;
 use arbor_actors::wire::Wire;
+use arbor_scheduler::state::Metric;
+use common::cluster::Cluster;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use ractor::{Actor, ActorRef};
 use tokio::runtime::Runtime;
 
 const SCOPE: &str = "bench-retrieval";
@@ -39,52 +42,35 @@ fn assignment(actor_id: &str, deployment: &str, kind: &str, config: String) -> A
     }
 }
 
-/// Starts the agent with the embedder and the partitions, and waits until all run.
-async fn start(data: &std::path::Path) -> ActorRef<AgentMsg> {
-    let (reports, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let args = AgentArgs {
-        node: 1,
-        scope: SCOPE.into(),
-        policy: RestartPolicy::default(),
-        reports,
-        data_dir: data.to_path_buf(),
-        models_dir: arbor_kernels::models::models_dir(None),
-    };
-    let (agent, _) = Actor::spawn(None, NodeAgent, args).await.unwrap();
-    let mut actors = vec![
-        assignment(
-            "embedder/0",
-            "embedder",
-            "embedder",
-            r#"{"device": "cpu"}"#.into(),
-        ),
-        assignment("llm/0", "llm", "model", r#"{"device": "cpu"}"#.into()),
-    ];
-    for p in 0..PARTITIONS {
-        let d = partition_deployment("bench", p);
-        actors.push(assignment(
-            &format!("{d}/0"),
-            &d,
-            "vector_partition",
-            format!(r#"{{"collection":"bench","partition":{p},"dim":{DIM}}}"#),
-        ));
-    }
-    let mut waiting = actors.len();
-    agent.cast(AgentMsg::Assign(actors)).unwrap();
-    while waiting > 0 {
-        match rx.recv().await.unwrap().state {
-            ReplicaState::Running => waiting -= 1,
-            ReplicaState::Failed { reason } => panic!("{reason}"),
-            _ => {}
+/// One node with the embedder, a model and a collection of 4 one-replica partitions, all
+/// running.
+async fn start() -> Cluster {
+    let mut c = Cluster::start(SCOPE, 1).await;
+    c.extra.insert(
+        1,
+        vec![
+            assignment(
+                "embedder/0",
+                "embedder",
+                "embedder",
+                r#"{"device": "cpu"}"#.into(),
+            ),
+            assignment("llm/0", "llm", "model", r#"{"device": "cpu"}"#.into()),
+        ],
+    );
+    c.assign();
+    c.collection("bench", PARTITIONS, 1, DIM as u32, Metric::Cosine)
+        .await;
+    for d in ["embedder", "llm"] {
+        while ractor::pg::get_scoped_members(&SCOPE.to_owned(), &deployment_group(d)).is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    // Keep the channel drained so reports never pile up.
-    tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    agent
+    c
 }
 
 /// Writes `rows` random unit vectors, spread evenly over the partitions.
-async fn fill(rows: usize) {
+async fn fill(c: &Cluster, rows: usize) {
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         seed ^= seed << 13;
@@ -94,11 +80,7 @@ async fn fill(rows: usize) {
     };
     let per = rows / PARTITIONS as usize;
     for p in 0..PARTITIONS {
-        let members = ractor::pg::get_scoped_members(
-            &SCOPE.to_owned(),
-            &deployment_group(&partition_deployment("bench", p)),
-        );
-        let replica: ActorRef<ReplicaMsg> = members[0].clone().into();
+        let deployment = partition_deployment("bench", p);
         let mut id = u64::from(p) << 40;
         let mut left = per;
         while left > 0 {
@@ -114,16 +96,16 @@ async fn fill(rows: usize) {
                     }
                 })
                 .collect();
-            let reply = ractor::rpc::call(
-                &replica.get_cell(),
-                |r| ReplicaMsg::Partition(Wire::new(PartitionRequest::Upsert(records)), r),
-                Some(Duration::from_secs(120)),
-            )
-            .await
-            .unwrap();
-            if let ractor::rpc::CallResult::Success(w) = reply {
-                w.into_inner().unwrap().unwrap();
-            }
+            let view = c.view(&deployment);
+            let request = PartitionRequest::Write {
+                epoch: view.set.epoch,
+                op: WriteOp::Upsert(records),
+            };
+            let written = c.ask(&deployment, view.primary().unwrap().0, request).await;
+            assert!(
+                matches!(written, Ok(PartitionAnswer::Written { .. })),
+                "{written:?}"
+            );
         }
     }
 }
@@ -148,20 +130,19 @@ fn documents(n: usize) -> Vec<Document> {
 
 fn retrieval(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
-    let data = tempfile::tempdir().unwrap();
     let rows: usize = std::env::var("ARBOR_QUERY_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let agent = rt.block_on(start(data.path()));
+    let cluster = rt.block_on(start());
     let loaded = Instant::now();
-    rt.block_on(fill(rows));
+    rt.block_on(fill(&cluster, rows));
     eprintln!("retrieval: {rows} rows written in {:.1?}", loaded.elapsed());
     let route: CollectionRoute = serde_json::from_value(serde_json::json!({
         "collection": "bench", "partitions": PARTITIONS, "embedder": "embedder", "model": "llm",
     }))
     .unwrap();
-    let coordinator = Coordinator::new(SCOPE, route).unwrap();
+    let coordinator = cluster.coordinator(route);
 
     // Percentiles over a fixed run, beside criterion's means.
     let questions = ["How do bees communicate?", "What causes the tides?"];
@@ -256,7 +237,6 @@ fn retrieval(c: &mut Criterion) {
             .iter(|| async { coordinator.ingest(&docs, |_| {}).await.unwrap() })
     });
     g.finish();
-    agent.stop(None);
 }
 
 criterion_group!(benches, retrieval);

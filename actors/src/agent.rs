@@ -24,8 +24,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
+use crate::control::Control;
 use crate::kinds::{Kind, ReplicaContext, spawn_replica};
-use crate::replica::{ReplicaMsg, deployment_group};
+use crate::replica::{ReplicaMsg, deployment_group, replica_group};
 use crate::supervision::{RestartDecision, RestartHistory, RestartPolicy};
 
 /// One actor that the control plane placed on this node.
@@ -41,6 +42,36 @@ pub struct Assignment {
     pub devices: Vec<u32>,
     /// The kind's configuration as JSON text.
     pub config: String,
+}
+
+impl Assignment {
+    /// The actors `state` places on `node`, as the agent wants them. Pure.
+    pub fn for_node(state: &arbor_scheduler::ClusterState, node: u64) -> Vec<Assignment> {
+        state
+            .placements
+            .values()
+            .filter(|p| p.node == node)
+            .filter_map(|p| {
+                let spec = &state.deployments.get(&p.deployment)?.spec;
+                Some(Assignment {
+                    actor_id: p.actor_id.clone(),
+                    deployment: p.deployment.clone(),
+                    kind: spec.kind.clone(),
+                    generation: p.generation,
+                    devices: p.devices(),
+                    config: spec.config.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// The groups its running replica joins: its deployment's, and its own.
+    fn groups(&self) -> [String; 2] {
+        [
+            deployment_group(&self.deployment),
+            replica_group(&self.actor_id, self.generation),
+        ]
+    }
 }
 
 /// Where a replica stands, as the agent reports it.
@@ -76,6 +107,8 @@ pub struct AgentArgs {
     pub data_dir: PathBuf,
     /// Where model files are (see `arbor_kernels::models`).
     pub models_dir: PathBuf,
+    /// The control plane, for the replicas that follow it (partitions, coordinators).
+    pub control: Control,
 }
 
 /// What the agent is asked to do.
@@ -123,6 +156,7 @@ pub struct AgentState {
     reports: UnboundedSender<StatusReport>,
     data_dir: PathBuf,
     models_dir: PathBuf,
+    control: Control,
     slots: BTreeMap<String, Slot>,
     /// Running children, to find the slot of a supervision event.
     by_pid: HashMap<ActorId, String>,
@@ -159,6 +193,7 @@ impl Actor for NodeAgent {
             reports: args.reports,
             data_dir: args.data_dir,
             models_dir: args.models_dir,
+            control: args.control,
             slots: BTreeMap::new(),
             by_pid: HashMap::new(),
             next_token: 0,
@@ -313,11 +348,9 @@ impl AgentState {
         let generation = slot.assignment.generation;
         if let Some(cell) = slot.child {
             self.by_pid.remove(&cell.get_id());
-            ractor::pg::leave_scoped(
-                self.scope.clone(),
-                deployment_group(&slot.assignment.deployment),
-                vec![cell.clone()],
-            );
+            for group in slot.assignment.groups() {
+                ractor::pg::leave_scoped(self.scope.clone(), group, vec![cell.clone()]);
+            }
             cell.stop(Some(why.to_string()));
         }
         // A spawn in flight is discarded when it reports back (its token matches no slot).
@@ -355,6 +388,7 @@ impl AgentState {
             data_dir,
             models_dir,
             scope: self.scope.clone(),
+            control: self.control.clone(),
         };
         debug!(actor_id = %ctx.actor_id, generation = ctx.generation, %kind, "spawning");
         let agent = myself.clone();
@@ -415,11 +449,9 @@ impl AgentState {
             return;
         }
         let cell = actor.get_cell();
-        ractor::pg::join_scoped(
-            self.scope.clone(),
-            deployment_group(&slot.assignment.deployment),
-            vec![cell.clone()],
-        );
+        for group in slot.assignment.groups() {
+            ractor::pg::join_scoped(self.scope.clone(), group, vec![cell.clone()]);
+        }
         self.by_pid.insert(cell.get_id(), actor_id.to_string());
         slot.child = Some(cell);
         slot.state = ReplicaState::Running;
@@ -436,11 +468,9 @@ impl AgentState {
             return;
         };
         slot.child = None;
-        ractor::pg::leave_scoped(
-            self.scope.clone(),
-            deployment_group(&slot.assignment.deployment),
-            vec![cell.clone()],
-        );
+        for group in slot.assignment.groups() {
+            ractor::pg::leave_scoped(self.scope.clone(), group, vec![cell.clone()]);
+        }
         self.failed(myself, &actor_id, reason);
     }
 

@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod batching;
+pub mod control;
 pub mod kinds;
 pub mod partition;
 pub mod replica;

@@ -78,6 +78,13 @@ pub fn deployment_group(deployment: &str) -> String {
     format!("arbor.deploy.{deployment}")
 }
 
+/// The process group of one replica at one generation (its only member, once it runs): how a
+/// partition's primary and its followers address each other. An older copy still running on
+/// a node that has not heard of its replacement is in another group, so it is never asked.
+pub fn replica_group(actor_id: &str, generation: u64) -> String {
+    format!("arbor.replica.{actor_id}@{generation}")
+}
+
 /// The request inside a [`Wire`], or the error reply that a replica sends back when the bytes
 /// did not decode.
 pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, String> {
@@ -115,9 +122,9 @@ pub(crate) fn not_an_embedder(kind: crate::kinds::Kind, actor_id: &str) -> Embed
 
 /// The answer a kind that is not a vector partition gives to a partition request.
 pub(crate) fn not_a_partition(kind: crate::kinds::Kind) -> Wire<PartitionReply> {
-    Wire::new(Err(format!(
+    Wire::new(Err(crate::partition::PartitionFailure::Invalid(format!(
         "this replica is a {kind} actor, not a vector partition"
-    )))
+    ))))
 }
 
 /// The answer of a replica that is not a model to a [`ReplicaMsg::Model`] request.

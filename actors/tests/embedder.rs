@@ -56,6 +56,7 @@ fn context(kind: Kind, config: &str, models: std::path::PathBuf) -> ReplicaConte
         data_dir: std::env::temp_dir(),
         models_dir: models,
         scope: String::new(),
+        control: arbor_actors::control::memory::MemoryControl::new().control(),
     }
 }
 
@@ -334,6 +335,7 @@ async fn through_the_agent_it_runs_once_loaded_and_answers_calls() {
     let args = AgentArgs {
         node: 1,
         scope: scope.into(),
+        control: arbor_actors::control::memory::MemoryControl::new().control(),
         policy: RestartPolicy::default(),
         reports,
         data_dir: data.path().to_path_buf(),

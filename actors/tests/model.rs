@@ -73,6 +73,7 @@ async fn spawn(kind: Kind, config: &str) -> (ActorRef<ReplicaMsg>, ActorRef<()>)
         data_dir: std::env::temp_dir(),
         models_dir: model_dir(),
         scope: String::new(),
+        control: arbor_actors::control::memory::MemoryControl::new().control(),
     };
     let replica = spawn_replica(kind, ctx, parent.get_cell())
         .await
@@ -460,6 +461,7 @@ async fn a_missing_model_file_fails_the_start_and_says_where() {
         data_dir: std::env::temp_dir(),
         models_dir: std::env::temp_dir().join("arbor-no-models-here"),
         scope: String::new(),
+        control: arbor_actors::control::memory::MemoryControl::new().control(),
     };
     let err = spawn_replica(Kind::Model, ctx, parent.get_cell())
         .await
@@ -483,6 +485,7 @@ async fn replica_in(scope: &str, actor_id: &str) -> (ActorRef<ReplicaMsg>, Actor
         data_dir: std::env::temp_dir(),
         models_dir: model_dir(),
         scope: scope.into(),
+        control: arbor_actors::control::memory::MemoryControl::new().control(),
     };
     let replica = spawn_replica(Kind::Model, ctx, parent.get_cell())
         .await

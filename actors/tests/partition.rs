@@ -1,102 +1,53 @@
-//! `vector_partition` replicas as real actors over real redb files.
+//! `vector_partition` replicas as real actors over real redb files, started by node agents of
+//! nodes in one process (`common::cluster`) that follow a control plane in memory.
 //!
 //! Every request and reply goes through its wire encoding (bincode with the decode limit), as
-//! it would between nodes, so types that bincode cannot carry are caught here. Results are
-//! checked against the kernels' brute-force reference, `naive_topk`.
+//! it would between nodes. Search results are checked against the kernels' brute-force
+//! reference, `naive_topk`; replication against what each in-sync replica stores.
 
 mod common;
 
-use common::Parent;
 use std::collections::HashSet;
-use std::path::Path;
 use std::time::Duration;
 
-use arbor_actors::kinds::{Kind, PartitionReplica, ReplicaContext, spawn_replica};
+use arbor_actors::kinds::{Kind, ReplicaContext, spawn_replica};
+use arbor_actors::partition::store::{StoreName, partitions_dir};
 use arbor_actors::partition::{
-    MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, PartitionStats, SearchHit,
-    VectorRecord,
+    MetadataFilter, Partition, PartitionAnswer, PartitionFailure, PartitionReply, PartitionRequest,
+    PartitionStats, SearchHit, VectorRecord, WriteOp, store_path,
 };
-use arbor_actors::replica::{CallRequest, ReplicaMsg, deployment_group};
+use arbor_actors::replica::{CallRequest, ReplicaMsg};
 use arbor_actors::wire::Wire;
+use arbor_kernels::device::Device;
 use arbor_kernels::topk::{Hit, Metric, naive_topk};
+use arbor_scheduler::Command;
+use arbor_scheduler::state::{Metric as CollectionMetric, PlacementStatus, StatusUpdate};
+use common::Parent;
+use common::cluster::Cluster;
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef, BytesConvertable};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
-use tokio::task::JoinHandle;
 
 const CALL: Duration = Duration::from_secs(30);
 const DIM: usize = 16;
 const ROWS: u64 = 1000;
 const LANGS: [&str; 3] = ["en", "fr", "de"];
+const P0: &str = "docs.p0";
 
-fn ctx(data_dir: &Path, config: Value) -> ReplicaContext {
-    ReplicaContext {
-        actor_id: "p1".into(),
-        // A scope of its own per folder, so that tests running together never see each
-        // other's replicas as peers.
-        scope: data_dir.display().to_string(),
-        deployment: "docs".into(),
-        generation: 1,
-        devices: vec![],
-        config: config.to_string(),
-        data_dir: data_dir.to_path_buf(),
-        models_dir: data_dir.to_path_buf(),
-    }
+/// A cluster of `nodes` nodes with collection "docs": one partition of `replicas` replicas.
+async fn docs(scope: &str, nodes: u64, replicas: u32, metric: CollectionMetric) -> Cluster {
+    let c = Cluster::start(scope, nodes).await;
+    c.collection("docs", 1, replicas, DIM as u32, metric).await;
+    c
 }
 
-fn config(metric: &str) -> Value {
-    json!({"collection": "docs", "partition": 0, "dim": DIM, "metric": metric})
-}
-
-async fn start(data_dir: &Path, config: Value) -> (ActorRef<ReplicaMsg>, JoinHandle<()>) {
-    let started = spawn_joined(ctx(data_dir, config)).await;
-    // Alone in its group: it serves at once.
-    serving(&started.0).await;
-    started
-}
-
-/// Spawns a replica and joins it to its deployment's group, as the node agent does.
-async fn spawn_joined(ctx: ReplicaContext) -> (ActorRef<ReplicaMsg>, JoinHandle<()>) {
-    let (scope, group) = (ctx.scope.clone(), deployment_group(&ctx.deployment));
-    let (actor, handle) = Actor::spawn(None, PartitionReplica, ctx)
-        .await
-        .expect("partition starts");
-    ractor::pg::join_scoped(scope, group, vec![actor.get_cell()]);
-    (actor, handle)
-}
-
-/// Waits until the replica serves (it has caught up), for at most 30 s.
-async fn serving(actor: &ActorRef<ReplicaMsg>) {
-    let give_up = tokio::time::Instant::now() + CALL;
-    loop {
-        let request = PartitionRequest::Page {
-            after: None,
-            limit: 1,
-        };
-        match ask(actor, request).await {
-            Ok(PartitionAnswer::Page { .. }) => return,
-            Err(e) if e.contains("catching up") => {}
-            other => panic!("not a page: {other:?}"),
-        }
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "still catching up after {CALL:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Kills the actor and waits until it is gone.
-async fn kill(actor: ActorRef<ReplicaMsg>, handle: JoinHandle<()>) {
-    actor.get_cell().kill();
-    let _ = handle.await;
-}
-
-/// One request, encoded and decoded both ways as between nodes.
-async fn ask(actor: &ActorRef<ReplicaMsg>, request: PartitionRequest) -> PartitionReply {
+/// One request to replica `replica`, encoded and decoded both ways as between nodes.
+async fn ask(c: &Cluster, replica: u32, request: PartitionRequest) -> PartitionReply {
     let request = Wire::<PartitionRequest>::from_bytes(Wire::new(request).into_bytes());
+    let cell = c.replica(P0, replica).await;
+    let actor: ActorRef<ReplicaMsg> = cell.into();
     let reply = actor
         .call(|port| ReplicaMsg::Partition(request, port), Some(CALL))
         .await
@@ -109,22 +60,74 @@ async fn ask(actor: &ActorRef<ReplicaMsg>, request: PartitionRequest) -> Partiti
         .expect("the reply decodes")
 }
 
-async fn stats(actor: &ActorRef<ReplicaMsg>) -> PartitionStats {
-    match ask(actor, PartitionRequest::Stats).await {
+async fn stats(c: &Cluster, replica: u32) -> PartitionStats {
+    match ask(c, replica, PartitionRequest::Stats).await {
         Ok(PartitionAnswer::Stats(s)) => s,
         other => panic!("not stats: {other:?}"),
     }
 }
 
 async fn search(
-    actor: &ActorRef<ReplicaMsg>,
+    c: &Cluster,
+    replica: u32,
     queries: &[Vec<f32>],
     k: u32,
     filter: Option<&MetadataFilter>,
 ) -> Vec<Vec<SearchHit>> {
-    match ask(actor, PartitionRequest::search(queries.to_vec(), k, filter)).await {
+    match ask(
+        c,
+        replica,
+        PartitionRequest::search(queries.to_vec(), k, filter),
+    )
+    .await
+    {
         Ok(PartitionAnswer::Hits(h)) => h,
         other => panic!("not hits: {other:?}"),
+    }
+}
+
+/// A write through the primary, at the epoch the control plane is at: (seq, count).
+async fn write(c: &Cluster, op: WriteOp) -> Result<(u64, u32), PartitionFailure> {
+    let view = c.view(P0);
+    let (primary, _) = view.primary().expect("a primary");
+    match ask(
+        c,
+        primary,
+        PartitionRequest::Write {
+            epoch: view.set.epoch,
+            op,
+        },
+    )
+    .await?
+    {
+        PartitionAnswer::Written { seq, count, .. } => Ok((seq, count)),
+        other => panic!("not written: {other:?}"),
+    }
+}
+
+async fn upsert(c: &Cluster, rows: Vec<VectorRecord>) -> (u64, u32) {
+    write(c, WriteOp::Upsert(rows)).await.expect("written")
+}
+
+/// Every in-sync replica stores exactly `rows` (compared by `Get`), and nothing else is found.
+async fn every_replica_holds(c: &Cluster, rows: &[VectorRecord]) {
+    let ids: Vec<u64> = rows.iter().map(|r| r.id).collect();
+    for chunk in ids.chunks(1000) {
+        let found = c.get_everywhere(P0, chunk).await;
+        let want: Vec<&VectorRecord> = rows.iter().filter(|r| chunk.contains(&r.id)).collect();
+        for (replica, got) in found {
+            assert_eq!(got.len(), want.len(), "replica {replica}");
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!((g.id, &g.vector), (w.id, &w.vector), "replica {replica}");
+            }
+        }
+    }
+    for replica in c.view(P0).set.in_sync.keys() {
+        assert_eq!(
+            stats(c, *replica).await.count,
+            rows.len() as u64,
+            "replica {replica}"
+        );
     }
 }
 
@@ -151,13 +154,6 @@ fn random_queries(rng: &mut StdRng, n: usize) -> Vec<Vec<f32>> {
     (0..n)
         .map(|_| (0..DIM).map(|_| rng.random_range(-1.0f32..1.0)).collect())
         .collect()
-}
-
-async fn upsert(actor: &ActorRef<ReplicaMsg>, rows: Vec<VectorRecord>) -> (u64, u32) {
-    match ask(actor, PartitionRequest::Upsert(rows)).await {
-        Ok(PartitionAnswer::Written { seq, count }) => (seq, count),
-        other => panic!("not written: {other:?}"),
-    }
 }
 
 /// The reference answer over `rows`, by brute force.
@@ -223,19 +219,18 @@ fn filter(json: Value) -> MetadataFilter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_matches_brute_force_with_and_without_filters() {
-    let dir = tempfile::tempdir().unwrap();
-    let (actor, handle) = start(dir.path(), config("cosine")).await;
+    let c = docs("partition-search", 1, 1, CollectionMetric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(7);
     let rows = random_rows(&mut rng, ROWS);
     // Two batches, as a caller would send them under the message limit.
-    assert_eq!(upsert(&actor, rows[..600].to_vec()).await, (1, 600));
-    assert_eq!(upsert(&actor, rows[600..].to_vec()).await, (2, 400));
-    let s = stats(&actor).await;
+    assert_eq!(upsert(&c, rows[..600].to_vec()).await, (1, 600));
+    assert_eq!(upsert(&c, rows[600..].to_vec()).await, (2, 400));
+    let s = stats(&c, 0).await;
     assert_eq!((s.count, s.dim, s.seq), (ROWS, DIM as u32, 2));
     assert!(s.host_bytes >= ROWS * DIM as u64 * 4, "{s:?}");
 
     let queries = random_queries(&mut rng, 8);
-    let got = search(&actor, &queries, 10, None).await;
+    let got = search(&c, 0, &queries, 10, None).await;
     assert_same(&got, &expected(Metric::Cosine, &rows, &queries, 10, None));
     // Metadata comes back with every hit.
     let hit = &got[0][0];
@@ -244,7 +239,6 @@ async fn search_matches_brute_force_with_and_without_filters() {
         serde_json::from_str::<Value>(&hit.metadata).unwrap(),
         metadata_of(i)
     );
-
     let filters = [
         filter(json!({"op": "equal", "key": "lang", "value": "fr"})),
         filter(json!({"op": "in", "key": "group", "values": [1, 3]})),
@@ -255,7 +249,7 @@ async fn search_matches_brute_force_with_and_without_filters() {
         ]})),
     ];
     for f in &filters {
-        let got = search(&actor, &queries, 10, Some(f)).await;
+        let got = search(&c, 0, &queries, 10, Some(f)).await;
         assert_same(
             &got,
             &expected(Metric::Cosine, &rows, &queries, 10, Some(f)),
@@ -276,36 +270,26 @@ async fn search_matches_brute_force_with_and_without_filters() {
     ]}));
     let matching = (0..ROWS).filter(|i| i % 100 == 5 && i % 3 == 2).count();
     assert!(matching > 0 && matching < 10);
-    let got = search(&actor, &queries, 10, Some(&rare)).await;
+    let got = search(&c, 0, &queries, 10, Some(&rare)).await;
     assert!(got.iter().all(|h| h.len() == matching));
-    kill(actor, handle).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deletes_and_everything_acknowledged_survive_a_kill() {
-    let dir = tempfile::tempdir().unwrap();
-    let (actor, handle) = start(dir.path(), config("l2")).await;
+async fn deletes_and_everything_acknowledged_survive_a_restart() {
+    let mut c = docs("partition-restart", 1, 1, CollectionMetric::L2).await;
     let mut rng = StdRng::seed_from_u64(11);
     let mut rows = random_rows(&mut rng, ROWS);
-    upsert(&actor, rows.clone()).await;
+    upsert(&c, rows.clone()).await;
     let gone: Vec<u64> = rows.iter().step_by(10).map(|r| r.id).collect();
-    match ask(&actor, PartitionRequest::Delete(gone.clone())).await {
-        Ok(PartitionAnswer::Deleted { seq: 2, count }) => assert_eq!(count as usize, gone.len()),
-        other => panic!("{other:?}"),
-    }
+    assert_eq!(
+        write(&c, WriteOp::Delete(gone.clone())).await.unwrap(),
+        (2, gone.len() as u32)
+    );
     rows.retain(|r| !gone.contains(&r.id));
-    // Searching for a deleted row's own vector does not find it.
-    let deleted_vector = {
-        let mut r = StdRng::seed_from_u64(11);
-        random_rows(&mut r, 1).remove(0).vector
-    };
-    let hits = search(&actor, &[deleted_vector], 5, None).await;
-    assert!(hits[0].iter().all(|h| !gone.contains(&h.id)));
-
     let queries = random_queries(&mut rng, 4);
     let f = filter(json!({"op": "range", "key": "page", "gt": 30}));
-    let before_plain = search(&actor, &queries, 20, None).await;
-    let before_filtered = search(&actor, &queries, 20, Some(&f)).await;
+    let before_plain = search(&c, 0, &queries, 20, None).await;
+    let before_filtered = search(&c, 0, &queries, 20, Some(&f)).await;
     assert_same(
         &before_plain,
         &expected(Metric::L2, &rows, &queries, 20, None),
@@ -314,68 +298,38 @@ async fn deletes_and_everything_acknowledged_survive_a_kill() {
         &before_filtered,
         &expected(Metric::L2, &rows, &queries, 20, Some(&f)),
     );
-    let before = stats(&actor).await;
-    assert_eq!(before.count, rows.len() as u64);
+    let before = stats(&c, 0).await;
 
-    kill(actor, handle).await;
-    let (actor, handle) = start(dir.path(), config("l2")).await;
-    let after = stats(&actor).await;
-    assert_eq!(after.count, before.count);
-    assert_eq!(after.seq, before.seq);
+    // The node's agent goes and comes back: same placement, same file.
+    c.stop_node(1).await;
+    c.start_node(1).await;
+    c.in_sync(P0, 1).await;
+    let after = stats(&c, 0).await;
+    assert_eq!((after.count, after.seq), (before.count, before.seq));
     let ids = |h: &[Vec<SearchHit>]| -> Vec<Vec<u64>> {
         h.iter().map(|l| l.iter().map(|x| x.id).collect()).collect()
     };
-    let after_plain = search(&actor, &queries, 20, None).await;
-    let after_filtered = search(&actor, &queries, 20, Some(&f)).await;
-    assert_eq!(ids(&after_plain), ids(&before_plain));
-    assert_eq!(ids(&after_filtered), ids(&before_filtered));
-    assert_same(
-        &after_plain,
-        &expected(Metric::L2, &rows, &queries, 20, None),
+    assert_eq!(
+        ids(&search(&c, 0, &queries, 20, None).await),
+        ids(&before_plain)
     );
-    kill(actor, handle).await;
-
-    // Another shape on the same file is refused at start, with the reason.
-    let mut other = config("l2");
-    other["dim"] = json!(DIM + 1);
-    let err = Actor::spawn(None, PartitionReplica, ctx(dir.path(), other))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("holds dimension 16"), "{err}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_acknowledged_just_before_a_kill_is_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut rng = StdRng::seed_from_u64(3);
-    let rows = random_rows(&mut rng, 50);
-    let mut expected_count = 0;
-    for round in 0..5 {
-        let (actor, handle) = start(dir.path(), config("dot")).await;
-        assert_eq!(stats(&actor).await.count, expected_count);
-        let batch = rows[round * 10..(round + 1) * 10].to_vec();
-        let (seq, count) = upsert(&actor, batch).await;
-        assert_eq!((seq, count), (round as u64 + 1, 10));
-        expected_count += 10;
-        kill(actor, handle).await;
-    }
-    let (actor, handle) = start(dir.path(), config("dot")).await;
-    let s = stats(&actor).await;
-    assert_eq!((s.count, s.seq), (50, 5));
-    kill(actor, handle).await;
+    assert_eq!(
+        ids(&search(&c, 0, &queries, 20, Some(&f)).await),
+        ids(&before_filtered)
+    );
+    every_replica_holds(&c, &rows).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_get_distinct_ordered_sequence_numbers() {
-    let dir = tempfile::tempdir().unwrap();
-    let (actor, handle) = start(dir.path(), config("cosine")).await;
+    let c = std::sync::Arc::new(docs("partition-seq", 1, 1, CollectionMetric::Cosine).await);
     let mut rng = StdRng::seed_from_u64(5);
     let rows = random_rows(&mut rng, 200);
     let calls: Vec<_> = rows
         .chunks(10)
         .map(|chunk| {
-            let (actor, chunk) = (actor.clone(), chunk.to_vec());
-            tokio::spawn(async move { upsert(&actor, chunk).await.0 })
+            let (c, chunk) = (c.clone(), chunk.to_vec());
+            tokio::spawn(async move { upsert(&c, chunk).await.0 })
         })
         .collect();
     let mut seqs = Vec::new();
@@ -384,19 +338,17 @@ async fn concurrent_writes_get_distinct_ordered_sequence_numbers() {
     }
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=20).collect::<Vec<_>>());
-    let s = stats(&actor).await;
+    let s = stats(&c, 0).await;
     assert_eq!((s.count, s.seq), (200, 20));
-    kill(actor, handle).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let (actor, handle) = start(dir.path(), config("cosine")).await;
+    let c = docs("partition-bad", 2, 2, CollectionMetric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(9);
     let rows = random_rows(&mut rng, 20);
-    upsert(&actor, rows.clone()).await;
-    let before = stats(&actor).await;
+    upsert(&c, rows.clone()).await;
+    let before = stats(&c, 0).await;
     let row = |vector: Vec<f32>, metadata: &str| VectorRecord {
         id: 10_000,
         vector,
@@ -427,60 +379,64 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         ),
     ];
     for (records, why) in bad_writes {
-        let err = ask(&actor, PartitionRequest::Upsert(records))
-            .await
-            .unwrap_err();
-        assert!(err.contains(why), "{err} (wanted {why})");
+        let err = write(&c, WriteOp::Upsert(records)).await.unwrap_err();
+        assert!(
+            matches!(err, PartitionFailure::Invalid(_)) && err.to_string().contains(why),
+            "{err} (wanted {why})"
+        );
     }
     let q = vec![good.clone()];
     let bad_searches = [
         (
-            PartitionRequest::Search {
-                queries: q.clone(),
-                k: 5,
-                filter: Some(r#"{"op":"range","key":"page"}"#.into()),
-            },
+            Some(r#"{"op":"range","key":"page"}"#),
+            q.clone(),
+            5,
             "no bound",
         ),
         (
-            PartitionRequest::Search {
-                queries: q.clone(),
-                k: 5,
-                filter: Some(r#"{"op":"range","key":"page","lt":"9"}"#.into()),
-            },
+            Some(r#"{"op":"range","key":"page","lt":"9"}"#),
+            q.clone(),
+            5,
             "must be numbers",
         ),
-        (
-            PartitionRequest::Search {
-                queries: q.clone(),
-                k: 5,
-                filter: Some("not json".into()),
-            },
-            "bad filter",
-        ),
-        (
-            PartitionRequest::Search {
-                queries: vec![vec![1.0; DIM + 2]],
-                k: 5,
-                filter: None,
-            },
-            "dimension is 16",
-        ),
-        (
-            PartitionRequest::Search {
-                queries: q.clone(),
-                k: 100_000,
-                filter: None,
-            },
-            "at most 256",
-        ),
+        (Some("not json"), q.clone(), 5, "bad filter"),
+        (None, vec![vec![1.0; DIM + 2]], 5, "dimension is 16"),
+        (None, q.clone(), 100_000, "at most 256"),
     ];
-    for (request, why) in bad_searches {
-        let err = ask(&actor, request).await.unwrap_err();
-        assert!(err.contains(why), "{err} (wanted {why})");
+    for (filter, queries, k, why) in bad_searches {
+        let request = PartitionRequest::Search {
+            queries,
+            k,
+            filter: filter.map(String::from),
+        };
+        let err = ask(&c, 1, request).await.unwrap_err();
+        assert!(err.to_string().contains(why), "{err} (wanted {why})");
     }
+    // A write with an old epoch is refused, and says which is current.
+    let view = c.view(P0);
+    let stale = PartitionRequest::Write {
+        epoch: view.set.epoch - 1,
+        op: WriteOp::Delete(vec![1]),
+    };
+    assert_eq!(
+        ask(&c, 0, stale).await,
+        Err(PartitionFailure::StaleEpoch {
+            asked: view.set.epoch - 1,
+            current: view.set.epoch
+        })
+    );
+    // A follower takes no write from a coordinator.
+    let to_follower = PartitionRequest::Write {
+        epoch: view.set.epoch,
+        op: WriteOp::Delete(vec![1]),
+    };
+    assert!(matches!(
+        ask(&c, 1, to_follower).await,
+        Err(PartitionFailure::NotPrimary { .. })
+    ));
     // Bytes that do not decode are an error reply, not a crash.
     let garbage = Wire::<PartitionRequest>::from_bytes(vec![0xFF; 5]);
+    let actor: ActorRef<ReplicaMsg> = c.replica(P0, 0).await.into();
     let reply = actor
         .call(|port| ReplicaMsg::Partition(garbage, port), Some(CALL))
         .await
@@ -488,28 +444,20 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
     let CallResult::Success(reply) = reply else {
         panic!("no reply")
     };
-    assert!(
-        reply
-            .into_inner()
-            .unwrap()
-            .unwrap_err()
-            .contains("does not decode")
-    );
+    let err = reply.into_inner().unwrap().unwrap_err();
+    assert!(err.to_string().contains("does not decode"), "{err}");
 
-    assert_eq!(stats(&actor).await, before);
-    // And the same after a restart: nothing refused reached the disk.
-    kill(actor, handle).await;
-    let (actor, handle) = start(dir.path(), config("cosine")).await;
-    let after = stats(&actor).await;
-    // Byte counts follow allocation history (capacities), so only the contents compare.
-    assert_eq!((after.count, after.seq), (before.count, before.seq));
-    kill(actor, handle).await;
+    for replica in [0, 1] {
+        let after = stats(&c, replica).await;
+        assert_eq!((after.count, after.seq), (before.count, before.seq));
+    }
+    every_replica_holds(&c, &rows).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_call_answers_stats_and_other_kinds_refuse_partition_requests() {
-    let dir = tempfile::tempdir().unwrap();
-    let (actor, handle) = start(dir.path(), config("cosine")).await;
+    let c = docs("partition-call", 1, 1, CollectionMetric::Cosine).await;
+    let actor: ActorRef<ReplicaMsg> = c.replica(P0, 0).await.into();
     let call = |payload: &[u8]| {
         let actor = actor.clone();
         let request = Wire::new(CallRequest {
@@ -530,208 +478,233 @@ async fn generic_call_answers_stats_and_other_kinds_refuse_partition_requests() 
     assert_eq!(stats["count"], json!(0));
     assert_eq!(stats["dim"], json!(DIM));
     assert_eq!(stats["metric"], json!("cosine"));
+    assert_eq!(stats["role"], json!("primary"));
     let err = call(b"hello").await.unwrap_err();
     assert!(err.contains("{\"stats\": true}"), "{err}");
-    kill(actor, handle).await;
 
     for kind in [Kind::Echo, Kind::Spin] {
         let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();
-        let mut c = ctx(dir.path(), json!({}));
-        c.config = String::new();
-        let replica = spawn_replica(kind, c, parent.get_cell()).await.unwrap();
-        let err = ask(&replica, PartitionRequest::Stats).await.unwrap_err();
-        assert!(err.contains("not a vector partition"), "{kind}: {err}");
+        let ctx = ReplicaContext {
+            actor_id: "x/0".into(),
+            deployment: "x".into(),
+            generation: 1,
+            devices: vec![],
+            config: String::new(),
+            data_dir: std::env::temp_dir(),
+            models_dir: std::env::temp_dir(),
+            scope: "partition-call".into(),
+            control: c.control.control(),
+        };
+        let replica = spawn_replica(kind, ctx, parent.get_cell()).await.unwrap();
+        let reply = replica
+            .call(
+                |port| ReplicaMsg::Partition(Wire::new(PartitionRequest::Stats), port),
+                Some(CALL),
+            )
+            .await
+            .unwrap();
+        let CallResult::Success(reply) = reply else {
+            panic!("no reply")
+        };
+        let err = reply.into_inner().unwrap().unwrap_err();
+        assert!(
+            err.to_string().contains("not a vector partition"),
+            "{kind}: {err}"
+        );
         replica.stop(None);
         parent.stop(None);
     }
 }
 
-// ---- Catching up from a live replica ----
+// ---- Replication ----
 
-/// A replica `actor_id` of the "docs" partition in `scope`, on its own folder.
-async fn replica(
-    scope: &str,
-    data_dir: &Path,
-    actor_id: &str,
-) -> (ActorRef<ReplicaMsg>, JoinHandle<()>) {
-    let mut c = ctx(data_dir, config("dot"));
-    c.scope = scope.into();
-    c.actor_id = actor_id.into();
-    spawn_joined(c).await
-}
-
-/// Every row a replica stores, through `Page` requests.
-async fn all_rows(actor: &ActorRef<ReplicaMsg>) -> Vec<VectorRecord> {
-    let mut rows: Vec<VectorRecord> = Vec::new();
-    let mut after = None;
-    loop {
-        match ask(actor, PartitionRequest::Page { after, limit: 700 }).await {
-            Ok(PartitionAnswer::Page { records, last }) => {
-                assert!(records.len() <= 700);
-                if let (Some(prev), Some(first)) = (rows.last(), records.first()) {
-                    assert!(first.id > prev.id, "pages come in id order");
-                }
-                rows.extend(records);
-                match last {
-                    Some(l) => after = Some(l),
-                    None => return rows,
-                }
-            }
-            other => panic!("not a page: {other:?}"),
-        }
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_write_is_on_every_in_sync_replica() {
+    let c = docs("replication-all", 3, 3, CollectionMetric::Dot).await;
+    let mut rng = StdRng::seed_from_u64(21);
+    let mut rows = random_rows(&mut rng, 300);
+    for chunk in rows.chunks(50) {
+        upsert(&c, chunk.to_vec()).await;
+    }
+    let gone: Vec<u64> = rows.iter().step_by(7).map(|r| r.id).collect();
+    write(&c, WriteOp::Delete(gone.clone())).await.unwrap();
+    rows.retain(|r| !gone.contains(&r.id));
+    assert_eq!(c.view(P0).set.in_sync.len(), 3);
+    every_replica_holds(&c, &rows).await;
+    // Same searches everywhere.
+    let queries = random_queries(&mut rng, 5);
+    let first = search(&c, 0, &queries, 10, None).await;
+    for replica in [1, 2] {
+        assert_eq!(search(&c, replica, &queries, 10, None).await, first);
     }
 }
 
-/// Waits until the replica holds `count` rows (30 s at most).
-async fn wait_count(actor: &ActorRef<ReplicaMsg>, count: u64) {
-    let give_up = tokio::time::Instant::now() + CALL;
-    while stats(actor).await.count != count {
-        assert!(
-            tokio::time::Instant::now() < give_up,
-            "count is {} after {CALL:?}, not {count}",
-            stats(actor).await.count
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn upsert_all(actor: &ActorRef<ReplicaMsg>, rows: &[VectorRecord]) {
-    for chunk in rows.chunks(1000) {
-        upsert(actor, chunk.to_vec()).await;
-    }
-}
-
-async fn delete(actor: &ActorRef<ReplicaMsg>, ids: Vec<u64>) {
-    match ask(actor, PartitionRequest::Delete(ids)).await {
-        Ok(PartitionAnswer::Deleted { .. }) => {}
-        other => panic!("not deleted: {other:?}"),
-    }
-}
-
-/// Both replicas answer the same searches, with and without a filter.
-async fn same_searches(a: &ActorRef<ReplicaMsg>, b: &ActorRef<ReplicaMsg>, rng: &mut StdRng) {
-    let queries = random_queries(rng, 20);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_misses_writes_is_dropped_before_the_ack_then_catches_up() {
+    let mut c = docs("replication-lag", 2, 2, CollectionMetric::Cosine).await;
+    let mut rng = StdRng::seed_from_u64(22);
+    let rows = random_rows(&mut rng, 200);
+    upsert(&c, rows[..100].to_vec()).await;
+    let before = c.view(P0);
+    // The follower's node dies for less than node_timeout: its placement stays.
+    let follower = if before.set.primary == Some(0) { 1 } else { 0 };
+    let node = before.members[&follower].node;
+    c.stop_node(node).await;
+    // The write is acknowledged once the follower is out of the in-sync set.
+    upsert(&c, rows[100..150].to_vec()).await;
+    let after = c.view(P0);
+    assert!(!after.set.in_sync.contains_key(&follower), "{after:?}");
+    assert!(after.set.epoch > before.set.epoch);
     assert_eq!(
-        search(a, &queries, 10, None).await,
-        search(b, &queries, 10, None).await
+        after.members[&follower].generation,
+        before.members[&follower].generation
     );
-    let f = filter(json!({"op": "equal", "key": "lang", "value": "fr"}));
-    assert_eq!(
-        search(a, &queries, 10, Some(&f)).await,
-        search(b, &queries, 10, Some(&f)).await
-    );
+    // Back: it copies what it missed from the primary and joins again.
+    let epoch = after.set.epoch;
+    c.start_node(node).await;
+    upsert(&c, rows[150..].to_vec()).await;
+    c.until(P0, "took the replica back", |v| {
+        v.set.epoch > epoch && v.set.in_sync.len() == 2
+    })
+    .await;
+    every_replica_holds(&c, &rows).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_replica_catches_up_from_a_live_one_before_it_serves() {
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let scope = "t-catchup-new";
-    let mut rng = StdRng::seed_from_u64(11);
-    let (a, ha) = replica(scope, dir_a.path(), "p/0").await;
-    serving(&a).await;
-    let rows = random_rows(&mut rng, 3000);
-    upsert_all(&a, &rows).await;
-    // A page never holds more than asked, in id order, and the pages cover every row.
-    let paged = all_rows(&a).await;
-    assert_eq!(paged, rows, "pages hold exactly the stored rows");
-
-    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
-    let query = random_queries(&mut rng, 1);
-    match ask(&b, PartitionRequest::search(query.clone(), 5, None)).await {
-        Err(e) => assert!(e.contains("catching up from a live replica"), "{e}"),
-        // Already caught up: then it must have everything.
-        Ok(PartitionAnswer::Hits(h)) => assert_eq!(h, search(&a, &query, 5, None).await),
-        Ok(other) => panic!("not hits: {other:?}"),
+async fn a_replica_undoes_writes_its_primary_never_had() {
+    let mut c = docs("replication-undo", 2, 2, CollectionMetric::Cosine).await;
+    let mut rng = StdRng::seed_from_u64(23);
+    let rows = random_rows(&mut rng, 120);
+    upsert(&c, rows[..60].to_vec()).await;
+    let view = c.view(P0);
+    let (old, generation) = view.primary().unwrap();
+    let member = view.members[&old];
+    c.stop_node(member.node).await;
+    // What a primary leaves when it fails between making a write durable and passing it on:
+    // the write on its own disk, in its epoch, and nowhere else.
+    let path = store_path(
+        c.nodes[&member.node].data.path(),
+        &StoreName {
+            collection: "docs".into(),
+            incarnation: view.incarnation,
+            partition: 0,
+            generation,
+        },
+    );
+    let mut ghost_rows = random_rows(&mut StdRng::seed_from_u64(99), 5);
+    for r in &mut ghost_rows {
+        r.id += 1_000_000;
     }
-    wait_count(&b, 3000).await;
-    serving(&b).await;
-    assert_eq!(all_rows(&b).await, rows);
-    same_searches(&a, &b, &mut rng).await;
-    kill(b, hb).await;
-    kill(a, ha).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_restarted_on_a_stale_store_catches_up() {
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let scope = "t-catchup-stale";
-    let mut rng = StdRng::seed_from_u64(12);
-    let (a, ha) = replica(scope, dir_a.path(), "p/0").await;
-    serving(&a).await;
-    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
-    serving(&b).await;
-    let rows = random_rows(&mut rng, 1500);
-    upsert_all(&a, &rows).await;
-    upsert_all(&b, &rows).await;
-    kill(b, hb).await;
-
-    // While B is down: new rows, a changed row and two deletes, on A only.
-    let mut more = random_rows(&mut rng, 2500);
-    more.drain(..1500);
-    upsert_all(&a, &more).await;
-    let mut changed = rows[10].clone();
-    changed.metadata = json!({"lang": "fr", "changed": true}).to_string();
-    upsert(&a, vec![changed.clone()]).await;
-    let deleted = vec![rows[0].id, rows[700].id];
-    delete(&a, deleted.clone()).await;
-    assert_eq!(stats(&a).await.count, 2498);
-
-    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
-    serving(&b).await;
-    assert_eq!(stats(&b).await.count, 2498);
-    let on_b = all_rows(&b).await;
-    assert_eq!(on_b, all_rows(&a).await);
-    assert!(on_b.iter().all(|r| !deleted.contains(&r.id)));
-    assert!(on_b.contains(&changed));
-    same_searches(&a, &b, &mut rng).await;
-    // And what it copied is durable: restarted alone, B still has it.
-    kill(a, ha).await;
-    kill(b, hb).await;
-    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
-    serving(&b).await;
-    assert_eq!(all_rows(&b).await, on_b);
-    kill(b, hb).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_during_catch_up_are_not_overwritten_by_the_copy() {
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let scope = "t-catchup-writes";
-    let mut rng = StdRng::seed_from_u64(13);
-    let (a, ha) = replica(scope, dir_a.path(), "p/0").await;
-    serving(&a).await;
-    let rows = random_rows(&mut rng, 3000);
-    upsert_all(&a, &rows).await;
-
-    // B starts empty; the writes a coordinator would send to both arrive while it copies.
-    let (b, hb) = replica(scope, dir_b.path(), "p/1").await;
-    let mut newer: Vec<VectorRecord> = [5, 1500, 2999]
-        .iter()
-        .map(|&i| {
-            let mut r = rows[i].clone();
-            r.metadata = json!({"lang": "de", "version": 2}).to_string();
-            r
+    let overwritten = VectorRecord {
+        vector: vec![9.0; DIM],
+        ..rows[0].clone()
+    };
+    {
+        let mut p = Partition::open(&path, DIM, Metric::Cosine, Device::Cpu).unwrap();
+        let mut ghost = ghost_rows.clone();
+        ghost.push(overwritten);
+        p.upsert(ghost, view.set.epoch).unwrap();
+        p.delete(&[rows[1].id], view.set.epoch).unwrap();
+    }
+    // Its replica is reported failed: the other in-sync replica takes over and goes on.
+    c.control
+        .apply(&Command::SetPlacementStatuses {
+            updates: vec![StatusUpdate {
+                actor_id: format!("{P0}/{old}"),
+                generation,
+                status: PlacementStatus::Failed {
+                    reason: "a test".into(),
+                },
+            }],
         })
-        .collect();
-    newer.push(VectorRecord {
-        id: 1_000_000,
-        vector: vec![0.5; DIM],
-        metadata: json!({"lang": "en", "new": true}).to_string(),
-    });
-    let gone = vec![rows[6].id, rows[2000].id];
-    for r in [&a, &b] {
-        upsert(r, newer.clone()).await;
-        delete(r, gone.clone()).await;
+        .unwrap();
+    c.reconcile_until_quiet();
+    assert_ne!(c.view(P0).set.primary, Some(old));
+    upsert(&c, rows[60..].to_vec()).await;
+    // Back in place (same generation, same file): it undoes its own last writes on the new
+    // primary's word, copies what it missed, and joins.
+    let epoch = c.view(P0).set.epoch;
+    c.start_node(member.node).await;
+    c.until(P0, "took the replica back", |v| {
+        v.set.epoch > epoch && v.set.in_sync.len() == 2
+    })
+    .await;
+    every_replica_holds(&c, &rows).await;
+    let ghosts: Vec<u64> = ghost_rows.iter().map(|r| r.id).collect();
+    for (replica, found) in c.get_everywhere(P0, &ghosts).await {
+        assert!(found.is_empty(), "replica {replica} kept {found:?}");
     }
-    serving(&b).await;
-    let on_b = all_rows(&b).await;
-    assert_eq!(on_b, all_rows(&a).await);
-    assert_eq!(on_b.len(), 3000 - 2 + 1);
-    for r in &newer {
-        assert!(on_b.contains(r), "row {} lost its newer version", r.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_primary_fails_over_and_no_acknowledged_write_is_lost() {
+    let mut c = docs("replication-failover", 3, 2, CollectionMetric::Cosine).await;
+    let mut rng = StdRng::seed_from_u64(24);
+    let rows = random_rows(&mut rng, 300);
+    upsert(&c, rows[..100].to_vec()).await;
+    let view = c.view(P0);
+    let (primary, _) = view.primary().unwrap();
+    c.kill_node(view.members[&primary].node).await;
+    let after = c.view(P0);
+    assert_ne!(after.primary().unwrap().0, primary, "{after:?}");
+    upsert(&c, rows[100..].to_vec()).await;
+    // The old primary's replica was placed anew; it starts empty and copies everything.
+    let view = c.in_sync(P0, 2).await;
+    assert_ne!(view.members[&primary].node, 0);
+    every_replica_holds(&c, &rows).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_file_vanished_leaves_the_in_sync_set_and_copies_again() {
+    let mut c = docs("replication-wiped", 2, 2, CollectionMetric::Cosine).await;
+    let mut rng = StdRng::seed_from_u64(25);
+    let rows = random_rows(&mut rng, 80);
+    upsert(&c, rows.clone()).await;
+    let view = c.view(P0);
+    let follower = if view.set.primary == Some(0) { 1 } else { 0 };
+    let node = view.members[&follower].node;
+    c.stop_node(node).await;
+    std::fs::remove_dir_all(partitions_dir(c.nodes[&node].data.path())).unwrap();
+    assert!(
+        view.set
+            .is_in_sync(follower, view.members[&follower].generation)
+    );
+    let epoch = view.set.epoch;
+    c.start_node(node).await;
+    // It must not serve what it no longer has: it left (one epoch), copied everything again
+    // and joined (another).
+    c.until(P0, "took the replica back", |v| {
+        v.set.epoch >= epoch + 2 && v.set.in_sync.len() == 2
+    })
+    .await;
+    every_replica_holds(&c, &rows).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_of_one_row_leave_every_replica_identical() {
+    let c = std::sync::Arc::new(docs("replication-race", 3, 3, CollectionMetric::Cosine).await);
+    for round in 0..40u64 {
+        let writers: Vec<_> = (0..2)
+            .map(|w| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let row = VectorRecord {
+                        id: 7,
+                        vector: vec![(round * 2 + w) as f32 + 1.0; DIM],
+                        metadata: json!({"writer": w, "round": round}).to_string(),
+                    };
+                    upsert(&c, vec![row]).await
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let found = c.get_everywhere(P0, &[7]).await;
+        let first = found.values().next().unwrap().clone();
+        assert!(
+            found.values().all(|r| *r == first),
+            "round {round}: {found:?}"
+        );
     }
-    assert!(on_b.iter().all(|r| !gone.contains(&r.id)));
-    same_searches(&a, &b, &mut rng).await;
-    kill(b, hb).await;
-    kill(a, ha).await;
 }

@@ -1,81 +1,26 @@
 //! Retrieval with the real MiniLM (after scripts/fetch-models.sh) on real actors: an embedder
-//! and vector partitions started by node agents (two "nodes" with their own data dirs, so a
-//! partition's two replicas are apart as anti-affinity would place them), and the coordinator
-//! ingesting the corpus shipped in tests/data and answering paraphrased questions.
+//! and vector partitions started by node agents of two nodes in one process
+//! (`common::cluster`, with the control plane in memory), and the coordinator ingesting the
+//! corpus shipped in tests/data and answering paraphrased questions.
+
+mod common;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use arbor_actors::agent::{AgentArgs, AgentMsg, Assignment, NodeAgent, ReplicaState, StatusReport};
-use arbor_actors::partition::{
-    MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, VectorRecord,
-};
-use arbor_actors::replica::{ReplicaMsg, deployment_group};
+use arbor_actors::agent::Assignment;
+use arbor_actors::partition::MetadataFilter;
+use arbor_actors::partition::{PartitionAnswer, PartitionRequest, VectorRecord, WriteOp};
 use arbor_actors::retrieval::chunk::chunks;
 use arbor_actors::retrieval::route::{chunk_id, partition_of};
 use arbor_actors::retrieval::{
     ChunkPolicy, CollectionRoute, Coordinator, Document, RetrievalError, partition_deployment,
 };
 use arbor_actors::router::Router;
-use arbor_actors::supervision::RestartPolicy;
-use arbor_actors::wire::Wire;
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorRef};
+use arbor_scheduler::Command;
+use arbor_scheduler::state::Metric;
+use common::cluster::{Cluster, PATIENCE};
 use serde::Deserialize;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
-
-const PATIENCE: Duration = Duration::from_secs(60);
-
-struct Node {
-    agent: ActorRef<AgentMsg>,
-    reports: UnboundedReceiver<StatusReport>,
-    _data: tempfile::TempDir,
-}
-
-async fn node(scope: &str, id: u64) -> Node {
-    let data = tempfile::tempdir().unwrap();
-    let (reports, rx) = unbounded_channel();
-    let args = AgentArgs {
-        node: id,
-        scope: scope.into(),
-        policy: RestartPolicy::default(),
-        reports,
-        data_dir: data.path().to_path_buf(),
-        models_dir: arbor_kernels::models::models_dir(None),
-    };
-    let (agent, _) = Actor::spawn(None, NodeAgent, args).await.unwrap();
-    Node {
-        agent,
-        reports: rx,
-        _data: data,
-    }
-}
-
-impl Node {
-    /// Assigns `actors` and waits until each runs.
-    async fn run(&mut self, actors: Vec<Assignment>) {
-        let all = actors.iter().map(|a| a.actor_id.clone()).collect();
-        self.run_waiting(actors, all).await;
-    }
-
-    /// Assigns `actors` and waits until those in `waiting` run.
-    async fn run_waiting(&mut self, actors: Vec<Assignment>, mut waiting: BTreeSet<String>) {
-        self.agent.cast(AgentMsg::Assign(actors)).unwrap();
-        while !waiting.is_empty() {
-            let report = tokio::time::timeout(PATIENCE, self.reports.recv())
-                .await
-                .expect("actors start in time")
-                .unwrap();
-            match report.state {
-                ReplicaState::Running => {
-                    waiting.remove(&report.actor_id);
-                }
-                ReplicaState::Failed { reason } => panic!("{} failed: {reason}", report.actor_id),
-                _ => {}
-            }
-        }
-    }
-}
 
 fn embedder() -> Assignment {
     Assignment {
@@ -88,17 +33,22 @@ fn embedder() -> Assignment {
     }
 }
 
-fn partition(collection: &str, partition: u32, replica: u32) -> Assignment {
-    let deployment = partition_deployment(collection, partition);
-    Assignment {
-        actor_id: format!("{deployment}/{replica}"),
-        deployment,
-        kind: "vector_partition".into(),
-        generation: 1,
-        devices: vec![],
-        config: format!(
-            r#"{{"collection":"{collection}","partition":{partition},"dim":384,"metric":"cosine"}}"#
-        ),
+/// Two nodes, the embedder on node 1, and waits until it runs.
+async fn cluster(scope: &str) -> Cluster {
+    let mut c = Cluster::start(scope, 2).await;
+    c.extra.insert(1, vec![embedder()]);
+    c.assign();
+    wait_running(scope, "embedder").await;
+    c
+}
+
+/// Waits until a replica of `deployment` runs.
+async fn wait_running(scope: &str, deployment: &str) {
+    let group = arbor_actors::replica::deployment_group(deployment);
+    let start = std::time::Instant::now();
+    while ractor::pg::get_scoped_members(&scope.to_owned(), &group).is_empty() {
+        assert!(start.elapsed() < PATIENCE, "{deployment} never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -107,6 +57,7 @@ fn route(collection: &str, partitions: u32) -> CollectionRoute {
         "collection": collection,
         "partitions": partitions,
         "embedder": "embedder",
+        "write_patience_ms": 2000,
     }))
     .unwrap()
 }
@@ -145,18 +96,12 @@ async fn answers(c: &Coordinator) -> Vec<Vec<String>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partitions() {
     let scope = "t-retrieval";
-    let mut a = node(scope, 1).await;
-    let mut b = node(scope, 2).await;
-    // Node a: the embedder, the one-partition collection, and replica 0 of each of 4
-    // partitions; node b: replica 1 of each.
-    let mut on_a = vec![embedder(), partition("one", 0, 0)];
-    on_a.extend((0..4).map(|p| partition("docs", p, 0)));
-    a.run(on_a.clone()).await;
-    b.run((0..4).map(|p| partition("docs", p, 1)).collect())
-        .await;
+    let mut c = cluster(scope).await;
+    c.collection("one", 1, 1, 384, Metric::Cosine).await;
+    c.collection("docs", 4, 2, 384, Metric::Cosine).await;
 
-    let one = Coordinator::new(scope, route("one", 1)).unwrap();
-    let four = Coordinator::new(scope, route("docs", 4)).unwrap();
+    let one = c.coordinator(route("one", 1));
+    let four = c.coordinator(route("docs", 4));
     let mut progress = Vec::new();
     let report = four
         .ingest(&corpus(), |p| progress.push(p.chunks_done))
@@ -232,14 +177,9 @@ async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partition
         devices: vec![],
         config: r#"{"device": "cpu"}"#.into(),
     };
-    let mut with_coordinator = on_a.clone();
-    with_coordinator.push(coordinator);
-    with_coordinator.push(model);
-    a.run_waiting(
-        with_coordinator,
-        BTreeSet::from(["docs-coord/0".to_owned(), "llm/0".to_owned()]),
-    )
-    .await;
+    c.extra.insert(1, vec![embedder(), coordinator, model]);
+    c.assign();
+    wait_running(scope, "docs-coord").await;
     let router = Router::new(scope, "docs-coord");
     let reply = router
         .call(
@@ -281,26 +221,30 @@ async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partition
         .unwrap_err();
     assert!(err.to_string().contains("expected"), "{err}");
 
-    // One replica of each partition gone: queries and writes go on with the other.
-    b.run(vec![]).await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Node 2 gone: its primaries fail over to node 1, queries and writes go on there.
+    c.kill_node(2).await;
     assert_eq!(answers(&four).await, on_one);
     four.ingest(&corpus()[..3], |_| {}).await.unwrap();
 
-    // Both replicas of partition 2 gone: the answer says which partition it lacks, and a
-    // write there fails with a reason.
-    let without_2: Vec<Assignment> = on_a
-        .into_iter()
-        .filter(|x| x.deployment != partition_deployment("docs", 2))
-        .collect();
-    a.agent.cast(AgentMsg::Assign(without_2)).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Partition 2's last in-sync replica leaves too: the answer says which partition it
+    // lacks, and a write there fails with a reason that names it.
+    let p2 = partition_deployment("docs", 2);
+    let view = c.view(&p2);
+    let (last, generation) = view.primary().unwrap();
+    c.control
+        .apply(&Command::LeaveInSync {
+            deployment: p2.clone(),
+            replica: last,
+            generation,
+            reason: "a test".into(),
+        })
+        .unwrap();
     let partial = four.query("volcano eruption", 3, None).await.unwrap();
     assert_eq!(partial.missing_partitions, vec![2]);
     assert!(!partial.results.is_empty());
     let err = four.ingest(&corpus(), |_| {}).await.unwrap_err();
     assert!(
-        matches!(err, RetrievalError::NoReplica { partition: 2, .. }),
+        matches!(err, RetrievalError::Unavailable { partition: 2, .. }),
         "{err}"
     );
 
@@ -315,50 +259,10 @@ async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partition
     let err = four.ingest(&[bad], |_| {}).await.unwrap_err().to_string();
     assert!(err.contains("reserved"), "{err}");
     assert!(four.query("  ", 3, None).await.is_err());
-    a.agent.stop(None);
-    b.agent.stop(None);
 }
 
-/// Asks every replica of `collection`'s `partition` (there must be `replicas`) and returns
-/// their answers, in no particular order.
-async fn on_every_replica(
-    scope: &str,
-    collection: &str,
-    partition: u32,
-    replicas: usize,
-    request: PartitionRequest,
-) -> Vec<PartitionAnswer> {
-    let group = deployment_group(&partition_deployment(collection, partition));
-    let members = ractor::pg::get_scoped_members(&scope.to_owned(), &group);
-    assert_eq!(members.len(), replicas, "replicas of partition {partition}");
-    let mut answers = Vec::new();
-    for member in members {
-        let actor: ActorRef<ReplicaMsg> = member.into();
-        let request = request.clone();
-        let reply = ractor::rpc::call(
-            &actor.get_cell(),
-            |port| ReplicaMsg::Partition(Wire::new(request), port),
-            Some(PATIENCE),
-        )
-        .await
-        .unwrap();
-        let CallResult::Success(wire) = reply else {
-            panic!("partition {partition} did not answer: {reply:?}")
-        };
-        let answer: PartitionReply = wire.into_inner().unwrap();
-        answers.push(answer.unwrap());
-    }
-    answers
-}
-
-/// Which of `ids` each replica of their partitions holds: one list per replica.
-async fn stored_ids(
-    scope: &str,
-    collection: &str,
-    partitions: u32,
-    replicas: usize,
-    ids: &[u64],
-) -> Vec<Vec<u64>> {
+/// Which of `ids` each in-sync replica of their partitions holds: one list per replica.
+async fn stored_ids(c: &Cluster, collection: &str, partitions: u32, ids: &[u64]) -> Vec<Vec<u64>> {
     let mut out = Vec::new();
     for p in 0..partitions {
         let mine: Vec<u64> = ids
@@ -369,12 +273,10 @@ async fn stored_ids(
         if mine.is_empty() {
             continue;
         }
-        for answer in
-            on_every_replica(scope, collection, p, replicas, PartitionRequest::Get(mine)).await
+        for (_, records) in c
+            .get_everywhere(&partition_deployment(collection, p), &mine)
+            .await
         {
-            let PartitionAnswer::Records(records) = answer else {
-                panic!("a get answered {answer:?}")
-            };
             out.push(records.into_iter().map(|r| r.id).collect());
         }
     }
@@ -412,14 +314,9 @@ fn doc(id: &str, text: String) -> Document {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
     let scope = "t-shrink";
-    let mut a = node(scope, 1).await;
-    let mut b = node(scope, 2).await;
-    let mut on_a = vec![embedder()];
-    on_a.extend((0..4).map(|p| partition("shrink", p, 0)));
-    a.run(on_a).await;
-    b.run((0..4).map(|p| partition("shrink", p, 1)).collect())
-        .await;
-    let c = Coordinator::new(scope, route("shrink", 4)).unwrap();
+    let cl = cluster(scope).await;
+    cl.collection("shrink", 4, 2, 384, Metric::Cosine).await;
+    let c = cl.coordinator(route("shrink", 4));
     let policy = ChunkPolicy::default();
 
     let long = long_text(120);
@@ -432,7 +329,7 @@ async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
         .unwrap();
     assert_eq!(report.chunks, u64::from(old_n) + 1);
     let all_ids: Vec<u64> = (0..old_n).map(|i| chunk_id("long", i)).collect();
-    let everywhere: usize = stored_ids(scope, "shrink", 4, 2, &all_ids)
+    let everywhere: usize = stored_ids(&cl, "shrink", 4, &all_ids)
         .await
         .iter()
         .map(Vec::len)
@@ -462,11 +359,11 @@ async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
     assert!(new_n >= 2 && new_n < old_n, "{new_n} of {old_n}");
     c.ingest(&[doc("long", short)], |_| {}).await.unwrap();
     let dropped: Vec<u64> = (new_n..old_n).map(|i| chunk_id("long", i)).collect();
-    for held in stored_ids(scope, "shrink", 4, 2, &dropped).await {
+    for held in stored_ids(&cl, "shrink", 4, &dropped).await {
         assert!(held.is_empty(), "stale chunks still stored: {held:?}");
     }
     let kept: Vec<u64> = (0..new_n).map(|i| chunk_id("long", i)).collect();
-    let kept_everywhere: usize = stored_ids(scope, "shrink", 4, 2, &kept)
+    let kept_everywhere: usize = stored_ids(&cl, "shrink", 4, &kept)
         .await
         .iter()
         .map(Vec::len)
@@ -488,7 +385,7 @@ async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
     c.ingest(&[doc("long", String::new())], |_| {})
         .await
         .unwrap();
-    for held in stored_ids(scope, "shrink", 4, 2, &kept).await {
+    for held in stored_ids(&cl, "shrink", 4, &kept).await {
         assert!(held.is_empty(), "{held:?}");
     }
     let found = c.query("kites on the sea wind", 20, None).await.unwrap();
@@ -507,20 +404,29 @@ async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
         })
         .collect();
     for r in legacy {
-        let p = partition_of(r.id, 4);
-        on_every_replica(scope, "shrink", p, 2, PartitionRequest::Upsert(vec![r])).await;
+        let deployment = partition_deployment("shrink", partition_of(r.id, 4));
+        let view = cl.view(&deployment);
+        let request = PartitionRequest::Write {
+            epoch: view.set.epoch,
+            op: WriteOp::Upsert(vec![r]),
+        };
+        let written = cl
+            .ask(&deployment, view.primary().unwrap().0, request)
+            .await;
+        assert!(
+            matches!(written, Ok(PartitionAnswer::Written { .. })),
+            "{written:?}"
+        );
     }
     c.ingest(&[doc("legacy", "Now one short chunk.".into())], |_| {})
         .await
         .unwrap();
-    let held: usize = stored_ids(scope, "shrink", 4, 2, &[chunk_id("legacy", 1)])
+    let held: usize = stored_ids(&cl, "shrink", 4, &[chunk_id("legacy", 1)])
         .await
         .iter()
         .map(Vec::len)
         .sum();
     assert_eq!(held, 2, "the old chunk 1 stays on both replicas");
-    a.agent.stop(None);
-    b.agent.stop(None);
 }
 
 /// A unit vector of `dim` values, the same for the same `seed`.
@@ -552,7 +458,8 @@ fn vector_doc(n: u64, vector: Vec<f32>) -> Document {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_with_their_own_vectors_are_found_by_vector_queries() {
     let scope = "t-vectors";
-    let mut a = node(scope, 1).await;
+    let mut cl = cluster(scope).await;
+    cl.collection("vec", 2, 1, 384, Metric::Cosine).await;
     let coordinator = Assignment {
         actor_id: "vec-coord/0".into(),
         deployment: "vec-coord".into(),
@@ -561,14 +468,9 @@ async fn documents_with_their_own_vectors_are_found_by_vector_queries() {
         devices: vec![],
         config: r#"{"collection": "vec", "partitions": 2, "embedder": "embedder"}"#.into(),
     };
-    a.run(vec![
-        embedder(),
-        partition("vec", 0, 0),
-        partition("vec", 1, 0),
-        coordinator,
-    ])
-    .await;
-    let c = Coordinator::new(scope, route("vec", 2)).unwrap();
+    cl.extra.insert(1, vec![embedder(), coordinator]);
+    cl.assign();
+    let c = cl.coordinator(route("vec", 2));
 
     // A mixed batch: documents with vectors (one with an empty text) and ones to embed.
     let mut docs: Vec<Document> = (0..40)
@@ -643,7 +545,7 @@ async fn documents_with_their_own_vectors_are_found_by_vector_queries() {
     let ids: Vec<u64> = (0..owl_chunks as u32)
         .map(|i| chunk_id("owls", i))
         .collect();
-    let held: Vec<u64> = stored_ids(scope, "vec", 2, 1, &ids)
+    let held: Vec<u64> = stored_ids(&cl, "vec", 2, &ids)
         .await
         .into_iter()
         .flatten()
@@ -651,6 +553,7 @@ async fn documents_with_their_own_vectors_are_found_by_vector_queries() {
     assert_eq!(held, vec![chunk_id("owls", 0)]);
 
     // The same through the coordinator's JSON call.
+    wait_running(scope, "vec-coord").await;
     let router = Router::new(scope, "vec-coord");
     let ingest = serde_json::json!({ "ingest": [
         { "id": "j-1", "text": "", "vector": unit_vector(1000, 384) },
@@ -676,5 +579,4 @@ async fn documents_with_their_own_vectors_are_found_by_vector_queries() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"j-2\""), "{err}");
-    a.agent.stop(None);
 }

@@ -41,6 +41,7 @@ async fn start_agent(
     let args = AgentArgs {
         node: 1,
         scope: scope.into(),
+        control: arbor_actors::control::memory::MemoryControl::new().control(),
         policy,
         reports,
         data_dir: std::env::temp_dir(),
@@ -528,6 +529,7 @@ async fn undecodable_requests_get_error_replies() {
             data_dir: data.path().to_path_buf(),
             models_dir: arbor_kernels::models::models_dir(None),
             scope: String::new(),
+            control: arbor_actors::control::memory::MemoryControl::new().control(),
         };
         let replica = spawn_replica(kind, ctx, parent.get_cell()).await.unwrap();
         let garbage = Wire::<CallRequest>::from_bytes(vec![0xFF, 0xFF, 0xFF]);

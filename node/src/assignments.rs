@@ -1,8 +1,11 @@
 //! The node's side of placement: what the control plane assigns to this node goes to its node
 //! agent, and what the agent reports goes back through the control plane.
 //!
-//! The watcher follows commits on this node's own copy of the state (`read_local`): the agent
-//! keeps doing what the last applied state says even while there is no quorum. The reporter
+//! The watcher starts nothing until one linearizable read has brought this node's state up
+//! to the leader's (a node restarted after its placements moved must not start the old
+//! ones); then it follows commits on this node's own copy of the state (`read_local`). A node
+//! cut off from the quorum keeps its actors, but its partition replicas stop serving once
+//! its lease runs out (`lease.rs`). The reporter
 //! batches the agent's status changes into one [`Command::SetPlacementStatuses`] per burst and
 //! keeps what it could not deliver for the next try; reports for a generation that was
 //! replaced meanwhile are skipped by the state machine.
@@ -11,6 +14,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use arbor_actors::agent::{AgentArgs, AgentMsg, Assignment, NodeAgent, ReplicaState, StatusReport};
+use arbor_actors::control::Control;
 use arbor_actors::supervision::RestartPolicy;
 use arbor_scheduler::state::{ClusterState, PlacementStatus, StatusUpdate};
 use arbor_scheduler::{Command, RaftHandle, StateEvent};
@@ -29,22 +33,7 @@ const REPORT_RETRY: Duration = Duration::from_millis(300);
 
 /// The actors `state` places on `node`, as the agent wants them. Pure.
 pub fn assignments(state: &ClusterState, node: NodeId) -> Vec<Assignment> {
-    state
-        .placements
-        .values()
-        .filter(|p| p.node == node)
-        .filter_map(|p| {
-            let spec = &state.deployments.get(&p.deployment)?.spec;
-            Some(Assignment {
-                actor_id: p.actor_id.clone(),
-                deployment: p.deployment.clone(),
-                kind: spec.kind.clone(),
-                generation: p.generation,
-                devices: p.devices(),
-                config: spec.config.clone(),
-            })
-        })
-        .collect()
+    Assignment::for_node(state, node)
 }
 
 fn status(state: ReplicaState) -> PlacementStatus {
@@ -72,6 +61,7 @@ impl AgentBridge {
         scope: String,
         policy: RestartPolicy,
         data_dir: std::path::PathBuf,
+        control: Control,
     ) -> Result<AgentBridge, ractor::SpawnErr> {
         let (reports, rx) = mpsc::unbounded_channel();
         let args = AgentArgs {
@@ -81,6 +71,7 @@ impl AgentBridge {
             reports,
             data_dir,
             models_dir: arbor_kernels::models::models_dir(None),
+            control,
         };
         let (agent, _) = Actor::spawn(None, NodeAgent, args).await?;
         let watcher = tokio::spawn(watch(raft.clone(), node, agent.clone()));
@@ -110,6 +101,19 @@ impl AgentBridge {
 
 async fn watch(raft: RaftHandle, node: NodeId, agent: ActorRef<AgentMsg>) {
     let mut events = raft.subscribe();
+    // Caught up with the leader before anything starts.
+    loop {
+        match raft.read(|_| ()).await {
+            Ok(()) => break,
+            Err(arbor_scheduler::ReadError::Stopped) => return,
+            Err(e) => {
+                tracing::info!(
+                    node,
+                    "starting no actor until this node has caught up with the control plane: {e}"
+                );
+            }
+        }
+    }
     let mut last: Option<Vec<Assignment>> = None;
     loop {
         let wanted = match raft.read_local(move |s| assignments(s, node)).await {

@@ -26,6 +26,11 @@ pub enum ControlRequest {
     CreateCollection(CollectionSpec),
     DeleteCollection(String),
     Collections,
+    /// Makes a stale replica its partition's only in-sync replica and primary.
+    PromoteStale {
+        deployment: String,
+        replica: u32,
+    },
 }
 
 /// What a [`ControlRequest`] did.
@@ -38,6 +43,7 @@ pub enum ControlReply {
     CollectionCreated,
     CollectionDeleted,
     Collections(Vec<CollectionReport>),
+    Promoted { epoch: u64 },
 }
 
 /// One collection as `arbor collections` shows it.
@@ -49,8 +55,22 @@ pub struct CollectionReport {
     pub partitions: u32,
     pub replication: u32,
     pub embedder: String,
-    /// Partition replicas running, out of partitions × replication.
+    /// Partition replicas running and in sync, out of partitions × replication.
     pub running: u32,
+    /// Each partition's replica set: who takes writes, who holds every acknowledged write.
+    #[serde(default)]
+    pub replica_sets: Vec<ReplicaSetReport>,
+}
+
+/// One partition's replica set as `arbor collections` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaSetReport {
+    pub partition: u32,
+    pub epoch: u64,
+    /// The replica that takes writes (`None`: no in-sync replica is left).
+    pub primary: Option<u32>,
+    /// The replicas that hold every acknowledged write.
+    pub in_sync: Vec<u32>,
 }
 
 /// Whether a deploy changed anything.
@@ -83,7 +103,8 @@ pub struct ReplicaReport {
     pub replica: u32,
     /// `None` while it waits for a node.
     pub node: Option<NodeId>,
-    /// pending, starting, running, failed, stopped, or lost (its node is down).
+    /// pending, starting, running, failed, stopped, lost (its node is down), or, for a
+    /// partition replica that runs but is not in sync yet, catching-up.
     pub state: String,
     /// Why it failed.
     pub reason: Option<String>,
@@ -186,6 +207,20 @@ pub async fn carry_out(
             let reports = raft.read(collections).await?;
             Ok(ControlReply::Collections(reports))
         }
+        ControlRequest::PromoteStale {
+            deployment,
+            replica,
+        } => match propose(Command::PromoteStale {
+            deployment,
+            replica,
+        })
+        .await?
+        {
+            CommandOutcome::Epoch(epoch) => Ok(ControlReply::Promoted { epoch }),
+            other => Err(ControlError::Unavailable(format!(
+                "unexpected outcome {other:?}"
+            ))),
+        },
     }
 }
 
@@ -211,10 +246,15 @@ pub fn report(state: &ClusterState) -> Vec<DeploymentReport> {
                             .nodes
                             .get(&p.node)
                             .is_none_or(|n| n.liveness == Liveness::Down);
+                        let catching_up = state
+                            .replica_sets
+                            .get(&d.spec.name)
+                            .is_some_and(|set| !set.is_in_sync(p.replica, p.generation));
                         let (name, reason) = match &p.status {
                             _ if down => ("lost", None),
                             PlacementStatus::Pending => ("pending", None),
                             PlacementStatus::Starting => ("starting", None),
+                            PlacementStatus::Running if catching_up => ("catching-up", None),
                             PlacementStatus::Running => ("running", None),
                             PlacementStatus::Failed { reason } => ("failed", Some(reason.clone())),
                             PlacementStatus::Stopped => ("stopped", None),
@@ -264,6 +304,17 @@ pub fn collections(state: &ClusterState) -> Vec<CollectionReport> {
                     running.iter().find(|d| d.name == name).map(|d| d.running)
                 })
                 .sum(),
+            replica_sets: (0..c.partitions)
+                .filter_map(|p| {
+                    let set = state.replica_sets.get(&c.partition_deployment(p))?;
+                    Some(ReplicaSetReport {
+                        partition: p,
+                        epoch: set.epoch,
+                        primary: set.primary,
+                        in_sync: set.in_sync.keys().copied().collect(),
+                    })
+                })
+                .collect(),
         })
         .collect()
 }

@@ -11,6 +11,8 @@ pub mod config;
 pub mod control;
 pub mod deployment_file;
 pub mod gateway;
+pub mod janitor;
+pub mod lease;
 pub mod link;
 pub mod local;
 pub mod logging;

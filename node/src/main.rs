@@ -246,6 +246,18 @@ enum CollectionCommand {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// When every in-sync replica of a partition is gone for good: make another replica its
+    /// only in-sync replica and primary, accepting the loss of what only the lost replicas
+    /// held (printed). Refused while an in-sync replica's node is up.
+    PromoteStale {
+        name: String,
+        partition: u32,
+        /// The replica to promote (see `arbor collections` and `arbor deployments`).
+        #[arg(long)]
+        replica: u32,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -443,7 +455,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             config.node(node)?;
             let secret = config.secret()?;
             let node = Node::start(&config, node, &secret, data_dir.as_deref()).await?;
-            shutdown_signal().await.context("cannot wait for signals")?;
+            tokio::select! {
+                signal = shutdown_signal() => signal.context("cannot wait for signals")?,
+                halt = node.halted() => {
+                    // Its actors are stopped; a supervisor may restart the process once the
+                    // cause (a full disk, a newer version's log) is dealt with.
+                    tracing::error!(node = node.id(), "stopping: {halt}");
+                    anyhow::bail!("node {} stopped: {halt}", node.id());
+                }
+            }
             tracing::info!(node = node.id(), "shutting down");
             node.shutdown().await;
             Ok(())
@@ -679,6 +699,12 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
         CollectionCommand::Delete { name, gateway } => {
             admin::delete_collection(&gateway, name).await
         }
+        CollectionCommand::PromoteStale {
+            name,
+            partition,
+            replica,
+            gateway,
+        } => admin::promote_stale(&gateway, name, partition, replica).await,
     }
 }
 

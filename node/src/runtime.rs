@@ -66,6 +66,8 @@ pub struct Node {
     raft: RaftNode,
     register: tokio::task::JoinHandle<()>,
     agent: AgentBridge,
+    feed: crate::lease::ControlFeed,
+    janitor: tokio::task::JoinHandle<()>,
     reconciler: Reconciler,
     gateway: crate::gateway::Gateway,
 }
@@ -279,15 +281,18 @@ impl Node {
         let (link, _) = Actor::spawn(None, LinkActor, link_args)
             .await
             .map_err(|e| NodeError::Spawn("link", e.to_string()))?;
+        let feed = crate::lease::ControlFeed::start(raft.handle(), config.scheduler.node_timeout);
         let agent = AgentBridge::start(
             raft.handle(),
             id,
             crate::link::scope(&config.cluster.name),
             Default::default(),
             data_dir.join("actors"),
+            feed.control(),
         )
         .await
         .map_err(|e| NodeError::Spawn("node agent", e.to_string()))?;
+        let janitor = crate::janitor::spawn(raft.handle(), id, data_dir.join("actors"));
         // Every node runs one; only the leader's acts.
         let reconciler = Reconciler::spawn(raft.handle(), config.scheduler.reconciler());
         let tokens = crate::gateway::tokens::TokenStore::open(config.tokens_file())?;
@@ -315,9 +320,28 @@ impl Node {
             raft,
             register,
             agent,
+            feed,
+            janitor,
             reconciler,
             gateway,
         })
+    }
+
+    /// Resolves if this node's control plane stops on its own (a storage failure, a committed
+    /// entry it cannot decode): the node must then stop too, since running actors without a
+    /// control plane would serve what has been moved elsewhere. Its actors are stopped first.
+    pub async fn halted(&self) -> arbor_scheduler::Halt {
+        let halt = self.raft.handle().halted().await;
+        self.feed.stop();
+        let _ = self
+            .agent
+            .agent()
+            .stop_and_wait(
+                Some(format!("control plane halted: {halt}")),
+                Some(Duration::from_secs(5)),
+            )
+            .await;
+        halt
     }
 
     /// Where this node's gateway listens.
@@ -366,6 +390,8 @@ impl Node {
     pub async fn shutdown(self) {
         let timeout = Some(Duration::from_secs(5));
         self.register.abort();
+        self.janitor.abort();
+        self.feed.stop();
         self.gateway.shutdown();
         self.reconciler.stop();
         self.agent.shutdown().await;

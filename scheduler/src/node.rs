@@ -158,7 +158,8 @@ pub enum StateEvent {
     Restored { index: u64 },
 }
 
-type ReadFn = Box<dyn FnOnce(&ClusterState) + Send>;
+/// A read, given the applied index and the state at that index.
+type ReadFn = Box<dyn FnOnce(u64, &ClusterState) + Send>;
 type ProposeReply = oneshot::Sender<Result<CommandOutcome, ProposeError>>;
 
 enum Request {
@@ -311,6 +312,15 @@ impl RaftHandle {
         R: Send + 'static,
         F: FnOnce(&ClusterState) -> R + Send + 'static,
     {
+        self.read_at(move |_, s| f(s)).await
+    }
+
+    /// [`RaftHandle::read`], with the applied index the state is at.
+    pub async fn read_at<R, F>(&self, f: F) -> Result<R, ReadError>
+    where
+        R: Send + 'static,
+        F: FnOnce(u64, &ClusterState) -> R + Send + 'static,
+    {
         let rx = self.enqueue(f, |f| Request::Read { f }).await?;
         let timeout = self.client.read_timeout;
         match tokio::time::timeout(timeout, rx).await {
@@ -330,11 +340,11 @@ impl RaftHandle {
     ) -> Result<oneshot::Receiver<R>, ReadError>
     where
         R: Send + 'static,
-        F: FnOnce(&ClusterState) -> R + Send + 'static,
+        F: FnOnce(u64, &ClusterState) -> R + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let f: ReadFn = Box::new(move |s| {
-            let _ = tx.send(f(s));
+        let f: ReadFn = Box::new(move |applied, s| {
+            let _ = tx.send(f(applied, s));
         });
         self.tx
             .send(wrap(f))
@@ -350,6 +360,15 @@ impl RaftHandle {
     where
         R: Send + 'static,
         F: FnOnce(&ClusterState) -> R + Send + 'static,
+    {
+        self.read_local_at(move |_, s| f(s)).await
+    }
+
+    /// [`RaftHandle::read_local`], with the applied index the state is at.
+    pub async fn read_local_at<R, F>(&self, f: F) -> Result<R, ReadError>
+    where
+        R: Send + 'static,
+        F: FnOnce(u64, &ClusterState) -> R + Send + 'static,
     {
         let rx = self.enqueue(f, |f| Request::ReadLocal { f }).await?;
         rx.await.map_err(|_| ReadError::Stopped)
@@ -766,7 +785,7 @@ impl Driver {
                     },
                 );
             }
-            Request::ReadLocal { f } => f(&self.machine.state),
+            Request::ReadLocal { f } => f(self.applied, &self.machine.state),
             Request::Status(tx) => {
                 let _ = tx.send(self.status());
             }
@@ -1036,7 +1055,7 @@ impl Driver {
             .partition(|(index, _)| *index <= applied);
         self.ready_reads = later;
         for (_, f) in now {
-            f(&self.machine.state);
+            f(applied, &self.machine.state);
         }
     }
 

@@ -89,7 +89,7 @@ impl Actor for CoordinatorReplica {
                 ctx.actor_id
             )
         })?;
-        let coordinator = Coordinator::new(ctx.scope.clone(), route)?;
+        let coordinator = Coordinator::new(ctx.scope.clone(), ctx.control.clone(), route)?;
         Ok(CoordinatorState { ctx, coordinator })
     }
 

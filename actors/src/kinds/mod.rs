@@ -129,7 +129,7 @@ impl FromStr for Kind {
 }
 
 /// What a replica knows about itself when it starts.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ReplicaContext {
     pub actor_id: String,
     pub deployment: String,
@@ -146,6 +146,8 @@ pub struct ReplicaContext {
     /// The process-group scope of the cluster, for kinds that call other deployments (a
     /// retrieval coordinator reaches embedders and partitions through it).
     pub scope: String,
+    /// The control plane as this node knows it (partition replica sets, the node's lease).
+    pub control: crate::control::Control,
 }
 
 /// Starts one replica of `kind` as a linked child of `supervisor`, and returns once it is
@@ -218,6 +220,7 @@ pub(crate) mod tests {
             data_dir: std::env::temp_dir(),
             models_dir: std::env::temp_dir(),
             scope: String::new(),
+            control: crate::control::memory::MemoryControl::new().control(),
         }
     }
 

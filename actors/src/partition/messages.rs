@@ -8,6 +8,7 @@ use arbor_kernels::topk::Metric;
 use serde::{Deserialize, Serialize};
 
 use super::filter::MetadataFilter;
+use super::store::Change;
 
 /// One row to store: its id, its vector and its metadata (a JSON object as text; `""` means
 /// `{}`).
@@ -46,28 +47,64 @@ pub struct PartitionStats {
     pub seq: u64,
 }
 
-/// A request to a vector partition.
+/// A write, as the coordinator asks it of a partition's primary and the primary passes it on
+/// to its in-sync followers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum PartitionRequest {
+pub enum WriteOp {
     /// Stores these rows, replacing rows with the same ids.
     Upsert(Vec<VectorRecord>),
     /// Removes the rows with these ids (ids not present are fine).
     Delete(Vec<u64>),
+}
+
+/// A request to a vector partition replica. Writes go to the primary of the partition's
+/// replica set, which orders them and passes them on; reads go to any in-sync replica; the
+/// rest is how a replica catches up with its primary (`kinds/partition/recovery.rs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PartitionRequest {
+    /// A write from a coordinator to the primary, which answers once every in-sync replica
+    /// has it durable. `epoch` is the replica set's epoch as the coordinator knows it: an
+    /// older one is refused ([`PartitionFailure::StaleEpoch`]).
+    Write { epoch: u64, op: WriteOp },
+    /// The primary's write `seq` to an in-sync follower, which applies it only right after
+    /// `seq - 1` and answers [`PartitionFailure::OutOfSync`] otherwise.
+    Replicate { epoch: u64, seq: u64, op: WriteOp },
     /// The `k` best rows for each query; `filter` is a [`MetadataFilter`] as JSON text.
+    /// Answered by in-sync replicas only.
     Search {
         queries: Vec<Vec<f32>>,
         k: u32,
         filter: Option<String>,
     },
-    /// What the partition holds.
+    /// What the replica holds (answered by every replica, in sync or not).
     Stats,
-    /// The stored rows with id > `after` (all when `None`), in id order, at most `limit` (the
-    /// replica lowers a limit that could make the answer too large to travel). Used by a
-    /// replica that catches up; answered only by a replica that is itself caught up.
-    Page { after: Option<u64>, limit: u32 },
     /// The stored rows with these ids (at most [`MAX_GET_IDS`]), in the order asked; ids not
-    /// stored are left out. Answered only by a replica that is caught up.
+    /// stored are left out. Answered by in-sync replicas only.
     Get(Vec<u64>),
+    /// To the primary, from a replica that catches up: where its history (`history`, up to
+    /// its `seq`) parts from the primary's.
+    Diverged { history: Vec<(u64, u64)>, seq: u64 },
+    /// To the primary: the rows and deletes after position `after` (`(seq, id)`), in order.
+    Changes { after: (u64, u64), limit: u32 },
+    /// To the primary: the current state of these ids (a replica undoing writes the primary
+    /// never had).
+    Versions(Vec<u64>),
+    /// To the primary, from a replica that copied everything up to `seq`: the primary sends
+    /// it what came after, then makes it in sync through the control plane.
+    Join {
+        replica: u32,
+        generation: u64,
+        seq: u64,
+    },
+    /// From the primary to a replica that joins (or that it brings back in line): install
+    /// these changes; afterwards it holds everything up to `seq` with the primary's
+    /// `history`.
+    Install {
+        epoch: u64,
+        changes: Vec<Change>,
+        seq: u64,
+        history: Vec<(u64, u64)>,
+    },
 }
 
 /// The most ids one [`PartitionRequest::Get`] may ask for, so that its answer (vectors
@@ -88,28 +125,81 @@ impl PartitionRequest {
 /// A partition's answer to one request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum PartitionAnswer {
-    /// The rows are durable; `seq` is the write's sequence number.
+    /// The rows are durable on every in-sync replica; `seq` is the write's sequence number,
+    /// `epoch` the replica set's epoch once it was acknowledged.
     Written {
         seq: u64,
-        count: u32,
-    },
-    /// The deletion is durable; `count` rows were present and are gone.
-    Deleted {
-        seq: u64,
+        epoch: u64,
         count: u32,
     },
     /// One list of hits per query, best first.
     Hits(Vec<Vec<SearchHit>>),
     Stats(PartitionStats),
-    /// A page of stored rows in id order; `last` is the id to ask after for the next page,
-    /// `None` when this page reached the end.
-    Page {
-        records: Vec<VectorRecord>,
-        last: Option<u64>,
-    },
     /// The rows a [`PartitionRequest::Get`] found.
     Records(Vec<VectorRecord>),
+    /// A follower applied a replicated write, or installed changes: it now holds `seq`.
+    Applied {
+        seq: u64,
+    },
+    /// The answer to [`PartitionRequest::Diverged`]: the replica holds the primary's writes
+    /// up to `common`; `seq` is the primary's own.
+    Common {
+        common: u64,
+        seq: u64,
+    },
+    /// Changes in order; `next` is the position to ask after next (`None`: the end), `seq`
+    /// and `history` the primary's when it read them.
+    Changes {
+        changes: Vec<Change>,
+        next: Option<(u64, u64)>,
+        seq: u64,
+        history: Vec<(u64, u64)>,
+    },
+    /// The answer to [`PartitionRequest::Versions`].
+    Versions(Vec<Change>),
+    /// The replica is in sync from this epoch on.
+    Joined {
+        epoch: u64,
+    },
+}
+
+/// Why a partition replica did not do what it was asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PartitionFailure {
+    /// The request itself is at fault: retrying it anywhere fails the same way.
+    #[error("{0}")]
+    Invalid(String),
+    /// The request carries an older epoch than the replica knows: ask again with `current`.
+    #[error("the request is for epoch {asked}; the replica set is at epoch {current}")]
+    StaleEpoch { asked: u64, current: u64 },
+    /// This replica is not the primary (as far as it knows, at `epoch`).
+    #[error("this replica is not the primary of its partition at epoch {epoch}")]
+    NotPrimary { epoch: u64 },
+    /// This replica is not in sync, so it does not answer reads.
+    #[error("this replica is not in sync (it is catching up with its primary)")]
+    NotInSync,
+    /// The replica's node has not confirmed contact with the control plane recently: it may
+    /// have been replaced, so it neither serves nor acknowledges.
+    #[error(
+        "this replica's node lost contact with the control plane; it serves again once it has it back"
+    )]
+    Fenced,
+    /// A follower does not hold the write just before this one: it holds up to `seq`, with
+    /// `history`.
+    #[error("this replica holds writes up to {seq}, not the one before")]
+    OutOfSync { seq: u64, history: Vec<(u64, u64)> },
+    /// The write could not be made durable everywhere it had to be (a replica set that could
+    /// not change, storage that failed); it may or may not have been applied.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl PartitionFailure {
+    /// Failures that another try (after the replica set changed) may not meet.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, PartitionFailure::Invalid(_))
+    }
 }
 
 /// The answer, or why the request failed.
-pub type PartitionReply = Result<PartitionAnswer, String>;
+pub type PartitionReply = Result<PartitionAnswer, PartitionFailure>;

@@ -14,6 +14,8 @@
 pub mod filter;
 pub mod messages;
 pub mod metadata;
+pub mod remote;
+pub mod replication;
 pub mod store;
 
 use std::path::Path;
@@ -23,11 +25,14 @@ use arbor_kernels::topk::{ExactIndex, Hit, Metric, TopKError, VectorIndex};
 
 pub use filter::{FilterError, MetadataFilter};
 pub use messages::{
-    MAX_GET_IDS, PartitionAnswer, PartitionReply, PartitionRequest, PartitionStats, SearchHit,
-    VectorRecord,
+    MAX_GET_IDS, PartitionAnswer, PartitionFailure, PartitionReply, PartitionRequest,
+    PartitionStats, SearchHit, VectorRecord, WriteOp,
 };
 use metadata::{MetadataTable, Verdict};
-pub use store::{CheckedBatch, InvalidInput, Store, StoreError, StoredRecord, store_path};
+pub use store::{
+    Change, CheckedBatch, History, InvalidInput, Store, StoreError, StoreName, StoredRecord,
+    store_path,
+};
 
 use crate::wire::MAX_PAYLOAD_BYTES;
 
@@ -166,11 +171,54 @@ impl Partition {
         self.store.seq()
     }
 
+    /// The epochs this replica holds writes of (see [`replication`]).
+    pub fn history(&self) -> &History {
+        self.store.history()
+    }
+
+    /// Whether the file was created when this partition opened it.
+    pub fn created(&self) -> bool {
+        self.store.created()
+    }
+
+    /// Checks a write without doing it: what would refuse it refuses it here, before any
+    /// replica is asked to store it.
+    pub fn check(&self, op: &WriteOp) -> Result<(), PartitionError> {
+        match op {
+            WriteOp::Upsert(records) => {
+                let batch = CheckedBatch::new(self.dim, records.clone())?;
+                self.check_half_range(&batch)?;
+            }
+            WriteOp::Delete(ids) => {
+                if ids.len() > store::MAX_DELETE_IDS {
+                    return Err(InvalidInput::TooManyIds {
+                        ids: ids.len(),
+                        max: store::MAX_DELETE_IDS,
+                    }
+                    .into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one write as the next sequence number, made in `epoch`.
+    pub fn write(&mut self, op: WriteOp, epoch: u64) -> Result<WriteAck, PartitionError> {
+        match op {
+            WriteOp::Upsert(records) => self.upsert(records, epoch),
+            WriteOp::Delete(ids) => self.delete(&ids, epoch),
+        }
+    }
+
     /// Stores rows (replacing rows with the same ids): checked, made durable, then searchable.
-    pub fn upsert(&mut self, records: Vec<VectorRecord>) -> Result<WriteAck, PartitionError> {
+    pub fn upsert(
+        &mut self,
+        records: Vec<VectorRecord>,
+        epoch: u64,
+    ) -> Result<WriteAck, PartitionError> {
         let batch = CheckedBatch::new(self.dim, records)?;
         self.check_half_range(&batch)?;
-        let seq = self.store.upsert(&batch)?;
+        let seq = self.store.upsert(&batch, epoch)?;
         let count = batch.len();
         if let Err(e) = self.index.upsert(batch.ids(), batch.vectors()) {
             return Err(PartitionError::Diverged {
@@ -185,8 +233,8 @@ impl Partition {
     }
 
     /// Removes rows by id (absent ids are fine): made durable, then gone from searches.
-    pub fn delete(&mut self, ids: &[u64]) -> Result<WriteAck, PartitionError> {
-        let (seq, count) = self.store.delete(ids)?;
+    pub fn delete(&mut self, ids: &[u64], epoch: u64) -> Result<WriteAck, PartitionError> {
+        let (seq, count) = self.store.delete(ids, epoch)?;
         if let Err(e) = self.index.remove(ids) {
             return Err(PartitionError::Diverged {
                 seq,
@@ -197,6 +245,73 @@ impl Partition {
             self.metadata.remove(id);
         }
         Ok(WriteAck { seq, count })
+    }
+
+    /// Installs changes copied from the primary (see [`Store::install`]): durable first, then
+    /// in memory.
+    pub fn install(
+        &mut self,
+        changes: &[Change],
+        seq: u64,
+        history: &[(u64, u64)],
+    ) -> Result<(), PartitionError> {
+        let done = self.store.install(changes, seq, history)?;
+        let diverged = |reason: String| PartitionError::Diverged { seq, reason };
+        let (mut ids, mut vectors, mut gone) = (Vec::new(), Vec::new(), Vec::new());
+        for (id, row) in done {
+            match row {
+                Some(r) => {
+                    let map = store::parse_metadata(id, &r.metadata)
+                        .map_err(|e| diverged(e.to_string()))?;
+                    self.metadata.insert(id, &map);
+                    ids.push(id);
+                    vectors.extend_from_slice(&r.vector);
+                }
+                None => {
+                    self.metadata.remove(id);
+                    gone.push(id);
+                }
+            }
+        }
+        self.index
+            .upsert(&ids, &vectors)
+            .and_then(|()| self.index.remove(&gone).map(|_| ()))
+            .map_err(|e| diverged(e.to_string()))
+    }
+
+    /// Forgets every row (see [`Store::reset`]).
+    pub fn reset(&mut self) -> Result<(), PartitionError> {
+        let ids = self.store.reset()?;
+        self.index
+            .remove(&ids)
+            .map_err(|e| PartitionError::Diverged {
+                seq: 0,
+                reason: e.to_string(),
+            })?;
+        for id in ids {
+            self.metadata.remove(id);
+        }
+        Ok(())
+    }
+
+    /// See [`Store::changes_after`].
+    pub fn changes_after(
+        &self,
+        after: (u64, u64),
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Change>, Option<(u64, u64)>), PartitionError> {
+        Ok(self.store.changes_after(after, limit, max_bytes)?)
+    }
+
+    /// See [`Store::versions`].
+    pub fn versions(&self, ids: &[u64]) -> Result<Vec<Change>, PartitionError> {
+        Ok(self.store.versions(ids)?)
+    }
+
+    /// See [`Store::written_after`].
+    pub fn written_after(&self, seq: u64) -> Result<Vec<u64>, PartitionError> {
+        Ok(self.store.written_after(seq)?)
     }
 
     /// The GPU keeps rows as fp16: refuse, before anything is written, a row it could not
@@ -330,39 +445,6 @@ impl Partition {
         }
     }
 
-    /// A page of stored rows, read from disk in id order: those with id > `after` (all when
-    /// `None`), at most `limit` and about `max_bytes` of them. The second value is the id to
-    /// ask after for the next page, `None` when this page reaches the end.
-    pub fn page(
-        &self,
-        after: Option<u64>,
-        limit: usize,
-        max_bytes: usize,
-    ) -> Result<(Vec<VectorRecord>, Option<u64>), PartitionError> {
-        let start = match after {
-            None => 0,
-            Some(a) => match a.checked_add(1) {
-                Some(s) => s,
-                None => return Ok((Vec::new(), None)),
-            },
-        };
-        let (rows, more) = self.store.scan(start..=u64::MAX, limit, max_bytes)?;
-        let last = if more {
-            rows.last().map(|r| r.id)
-        } else {
-            None
-        };
-        let records = rows
-            .into_iter()
-            .map(|r| VectorRecord {
-                id: r.id,
-                vector: r.vector,
-                metadata: r.metadata,
-            })
-            .collect();
-        Ok((records, last))
-    }
-
     /// The stored rows with these ids, read from disk in the order asked; ids not stored are
     /// left out.
     pub fn get(&self, ids: &[u64]) -> Result<Vec<VectorRecord>, PartitionError> {
@@ -384,14 +466,6 @@ impl Partition {
             .collect())
     }
 
-    /// The stored rows with ids in `ids`, read from disk in id order.
-    pub fn stored_range(
-        &self,
-        ids: std::ops::RangeInclusive<u64>,
-    ) -> Result<Vec<StoredRecord>, PartitionError> {
-        Ok(self.store.scan(ids, usize::MAX, usize::MAX)?.0)
-    }
-
     /// Every stored row, read from disk (for checks and, later, for rebuilding a replica).
     pub fn stored(&self) -> Result<Vec<StoredRecord>, PartitionError> {
         Ok(self.store.load_all()?)
@@ -401,6 +475,15 @@ impl Partition {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_name(partition: u32) -> StoreName {
+        StoreName {
+            collection: "c".into(),
+            incarnation: 1,
+            partition,
+            generation: 1,
+        }
+    }
     use serde_json::{Value, json};
 
     fn rec(id: u64, vector: Vec<f32>, metadata: Value) -> VectorRecord {
@@ -414,14 +497,17 @@ mod tests {
     #[test]
     fn write_search_filter_delete_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let path = store_path(dir.path(), "c", 0);
+        let path = store_path(dir.path(), &test_name(0));
         let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
         let ack = p
-            .upsert(vec![
-                rec(1, vec![1.0, 0.0], json!({"lang": "en", "page": 1})),
-                rec(2, vec![0.9, 0.1], json!({"lang": "fr", "page": 2})),
-                rec(3, vec![0.5, 0.5], json!({"lang": "en", "page": 3})),
-            ])
+            .upsert(
+                vec![
+                    rec(1, vec![1.0, 0.0], json!({"lang": "en", "page": 1})),
+                    rec(2, vec![0.9, 0.1], json!({"lang": "fr", "page": 2})),
+                    rec(3, vec![0.5, 0.5], json!({"lang": "en", "page": 3})),
+                ],
+                1,
+            )
             .unwrap();
         assert_eq!(ack, WriteAck { seq: 1, count: 3 });
         let q = vec![vec![1.0, 0.0]];
@@ -436,7 +522,7 @@ mod tests {
         assert_eq!(got[0].vector, [0.5, 0.5]);
         assert_eq!(got[0].metadata, r#"{"lang":"en","page":3}"#);
         assert!(p.get(&vec![1; MAX_GET_IDS + 1]).is_err());
-        assert_eq!(p.delete(&[1]).unwrap(), WriteAck { seq: 2, count: 1 });
+        assert_eq!(p.delete(&[1], 1).unwrap(), WriteAck { seq: 2, count: 1 });
         let hits = p.search(&q, 2, Some(&en)).unwrap();
         assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), [3]);
         let before = p.stats();
@@ -455,13 +541,14 @@ mod tests {
     #[test]
     fn filters_on_long_text_are_decided_from_disk() {
         let dir = tempfile::tempdir().unwrap();
-        let path = store_path(dir.path(), "c", 0);
+        let path = store_path(dir.path(), &test_name(0));
         let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
         let text = |i: u64| format!("{i} {}", "long text ".repeat(20));
         p.upsert(
             (0..50)
                 .map(|i| rec(i, vec![1.0, i as f32], json!({"text": text(i), "n": i})))
                 .collect(),
+            1,
         )
         .unwrap();
         let wanted = MetadataFilter::Equal {
@@ -488,8 +575,13 @@ mod tests {
     #[test]
     fn bad_searches_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let p =
-            Partition::open(&store_path(dir.path(), "c", 0), 2, Metric::L2, Device::Cpu).unwrap();
+        let p = Partition::open(
+            &store_path(dir.path(), &test_name(0)),
+            2,
+            Metric::L2,
+            Device::Cpu,
+        )
+        .unwrap();
         let err = |q: Vec<Vec<f32>>, k| p.search(&q, k, None).unwrap_err().to_string();
         assert!(err(vec![vec![1.0]], 1).contains("dimension is 2"));
         assert!(err(vec![vec![1.0, f32::NAN]], 1).contains("non-finite"));

@@ -3,13 +3,19 @@
 //! Every write (an upsert batch or a delete batch) is ONE redb write transaction, committed
 //! with redb's default `Durability::Immediate` (fsync) before the call returns: a write that
 //! was acknowledged survives a crash or a power loss. Each write takes the next sequence
-//! number, stored with every row it touched (and with a tombstone for every id it deleted), so
-//! that replication can later ask "everything since N" and apply a primary's writes in order.
+//! number, stored with every row it touched (and with a tombstone for every id it deleted),
+//! and the epoch it was written in, so that replication can ask "everything after N"
+//! ([`Store::changes_after`]) and find where two replicas' histories part
+//! (`partition::replication`).
 //!
 //! Tables:
 //! - `records`: id -> `seq (u64 LE) | vector (dim × f32 LE) | metadata (UTF-8 JSON object)`
 //! - `tombstones`: id -> seq of the delete (dropped again when the id is written anew)
-//! - `meta`: `dim`, `metric`, `seq`, so a file is never reopened with another shape.
+//! - `changes`: (seq, id) -> 1 for a row, 0 for a tombstone: one entry per id, at its last
+//!   write, so the rows and deletes after a sequence number are a range scan
+//! - `epochs`: epoch -> the first sequence number written in it (the replica's history)
+//! - `meta`: `shape` (dimension and metric, so a file is never reopened with another shape)
+//!   and `seq`.
 //!
 //! Input is checked before anything is written ([`CheckedBatch`]); a refused batch changes
 //! nothing.
@@ -25,7 +31,11 @@ use super::messages::VectorRecord;
 
 const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
 const TOMBSTONES: TableDefinition<u64, u64> = TableDefinition::new("tombstones");
+const CHANGES: TableDefinition<(u64, u64), u8> = TableDefinition::new("changes");
+const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const ROW: u8 = 1;
+const GONE: u8 = 0;
 
 /// The most rows one upsert may carry (a batch of 384-dim rows is about 15 MiB; the wire
 /// limit of 8 MiB is usually reached first).
@@ -225,6 +235,40 @@ pub struct StoredRecord {
     pub metadata: String,
 }
 
+/// One row's state after a write, as replication carries it: the row, or that it is gone,
+/// with the sequence number of the write that made it so.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub enum Change {
+    Row {
+        seq: u64,
+        record: VectorRecord,
+    },
+    /// Deleted at `seq` (0: never stored, or deleted before anything remembers).
+    Gone {
+        seq: u64,
+        id: u64,
+    },
+}
+
+impl Change {
+    pub fn id(&self) -> u64 {
+        match self {
+            Change::Row { record, .. } => record.id,
+            Change::Gone { id, .. } => *id,
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        match self {
+            Change::Row { seq, .. } | Change::Gone { seq, .. } => *seq,
+        }
+    }
+}
+
+/// A replica's history: each epoch it holds writes of, with the first sequence number
+/// written in it, in increasing order of both.
+pub type History = Vec<(u64, u64)>;
+
 /// A partition replica's redb file.
 pub struct Store {
     db: Database,
@@ -232,6 +276,9 @@ pub struct Store {
     dim: usize,
     metric: Metric,
     seq: u64,
+    history: History,
+    /// The file did not exist before this store opened it.
+    created: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -250,6 +297,7 @@ impl Store {
     /// components compared by `metric`. An existing file of another shape is refused.
     pub fn open(path: &Path, dim: usize, metric: Metric) -> Result<Self, StoreError> {
         let p = path.display().to_string();
+        let created = !path.exists();
         if dim == 0 || dim > MAX_DIM {
             return Err(StoreError::Mismatch {
                 path: p,
@@ -278,6 +326,8 @@ impl Store {
             dim,
             metric,
             seq: 0,
+            history: Vec::new(),
+            created,
         };
         store.init()?;
         Ok(store)
@@ -292,6 +342,14 @@ impl Store {
         {
             txn.open_table(RECORDS).map_err(|e| redb_err(&p, e))?;
             txn.open_table(TOMBSTONES).map_err(|e| redb_err(&p, e))?;
+            txn.open_table(CHANGES).map_err(|e| redb_err(&p, e))?;
+            let epochs = txn.open_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
+            self.history = epochs
+                .iter()
+                .map_err(|e| redb_err(&p, e))?
+                .map(|row| row.map(|(e, s)| (e.value(), s.value())))
+                .collect::<Result<_, _>>()
+                .map_err(|e| redb_err(&p, e))?;
             let mut meta = txn.open_table(META).map_err(|e| redb_err(&p, e))?;
             let stored = meta
                 .get("shape")
@@ -341,9 +399,20 @@ impl Store {
         self.seq
     }
 
-    /// Stores a checked batch in one durable transaction and returns its sequence number.
-    /// An empty batch writes nothing and returns the current one.
-    pub fn upsert(&mut self, batch: &CheckedBatch) -> Result<u64, StoreError> {
+    /// The epochs this replica holds writes of, each with its first sequence number.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Whether this store's file was created when it was opened (it was not there before).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Stores a checked batch in one durable transaction as the next write, made in `epoch`,
+    /// and returns its sequence number. An empty batch writes nothing and returns the current
+    /// one.
+    pub fn upsert(&mut self, batch: &CheckedBatch, epoch: u64) -> Result<u64, StoreError> {
         if batch.vectors.len() != batch.ids.len() * self.dim {
             return Err(InvalidInput::WrongDimension {
                 id: batch.ids.first().copied().unwrap_or_default(),
@@ -359,8 +428,7 @@ impl Store {
         let p = self.path.clone();
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
         {
-            let mut records = txn.open_table(RECORDS).map_err(|e| redb_err(&p, e))?;
-            let mut tombstones = txn.open_table(TOMBSTONES).map_err(|e| redb_err(&p, e))?;
+            let mut t = Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
             let mut value = Vec::new();
             for ((&id, vector), (_, text)) in batch
                 .ids
@@ -369,21 +437,38 @@ impl Store {
                 .zip(&batch.metadata)
             {
                 encode_record(&mut value, seq, vector, text);
-                records
-                    .insert(id, value.as_slice())
-                    .map_err(|e| redb_err(&p, e))?;
-                tombstones.remove(id).map_err(|e| redb_err(&p, e))?;
+                t.put_row(id, seq, &value).map_err(|e| redb_err(&p, e))?;
             }
             set_seq(&txn, seq).map_err(|e| redb_err(&p, e))?;
         }
+        let history = self
+            .note_epoch(&txn, epoch, seq)
+            .map_err(|e| redb_err(&p, e))?;
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = seq;
+        self.history = history;
         Ok(seq)
     }
 
-    /// Removes these ids in one durable transaction, leaving a tombstone for each; returns
-    /// the write's sequence number and how many rows were present.
-    pub fn delete(&mut self, ids: &[u64]) -> Result<(u64, usize), StoreError> {
+    /// Records `epoch` in the history if `seq` is its first write; returns the new history.
+    fn note_epoch(
+        &self,
+        txn: &redb::WriteTransaction,
+        epoch: u64,
+        seq: u64,
+    ) -> Result<History, redb::Error> {
+        let mut history = self.history.clone();
+        if history.last().is_none_or(|(e, _)| *e < epoch) {
+            txn.open_table(EPOCHS)?.insert(epoch, seq)?;
+            history.push((epoch, seq));
+        }
+        Ok(history)
+    }
+
+    /// Removes these ids in one durable transaction as the next write, made in `epoch`,
+    /// leaving a tombstone for each; returns the write's sequence number and how many rows
+    /// were present.
+    pub fn delete(&mut self, ids: &[u64], epoch: u64) -> Result<(u64, usize), StoreError> {
         if ids.len() > MAX_DELETE_IDS {
             return Err(InvalidInput::TooManyIds {
                 ids: ids.len(),
@@ -399,19 +484,217 @@ impl Store {
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
         let mut removed = 0;
         {
-            let mut records = txn.open_table(RECORDS).map_err(|e| redb_err(&p, e))?;
-            let mut tombstones = txn.open_table(TOMBSTONES).map_err(|e| redb_err(&p, e))?;
+            let mut t = Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
             for &id in ids {
-                if records.remove(id).map_err(|e| redb_err(&p, e))?.is_some() {
+                if t.put_gone(id, seq).map_err(|e| redb_err(&p, e))? {
                     removed += 1;
                 }
-                tombstones.insert(id, seq).map_err(|e| redb_err(&p, e))?;
             }
             set_seq(&txn, seq).map_err(|e| redb_err(&p, e))?;
         }
+        let history = self
+            .note_epoch(&txn, epoch, seq)
+            .map_err(|e| redb_err(&p, e))?;
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = seq;
+        self.history = history;
         Ok((seq, removed))
+    }
+
+    /// Installs changes copied from a primary, each with its own sequence number, in one
+    /// durable transaction; then this store holds everything up to `seq` and its history is
+    /// `history` (the primary's, up to `seq`). Returns the ids whose rows changed and the
+    /// rows now stored for them (`None`: gone), for the in-memory side.
+    pub fn install(
+        &mut self,
+        changes: &[Change],
+        seq: u64,
+        history: &[(u64, u64)],
+    ) -> Result<Vec<(u64, Option<StoredRecord>)>, StoreError> {
+        let p = self.path.clone();
+        let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
+        let mut out = Vec::with_capacity(changes.len());
+        {
+            let mut t = Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
+            let mut value = Vec::new();
+            for c in changes {
+                match c {
+                    Change::Row { seq, record } => {
+                        if record.vector.len() != self.dim {
+                            return Err(InvalidInput::WrongDimension {
+                                id: record.id,
+                                got: record.vector.len(),
+                                dim: self.dim,
+                            }
+                            .into());
+                        }
+                        encode_record(&mut value, *seq, &record.vector, &record.metadata);
+                        t.put_row(record.id, *seq, &value)
+                            .map_err(|e| redb_err(&p, e))?;
+                        out.push((
+                            record.id,
+                            Some(StoredRecord {
+                                id: record.id,
+                                seq: *seq,
+                                vector: record.vector.clone(),
+                                metadata: record.metadata.clone(),
+                            }),
+                        ));
+                    }
+                    Change::Gone { seq, id } => {
+                        t.put_gone(*id, *seq).map_err(|e| redb_err(&p, e))?;
+                        out.push((*id, None));
+                    }
+                }
+            }
+            set_seq(&txn, seq).map_err(|e| redb_err(&p, e))?;
+            let mut epochs = txn.open_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
+            for (e, _) in &self.history {
+                epochs.remove(*e).map_err(|e| redb_err(&p, e))?;
+            }
+            for (e, s) in history.iter().filter(|(_, s)| *s <= seq) {
+                epochs.insert(*e, *s).map_err(|e| redb_err(&p, e))?;
+            }
+        }
+        txn.commit().map_err(|e| redb_err(&p, e))?;
+        self.seq = seq;
+        self.history = history.iter().copied().filter(|(_, s)| *s <= seq).collect();
+        Ok(out)
+    }
+
+    /// Forgets everything: rows, tombstones, history and sequence number (a replica whose
+    /// history shares nothing with its primary's copies everything anew). Returns the ids
+    /// that were stored.
+    pub fn reset(&mut self) -> Result<Vec<u64>, StoreError> {
+        let p = self.path.clone();
+        let ids: Vec<u64> = {
+            let txn = self.db.begin_read().map_err(|e| redb_err(&p, e))?;
+            let records = txn.open_table(RECORDS).map_err(|e| redb_err(&p, e))?;
+            records
+                .iter()
+                .map_err(|e| redb_err(&p, e))?
+                .map(|row| row.map(|(id, _)| id.value()))
+                .collect::<Result<_, _>>()
+                .map_err(|e| redb_err(&p, e))?
+        };
+        let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
+        {
+            txn.delete_table(RECORDS).map_err(|e| redb_err(&p, e))?;
+            txn.delete_table(TOMBSTONES).map_err(|e| redb_err(&p, e))?;
+            txn.delete_table(CHANGES).map_err(|e| redb_err(&p, e))?;
+            txn.delete_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
+            Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
+            txn.open_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
+            set_seq(&txn, 0).map_err(|e| redb_err(&p, e))?;
+        }
+        txn.commit().map_err(|e| redb_err(&p, e))?;
+        self.seq = 0;
+        self.history.clear();
+        Ok(ids)
+    }
+
+    /// The rows and deletes after `after` (a `(seq, id)` position) in `(seq, id)` order: at
+    /// most `limit`, and no more once about `max_bytes` (always at least one). The second
+    /// value is the position to ask after next, `None` when the end was reached. A row
+    /// written again meanwhile moves past the position, so it is seen again later.
+    pub fn changes_after(
+        &self,
+        after: (u64, u64),
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Change>, Option<(u64, u64)>), StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
+        let changes = txn.open_table(CHANGES).map_err(|e| redb_err(p, e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let start = match after.1.checked_add(1) {
+            Some(id) => (after.0, id),
+            None => match after.0.checked_add(1) {
+                Some(seq) => (seq, 0),
+                None => return Ok((out, None)),
+            },
+        };
+        let mut last = None;
+        for row in changes.range(start..).map_err(|e| redb_err(p, e))? {
+            if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
+                return Ok((out, last));
+            }
+            let (key, kind) = row.map_err(|e| redb_err(p, e))?;
+            let (seq, id) = key.value();
+            last = Some((seq, id));
+            if kind.value() == ROW {
+                let value = records
+                    .get(id)
+                    .map_err(|e| redb_err(p, e))?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        path: p.clone(),
+                        detail: format!("change ({seq}, {id}) names a row that is not stored"),
+                    })?;
+                let value = value.value();
+                bytes = bytes.saturating_add(value.len() + 32);
+                let r = self.decode_record(id, value)?;
+                out.push(Change::Row {
+                    seq,
+                    record: VectorRecord {
+                        id,
+                        vector: r.vector,
+                        metadata: r.metadata,
+                    },
+                });
+            } else {
+                bytes = bytes.saturating_add(24);
+                out.push(Change::Gone { seq, id });
+            }
+        }
+        Ok((out, None))
+    }
+
+    /// The current state of each id, in the order asked: its row, or that it is gone (with
+    /// the seq of its tombstone, 0 when there is none).
+    pub fn versions(&self, ids: &[u64]) -> Result<Vec<Change>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
+        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let tombstones = txn.open_table(TOMBSTONES).map_err(|e| redb_err(p, e))?;
+        ids.iter()
+            .map(|&id| match records.get(id).map_err(|e| redb_err(p, e))? {
+                Some(value) => {
+                    let r = self.decode_record(id, value.value())?;
+                    Ok(Change::Row {
+                        seq: r.seq,
+                        record: VectorRecord {
+                            id,
+                            vector: r.vector,
+                            metadata: r.metadata,
+                        },
+                    })
+                }
+                None => {
+                    let seq = tombstones
+                        .get(id)
+                        .map_err(|e| redb_err(p, e))?
+                        .map_or(0, |g| g.value());
+                    Ok(Change::Gone { seq, id })
+                }
+            })
+            .collect()
+    }
+
+    /// The ids written (stored or deleted) after sequence number `seq`, in write order.
+    pub fn written_after(&self, seq: u64) -> Result<Vec<u64>, StoreError> {
+        let p = &self.path;
+        let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
+        let changes = txn.open_table(CHANGES).map_err(|e| redb_err(p, e))?;
+        let Some(from) = seq.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        changes
+            .range((from, 0)..)
+            .map_err(|e| redb_err(p, e))?
+            .map(|row| row.map(|(k, _)| k.value().1).map_err(|e| redb_err(p, e)))
+            .collect()
     }
 
     /// Calls `f` with every stored row, in id order, without holding them all at once.
@@ -576,6 +859,62 @@ fn encode_record(out: &mut Vec<u8>, seq: u64, vector: &[f32], metadata: &str) {
     out.extend_from_slice(metadata.as_bytes());
 }
 
+/// The tables a write touches, kept consistent: one `changes` entry per id, at its last
+/// write.
+struct Tables<'t> {
+    records: redb::Table<'t, u64, &'static [u8]>,
+    tombstones: redb::Table<'t, u64, u64>,
+    changes: redb::Table<'t, (u64, u64), u8>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, redb::Error> {
+        Ok(Tables {
+            records: txn.open_table(RECORDS)?,
+            tombstones: txn.open_table(TOMBSTONES)?,
+            changes: txn.open_table(CHANGES)?,
+        })
+    }
+
+    /// Forgets where `id` was last written (its row's or its tombstone's change entry).
+    fn forget(&mut self, id: u64, old_row: Option<u64>) -> Result<(), redb::Error> {
+        if let Some(seq) = old_row {
+            self.changes.remove((seq, id))?;
+        }
+        if let Some(seq) = self.tombstones.remove(id)?.map(|g| g.value()) {
+            self.changes.remove((seq, id))?;
+        }
+        Ok(())
+    }
+
+    /// Stores `id`'s encoded row, written at `seq`.
+    fn put_row(&mut self, id: u64, seq: u64, value: &[u8]) -> Result<(), redb::Error> {
+        let old = self.records.insert(id, value)?.map(|g| row_seq(g.value()));
+        self.forget(id, old)?;
+        self.changes.insert((seq, id), ROW)?;
+        Ok(())
+    }
+
+    /// Deletes `id` at `seq`, leaving a tombstone; true if a row was there.
+    fn put_gone(&mut self, id: u64, seq: u64) -> Result<bool, redb::Error> {
+        let old = self.records.remove(id)?.map(|g| row_seq(g.value()));
+        self.forget(id, old)?;
+        if seq > 0 {
+            self.tombstones.insert(id, seq)?;
+            self.changes.insert((seq, id), GONE)?;
+        }
+        Ok(old.is_some())
+    }
+}
+
+/// The sequence number at the front of an encoded row.
+fn row_seq(value: &[u8]) -> u64 {
+    value
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
+}
+
 fn set_seq(txn: &redb::WriteTransaction, seq: u64) -> Result<(), redb::Error> {
     let mut meta = txn.open_table(META)?;
     meta.insert("seq", seq.to_le_bytes().as_slice())?;
@@ -589,16 +928,71 @@ fn redb_err(path: &str, e: impl Into<redb::Error>) -> StoreError {
     }
 }
 
+/// Which replica a partition file belongs to. Its name says it all, so that a node can tell
+/// the files of deleted collections and of moved replicas from those it still serves.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StoreName {
+    pub collection: String,
+    /// The collection's incarnation: a collection created again has another one.
+    pub incarnation: u64,
+    pub partition: u32,
+    /// The placement's generation: a replica placed anew starts from an empty file.
+    pub generation: u64,
+}
+
+impl StoreName {
+    /// `docs~i3~p0~g17.redb` (`~` is not allowed in collection names).
+    pub fn file_name(&self) -> String {
+        format!(
+            "{}~i{}~p{}~g{}.redb",
+            self.collection, self.incarnation, self.partition, self.generation
+        )
+    }
+
+    /// The name a [`StoreName::file_name`] gave, or `None` for any other file.
+    pub fn parse(file_name: &str) -> Option<StoreName> {
+        let stem = file_name.strip_suffix(".redb")?;
+        let mut parts = stem.split('~');
+        let collection = parts.next()?.to_string();
+        let mut number =
+            |tag: char| -> Option<u64> { parts.next()?.strip_prefix(tag)?.parse().ok() };
+        let incarnation = number('i')?;
+        let partition = u32::try_from(number('p')?).ok()?;
+        let generation = number('g')?;
+        if parts.next().is_some() || collection.is_empty() {
+            return None;
+        }
+        Some(StoreName {
+            collection,
+            incarnation,
+            partition,
+            generation,
+        })
+    }
+}
+
+/// The folder of a node's data folder that holds partition files.
+pub fn partitions_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("partitions")
+}
+
 /// Where a partition replica keeps its file under a node's data folder.
-pub fn store_path(data_dir: &Path, collection: &str, partition: u32) -> PathBuf {
-    data_dir
-        .join("partitions")
-        .join(format!("{collection}-{partition}.redb"))
+pub fn store_path(data_dir: &Path, name: &StoreName) -> PathBuf {
+    partitions_dir(data_dir).join(name.file_name())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn test_name(partition: u32) -> StoreName {
+        StoreName {
+            collection: "c".into(),
+            incarnation: 1,
+            partition,
+            generation: 1,
+        }
+    }
 
     fn record(id: u64, vector: Vec<f32>, metadata: &str) -> VectorRecord {
         VectorRecord {
@@ -615,7 +1009,7 @@ mod tests {
     #[test]
     fn writes_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let path = store_path(dir.path(), "c", 3);
+        let path = store_path(dir.path(), &test_name(3));
         {
             let mut store = Store::open(&path, 2, Metric::Cosine).unwrap();
             let b = batch(vec![
@@ -623,10 +1017,10 @@ mod tests {
                 record(2, vec![3.0, 4.0], ""),
                 record(3, vec![5.0, 6.0], r#"{"b": "x"}"#),
             ]);
-            assert_eq!(store.upsert(&b).unwrap(), 1);
-            assert_eq!(store.delete(&[2, 99]).unwrap(), (2, 1));
+            assert_eq!(store.upsert(&b, 1).unwrap(), 1);
+            assert_eq!(store.delete(&[2, 99], 1).unwrap(), (2, 1));
             let b = batch(vec![record(3, vec![7.0, 8.0], r#"{"b": "y"}"#)]);
-            assert_eq!(store.upsert(&b).unwrap(), 3);
+            assert_eq!(store.upsert(&b, 1).unwrap(), 3);
         }
         let store = Store::open(&path, 2, Metric::Cosine).unwrap();
         assert_eq!(store.seq(), 3);
@@ -660,7 +1054,7 @@ mod tests {
     #[test]
     fn a_second_open_is_refused_while_the_first_lives() {
         let dir = tempfile::tempdir().unwrap();
-        let path = store_path(dir.path(), "c", 0);
+        let path = store_path(dir.path(), &test_name(0));
         let _first = Store::open(&path, 2, Metric::Dot).unwrap();
         assert!(matches!(
             Store::open(&path, 2, Metric::Dot),
@@ -671,10 +1065,10 @@ mod tests {
     #[test]
     fn bad_batches_are_refused_and_change_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let path = store_path(dir.path(), "c", 0);
+        let path = store_path(dir.path(), &test_name(0));
         let mut store = Store::open(&path, 2, Metric::Dot).unwrap();
         store
-            .upsert(&batch(vec![record(1, vec![1.0, 1.0], "{}")]))
+            .upsert(&batch(vec![record(1, vec![1.0, 1.0], "{}")]), 1)
             .unwrap();
         let bad: Vec<(Vec<VectorRecord>, &str)> = vec![
             (vec![record(2, vec![1.0], "{}")], "dimension is 2"),
@@ -714,7 +1108,7 @@ mod tests {
             let err = CheckedBatch::new(2, records).unwrap_err().to_string();
             assert!(err.contains(why), "{err} (wanted {why})");
         }
-        let err = store.delete(&vec![1; MAX_DELETE_IDS + 1]).unwrap_err();
+        let err = store.delete(&vec![1; MAX_DELETE_IDS + 1], 1).unwrap_err();
         assert!(err.to_string().contains("at most 100000"), "{err}");
         assert_eq!(store.seq(), 1);
         drop(store);
@@ -722,5 +1116,96 @@ mod tests {
         assert_eq!(store.seq(), 1);
         assert_eq!(store.load_all().unwrap().len(), 1);
         assert!(store.tombstones().unwrap().is_empty());
+    }
+
+    #[test]
+    fn changes_after_a_position_are_every_row_and_delete_since_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store =
+            Store::open(&store_path(dir.path(), &test_name(0)), 2, Metric::Dot).unwrap();
+        assert!(store.created());
+        let b = |ids: &[u64]| {
+            batch(
+                ids.iter()
+                    .map(|&i| record(i, vec![i as f32, 0.0], ""))
+                    .collect(),
+            )
+        };
+        store.upsert(&b(&[1, 2, 3]), 1).unwrap(); // seq 1
+        store.upsert(&b(&[2]), 1).unwrap(); // seq 2: id 2 moves on
+        store.delete(&[3], 2).unwrap(); // seq 3, epoch 2
+        store.upsert(&b(&[4]), 2).unwrap(); // seq 4
+        assert_eq!(store.history(), &vec![(1, 1), (2, 3)]);
+        let all = |after| store.changes_after(after, 100, usize::MAX).unwrap();
+        let (changes, next) = all((0, u64::MAX));
+        assert_eq!(next, None);
+        let seen: Vec<(u64, u64)> = changes.iter().map(|c| (c.seq(), c.id())).collect();
+        assert_eq!(seen, vec![(1, 1), (2, 2), (3, 3), (4, 4)]);
+        assert!(matches!(changes[2], Change::Gone { seq: 3, id: 3 }));
+        let (after_2, _) = all((2, u64::MAX));
+        assert_eq!(
+            after_2.iter().map(Change::id).collect::<Vec<_>>(),
+            vec![3, 4]
+        );
+        // Pages: a limit, and where to go on from.
+        let (page, next) = store.changes_after((0, u64::MAX), 2, usize::MAX).unwrap();
+        assert_eq!((page.len(), next), (2, Some((2, 2))));
+        assert_eq!(store.written_after(2).unwrap(), vec![3, 4]);
+        let versions = store.versions(&[2, 3, 9]).unwrap();
+        assert!(matches!(&versions[0], Change::Row { seq: 2, record } if record.id == 2));
+        assert_eq!(versions[1], Change::Gone { seq: 3, id: 3 });
+        assert_eq!(versions[2], Change::Gone { seq: 0, id: 9 });
+
+        // Another store takes them as they are, with their sequence numbers and history.
+        let mut copy = Store::open(&store_path(dir.path(), &test_name(1)), 2, Metric::Dot).unwrap();
+        copy.install(&changes, 4, store.history()).unwrap();
+        assert_eq!((copy.seq(), copy.history()), (4, store.history()));
+        assert_eq!(copy.load_all().unwrap(), store.load_all().unwrap());
+        assert_eq!(copy.tombstones().unwrap(), store.tombstones().unwrap());
+        assert_eq!(
+            all((0, u64::MAX)).0,
+            copy.changes_after((0, u64::MAX), 100, usize::MAX)
+                .unwrap()
+                .0
+        );
+        // Undo on the primary's word: id 4 was never written there.
+        copy.install(&[Change::Gone { seq: 0, id: 4 }], 3, &[(1, 1), (2, 3)])
+            .unwrap();
+        assert_eq!(copy.seq(), 3);
+        assert!(copy.get(&[4]).unwrap().is_empty());
+        // And a reset forgets everything.
+        assert_eq!(copy.reset().unwrap(), vec![1, 2]);
+        assert_eq!((copy.seq(), copy.history().len()), (0, 0));
+        assert!(
+            copy.changes_after((0, u64::MAX), 100, usize::MAX)
+                .unwrap()
+                .0
+                .is_empty()
+        );
+        drop(copy);
+        let reopened = Store::open(&store_path(dir.path(), &test_name(1)), 2, Metric::Dot).unwrap();
+        assert!(!reopened.created());
+        assert_eq!(reopened.seq(), 0);
+    }
+
+    #[test]
+    fn store_names_round_trip_and_other_files_are_not_ours() {
+        let name = StoreName {
+            collection: "my_docs-2".into(),
+            incarnation: 3,
+            partition: 7,
+            generation: 41,
+        };
+        assert_eq!(name.file_name(), "my_docs-2~i3~p7~g41.redb");
+        assert_eq!(StoreName::parse(&name.file_name()), Some(name));
+        for other in [
+            "docs-0.redb",
+            "docs~i1~p0.redb",
+            "x~i1~p0~g2~z.redb",
+            "~i1~p0~g2.redb",
+            "a~i1~p0~gx.redb",
+        ] {
+            assert_eq!(StoreName::parse(other), None, "{other}");
+        }
     }
 }

@@ -5,20 +5,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arbor_kernels::topk::Metric;
-use ractor::rpc::CallResult;
-use ractor::{ActorCell, ActorRef};
+use ractor::ActorCell;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::chunk::{ChunkPolicy, chunks};
 use super::hedge::HedgeBudget;
 use super::route::{chunk_id, partition_of};
+use crate::control::Control;
 use crate::kinds::model::{ChatMessage, ChatRole, GenerateSpec};
 use crate::partition::{
-    MAX_GET_IDS, MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, SearchHit,
-    VectorRecord,
+    MAX_GET_IDS, MetadataFilter, PartitionAnswer, PartitionFailure, PartitionReply,
+    PartitionRequest, SearchHit, VectorRecord, WriteOp, remote,
 };
-use crate::replica::{EmbedFailure, EmbedRequest, ReplicaMsg, deployment_group};
+use crate::replica::{EmbedFailure, EmbedRequest, ReplicaMsg};
 use crate::router::{CallError, Router};
 use crate::wire::Wire;
 
@@ -34,6 +34,9 @@ const GET_BATCH: usize = if MAX_GET_IDS < 256 { MAX_GET_IDS } else { 256 };
 const DELETE_BATCH: usize = 8192;
 /// How long a read (stored rows, stats) may take on one replica before the next is tried.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one write may take on the primary (its followers' deadline and a control-plane
+/// commit included).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The deployment that holds partition `partition` of `collection`. The control plane names
 /// them the same way (`CollectionSpec::partition_deployment`).
@@ -67,6 +70,11 @@ pub struct CollectionRoute {
     /// The model deployment that answers RAG questions (none: RAG is refused).
     #[serde(default)]
     pub model: Option<String>,
+    /// How long a write keeps trying while its partition has no primary it can reach (a
+    /// failover, a partition waiting for its in-sync replicas) before it fails as
+    /// unavailable.
+    #[serde(default = "write_patience_ms")]
+    pub write_patience_ms: u64,
 }
 
 fn cosine() -> Metric {
@@ -80,6 +88,9 @@ fn hedge_after_ms() -> u64 {
 }
 fn hedge_percent() -> u32 {
     10
+}
+fn write_patience_ms() -> u64 {
+    20_000
 }
 /// Hedges a coordinator may send at once beyond its share.
 const HEDGE_BURST: u32 = 10;
@@ -183,6 +194,13 @@ pub enum RetrievalError {
         "partition {partition} of collection {collection:?} has no live replica; check `arbor deployments`"
     )]
     NoReplica { collection: String, partition: u32 },
+    /// No in-sync replica of the partition could take the write in time.
+    #[error("partition {partition} of collection {collection:?} is unavailable: {reason}")]
+    Unavailable {
+        collection: String,
+        partition: u32,
+        reason: String,
+    },
     #[error("writing to partition {partition} failed: {reason}")]
     Write { partition: u32, reason: String },
     #[error("no replica of partition {partition} could be read: {reason}")]
@@ -195,6 +213,7 @@ pub enum RetrievalError {
 #[derive(Debug, Clone)]
 pub struct Coordinator {
     scope: String,
+    control: Control,
     route: CollectionRoute,
     embedder: Router,
     /// The collection's vector dimension, asked of a partition the first time a vector comes
@@ -213,8 +232,13 @@ struct Pending {
 }
 
 impl Coordinator {
-    /// A coordinator for `route`, reaching replicas in the pg `scope`.
-    pub fn new(scope: impl Into<String>, route: CollectionRoute) -> Result<Self, RetrievalError> {
+    /// A coordinator for `route`, reaching replicas in the pg `scope`, where `control` says
+    /// which replica of a partition takes writes and which may be read.
+    pub fn new(
+        scope: impl Into<String>,
+        control: Control,
+        route: CollectionRoute,
+    ) -> Result<Self, RetrievalError> {
         route.chunking.validate().map_err(RetrievalError::Invalid)?;
         if route.partitions == 0 {
             return Err(RetrievalError::Invalid(
@@ -225,6 +249,7 @@ impl Coordinator {
         Ok(Coordinator {
             embedder: Router::new(scope.clone(), route.embedder.clone()),
             scope,
+            control,
             hedges: Arc::new(Mutex::new(HedgeBudget::new(
                 route.hedge_percent,
                 HEDGE_BURST,
@@ -383,7 +408,7 @@ impl Coordinator {
             tasks.spawn(async move {
                 let n = records.len() as u64;
                 for part in records.chunks(UPSERT_BATCH) {
-                    this.write(partition, PartitionRequest::Upsert(part.to_vec()))
+                    this.write(partition, WriteOp::Upsert(part.to_vec()))
                         .await?;
                 }
                 Ok(n)
@@ -427,7 +452,7 @@ impl Coordinator {
             let this = self.clone();
             tasks.spawn(async move {
                 for part in ids.chunks(DELETE_BATCH) {
-                    this.write(partition, PartitionRequest::Delete(part.to_vec()))
+                    this.write(partition, WriteOp::Delete(part.to_vec()))
                         .await?;
                 }
                 Ok(())
@@ -646,110 +671,128 @@ impl Coordinator {
         }
     }
 
-    fn members(&self, partition: u32) -> Vec<ActorCell> {
-        let group = deployment_group(&partition_deployment(&self.route.collection, partition));
-        ractor::pg::get_scoped_members(&self.scope, &group)
+    fn deployment(&self, partition: u32) -> String {
+        partition_deployment(&self.route.collection, partition)
     }
 
-    /// Writes to every live replica of `partition`; succeeds once all that are still alive
-    /// have it durable. A replica that vanished meanwhile is no longer live and does not
-    /// count; one that answered with an error fails the write.
-    async fn write(&self, partition: u32, request: PartitionRequest) -> Result<(), RetrievalError> {
-        let members = self.members(partition);
-        if members.is_empty() {
-            return Err(RetrievalError::NoReplica {
-                collection: self.route.collection.clone(),
-                partition,
-            });
+    /// The in-sync replicas of `partition` this node can reach, in random order: the only
+    /// ones that may answer a read.
+    fn readable(&self, partition: u32) -> Vec<ActorCell> {
+        let deployment = self.deployment(partition);
+        let Some(view) = self.control.view(&deployment) else {
+            return Vec::new();
+        };
+        let mut cells: Vec<ActorCell> = view
+            .set
+            .in_sync
+            .iter()
+            .filter_map(|(r, g)| remote::member(&self.scope, &deployment, *r, *g))
+            .collect();
+        if !cells.is_empty() {
+            let first = rand::random_range(0..cells.len());
+            cells.rotate_left(first);
         }
-        let mut tasks = tokio::task::JoinSet::new();
-        for member in members {
-            let request = request.clone();
-            tasks.spawn(async move {
-                let actor: ActorRef<ReplicaMsg> = member.into();
-                ractor::rpc::call(
-                    &actor.get_cell(),
-                    |reply| ReplicaMsg::Partition(Wire::new(request), reply),
-                    Some(Duration::from_secs(30)),
-                )
-                .await
-            });
-        }
-        let mut acked = 0;
-        while let Some(joined) = tasks.join_next().await {
-            match joined {
-                Ok(Ok(CallResult::Success(reply))) => match reply.into_inner() {
-                    Ok(Ok(_)) => acked += 1,
-                    Ok(Err(reason)) => return Err(RetrievalError::Write { partition, reason }),
-                    Err(e) => {
-                        return Err(RetrievalError::Write {
-                            partition,
-                            reason: e.to_string(),
-                        });
-                    }
-                },
-                Ok(Ok(CallResult::Timeout)) => {
+        cells
+    }
+
+    /// Writes to the partition's primary, which answers once every in-sync replica has the
+    /// write durable. While the replica set changes (a failover, a dropped follower, this
+    /// node behind the control plane) it tries again, for up to `write_patience_ms`; writes
+    /// are idempotent (rows by id), so a try that timed out may be repeated.
+    async fn write(&self, partition: u32, op: WriteOp) -> Result<(), RetrievalError> {
+        let deployment = self.deployment(partition);
+        let deadline = Instant::now() + Duration::from_millis(self.route.write_patience_ms);
+        let unavailable = |reason: String| RetrievalError::Unavailable {
+            collection: self.route.collection.clone(),
+            partition,
+            reason,
+        };
+        let mut last = String::from("no primary yet");
+        while Instant::now() < deadline {
+            let Some(view) = self.control.view(&deployment) else {
+                return Err(RetrievalError::NoReplica {
+                    collection: self.route.collection.clone(),
+                    partition,
+                });
+            };
+            let Some((primary, generation)) = view.primary() else {
+                last = format!(
+                    "no in-sync replica is left (epoch {}); it waits for one to return",
+                    view.set.epoch
+                );
+                let _ = self
+                    .control
+                    .view_at(&deployment, view.set.epoch + 1, Duration::from_millis(500))
+                    .await;
+                continue;
+            };
+            let Some(cell) = remote::member(&self.scope, &deployment, primary, generation) else {
+                last = format!("its primary (replica {primary}) is not reachable from this node");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let request = PartitionRequest::Write {
+                epoch: view.set.epoch,
+                op: op.clone(),
+            };
+            match remote::ask(&cell, request, WRITE_TIMEOUT).await {
+                Ok(PartitionAnswer::Written { .. }) => return Ok(()),
+                Ok(other) => {
                     return Err(RetrievalError::Write {
                         partition,
-                        reason: "a replica did not acknowledge within 30 s".into(),
+                        reason: format!("a write was answered with {}", answer_name(&other)),
                     });
                 }
-                // Gone before or during the write: not live any more.
-                Ok(Ok(CallResult::SenderError)) | Ok(Err(_)) => {}
+                Err(PartitionFailure::Invalid(reason)) => {
+                    return Err(RetrievalError::Write { partition, reason });
+                }
+                Err(PartitionFailure::StaleEpoch { current, .. }) => {
+                    last = format!("this node knew epoch {}, not {current}", view.set.epoch);
+                    let _ = self
+                        .control
+                        .view_at(&deployment, current, Duration::from_secs(1))
+                        .await;
+                }
                 Err(e) => {
-                    return Err(RetrievalError::Write {
-                        partition,
-                        reason: e.to_string(),
-                    });
+                    last = e.to_string();
+                    let _ = self
+                        .control
+                        .view_at(&deployment, view.set.epoch + 1, Duration::from_millis(200))
+                        .await;
                 }
             }
         }
-        if acked == 0 {
-            return Err(RetrievalError::NoReplica {
-                collection: self.route.collection.clone(),
-                partition,
-            });
-        }
-        Ok(())
+        Err(unavailable(last))
     }
 
-    /// Asks one replica of `partition` at a time (starting at a random one) until one answers:
-    /// a replica that fails, times out or is still catching up passes it on to the next.
+    /// Asks one in-sync replica of `partition` at a time (starting at a random one) until one
+    /// answers: a replica that fails, times out or is not in sync passes it on to the next.
+    /// When none is reachable it waits, for the write patience (reads made for a write, such
+    /// as an ingest's, share its patience; a replica that has just started is not yet in
+    /// every node's groups).
     async fn read(
         &self,
         partition: u32,
         request: PartitionRequest,
     ) -> Result<PartitionAnswer, RetrievalError> {
-        let mut members = self.members(partition);
+        let deadline = Instant::now() + Duration::from_millis(self.route.write_patience_ms);
+        let mut members = self.readable(partition);
+        while members.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            members = self.readable(partition);
+        }
         if members.is_empty() {
-            return Err(RetrievalError::NoReplica {
+            return Err(RetrievalError::Unavailable {
                 collection: self.route.collection.clone(),
                 partition,
+                reason: "no in-sync replica is reachable".into(),
             });
         }
-        let first = rand::random_range(0..members.len());
-        members.rotate_left(first);
         let mut reasons = Vec::new();
         for member in members {
-            let actor: ActorRef<ReplicaMsg> = member.into();
-            let request = request.clone();
-            let reply = ractor::rpc::call(
-                &actor.get_cell(),
-                |reply| ReplicaMsg::Partition(Wire::new(request), reply),
-                Some(READ_TIMEOUT),
-            )
-            .await;
-            match reply {
-                Ok(CallResult::Success(wire)) => match wire.into_inner() {
-                    Ok(Ok(answer)) => return Ok(answer),
-                    Ok(Err(why)) => reasons.push(why),
-                    Err(e) => reasons.push(e.to_string()),
-                },
-                Ok(CallResult::Timeout) => reasons.push(format!(
-                    "a replica did not answer within {} s",
-                    READ_TIMEOUT.as_secs()
-                )),
-                Ok(CallResult::SenderError) | Err(_) => reasons.push("a replica went away".into()),
+            match remote::ask(&member, request.clone(), READ_TIMEOUT).await {
+                Ok(answer) => return Ok(answer),
+                Err(why) => reasons.push(why.to_string()),
             }
         }
         Err(RetrievalError::Read {
@@ -764,29 +807,17 @@ impl Coordinator {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// One partition's hits, or `None` if no replica answered in time.
+    /// One partition's hits, or `None` if no in-sync replica answered in time.
     async fn search(&self, partition: u32, request: PartitionRequest) -> Option<Vec<SearchHit>> {
         let timeout = Duration::from_millis(self.route.search_timeout_ms);
         let hedge_after = Duration::from_millis(self.route.hedge_after_ms);
-        let mut members = self.members(partition);
+        let members = self.readable(partition);
         if members.is_empty() {
             return None;
         }
-        // Spread first tries over replicas.
-        let first = rand::random_range(0..members.len());
-        members.rotate_left(first);
         let ask = |cell: ActorCell| {
             let request = request.clone();
-            async move {
-                let actor: ActorRef<ReplicaMsg> = cell.into();
-                let reply = ractor::rpc::call(
-                    &actor.get_cell(),
-                    |reply| ReplicaMsg::Partition(Wire::new(request), reply),
-                    Some(timeout),
-                )
-                .await;
-                hits_of(reply)
-            }
+            async move { hits_of(remote::ask(&cell, request, timeout).await) }
         };
         let primary = ask(members[0].clone());
         tokio::pin!(primary);
@@ -824,19 +855,14 @@ impl Coordinator {
     }
 }
 
-fn hits_of(
-    reply: Result<CallResult<Wire<PartitionReply>>, ractor::MessagingErr<ReplicaMsg>>,
-) -> Option<Vec<SearchHit>> {
+fn hits_of(reply: PartitionReply) -> Option<Vec<SearchHit>> {
     match reply {
-        Ok(CallResult::Success(wire)) => match wire.into_inner() {
-            Ok(Ok(PartitionAnswer::Hits(mut per_query))) => per_query.pop(),
-            Ok(Err(why)) => {
-                tracing::warn!("a partition refused a search: {why}");
-                None
-            }
-            _ => None,
-        },
-        _ => None,
+        Ok(PartitionAnswer::Hits(mut per_query)) => per_query.pop(),
+        Ok(_) => None,
+        Err(why) => {
+            tracing::warn!("a partition replica did not search: {why}");
+            None
+        }
     }
 }
 
@@ -854,11 +880,14 @@ fn joined<T>(
 fn answer_name(a: &PartitionAnswer) -> &'static str {
     match a {
         PartitionAnswer::Written { .. } => "written",
-        PartitionAnswer::Deleted { .. } => "deleted",
         PartitionAnswer::Hits(_) => "hits",
         PartitionAnswer::Stats(_) => "stats",
-        PartitionAnswer::Page { .. } => "a page",
         PartitionAnswer::Records(_) => "records",
+        PartitionAnswer::Applied { .. } => "applied",
+        PartitionAnswer::Common { .. } => "a common prefix",
+        PartitionAnswer::Changes { .. } => "changes",
+        PartitionAnswer::Versions(_) => "versions",
+        PartitionAnswer::Joined { .. } => "joined",
     }
 }
 

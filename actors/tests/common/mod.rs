@@ -1,9 +1,13 @@
 //! What the actors tests (and benches) share.
 
+#[allow(dead_code)]
+pub mod cluster;
+
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 /// A parent that outlives the replicas it is given (ractor's default stops with the first
 /// child that stops), so a test sees a replica's failure itself.
+#[allow(dead_code)] // not every test file uses it
 pub struct Parent;
 
 impl Actor for Parent {

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::{GatewayArgs, parse_data, run_job};
 use crate::control::{self, CollectionReport, DeployChange, DeploymentReport};
 use crate::deployment_file;
-use crate::gateway::protocol::{CreateCollectionJob, DeployJob, JobSpec, NameJob};
+use crate::gateway::protocol::{CreateCollectionJob, DeployJob, JobSpec, NameJob, PromoteStaleJob};
 
 /// The result data of a `deploy` job.
 #[derive(Debug, Deserialize)]
@@ -126,6 +126,33 @@ pub async fn delete_collection(gw: &GatewayArgs, name: String) -> anyhow::Result
     Ok(())
 }
 
+/// `arbor collection promote-stale NAME PARTITION --replica N`.
+pub async fn promote_stale(
+    gw: &GatewayArgs,
+    collection: String,
+    partition: u32,
+    replica: u32,
+) -> anyhow::Result<()> {
+    let mut client = gw.connect().await?;
+    let data = run_job(
+        &mut client,
+        JobSpec::PromoteStale(PromoteStaleJob {
+            collection: collection.clone(),
+            partition,
+            replica,
+        }),
+        "promote_stale",
+    )
+    .await?;
+    println!(
+        "replica {replica} is now the primary of partition {partition} of {collection}: {}",
+        data["lost"]
+            .as_str()
+            .unwrap_or("what the lost replicas held is gone")
+    );
+    Ok(())
+}
+
 /// `arbor collections [--json]`.
 pub async fn collections(gw: &GatewayArgs, json: bool) -> anyhow::Result<()> {
     let mut client = gw.connect().await?;
@@ -158,6 +185,18 @@ pub fn collections_table(list: &[CollectionReport]) -> String {
             c.running,
             c.partitions * c.replication
         );
+        for set in &c.replica_sets {
+            let primary = set
+                .primary
+                .map_or("none (every in-sync replica is gone)".to_owned(), |p| {
+                    p.to_string()
+                });
+            let _ = writeln!(
+                out,
+                "  p{}  epoch {}  primary {primary}  in sync {:?}",
+                set.partition, set.epoch, set.in_sync
+            );
+        }
     }
     out
 }
@@ -206,6 +245,7 @@ mod tests {
             replication: 2,
             embedder: "minilm".into(),
             running: 3,
+            replica_sets: vec![],
         };
         let t = collections_table(&[c]);
         assert!(

@@ -78,6 +78,17 @@ pub enum JobSpec {
     Status,
     /// One request to any deployment, answered by its kind (echo, spin, a coordinator's JSON).
     Call(CallJob),
+    /// Makes a replica that is not in sync its partition's only in-sync replica and primary,
+    /// accepting the loss of what only the in-sync replicas (all gone) held.
+    PromoteStale(PromoteStaleJob),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromoteStaleJob {
+    pub collection: String,
+    pub partition: u32,
+    pub replica: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -245,6 +256,7 @@ fn job_spec(value: Value, at: &str) -> Result<JobSpec, ParseError> {
         "undeploy" => JobSpec::Undeploy(typed_at(rest, at)?),
         "create_collection" => JobSpec::CreateCollection(typed_at(rest, at)?),
         "delete_collection" => JobSpec::DeleteCollection(typed_at(rest, at)?),
+        "promote_stale" => JobSpec::PromoteStale(typed_at(rest, at)?),
         "collections" => unit(JobSpec::Collections, rest)?,
         "deployments" => unit(JobSpec::Deployments, rest)?,
         "ingest" => JobSpec::Ingest(typed_at(rest, at)?),
@@ -358,6 +370,7 @@ impl JobSpec {
             JobSpec::Generate(_) => "generate",
             JobSpec::Status => "status",
             JobSpec::Call(_) => "call",
+            JobSpec::PromoteStale(_) => "promote_stale",
         }
     }
 
@@ -367,7 +380,8 @@ impl JobSpec {
             JobSpec::Deploy(_)
             | JobSpec::Undeploy(_)
             | JobSpec::CreateCollection(_)
-            | JobSpec::DeleteCollection(_) => Role::Admin,
+            | JobSpec::DeleteCollection(_)
+            | JobSpec::PromoteStale(_) => Role::Admin,
             JobSpec::Ingest(_)
             | JobSpec::Query(_)
             | JobSpec::Rag(_)
@@ -637,6 +651,7 @@ const JOB_KINDS: &[&str] = &[
     "undeploy",
     "create_collection",
     "delete_collection",
+    "promote_stale",
     "collections",
     "deployments",
     "ingest",

@@ -21,7 +21,7 @@ use tokio::sync::watch;
 use super::jobs::LocalJob;
 use super::protocol::{
     CreateCollectionJob, DeployJob, DocumentIn, EmbedJob, ErrorCode, GenerateJob, IngestJob,
-    JobSpec, QueryJob, RagJob, ServerMsg,
+    JobSpec, PromoteStaleJob, QueryJob, RagJob, ServerMsg,
 };
 use crate::config::NodeId;
 use crate::control::{self, ControlError, ControlReply, ControlRequest, DeployChange};
@@ -102,6 +102,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
     };
     match spec {
         JobSpec::Undeploy(n) | JobSpec::DeleteCollection(n) => named("name", &n.name),
+        JobSpec::PromoteStale(p) => named("collection", &p.collection),
         JobSpec::CreateCollection(c) => {
             named("name", &c.name)?;
             named("embedder", &c.embedder)?;
@@ -274,6 +275,7 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
         JobSpec::Rag(r) => rag(env, r, emit).await,
         JobSpec::Embed(e) => embed(env, e).await,
         JobSpec::Generate(g) => generate(env, g, emit).await,
+        JobSpec::PromoteStale(p) => promote_stale(env, p).await,
         JobSpec::Call(c) => {
             let reply = router(env, &c.deployment)
                 .call(c.payload.into_bytes(), CALL_TIMEOUT)
@@ -329,6 +331,92 @@ async fn deploy(env: &Env, d: DeployJob) -> Result<Value, JobFailure> {
         })),
         other => Err(internal(format!("unexpected reply {other:?}"))),
     }
+}
+
+/// `arbor collection promote-stale`: says what the promotion loses, then makes it.
+async fn promote_stale(env: &Env, p: PromoteStaleJob) -> Result<Value, JobFailure> {
+    let (collection, partition, replica) = (p.collection.clone(), p.partition, p.replica);
+    let found = env
+        .raft
+        .read(move |s| {
+            let c = s.collections.get(&collection)?;
+            let deployment = c.partition_deployment(partition);
+            (partition < c.partitions).then(|| {
+                let view = arbor_scheduler::state::partition_views(s).remove(&deployment);
+                (deployment, view)
+            })
+        })
+        .await
+        .map_err(|e| JobFailure::new(ErrorCode::Unavailable, e.to_string()))?;
+    let Some((deployment, Some(view))) = found else {
+        return Err(JobFailure::field(
+            ErrorCode::InvalidJob,
+            "job.partition",
+            format!(
+                "collection {:?} has no partition {}; see `arbor collections`",
+                p.collection, p.partition
+            ),
+        ));
+    };
+    let Some(member) = view.members.get(&replica).copied() else {
+        return Err(JobFailure::field(
+            ErrorCode::InvalidJob,
+            "job.replica",
+            format!("partition {partition} has no replica {replica} placed"),
+        ));
+    };
+    // What the stale copy holds, if it can be asked.
+    let held = match arbor_actors::partition::remote::member(
+        &env.scope,
+        &deployment,
+        replica,
+        member.generation,
+    ) {
+        Some(cell) => match arbor_actors::partition::remote::ask(
+            &cell,
+            arbor_actors::partition::PartitionRequest::Stats,
+            Duration::from_secs(5),
+        )
+        .await
+        {
+            Ok(arbor_actors::partition::PartitionAnswer::Stats(stats)) => Some(stats),
+            _ => None,
+        },
+        None => None,
+    };
+    control_request(
+        &env.raft,
+        ControlRequest::PromoteStale {
+            deployment: deployment.clone(),
+            replica,
+        },
+    )
+    .await?;
+    let lost = match &held {
+        Some(stats) => format!(
+            "replica {replica} holds {} rows, writes up to sequence number {}; writes the lost \
+             in-sync replicas {:?} acknowledged after that are gone (the control plane last \
+             recorded sequence number {} acknowledged by all of them)",
+            stats.count,
+            stats.seq,
+            view.set.in_sync.keys().collect::<Vec<_>>(),
+            view.set.checkpoint
+        ),
+        None => format!(
+            "replica {replica} could not be asked what it holds; whatever the lost in-sync \
+             replicas {:?} acknowledged beyond it is gone",
+            view.set.in_sync.keys().collect::<Vec<_>>()
+        ),
+    };
+    Ok(json!({
+        "collection": p.collection,
+        "partition": partition,
+        "promoted": replica,
+        "rows": held.as_ref().map(|s| s.count),
+        "seq": held.as_ref().map(|s| s.seq),
+        "checkpoint": view.set.checkpoint,
+        "lost": lost,
+    }))
 }
 
 async fn create_collection(env: &Env, c: CreateCollectionJob) -> Result<Value, JobFailure> {

@@ -493,7 +493,23 @@ fn partition(nodes: u64, replication: u32) -> ClusterState {
     )))
     .unwrap();
     settle_alive(&mut s, |_| {});
+    // The primary vouches for each other replica once it caught up (an empty copy here).
+    for replica in 1..replication {
+        join(&mut s, replica);
+    }
     s
+}
+
+fn join(s: &mut ClusterState, replica: u32) {
+    let set = s.replica_sets["docs.p0"].clone();
+    s.apply(&Command::AddInSync {
+        deployment: "docs.p0".into(),
+        replica,
+        generation: s.placements[&format!("docs.p0/{replica}")].generation,
+        epoch: set.epoch,
+        seq: 0,
+    })
+    .unwrap();
 }
 
 fn set(s: &ClusterState) -> &ReplicaSet {
@@ -520,11 +536,19 @@ fn settle_without(s: &mut ClusterState, down: &[NodeId]) {
 }
 
 #[test]
-fn a_new_collection_starts_in_sync_at_epoch_one() {
-    let s = partition(3, 2);
+fn a_new_collection_starts_with_its_primary_in_sync_at_epoch_one() {
+    let mut s = cluster(3, 4);
+    s.apply(&Command::CreateDeployment(echo("embedder", 0)))
+        .unwrap();
+    s.apply(&Command::CreateCollection(collection("docs", 1, 2)))
+        .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_eq!(set(&s).epoch, 1);
+    assert_eq!(set(&s).primary, Some(0));
+    assert_eq!(set(&s).in_sync.len(), 1);
+    join(&mut s, 1);
     let set = set(&s);
-    assert_eq!(set.epoch, 1);
-    assert_eq!(set.primary, Some(0));
+    assert_eq!(set.epoch, 2);
     assert_eq!(set.in_sync.len(), 2);
     for (r, g) in &set.in_sync {
         assert_eq!(s.placements[&format!("docs.p0/{r}")].generation, *g);
@@ -542,7 +566,7 @@ fn a_down_primary_hands_over_then_moves_and_its_copy_is_not_in_sync() {
     // Replica 0 moved to the free node and starts empty: not in sync until it catches up.
     assert_ne!(node_of(&s, 0), primary_node);
     assert_eq!(set.in_sync.keys().copied().collect::<Vec<_>>(), [1]);
-    assert_eq!(set.epoch, 2, "{set:?}");
+    assert_eq!(set.epoch, 3, "{set:?}");
     // The primary vouches for it once it has caught up; a stale epoch is refused.
     let generation = s.placements["docs.p0/0"].generation;
     let add = |epoch| Command::AddInSync {
@@ -647,15 +671,7 @@ fn a_second_drain_waits_until_the_moved_replica_is_in_sync() {
     settle_alive(&mut s, |_| {});
     assert_eq!(node_of(&s, 1), b, "the only in-sync copy must wait");
     // Once replica 0 has caught up, replica 1 may move.
-    let set = set(&s).clone();
-    s.apply(&Command::AddInSync {
-        deployment: "docs.p0".into(),
-        replica: 0,
-        generation: s.placements["docs.p0/0"].generation,
-        epoch: set.epoch,
-        seq: 0,
-    })
-    .unwrap();
+    join(&mut s, 0);
     settle_alive(&mut s, |_| {});
     assert_ne!(node_of(&s, 1), b);
     assert_eq!(self::set(&s).primary, Some(0));

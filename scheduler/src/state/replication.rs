@@ -16,8 +16,8 @@
 //! * a placement change that would discard the last in-sync copy is refused: the partition
 //!   waits for that copy's node instead.
 //!
-//! A new collection's replicas are all empty, so its first placements are in sync at once
-//! (epoch 1).
+//! A new collection's replicas are all empty: the first one placed is its primary at epoch 1,
+//! and the others join it like any replica that starts.
 //!
 //! [`Command::AddInSync`]: crate::Command::AddInSync
 //! [`Command::PromoteStale`]: crate::Command::PromoteStale
@@ -350,7 +350,10 @@ impl ClusterState {
                 }
             }
         }
-        // First placements: nothing was ever written, so every placed replica is in sync.
+        // First placements: nothing was ever written, so the first placed replica is the
+        // primary and in sync at epoch 1; the others join it as any new replica does, which
+        // bumps the epoch (so a replica that finds its file missing later, at epoch 2 or
+        // more, knows that it lost data).
         let fresh: Vec<String> = self
             .replica_sets
             .iter()
@@ -361,17 +364,15 @@ impl ClusterState {
             let Some(replicas) = self.deployments.get(&deployment).map(|d| d.spec.replicas) else {
                 continue;
             };
-            let placed: BTreeMap<u32, u64> = (0..replicas)
-                .filter_map(|r| {
-                    let p = self.placements.get(&super::actor_id(&deployment, r))?;
-                    Some((r, p.generation))
-                })
-                .collect();
-            if placed.len() as u32 == replicas
+            let first = (0..replicas).find_map(|r| {
+                let p = self.placements.get(&super::actor_id(&deployment, r))?;
+                Some((r, p.generation))
+            });
+            if let Some((replica, generation)) = first
                 && let Some(set) = self.replica_sets.get_mut(&deployment)
             {
-                set.primary = placed.keys().next().copied();
-                set.in_sync = placed;
+                set.primary = Some(replica);
+                set.in_sync = BTreeMap::from([(replica, generation)]);
                 set.epoch = 1;
             }
         }
