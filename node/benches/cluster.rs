@@ -20,7 +20,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use std::collections::HashMap;
+use common::load::{Conn, Row, ms, percentile, start, unit_vector};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -28,12 +29,7 @@ use std::time::{Duration, Instant};
 use arbor_actors::retrieval::ChunkPolicy;
 use arbor_actors::retrieval::chunk::chunks;
 use common::NodeProc;
-use futures::{SinkExt, StreamExt};
-use serde::Serialize;
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const SECRET: &str = "cluster-bench-secret";
 const DIM: usize = 384;
@@ -47,175 +43,6 @@ const TEXT_IN_FLIGHT: usize = 2;
 const LOAD_BATCH: usize = 256;
 const LOAD_IN_FLIGHT: usize = 4;
 const K: u32 = 10;
-
-/// One finished job: submit → its last event, submit → its first token, its final result.
-struct Done {
-    latency: Duration,
-    first_token: Option<Duration>,
-    data: Value,
-}
-
-struct Conn {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-}
-
-impl Conn {
-    async fn open(addr: SocketAddr, token: &str) -> Conn {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
-            .await
-            .unwrap();
-        let mut c = Conn { ws };
-        c.send(json!({"type": "auth", "v": 1, "token": token}).to_string())
-            .await;
-        let m = c.recv().await;
-        assert_eq!(m["type"], "authenticated", "{m}");
-        c
-    }
-
-    async fn send(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.unwrap();
-    }
-
-    async fn recv(&mut self) -> Value {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-                Some(Ok(_)) => continue,
-                other => panic!("connection ended: {other:?}"),
-            }
-        }
-    }
-
-    /// Runs one job; its final result, or why it failed.
-    async fn try_job(&mut self, job: &Value) -> Result<Value, String> {
-        self.send(json!({"type": "submit", "job": job}).to_string())
-            .await;
-        let mut data = Value::Null;
-        loop {
-            let m = self.recv().await;
-            match m["type"].as_str() {
-                Some("error") => return Err(m["message"].as_str().unwrap_or("").to_owned()),
-                Some("result") if m["final"] == true => data = m["data"].clone(),
-                Some("event") if m["state"] == "succeeded" => return Ok(data),
-                Some("event") if m["state"] != "running" => {
-                    return Err(format!("{}: {}", m["state"], m["reason"]));
-                }
-                _ => {}
-            }
-        }
-    }
-
-    async fn job(&mut self, job: Value) -> Value {
-        let text = job.to_string();
-        self.try_job(&job)
-            .await
-            .unwrap_or_else(|e| panic!("{text:.200}: {e}"))
-    }
-
-    /// Runs `n` jobs (`job(i)`: the job object as JSON text), `depth` in flight at a time;
-    /// panics if one fails. In the order they finished.
-    async fn pipeline(
-        &mut self,
-        n: usize,
-        depth: usize,
-        mut job: impl FnMut(usize) -> String,
-    ) -> Vec<Done> {
-        let mut sent = 0;
-        let mut done = Vec::with_capacity(n);
-        // ref → submit time; job id → (submit time, first token, final data).
-        let mut submitted: HashMap<String, Instant> = HashMap::new();
-        let mut running: HashMap<String, (Instant, Option<Duration>, Value)> = HashMap::new();
-        while done.len() < n {
-            while sent < n && sent - done.len() < depth {
-                let text = format!(r#"{{"type":"submit","ref":"{sent}","job":{}}}"#, job(sent));
-                submitted.insert(sent.to_string(), Instant::now());
-                self.send(text).await;
-                sent += 1;
-            }
-            let m = self.recv().await;
-            let id = m["job"].as_str().unwrap_or_default().to_owned();
-            match m["type"].as_str() {
-                Some("accepted") => {
-                    let at = submitted.remove(m["ref"].as_str().unwrap()).unwrap();
-                    running.insert(id, (at, None, Value::Null));
-                }
-                Some("error") => panic!("a submit was refused: {m}"),
-                Some("token") => {
-                    if let Some((at, first @ None, _)) = running.get_mut(&id) {
-                        *first = Some(at.elapsed());
-                    }
-                }
-                Some("result") if m["final"] == true => {
-                    if let Some((_, _, data)) = running.get_mut(&id) {
-                        *data = m["data"].clone();
-                    }
-                }
-                Some("event") if m["state"] != "running" => {
-                    assert_eq!(m["state"], "succeeded", "{m}");
-                    let (at, first_token, data) = running.remove(&id).unwrap();
-                    done.push(Done {
-                        latency: at.elapsed(),
-                        first_token,
-                        data,
-                    });
-                }
-                _ => {}
-            }
-        }
-        done
-    }
-}
-
-/// Starts 3 nodes in `dir`; their processes, node 1's gateway and an admin token.
-async fn start(dir: &Path) -> (Vec<NodeProc>, SocketAddr, String) {
-    let config = dir.join("cluster.toml");
-    // Room for every replica on any node (the scheduler counts, nothing is enforced), and
-    // for the bench's connections and jobs in flight.
-    let text = common::support::cluster_toml("clbench", 3, dir, None)
-        .replace(
-            "cpu = \"1\"\nmemory = \"1GiB\"",
-            "cpu = \"16\"\nmemory = \"64GiB\"",
-        )
-        .replacen(
-            "\n[[nodes]]",
-            "\n[gateway]\nmax_jobs_per_token = 4096\n\n[[nodes]]",
-            1,
-        );
-    std::fs::write(&config, &text).unwrap();
-    let token = common::create_token(&config, "admin");
-    let nodes: Vec<NodeProc> = (1..=3)
-        .map(|id| NodeProc::start(&config, id, SECRET))
-        .collect();
-    let addr: SocketAddr = text
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap()
-        .parse()
-        .unwrap();
-    // Until the control plane has a leader and sees 3 nodes.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Ok((ws, _))) = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
-        )
-        .await
-        {
-            drop(ws);
-            let mut c = Conn::open(addr, &token).await;
-            if let Ok(s) = c.try_job(&json!({"kind": "status"})).await
-                && !s["leader"].is_null()
-                && s["nodes"].as_array().is_some_and(|n| n.len() == 3)
-            {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "the cluster never answered");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-    (nodes, addr, token)
-}
 
 /// Deploys the embedder, the model, the collection and its coordinator, and waits until
 /// every replica runs.
@@ -314,30 +141,6 @@ fn text_documents(n: usize, paragraphs: &[String]) -> Vec<Value> {
 }
 
 /// A deterministic unit vector.
-fn unit_vector(seed: u64) -> Vec<f32> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v: Vec<f32> = (0..DIM)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        })
-        .collect();
-    let norm = v.iter().map(|a| a * a).sum::<f32>().sqrt();
-    v.iter_mut().for_each(|a| *a /= norm);
-    v
-}
-
-#[derive(Serialize)]
-struct Row<'a> {
-    id: String,
-    title: String,
-    text: &'a str,
-    metadata: Value,
-    vector: Vec<f32>,
-}
-
 /// Bulk-load rows `from..to` (ids `row-N`, a ~600-character text from the corpus words, a
 /// random unit vector).
 async fn load(c: &mut Conn, from: usize, to: usize, words: &str) -> Duration {
@@ -366,7 +169,7 @@ async fn load(c: &mut Conn, from: usize, to: usize, words: &str) -> Duration {
                 title: format!("Synthetic document {i}"),
                 text: &texts[i % texts.len()],
                 metadata: json!({"n": i, "source": "synthetic"}),
-                vector: unit_vector(i as u64 + 1_000_000),
+                vector: unit_vector(i as u64 + 1_000_000, DIM),
             })
             .collect();
         format!(
@@ -376,15 +179,6 @@ async fn load(c: &mut Conn, from: usize, to: usize, words: &str) -> Duration {
     })
     .await;
     start.elapsed()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn check_answer(data: &Value) {
@@ -467,7 +261,7 @@ fn text_query(i: usize) -> String {
 }
 
 fn vector_query(i: usize) -> String {
-    json!({"kind": "query", "collection": "bench", "vector": unit_vector(i as u64), "k": K})
+    json!({"kind": "query", "collection": "bench", "vector": unit_vector(i as u64, DIM), "k": K})
         .to_string()
 }
 
@@ -547,7 +341,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (nodes, addr, token) = start(dir.path()).await;
+        let (nodes, addr, token) = start(dir.path(), "clbench", SECRET).await;
         let mut c = Conn::open(addr, &token).await;
         deploy(&mut c).await;
         println!(
@@ -617,7 +411,7 @@ fn main() {
             let probe = loaded / 2;
             let found = c
                 .job(json!({"kind": "query", "collection": "bench",
-                    "vector": unit_vector(probe as u64 + 1_000_000), "k": 1}))
+                    "vector": unit_vector(probe as u64 + 1_000_000, DIM), "k": 1}))
                 .await;
             assert_eq!(found["results"][0]["doc_id"], format!("row-{probe}"), "{found:.300}");
             println!(

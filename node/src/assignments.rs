@@ -102,15 +102,19 @@ impl AgentBridge {
 async fn watch(raft: RaftHandle, node: NodeId, agent: ActorRef<AgentMsg>) {
     let mut events = raft.subscribe();
     // Caught up with the leader before anything starts.
+    tracing::info!(
+        node,
+        "starting no actor until this node has caught up with the control plane"
+    );
     loop {
         match raft.read(|_| ()).await {
-            Ok(()) => break,
+            Ok(()) => {
+                tracing::info!(node, "caught up with the control plane; starting actors");
+                break;
+            }
             Err(arbor_scheduler::ReadError::Stopped) => return,
             Err(e) => {
-                tracing::info!(
-                    node,
-                    "starting no actor until this node has caught up with the control plane: {e}"
-                );
+                tracing::info!(node, "not caught up with the control plane yet: {e}");
             }
         }
     }

@@ -52,6 +52,8 @@ pub enum TransportError {
     SecretMismatch(String),
     #[error("undecodable raft message: {0}")]
     Decode(#[from] protobuf::ProtobufError),
+    #[error("{0}")]
+    Timeout(String),
 }
 
 /// Reads one length-prefixed frame, refusing lengths above `limit`.
@@ -349,6 +351,9 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
+/// How long an inbound connection may stay silent before it is dropped.
+const IDLE_READ: Duration = Duration::from_secs(10);
+
 async fn serve_peer(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), TransportError> {
     stream.set_nodelay(true)?;
     let from = tokio::time::timeout(
@@ -360,7 +365,15 @@ async fn serve_peer(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), Tran
     debug!(node = inner.me, from, "raft peer connected");
     let mut reader = tokio::io::BufReader::new(stream);
     loop {
-        let frame = read_frame(&mut reader, inner.config.max_frame_bytes).await?;
+        // A peer that stays silent this long is gone or behind a dead route (a half-open
+        // connection would otherwise hold this reader until TCP gives up, minutes later);
+        // it dials again when it has something to say.
+        let frame = tokio::time::timeout(
+            IDLE_READ,
+            read_frame(&mut reader, inner.config.max_frame_bytes),
+        )
+        .await
+        .map_err(|_| TransportError::Timeout(format!("peer silent for {IDLE_READ:?}")))??;
         let msg = Message::parse_from_bytes(&frame)?;
         if msg.from != from || msg.to != inner.me {
             return Err(TransportError::Handshake(format!(
@@ -379,7 +392,11 @@ async fn peer_loop(inner: Arc<Inner>, to: NodeId, addr: String, mut rx: mpsc::Re
     let mut failures = 0u32;
     loop {
         let connected = async {
-            let mut s = TcpStream::connect(&addr).await?;
+            // Without a deadline a connect into a dead route waits for the kernel's SYN
+            // retries (about two minutes).
+            let mut s = tokio::time::timeout(cfg.handshake_timeout, TcpStream::connect(&addr))
+                .await
+                .map_err(|_| TransportError::Timeout("connect timed out".into()))??;
             s.set_nodelay(true)?;
             tokio::time::timeout(
                 cfg.handshake_timeout,

@@ -183,7 +183,7 @@ async fn a_node_with_the_wrong_secret_is_kept_out() {
 
 #[tokio::test]
 async fn a_committed_entry_no_node_can_decode_halts_every_node_instead_of_being_skipped() {
-    let mut c = Cluster::start(3).await;
+    let c = Cluster::start(3).await;
     let leader = c.wait_leader(&[1, 2, 3], T).await;
     c.handle(leader).propose(put("before", "1")).await.unwrap();
     // What a newer version's command looks like to this one.

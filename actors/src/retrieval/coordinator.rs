@@ -216,9 +216,6 @@ pub struct Coordinator {
     control: Control,
     route: CollectionRoute,
     embedder: Router,
-    /// The collection's vector dimension, asked of a partition the first time a vector comes
-    /// from outside (the route does not carry it; the partitions are configured with it).
-    dimension: Arc<tokio::sync::OnceCell<u32>>,
     /// Shared by every query through this coordinator (clones included).
     hedges: Arc<Mutex<HedgeBudget>>,
 }
@@ -255,7 +252,6 @@ impl Coordinator {
                 HEDGE_BURST,
             ))),
             route,
-            dimension: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
@@ -506,30 +502,15 @@ impl Coordinator {
         Ok(stale)
     }
 
-    /// The collection's dimension (asked of a partition once, then remembered).
+    /// The collection's dimension, as the control plane records it.
     async fn dimension(&self) -> Result<u32, RetrievalError> {
-        self.dimension
-            .get_or_try_init(|| async {
-                let mut last = None;
-                for partition in 0..self.route.partitions {
-                    match self.read(partition, PartitionRequest::Stats).await {
-                        Ok(PartitionAnswer::Stats(stats)) => return Ok(stats.dim),
-                        Ok(other) => {
-                            last = Some(RetrievalError::Read {
-                                partition,
-                                reason: format!("stats were answered with {}", answer_name(&other)),
-                            })
-                        }
-                        Err(e) => last = Some(e),
-                    }
-                }
-                Err(last.unwrap_or_else(|| RetrievalError::NoReplica {
-                    collection: self.route.collection.clone(),
-                    partition: 0,
-                }))
+        self.control
+            .view(&self.deployment(0))
+            .map(|v| v.dimension)
+            .ok_or_else(|| RetrievalError::NoReplica {
+                collection: self.route.collection.clone(),
+                partition: 0,
             })
-            .await
-            .copied()
     }
 
     /// The `k` chunks closest to `text`.

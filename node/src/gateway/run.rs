@@ -290,7 +290,26 @@ fn internal(e: impl std::fmt::Display) -> JobFailure {
     JobFailure::new(ErrorCode::Internal, e.to_string())
 }
 
+/// A linearizable read of the control plane, for what a client is shown (listings): a node
+/// that lags (just restarted, cut off) answers what the leader would, or that it cannot,
+/// never an old state.
 async fn read<R: Send + 'static>(
+    raft: &RaftHandle,
+    f: impl FnOnce(&ClusterState) -> R + Send + 'static,
+) -> Result<R, JobFailure> {
+    raft.read(f).await.map_err(unreachable_control)
+}
+
+fn unreachable_control(e: arbor_scheduler::ReadError) -> JobFailure {
+    JobFailure::new(
+        ErrorCode::Unavailable,
+        format!("the control plane is not reachable from this node: {e}"),
+    )
+}
+
+/// This node's own copy of the state, for finding where to send a job (a deployment's
+/// name): a slightly old answer only costs a retry there.
+async fn read_here<R: Send + 'static>(
     raft: &RaftHandle,
     f: impl FnOnce(&ClusterState) -> R + Send + 'static,
 ) -> Result<R, JobFailure> {
@@ -532,7 +551,7 @@ async fn coordinator_of(
     collection: &str,
 ) -> Result<(String, CollectionRoute), JobFailure> {
     let name = collection.to_owned();
-    read(&env.raft, move |s| find_coordinator(s, &name)).await?
+    read_here(&env.raft, move |s| find_coordinator(s, &name)).await?
 }
 
 fn call_failure(e: CallError) -> JobFailure {
@@ -704,7 +723,7 @@ async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
 
 async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFailure> {
     let named = g.deployment.clone();
-    let model = read(&env.raft, move |s| {
+    let model = read_here(&env.raft, move |s| {
         pick_deployment(s, "model", named.as_deref())
     })
     .await??;
@@ -729,7 +748,7 @@ async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFa
 
 async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
     let named = e.deployment.clone();
-    let deployment = read(&env.raft, move |s| {
+    let deployment = read_here(&env.raft, move |s| {
         pick_deployment(s, "embedder", named.as_deref())
     })
     .await??;

@@ -433,6 +433,16 @@ impl Actor for LinkSupervisor {
             SupervisorMsg::Tick => {
                 let now = Now::read();
                 let t = state.view.on_tick(now);
+                // A peer silent past its timeout over a link that is still open (frozen,
+                // behind a dead route) is cut off here: its session ends, so its actors leave
+                // this node's process groups and callers stop picking replicas that cannot
+                // answer. It links again once it answers.
+                for silent in t.iter().filter(|t| t.to == PeerState::Down) {
+                    if let Some(link) = state.links.get(&silent.peer) {
+                        link.session
+                            .stop(Some("the peer sent no heartbeat within its timeout".into()));
+                    }
+                }
                 state.log(t);
                 let beat_due = state.last_beat.is_none_or(|t| {
                     now.mono.duration_since(t) >= state.args.timing.heartbeat_interval

@@ -2,7 +2,10 @@
 
 #![allow(dead_code)] // each test file uses part of it
 
+pub mod chaos;
 pub mod cluster;
+pub mod load;
+pub mod proxy;
 #[path = "../../../tests/support.rs"]
 pub mod support;
 
@@ -38,6 +41,30 @@ impl NodeProc {
             .spawn()
             .expect("cannot start arbor");
         NodeProc { child, log }
+    }
+
+    /// Starts a node whose log goes to `log`, appended to (a restarted node keeps the earlier
+    /// run's lines).
+    pub fn start_logging(config: &Path, id: u64, secret: &str, log: &Path) -> NodeProc {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = Command::new(ARBOR)
+            .args(["node", "--config"])
+            .arg(config)
+            .args(["--node", &id.to_string()])
+            .env("ARBOR_CLUSTER_SECRET", secret)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("cannot start arbor");
+        NodeProc {
+            child,
+            log: log.to_path_buf(),
+        }
     }
 
     pub fn sigkill(&mut self) {

@@ -63,6 +63,8 @@ pub struct PartitionView {
     /// The collection's incarnation: a collection created again under the same name has
     /// another one.
     pub incarnation: u64,
+    /// The collection's vector dimension.
+    pub dimension: u32,
     pub set: ReplicaSet,
     /// Every placed replica: index → where and under which generation.
     pub members: BTreeMap<u32, MemberView>,
@@ -97,11 +99,12 @@ pub fn partition_views(state: &ClusterState) -> BTreeMap<String, PartitionView> 
                 .spec
                 .collection
                 .as_ref()?;
-            let incarnation = state.collections.get(collection)?.incarnation;
+            let spec = state.collections.get(collection)?;
             Some((
                 deployment.clone(),
                 PartitionView {
-                    incarnation,
+                    incarnation: spec.incarnation,
+                    dimension: spec.dimension,
                     set: set.clone(),
                     members: BTreeMap::new(),
                 },

@@ -1,0 +1,711 @@
+//! The chaos suite: separate `arbor` processes, a fault proxy per port and per directed pair
+//! of nodes (`common::chaos`), documents that bring their own vectors, and at the end of
+//! every scenario a check of every acknowledged document on every in-sync replica, read from
+//! each directly. The scenarios are those of `../shared/reviews/correctness.md`, section 4
+//! (numbered as there). A failing scenario prints what it did and saw, and the end of every
+//! node's log.
+//!
+//! The long ones are `#[ignore]`d; run them with
+//! `cargo test -p arbor-node --test chaos -- --ignored --test-threads 1`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use arbor_actors::partition::{PartitionAnswer, PartitionFailure, PartitionRequest, remote};
+use arbor_actors::retrieval::route::chunk_id;
+use arbor_node::Secret;
+use arbor_node::call::Caller;
+use arbor_node::gateway::protocol::{JobSpec, QueryJob};
+use common::chaos::{Chaos, ONE_AT_A_TIME, Port, SECRET, Witness, vector};
+use common::proxy::Fault;
+use tokio::sync::Mutex;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// Acknowledged documents: id → the vector acknowledged for it.
+type Acked = Arc<Mutex<BTreeMap<String, Vec<f32>>>>;
+
+/// Ingests one document at a time until `stop`, remembering what was acknowledged; counts
+/// the failures (refused or unavailable writes are allowed, lost ones are not). Through node
+/// `via`'s gateway, or any.
+fn writer(
+    c: &Arc<Chaos>,
+    collection: &str,
+    via: Option<u64>,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+) -> tokio::task::JoinHandle<u64> {
+    let (c, collection) = (c.clone(), collection.to_string());
+    tokio::spawn(async move {
+        let connect = async || match via {
+            Some(node) => arbor_node::gateway::client::GatewayClient::connect(
+                &[c.addrs[&node].gateway],
+                &c.token,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap(),
+            None => c.client().await,
+        };
+        let mut client = connect().await;
+        let mut failed = 0;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let id = format!("w-{n}");
+            let v = vector(n);
+            match c
+                .ingest(&mut client, &collection, &[(id.clone(), v.clone())])
+                .await
+            {
+                Ok(()) => {
+                    acked.lock().await.insert(id, v);
+                }
+                Err(why) => {
+                    failed += 1;
+                    c.note(format!("ingest {id} failed: {why}"));
+                    // The connection may be gone with its node: take another.
+                    client = connect().await;
+                }
+            }
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        failed
+    })
+}
+
+/// A query by the document's own vector: whether it is found, and the partitions reported
+/// missing.
+async fn find(c: &Chaos, collection: &str, doc: &str, v: &[f32]) -> (bool, Vec<u32>) {
+    let mut client = c.client().await;
+    let job = JobSpec::Query(QueryJob {
+        collection: collection.into(),
+        text: None,
+        vector: Some(v.to_vec()),
+        k: 3,
+        filter: None,
+    });
+    let data = client.run(job, |_| {}).await.unwrap().into_data().unwrap();
+    let found = data["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|h| h["doc_id"] == doc);
+    let missing = serde_json::from_value(data["missing_partitions"].clone()).unwrap();
+    (found, missing)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_the_reported_double_failure_keeps_the_acknowledged_write() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s2", 3, |t| t).await;
+    c.collection("docs", 1, 2).await;
+    let mut client = c.client().await;
+    let before: Vec<(String, Vec<f32>)> = (0..6).map(|i| (format!("d-{i}"), vector(i))).collect();
+    c.ingest(&mut client, "docs", &before).await.unwrap();
+    let nodes = c.replica_nodes("docs", 0).await;
+    let (a, b) = (nodes[&0], nodes[&1]);
+    c.note(format!("replica 0 on node {a}, replica 1 on node {b}"));
+
+    // SIGKILL B; W is written (and acknowledged once B is out of the in-sync set).
+    c.sigkill(b);
+    let w = ("w".to_string(), vector(100));
+    let mut client = c.client().await;
+    c.ingest(&mut client, "docs", std::slice::from_ref(&w))
+        .await
+        .unwrap();
+    c.note("W acknowledged");
+    // SIGKILL A; B comes back: it is not in sync, so the partition is missing, never answered
+    // without W.
+    c.sigkill(a);
+    c.start_node(b);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.until("a query from a node that answers", MINUTE, async |c| {
+        let (found, missing) = find(c, "docs", "w", &w.1).await;
+        c.note(format!(
+            "query while A is down: found W {found}, missing {missing:?}"
+        ));
+        assert!(
+            found || missing == [0],
+            "a stale answer: W missing and nothing said"
+        );
+        true
+    })
+    .await;
+    // A comes back: W is there, on both.
+    c.start_node(a);
+    let mut acked: BTreeMap<String, Vec<f32>> = before.into_iter().collect();
+    acked.insert(w.0, w.1);
+    c.verify("docs", 1, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s9_a_collection_created_again_starts_empty_and_its_old_files_go() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s9", 3, |t| t).await;
+    c.collection("docs", 2, 2).await;
+    let mut client = c.client().await;
+    let docs: Vec<(String, Vec<f32>)> = (0..100).map(|i| (format!("d-{i}"), vector(i))).collect();
+    c.ingest(&mut client, "docs", &docs).await.unwrap();
+    assert!(find(&c, "docs", "d-3", &docs[3].1).await.0);
+    c.arbor(&["collection", "delete", "docs"]).await.unwrap();
+    c.arbor(&["undeploy", "docs-coord"]).await.unwrap();
+    c.collection("docs", 2, 2).await;
+    let (found, missing) = find(&c, "docs", "d-3", &docs[3].1).await;
+    assert!(
+        !found && missing.is_empty(),
+        "the deleted collection's rows came back"
+    );
+    // Every node removes the old incarnation's files.
+    c.until(
+        "the deleted collection's files removed everywhere",
+        MINUTE,
+        async |c| {
+            c.addrs.keys().all(|id| {
+                let dir = c
+                    .dir
+                    .path()
+                    .join(format!("node-{id}"))
+                    .join("actors")
+                    .join("partitions");
+                std::fs::read_dir(dir)
+                    .map(|entries| {
+                        entries
+                            .flatten()
+                            .all(|e| !e.file_name().to_string_lossy().contains("~i1~"))
+                    })
+                    .unwrap_or(true)
+            })
+        },
+    )
+    .await;
+    // Again with another dimension: it runs.
+    c.arbor(&["collection", "delete", "docs"]).await.unwrap();
+    let out = c
+        .arbor(&[
+            "collection",
+            "create",
+            "docs",
+            "--partitions",
+            "1",
+            "--replicas",
+            "2",
+            "--embedder",
+            "embedder",
+            "--dim",
+            "16",
+            "--memory",
+            "64MiB",
+        ])
+        .await;
+    out.unwrap();
+    c.until_whole("docs", MINUTE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_with_label_constraints_is_placed_by_them() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-labels", 3, |t| t).await;
+    // The constraint travels through the Raft log (it once could not be decoded there).
+    c.deploy(
+        "pinned",
+        "name = \"pinned\"\nkind = \"echo\"\nreplicas = 1\n\
+         constraints = [{ op = \"equal\", key = \"rack\", value = \"r2\" }]\n",
+    )
+    .await;
+    c.until("the pinned echo running on node 2", MINUTE, async |c| {
+        c.deployments().await.is_some_and(|d| {
+            d.get("pinned")
+                .is_some_and(|p| p.running == 1 && p.replicas[0].node == Some(2))
+        })
+    })
+    .await;
+}
+
+/// Scenario 1, `rounds` times: SIGKILL the node of one replica under ingest, restart it
+/// within `node_timeout`, go on, then SIGKILL the other replica's node for good.
+async fn quick_restart_then_loss(name: &str, rounds: u32) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Arc::new(Chaos::start(name, 3, |t| t).await);
+    let _w = Witness(c.clone());
+    c.collection("docs", 1, 2).await;
+    let acked: Acked = Default::default();
+    for round in 0..rounds {
+        let stop = Arc::new(AtomicBool::new(false));
+        let w = writer(&c, "docs", None, stop.clone(), acked.clone());
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let nodes = c.replica_nodes("docs", 0).await;
+        let (keep, bounce) = (nodes[&0], nodes[&1]);
+        c.note(format!(
+            "round {round}: bounce node {bounce}, then lose node {keep}"
+        ));
+        c.sigkill(bounce);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        c.start_node(bounce);
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        c.sigkill(keep);
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        stop.store(true, Ordering::Relaxed);
+        let failed = w.await.unwrap();
+        c.note(format!(
+            "round {round}: {} acknowledged so far, {failed} writes failed",
+            acked.lock().await.len()
+        ));
+        c.start_node(keep);
+        let acked = acked.lock().await.clone();
+        c.verify("docs", 1, &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s1_a_quick_restart_under_ingest_then_the_loss_of_the_other_replica() {
+    quick_restart_then_loss("chaos-s1", 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: 20 rounds of scenario 1"]
+async fn s1_twenty_rounds() {
+    quick_restart_then_loss("chaos-s1-20", 20).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s4_s5b_a_replica_cut_off_on_the_actor_port_is_dropped_then_caught_up() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Arc::new(Chaos::start("chaos-s4", 3, |t| t).await);
+    let _w = Witness(c.clone());
+    c.collection("docs", 1, 2).await;
+    let acked: Acked = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(&c, "docs", None, stop.clone(), acked.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let nodes = c.replica_nodes("docs", 0).await;
+    let (primary, _, _) = c.set("docs", 0).await.unwrap();
+    let primary = primary.unwrap();
+    let follower_node = nodes[&(1 - primary)];
+    // The data plane only: Raft keeps the node up, so nothing is moved.
+    c.isolate(follower_node, Port::Actors, Fault::Cut);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    c.isolate(follower_node, Port::Actors, Fault::Pass);
+    c.until_whole("docs", MINUTE).await;
+    // Then the primary's node goes: the caught-up follower has every acknowledged write.
+    c.sigkill(nodes[&primary]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    let failed = w.await.unwrap();
+    c.note(format!("{failed} writes failed"));
+    c.start_node(nodes[&primary]);
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() > 20, "{} acknowledged", acked.len());
+    c.verify("docs", 1, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s10_a_frozen_replica_holds_writes_up_for_its_deadline_only() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Arc::new(Chaos::start("chaos-s10", 3, |t| t).await);
+    let _w = Witness(c.clone());
+    c.collection("docs", 1, 2).await;
+    let acked: Acked = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let nodes = c.replica_nodes("docs", 0).await;
+    let (primary, _, _) = c.set("docs", 0).await.unwrap();
+    let primary = primary.unwrap();
+    let frozen = nodes[&(1 - primary)];
+    // The client's own node is not the frozen one (a client there would wait with it).
+    let w = writer(
+        &c,
+        "docs",
+        Some(nodes[&primary]),
+        stop.clone(),
+        acked.clone(),
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = acked.lock().await.len();
+    c.signal(frozen, "STOP");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let during = acked.lock().await.len() - before;
+    c.note(format!(
+        "{during} writes acknowledged while node {frozen} was frozen"
+    ));
+    assert!(during >= 3, "writes must go on past the deadline: {during}");
+    c.signal(frozen, "CONT");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::Relaxed);
+    w.await.unwrap();
+    let acked = acked.lock().await.clone();
+    c.verify("docs", 1, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s6_a_node_cut_off_from_the_quorum_but_reachable_by_clients_loses_nothing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Arc::new(Chaos::start("chaos-s6", 3, |t| t).await);
+    let _w = Witness(c.clone());
+    c.collection("docs", 1, 2).await;
+    // A replica on node 3, cut off from 1 and 2 on both ports; clients still reach its
+    // gateway.
+    let nodes = c.replica_nodes("docs", 0).await;
+    let cut = *nodes.values().max().unwrap();
+    let mut client = c.client().await;
+    let acked: Acked = Default::default();
+    c.isolate(cut, Port::Raft, Fault::Cut);
+    c.isolate(cut, Port::Actors, Fault::Cut);
+    let gateway = c.addrs[&cut].gateway;
+    let mut there = arbor_node::gateway::client::GatewayClient::connect(
+        &[gateway],
+        &c.token,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    let (mut ok_there, mut refused_there) = (0, 0);
+    while start.elapsed() < Duration::from_secs(8) {
+        let doc = (format!("m-{n}"), vector(1000 + n));
+        match c
+            .ingest(&mut there, "docs", std::slice::from_ref(&doc))
+            .await
+        {
+            Ok(()) => {
+                ok_there += 1;
+                acked.lock().await.insert(doc.0, doc.1);
+            }
+            Err(why) => {
+                refused_there += 1;
+                c.note(format!("through node {cut}: {why}"));
+            }
+        }
+        let doc = (format!("q-{n}"), vector(5000 + n));
+        if c.ingest(&mut client, "docs", std::slice::from_ref(&doc))
+            .await
+            .is_ok()
+        {
+            acked.lock().await.insert(doc.0, doc.1);
+        } else {
+            client = c.client().await;
+        }
+        n += 1;
+    }
+    c.note(format!(
+        "through the cut node: {ok_there} acknowledged, {refused_there} refused"
+    ));
+    c.isolate(cut, Port::Raft, Fault::Pass);
+    c.isolate(cut, Port::Actors, Fault::Pass);
+    let acked = acked.lock().await.clone();
+    c.verify("docs", 1, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s7_concurrent_writers_of_one_document_leave_every_replica_identical() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Arc::new(Chaos::start("chaos-s7", 3, |t| t).await);
+    let _w = Witness(c.clone());
+    c.collection("docs", 1, 3).await;
+    let secret = Secret::new(SECRET).unwrap();
+    let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    let deployments = c.deployments().await.unwrap();
+    let generations: Vec<(u32, u64)> = deployments["docs.p0"]
+        .replicas
+        .iter()
+        .map(|r| (r.replica, r.generation.unwrap()))
+        .collect();
+    let mut clients = Vec::new();
+    for g in c.addrs.values().take(2) {
+        clients.push(
+            arbor_node::gateway::client::GatewayClient::connect(
+                &[g.gateway],
+                &c.token,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    let id = chunk_id("x", 0);
+    for round in 0..30u64 {
+        let mut tasks = Vec::new();
+        for (w, mut client) in clients.drain(..).enumerate() {
+            let c = c.clone();
+            tasks.push(tokio::spawn(async move {
+                let doc = ("x".to_string(), vector(round * 2 + w as u64));
+                c.ingest(&mut client, "docs", &[doc]).await.unwrap();
+                client
+            }));
+        }
+        for t in tasks {
+            clients.push(t.await.unwrap());
+        }
+        let mut rows = Vec::new();
+        for (replica, generation) in &generations {
+            let cell = remote::member(&scope, "docs.p0", *replica, *generation).unwrap();
+            let answer = remote::ask(
+                &cell,
+                PartitionRequest::Get(vec![id]),
+                Duration::from_secs(10),
+            )
+            .await;
+            let Ok(PartitionAnswer::Records(r)) = answer else {
+                panic!("round {round}: {answer:?}");
+            };
+            rows.push(r);
+        }
+        assert!(
+            rows.iter().all(|r| *r == rows[0]),
+            "round {round}: the replicas differ: {rows:?}"
+        );
+    }
+    caller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s5a_s17_a_node_off_the_control_plane_stops_serving_within_its_lease() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s5a", 3, |t| t).await;
+    c.collection("docs", 1, 2).await;
+    let mut client = c.client().await;
+    let docs: Vec<(String, Vec<f32>)> = (0..20).map(|i| (format!("d-{i}"), vector(i))).collect();
+    c.ingest(&mut client, "docs", &docs).await.unwrap();
+    let nodes = c.replica_nodes("docs", 0).await;
+    let deployments = c.deployments().await.unwrap();
+    let (replica, node) = nodes
+        .iter()
+        .map(|(r, n)| (*r, *n))
+        .max_by_key(|(_, n)| *n)
+        .unwrap();
+    let generation = deployments["docs.p0"]
+        .replicas
+        .iter()
+        .find(|r| r.replica == replica)
+        .unwrap()
+        .generation
+        .unwrap();
+    let secret = Secret::new(SECRET).unwrap();
+    let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    let start = Instant::now();
+    let cell = loop {
+        if let Some(cell) = remote::member(&scope, "docs.p0", replica, generation) {
+            break cell;
+        }
+        assert!(start.elapsed() < MINUTE);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let get = || {
+        remote::ask(
+            &cell,
+            PartitionRequest::Get(vec![chunk_id("d-1", 0)]),
+            Duration::from_secs(5),
+        )
+    };
+    assert!(matches!(get().await, Ok(PartitionAnswer::Records(_))));
+    // Its Raft port only is cut: the test (a client) still reaches its replica.
+    c.isolate(node, Port::Raft, Fault::Cut);
+    let cut = Instant::now();
+    let fenced = loop {
+        match get().await {
+            Err(PartitionFailure::Fenced) | Err(PartitionFailure::NotInSync) => {
+                break cut.elapsed();
+            }
+            other => {
+                assert!(
+                    cut.elapsed() < Duration::from_secs(3),
+                    "still served after {:?}: {other:?}",
+                    cut.elapsed()
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    c.note(format!(
+        "node {node}'s replica stopped serving {fenced:?} after its Raft port was cut"
+    ));
+    // Before the control plane moved it (node_timeout, 3 s).
+    assert!(fenced < Duration::from_secs(3), "{fenced:?}");
+    c.isolate(node, Port::Raft, Fault::Pass);
+    caller.stop().await;
+    let acked: BTreeMap<String, Vec<f32>> = docs.into_iter().collect();
+    c.verify("docs", 1, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s18_a_node_restarted_into_a_partition_starts_no_actor() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s18", 3, |t| t).await;
+    c.collection("docs", 1, 2).await;
+    let nodes = c.replica_nodes("docs", 0).await;
+    let node = nodes[&1];
+    c.sigkill(node);
+    // Down for longer than node_timeout: its replica is placed elsewhere.
+    c.until("the replica moved off the dead node", MINUTE, async |c| {
+        c.replica_nodes("docs", 0).await.get(&1) != Some(&node)
+    })
+    .await;
+    // Back, but cut off from the control plane: it must not start the replica it had.
+    c.isolate(node, Port::Raft, Fault::Cut);
+    c.start_node(node);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let log = c.log(node);
+    let after_restart = log.rsplit("node started").next().unwrap_or("");
+    assert!(
+        !after_restart.contains("vector partition loaded"),
+        "a node cut off from the control plane started a replica"
+    );
+    assert!(
+        after_restart.contains("starting no actor until this node has caught up"),
+        "it says why it waits"
+    );
+    c.isolate(node, Port::Raft, Fault::Pass);
+    c.until_whole("docs", MINUTE).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s11_a_full_disk_fails_its_replicas_and_stops_its_node() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mount = tempfile::tempdir().unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"])
+        .arg(mount.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!(
+            "skipped: this machine cannot mount a small tmpfs (needs root), so no disk can be filled"
+        );
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
+        }
+    }
+    let _unmount = Unmount(mount.path().to_path_buf());
+    let small = mount.path().display().to_string();
+    let c = Arc::new(
+        Chaos::start("chaos-s11", 3, |t| {
+            // Node 2's data on the small disk.
+            let mut parts: Vec<String> = t.split("[[nodes]]").map(String::from).collect();
+            let i = parts.iter().position(|p| p.contains("id = 2\n")).unwrap();
+            let start = parts[i].find("data_dir = \"").unwrap() + "data_dir = \"".len();
+            let end = start + parts[i][start..].find('"').unwrap();
+            parts[i].replace_range(start..end, &format!("{small}/node-2"));
+            parts.join("[[nodes]]")
+        })
+        .await,
+    );
+    c.collection("docs", 1, 3).await;
+    let acked: Acked = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(&c, "docs", None, stop.clone(), acked.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Fill the disk.
+    c.note("filling node 2's disk");
+    let _ = std::fs::write(mount.path().join("filler"), vec![0u8; 64 << 20]);
+    // Its Raft storage fails: the node stops, with a non-zero exit and the reason logged.
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = c.exited(2) {
+            break status;
+        }
+        assert!(
+            start.elapsed() < MINUTE,
+            "node 2 kept running on a full disk"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    c.note(format!(
+        "node 2 stopped {:?} after its disk filled: {status}",
+        start.elapsed()
+    ));
+    assert!(
+        !status.success(),
+        "a node that lost its storage exits with an error"
+    );
+    let log = c.log(2);
+    assert!(
+        log.contains("storage") && (log.contains("halted") || log.contains("stopping")),
+        "the log says why it stopped"
+    );
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    stop.store(true, Ordering::Relaxed);
+    let failed = w.await.unwrap();
+    c.note(format!("{failed} writes failed"));
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() > 20, "writes went on: {}", acked.len());
+    // The other replicas hold every acknowledged write (node 2's replica is out of the set,
+    // replaced on no node: there are only three).
+    let _ = std::fs::remove_file(mount.path().join("filler"));
+    verify_in_sync_only(&c, "docs", &acked).await;
+}
+
+/// Like `Chaos::verify`, without waiting for the partition to be whole (a replica may be
+/// gone for good).
+async fn verify_in_sync_only(c: &Chaos, collection: &str, acked: &BTreeMap<String, Vec<f32>>) {
+    let sets = c.collections().await.unwrap()[collection]
+        .replica_sets
+        .clone();
+    assert!(sets.iter().all(|s| s.primary.is_some()), "{sets:?}");
+    let secret = Secret::new(SECRET).unwrap();
+    let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    let deployments = c.deployments().await.unwrap();
+    for set in &sets {
+        let deployment = format!("{collection}.p{}", set.partition);
+        for replica in &set.in_sync {
+            let generation = deployments[&deployment]
+                .replicas
+                .iter()
+                .find(|r| r.replica == *replica)
+                .and_then(|r| r.generation)
+                .unwrap();
+            let start = Instant::now();
+            let cell = loop {
+                if let Some(cell) = remote::member(&scope, &deployment, *replica, generation) {
+                    break cell;
+                }
+                assert!(
+                    start.elapsed() < MINUTE,
+                    "{deployment}/{replica} unreachable"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let ids: Vec<u64> = acked.keys().map(|d| chunk_id(d, 0)).collect();
+            for chunk in ids.chunks(256) {
+                let answer = remote::ask(
+                    &cell,
+                    PartitionRequest::Get(chunk.to_vec()),
+                    Duration::from_secs(30),
+                )
+                .await;
+                let Ok(PartitionAnswer::Records(records)) = answer else {
+                    panic!("{deployment}/{replica}: {answer:?}");
+                };
+                assert_eq!(
+                    records.len(),
+                    chunk.len(),
+                    "{deployment}/{replica} lacks acknowledged rows"
+                );
+            }
+        }
+    }
+    c.note(format!(
+        "verified {} acknowledged documents on the in-sync replicas",
+        acked.len()
+    ));
+    caller.stop().await;
+}
