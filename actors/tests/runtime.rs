@@ -521,7 +521,7 @@ async fn undecodable_requests_get_error_replies() {
             Kind::Echo | Kind::Spin | Kind::Model => "{}",
         };
         let ctx = ReplicaContext {
-            actor_id: format!("raw-{kind}"),
+            actor_id: format!("raw-{kind}/0"),
             deployment: "raw".into(),
             generation: 1,
             devices: vec![0],

@@ -709,3 +709,201 @@ async fn verify_in_sync_only(c: &Chaos, collection: &str, acked: &BTreeMap<Strin
     ));
     caller.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_a_second_drain_waits_for_the_first_ones_copy() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s3", 4, |t| t).await;
+    c.collection("docs", 1, 2).await;
+    let mut client = c.client().await;
+    let docs: Vec<(String, Vec<f32>)> = (0..5000).map(|i| (format!("d-{i}"), vector(i))).collect();
+    for chunk in docs.chunks(250) {
+        c.ingest(&mut client, "docs", chunk).await.unwrap();
+    }
+    let nodes = c.replica_nodes("docs", 0).await;
+    let (a, b) = (nodes[&0], nodes[&1]);
+    c.note(format!("drain node {a}, then node {b} a second later"));
+    c.arbor(&["node", "drain", &a.to_string()]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.arbor(&["node", "drain", &b.to_string()]).await.unwrap();
+    // Whatever the order things happen in, the partition is never left without an in-sync
+    // copy, and it ends on the two undrained nodes.
+    let start = Instant::now();
+    loop {
+        let set = c.set("docs", 0).await;
+        if let Some((primary, in_sync, _)) = &set {
+            assert!(primary.is_some() && !in_sync.is_empty(), "{set:?}");
+        }
+        let now = c.replica_nodes("docs", 0).await;
+        if now.values().all(|n| *n != a && *n != b)
+            && set.as_ref().is_some_and(|(_, s, _)| s.len() == 2)
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the drains never ended: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    c.note(format!("both drained after {:?}", start.elapsed()));
+    c.verify("docs", 1, &docs.into_iter().collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s8_a_whole_cluster_restart_after_a_divergence_converges() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Arc::new(Chaos::start("chaos-s8", 3, |t| t).await);
+    let _w = Witness(c.clone());
+    c.collection("docs", 2, 2).await;
+    let acked: Acked = Default::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = writer(&c, "docs", None, stop.clone(), acked.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A follower falls behind (scenario 4)...
+    let nodes = c.replica_nodes("docs", 0).await;
+    let (primary, _, _) = c.set("docs", 0).await.unwrap();
+    let behind = nodes[&(1 - primary.unwrap())];
+    c.isolate(behind, Port::Actors, Fault::Cut);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    w.await.unwrap();
+    // ... and every node dies at once, then comes back together.
+    for id in [1, 2, 3] {
+        c.sigkill(id);
+    }
+    c.isolate(behind, Port::Actors, Fault::Pass);
+    for id in [1, 2, 3] {
+        c.start_node(id);
+    }
+    let acked = acked.lock().await.clone();
+    assert!(acked.len() > 10, "{} acknowledged", acked.len());
+    c.verify("docs", 2, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s17_a_removed_member_stops_serving_and_its_replicas_move() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s17", 4, |t| {
+        // Node 4 is not a founding voter, so that removing one of 1..3 keeps a quorum.
+        t.replacen("[[nodes]]", "voters = [1, 2, 3]\n\n[[nodes]]", 1)
+    })
+    .await;
+    c.collection("docs", 1, 2).await;
+    let mut client = c.client().await;
+    let docs: Vec<(String, Vec<f32>)> = (0..50).map(|i| (format!("d-{i}"), vector(i))).collect();
+    c.ingest(&mut client, "docs", &docs).await.unwrap();
+    let nodes = c.replica_nodes("docs", 0).await;
+    let (replica, node) = nodes
+        .iter()
+        .map(|(r, n)| (*r, *n))
+        .find(|(_, n)| *n <= 3)
+        .expect("a replica on a voter");
+    let old_generation = c.deployments().await.unwrap()["docs.p0"]
+        .replicas
+        .iter()
+        .find(|r| r.replica == replica)
+        .and_then(|r| r.generation)
+        .unwrap();
+    let out = c
+        .arbor(&["cluster", "remove-node", &node.to_string()])
+        .await;
+    c.note(format!("remove-node {node}: {out:?}"));
+    out.unwrap();
+    // Its replica moves elsewhere, and the partition is whole again without it.
+    c.until(
+        "the removed member's replica placed elsewhere",
+        MINUTE,
+        async |c| c.replica_nodes("docs", 0).await.get(&replica) != Some(&node),
+    )
+    .await;
+    c.verify("docs", 1, &docs.into_iter().collect()).await;
+    // And its old copy serves nothing: its node cannot confirm a lease with a cluster it left.
+    let secret = Secret::new(SECRET).unwrap();
+    let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    if let Some(old) = remote::member(&scope, "docs.p0", replica, old_generation) {
+        let answer = remote::ask(
+            &old,
+            PartitionRequest::Get(vec![chunk_id("d-1", 0)]),
+            Duration::from_secs(5),
+        )
+        .await;
+        c.note(format!("the removed node's old copy answers: {answer:?}"));
+        assert!(
+            matches!(
+                answer,
+                Err(PartitionFailure::Fenced)
+                    | Err(PartitionFailure::NotInSync)
+                    | Err(PartitionFailure::Unavailable(_))
+            ),
+            "a removed node's replica served a read: {answer:?}"
+        );
+    }
+    caller.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s19_a_job_on_a_node_cut_off_from_raft_ends_as_its_record_says() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s19", 3, |t| t).await;
+    c.collection("docs", 1, 2).await;
+    // A long ingest through node 3's gateway, while node 3's Raft port is cut for 5 s.
+    let mut there = arbor_node::gateway::client::GatewayClient::connect(
+        &[c.addrs[&3].gateway],
+        &c.token,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
+    let docs: Vec<(String, Vec<f32>)> = (0..3000).map(|i| (format!("d-{i}"), vector(i))).collect();
+    let job = JobSpec::Ingest(arbor_node::gateway::protocol::IngestJob {
+        collection: "docs".into(),
+        documents: docs
+            .iter()
+            .map(|(id, v)| arbor_node::gateway::protocol::DocumentIn {
+                id: id.clone(),
+                text: String::new(),
+                title: None,
+                metadata: Default::default(),
+                vector: Some(v.clone()),
+            })
+            .collect(),
+    });
+    let run = tokio::spawn(async move {
+        let outcome = there.run(job, |_| {}).await;
+        (outcome, there)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.isolate(3, Port::Raft, Fault::Cut);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    c.isolate(3, Port::Raft, Fault::Pass);
+    let (outcome, _there) = run.await.unwrap();
+    let seen = match &outcome {
+        Ok(o) if o.succeeded() => "succeeded".to_string(),
+        other => format!("{other:?}"),
+    };
+    c.note(format!("the client saw: {seen:.300}"));
+    let Ok(outcome) = outcome else {
+        return; // refused before it was recorded: nothing to compare
+    };
+    // What the client saw is what the record says, from any node.
+    let job_id = outcome.job.clone();
+    c.until("the job's record finished", MINUTE, async |c| {
+        let out = c.arbor(&["job", &job_id, "--json"]).await;
+        out.is_ok_and(|o| {
+            let v: serde_json::Value = serde_json::from_str(&o).unwrap_or_default();
+            let state = v["state"].as_str().unwrap_or("");
+            c.note(format!("recorded: {state}"));
+            matches!(state, "succeeded" | "failed" | "cancelled")
+                && (state == "succeeded") == outcome.succeeded()
+        })
+    })
+    .await;
+    if outcome.succeeded() {
+        c.verify("docs", 1, &docs.into_iter().collect()).await;
+    }
+}

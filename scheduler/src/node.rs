@@ -574,6 +574,7 @@ impl RaftNode {
             leader: 0,
             config,
             promotion_seq: rand::random::<u64>() >> 1,
+            hand_over: false,
             applied_dirty: false,
             warned_data_loss: false,
             last_heard: HashMap::new(),
@@ -663,6 +664,9 @@ struct Driver {
     leader: NodeId,
     config: NodeConfig,
     promotion_seq: u64,
+    /// This node removed itself from the voters while leading: it hands leadership over (raft-rs
+    /// 0.7 would keep a non-member leader leading).
+    hand_over: bool,
     applied_dirty: bool,
     warned_data_loss: bool,
     /// When each peer last sent this node a raft message.
@@ -815,6 +819,7 @@ impl Driver {
     }
 
     fn on_tick(&mut self) {
+        self.maybe_hand_over();
         let now = Instant::now();
         let retry = self.config.client.propose_retry;
         let mut pending = std::mem::take(&mut self.pending);
@@ -843,6 +848,31 @@ impl Driver {
             self.raw.read_index(ctx.to_le_bytes().to_vec());
         }
         self.maybe_promote();
+    }
+
+    /// A leader that removed itself hands leadership to the most caught-up remaining voter
+    /// (once more every tick until someone else leads).
+    fn maybe_hand_over(&mut self) {
+        if !self.hand_over {
+            return;
+        }
+        if self.raw.raft.state != StateRole::Leader {
+            self.hand_over = false;
+            return;
+        }
+        let voters = self.raw.store().conf_state().voters.clone();
+        let best = voters
+            .iter()
+            .filter(|v| **v != self.id)
+            .max_by_key(|v| self.raw.raft.prs().get(**v).map_or(0, |p| p.matched))
+            .copied();
+        if let Some(to) = best {
+            info!(
+                node = self.id,
+                to, "removed from the voters while leading; handing over"
+            );
+            self.raw.transfer_leader(to);
+        }
     }
 
     /// On the leader: promotes a learner that asked for it once it has caught up.
@@ -1178,6 +1208,9 @@ impl Driver {
                             self.machine.pending_promotions.remove(&node);
                             self.machine.state.raft_members.remove(&node);
                             self.transport.forget(node);
+                            if node == self.id {
+                                self.hand_over = true;
+                            }
                         }
                     }
                     info!(

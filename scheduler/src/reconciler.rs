@@ -119,9 +119,13 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
             |p: &Placement| node_up(p.node) && !matches!(p.status, PlacementStatus::Failed { .. });
         if let Some(set) = set {
             match partition_failover(name, set, placed, &serving) {
-                Failover::Promote(command) => {
+                Failover::Promote { replica, epoch } => {
                     // The primary moves first; placements are planned on the next round.
-                    promotions.push(command);
+                    promotions.push(Command::PromotePrimary {
+                        deployment: name.clone(),
+                        replica,
+                        epoch,
+                    });
                     continue;
                 }
                 Failover::Stuck(reason) => {
@@ -254,8 +258,11 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
 /// What a partition's primary needs this round.
 enum Failover {
     None,
-    /// Another in-sync replica takes over.
-    Promote(Command),
+    /// This in-sync replica takes over (at the set's epoch).
+    Promote {
+        replica: u32,
+        epoch: u64,
+    },
     /// No in-sync replica can serve: the partition waits, for this reason.
     Stuck(String),
 }
@@ -277,11 +284,10 @@ fn partition_failover(
         return Failover::None;
     }
     match set.in_sync.keys().copied().find(|r| in_sync_serving(*r)) {
-        Some(replica) => Failover::Promote(Command::PromotePrimary {
-            deployment: name.to_string(),
+        Some(replica) => Failover::Promote {
             replica,
             epoch: set.epoch,
-        }),
+        },
         None if set.in_sync.is_empty() => Failover::Stuck(format!(
             "partition {name:?} has no in-sync replica left;              `arbor collection promote-stale` accepts the loss"
         )),

@@ -297,10 +297,10 @@ impl Partition {
     /// See [`Store::changes_after`].
     pub fn changes_after(
         &self,
-        after: (u64, u64),
+        after: store::Position,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Change>, Option<(u64, u64)>), PartitionError> {
+    ) -> Result<store::ChangesPage, PartitionError> {
         Ok(self.store.changes_after(after, limit, max_bytes)?)
     }
 

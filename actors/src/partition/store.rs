@@ -269,6 +269,12 @@ impl Change {
 /// written in it, in increasing order of both.
 pub type History = Vec<(u64, u64)>;
 
+/// A place in the `(seq, id)` order in which changes are read.
+pub type Position = (u64, u64);
+
+/// One page of changes, and the position to read after for the next (`None`: the end).
+pub type ChangesPage = (Vec<Change>, Option<Position>);
+
 /// A partition replica's redb file.
 pub struct Store {
     db: Database,
@@ -599,10 +605,10 @@ impl Store {
     /// written again meanwhile moves past the position, so it is seen again later.
     pub fn changes_after(
         &self,
-        after: (u64, u64),
+        after: Position,
         limit: usize,
         max_bytes: usize,
-    ) -> Result<(Vec<Change>, Option<(u64, u64)>), StoreError> {
+    ) -> Result<ChangesPage, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
         let changes = txn.open_table(CHANGES).map_err(|e| redb_err(p, e))?;

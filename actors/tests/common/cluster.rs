@@ -4,8 +4,6 @@
 //! "nodes" have their own data folders. Claims about several processes are not proved here:
 //! the node crate's process tests do that.
 
-#![allow(dead_code)] // each test file uses part of it
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -271,15 +271,23 @@ pub fn record_status(s: &Snapshot) -> JobStatus {
 
 /// Writes one job's record changes to the control plane in order, skipping to the newest
 /// when several wait (progress updates are only ever superseded), and always writing the last.
+///
+/// The last change (a finished state) is a durable intent: it is retried until the control
+/// plane takes it or refuses it, however long an election storm lasts, so a record never
+/// stays `running` for a job that ended. A refusal means the record was finished elsewhere
+/// (the leader failed the job while this node was cut off, or it was cancelled from another
+/// node): [`Recorder::finish`] then says what the record holds, so the submitter is told the
+/// same as everyone else.
 pub struct Recorder {
     tx: mpsc::UnboundedSender<Snapshot>,
-    done: tokio::task::JoinHandle<()>,
+    done: tokio::task::JoinHandle<Result<(), JobStatus>>,
 }
 
 impl Recorder {
     pub fn start(raft: RaftHandle, id: JobId) -> Recorder {
         let (tx, mut rx) = mpsc::unbounded_channel::<Snapshot>();
         let done = tokio::spawn(async move {
+            let mut outcome = Ok(());
             while let Some(mut s) = rx.recv().await {
                 while let Ok(newer) = rx.try_recv() {
                     s = newer;
@@ -296,17 +304,42 @@ impl Recorder {
                         bytes
                     }
                 });
+                let status = record_status(&s);
+                let last = status.is_finished();
                 let command = Command::UpdateJob {
                     id: id.clone(),
-                    status: record_status(&s),
+                    status,
                     progress: s.progress.clamp(0.0, 1.0),
                     result,
                 };
-                if let Err(e) = propose_retrying(&raft, command).await {
-                    // Rejected: the record finished elsewhere (cancelled from another node).
-                    tracing::debug!(job = %id, "job record not updated: {e}");
-                }
+                outcome = loop {
+                    match propose_retrying(&raft, command.clone()).await {
+                        Ok(()) => break Ok(()),
+                        Err(ProposeError::Rejected(_)) => {
+                            // Finished elsewhere: what does the record say?
+                            let key = id.clone();
+                            let recorded = raft
+                                .read_local(move |st| st.jobs.get(&key).map(|j| j.status.clone()))
+                                .await
+                                .ok()
+                                .flatten();
+                            break match recorded {
+                                Some(status) if status.is_finished() => Err(status),
+                                _ => Ok(()),
+                            };
+                        }
+                        Err(ProposeError::Stopped) => break Ok(()),
+                        Err(e) if last => {
+                            tracing::warn!(job = %id, "the job's last record is not written yet ({e}); retrying");
+                        }
+                        Err(e) => {
+                            tracing::debug!(job = %id, "job record not updated: {e}");
+                            break Ok(());
+                        }
+                    }
+                };
             }
+            outcome
         });
         Recorder { tx, done }
     }
@@ -320,10 +353,11 @@ impl Recorder {
         let _ = self.tx.send(s);
     }
 
-    /// Waits until every change handed over is written (or refused).
-    pub async fn finish(self) {
+    /// Waits until every change handed over is written; `Err` with the recorded status when
+    /// the record had been finished elsewhere and refused this node's end.
+    pub async fn finish(self) -> Result<(), JobStatus> {
         drop(self.tx);
-        let _ = self.done.await;
+        self.done.await.unwrap_or(Ok(()))
     }
 }
 

@@ -915,39 +915,66 @@ async fn run_job(
         }
     };
     drop(emit);
-    let (state, reason) = match outcome {
-        _ if job.is_cancelled() => (JobState::Cancelled, None),
-        Ok(data) => {
-            job.update(|s| s.result = Some(data.clone()));
-            send(ServerMsg::Result {
-                job: job.id.clone(),
-                data,
-                last: true,
-            });
-            (JobState::Succeeded, None)
-        }
-        Err(f) => {
-            let _ = owner.send(Outgoing::Msg(error(
-                reference,
-                Some(job.id.clone()),
-                f.code,
-                f.message.clone(),
-                f.field,
-            )));
-            (JobState::Failed, Some(f.message))
-        }
+    let (mut state, mut reason, mut data, mut failure) = match outcome {
+        _ if job.is_cancelled() => (JobState::Cancelled, None, None, None),
+        Ok(data) => (JobState::Succeeded, None, Some(data), None),
+        Err(f) => (JobState::Failed, Some(f.message.clone()), None, Some(f)),
     };
     job.update(|s| {
         s.state = state;
         s.reason = reason.clone();
+        s.result = data.clone();
         if state == JobState::Succeeded {
             s.progress = 1.0;
         }
     });
     if let Some(r) = recorder {
         r.record(job.snapshot());
-        // Once the submitter sees the end, every node's status shows it.
-        r.finish().await;
+        // The end is recorded before the submitter hears of it: once it does, every node's
+        // status shows the same. A record finished elsewhere (this node was cut off and the
+        // job failed over there) wins: the submitter is told what everyone else is.
+        if let Err(recorded) = r.finish().await {
+            let (s, why) = match recorded {
+                JobStatus::Cancelled => (JobState::Cancelled, None),
+                JobStatus::Failed { reason } => (JobState::Failed, Some(reason)),
+                _ => (
+                    JobState::Failed,
+                    Some("the job's record ended otherwise".into()),
+                ),
+            };
+            let message = format!(
+                "the control plane recorded this job as {} ({}) before this node could record \
+                 its end; its outcome here is not kept",
+                match s {
+                    JobState::Cancelled => "cancelled",
+                    _ => "failed",
+                },
+                why.as_deref().unwrap_or("no reason")
+            );
+            (state, reason, data) = (s, why.or(Some(message.clone())), None);
+            failure = Some(JobFailure::new(ErrorCode::JobFailed, message));
+            job.update(|st| {
+                st.state = state;
+                st.reason = reason.clone();
+                st.result = None;
+            });
+        }
+    }
+    if let Some(data) = data {
+        send(ServerMsg::Result {
+            job: job.id.clone(),
+            data,
+            last: true,
+        });
+    }
+    if let Some(f) = failure {
+        let _ = owner.send(Outgoing::Msg(error(
+            reference,
+            Some(job.id.clone()),
+            f.code,
+            f.message,
+            f.field,
+        )));
     }
     drop(slot);
     send(ServerMsg::Event {
@@ -1058,8 +1085,15 @@ async fn janitor(shared: Arc<Shared>) {
                         finished.push((j.submitted_ms, id.clone()));
                         continue;
                     }
-                    if j.node == me && !local.contains(id) && j.submitted_ms < started {
-                        fail.push((id.clone(), format!("node {me} restarted while running it")));
+                    if j.node == me && !local.contains(id) {
+                        // Not running here: from before a restart, or recorded after this
+                        // node gave up waiting for the record (and told the client so).
+                        let why = if j.submitted_ms < started {
+                            format!("node {me} restarted while running it")
+                        } else {
+                            format!("node {me} was not running it (its record came late)")
+                        };
+                        fail.push((id.clone(), why));
                     } else if leader
                         && s.nodes
                             .get(&j.node)
@@ -1089,6 +1123,14 @@ async fn janitor(shared: Arc<Shared>) {
             })
             .await;
         let Ok((fail, prune)) = plan else { continue };
+        // A job created here after `local` was taken has its record and its local entry:
+        // look again before failing it.
+        let fail = fail.into_iter().filter(|(id, _)| {
+            shared
+                .jobs
+                .get(id)
+                .is_none_or(|j| j.snapshot().state.is_finished())
+        });
         for (id, reason) in fail {
             tracing::warn!(job = %id, "{reason}; marking it failed");
             let _ = raft

@@ -288,16 +288,34 @@ impl Chaos {
         }
     }
 
+    /// A listing job's data from the first node that answers it (a node cut off from the
+    /// control plane, or removed from it, answers `unavailable`: the next is asked).
+    async fn listing(&self, job: JobSpec) -> Option<Value> {
+        for a in self.addrs.values() {
+            let Ok(mut client) =
+                GatewayClient::connect(&[a.gateway], &self.token, Duration::from_secs(1)).await
+            else {
+                continue;
+            };
+            let answer =
+                tokio::time::timeout(Duration::from_secs(5), client.run(job.clone(), |_| {})).await;
+            if let Ok(Ok(outcome)) = answer
+                && let Ok(data) = outcome.into_data()
+            {
+                return Some(data);
+            }
+        }
+        None
+    }
+
     pub async fn deployments(&self) -> Option<BTreeMap<String, DeploymentReport>> {
-        let out = self.arbor(&["deployments", "--json"]).await.ok()?;
-        let v: Value = serde_json::from_str(&out).ok()?;
+        let v = self.listing(JobSpec::Deployments).await?;
         let list: Vec<DeploymentReport> = serde_json::from_value(v["deployments"].clone()).ok()?;
         Some(list.into_iter().map(|d| (d.name.clone(), d)).collect())
     }
 
     pub async fn collections(&self) -> Option<BTreeMap<String, CollectionReport>> {
-        let out = self.arbor(&["collections", "--json"]).await.ok()?;
-        let v: Value = serde_json::from_str(&out).ok()?;
+        let v = self.listing(JobSpec::Collections).await?;
         let list: Vec<CollectionReport> = serde_json::from_value(v["collections"].clone()).ok()?;
         Some(list.into_iter().map(|c| (c.name.clone(), c)).collect())
     }

@@ -39,7 +39,10 @@ impl Drop for Proxy {
 impl Proxy {
     /// A proxy on a free loopback port to `target`.
     pub async fn start(target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A port the process has not handed to a node (an ephemeral one could be).
+        let listener = TcpListener::bind(("127.0.0.1", super::support::free_port()))
+            .await
+            .unwrap();
         let addr = listener.local_addr().unwrap();
         let fault = Arc::new(Mutex::new(Fault::Pass));
         let f = fault.clone();
