@@ -7,8 +7,9 @@ use serde::de::DeserializeOwned;
 
 /// Largest encoded [`crate::Command`] proposal accepted (a batch of placements fits easily).
 pub const MAX_PROPOSAL_BYTES: usize = 32 * 1024 * 1024;
-/// Largest encoded state-machine snapshot accepted.
-pub const MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
+/// Largest encoded state-machine snapshot accepted (as the transport's default
+/// `max_message_bytes`).
+pub const MAX_SNAPSHOT_BYTES: usize = 4 * 1024 * 1024 * 1024;
 
 /// Why bytes could not be turned into a value.
 #[derive(Debug, thiserror::Error)]

@@ -76,10 +76,12 @@ impl Default for ClientTiming {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct TransportConfig {
-    /// Largest frame accepted or sent. Raised deliberately to carry a whole snapshot in one
-    /// message: 100,000 placements encode to ~10 MB. Snapshots larger than this cannot be
-    /// sent, and the sender logs why.
+    /// Largest frame accepted or sent: a message larger than this (a snapshot) travels as
+    /// several frames of at most this size, so no single allocation is larger.
     pub max_frame_bytes: usize,
+    /// Largest message accepted or sent, all its frames together: a snapshot of the whole
+    /// state must fit (100,000 placements encode to ~10 MB).
+    pub max_message_bytes: usize,
     /// Messages queued per peer; beyond this, new messages to that peer are dropped (Raft
     /// retransmits).
     pub peer_queue: usize,
@@ -96,7 +98,8 @@ pub struct TransportConfig {
 impl Default for TransportConfig {
     fn default() -> Self {
         TransportConfig {
-            max_frame_bytes: 256 * 1024 * 1024,
+            max_frame_bytes: 8 * 1024 * 1024,
+            max_message_bytes: 4 * 1024 * 1024 * 1024,
             peer_queue: 4096,
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),

@@ -64,11 +64,15 @@
 //! * Storage ([`storage`]): redb file with entries, HardState, the last snapshot (metadata
 //!   with its ConfState + the encoded state machine) and the applied index. A restart loads
 //!   the snapshot and replays the committed log suffix.
-//! * Snapshots every `raft.snapshot_interval` applied entries compact the log; a lagging,
-//!   new or wiped node catches up by snapshot (one frame; `transport.max_frame_bytes`,
-//!   256 MiB by default, bounds it; 100,000 placements are ≈10 MB).
-//! * A node whose data dir was wiped may rejoin under its old id (it is sent a snapshot), but
-//!   it has forgotten its vote: the safe procedure is `remove_node` then `add_node`.
+//! * Snapshots every `raft.snapshot_interval` applied entries compact the log; a lagging or
+//!   new node catches up by snapshot, sent as frames of at most `transport.max_frame_bytes`
+//!   (8 MiB) up to `transport.max_message_bytes` (4 GiB; 100,000 placements are ≈10 MB).
+//! * A node whose data dir was wiped has forgotten its vote and the entries it acknowledged:
+//!   started again under its old id it stops ([`Halt::LostAcknowledged`]) as soon as the
+//!   leader tells it what it had, instead of voting; `remove_node` then `add_node` brings it
+//!   back.
+//! * A committed entry or snapshot a node cannot decode, or a storage failure, stops the
+//!   node's Ready loop ([`RaftHandle::halted`]); it never applies around it.
 
 pub mod codec;
 pub mod command;

@@ -88,6 +88,18 @@ pub enum Halt {
     /// The Ready loop panicked (raft-rs panics on invariants it cannot keep).
     #[error("the raft driver panicked: {0}")]
     Panicked(String),
+    /// The leader knows this node acknowledged entries its storage no longer holds.
+    #[error(
+        "this node's raft storage lost entries it acknowledged (leader {leader} knows it had up to \
+         index {expected}; it holds {held}): its data dir was wiped or replaced. Remove it \
+         (`arbor cluster remove-node ID`), then add it again with an empty data dir \
+         (`arbor cluster add-node ID`)"
+    )]
+    LostAcknowledged {
+        leader: u64,
+        expected: u64,
+        held: u64,
+    },
 }
 
 /// The node's role in its current term.
@@ -576,7 +588,6 @@ impl RaftNode {
             promotion_seq: rand::random::<u64>() >> 1,
             hand_over: false,
             applied_dirty: false,
-            warned_data_loss: false,
             last_heard: HashMap::new(),
         };
         let node_id = config_id;
@@ -668,7 +679,6 @@ struct Driver {
     /// 0.7 would keep a non-member leader leading).
     hand_over: bool,
     applied_dirty: bool,
-    warned_data_loss: bool,
     /// When each peer last sent this node a raft message.
     last_heard: HashMap<NodeId, Instant>,
 }
@@ -696,14 +706,14 @@ impl Driver {
                     None => return Ok(()),
                 },
                 ev = net.recv() => match ev {
-                    Some(e) => self.handle_net(e),
+                    Some(e) => self.handle_net(e)?,
                     None => return Ok(()),
                 },
             }
             let mut n = 0;
             while n < MAX_BATCH {
                 match net.try_recv() {
-                    Ok(e) => self.handle_net(e),
+                    Ok(e) => self.handle_net(e)?,
                     Err(_) => break,
                 }
                 n += 1;
@@ -724,25 +734,21 @@ impl Driver {
         }
     }
 
-    fn handle_net(&mut self, e: NetEvent) {
+    fn handle_net(&mut self, e: NetEvent) -> Result<(), Halt> {
         match e {
-            NetEvent::Raft(mut m) => {
+            NetEvent::Raft(m) => {
                 self.last_heard.insert(m.from, Instant::now());
                 let last = self.raw.raft.raft_log.last_index();
                 if m.get_msg_type() == MessageType::MsgHeartbeat && m.commit > last {
-                    // The leader believes we hold entries we do not have: this node's data
-                    // was lost. raft would abort on it; answer as a node with our log, so the
-                    // leader probes back and sends a snapshot.
-                    if !self.warned_data_loss {
-                        warn!(
-                            node = self.id,
-                            leader_commit = m.commit,
-                            local_last = last,
-                            "leader expects log entries this node does not have (data dir wiped?); catching up by snapshot"
-                        );
-                        self.warned_data_loss = true;
-                    }
-                    m.commit = last;
+                    // A leader sends at most what it knows this node acknowledged: this node
+                    // has lost entries it acknowledged (its data dir was wiped or replaced).
+                    // Taking part again would let it vote and count toward commits with a
+                    // log that forgot what it promised: it stops instead.
+                    return Err(Halt::LostAcknowledged {
+                        leader: m.from,
+                        expected: m.commit,
+                        held: last,
+                    });
                 }
                 if let Err(e) = self.raw.step(*m) {
                     debug!(node = self.id, "raft step: {e}");
@@ -758,6 +764,7 @@ impl Driver {
             }
             NetEvent::Unreachable { to } => self.raw.report_unreachable(to),
         }
+        Ok(())
     }
 
     fn handle_request(&mut self, r: Request, stop: &mut Option<oneshot::Sender<()>>) {

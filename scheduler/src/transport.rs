@@ -70,6 +70,60 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(
     Ok(buf)
 }
 
+/// The flag, in a frame's length, of a frame that another follows in the same message.
+const MORE: u32 = 1 << 31;
+
+/// Reads one message: frames (each at most `frame_limit`) up to the one not flagged as followed,
+/// refusing a message that grows past `message_limit`. Memory grows only with what arrives.
+pub async fn read_message<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    frame_limit: usize,
+    message_limit: usize,
+) -> Result<Vec<u8>, TransportError> {
+    let mut message = Vec::new();
+    loop {
+        let word = r.read_u32().await?;
+        let (len, more) = ((word & !MORE) as usize, word & MORE != 0);
+        if len > frame_limit {
+            return Err(TransportError::FrameTooLarge {
+                len,
+                limit: frame_limit,
+            });
+        }
+        if message.len() + len > message_limit {
+            return Err(TransportError::FrameTooLarge {
+                len: message.len() + len,
+                limit: message_limit,
+            });
+        }
+        let start = message.len();
+        message.resize(start + len, 0);
+        r.read_exact(&mut message[start..]).await?;
+        if !more {
+            return Ok(message);
+        }
+    }
+}
+
+/// Writes one message as frames of at most `frame_limit` bytes (not flushed).
+pub async fn write_message<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    payload: &[u8],
+    frame_limit: usize,
+) -> Result<(), TransportError> {
+    let frame = frame_limit.clamp(1, (MORE - 1) as usize);
+    let mut chunks = payload.chunks(frame).peekable();
+    if chunks.peek().is_none() {
+        w.write_u32(0).await?;
+    }
+    while let Some(chunk) = chunks.next() {
+        let more = if chunks.peek().is_some() { MORE } else { 0 };
+        w.write_u32(chunk.len() as u32 | more).await?;
+        w.write_all(chunk).await?;
+    }
+    Ok(())
+}
+
 /// Writes one length-prefixed frame (not flushed).
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
@@ -370,7 +424,11 @@ async fn serve_peer(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), Tran
         // it dials again when it has something to say.
         let frame = tokio::time::timeout(
             IDLE_READ,
-            read_frame(&mut reader, inner.config.max_frame_bytes),
+            read_message(
+                &mut reader,
+                inner.config.max_frame_bytes,
+                inner.config.max_message_bytes,
+            ),
         )
         .await
         .map_err(|_| TransportError::Timeout(format!("peer silent for {IDLE_READ:?}")))??;
@@ -459,7 +517,7 @@ async fn pump(
     stream: TcpStream,
     rx: &mut mpsc::Receiver<Message>,
 ) -> Result<(), TransportError> {
-    let limit = inner.config.max_frame_bytes;
+    let (frame, limit) = (inner.config.max_frame_bytes, inner.config.max_message_bytes);
     let mut w = BufWriter::with_capacity(256 * 1024, stream);
     let mut snapshots = 0usize;
     let result = async {
@@ -475,7 +533,7 @@ async fn pump(
                     warn!(
                         node = inner.me,
                         to,
-                        "raft {:?} of {} bytes exceeds max_frame_bytes {limit}; dropped",
+                        "raft {:?} of {} bytes exceeds max_message_bytes {limit}; dropped",
                         m.get_msg_type(),
                         bytes.len()
                     );
@@ -485,7 +543,7 @@ async fn pump(
                             .try_send(NetEvent::SnapshotSent { to, ok: false });
                     }
                 } else {
-                    write_frame(&mut w, &bytes, limit).await?;
+                    write_message(&mut w, &bytes, frame).await?;
                     snapshots += usize::from(is_snap);
                 }
                 next = rx.try_recv().ok();
@@ -556,5 +614,57 @@ mod tests {
         assert!(
             matches!(err, TransportError::FrameTooLarge { len, limit: 1024 } if len == u32::MAX as usize)
         );
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_a_frame_travels_in_frames() {
+        let (mut c, mut s) = pair().await;
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            write_message(&mut c, &sent, 256 * 1024).await.unwrap();
+            write_message(&mut c, &[], 256 * 1024).await.unwrap();
+            write_message(&mut c, b"small", 256 * 1024).await.unwrap();
+            c
+        });
+        assert_eq!(
+            read_message(&mut s, 256 * 1024, 4 << 20).await.unwrap(),
+            big
+        );
+        assert!(
+            read_message(&mut s, 256 * 1024, 4 << 20)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            read_message(&mut s, 256 * 1024, 4 << 20).await.unwrap(),
+            b"small"
+        );
+        drop(writer.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_message_past_its_limit_is_refused_as_it_grows() {
+        let (mut c, mut s) = pair().await;
+        let writer = tokio::spawn(async move {
+            let _ = write_message(&mut c, &vec![7u8; 1 << 20], 64 * 1024).await;
+            c
+        });
+        let err = read_message(&mut s, 64 * 1024, 256 * 1024)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, TransportError::FrameTooLarge { limit, .. } if limit == 256 * 1024),
+            "{err}"
+        );
+        drop(writer.await.unwrap());
+        // And a single frame over the frame limit, before anything is allocated.
+        let (mut c, mut s) = pair().await;
+        c.write_u32((MORE - 1) | MORE).await.unwrap();
+        assert!(matches!(
+            read_message(&mut s, 1024, 1 << 30).await,
+            Err(TransportError::FrameTooLarge { limit: 1024, .. })
+        ));
     }
 }

@@ -15,7 +15,7 @@ fn small_snapshots(cfg: &mut NodeConfig) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wiped_node_rejoins_through_a_snapshot() {
+async fn a_wiped_node_stops_and_rejoins_through_removal_and_a_snapshot() {
     let mut c = Cluster::start_with(3, small_snapshots).await;
     let leader = c.wait_leader(&[1, 2, 3], T).await;
     let f = [1, 2, 3].into_iter().find(|i| *i != leader).unwrap();
@@ -32,14 +32,26 @@ async fn a_wiped_node_rejoins_through_a_snapshot() {
     );
     c.kill(f).await;
     std::fs::remove_file(c.data_path(f)).unwrap();
+    // Started again under its old id, as `arbor node` would (a founding voter): it learns
+    // from the leader that it forgot what it acknowledged, and stops instead of voting.
+    c.start_node(f, Bootstrap::Voters(vec![1, 2, 3])).await;
+    let halt = tokio::time::timeout(T, c.handle(f).halted())
+        .await
+        .expect("a wiped node must stop");
+    assert!(
+        matches!(halt, arbor_scheduler::Halt::LostAcknowledged { .. }),
+        "{halt}"
+    );
+    assert!(halt.to_string().contains("remove-node"), "{halt}");
+    c.kill(f).await;
+    // The safe way back: remove it, then add it again with empty storage.
+    c.handle(leader).remove_node(f).await.unwrap();
+    std::fs::remove_file(c.data_path(f)).unwrap();
     c.start_node(f, Bootstrap::Join).await;
-    // New writes make the leader probe the wiped node and fall back to a snapshot.
-    for i in 0..5 {
-        c.handle(leader)
-            .propose(put("poke", &i.to_string()))
-            .await
-            .unwrap();
-    }
+    c.handle(leader)
+        .add_node(f, c.addrs[&f].to_string())
+        .await
+        .unwrap();
     let commit = c.handle(leader).status().await.unwrap().commit;
     c.wait_applied(f, commit, T).await;
     let s = c.handle(f).status().await.unwrap();
@@ -50,7 +62,20 @@ async fn a_wiped_node_rejoins_through_a_snapshot() {
     let want = c.handle(leader).read_state().await.unwrap();
     let got = c.handle(f).read_state().await.unwrap();
     assert_eq!(got, want);
-    // It is a full voter again: the cluster survives losing another node.
+    // Promoted to voter once caught up: the cluster survives losing another node.
+    let start = std::time::Instant::now();
+    while !c
+        .handle(leader)
+        .status()
+        .await
+        .unwrap()
+        .voters
+        .iter()
+        .any(|v| v.id == f)
+    {
+        assert!(start.elapsed() < T, "never promoted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let other = [1, 2, 3]
         .into_iter()
         .find(|i| *i != leader && *i != f)
@@ -119,9 +144,15 @@ fn every_5(cfg: &mut NodeConfig) {
     cfg.raft.snapshot_interval = 5;
 }
 
+/// Snapshots every 5 entries, and frames of 1 MiB: the ≈10 MB snapshot travels in ten.
+fn every_5_small_frames(cfg: &mut NodeConfig) {
+    every_5(cfg);
+    cfg.transport.max_frame_bytes = 1 << 20;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_hundred_thousand_placements_snapshot_transfer_and_restore() {
-    let mut c = Cluster::start_with(3, every_5).await;
+    let mut c = Cluster::start_with(3, every_5_small_frames).await;
     let leader = c.wait_leader(&[1, 2, 3], T).await;
     let h = c.handle(leader);
     for id in 1..=3u64 {
