@@ -86,22 +86,24 @@ async fn search(
     }
 }
 
-/// A write through the primary, at the epoch the control plane is at: (seq, count).
+/// A write through the primary, at the epoch the control plane is at: (seq, count). Asked
+/// again at the newer epoch when the set moved on meanwhile, as a coordinator does.
 async fn write(c: &Cluster, op: WriteOp) -> Result<(u64, u32), PartitionFailure> {
-    let view = c.view(P0);
-    let (primary, _) = view.primary().expect("a primary");
-    match ask(
-        c,
-        primary,
-        PartitionRequest::Write {
+    loop {
+        let view = c.view(P0);
+        let (primary, _) = view.primary().expect("a primary");
+        let request = PartitionRequest::Write {
             epoch: view.set.epoch,
-            op,
-        },
-    )
-    .await?
-    {
-        PartitionAnswer::Written { seq, count, .. } => Ok((seq, count)),
-        other => panic!("not written: {other:?}"),
+            op: op.clone(),
+        };
+        match ask(c, primary, request).await {
+            Ok(PartitionAnswer::Written { seq, count, .. }) => return Ok((seq, count)),
+            Ok(other) => panic!("not written: {other:?}"),
+            Err(PartitionFailure::StaleEpoch { .. }) => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -632,6 +634,52 @@ async fn a_replica_undoes_writes_its_primary_never_had() {
     every_replica_holds(&c, &rows).await;
     let ghosts: Vec<u64> = ghost_rows.iter().map(|r| r.id).collect();
     for (replica, found) in c.get_everywhere(P0, &ghosts).await {
+        assert!(found.is_empty(), "replica {replica} kept {found:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_primary_never_reuses_a_sequence_number_a_follower_holds() {
+    let c = docs("replication-reuse", 2, 2, CollectionMetric::Cosine).await;
+    let mut rng = StdRng::seed_from_u64(26);
+    let rows = random_rows(&mut rng, 90);
+    upsert(&c, rows[..60].to_vec()).await;
+    let view = c.view(P0);
+    let (primary, _) = view.primary().unwrap();
+    let follower = 1 - primary;
+    let (pnode, fmember) = (view.members[&primary].node, view.members[&follower]);
+    // The primary dies after its follower made write N durable but before it did: the
+    // follower holds a write, in the primary's epoch, that the primary never had.
+    c.stop_node(pnode).await;
+    c.stop_node(fmember.node).await;
+    let path = store_path(
+        c.nodes[&fmember.node].data.path(),
+        &StoreName {
+            collection: "docs".into(),
+            incarnation: view.incarnation,
+            partition: 0,
+            generation: fmember.generation,
+        },
+    );
+    let mut ghost = random_rows(&mut StdRng::seed_from_u64(98), 3);
+    for r in &mut ghost {
+        r.id += 2_000_000;
+    }
+    Partition::open(&path, DIM, Metric::Cosine, Device::Cpu)
+        .unwrap()
+        .upsert(ghost.clone(), view.set.epoch)
+        .unwrap();
+    let mut c = c;
+    c.start_node(fmember.node).await;
+    c.start_node(pnode).await;
+    // Back within node_timeout: still the primary. Its next write opens a new epoch, so the
+    // follower's ghost is seen for what it is and undone.
+    upsert(&c, rows[60..].to_vec()).await;
+    c.until(P0, "took the follower back", |v| v.set.in_sync.len() == 2 && v.set.epoch > view.set.epoch + 1)
+        .await;
+    every_replica_holds(&c, &rows).await;
+    let ids: Vec<u64> = ghost.iter().map(|r| r.id).collect();
+    for (replica, found) in c.get_everywhere(P0, &ids).await {
         assert!(found.is_empty(), "replica {replica} kept {found:?}");
     }
 }

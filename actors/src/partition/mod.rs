@@ -73,6 +73,13 @@ impl PartitionError {
     }
 }
 
+/// A write that passed every check, ready to apply.
+#[derive(Debug)]
+pub enum Prepared {
+    Upsert(CheckedBatch),
+    Delete(Vec<u64>),
+}
+
 /// A durable write's sequence number and how many rows it stored or removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteAck {
@@ -182,12 +189,14 @@ impl Partition {
     }
 
     /// Checks a write without doing it: what would refuse it refuses it here, before any
-    /// replica is asked to store it.
-    pub fn check(&self, op: &WriteOp) -> Result<(), PartitionError> {
+    /// replica is asked to store it. The checked form is what [`Partition::apply`] takes, so
+    /// nothing is parsed twice.
+    pub fn prepare(&self, op: WriteOp) -> Result<Prepared, PartitionError> {
         match op {
             WriteOp::Upsert(records) => {
-                let batch = CheckedBatch::new(self.dim, records.clone())?;
+                let batch = CheckedBatch::new(self.dim, records)?;
                 self.check_half_range(&batch)?;
+                Ok(Prepared::Upsert(batch))
             }
             WriteOp::Delete(ids) => {
                 if ids.len() > store::MAX_DELETE_IDS {
@@ -197,16 +206,22 @@ impl Partition {
                     }
                     .into());
                 }
+                Ok(Prepared::Delete(ids))
             }
         }
-        Ok(())
     }
 
     /// Applies one write as the next sequence number, made in `epoch`.
     pub fn write(&mut self, op: WriteOp, epoch: u64) -> Result<WriteAck, PartitionError> {
-        match op {
-            WriteOp::Upsert(records) => self.upsert(records, epoch),
-            WriteOp::Delete(ids) => self.delete(&ids, epoch),
+        let prepared = self.prepare(op)?;
+        self.apply(prepared, epoch)
+    }
+
+    /// Applies a prepared write as the next sequence number, made in `epoch`.
+    pub fn apply(&mut self, write: Prepared, epoch: u64) -> Result<WriteAck, PartitionError> {
+        match write {
+            Prepared::Upsert(batch) => self.upsert_checked(batch, epoch),
+            Prepared::Delete(ids) => self.delete(&ids, epoch),
         }
     }
 
@@ -216,8 +231,10 @@ impl Partition {
         records: Vec<VectorRecord>,
         epoch: u64,
     ) -> Result<WriteAck, PartitionError> {
-        let batch = CheckedBatch::new(self.dim, records)?;
-        self.check_half_range(&batch)?;
+        self.write(WriteOp::Upsert(records), epoch)
+    }
+
+    fn upsert_checked(&mut self, batch: CheckedBatch, epoch: u64) -> Result<WriteAck, PartitionError> {
         let seq = self.store.upsert(&batch, epoch)?;
         let count = batch.len();
         if let Err(e) = self.index.upsert(batch.ids(), batch.vectors()) {

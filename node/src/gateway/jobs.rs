@@ -55,6 +55,9 @@ pub struct LocalJob {
     pub node: NodeId,
     pub submitted_ms: u64,
     pub recorded: bool,
+    /// Its record was not taken in time and the submitter was told so: a record that
+    /// commits later is this node's to fail.
+    unrecorded: std::sync::atomic::AtomicBool,
     now: Mutex<Snapshot>,
     /// Events for watchers other than the submitter (who gets them through its connection);
     /// made by the first watcher, since most jobs never have one and the buffer is large.
@@ -77,6 +80,7 @@ impl LocalJob {
             node,
             submitted_ms: now_ms(),
             recorded,
+            unrecorded: std::sync::atomic::AtomicBool::new(false),
             now: Mutex::new(Snapshot {
                 state: JobState::Queued,
                 reason: None,
@@ -86,6 +90,17 @@ impl LocalJob {
             events: std::sync::OnceLock::new(),
             cancel: watch::channel(false).0,
         }
+    }
+
+    /// Marks that its record was given up on (see `unrecorded`).
+    pub fn give_up_record(&self) {
+        self.unrecorded
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Whether its record was given up on.
+    pub fn record_given_up(&self) -> bool {
+        self.unrecorded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn now(&self) -> MutexGuard<'_, Snapshot> {

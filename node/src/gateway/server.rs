@@ -847,6 +847,7 @@ async fn run_job(
             submitted_ms: job.submitted_ms,
         };
         if let Err(e) = propose_retrying(&env.raft, command).await {
+            job.give_up_record();
             let message = format!("the control plane did not record the job: {e}");
             job.update(|s| {
                 s.state = JobState::Failed;
@@ -920,19 +921,19 @@ async fn run_job(
         Ok(data) => (JobState::Succeeded, None, Some(data), None),
         Err(f) => (JobState::Failed, Some(f.message.clone()), None, Some(f)),
     };
-    job.update(|s| {
-        s.state = state;
-        s.reason = reason.clone();
-        s.result = data.clone();
-        if state == JobState::Succeeded {
-            s.progress = 1.0;
-        }
-    });
     if let Some(r) = recorder {
-        r.record(job.snapshot());
-        // The end is recorded before the submitter hears of it: once it does, every node's
-        // status shows the same. A record finished elsewhere (this node was cut off and the
-        // job failed over there) wins: the submitter is told what everyone else is.
+        // The end is recorded before the submitter (or this node's status) hears of it: once
+        // it does, every node's status shows the same. A record finished elsewhere (this node
+        // was cut off and the job failed over there) wins: the submitter is told what
+        // everyone else is.
+        let mut last = job.snapshot();
+        last.state = state;
+        last.reason = reason.clone();
+        last.result = data.clone();
+        if state == JobState::Succeeded {
+            last.progress = 1.0;
+        }
+        r.record(last);
         if let Err(recorded) = r.finish().await {
             let (s, why) = match recorded {
                 JobStatus::Cancelled => (JobState::Cancelled, None),
@@ -953,13 +954,16 @@ async fn run_job(
             );
             (state, reason, data) = (s, why.or(Some(message.clone())), None);
             failure = Some(JobFailure::new(ErrorCode::JobFailed, message));
-            job.update(|st| {
-                st.state = state;
-                st.reason = reason.clone();
-                st.result = None;
-            });
         }
     }
+    job.update(|s| {
+        s.state = state;
+        s.reason = reason.clone();
+        s.result = data.clone();
+        if state == JobState::Succeeded {
+            s.progress = 1.0;
+        }
+    });
     if let Some(data) = data {
         send(ServerMsg::Result {
             job: job.id.clone(),
@@ -1123,14 +1127,12 @@ async fn janitor(shared: Arc<Shared>) {
             })
             .await;
         let Ok((fail, prune)) = plan else { continue };
-        // A job created here after `local` was taken has its record and its local entry:
-        // look again before failing it.
-        let fail = fail.into_iter().filter(|(id, _)| {
-            shared
-                .jobs
-                .get(id)
-                .is_none_or(|j| j.snapshot().state.is_finished())
-        });
+        // Only a record whose job is not here (from before a restart) or whose record this
+        // node gave up on is failed: a job created after `local` was taken, or one that just
+        // ended and is writing its last record, is still this node's to finish.
+        let fail = fail
+            .into_iter()
+            .filter(|(id, _)| shared.jobs.get(id).is_none_or(|j| j.record_given_up()));
         for (id, reason) in fail {
             tracing::warn!(job = %id, "{reason}; marking it failed");
             let _ = raft

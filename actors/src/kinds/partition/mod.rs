@@ -130,6 +130,9 @@ pub(crate) struct Identity {
     pub actor_id: String,
     pub scope: String,
     pub control: Control,
+    /// The replica set's epoch when this incarnation started: it writes as primary only in a
+    /// later one (see `primary::fresh_epoch`).
+    pub started_epoch: u64,
 }
 
 impl Identity {
@@ -259,6 +262,11 @@ impl Actor for PartitionReplica {
             actor_id: ctx.actor_id.clone(),
             scope: ctx.scope.clone(),
             control: ctx.control.clone(),
+            started_epoch: 0,
+        };
+        let id = Identity {
+            started_epoch: id.role().map_or(0, |r| r.epoch()),
+            ..id
         };
         Ok(PartitionState {
             id,

@@ -6,6 +6,12 @@
 //!
 //! Everything here runs inside the actor's handler, one message at a time, so no write
 //! happens between the steps of another (a join's last copy and its vouching included).
+//!
+//! The primary makes a write durable on its own disk *while* its followers do (two fsyncs in
+//! parallel rather than one after the other). A follower may therefore hold a write its
+//! primary lost in a crash; so a primary never writes in an epoch that began before it
+//! started ([`fresh_epoch`]): its new writes carry a newer epoch than that lost one, and the
+//! follower's history shows where the two part (`partition::replication`).
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -56,6 +62,35 @@ fn lead(role: Option<Role>, id: &Identity) -> Result<u64, PartitionFailure> {
     Ok(epoch)
 }
 
+/// `epoch` if this incarnation of the primary may write in it; otherwise it first opens a new
+/// epoch (a [`Command::PromotePrimary`] of itself), so that it never gives a sequence number
+/// to a write other than the one a follower may still hold from its previous incarnation.
+async fn fresh_epoch(id: &Identity, epoch: u64) -> Result<u64, PartitionFailure> {
+    if epoch > id.started_epoch {
+        return Ok(epoch);
+    }
+    let command = Command::PromotePrimary {
+        deployment: id.deployment.clone(),
+        replica: id.replica,
+        epoch,
+    };
+    match id.control.propose(command).await {
+        Ok(CommandOutcome::Epoch(next)) => {
+            // Wait until this node's view has it, so that followers and readers agree.
+            id.control
+                .view_at(&id.deployment, next, Duration::from_secs(5))
+                .await;
+            lead(id.role(), id)
+        }
+        Ok(other) => Err(PartitionFailure::Unavailable(format!(
+            "the control plane answered {other:?}"
+        ))),
+        Err(e) => Err(PartitionFailure::Unavailable(format!(
+            "a restarted primary could not open a new epoch: {e}"
+        ))),
+    }
+}
+
 /// A coordinator's write: see the module's documentation.
 pub(super) async fn write(
     id: &Identity,
@@ -68,16 +103,23 @@ pub(super) async fn write(
         Ok(e) => e,
         Err(why) => return Ok(Err(why)),
     };
-    let local = op.clone();
-    let ack = match locked(partition, move |p| {
-        p.check(&local)?;
-        p.write(local, epoch)
-    })
-    .await?
-    {
-        Ok(ack) => ack,
-        Err(refused) => return Ok(Err(refused)),
+    let epoch = match fresh_epoch(id, epoch).await {
+        Ok(e) => e,
+        Err(why) => return Ok(Err(why)),
     };
+    // Refused input is refused before anyone stores it; the handler orders writes, so the
+    // next sequence number is known before the local commit ends.
+    let (prepared, seq) = {
+        let p = read(partition).map_err(StorageFailure)?;
+        match p.prepare(op.clone()) {
+            Ok(prepared) => (prepared, p.seq() + 1),
+            Err(e) => return Ok(Err(PartitionFailure::Invalid(e.to_string()))),
+        }
+    };
+    let local = tokio::spawn({
+        let partition = partition.clone();
+        async move { locked(&partition, move |p| p.apply(prepared, epoch)).await }
+    });
     let followers: Vec<(u32, u64)> = id
         .control
         .view(&id.deployment)
@@ -96,13 +138,25 @@ pub(super) async fn write(
         sends.spawn(async move {
             let done = tokio::time::timeout(
                 deadline,
-                replicate(&id, &partition, follower, epoch, ack.seq, op, deadline),
+                replicate(&id, &partition, follower, epoch, seq, op, deadline),
             )
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {} ms", deadline.as_millis())));
             (follower, done)
         });
     }
+    let ack = match local.await {
+        Ok(Ok(Ok(ack))) if ack.seq == seq => ack,
+        Ok(Ok(Ok(ack))) => {
+            return Err(StorageFailure(format!(
+                "write took sequence number {}, not {seq}",
+                ack.seq
+            )));
+        }
+        Ok(Ok(Err(refused))) => return Ok(Err(refused)),
+        Ok(Err(failure)) => return Err(failure),
+        Err(e) => return Err(StorageFailure(format!("the local write failed: {e}"))),
+    };
     let mut failed = Vec::new();
     while let Some(joined) = sends.join_next().await {
         let Ok((follower, done)) = joined else {
@@ -173,6 +227,11 @@ async fn replicate(
             seq: theirs,
             history,
         }) => {
+            // The primary's own copy of this write may still be committing: bring the
+            // follower up to it, this write included.
+            while read(partition)?.seq() < seq {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
             let (mine, my_history) = {
                 let p = read(partition)?;
                 (p.seq(), p.history().clone())
