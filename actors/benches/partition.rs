@@ -94,14 +94,14 @@ fn write_rows(path: &Path, rows: usize) {
     let mut rng = StdRng::seed_from_u64(1);
     let start = Instant::now();
     for first in (0..rows).step_by(BATCH) {
-        let records = (first..(first + BATCH).min(rows))
+        let records: Vec<VectorRecord> = (first..(first + BATCH).min(rows))
             .map(|i| VectorRecord {
                 id: i as u64,
                 vector: random_vector(&mut rng),
                 metadata: chunk_metadata(i),
             })
             .collect();
-        let batch = CheckedBatch::new(DIM, records).expect("valid rows");
+        let batch = CheckedBatch::new(DIM, &records).expect("valid rows");
         store.upsert(&batch, 1).expect("durable write");
     }
     let secs = start.elapsed().as_secs_f64();

@@ -675,8 +675,10 @@ async fn a_restarted_primary_never_reuses_a_sequence_number_a_follower_holds() {
     // Back within node_timeout: still the primary. Its next write opens a new epoch, so the
     // follower's ghost is seen for what it is and undone.
     upsert(&c, rows[60..].to_vec()).await;
-    c.until(P0, "took the follower back", |v| v.set.in_sync.len() == 2 && v.set.epoch > view.set.epoch + 1)
-        .await;
+    c.until(P0, "took the follower back", |v| {
+        v.set.in_sync.len() == 2 && v.set.epoch > view.set.epoch + 1
+    })
+    .await;
     every_replica_holds(&c, &rows).await;
     let ids: Vec<u64> = ghost.iter().map(|r| r.id).collect();
     for (replica, found) in c.get_everywhere(P0, &ids).await {

@@ -118,9 +118,22 @@ impl Actor for CoordinatorReplica {
     }
 }
 
+/// An ingest, the request that carries the most (vectors): parsed on its own, since an enum
+/// with untagged variants is first buffered whole, every number as a value of its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IngestAsk {
+    ingest: Vec<Document>,
+}
+
 /// Runs one JSON request.
 async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
-    let ask: CallAsk = serde_json::from_slice(payload).map_err(|e| {
+    let ask = match serde_json::from_slice::<IngestAsk>(payload) {
+        Ok(IngestAsk { ingest }) => Ok(CallAsk::Ingest(ingest)),
+        // Anything else, or an ingest that is wrong: the full parse says what is wrong.
+        Err(_) => serde_json::from_slice::<CallAsk>(payload),
+    };
+    let ask: CallAsk = ask.map_err(|e| {
         format!(
             "expected {{\"ingest\": [documents]}}, {{\"query\": \"text\", \"k\": 5, \"filter\": {{...}}}}, {{\"query_vector\": [numbers], \"k\": 5, \"filter\": {{...}}}} or {{\"rag\": \"question\"}}: {e}"
         )

@@ -191,7 +191,7 @@ impl Partition {
     /// Checks a write without doing it: what would refuse it refuses it here, before any
     /// replica is asked to store it. The checked form is what [`Partition::apply`] takes, so
     /// nothing is parsed twice.
-    pub fn prepare(&self, op: WriteOp) -> Result<Prepared, PartitionError> {
+    pub fn prepare(&self, op: &WriteOp) -> Result<Prepared, PartitionError> {
         match op {
             WriteOp::Upsert(records) => {
                 let batch = CheckedBatch::new(self.dim, records)?;
@@ -206,14 +206,14 @@ impl Partition {
                     }
                     .into());
                 }
-                Ok(Prepared::Delete(ids))
+                Ok(Prepared::Delete(ids.clone()))
             }
         }
     }
 
     /// Applies one write as the next sequence number, made in `epoch`.
     pub fn write(&mut self, op: WriteOp, epoch: u64) -> Result<WriteAck, PartitionError> {
-        let prepared = self.prepare(op)?;
+        let prepared = self.prepare(&op)?;
         self.apply(prepared, epoch)
     }
 
@@ -234,7 +234,11 @@ impl Partition {
         self.write(WriteOp::Upsert(records), epoch)
     }
 
-    fn upsert_checked(&mut self, batch: CheckedBatch, epoch: u64) -> Result<WriteAck, PartitionError> {
+    fn upsert_checked(
+        &mut self,
+        batch: CheckedBatch,
+        epoch: u64,
+    ) -> Result<WriteAck, PartitionError> {
         let seq = self.store.upsert(&batch, epoch)?;
         let count = batch.len();
         if let Err(e) = self.index.upsert(batch.ids(), batch.vectors()) {

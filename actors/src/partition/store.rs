@@ -117,7 +117,7 @@ pub struct CheckedBatch {
 impl CheckedBatch {
     /// Checks rows for a partition of dimension `dim`: batch size, unique ids, dimension,
     /// finite components, metadata that is a JSON object of bounded size.
-    pub fn new(dim: usize, records: Vec<VectorRecord>) -> Result<Self, InvalidInput> {
+    pub fn new(dim: usize, records: &[VectorRecord]) -> Result<Self, InvalidInput> {
         if records.len() > MAX_BATCH_ROWS {
             return Err(InvalidInput::TooManyRows {
                 rows: records.len(),
@@ -1009,7 +1009,7 @@ mod tests {
     }
 
     fn batch(records: Vec<VectorRecord>) -> CheckedBatch {
-        CheckedBatch::new(2, records).unwrap()
+        CheckedBatch::new(2, &records).unwrap()
     }
 
     #[test]
@@ -1111,7 +1111,7 @@ mod tests {
             ),
         ];
         for (records, why) in bad {
-            let err = CheckedBatch::new(2, records).unwrap_err().to_string();
+            let err = CheckedBatch::new(2, &records).unwrap_err().to_string();
             assert!(err.contains(why), "{err} (wanted {why})");
         }
         let err = store.delete(&vec![1; MAX_DELETE_IDS + 1], 1).unwrap_err();

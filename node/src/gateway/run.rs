@@ -568,8 +568,13 @@ fn router(env: &Env, deployment: &str) -> Router {
 
 /// One JSON request to a deployment's replicas (the generic call every kind answers).
 async fn call_json(env: &Env, deployment: &str, body: &Value) -> Result<Value, JobFailure> {
+    call_bytes(env, deployment, body.to_string().into_bytes()).await
+}
+
+/// [`call_json`] with the request already written.
+async fn call_bytes(env: &Env, deployment: &str, body: Vec<u8>) -> Result<Value, JobFailure> {
     let reply = router(env, deployment)
-        .call(body.to_string().into_bytes(), CALL_TIMEOUT)
+        .call(body, CALL_TIMEOUT)
         .await
         .map_err(call_failure)?;
     serde_json::from_slice(&reply).map_err(|e| {
@@ -604,8 +609,14 @@ async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value, JobFailur
             break;
         }
         let step = &i.documents[range];
-        let docs: Vec<&DocumentIn> = step.iter().collect();
-        let report = call_json(env, &coordinator, &json!({ "ingest": docs })).await?;
+        // Written straight from the typed documents: through a `Value` every f32 would be
+        // printed as an f64, twice as long.
+        #[derive(serde::Serialize)]
+        struct Ask<'a> {
+            ingest: &'a [DocumentIn],
+        }
+        let body = serde_json::to_vec(&Ask { ingest: step }).map_err(internal)?;
+        let report = call_bytes(env, &coordinator, body).await?;
         chunks += report["chunks"].as_u64().unwrap_or(0);
         if let Some(parts) = report["per_partition"].as_array() {
             for (sum, n) in per_partition.iter_mut().zip(parts) {

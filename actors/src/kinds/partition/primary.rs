@@ -111,7 +111,7 @@ pub(super) async fn write(
     // next sequence number is known before the local commit ends.
     let (prepared, seq) = {
         let p = read(partition).map_err(StorageFailure)?;
-        match p.prepare(op.clone()) {
+        match p.prepare(&op) {
             Ok(prepared) => (prepared, p.seq() + 1),
             Err(e) => return Ok(Err(PartitionFailure::Invalid(e.to_string()))),
         }
