@@ -89,6 +89,14 @@ pub enum PartitionRequest {
     /// To the primary: the current state of these ids (a replica undoing writes the primary
     /// never had).
     Versions(Vec<u64>),
+    /// To the primary, from a replica that copies everything: the stored rows with id >
+    /// `after` (all when `None`), in id order. Read in id order, a whole partition streams
+    /// off the disk; rows written meanwhile are caught by [`PartitionRequest::Changes`] after
+    /// the first page's `seq`.
+    Rows { after: Option<u64>, limit: u32 },
+    /// To the primary, after the rows: the deletes it remembers, by id after `after`, so that
+    /// the copy can later be a source for a replica that shares an older history with it.
+    Tombstones { after: Option<u64>, limit: u32 },
     /// To the primary, from a replica that copied everything up to `seq`: the primary sends
     /// it what came after, then makes it in sync through the control plane.
     Join {
@@ -157,6 +165,19 @@ pub enum PartitionAnswer {
     },
     /// The answer to [`PartitionRequest::Versions`].
     Versions(Vec<Change>),
+    /// Rows in id order (each as the write that stored it); `next` is the id to ask after
+    /// next (`None`: the end), `seq` and `history` the primary's when it read them.
+    Rows {
+        rows: Vec<Change>,
+        next: Option<u64>,
+        seq: u64,
+        history: Vec<(u64, u64)>,
+    },
+    /// Deleted ids and their deletes' sequence numbers; `next` as for rows.
+    Tombstones {
+        gone: Vec<(u64, u64)>,
+        next: Option<u64>,
+    },
     /// The replica is in sync from this epoch on.
     Joined {
         epoch: u64,

@@ -325,6 +325,65 @@ impl Partition {
         Ok(self.store.changes_after(after, limit, max_bytes)?)
     }
 
+    /// Stored rows with id > `after` (all when `None`), in id order: at most `limit` and about
+    /// `max_bytes` of them; the id to read after next (`None`: the end).
+    pub fn rows_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Change>, Option<u64>), PartitionError> {
+        let start = match after {
+            None => 0,
+            Some(a) => match a.checked_add(1) {
+                Some(s) => s,
+                None => return Ok((Vec::new(), None)),
+            },
+        };
+        let (rows, more) = self.store.scan(start..=u64::MAX, limit, max_bytes)?;
+        let next = if more {
+            rows.last().map(|r| r.id)
+        } else {
+            None
+        };
+        let rows = rows
+            .into_iter()
+            .map(|r| Change::Row {
+                seq: r.seq,
+                record: VectorRecord {
+                    id: r.id,
+                    vector: r.vector,
+                    metadata: r.metadata,
+                },
+            })
+            .collect();
+        Ok((rows, next))
+    }
+
+    /// See [`Store::tombstones_after`].
+    pub fn tombstones_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<(u64, u64)>, Option<u64>), PartitionError> {
+        Ok(self.store.tombstones_after(after, limit)?)
+    }
+
+    /// See [`Store::install_tombstones`]: durable first, then gone from memory.
+    pub fn install_tombstones(&mut self, gone: &[(u64, u64)]) -> Result<(), PartitionError> {
+        let removed = self.store.install_tombstones(gone)?;
+        self.index
+            .remove(&removed)
+            .map_err(|e| PartitionError::Diverged {
+                seq: self.store.seq(),
+                reason: e.to_string(),
+            })?;
+        for id in removed {
+            self.metadata.remove(id);
+        }
+        Ok(())
+    }
+
     /// See [`Store::versions`].
     pub fn versions(&self, ids: &[u64]) -> Result<Vec<Change>, PartitionError> {
         Ok(self.store.versions(ids)?)

@@ -868,6 +868,8 @@ fn answer_name(a: &PartitionAnswer) -> &'static str {
         PartitionAnswer::Common { .. } => "a common prefix",
         PartitionAnswer::Changes { .. } => "changes",
         PartitionAnswer::Versions(_) => "versions",
+        PartitionAnswer::Rows { .. } => "rows",
+        PartitionAnswer::Tombstones { .. } => "tombstones",
         PartitionAnswer::Joined { .. } => "joined",
     }
 }

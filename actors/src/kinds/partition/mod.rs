@@ -368,11 +368,35 @@ impl PartitionReplica {
                 &history,
                 seq,
             )),
+            // What a catching-up replica reads: each answer is one consistent read, so it
+            // runs beside the writes, off the actor.
             PartitionRequest::Changes { after, limit } => {
-                Ok(primary::changes(&state.id, &state.partition, after, limit).await)
+                let (id, p) = (state.id.clone(), state.partition.clone());
+                answer_later(&mut state.tasks, reply, async move {
+                    primary::changes(&id, &p, after, limit).await
+                });
+                return Ok(());
+            }
+            PartitionRequest::Rows { after, limit } => {
+                let (id, p) = (state.id.clone(), state.partition.clone());
+                answer_later(&mut state.tasks, reply, async move {
+                    primary::rows(&id, &p, after, limit).await
+                });
+                return Ok(());
+            }
+            PartitionRequest::Tombstones { after, limit } => {
+                let (id, p) = (state.id.clone(), state.partition.clone());
+                answer_later(&mut state.tasks, reply, async move {
+                    primary::tombstones(&id, &p, after, limit).await
+                });
+                return Ok(());
             }
             PartitionRequest::Versions(ids) => {
-                Ok(primary::versions(&state.id, &state.partition, ids).await)
+                let (id, p) = (state.id.clone(), state.partition.clone());
+                answer_later(&mut state.tasks, reply, async move {
+                    primary::versions(&id, &p, ids).await
+                });
+                return Ok(());
             }
             PartitionRequest::Stats => Ok(read(&state.partition)
                 .map(|p| PartitionAnswer::Stats(p.stats()))
@@ -500,6 +524,18 @@ async fn install(
         Ok(PartitionAnswer::Applied { seq })
     })
     .await
+}
+
+/// Answers `reply` with `answer` once it is ready, in a task of the actor's own (dropped with
+/// the actor).
+fn answer_later(
+    tasks: &mut JoinSet<()>,
+    reply: RpcReplyPort<Wire<PartitionReply>>,
+    answer: impl std::future::Future<Output = PartitionReply> + Send + 'static,
+) {
+    tasks.spawn(async move {
+        let _ = reply.send(Wire::new(answer.await));
+    });
 }
 
 /// Runs a read on the blocking pool, off the actor, and answers `reply` with it; the actor

@@ -392,6 +392,52 @@ pub(super) async fn changes(
     })
 }
 
+/// [`PartitionRequest::Rows`].
+pub(super) async fn rows(
+    id: &Identity,
+    partition: &Arc<RwLock<Partition>>,
+    after: Option<u64>,
+    limit: u32,
+) -> PartitionReply {
+    primary_only(id)?;
+    let partition = partition.clone();
+    tokio::task::spawn_blocking(move || {
+        let p = read(&partition).map_err(PartitionFailure::Unavailable)?;
+        let limit = (limit as usize).min(page_cap(p.dim()));
+        let (rows, next) = p
+            .rows_after(after, limit, PAGE_BYTES)
+            .map_err(|e| PartitionFailure::Unavailable(e.to_string()))?;
+        Ok(PartitionAnswer::Rows {
+            rows,
+            next,
+            seq: p.seq(),
+            history: p.history().clone(),
+        })
+    })
+    .await
+    .map_err(|e| PartitionFailure::Unavailable(e.to_string()))?
+}
+
+/// [`PartitionRequest::Tombstones`].
+pub(super) async fn tombstones(
+    id: &Identity,
+    partition: &Arc<RwLock<Partition>>,
+    after: Option<u64>,
+    limit: u32,
+) -> PartitionReply {
+    primary_only(id)?;
+    let partition = partition.clone();
+    tokio::task::spawn_blocking(move || {
+        let p = read(&partition).map_err(PartitionFailure::Unavailable)?;
+        let (gone, next) = p
+            .tombstones_after(after, (limit as usize).clamp(1, 100_000))
+            .map_err(|e| PartitionFailure::Unavailable(e.to_string()))?;
+        Ok(PartitionAnswer::Tombstones { gone, next })
+    })
+    .await
+    .map_err(|e| PartitionFailure::Unavailable(e.to_string()))?
+}
+
 /// [`PartitionRequest::Versions`].
 pub(super) async fn versions(
     id: &Identity,

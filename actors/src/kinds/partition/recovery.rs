@@ -6,7 +6,11 @@
 //!    since are set to the primary's versions of them ([`PartitionRequest::Versions`]), or,
 //!    when nothing is shared, it starts empty;
 //! 3. it copies every change after that point, page by page ([`PartitionRequest::Changes`]);
-//!    a row written again meanwhile comes again in a later page;
+//!    a row written again meanwhile comes again in a later page. When nothing is shared it
+//!    first streams every row in id order ([`PartitionRequest::Rows`], a sequential read
+//!    of the primary's file), then replays the changes after the sequence number the primary
+//!    was at when that began: a row written during the copy is copied again, a deleted one
+//!    deleted, so the fuzzy copy ends exact;
 //! 4. it asks to join ([`PartitionRequest::Join`]): the primary sends what came after the
 //!    last page, between two writes, and vouches for it to the control plane.
 //!
@@ -162,30 +166,105 @@ impl Recovery {
                 }
             }
         }
-        // 3. Everything after it.
         let limit = u32::try_from(page_cap(self.dim)).unwrap_or(u32::MAX);
-        let mut after = (common, u64::MAX);
         let mut copied = 0usize;
+        let mut installing: Option<tokio::task::JoinHandle<_>> = None;
+        // 3a. Nothing shared: every row, in id order; then the changes after `from`.
+        let mut from = common;
+        if common == 0 {
+            let mut after = None;
+            let mut started: Option<(u64, Vec<(u64, u64)>)> = None;
+            loop {
+                let answer = ask(PartitionRequest::Rows { after, limit }).await;
+                if let Some(previous) = installing.take() {
+                    previous
+                        .await
+                        .map_err(|e| Attempt::Fatal(format!("an install task failed: {e}")))???;
+                }
+                let PartitionAnswer::Rows {
+                    rows,
+                    next,
+                    seq,
+                    history,
+                } = answer?
+                else {
+                    return Err(Attempt::Retry("not an answer to rows".into()));
+                };
+                let (start, start_history) = started.get_or_insert((seq, history)).clone();
+                copied += rows.len();
+                // Until the whole scan is in, this copy holds no sequence number of its own
+                // (a replica that stops half way starts over).
+                let (covered, kept) = match next {
+                    Some(_) => (0, Vec::new()),
+                    None => (start, start_history),
+                };
+                let partition = self.partition.clone();
+                installing = Some(tokio::spawn(async move {
+                    locked(&partition, move |p| p.install(&rows, covered, &kept)).await
+                }));
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+            from = started.map_or(0, |(s, _)| s);
+            if let Some(previous) = installing.take() {
+                previous
+                    .await
+                    .map_err(|e| Attempt::Fatal(format!("an install task failed: {e}")))???;
+            }
+            // The deletes the primary remembers, so that this copy keeps them too.
+            let mut after = None;
+            loop {
+                let PartitionAnswer::Tombstones { gone, next } =
+                    ask(PartitionRequest::Tombstones {
+                        after,
+                        limit: 65_536,
+                    })
+                    .await?
+                else {
+                    return Err(Attempt::Retry("not an answer to tombstones".into()));
+                };
+                locked(&self.partition, move |p| p.install_tombstones(&gone)).await??;
+                match next {
+                    Some(n) => after = Some(n),
+                    None => break,
+                }
+            }
+        }
+        // 3b. Every change after `from`: the next page is asked for while the last one
+        // installs (pages install in order: one install at a time).
+        let mut after = (from, u64::MAX);
         loop {
+            let answer = ask(PartitionRequest::Changes { after, limit }).await;
+            if let Some(previous) = installing.take() {
+                previous
+                    .await
+                    .map_err(|e| Attempt::Fatal(format!("an install task failed: {e}")))???;
+            }
             let PartitionAnswer::Changes {
                 changes,
                 next,
                 seq,
                 history,
-            } = ask(PartitionRequest::Changes { after, limit }).await?
+            } = answer?
             else {
                 return Err(Attempt::Retry("not an answer to changes".into()));
             };
             let covered = next.map_or(seq, |(s, _)| s.saturating_sub(1));
             copied += changes.len();
-            locked(&self.partition, move |p| {
-                p.install(&changes, covered, &history)
-            })
-            .await??;
+            let partition = self.partition.clone();
+            installing = Some(tokio::spawn(async move {
+                locked(&partition, move |p| p.install(&changes, covered, &history)).await
+            }));
             match next {
                 Some(n) => after = n,
                 None => break,
             }
+        }
+        if let Some(last) = installing.take() {
+            last.await
+                .map_err(|e| Attempt::Fatal(format!("an install task failed: {e}")))???;
         }
         // 4. Join.
         let seq = read(&self.partition).map_err(Attempt::Fatal)?.seq();
