@@ -277,6 +277,36 @@ impl Partition {
         history: &[(u64, u64)],
     ) -> Result<(), PartitionError> {
         let done = self.store.install(changes, seq, history)?;
+        self.reflect(done, seq)
+    }
+
+    /// Rows copied from the primary into a [reset](Partition::reset) partition (see
+    /// [`Store::install_copied`]): stored first, then in memory.
+    pub fn install_copied(
+        &mut self,
+        rows: &[VectorRecord],
+        seqs: &[u64],
+    ) -> Result<(), PartitionError> {
+        let done = self.store.install_copied(rows, seqs)?;
+        self.reflect(done, 0)
+    }
+
+    /// See [`Store::finish_copy`].
+    pub fn finish_copy(
+        &mut self,
+        written: &mut [(u64, u64)],
+        seq: u64,
+        history: &[(u64, u64)],
+    ) -> Result<(), PartitionError> {
+        Ok(self.store.finish_copy(written, seq, history)?)
+    }
+
+    /// The in-memory side of rows installed in the store (`None`: gone).
+    fn reflect(
+        &mut self,
+        done: Vec<(u64, Option<StoredRecord>)>,
+        seq: u64,
+    ) -> Result<(), PartitionError> {
         let diverged = |reason: String| PartitionError::Diverged { seq, reason };
         let (mut ids, mut vectors, mut gone) = (Vec::new(), Vec::new(), Vec::new());
         for (id, row) in done {
@@ -365,12 +395,13 @@ impl Partition {
         &self,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<(u64, u64)>, Option<u64>), PartitionError> {
+    ) -> Result<store::TombstonesPage, PartitionError> {
         Ok(self.store.tombstones_after(after, limit)?)
     }
 
-    /// See [`Store::install_tombstones`]: durable first, then gone from memory.
-    pub fn install_tombstones(&mut self, gone: &[(u64, u64)]) -> Result<(), PartitionError> {
+    /// See [`Store::install_tombstones`]: durable first, then gone from memory. Returns the
+    /// ids whose rows went.
+    pub fn install_tombstones(&mut self, gone: &[(u64, u64)]) -> Result<Vec<u64>, PartitionError> {
         let removed = self.store.install_tombstones(gone)?;
         self.index
             .remove(&removed)
@@ -378,10 +409,10 @@ impl Partition {
                 seq: self.store.seq(),
                 reason: e.to_string(),
             })?;
-        for id in removed {
+        for &id in &removed {
             self.metadata.remove(id);
         }
-        Ok(())
+        Ok(removed)
     }
 
     /// See [`Store::versions`].

@@ -275,6 +275,9 @@ pub type Position = (u64, u64);
 /// One page of changes, and the position to read after for the next (`None`: the end).
 pub type ChangesPage = (Vec<Change>, Option<Position>);
 
+/// A page of deletes by id, `(id, seq)` each, and the id to read after next (`None`: the end).
+pub type TombstonesPage = (Vec<(u64, u64)>, Option<u64>);
+
 /// A partition replica's redb file.
 pub struct Store {
     db: Database,
@@ -568,6 +571,95 @@ impl Store {
         Ok(out)
     }
 
+    /// Rows copied from a primary into a store that was [reset](Store::reset), page by page,
+    /// without their change entries: rows come in id order, so their sequence numbers are
+    /// scattered, and entries written page by page would land on random pages of the change
+    /// index and rewrite most of it at every page (at a million rows, most of the copy's
+    /// time). [`Store::finish_copy`] writes them all at once, in order. The pages are not
+    /// durable on their own (no fsync): until `finish_copy`, this store's sequence number is
+    /// 0 and a copy that stops half way starts over from an empty store.
+    pub fn install_copied(
+        &mut self,
+        rows: &[VectorRecord],
+        seqs: &[u64],
+    ) -> Result<Vec<(u64, Option<StoredRecord>)>, StoreError> {
+        let p = self.path.clone();
+        if self.seq != 0 {
+            return Err(StoreError::Corrupt {
+                path: p,
+                detail: format!(
+                    "a copy was installed into a store that holds writes up to {}",
+                    self.seq
+                ),
+            });
+        }
+        let mut txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| redb_err(&p, e))?;
+        let mut out = Vec::with_capacity(rows.len());
+        {
+            let mut records = txn.open_table(RECORDS).map_err(|e| redb_err(&p, e))?;
+            let mut value = Vec::new();
+            for (record, &seq) in rows.iter().zip(seqs) {
+                if record.vector.len() != self.dim {
+                    return Err(InvalidInput::WrongDimension {
+                        id: record.id,
+                        got: record.vector.len(),
+                        dim: self.dim,
+                    }
+                    .into());
+                }
+                encode_record(&mut value, seq, &record.vector, &record.metadata);
+                records
+                    .insert(record.id, value.as_slice())
+                    .map_err(|e| redb_err(&p, e))?;
+                out.push((
+                    record.id,
+                    Some(StoredRecord {
+                        id: record.id,
+                        seq,
+                        vector: record.vector.clone(),
+                        metadata: record.metadata.clone(),
+                    }),
+                ));
+            }
+        }
+        txn.commit().map_err(|e| redb_err(&p, e))?;
+        Ok(out)
+    }
+
+    /// Ends a copy begun with [`Store::install_copied`]: the change entries of the copied
+    /// rows (`written`: `(seq, id)`, sorted here), then `seq` and `history`, in one durable
+    /// transaction (which also makes the pages before it durable).
+    pub fn finish_copy(
+        &mut self,
+        written: &mut [(u64, u64)],
+        seq: u64,
+        history: &[(u64, u64)],
+    ) -> Result<(), StoreError> {
+        written.sort_unstable();
+        let p = self.path.clone();
+        let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
+        {
+            let mut changes = txn.open_table(CHANGES).map_err(|e| redb_err(&p, e))?;
+            for &entry in written.iter() {
+                changes.insert(entry, ROW).map_err(|e| redb_err(&p, e))?;
+            }
+            set_seq(&txn, seq).map_err(|e| redb_err(&p, e))?;
+            let mut epochs = txn.open_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
+            for (e, _) in &self.history {
+                epochs.remove(*e).map_err(|e| redb_err(&p, e))?;
+            }
+            for (e, s) in history.iter().filter(|(_, s)| *s <= seq) {
+                epochs.insert(*e, *s).map_err(|e| redb_err(&p, e))?;
+            }
+        }
+        txn.commit().map_err(|e| redb_err(&p, e))?;
+        self.seq = seq;
+        self.history = history.iter().copied().filter(|(_, s)| *s <= seq).collect();
+        Ok(())
+    }
+
     /// Forgets everything: rows, tombstones, history and sequence number (a replica whose
     /// history shares nothing with its primary's copies everything anew). Returns the ids
     /// that were stored.
@@ -663,7 +755,7 @@ impl Store {
         &self,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<(Vec<(u64, u64)>, Option<u64>), StoreError> {
+    ) -> Result<TombstonesPage, StoreError> {
         let p = &self.path;
         let start = match after {
             None => 0,
@@ -1319,5 +1411,63 @@ mod tests {
         assert_eq!(copy.get(&[3]).unwrap().len(), 1, "a newer write stays");
         assert_eq!(copy.tombstones().unwrap(), vec![(2, 2), (9, 3)]);
         assert_eq!(copy.seq(), 0, "the sequence number is left alone");
+    }
+
+    #[test]
+    fn a_copy_by_pages_holds_the_primarys_changes_once_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut primary =
+            Store::open(&store_path(dir.path(), &test_name(0)), 2, Metric::Dot).unwrap();
+        // Ids written out of order, so an id-order scan meets scattered sequence numbers.
+        for ids in [[7u64, 3], [1, 9], [5, 2], [3, 8]] {
+            let rows = ids
+                .iter()
+                .map(|&i| record(i, vec![i as f32, 1.0], "{\"k\":1}"))
+                .collect();
+            primary.upsert(&batch(rows), 1).unwrap();
+        }
+        primary.delete(&[9, 4], 2).unwrap(); // seq 5, epoch 2
+        let history = primary.history().clone();
+
+        let mut copy = Store::open(&store_path(dir.path(), &test_name(1)), 2, Metric::Dot).unwrap();
+        let mut written = Vec::new();
+        let mut after = 0;
+        loop {
+            let (page, more) = primary.scan(after..=u64::MAX, 3, usize::MAX).unwrap();
+            let rows: Vec<VectorRecord> = page
+                .iter()
+                .map(|r| VectorRecord {
+                    id: r.id,
+                    vector: r.vector.clone(),
+                    metadata: r.metadata.clone(),
+                })
+                .collect();
+            let seqs: Vec<u64> = page.iter().map(|r| r.seq).collect();
+            let stored = copy.install_copied(&rows, &seqs).unwrap();
+            assert_eq!(stored.len(), rows.len());
+            written.extend(page.iter().map(|r| (r.seq, r.id)));
+            match (more, page.last()) {
+                (true, Some(last)) => after = last.id + 1,
+                _ => break,
+            }
+        }
+        let (gone, _) = primary.tombstones_after(None, 100).unwrap();
+        assert!(copy.install_tombstones(&gone).unwrap().is_empty());
+        assert_eq!(copy.seq(), 0, "nothing counts as copied before the end");
+        copy.finish_copy(&mut written, primary.seq(), &history)
+            .unwrap();
+
+        let everything = |s: &Store| s.changes_after((0, u64::MAX), 100, usize::MAX).unwrap().0;
+        assert_eq!(everything(&copy), everything(&primary));
+        assert_eq!((copy.seq(), copy.history()), (5, &history));
+        assert_eq!(copy.load_all().unwrap(), primary.load_all().unwrap());
+        // A store that holds writes takes no copied pages: they would skip its history.
+        let err = copy
+            .install_copied(&[record(11, vec![1.0, 1.0], "{}")], &[6])
+            .unwrap_err();
+        assert!(err.to_string().contains("holds writes up to 5"), "{err}");
+        drop(copy);
+        let reopened = Store::open(&store_path(dir.path(), &test_name(1)), 2, Metric::Dot).unwrap();
+        assert_eq!(everything(&reopened), everything(&primary));
     }
 }

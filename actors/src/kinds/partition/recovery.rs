@@ -25,7 +25,7 @@ use ractor::ActorRef;
 use super::{Identity, StorageFailure, locked, page_cap, read};
 use crate::partition::replication::Role;
 use crate::partition::{
-    MAX_GET_IDS, Partition, PartitionAnswer, PartitionFailure, PartitionRequest, remote,
+    Change, MAX_GET_IDS, Partition, PartitionAnswer, PartitionFailure, PartitionRequest, remote,
 };
 use crate::replica::ReplicaMsg;
 
@@ -172,8 +172,12 @@ impl Recovery {
         // 3a. Nothing shared: every row, in id order; then the changes after `from`.
         let mut from = common;
         if common == 0 {
+            // Whatever a copy that stopped half way left goes first (its rows have no change
+            // entries yet, see `Partition::install_copied`).
+            locked(&self.partition, |p| p.reset()).await??;
             let mut after = None;
             let mut started: Option<(u64, Vec<(u64, u64)>)> = None;
+            let mut written: Vec<(u64, u64)> = Vec::new();
             loop {
                 let answer = ask(PartitionRequest::Rows { after, limit }).await;
                 if let Some(previous) = installing.take() {
@@ -190,31 +194,36 @@ impl Recovery {
                 else {
                     return Err(Attempt::Retry("not an answer to rows".into()));
                 };
-                let (start, start_history) = started.get_or_insert((seq, history)).clone();
+                started.get_or_insert((seq, history));
                 copied += rows.len();
-                // Until the whole scan is in, this copy holds no sequence number of its own
-                // (a replica that stops half way starts over).
-                let (covered, kept) = match next {
-                    Some(_) => (0, Vec::new()),
-                    None => (start, start_history),
-                };
+                let mut seqs = Vec::with_capacity(rows.len());
+                let mut records = Vec::with_capacity(rows.len());
+                for change in rows {
+                    let Change::Row { seq, record } = change else {
+                        return Err(Attempt::Retry("a delete among copied rows".into()));
+                    };
+                    written.push((seq, record.id));
+                    seqs.push(seq);
+                    records.push(record);
+                }
                 let partition = self.partition.clone();
                 installing = Some(tokio::spawn(async move {
-                    locked(&partition, move |p| p.install(&rows, covered, &kept)).await
+                    locked(&partition, move |p| p.install_copied(&records, &seqs)).await
                 }));
                 match next {
                     Some(n) => after = Some(n),
                     None => break,
                 }
             }
-            from = started.map_or(0, |(s, _)| s);
             if let Some(previous) = installing.take() {
                 previous
                     .await
                     .map_err(|e| Attempt::Fatal(format!("an install task failed: {e}")))???;
             }
-            // The deletes the primary remembers, so that this copy keeps them too.
+            // The deletes the primary remembers, so that this copy keeps them too (a row
+            // copied before its delete goes, and so does its change entry).
             let mut after = None;
+            let mut removed_rows = std::collections::HashSet::new();
             loop {
                 let PartitionAnswer::Tombstones { gone, next } =
                     ask(PartitionRequest::Tombstones {
@@ -225,12 +234,23 @@ impl Recovery {
                 else {
                     return Err(Attempt::Retry("not an answer to tombstones".into()));
                 };
-                locked(&self.partition, move |p| p.install_tombstones(&gone)).await??;
+                let removed =
+                    locked(&self.partition, move |p| p.install_tombstones(&gone)).await??;
+                removed_rows.extend(removed);
                 match next {
                     Some(n) => after = Some(n),
                     None => break,
                 }
             }
+            written.retain(|(_, id)| !removed_rows.contains(id));
+            // Until the whole scan and the deletes are in, this copy holds no sequence number
+            // of its own.
+            let (start, start_history) = started.unwrap_or_default();
+            locked(&self.partition, move |p| {
+                p.finish_copy(&mut written, start, &start_history)
+            })
+            .await??;
+            from = start;
         }
         // 3b. Every change after `from`: the next page is asked for while the last one
         // installs (pages install in order: one install at a time).
