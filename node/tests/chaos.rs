@@ -753,6 +753,78 @@ async fn s3_a_second_drain_waits_for_the_first_ones_copy() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_the_primary_lost_while_a_replacement_copies_leaves_the_partition_missing() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s3-copy", 3, |t| t).await;
+    c.collection("docs", 1, 2).await;
+    let mut client = c.client().await;
+    let docs: Vec<(String, Vec<f32>)> =
+        (0..20_000).map(|i| (format!("d-{i}"), vector(i))).collect();
+    for chunk in docs.chunks(250) {
+        c.ingest(&mut client, "docs", chunk).await.unwrap();
+    }
+    let nodes = c.replica_nodes("docs", 0).await;
+    let (primary, _, _) = c.set("docs", 0).await.unwrap();
+    let primary = primary.unwrap();
+    let (p, f) = (nodes[&primary], nodes[&(1 - primary)]);
+    let spare = *c.other_nodes("docs", 0).await.iter().next().unwrap();
+    // The copy to the spare node crawls (every read on its link to the primary waits: about
+    // 1.3 MB/s, 2-3 s for these rows), so the primary can be lost half way through it.
+    let slow = Fault::Delay(Duration::from_millis(50));
+    c.fault(p, spare, Port::Actors, slow);
+    c.fault(spare, p, Port::Actors, slow);
+    c.sigkill(f);
+    c.until(
+        "the lost replica placed on the spare node",
+        MINUTE,
+        async |c| c.replica_nodes("docs", 0).await.get(&(1 - primary)) == Some(&spare),
+    )
+    .await;
+    // Its node comes back (holding nothing now), so that two of three nodes keep a quorum
+    // once the primary's goes.
+    c.start_node(f);
+    let loaded = "vector partition loaded actor_id=docs.p0/";
+    c.until("the replacement started copying", MINUTE, async |c| {
+        c.log(spare).contains(loaded)
+    })
+    .await;
+    let (_, in_sync, _) = c.set("docs", 0).await.unwrap();
+    assert_eq!(in_sync, [primary], "the slowed copy ended already");
+    c.sigkill(p);
+    c.note(format!(
+        "primary's node {p} killed while node {spare} copies"
+    ));
+    // Until the primary's node returns: the partition is missing, never answered from the
+    // half copy, the copy never joins the in-sync set, and no write is acknowledged.
+    let outage = Instant::now();
+    while outage.elapsed() < Duration::from_secs(8) {
+        for i in [0, 1234, 9999, 19_999] {
+            let (doc, v) = &docs[i];
+            let (found, missing) = find(&c, "docs", doc, v).await;
+            assert!(
+                !found && missing == [0],
+                "{doc}: found {found}, missing {missing:?} while no in-sync replica was up"
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, in_sync, _) = c.set("docs", 0).await.unwrap();
+    assert_eq!(in_sync, [primary], "a half copy joined the in-sync set");
+    let mut client = c.client().await;
+    let refused = c
+        .ingest(&mut client, "docs", &[("late".into(), vector(9999))])
+        .await
+        .expect_err("a write acknowledged with no in-sync replica up");
+    c.note(format!("a write during the outage: {refused}"));
+    assert!(refused.contains("unavailable"), "{refused}");
+    // The primary's node returns: the copy finishes and every document is on both replicas.
+    c.fault(p, spare, Port::Actors, Fault::Pass);
+    c.fault(spare, p, Port::Actors, Fault::Pass);
+    c.start_node(p);
+    c.verify("docs", 1, &docs.into_iter().collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s8_a_whole_cluster_restart_after_a_divergence_converges() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = Arc::new(Chaos::start("chaos-s8", 3, |t| t).await);
