@@ -542,7 +542,7 @@ mod tests {
 
     fn round_trip(command: &Command) -> Command {
         let proposal = Proposal {
-            id: RequestId { origin: 1, seq: 2 },
+            id: RequestId::now(1, 2),
             command: command.clone(),
         };
         Proposal::decode(&proposal.encode().unwrap())

@@ -243,10 +243,7 @@ impl RaftHandle {
     }
 
     fn next_id(&self) -> RequestId {
-        RequestId {
-            origin: self.id,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
-        }
+        RequestId::now(self.id, self.seq.fetch_add(1, Ordering::Relaxed))
     }
 
     async fn submit(&self, entry: PendingEntry) -> Result<CommandOutcome, ProposeError> {
@@ -418,7 +415,11 @@ impl RaftHandle {
         cc.set_change_type(change);
         cc.node_id = node;
         let ctx = ConfContext {
-            id: RequestId { origin: 0, seq: 0 },
+            id: RequestId {
+                origin: 0,
+                seq: 0,
+                at_ms: 0,
+            },
             address,
             promote_when_caught_up: promote,
         };
@@ -910,10 +911,7 @@ impl Driver {
             cc.node_id = id;
             self.promotion_seq += 1;
             let ctx = ConfContext {
-                id: RequestId {
-                    origin: self.id,
-                    seq: self.promotion_seq,
-                },
+                id: RequestId::now(self.id, self.promotion_seq),
                 address: None,
                 promote_when_caught_up: false,
             };
