@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arbor_scheduler::state::{JobStatus, Liveness};
 use arbor_scheduler::{Command, RaftHandle};
@@ -42,7 +42,8 @@ pub enum Outgoing {
     Close(CloseCode, String),
 }
 
-/// Finished recorded jobs older than this are pruned from the control plane.
+/// Finished recorded jobs are pruned from the control plane once the leader has seen them
+/// finished for this long (by its own monotonic clock).
 const RECORD_RETENTION: Duration = Duration::from_secs(3600);
 /// At most this many finished jobs stay recorded.
 const RECORDS_KEPT: usize = 10_000;
@@ -616,13 +617,24 @@ impl Session {
     /// A job's record in the control plane, as this node has applied it.
     async fn record(&self, id: &str) -> Option<JobView> {
         let id = id.to_owned();
-        self.shared
-            .env
-            .raft
-            .read_local(move |s| s.jobs.get(&id).map(|j| record_view(&id, j)))
+        self.read_records(move |s| s.jobs.get(&id).map(|j| record_view(&id, j)))
             .await
-            .ok()
             .flatten()
+    }
+
+    /// Reads job records as the leader has them (a linearizable read: a client that saw its
+    /// job end sees its record, whichever node it asks), or from this node's own state when no
+    /// quorum answers (better late records than none).
+    async fn read_records<R, F>(&self, f: F) -> Option<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&arbor_scheduler::state::ClusterState) -> R + Clone + Send + 'static,
+    {
+        let raft = &self.shared.env.raft;
+        match raft.read(f.clone()).await {
+            Ok(r) => Some(r),
+            Err(_) => raft.read_local(f).await.ok(),
+        }
     }
 
     async fn status(&self, job: Option<JobId>, limit: Option<u32>) {
@@ -640,10 +652,7 @@ impl Session {
         let limit = limit.unwrap_or(DEFAULT_LIST).clamp(1, 1000) as usize;
         let mut jobs = self.shared.jobs.recent(limit);
         let records = self
-            .shared
-            .env
-            .raft
-            .read_local(move |s| {
+            .read_records(move |s| {
                 let mut newest: Vec<(&String, &arbor_scheduler::state::Job)> =
                     s.jobs.iter().collect();
                 newest.sort_by_key(|(_, j)| std::cmp::Reverse(j.submitted_ms));
@@ -1047,6 +1056,8 @@ async fn janitor(shared: Arc<Shared>) {
     let raft = shared.env.raft.clone();
     let me = shared.env.node;
     let mut tick = 0u64;
+    // While this node leads: when it first saw each finished record.
+    let mut seen_finished: HashMap<JobId, Instant> = HashMap::new();
     loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         tick += 1;
@@ -1072,8 +1083,10 @@ async fn janitor(shared: Arc<Shared>) {
             continue;
         }
         let leader = raft.status().await.ok().and_then(|s| s.leader) == Some(me);
+        if !leader {
+            seen_finished.clear();
+        }
         let started = shared.started_ms;
-        let now = now_ms();
         let local: std::collections::HashSet<JobId> = shared
             .jobs
             .running_recorded()
@@ -1109,24 +1122,14 @@ async fn janitor(shared: Arc<Shared>) {
                         ));
                     }
                 }
-                let mut prune = Vec::new();
-                if leader {
-                    finished.sort();
-                    let excess = finished.len().saturating_sub(RECORDS_KEPT);
-                    let cutoff = now.saturating_sub(RECORD_RETENTION.as_millis() as u64);
-                    for (i, (at, id)) in finished.into_iter().enumerate() {
-                        if i < excess || at < cutoff {
-                            prune.push(id);
-                        }
-                        if prune.len() >= 1000 {
-                            break;
-                        }
-                    }
+                if !leader {
+                    finished.clear();
                 }
-                (fail, prune)
+                (fail, finished)
             })
             .await;
-        let Ok((fail, prune)) = plan else { continue };
+        let Ok((fail, finished)) = plan else { continue };
+        let prune = records_to_prune(finished, &mut seen_finished, Instant::now());
         // Only a record whose job is not here (from before a restart) or whose record this
         // node gave up on is failed: a job created after `local` was taken, or one that just
         // ended and is writing its last record, is still this node's to finish.
@@ -1150,10 +1153,62 @@ async fn janitor(shared: Arc<Shared>) {
     }
 }
 
+/// The finished records (`(submitted_ms, id)`) the leader prunes now, at most 1000: those it
+/// has seen finished (`seen`, kept across calls) for longer than [`RECORD_RETENTION`], and the
+/// earliest submitted beyond [`RECORDS_KEPT`]. Age is measured on the leader's monotonic
+/// clock from when it first saw the record finished, never from a submitter's wall clock: a
+/// node whose clock runs an hour slow would otherwise have its jobs pruned as they end. A new
+/// leader starts counting afresh, so a record may outlive the retention by one more.
+fn records_to_prune(
+    mut finished: Vec<(u64, JobId)>,
+    seen: &mut HashMap<JobId, Instant>,
+    now: Instant,
+) -> Vec<JobId> {
+    let present: std::collections::HashSet<&JobId> = finished.iter().map(|(_, id)| id).collect();
+    seen.retain(|id, _| present.contains(id));
+    finished.sort();
+    let excess = finished.len().saturating_sub(RECORDS_KEPT);
+    let mut prune = Vec::new();
+    for (i, (_, id)) in finished.into_iter().enumerate() {
+        let first_seen = *seen.entry(id.clone()).or_insert(now);
+        if i < excess || now.duration_since(first_seen) > RECORD_RETENTION {
+            prune.push(id);
+        }
+        if prune.len() >= 1000 {
+            break;
+        }
+    }
+    prune
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gateway::protocol::parse_client;
+
+    #[test]
+    fn records_are_pruned_by_how_long_the_leader_saw_them_finished() {
+        let id = |s: &str| -> JobId { s.to_string() };
+        let mut seen = HashMap::new();
+        let t0 = Instant::now();
+        // "slow" was submitted by a node whose clock runs two hours behind: it stays.
+        let finished = vec![(1_000, id("slow")), (9_000_000, id("fresh"))];
+        assert!(records_to_prune(finished.clone(), &mut seen, t0).is_empty());
+        let later = t0 + RECORD_RETENTION / 2;
+        assert!(records_to_prune(finished.clone(), &mut seen, later).is_empty());
+        // Past the retention, counted from when the leader first saw them finished.
+        let past = t0 + RECORD_RETENTION + Duration::from_secs(1);
+        let mut pruned = records_to_prune(finished, &mut seen, past);
+        pruned.sort();
+        assert_eq!(pruned, vec![id("fresh"), id("slow")]);
+        // Records gone from the state are forgotten; beyond RECORDS_KEPT the earliest go.
+        let many: Vec<(u64, JobId)> = (0..RECORDS_KEPT as u64 + 3)
+            .map(|i| (i, id(&format!("j{i}"))))
+            .collect();
+        let pruned = records_to_prune(many, &mut seen, past);
+        assert!(!seen.contains_key(&id("slow")));
+        assert_eq!(pruned, vec![id("j0"), id("j1"), id("j2")]);
+    }
 
     #[test]
     fn an_ingest_is_recorded_without_its_documents() {
