@@ -354,6 +354,51 @@ fn the_control_plane_fails_over_and_changes_members() {
 }
 
 #[test]
+fn a_node_appended_to_cluster_toml_joins_instead_of_founding_a_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    // No `voters`: they default to every node in the file, node 4 included once appended.
+    let four = support::cluster_toml("appended", 4, dir.path(), None);
+    let three = &four[..four.rfind("\n[[nodes]]").unwrap()];
+    std::fs::write(&config, three).unwrap();
+    let secret = "appended-secret";
+    let mut nodes: Vec<NodeProc> = (1..=3)
+        .map(|id| NodeProc::start(&config, id, secret))
+        .collect();
+    wait_cluster(&config, secret, "3 caught-up voters", |s| {
+        voter_ids(s) == vec![1, 2, 3] && caught_up(s)
+    });
+    // The operator appends node 4 and rolls the running nodes onto the new file.
+    std::fs::write(&config, &four).unwrap();
+    let old = std::mem::take(&mut nodes);
+    for (node, id) in old.into_iter().zip(1..) {
+        let (ok, log) = node.terminate();
+        assert!(ok, "{log}");
+        nodes.push(NodeProc::start(&config, id, secret));
+    }
+    wait_cluster(&config, secret, "3 caught-up voters again", |s| {
+        voter_ids(s) == vec![1, 2, 3] && caught_up(s)
+    });
+    nodes.push(NodeProc::start(&config, 4, secret));
+    change_members(&config, secret, "add-node", 4);
+    wait_cluster(&config, secret, "node 4 a caught-up voter", |s| {
+        voter_ids(s) == vec![1, 2, 3, 4] && caught_up(s)
+    });
+    let fourth = nodes.pop().unwrap();
+    let (ok, log) = fourth.terminate();
+    assert!(ok, "{log}");
+    assert!(
+        log.contains("a cluster of these voters already runs") && !log.contains("bootstrapped"),
+        "node 4 founded a cluster of its own: {log}"
+    );
+    for node in nodes {
+        let (ok, log) = node.terminate();
+        assert!(!log.contains("panicked"), "{log}");
+        assert!(ok, "{log}");
+    }
+}
+
+#[test]
 fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");

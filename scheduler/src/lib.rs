@@ -77,6 +77,7 @@
 pub mod codec;
 pub mod command;
 pub mod config;
+pub mod founding;
 mod logger;
 pub mod machine;
 pub mod node;

@@ -18,6 +18,7 @@ use tracing::{debug, error, info, warn};
 use crate::codec::CodecError;
 use crate::command::{Command, CommandOutcome, Rejection};
 use crate::config::{Bootstrap, ClientTiming, NodeConfig};
+use crate::founding::{self, Founding};
 use crate::logger::raft_logger;
 use crate::machine::{ApplyResult, ConfContext, Proposal, RequestId, StateMachine};
 use crate::state::{ClusterState, NodeId};
@@ -503,16 +504,51 @@ impl RaftNode {
         let mut storage = blocking(|| RedbStorage::open(&path))?;
         if storage.is_empty()
             && let Bootstrap::Voters(voters) = &config.bootstrap
+            && (voters.is_empty() || voters.contains(&0) || !voters.contains(&config.id))
         {
-            if voters.is_empty() || voters.contains(&0) || !voters.contains(&config.id) {
-                return Err(StartError::BadBootstrap(voters.clone()));
-            }
+            return Err(StartError::BadBootstrap(voters.clone()));
+        }
+        // The transport listens first: founding voters that start empty ask each other
+        // whether a cluster already runs (see `founding`).
+        let tasks = TaskGroup::default();
+        let (net_tx, net_rx) = mpsc::channel(16_384);
+        let transport = Transport::start(
+            config.id,
+            listener,
+            config.peers.clone().into_iter().collect(),
+            config.secret.clone(),
+            config.transport.clone(),
+            net_tx,
+            tasks.clone(),
+        );
+        transport.set_founded(!storage.is_empty());
+        if storage.is_empty()
+            && let Bootstrap::Voters(voters) = &config.bootstrap
+        {
             let mut voters = voters.clone();
             voters.sort_unstable();
             voters.dedup();
-            let initial = StateMachine::default().encode()?;
-            blocking(|| storage.bootstrap(&voters, initial))?;
-            info!(node = config.id, ?voters, "bootstrapped a new raft cluster");
+            let patience = config.raft.tick * (config.raft.election_ticks as u32) * 10;
+            match founding::ask_voters(&transport, config.id, &voters, patience).await {
+                Founding::Join => info!(
+                    node = config.id,
+                    ?voters,
+                    "a cluster of these voters already runs: starting empty, for its leader to \
+                     catch this node up (a node appended to cluster.toml waits for `arbor \
+                     cluster add-node`)"
+                ),
+                Founding::Found | Founding::Wait => {
+                    let initial = StateMachine::default().encode().inspect_err(|_| {
+                        tasks.abort_all();
+                    })?;
+                    if let Err(e) = blocking(|| storage.bootstrap(&voters, initial)) {
+                        tasks.abort_all();
+                        return Err(e.into());
+                    }
+                    transport.set_founded(true);
+                    info!(node = config.id, ?voters, "bootstrapped a new raft cluster");
+                }
+            }
         }
         let snap_index = storage.snapshot_index();
         let machine = if snap_index > 0 {
@@ -545,17 +581,6 @@ impl RaftNode {
         raft_cfg.validate()?;
         let raw = RawNode::new(&raft_cfg, storage, &raft_logger(config.id))?;
 
-        let tasks = TaskGroup::default();
-        let (net_tx, net_rx) = mpsc::channel(16_384);
-        let transport = Transport::start(
-            config.id,
-            listener,
-            config.peers.clone().into_iter().collect(),
-            config.secret.clone(),
-            config.transport.clone(),
-            net_tx,
-            tasks.clone(),
-        );
         for (id, addr) in &machine.state.raft_members {
             transport.learn_address(*id, addr.clone());
         }
@@ -1009,6 +1034,7 @@ impl Driver {
                 Ok(m) => {
                     self.machine = m;
                     self.applied = index;
+                    self.transport.set_founded(true);
                     for (id, addr) in &self.machine.state.raft_members {
                         self.transport.learn_address(*id, addr.clone());
                     }

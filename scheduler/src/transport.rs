@@ -160,13 +160,24 @@ fn tag(
     mac
 }
 
-/// Client side: proves the secret to the peer and checks the peer's proof.
+/// What a server's proof is bound to besides the nonces and ids: whether it holds a
+/// cluster's state (so a prober cannot be told otherwise by anyone without the secret).
+fn server_role(founded: bool) -> &'static [u8] {
+    if founded {
+        b"server-founded"
+    } else {
+        b"server"
+    }
+}
+
+/// Client side: proves the secret to the peer and checks the peer's proof. Returns whether
+/// the peer holds a cluster's state (its raft storage is not empty).
 pub async fn client_handshake(
     stream: &mut TcpStream,
     me: NodeId,
     peer: NodeId,
     secret: &[u8],
-) -> Result<(), TransportError> {
+) -> Result<bool, TransportError> {
     let hello = read_frame(stream, 256).await?;
     if hello.len() != GREETING.len() + NONCE || !hello.starts_with(GREETING) {
         return Err(TransportError::Handshake(format!(
@@ -188,13 +199,17 @@ pub async fn client_handshake(
     stream.flush().await?;
     let answer = read_frame(stream, 1024).await?;
     match answer.split_first() {
-        Some((1, proof)) => tag(secret, b"server", nonce_s, &nonce_c, me, peer)
-            .verify_slice(proof)
-            .map_err(|_| {
-                TransportError::SecretMismatch(
-                    "the peer could not prove it holds our cluster secret".into(),
-                )
-            }),
+        Some((flag @ (1 | 2), proof)) => {
+            let founded = *flag == 2;
+            tag(secret, server_role(founded), nonce_s, &nonce_c, me, peer)
+                .verify_slice(proof)
+                .map(|()| founded)
+                .map_err(|_| {
+                    TransportError::SecretMismatch(
+                        "the peer could not prove it holds our cluster secret".into(),
+                    )
+                })
+        }
         Some((0, reason)) => Err(TransportError::SecretMismatch(format!(
             "peer said: {}",
             String::from_utf8_lossy(reason)
@@ -205,11 +220,13 @@ pub async fn client_handshake(
     }
 }
 
-/// Server side: checks the client's proof, answers with our own. Returns the client's id.
+/// Server side: checks the client's proof, answers with our own (which says whether this
+/// node holds a cluster's state, `founded`). Returns the client's id.
 pub async fn server_handshake(
     stream: &mut TcpStream,
     me: NodeId,
     secret: &[u8],
+    founded: bool,
 ) -> Result<NodeId, TransportError> {
     let nonce_s: [u8; NONCE] = rand::random();
     let mut hello = GREETING.to_vec();
@@ -246,9 +263,9 @@ pub async fn server_handshake(
             "node {from} dialed node {to} but reached node {me}"
         )));
     }
-    let mut ok = vec![1u8];
+    let mut ok = vec![if founded { 2u8 } else { 1u8 }];
     ok.extend_from_slice(
-        &tag(secret, b"server", &nonce_s, nonce_c, from, to)
+        &tag(secret, server_role(founded), &nonce_s, nonce_c, from, to)
             .finalize()
             .into_bytes(),
     );
@@ -273,6 +290,9 @@ struct Inner {
     learned: Mutex<HashMap<NodeId, String>>,
     peers: Mutex<HashMap<NodeId, Peer>>,
     dropped: std::sync::atomic::AtomicU64,
+    /// Whether this node's raft storage holds a cluster's state (told to every peer that
+    /// connects, so that a node starting empty can tell a new cluster from a running one).
+    founded: std::sync::atomic::AtomicBool,
 }
 
 /// The sending side of the transport; cheap to clone.
@@ -302,9 +322,49 @@ impl Transport {
             learned: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             dropped: Default::default(),
+            founded: Default::default(),
         });
         tasks.spawn(accept_loop(inner.clone(), listener));
         Transport { inner }
+    }
+
+    /// Says, from now on, whether this node's raft storage holds a cluster's state.
+    pub fn set_founded(&self, founded: bool) {
+        self.inner
+            .founded
+            .store(founded, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this node has said it holds a cluster's state.
+    pub fn founded(&self) -> bool {
+        self.inner
+            .founded
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks node `to` at `addr` (a handshake, then nothing) whether it holds a cluster's
+    /// state.
+    pub async fn probe(&self, to: NodeId, addr: &str) -> Result<bool, TransportError> {
+        let deadline = self.inner.config.handshake_timeout;
+        let mut s = tokio::time::timeout(deadline, TcpStream::connect(addr))
+            .await
+            .map_err(|_| TransportError::Timeout("connect timed out".into()))??;
+        s.set_nodelay(true)?;
+        tokio::time::timeout(
+            deadline,
+            client_handshake(&mut s, self.inner.me, to, &self.inner.secret),
+        )
+        .await
+        .map_err(|_| TransportError::Handshake("timed out".into()))?
+    }
+
+    /// The address node `id` is dialed at: from configuration, else learned from the log.
+    pub fn address(&self, id: NodeId) -> Option<String> {
+        self.inner
+            .configured
+            .get(&id)
+            .cloned()
+            .or_else(|| self.inner.learned.lock().expect("lock").get(&id).cloned())
     }
 
     /// Remembers a peer address learned from the log (used unless configuration names one).
@@ -412,7 +472,12 @@ async fn serve_peer(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), Tran
     stream.set_nodelay(true)?;
     let from = tokio::time::timeout(
         inner.config.handshake_timeout,
-        server_handshake(&mut stream, inner.me, &inner.secret),
+        server_handshake(
+            &mut stream,
+            inner.me,
+            &inner.secret,
+            inner.founded.load(std::sync::atomic::Ordering::Relaxed),
+        ),
     )
     .await
     .map_err(|_| TransportError::Handshake("timed out".into()))??;
@@ -583,9 +648,17 @@ mod tests {
         let (mut c, mut s) = pair().await;
         let (cr, sr) = tokio::join!(
             client_handshake(&mut c, 1, 2, b"sesame"),
-            server_handshake(&mut s, 2, b"sesame")
+            server_handshake(&mut s, 2, b"sesame", false)
         );
-        cr.unwrap();
+        assert!(!cr.unwrap(), "an empty server says so");
+        assert_eq!(sr.unwrap(), 1);
+        // A server that holds a cluster says so, bound to its proof.
+        let (mut c, mut s) = pair().await;
+        let (cr, sr) = tokio::join!(
+            client_handshake(&mut c, 1, 2, b"sesame"),
+            server_handshake(&mut s, 2, b"sesame", true)
+        );
+        assert!(cr.unwrap());
         assert_eq!(sr.unwrap(), 1);
     }
 
@@ -594,7 +667,7 @@ mod tests {
         let (mut c, mut s) = pair().await;
         let (cr, sr) = tokio::join!(
             client_handshake(&mut c, 1, 2, b"wrong"),
-            server_handshake(&mut s, 2, b"sesame")
+            server_handshake(&mut s, 2, b"sesame", false)
         );
         assert!(
             matches!(cr, Err(TransportError::SecretMismatch(_))),

@@ -748,35 +748,49 @@ impl Coordinator {
 
     /// Asks one in-sync replica of `partition` at a time (starting at a random one) until one
     /// answers: a replica that fails, times out or is not in sync passes it on to the next.
-    /// When none is reachable it waits, for the write patience (reads made for a write, such
-    /// as an ingest's, share its patience; a replica that has just started is not yet in
-    /// every node's groups).
+    /// When none is reachable, or every one failed for a reason that passes (a replica set
+    /// that changes, a node that lost the control plane for an election), it tries again, for
+    /// the write patience: the reads made for a write, such as an ingest's, share it.
     async fn read(
         &self,
         partition: u32,
         request: PartitionRequest,
     ) -> Result<PartitionAnswer, RetrievalError> {
+        let deployment = self.deployment(partition);
         let deadline = Instant::now() + Duration::from_millis(self.route.write_patience_ms);
-        let mut members = self.readable(partition);
-        while members.is_empty() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            members = self.readable(partition);
-        }
-        if members.is_empty() {
-            return Err(RetrievalError::Unavailable {
-                collection: self.route.collection.clone(),
-                partition,
-                reason: "no in-sync replica is reachable".into(),
-            });
-        }
-        let mut reasons = Vec::new();
-        for member in members {
-            match remote::ask(&member, request.clone(), READ_TIMEOUT).await {
-                Ok(answer) => return Ok(answer),
-                Err(why) => reasons.push(why.to_string()),
+        let mut reasons: Vec<String> = Vec::new();
+        loop {
+            let members = self.readable(partition);
+            if members.is_empty() {
+                reasons = vec!["no in-sync replica is reachable".into()];
+            } else {
+                reasons.clear();
+            }
+            for member in members {
+                match remote::ask(&member, request.clone(), READ_TIMEOUT).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(PartitionFailure::Invalid(reason)) => {
+                        return Err(RetrievalError::Read { partition, reason });
+                    }
+                    Err(why) => reasons.push(why.to_string()),
+                }
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            match self.control.view(&deployment) {
+                Some(view) => {
+                    let next = view.set.epoch + 1;
+                    let _ = self
+                        .control
+                        .view_at(&deployment, next, Duration::from_millis(200))
+                        .await;
+                }
+                None => tokio::time::sleep(Duration::from_millis(50)).await,
             }
         }
-        Err(RetrievalError::Read {
+        Err(RetrievalError::Unavailable {
+            collection: self.route.collection.clone(),
             partition,
             reason: reasons.join("; "),
         })

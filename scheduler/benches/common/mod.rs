@@ -31,11 +31,17 @@ impl BenchCluster {
             c.addrs.insert(id, l.local_addr().unwrap());
             listeners.insert(id, l);
         }
-        for (id, l) in listeners {
-            let node = RaftNode::start_with_listener(c.config(id), l)
-                .await
-                .unwrap();
-            c.nodes.insert(id, node);
+        // Together, as a new cluster's voters start (each asks the others before founding).
+        let starting: Vec<_> = listeners
+            .into_iter()
+            .map(|(id, l)| {
+                let cfg = c.config(id);
+                tokio::spawn(async move { (id, RaftNode::start_with_listener(cfg, l).await) })
+            })
+            .collect();
+        for s in starting {
+            let (id, node) = s.await.unwrap();
+            c.nodes.insert(id, node.unwrap());
         }
         c
     }

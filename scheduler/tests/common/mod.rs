@@ -63,10 +63,18 @@ impl Cluster {
         for id in 1..=n {
             c.add_proxies(id).await;
         }
-        for (id, l) in listeners {
-            let cfg = c.config(id, Bootstrap::Voters(c.voters.clone()));
-            let node = RaftNode::start_with_listener(cfg, l).await.unwrap();
-            c.nodes.insert(id, node);
+        // Together, as a new cluster's voters start: each asks the others whether a cluster
+        // already runs before it founds one.
+        let starting: Vec<_> = listeners
+            .into_iter()
+            .map(|(id, l)| {
+                let cfg = c.config(id, Bootstrap::Voters(c.voters.clone()));
+                tokio::spawn(async move { (id, RaftNode::start_with_listener(cfg, l).await) })
+            })
+            .collect();
+        for s in starting {
+            let (id, node) = s.await.unwrap();
+            c.nodes.insert(id, node.unwrap());
         }
         c
     }
