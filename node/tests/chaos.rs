@@ -143,6 +143,110 @@ async fn s2_the_reported_double_failure_keeps_the_acknowledged_write() {
     c.verify("docs", 1, &acked).await;
 }
 
+/// The operator's way out when every in-sync replica is gone: `arbor collection promote-stale`
+/// says what is lost, the stale replica serves and takes writes, and the old primary, back,
+/// discards what it held beyond the new primary's history (on the primary's word).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_promotes_a_stale_replica_and_is_told_what_is_lost() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-promote", 3, |t| t).await;
+    c.collection("docs", 1, 2).await;
+    let mut client = c.client().await;
+    let before: Vec<(String, Vec<f32>)> = (0..6).map(|i| (format!("d-{i}"), vector(i))).collect();
+    c.ingest(&mut client, "docs", &before).await.unwrap();
+    let nodes = c.replica_nodes("docs", 0).await;
+    let (a, b) = (nodes[&0], nodes[&1]);
+    c.note(format!("replica 0 on node {a}, replica 1 on node {b}"));
+
+    // B goes; W is acknowledged by A alone; A goes; B returns, stale.
+    c.sigkill(b);
+    let w = ("w".to_string(), vector(100));
+    let mut client = c.client().await;
+    c.ingest(&mut client, "docs", std::slice::from_ref(&w))
+        .await
+        .unwrap();
+    c.sigkill(a);
+    c.start_node(b);
+    c.until("the partition reported missing", MINUTE, async |c| {
+        find(c, "docs", "d-0", &before[0].1).await.1 == [0]
+    })
+    .await;
+
+    // While an in-sync replica's node might still be ready, the control plane refuses; once
+    // A is down, the promotion is made and says what it loses.
+    let start = Instant::now();
+    let said = loop {
+        match c
+            .arbor(&["collection", "promote-stale", "docs", "0", "--replica", "1"])
+            .await
+        {
+            Ok(out) => break out,
+            Err(why) => {
+                c.note(format!("promote-stale refused: {why}"));
+                assert!(start.elapsed() < MINUTE, "promote-stale never accepted");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    c.note(format!("promote-stale said: {said}"));
+    assert!(
+        said.contains("replica 1 is now the primary") && said.contains("holds 6 rows"),
+        "promote-stale should name the new primary and what it holds: {said}"
+    );
+    assert!(
+        said.contains("gone"),
+        "promote-stale should say what is lost: {said}"
+    );
+
+    // The promoted replica serves (without W: the accepted loss) and takes writes.
+    c.until(
+        "a query answered by the promoted replica",
+        MINUTE,
+        async |c| find(c, "docs", "d-0", &before[0].1).await == (true, vec![]),
+    )
+    .await;
+    assert_eq!(find(&c, "docs", "w", &w.1).await, (false, vec![]));
+    let x = ("x".to_string(), vector(200));
+    let mut client = c.client().await;
+    c.ingest(&mut client, "docs", std::slice::from_ref(&x))
+        .await
+        .unwrap();
+
+    // A returns as a follower of B: it catches up and drops W, so both replicas agree.
+    c.start_node(a);
+    let mut acked: BTreeMap<String, Vec<f32>> = before.into_iter().collect();
+    acked.insert(x.0, x.1);
+    c.verify("docs", 1, &acked).await;
+    let deployments = c.deployments().await.unwrap();
+    let generation = deployments["docs.p0"]
+        .replicas
+        .iter()
+        .find(|r| r.replica == 0)
+        .and_then(|r| r.generation)
+        .unwrap();
+    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    let secret = Secret::new(SECRET).unwrap();
+    let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let cell = loop {
+        if let Some(cell) = remote::member(&scope, "docs.p0", 0, generation) {
+            break cell;
+        }
+        assert!(start.elapsed() < MINUTE, "replica 0 is not reachable");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rows = common::chaos::get(&cell, vec![chunk_id("w", 0)])
+        .await
+        .unwrap();
+    assert!(
+        rows.is_empty(),
+        "the old primary kept W after following the promoted replica: {rows:?}"
+    );
+    caller.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s9_a_collection_created_again_starts_empty_and_its_old_files_go() {
     let _one = ONE_AT_A_TIME.lock().await;
