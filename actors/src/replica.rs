@@ -73,17 +73,7 @@ pub struct CallRequest {
 /// replica would fail the same way).
 pub type CallReply = Result<Vec<u8>, String>;
 
-/// The process group that a deployment's running replicas join, in the agent's pg scope.
-pub fn deployment_group(deployment: &str) -> String {
-    format!("arbor.deploy.{deployment}")
-}
-
-/// The process group of one replica at one generation (its only member, once it runs): how a
-/// partition's primary and its followers address each other. An older copy still running on
-/// a node that has not heard of its replacement is in another group, so it is never asked.
-pub fn replica_group(actor_id: &str, generation: u64) -> String {
-    format!("arbor.replica.{actor_id}@{generation}")
-}
+pub use arbor_proto::{deployment_group, replica_group};
 
 /// The request inside a [`Wire`], or the error reply that a replica sends back when the bytes
 /// did not decode.

@@ -288,8 +288,10 @@ async fn report_memory(c: &mut Conn, nodes: &[NodeProc]) {
     println!("  RSS: {}", rss_line(nodes));
     for p in 0..PARTITIONS {
         let reply = c
-            .job(json!({"kind": "call", "deployment": format!("bench.p{p}"),
-                        "payload": "{\"stats\": true}"}))
+            .job(
+                json!({"kind": "call", "deployment": arbor_proto::partition_deployment("bench", p),
+                        "payload": "{\"stats\": true}"}),
+            )
             .await;
         let s: Value = serde_json::from_str(reply["reply"].as_str().unwrap_or("{}")).unwrap();
         let mib = |k: &str| s[k].as_f64().unwrap_or(0.0) / (1 << 20) as f64;

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub const SECRET_ENV: &str = "ARBOR_CLUSTER_SECRET";
 
 /// A node's id in the cluster: a positive integer, unique in cluster.toml.
-pub type NodeId = u64;
+pub use arbor_proto::NodeId;
 
 /// A parsed and checked cluster.toml.
 #[derive(Debug, Clone)]

@@ -9,11 +9,11 @@ use arbor_kernels::Device;
 use arbor_kernels::llama::Sampling;
 use arbor_node::commands::{GatewayArgs, admin, ask, ingest, jobs};
 use arbor_node::control::{ControlReply, ControlRequest};
-use arbor_node::gateway::protocol::CreateCollectionJob;
 use arbor_node::gateway::tokens::{self, Role, TokenFile};
 use arbor_node::link::messages::MembershipChange;
 use arbor_node::logging::{self, LogFormat};
 use arbor_node::{ClusterConfig, Node, NodeId, call, cluster_cmd, status};
+use arbor_proto::gateway::CreateCollectionJob;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

@@ -19,7 +19,7 @@ use arbor_actors::partition::{PartitionAnswer, PartitionFailure, PartitionReques
 use arbor_actors::retrieval::route::chunk_id;
 use arbor_node::Secret;
 use arbor_node::call::Caller;
-use arbor_node::gateway::protocol::{JobSpec, QueryJob};
+use arbor_proto::gateway::{JobSpec, QueryJob};
 use common::chaos::{Chaos, ONE_AT_A_TIME, Port, SECRET, Witness, vector};
 use common::proxy::Fault;
 use tokio::sync::Mutex;
@@ -42,7 +42,7 @@ fn writer(
     let (c, collection) = (c.clone(), collection.to_string());
     tokio::spawn(async move {
         let connect = async || match via {
-            Some(node) => arbor_node::gateway::client::GatewayClient::connect(
+            Some(node) => arbor_client::GatewayClient::connect(
                 &[c.addrs[&node].gateway],
                 &c.token,
                 Duration::from_secs(2),
@@ -218,7 +218,7 @@ async fn an_operator_promotes_a_stale_replica_and_is_told_what_is_lost() {
     acked.insert(x.0, x.1);
     c.verify("docs", 1, &acked).await;
     let deployments = c.deployments().await.unwrap();
-    let generation = deployments["docs.p0"]
+    let generation = deployments[&arbor_proto::partition_deployment("docs", 0)]
         .replicas
         .iter()
         .find(|r| r.replica == 0)
@@ -231,7 +231,12 @@ async fn an_operator_promotes_a_stale_replica_and_is_told_what_is_lost() {
         .unwrap();
     let start = Instant::now();
     let cell = loop {
-        if let Some(cell) = remote::member(&scope, "docs.p0", 0, generation) {
+        if let Some(cell) = remote::member(
+            &scope,
+            &arbor_proto::partition_deployment("docs", 0),
+            0,
+            generation,
+        ) {
             break cell;
         }
         assert!(start.elapsed() < MINUTE, "replica 0 is not reachable");
@@ -459,13 +464,10 @@ async fn s6_a_node_cut_off_from_the_quorum_but_reachable_by_clients_loses_nothin
     c.isolate(cut, Port::Raft, Fault::Cut);
     c.isolate(cut, Port::Actors, Fault::Cut);
     let gateway = c.addrs[&cut].gateway;
-    let mut there = arbor_node::gateway::client::GatewayClient::connect(
-        &[gateway],
-        &c.token,
-        Duration::from_secs(2),
-    )
-    .await
-    .unwrap();
+    let mut there =
+        arbor_client::GatewayClient::connect(&[gateway], &c.token, Duration::from_secs(2))
+            .await
+            .unwrap();
     let start = Instant::now();
     let mut n = 0u64;
     let (mut ok_there, mut refused_there) = (0, 0);
@@ -516,7 +518,7 @@ async fn s7_concurrent_writers_of_one_document_leave_every_replica_identical() {
         .unwrap();
     let scope = arbor_node::link::scope(&c.config.cluster.name);
     let deployments = c.deployments().await.unwrap();
-    let generations: Vec<(u32, u64)> = deployments["docs.p0"]
+    let generations: Vec<(u32, u64)> = deployments[&arbor_proto::partition_deployment("docs", 0)]
         .replicas
         .iter()
         .map(|r| (r.replica, r.generation.unwrap()))
@@ -524,13 +526,9 @@ async fn s7_concurrent_writers_of_one_document_leave_every_replica_identical() {
     let mut clients = Vec::new();
     for g in c.addrs.values().take(2) {
         clients.push(
-            arbor_node::gateway::client::GatewayClient::connect(
-                &[g.gateway],
-                &c.token,
-                Duration::from_secs(2),
-            )
-            .await
-            .unwrap(),
+            arbor_client::GatewayClient::connect(&[g.gateway], &c.token, Duration::from_secs(2))
+                .await
+                .unwrap(),
         );
     }
     let id = chunk_id("x", 0);
@@ -584,7 +582,7 @@ async fn s5a_s17_a_node_off_the_control_plane_stops_serving_within_its_lease() {
         .map(|(r, n)| (*r, *n))
         .max_by_key(|(_, n)| *n)
         .unwrap();
-    let generation = deployments["docs.p0"]
+    let generation = deployments[&arbor_proto::partition_deployment("docs", 0)]
         .replicas
         .iter()
         .find(|r| r.replica == replica)
@@ -771,7 +769,7 @@ async fn verify_in_sync_only(c: &Chaos, collection: &str, acked: &BTreeMap<Strin
     let scope = arbor_node::link::scope(&c.config.cluster.name);
     let deployments = c.deployments().await.unwrap();
     for set in &sets {
-        let deployment = format!("{collection}.p{}", set.partition);
+        let deployment = arbor_proto::partition_deployment(collection, set.partition);
         for replica in &set.in_sync {
             let generation = deployments[&deployment]
                 .replicas
@@ -1046,7 +1044,7 @@ async fn s19_a_job_on_a_node_cut_off_from_raft_ends_as_its_record_says() {
     let c = Chaos::start("chaos-s19", 3, |t| t).await;
     c.collection("docs", 1, 2).await;
     // A long ingest through node 3's gateway, while node 3's Raft port is cut for 5 s.
-    let mut there = arbor_node::gateway::client::GatewayClient::connect(
+    let mut there = arbor_client::GatewayClient::connect(
         &[c.addrs[&3].gateway],
         &c.token,
         Duration::from_secs(2),
@@ -1054,11 +1052,11 @@ async fn s19_a_job_on_a_node_cut_off_from_raft_ends_as_its_record_says() {
     .await
     .unwrap();
     let docs: Vec<(String, Vec<f32>)> = (0..3000).map(|i| (format!("d-{i}"), vector(i))).collect();
-    let job = JobSpec::Ingest(arbor_node::gateway::protocol::IngestJob {
+    let job = JobSpec::Ingest(arbor_proto::gateway::IngestJob {
         collection: "docs".into(),
         documents: docs
             .iter()
-            .map(|(id, v)| arbor_node::gateway::protocol::DocumentIn {
+            .map(|(id, v)| arbor_proto::gateway::DocumentIn {
                 id: id.clone(),
                 text: String::new(),
                 title: None,

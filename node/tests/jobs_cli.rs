@@ -8,8 +8,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use arbor_node::gateway::client::GatewayClient;
-use arbor_node::gateway::protocol::{DocumentIn, IngestJob, JobSpec, QueryJob};
+use arbor_client::GatewayClient;
+use arbor_proto::gateway::{DocumentIn, IngestJob, JobSpec, QueryJob};
 use common::cluster::{Cluster, T};
 use serde_json::Value;
 

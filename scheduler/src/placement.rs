@@ -37,8 +37,7 @@ use crate::resources::{GpuAmount, ResourceError, ResourceKind, Resources};
 pub use constraint::LabelConstraint;
 pub use reason::{NoFit, PendingReason, Rejection};
 
-/// A node's id in the cluster.
-pub type NodeId = u64;
+pub use arbor_proto::NodeId;
 
 /// One GPU on a node and how much of it is still free.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -19,7 +19,7 @@ pub mod replication;
 pub use replication::{MemberView, PartitionView, ReplicaSet, partition_views};
 
 /// A Raft node id (never 0).
-pub type NodeId = u64;
+pub use arbor_proto::NodeId;
 /// A placed actor's id, unique in the cluster.
 pub type ActorId = String;
 /// A job's id.

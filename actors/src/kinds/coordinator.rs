@@ -22,7 +22,7 @@ use crate::retrieval::{CollectionRoute, Coordinator, Document};
 use crate::wire::Wire;
 
 /// The most results one query may ask for.
-const MAX_K: u32 = 256;
+use arbor_proto::MAX_K;
 
 /// The `retrieval_coordinator` actor.
 pub struct CoordinatorReplica;

@@ -40,7 +40,7 @@ use crate::wire::MAX_PAYLOAD_BYTES;
 pub const MAX_QUERIES: usize = 1024;
 /// The largest `k` a search may ask for (the GPU kernel's limit, so that answers do not
 /// depend on where the scan runs).
-pub const MAX_K: usize = 256;
+pub const MAX_K: usize = arbor_proto::MAX_K as usize;
 /// Rows handed to the index at a time while loading, so the load never holds a second copy
 /// of the whole partition.
 const LOAD_CHUNK_ROWS: usize = 4096;

@@ -38,11 +38,7 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// commit included).
 const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The deployment that holds partition `partition` of `collection`. The control plane names
-/// them the same way (`CollectionSpec::partition_deployment`).
-pub fn partition_deployment(collection: &str, partition: u32) -> String {
-    format!("{collection}.p{partition}")
-}
+pub use arbor_proto::partition_deployment;
 
 /// What a coordinator serves: a collection and how to reach it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use super::{GatewayArgs, parse_data, run_job};
 use crate::control::{self, CollectionReport, DeployChange, DeploymentReport};
 use crate::deployment_file;
-use crate::gateway::protocol::{CreateCollectionJob, DeployJob, JobSpec, NameJob, PromoteStaleJob};
+use arbor_proto::gateway::{CreateCollectionJob, DeployJob, JobSpec, NameJob, PromoteStaleJob};
 
 /// The result data of a `deploy` job.
 #[derive(Debug, Deserialize)]

@@ -8,7 +8,7 @@ use arbor_actors::retrieval::{QueryAnswer, QueryHit, RagAnswer};
 use serde_json::Value;
 
 use super::{GatewayArgs, excerpt, parse_data, run_interruptible, run_job};
-use crate::gateway::protocol::{EmbedJob, GenerateJob, JobSpec, QueryJob, RagJob, ServerMsg};
+use arbor_proto::gateway::{EmbedJob, GenerateJob, JobSpec, QueryJob, RagJob, ServerMsg};
 
 /// How many characters of a hit's text `arbor query` prints.
 const EXCERPT_CHARS: usize = 200;

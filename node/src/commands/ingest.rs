@@ -11,10 +11,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{GatewayArgs, cancel_all, failed};
-use crate::gateway::client::GatewayClient;
-use crate::gateway::protocol::{
-    ClientMsg, DocumentIn, ErrorCode, IngestJob, JobId, JobSpec, JobState, ServerMsg,
-};
+use arbor_client::GatewayClient;
+use arbor_proto::gateway::{ClientMsg, DocumentIn, IngestJob, JobSpec, JobState, ServerMsg};
+use arbor_proto::{ErrorCode, JobId};
 
 /// At most this many documents per `ingest` job.
 pub const MAX_BATCH_DOCUMENTS: usize = 64;

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::{GatewayArgs, failed};
-use crate::gateway::protocol::JobView;
+use arbor_proto::gateway::JobView;
 
 /// `arbor jobs [--limit N] [--json]`: the most recent jobs, newest first.
 pub async fn jobs(gw: &GatewayArgs, limit: u32, json: bool) -> anyhow::Result<()> {
@@ -144,7 +144,7 @@ pub fn job_text(j: &JobView, now_ms: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::protocol::JobState;
+    use arbor_proto::gateway::JobState;
 
     fn view(id: &str, state: JobState, progress: f32, submitted_ms: u64) -> JobView {
         JobView {

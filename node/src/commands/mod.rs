@@ -16,8 +16,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::config::ClusterConfig;
-use crate::gateway::client::{ClientError, GatewayClient, JobWatch, connect_any};
-use crate::gateway::protocol::{JobId, JobSpec, ServerMsg};
+use arbor_client::{ClientError, DEFAULT_PER_NODE_TIMEOUT, GatewayClient, JobWatch};
+use arbor_proto::JobId;
+use arbor_proto::gateway::{JobSpec, ServerMsg};
 
 /// The environment variable that holds the gateway token when `--token` is absent.
 pub const TOKEN_ENV: &str = "ARBOR_TOKEN";
@@ -49,7 +50,14 @@ impl GatewayArgs {
     pub async fn connect(&self) -> anyhow::Result<GatewayClient> {
         let token = self.token()?;
         let config = ClusterConfig::load(&self.config)?;
-        Ok(connect_any(&config, token).await?)
+        let addrs: Vec<_> = config.nodes.iter().map(|n| n.gateway).collect();
+        Ok(GatewayClient::connect_from(
+            &addrs,
+            token,
+            DEFAULT_PER_NODE_TIMEOUT,
+            config.path.display().to_string(),
+        )
+        .await?)
     }
 }
 
@@ -135,7 +143,7 @@ pub fn excerpt(text: &str, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::protocol::ErrorCode;
+    use arbor_proto::ErrorCode;
 
     #[test]
     fn a_missing_token_says_how_to_make_one() {

@@ -14,8 +14,9 @@ use arbor_scheduler::{Command, ProposeError, RaftHandle};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, watch};
 
-use super::protocol::{JobId, JobState, JobView, ServerMsg};
 use crate::config::NodeId;
+use arbor_proto::JobId;
+use arbor_proto::gateway::{JobState, JobView, ServerMsg};
 
 /// How many finished jobs this node remembers (beyond those the control plane records).
 const FINISHED_KEPT: usize = 10_000;

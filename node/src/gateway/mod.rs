@@ -8,9 +8,7 @@
 //! * [`run`]: what each job kind does;
 //! * [`client`]: the client the `arbor` commands, tests and benchmarks use.
 
-pub mod client;
 pub mod jobs;
-pub mod protocol;
 pub mod run;
 pub mod server;
 pub mod tokens;

@@ -19,15 +19,15 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::jobs::LocalJob;
-use super::protocol::{
-    CreateCollectionJob, DeployJob, DocumentIn, EmbedJob, ErrorCode, GenerateJob, IngestJob,
-    JobSpec, PromoteStaleJob, QueryJob, RagJob, ServerMsg,
-};
 use crate::config::NodeId;
 use crate::control::{self, ControlError, ControlReply, ControlRequest, DeployChange};
+use arbor_proto::ErrorCode;
+use arbor_proto::MAX_K;
+use arbor_proto::gateway::{
+    CreateCollectionJob, DeployJob, DocumentIn, EmbedJob, GenerateJob, IngestJob, JobSpec,
+    PromoteStaleJob, QueryJob, RagJob, ServerMsg,
+};
 
-/// The most results a query may ask for.
-pub const MAX_K: u32 = 256;
 /// The most sources a RAG answer may be given.
 pub const MAX_RAG_K: u32 = 16;
 /// The most tokens one generation may ask for.
@@ -810,11 +810,11 @@ pub fn summarize(state: &ClusterState, node: NodeId, leader: Option<NodeId>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::protocol::parse_client;
+    use arbor_proto::gateway::parse_client;
 
     fn job(text: &str) -> JobSpec {
         match parse_client(&format!(r#"{{"type":"submit","job":{text}}}"#)).unwrap() {
-            super::super::protocol::ClientMsg::Submit { job, .. } => job,
+            arbor_proto::gateway::ClientMsg::Submit { job, .. } => job,
             other => panic!("{other:?}"),
         }
     }

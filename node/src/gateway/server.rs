@@ -26,13 +26,14 @@ use super::jobs::{
     JobTable, LocalJob, Recorder, new_job_id, now_ms, propose_retrying, record_status_view,
     record_view,
 };
-use super::protocol::{
-    ClientMsg, ErrorCode, JobId, JobSpec, JobState, JobView, Limits, PROTOCOL_VERSION, ServerMsg,
-    encode, parse_client,
-};
 use super::run::{Emit, Env, JobFailure, execute, summarize, validate};
 use super::tokens::{Role, TokenStore};
 use crate::config::{GatewaySection, NodeId};
+use arbor_proto::gateway::{
+    ClientMsg, JobSpec, JobState, JobView, Limits, PROTOCOL_VERSION, ServerMsg, encode,
+    parse_client,
+};
+use arbor_proto::{ErrorCode, JobId};
 
 /// A message for a connection's writer.
 #[derive(Debug)]
@@ -1184,7 +1185,7 @@ fn records_to_prune(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gateway::protocol::parse_client;
+    use arbor_proto::gateway::parse_client;
 
     #[test]
     fn records_are_pruned_by_how_long_the_leader_saw_them_finished() {

@@ -20,11 +20,11 @@ use std::time::{Duration, Instant};
 
 use arbor_actors::partition::{PartitionAnswer, PartitionRequest, remote};
 use arbor_actors::retrieval::route::{chunk_id, partition_of};
+use arbor_client::GatewayClient;
 use arbor_node::call::Caller;
 use arbor_node::control::{CollectionReport, DeploymentReport};
-use arbor_node::gateway::client::GatewayClient;
-use arbor_node::gateway::protocol::{DocumentIn, IngestJob, JobSpec};
 use arbor_node::{ClusterConfig, Secret};
+use arbor_proto::gateway::{DocumentIn, IngestJob, JobSpec};
 use serde_json::Value;
 
 use super::proxy::{Fault, Proxy};
@@ -479,7 +479,7 @@ impl Chaos {
         }
         let mut checked = 0;
         for set in &sets {
-            let deployment = format!("{collection}.p{}", set.partition);
+            let deployment = arbor_proto::partition_deployment(collection, set.partition);
             let docs = by_partition
                 .get(&set.partition)
                 .cloned()
@@ -551,7 +551,7 @@ impl Chaos {
     /// The node each replica of `collection`'s partition `p` is placed on.
     pub async fn replica_nodes(&self, collection: &str, p: u32) -> BTreeMap<u32, u64> {
         let d = self.deployments().await.unwrap();
-        d[&format!("{collection}.p{p}")]
+        d[&arbor_proto::partition_deployment(collection, p)]
             .replicas
             .iter()
             .filter_map(|r| Some((r.replica, r.node?)))

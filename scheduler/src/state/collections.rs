@@ -27,7 +27,7 @@ impl Metric {
 impl CollectionSpec {
     /// The deployment that holds partition `partition`.
     pub fn partition_deployment(&self, partition: u32) -> String {
-        format!("{}.p{partition}", self.name)
+        arbor_proto::partition_deployment(&self.name, partition)
     }
 
     /// The deployment of partition `partition`, as creating the collection records it.

@@ -7,18 +7,17 @@
 //! is not an object, an unknown `type` or `kind`, a missing, unknown or mistyped field (with
 //! its path, e.g. `job.k`).
 
-use std::fmt;
-
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::error::ErrorCode;
+use crate::ids::JobId;
+use crate::role::Role;
+
 /// The protocol version this build speaks. `auth` carries it; a client that speaks another
 /// one is told so and disconnected.
 pub const PROTOCOL_VERSION: u32 = 1;
-
-/// A job's id, given by the gateway that accepted it.
-pub type JobId = String;
 
 /// A message from a client.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -351,8 +350,6 @@ fn finite_vector<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<f3
     Ok(v)
 }
 
-pub use super::tokens::Role;
-
 impl JobSpec {
     /// The `kind` tag.
     pub fn kind(&self) -> &'static str {
@@ -543,74 +540,6 @@ pub struct Limits {
     pub max_message_bytes: usize,
     pub max_jobs_per_connection: usize,
     pub max_jobs_per_token: usize,
-}
-
-/// Why a request was refused or a job failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    /// The frame is not JSON.
-    MalformedJson,
-    /// The frame is JSON but not an object.
-    NotAnObject,
-    /// `type` (or `job.kind`) names nothing this gateway knows.
-    UnknownType,
-    MissingField,
-    UnknownField,
-    /// A field has the wrong type or an impossible value.
-    InvalidField,
-    UnsupportedVersion,
-    MessageTooLarge,
-    /// Only `auth` is accepted before a good `auth`.
-    NotAuthenticated,
-    AuthFailed,
-    AlreadyAuthenticated,
-    /// The token's role may not do this.
-    Forbidden,
-    /// Too many jobs in flight on this connection or for this token.
-    Overloaded,
-    NotFound,
-    /// The job's arguments are well-formed but cannot be carried out (e.g. k = 0).
-    InvalidJob,
-    /// The job ran and failed.
-    JobFailed,
-    /// The job has already finished (so it cannot be cancelled).
-    JobFinished,
-    /// The control plane or the actors needed are not reachable now; retry.
-    Unavailable,
-    Internal,
-}
-
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::MalformedJson => "malformed_json",
-            ErrorCode::NotAnObject => "not_an_object",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::MissingField => "missing_field",
-            ErrorCode::UnknownField => "unknown_field",
-            ErrorCode::InvalidField => "invalid_field",
-            ErrorCode::UnsupportedVersion => "unsupported_version",
-            ErrorCode::MessageTooLarge => "message_too_large",
-            ErrorCode::NotAuthenticated => "not_authenticated",
-            ErrorCode::AuthFailed => "auth_failed",
-            ErrorCode::AlreadyAuthenticated => "already_authenticated",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::Overloaded => "overloaded",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::InvalidJob => "invalid_job",
-            ErrorCode::JobFailed => "job_failed",
-            ErrorCode::JobFinished => "job_finished",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-}
-
-impl fmt::Display for ErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// A frame that is not a valid message: what to answer, and the `ref` if one could be read.

@@ -24,13 +24,13 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use super::protocol::{
-    ClientMsg, ErrorCode, JobId, JobSpec, JobState, JobView, Limits, PROTOCOL_VERSION, Role,
-    ServerMsg, encode, parse_server,
+use arbor_proto::gateway::{
+    ClientMsg, JobSpec, JobState, JobView, Limits, PROTOCOL_VERSION, ServerMsg, encode,
+    parse_server,
 };
-use crate::config::ClusterConfig;
+use arbor_proto::{ErrorCode, JobId, Role};
 
-/// How long [`connect_any`] waits for each node (TCP, WebSocket handshake and `auth`).
+/// How long a connect waits for each node by default (TCP, WebSocket handshake and `auth`).
 pub const DEFAULT_PER_NODE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The largest message this client reads from a gateway. Results are bounded by the gateway
@@ -46,14 +46,14 @@ type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 pub enum ClientError {
     /// No gateway could be reached (or none answered `auth` in time).
     #[error(
-        "no gateway answered:\n{}Check that the nodes run (`arbor status`) and that the gateway addresses of the [[nodes]] in {config} are right.",
+        "no gateway answered:\n{}Check that the nodes run (a node's log says why it stopped) and that the gateway addresses in {origin} are right.",
         tried_list(.tried)
     )]
     Unreachable {
         /// Each address tried, and why it failed.
         tried: Vec<(SocketAddr, String)>,
-        /// Where the addresses came from (the cluster.toml path).
-        config: String,
+        /// Where the addresses came from (a cluster.toml path).
+        origin: String,
     },
     /// The gateway refused the token. A bad token is bad on every node, so there is no
     /// failover to the next one.
@@ -308,14 +308,16 @@ impl GatewayClient {
         token: &str,
         per_node_timeout: Duration,
     ) -> Result<GatewayClient, ClientError> {
-        Self::connect_from(addrs, token, per_node_timeout, "cluster.toml".into()).await
+        Self::connect_from(addrs, token, per_node_timeout, "the addresses given".into()).await
     }
 
-    async fn connect_from(
+    /// [`GatewayClient::connect`], naming where the addresses came from (a cluster.toml path)
+    /// in the error that says none answered.
+    pub async fn connect_from(
         addrs: &[SocketAddr],
         token: &str,
         per_node_timeout: Duration,
-        config: String,
+        origin: String,
     ) -> Result<GatewayClient, ClientError> {
         let mut tried = Vec::with_capacity(addrs.len());
         for &addr in addrs {
@@ -333,7 +335,7 @@ impl GatewayClient {
                 )),
             }
         }
-        Err(ClientError::Unreachable { tried, config })
+        Err(ClientError::Unreachable { tried, origin })
     }
 
     async fn attempt(addr: SocketAddr, token: &str) -> Attempt {
@@ -692,22 +694,6 @@ impl GatewayClient {
     }
 }
 
-/// Connects to any node of the cluster: every node's gateway address, in cluster.toml's
-/// order, [`DEFAULT_PER_NODE_TIMEOUT`] each.
-pub async fn connect_any(
-    config: &ClusterConfig,
-    token: &str,
-) -> Result<GatewayClient, ClientError> {
-    let addrs: Vec<SocketAddr> = config.nodes.iter().map(|n| n.gateway).collect();
-    GatewayClient::connect_from(
-        &addrs,
-        token,
-        DEFAULT_PER_NODE_TIMEOUT,
-        config.path.display().to_string(),
-    )
-    .await
-}
-
 /// An `error` answer as a [`ClientError::Refused`].
 fn refusal(msg: ServerMsg) -> ClientError {
     match msg {
@@ -848,7 +834,7 @@ mod tests {
                     "no answer within 3s".into(),
                 ),
             ],
-            config: "cluster.toml".into(),
+            origin: "cluster.toml".into(),
         }
         .to_string();
         assert!(
@@ -860,7 +846,7 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("`arbor status`") && e.contains("cluster.toml"),
+            e.contains("nodes run") && e.contains("addresses in cluster.toml"),
             "{e}"
         );
         let e = ClientError::Auth {
@@ -996,7 +982,7 @@ mod tests {
         let mut c = GatewayClient::connect(&[addr], "tok", Duration::from_secs(2))
             .await
             .unwrap();
-        let job = JobSpec::Query(crate::gateway::protocol::QueryJob {
+        let job = JobSpec::Query(arbor_proto::gateway::QueryJob {
             collection: "c".into(),
             text: Some("t".into()),
             vector: None,
@@ -1023,7 +1009,7 @@ mod tests {
         let mut c = GatewayClient::connect(&[addr], "tok", Duration::from_secs(2))
             .await
             .unwrap();
-        let job = JobSpec::Embed(crate::gateway::protocol::EmbedJob {
+        let job = JobSpec::Embed(arbor_proto::gateway::EmbedJob {
             texts: vec!["x".repeat(2 << 20)],
             deployment: None,
         });

@@ -1,0 +1,20 @@
+//! The words every Arbor program shares: what crosses a process boundary, defined once.
+//!
+//! - [`ids`]: node and job ids, and the names derived from them (a partition's deployment, a
+//!   deployment's process group).
+//! - [`gateway`]: the gateway's WebSocket protocol: client and server messages, job specs,
+//!   their parsing with field paths in errors (`docs/protocol.md` documents it).
+//! - [`error`]: the error codes a client sees, and [`Coded`] for every error that reaches one.
+//! - [`role`]: the roles a token carries.
+//!
+//! This crate imports nothing of ours and depends on serde and little else, so the daemon, the
+//! client, the CLI and the actors can all stand on it.
+
+pub mod error;
+pub mod gateway;
+pub mod ids;
+pub mod role;
+
+pub use error::{Coded, ErrorCode};
+pub use ids::{JobId, MAX_K, NodeId, deployment_group, partition_deployment, replica_group};
+pub use role::{Role, UnknownRole};
