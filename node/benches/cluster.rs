@@ -20,7 +20,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::load::{Conn, Row, ms, percentile, start, unit_vector};
+use common::load::{Conn, ms, percentile, row, spec, start, unit_vector};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use arbor_actors::retrieval::ChunkPolicy;
 use arbor_actors::retrieval::chunk::chunks;
+use arbor_proto::gateway::{IngestJob, JobSpec, QueryJob};
 use common::NodeProc;
 use serde_json::{Value, json};
 
@@ -163,19 +164,19 @@ async fn load(c: &mut Conn, from: usize, to: usize, words: &str) -> Duration {
         })
         .collect();
     c.pipeline(jobs, LOAD_IN_FLIGHT, |j| {
-        let rows: Vec<Row> = (from + j * LOAD_BATCH..(from + (j + 1) * LOAD_BATCH).min(to))
-            .map(|i| Row {
-                id: format!("row-{i}"),
-                title: format!("Synthetic document {i}"),
-                text: &texts[i % texts.len()],
-                metadata: json!({"n": i, "source": "synthetic"}),
-                vector: unit_vector(i as u64 + 1_000_000, DIM),
+        let documents = (from + j * LOAD_BATCH..(from + (j + 1) * LOAD_BATCH).min(to))
+            .map(|i| {
+                row(
+                    i,
+                    &texts[i % texts.len()],
+                    unit_vector(i as u64 + 1_000_000, DIM),
+                )
             })
             .collect();
-        format!(
-            r#"{{"kind":"ingest","collection":"bench","documents":{}}}"#,
-            serde_json::to_string(&rows).unwrap()
-        )
+        JobSpec::Ingest(IngestJob {
+            collection: "bench".to_string(),
+            documents,
+        })
     })
     .await;
     start.elapsed()
@@ -201,7 +202,7 @@ fn is_partial(data: &Value) -> bool {
 }
 
 /// Query latency with one connection (one at a time) and queries/s with 8 connections.
-async fn queries(addr: SocketAddr, token: &str, name: &str, n: usize, job: fn(usize) -> String) {
+async fn queries(addr: SocketAddr, token: &str, name: &str, n: usize, job: fn(usize) -> JobSpec) {
     let mut c = Conn::open(addr, token).await;
     // A few to warm up.
     c.pipeline(5, 1, job).await;
@@ -254,15 +255,24 @@ const QUESTIONS: [&str; 8] = [
     "What is the key-value cache for?",
 ];
 
-fn text_query(i: usize) -> String {
-    json!({"kind": "query", "collection": "bench",
-           "text": format!("{} ({i})", QUESTIONS[i % QUESTIONS.len()]), "k": K})
-    .to_string()
+fn text_query(i: usize) -> JobSpec {
+    JobSpec::Query(QueryJob {
+        collection: "bench".into(),
+        text: Some(format!("{} ({i})", QUESTIONS[i % QUESTIONS.len()])),
+        vector: None,
+        k: K,
+        filter: None,
+    })
 }
 
-fn vector_query(i: usize) -> String {
-    json!({"kind": "query", "collection": "bench", "vector": unit_vector(i as u64, DIM), "k": K})
-        .to_string()
+fn vector_query(i: usize) -> JobSpec {
+    JobSpec::Query(QueryJob {
+        collection: "bench".into(),
+        text: None,
+        vector: Some(unit_vector(i as u64, DIM)),
+        k: K,
+        filter: None,
+    })
 }
 
 fn rss_line(nodes: &[NodeProc]) -> String {
@@ -364,7 +374,7 @@ fn main() {
         let done = c
             .pipeline(n_docs.div_ceil(TEXT_BATCH), TEXT_IN_FLIGHT, |j| {
                 let batch = &docs[j * TEXT_BATCH..((j + 1) * TEXT_BATCH).min(n_docs)];
-                json!({"kind": "ingest", "collection": "bench", "documents": batch}).to_string()
+                spec(json!({"kind": "ingest", "collection": "bench", "documents": batch}))
             })
             .await;
         let ingest_s = start.elapsed().as_secs_f64();
@@ -377,7 +387,7 @@ fn main() {
             |j| {
                 let batch =
                     &chunk_texts[j * TEXT_BATCH..((j + 1) * TEXT_BATCH).min(chunk_texts.len())];
-                json!({"kind": "embed", "texts": batch}).to_string()
+                spec(json!({"kind": "embed", "texts": batch}))
             },
         )
         .await;
@@ -427,9 +437,8 @@ fn main() {
         // ---- RAG: time to the first token.
         let done = c
             .pipeline(n_rag, 1, |i| {
-                json!({"kind": "rag", "collection": "bench",
-                       "question": QUESTIONS[i % QUESTIONS.len()], "k": 3, "max_tokens": 16})
-                .to_string()
+                spec(json!({"kind": "rag", "collection": "bench",
+                       "question": QUESTIONS[i % QUESTIONS.len()], "k": 3, "max_tokens": 16}))
             })
             .await;
         let mut first: Vec<Duration> = done.iter().filter_map(|d| d.first_token).collect();

@@ -13,50 +13,37 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use arbor_client::GatewayClient;
+use arbor_proto::gateway::{ClientMsg, JobSpec, JobState, ServerMsg};
 use common::NodeProc;
 use criterion::{Criterion, Throughput};
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const SECRET: &str = "gateway-bench-secret";
 
+/// A connection that pipelines submits: the gateway client's raw send and receive.
 struct Conn {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    client: GatewayClient,
 }
 
 impl Conn {
     async fn open(addr: SocketAddr, token: &str) -> Conn {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        let client = GatewayClient::connect(&[addr], token, Duration::from_secs(5))
             .await
             .unwrap();
-        let _ = ws.get_ref();
-        let mut c = Conn { ws };
-        c.send(&json!({"type": "auth", "v": 1, "token": token}).to_string())
-            .await;
-        let m = c.recv().await;
-        assert_eq!(m["type"], "authenticated", "{m}");
-        c
+        Conn { client }
     }
 
-    async fn send(&mut self, text: &str) {
-        self.ws.send(Message::text(text.to_owned())).await.unwrap();
+    async fn send(&mut self, msg: &ClientMsg) {
+        self.client.send_raw(msg).await.unwrap();
     }
 
-    async fn recv(&mut self) -> Value {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-                Some(Ok(_)) => continue,
-                other => panic!("connection ended: {other:?}"),
-            }
-        }
+    async fn recv(&mut self) -> ServerMsg {
+        self.client.recv_raw().await.unwrap()
     }
 
     /// Submits `submit` and waits for its job's last event; panics unless it succeeded.
-    async fn job(&mut self, submit: &str) {
+    async fn job(&mut self, submit: &ClientMsg) {
         self.send(submit).await;
         self.until_done(1).await;
     }
@@ -64,21 +51,29 @@ impl Conn {
     /// Reads until `n` jobs have ended.
     async fn until_done(&mut self, mut n: usize) {
         while n > 0 {
-            let m = self.recv().await;
-            match m["type"].as_str() {
-                Some("event") if m["state"] != "running" => {
-                    assert_eq!(m["state"], "succeeded", "{m}");
+            match self.recv().await {
+                ServerMsg::Event { state, reason, .. } if state != JobState::Running => {
+                    assert_eq!(state, JobState::Succeeded, "{reason:?}");
                     n -= 1;
                 }
-                Some("error") => panic!("{m}"),
+                m @ ServerMsg::Error { .. } => panic!("{m:?}"),
                 _ => {}
             }
         }
     }
 }
 
-fn status_submit() -> String {
-    json!({"type": "submit", "job": {"kind": "status"}}).to_string()
+/// A submit of the job written as JSON (`{"kind": ...}`).
+fn submit(job: Value) -> ClientMsg {
+    ClientMsg::Submit {
+        reference: None,
+        record: false,
+        job: serde_json::from_value::<JobSpec>(job).unwrap(),
+    }
+}
+
+fn status_submit() -> ClientMsg {
+    submit(json!({"kind": "status"}))
 }
 
 /// Each of `conns` connections runs `per_conn` jobs, `depth` in flight at a time; latencies
@@ -89,7 +84,7 @@ async fn sample(
     conns: usize,
     per_conn: usize,
     depth: usize,
-    submit: String,
+    submit: ClientMsg,
 ) -> (Vec<Duration>, f64) {
     let mut opened = Vec::new();
     for _ in 0..conns {
@@ -160,28 +155,12 @@ async fn start(dir: &Path) -> (NodeProc, SocketAddr, String, PathBuf) {
     // Until the control plane has a leader and the status job answers.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(Ok((ws, _))) = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
-        )
-        .await
+        if let Ok(mut client) =
+            GatewayClient::connect(&[addr], &token, Duration::from_secs(1)).await
+            && let Ok(outcome) = client.run(JobSpec::Status, |_| {}).await
+            && outcome.into_data().is_ok_and(|d| !d["leader"].is_null())
         {
-            drop(ws);
-            let mut c = Conn::open(addr, &token).await;
-            c.send(&status_submit()).await;
-            let mut ok = false;
-            loop {
-                let m = c.recv().await;
-                if m["type"] == "result" {
-                    ok = !m["data"]["leader"].is_null();
-                }
-                if m["type"] == "event" && m["state"] != "running" {
-                    break;
-                }
-            }
-            if ok {
-                break;
-            }
+            break;
         }
         assert!(Instant::now() < deadline, "the node never answered");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -206,19 +185,16 @@ async fn rag_setup(addr: SocketAddr, token: &str, dir: &Path) -> Option<String> 
     }
     let _ = dir;
     let mut c = Conn::open(addr, token).await;
-    let deploy = |d: Value| {
-        json!({"type": "submit", "job": {"kind": "deploy", "deployment": d}}).to_string()
-    };
+    let deploy = |d: Value| submit(json!({"kind": "deploy", "deployment": d}));
     c.job(&deploy(
         json!({"name": "embedder", "kind": "embedder", "replicas": 1,
         "resources": {"cpu": "100m", "memory": "64MiB"}}),
     ))
     .await;
-    c.job(
-        &json!({"type": "submit", "job": {"kind": "create_collection", "name": "bench",
-        "partitions": 4, "replicas": 1, "embedder": "embedder", "cpu": "50m", "memory": "32MiB"}})
-        .to_string(),
-    )
+    c.job(&submit(
+        json!({"kind": "create_collection", "name": "bench",
+        "partitions": 4, "replicas": 1, "embedder": "embedder", "cpu": "50m", "memory": "32MiB"}),
+    ))
     .await;
     c.job(&deploy(
         json!({"name": "coordinator", "kind": "retrieval_coordinator", "replicas": 1,
@@ -238,13 +214,16 @@ async fn rag_setup(addr: SocketAddr, token: &str, dir: &Path) -> Option<String> 
     // Replicas take a moment to start and load the model: retry the first ingest.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        c.send(&json!({"type": "submit", "job": {"kind": "ingest", "collection": "bench", "documents": docs}}).to_string())
-            .await;
+        c.send(&submit(
+            json!({"kind": "ingest", "collection": "bench", "documents": docs}),
+        ))
+        .await;
         let mut ok = None;
         while ok.is_none() {
-            let m = c.recv().await;
-            if m["type"] == "event" && m["state"] != "running" {
-                ok = Some(m["state"] == "succeeded");
+            if let ServerMsg::Event { state, .. } = c.recv().await
+                && state != JobState::Running
+            {
+                ok = Some(state == JobState::Succeeded);
             }
         }
         if ok == Some(true) {
@@ -309,9 +288,8 @@ fn main() {
 
     // Query jobs last: the actors they deploy would weigh on the status figures.
     if let Some(collection) = rt.block_on(rag_setup(addr, &token, dir.path())) {
-        let query = json!({"type": "submit", "job": {"kind": "query", "collection": collection,
-            "text": "How do vector partitions stay available when a node dies?", "k": 5}})
-        .to_string();
+        let query = submit(json!({"kind": "query", "collection": collection,
+            "text": "How do vector partitions stay available when a node dies?", "k": 5}));
         for (name, conns, per_conn) in [
             ("query, 1 connection, 1 in flight", 1, 200),
             ("query, 8 connections, 1 in flight each", 8, 50),

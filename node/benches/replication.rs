@@ -19,7 +19,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::load::{Conn, Row, ms, percentile, start, unit_vector};
+use arbor_proto::gateway::{IngestJob, JobSpec};
+use common::load::{Conn, ms, percentile, row, start, unit_vector};
 use serde_json::{Value, json};
 
 const SECRET: &str = "replication-bench-secret";
@@ -91,19 +92,13 @@ async fn load(c: &mut Conn, collection: &str, from: usize, to: usize) -> (Vec<Du
     let jobs = (to - from).div_ceil(LOAD_BATCH);
     let mut done = c
         .pipeline(jobs, LOAD_IN_FLIGHT, |j| {
-            let rows: Vec<Row> = (from + j * LOAD_BATCH..(from + (j + 1) * LOAD_BATCH).min(to))
-                .map(|i| Row {
-                    id: format!("row-{i}"),
-                    title: format!("Synthetic document {i}"),
-                    text: &text,
-                    metadata: json!({"n": i, "source": "synthetic"}),
-                    vector: unit_vector(i as u64 + 1_000_000, DIM),
-                })
+            let documents = (from + j * LOAD_BATCH..(from + (j + 1) * LOAD_BATCH).min(to))
+                .map(|i| row(i, &text, unit_vector(i as u64 + 1_000_000, DIM)))
                 .collect();
-            format!(
-                r#"{{"kind":"ingest","collection":"{collection}","documents":{}}}"#,
-                serde_json::to_string(&rows).unwrap()
-            )
+            JobSpec::Ingest(IngestJob {
+                collection: collection.to_string(),
+                documents,
+            })
         })
         .await;
     let took = start.elapsed();

@@ -1,6 +1,6 @@
-//! What the benches that drive a 3-node cluster over the gateway share: a raw WebSocket
-//! connection that pipelines jobs (the benches measure the gateway too, so they speak its
-//! protocol directly), the cluster's start, rows that bring their own vectors, percentiles.
+//! What the benches that drive a 3-node cluster over the gateway share: a connection that
+//! pipelines jobs (through `arbor-client`, whose raw send and receive keep many jobs in
+//! flight), the cluster's start, rows that bring their own vectors, percentiles.
 
 #![allow(dead_code)] // each bench uses part of it
 
@@ -9,12 +9,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
-use serde::Serialize;
+use arbor_client::GatewayClient;
+use arbor_proto::JobId;
+use arbor_proto::gateway::{ClientMsg, DocumentIn, JobSpec, JobState, ServerMsg};
 use serde_json::{Value, json};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::NodeProc;
 
@@ -25,54 +23,32 @@ pub struct Done {
     pub data: Value,
 }
 
+/// A job written as JSON (`{"kind": ...}`), typed as the client sends it.
+pub fn spec(job: Value) -> JobSpec {
+    let text = job.to_string();
+    serde_json::from_value(job).unwrap_or_else(|e| panic!("{text:.200}: {e}"))
+}
+
 pub struct Conn {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    client: GatewayClient,
 }
 
 impl Conn {
     pub async fn open(addr: SocketAddr, token: &str) -> Conn {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+        let client = GatewayClient::connect(&[addr], token, Duration::from_secs(5))
             .await
             .unwrap();
-        let mut c = Conn { ws };
-        c.send(json!({"type": "auth", "v": 1, "token": token}).to_string())
-            .await;
-        let m = c.recv().await;
-        assert_eq!(m["type"], "authenticated", "{m}");
-        c
-    }
-
-    pub async fn send(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.unwrap();
-    }
-
-    pub async fn recv(&mut self) -> Value {
-        loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(t))) => return serde_json::from_str(t.as_str()).unwrap(),
-                Some(Ok(_)) => continue,
-                other => panic!("connection ended: {other:?}"),
-            }
-        }
+        Conn { client }
     }
 
     /// Runs one job; its final result, or why it failed.
     pub async fn try_job(&mut self, job: &Value) -> Result<Value, String> {
-        self.send(json!({"type": "submit", "job": job}).to_string())
-            .await;
-        let mut data = Value::Null;
-        loop {
-            let m = self.recv().await;
-            match m["type"].as_str() {
-                Some("error") => return Err(m["message"].as_str().unwrap_or("").to_owned()),
-                Some("result") if m["final"] == true => data = m["data"].clone(),
-                Some("event") if m["state"] == "succeeded" => return Ok(data),
-                Some("event") if m["state"] != "running" => {
-                    return Err(format!("{}: {}", m["state"], m["reason"]));
-                }
-                _ => {}
-            }
-        }
+        let outcome = self
+            .client
+            .run(spec(job.clone()), |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        outcome.into_data().map_err(|e| e.to_string())
     }
 
     pub async fn job(&mut self, job: Value) -> Value {
@@ -82,47 +58,53 @@ impl Conn {
             .unwrap_or_else(|e| panic!("{text:.200}: {e}"))
     }
 
-    /// Runs `n` jobs (`job(i)`: the job object as JSON text), `depth` in flight at a time;
-    /// panics if one fails. In the order they finished.
+    /// Runs `n` jobs (`job(i)`), `depth` in flight at a time; panics if one fails. In the
+    /// order they finished.
     pub async fn pipeline(
         &mut self,
         n: usize,
         depth: usize,
-        mut job: impl FnMut(usize) -> String,
+        mut job: impl FnMut(usize) -> JobSpec,
     ) -> Vec<Done> {
         let mut sent = 0;
         let mut done = Vec::with_capacity(n);
         // ref → submit time; job id → (submit time, first token, final data).
         let mut submitted: HashMap<String, Instant> = HashMap::new();
-        let mut running: HashMap<String, (Instant, Option<Duration>, Value)> = HashMap::new();
+        let mut running: HashMap<JobId, (Instant, Option<Duration>, Value)> = HashMap::new();
         while done.len() < n {
             while sent < n && sent - done.len() < depth {
-                let text = format!(r#"{{"type":"submit","ref":"{sent}","job":{}}}"#, job(sent));
+                let msg = ClientMsg::Submit {
+                    reference: Some(sent.to_string()),
+                    record: false,
+                    job: job(sent),
+                };
                 submitted.insert(sent.to_string(), Instant::now());
-                self.send(text).await;
+                self.client.send_raw(&msg).await.unwrap();
                 sent += 1;
             }
-            let m = self.recv().await;
-            let id = m["job"].as_str().unwrap_or_default().to_owned();
-            match m["type"].as_str() {
-                Some("accepted") => {
-                    let at = submitted.remove(m["ref"].as_str().unwrap()).unwrap();
-                    running.insert(id, (at, None, Value::Null));
+            match self.client.recv_raw().await.unwrap() {
+                ServerMsg::Accepted { reference, job, .. } => {
+                    let at = submitted.remove(&reference.unwrap()).unwrap();
+                    running.insert(job, (at, None, Value::Null));
                 }
-                Some("error") => panic!("a submit was refused: {m}"),
-                Some("token") => {
-                    if let Some((at, first @ None, _)) = running.get_mut(&id) {
+                m @ ServerMsg::Error { .. } => panic!("a submit was refused: {m:?}"),
+                ServerMsg::Token { job, .. } => {
+                    if let Some((at, first @ None, _)) = running.get_mut(&job) {
                         *first = Some(at.elapsed());
                     }
                 }
-                Some("result") if m["final"] == true => {
-                    if let Some((_, _, data)) = running.get_mut(&id) {
-                        *data = m["data"].clone();
+                ServerMsg::Result {
+                    job,
+                    data: d,
+                    last: true,
+                } => {
+                    if let Some((_, _, data)) = running.get_mut(&job) {
+                        *data = d;
                     }
                 }
-                Some("event") if m["state"] != "running" => {
-                    assert_eq!(m["state"], "succeeded", "{m}");
-                    let (at, first_token, data) = running.remove(&id).unwrap();
+                ServerMsg::Event { job, state, reason } if state != JobState::Running => {
+                    assert_eq!(state, JobState::Succeeded, "job {job}: {reason:?}");
+                    let (at, first_token, data) = running.remove(&job).unwrap();
                     done.push(Done {
                         latency: at.elapsed(),
                         first_token,
@@ -166,14 +148,8 @@ pub async fn start(dir: &Path, name: &str, secret: &str) -> (Vec<NodeProc>, Sock
     // Until the control plane has a leader and sees 3 nodes.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(Ok((ws, _))) = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio_tungstenite::connect_async(format!("ws://{addr}/")),
-        )
-        .await
-        {
-            drop(ws);
-            let mut c = Conn::open(addr, &token).await;
+        if let Ok(client) = GatewayClient::connect(&[addr], &token, Duration::from_secs(1)).await {
+            let mut c = Conn { client };
             if let Ok(s) = c.try_job(&json!({"kind": "status"})).await
                 && !s["leader"].is_null()
                 && s["nodes"].as_array().is_some_and(|n| n.len() == 3)
@@ -204,13 +180,17 @@ pub fn unit_vector(seed: u64, dim: usize) -> Vec<f32> {
 }
 
 /// A document that brings its own vector, as an `ingest` job carries it.
-#[derive(Serialize)]
-pub struct Row<'a> {
-    pub id: String,
-    pub title: String,
-    pub text: &'a str,
-    pub metadata: Value,
-    pub vector: Vec<f32>,
+pub fn row(i: usize, text: &str, vector: Vec<f32>) -> DocumentIn {
+    let serde_json::Value::Object(metadata) = json!({"n": i, "source": "synthetic"}) else {
+        unreachable!()
+    };
+    DocumentIn {
+        id: format!("row-{i}"),
+        title: Some(format!("Synthetic document {i}")),
+        text: text.to_owned(),
+        metadata,
+        vector: Some(vector),
+    }
 }
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
