@@ -1,6 +1,8 @@
-//! The command-line client's way into the cluster: it joins the cluster's transport for a
-//! moment as a client node (proving the cluster secret like any node), calls a node's link
-//! actor, and leaves.
+//! A way into the cluster's own transport for tools that hold the cluster secret (the test
+//! suites and benches that address replicas directly): it joins as a client node for a
+//! moment, proving the secret like any node, and leaves. The `arbor` CLI does not use it:
+//! every command goes through a gateway with a token. [`answer`] also reads the replies of
+//! link calls between nodes.
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};

@@ -1,35 +1,11 @@
-//! `arbor cluster ...`: the control plane's status, and membership changes.
+//! `arbor cluster status`: each member's own status combined into one view (on the node that
+//! answers the job), and the table the CLI prints.
 
-use std::time::Duration;
-
-use arbor_actors::wire::Wire;
 use arbor_scheduler::{NodeStatus, Role};
-use serde::Serialize;
 
-use crate::client::{Client, ClientError, answer};
-use crate::config::{ClusterConfig, NodeId, Secret};
-use crate::link::messages::{LinkMsg, MembershipChange, MembershipOutcome};
+use crate::config::NodeId;
 
-/// One voter or learner, as `arbor cluster status` prints it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct MemberRow {
-    pub id: NodeId,
-    /// "up" when the node answered, else "down".
-    pub state: &'static str,
-    pub role: Option<&'static str>,
-    pub commit: Option<u64>,
-    pub applied: Option<u64>,
-}
-
-/// The control plane as the reachable nodes report it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ClusterStatus {
-    /// The leader of the highest term any node reports, if that node knows one.
-    pub leader: Option<NodeId>,
-    pub term: u64,
-    pub voters: Vec<MemberRow>,
-    pub learners: Vec<MemberRow>,
-}
+pub use arbor_proto::cluster::{ClusterStatus, MemberRow};
 
 fn role_name(role: Role) -> &'static str {
     match role {
@@ -64,8 +40,8 @@ pub fn combine(answers: &[(NodeId, Option<NodeStatus>)]) -> ClusterStatus {
             .and_then(|(_, s)| s.as_ref());
         MemberRow {
             id,
-            state: if own.is_some() { "up" } else { "down" },
-            role: own.map(|s| role_name(s.role)),
+            state: if own.is_some() { "up" } else { "down" }.to_owned(),
+            role: own.map(|s| role_name(s.role).to_owned()),
             commit: own.map(|s| s.commit),
             applied: own.map(|s| s.applied),
         }
@@ -76,56 +52,6 @@ pub fn combine(answers: &[(NodeId, Option<NodeStatus>)]) -> ClusterStatus {
         voters: voters.into_iter().map(row).collect(),
         learners: learners.into_iter().map(row).collect(),
     }
-}
-
-/// Asks every node for its own control-plane status.
-pub async fn status(
-    config: &ClusterConfig,
-    secret: &Secret,
-    per_node: Duration,
-) -> Result<ClusterStatus, ClientError> {
-    let mut client = Client::start(config, secret, per_node).await?;
-    let answers = client
-        .ask_each(async |link, timeout| {
-            answer(link.call(LinkMsg::RaftStatus, Some(timeout)).await)?
-        })
-        .await;
-    client.stop().await;
-    let answers: Vec<(NodeId, Option<NodeStatus>)> =
-        answers.into_iter().map(|(id, r)| (id, r.ok())).collect();
-    if answers.iter().all(|(_, s)| s.is_none()) {
-        // Say why, the way every other command does.
-        let mut client = Client::start(config, secret, per_node).await?;
-        let why = client.ask_any(async |_, _| Ok::<(), String>(())).await;
-        client.stop().await;
-        why?;
-    }
-    Ok(combine(&answers))
-}
-
-/// Adds or removes a control-plane member through any reachable node.
-pub async fn change(
-    config: &ClusterConfig,
-    secret: &Secret,
-    per_node: Duration,
-    change: MembershipChange,
-) -> Result<Result<MembershipOutcome, String>, ClientError> {
-    let mut client = Client::start(config, secret, per_node).await?;
-    let result = client
-        .ask_any(async |link, timeout| {
-            let c = Wire::new(change.clone());
-            // A change is answered once committed: give it the proposal's own deadline.
-            Ok(answer(
-                link.call(
-                    |reply| LinkMsg::ChangeMembership(c, reply),
-                    Some(timeout.max(Duration::from_secs(15))),
-                )
-                .await,
-            ))
-        })
-        .await;
-    client.stop().await;
-    result.map(|(_, r)| r.and_then(|inner| inner))
 }
 
 /// The table people read.
@@ -141,7 +67,7 @@ pub fn to_table(s: &ClusterStatus) -> String {
                 r.id,
                 kind,
                 r.state,
-                r.role.unwrap_or("-"),
+                r.role.as_deref().unwrap_or("-"),
                 opt(r.commit),
                 opt(r.applied)
             ));
@@ -186,7 +112,7 @@ mod tests {
         let s = combine(&answers);
         assert_eq!((s.leader, s.term), (Some(2), 5));
         assert_eq!(s.voters.len(), 3);
-        assert_eq!(s.voters[1].role, Some("leader"));
+        assert_eq!(s.voters[1].role.as_deref(), Some("leader"));
         assert_eq!(s.voters[2].state, "down");
         assert_eq!(s.voters[2].commit, None);
         assert_eq!(s.voters[0].applied, Some(10));

@@ -360,31 +360,3 @@ pub fn to_table(reports: &[DeploymentReport]) -> String {
 pub fn to_json(reports: &[DeploymentReport]) -> serde_json::Value {
     serde_json::json!({ "deployments": reports })
 }
-
-/// Sends one request to any reachable node of the cluster.
-pub async fn request(
-    config: &crate::ClusterConfig,
-    secret: &crate::Secret,
-    per_node: std::time::Duration,
-    request: ControlRequest,
-) -> Result<Result<ControlReply, String>, crate::client::ClientError> {
-    use crate::client::{Client, answer};
-    use crate::link::messages::LinkMsg;
-    use arbor_actors::wire::Wire;
-    let mut client = Client::start(config, secret, per_node).await?;
-    let result = client
-        .ask_any(async |link, timeout| {
-            let r = Wire::new(request.clone());
-            // Answered once committed: give it the proposal's own deadline.
-            Ok(answer(
-                link.call(
-                    |reply| LinkMsg::Control(r, reply),
-                    Some(timeout.max(std::time::Duration::from_secs(15))),
-                )
-                .await,
-            ))
-        })
-        .await;
-    client.stop().await;
-    result.map(|(_, r)| r.and_then(|inner| inner))
-}

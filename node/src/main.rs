@@ -2,17 +2,14 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use arbor_kernels::Device;
 use arbor_kernels::llama::Sampling;
-use arbor_node::commands::{GatewayArgs, admin, ask, ingest, jobs};
-use arbor_node::control::{ControlReply, ControlRequest};
+use arbor_node::commands::{GatewayArgs, admin, ask, cluster, ingest, jobs};
 use arbor_node::gateway::tokens::{self, Role, TokenFile};
-use arbor_node::link::messages::MembershipChange;
 use arbor_node::logging::{self, LogFormat};
-use arbor_node::{ClusterConfig, Node, NodeId, call, cluster_cmd, status};
+use arbor_node::{ClusterConfig, Node, NodeId};
 use arbor_proto::gateway::CreateCollectionJob;
 use clap::{Parser, Subcommand};
 
@@ -163,22 +160,16 @@ enum Command {
         deployment: String,
         /// The request, as text (echo replies with it; spin takes {"ms": N}).
         payload: String,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
-        /// How long to keep trying replicas.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Print the cluster's membership as a reachable node sees it.
     Status {
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
-        /// How long to wait for each node before trying the next.
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Run the models on this machine, without a cluster.
     Local {
@@ -266,14 +257,14 @@ enum NodeAction {
     /// keep new ones away.
     Drain {
         id: NodeId,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Let a drained node take actors again.
     Undrain {
         id: NodeId,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
 }
 
@@ -319,24 +310,22 @@ enum LocalCommand {
 enum ClusterCommand {
     /// Print the leader, the term, and each member's commit and applied index.
     Status {
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
         #[arg(long)]
         json: bool,
-        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
-        timeout: Duration,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Add a node of cluster.toml to the control plane: it catches up as a learner, then votes.
     AddNode {
         id: NodeId,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Remove a node from the control plane.
     RemoveNode {
         id: NodeId,
-        #[arg(long, default_value = "cluster.toml")]
-        config: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
 }
 
@@ -426,24 +415,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Node(NodeArgs {
             action: Some(action),
             ..
-        }) => {
-            let (config, node, draining) = match action {
-                NodeAction::Drain { id, config } => (config, id, true),
-                NodeAction::Undrain { id, config } => (config, id, false),
-            };
-            let config = ClusterConfig::load(&config)?;
-            config.node(node)?;
-            control(&config, ControlRequest::Drain { node, draining }).await?;
-            println!(
-                "node {node} {}",
-                if draining {
-                    "draining: its actors are moving elsewhere; watch `arbor deployments`"
-                } else {
-                    "takes actors again"
-                }
-            );
-            Ok(())
-        }
+        }) => match action {
+            NodeAction::Drain { id, gateway } => cluster::drain(&gateway, id, true).await,
+            NodeAction::Undrain { id, gateway } => cluster::drain(&gateway, id, false).await,
+        },
         Command::Node(NodeArgs {
             action: None,
             config,
@@ -468,38 +443,15 @@ async fn run(command: Command) -> anyhow::Result<()> {
             node.shutdown().await;
             Ok(())
         }
-        Command::Status {
-            config,
-            json,
-            timeout,
-        } => {
-            let config = ClusterConfig::load(&config)?;
-            let secret = config.secret()?;
-            let report = status::query(&config, &secret, timeout).await?;
-            if json {
-                println!("{}", serde_json::to_string(&status::to_json(&report))?);
-            } else {
-                print!("{}", status::to_table(&report));
-            }
-            Ok(())
-        }
+        Command::Status { json, gateway } => cluster::status(&gateway, json).await,
         Command::Deploy { file, gateway } => admin::deploy(&gateway, &file).await,
         Command::Undeploy { name, gateway } => admin::undeploy(&gateway, name).await,
         Command::Deployments { gateway, json } => admin::deployments(&gateway, json).await,
         Command::Call {
             deployment,
             payload,
-            config,
-            timeout,
-        } => {
-            let config = ClusterConfig::load(&config)?;
-            let secret = config.secret()?;
-            let reply =
-                call::call_once(&config, &secret, &deployment, payload.into_bytes(), timeout)
-                    .await?;
-            println!("{}", String::from_utf8_lossy(&reply));
-            Ok(())
-        }
+            gateway,
+        } => cluster::call(&gateway, deployment, payload).await,
         Command::Collection { command } => collection(command).await,
         Command::Collections { gateway, json } => admin::collections(&gateway, json).await,
         Command::Ingest {
@@ -636,39 +588,15 @@ fn token(command: TokenCommand) -> anyhow::Result<()> {
 }
 
 async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
-    let per_node = Duration::from_secs(3);
-    let (config, change) = match command {
-        ClusterCommand::Status {
-            config,
-            json,
-            timeout,
-        } => {
-            let config = ClusterConfig::load(&config)?;
-            let secret = config.secret()?;
-            let s = cluster_cmd::status(&config, &secret, timeout).await?;
-            if json {
-                println!("{}", serde_json::to_string(&s)?);
-            } else {
-                print!("{}", cluster_cmd::to_table(&s));
-            }
-            return Ok(());
+    match command {
+        ClusterCommand::Status { json, gateway } => cluster::cluster_status(&gateway, json).await,
+        ClusterCommand::AddNode { id, gateway } => {
+            cluster::change_members(&gateway, id, true).await
         }
-        ClusterCommand::AddNode { id, config } => (config, MembershipChange::Add(id)),
-        ClusterCommand::RemoveNode { id, config } => (config, MembershipChange::Remove(id)),
-    };
-    let config = ClusterConfig::load(&config)?;
-    config.node(match change {
-        MembershipChange::Add(id) | MembershipChange::Remove(id) => id,
-    })?;
-    let secret = config.secret()?;
-    let outcome = cluster_cmd::change(&config, &secret, per_node, change.clone())
-        .await?
-        .map_err(|why| anyhow::anyhow!("{change:?} failed: {why}"))?;
-    println!(
-        "voters: {:?}, learners: {:?}",
-        outcome.voters, outcome.learners
-    );
-    Ok(())
+        ClusterCommand::RemoveNode { id, gateway } => {
+            cluster::change_members(&gateway, id, false).await
+        }
+    }
 }
 
 async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
@@ -706,14 +634,6 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
             gateway,
         } => admin::promote_stale(&gateway, name, partition, replica).await,
     }
-}
-
-/// Sends a drain request to any reachable node.
-async fn control(config: &ClusterConfig, request: ControlRequest) -> anyhow::Result<ControlReply> {
-    let secret = config.secret()?;
-    arbor_node::control::request(config, &secret, Duration::from_secs(3), request)
-        .await?
-        .map_err(|why| anyhow::anyhow!("{why}"))
 }
 
 /// Resolves on ctrl-c or SIGTERM.

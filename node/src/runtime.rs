@@ -298,6 +298,13 @@ impl Node {
         let tokens = crate::gateway::tokens::TokenStore::open(config.tokens_file())?;
         let gateway = crate::gateway::Gateway::start(crate::gateway::GatewayArgs {
             node: id,
+            cluster: config.cluster.name.clone(),
+            supervisor: supervisor.clone(),
+            raft_addrs: config
+                .nodes
+                .iter()
+                .map(|n| (n.id, n.raft.to_string()))
+                .collect(),
             addr: node.gateway,
             raft: raft.handle(),
             scope: crate::link::scope(&config.cluster.name),

@@ -1,27 +1,12 @@
 //! `arbor status`: the membership table as a reachable node sees it.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::client::{Client, ClientError, answer};
-use crate::config::{ClusterConfig, NodeId, Secret};
-use crate::link::messages::{LinkMsg, MemberStatus, MembershipReport};
-
-/// Asks the nodes of the cluster, in cluster.toml's order, until one answers.
-pub async fn query(
-    config: &ClusterConfig,
-    secret: &Secret,
-    per_node: Duration,
-) -> Result<MembershipReport, ClientError> {
-    let mut client = Client::start(config, secret, per_node).await?;
-    let answer = client
-        .ask_any(async |link, timeout| answer(link.call(LinkMsg::Membership, Some(timeout)).await))
-        .await;
-    client.stop().await;
-    answer.map(|(_, report)| report)
-}
+use crate::config::NodeId;
+use crate::link::messages::{MemberStatus, MembershipReport};
 
 /// One node, as `arbor status --json` prints it.
 #[derive(Debug, Serialize)]

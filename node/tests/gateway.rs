@@ -246,6 +246,33 @@ async fn the_gateway_end_to_end() {
     let status = status.unwrap();
     assert_eq!(status["node"], 1);
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    // The cluster's own jobs: a reader sees the nodes and the control plane, and may not
+    // change either.
+    for change in [
+        json!({"kind": "drain", "node": 2}),
+        json!({"kind": "undrain", "node": 2}),
+        json!({"kind": "add_node", "node": 2}),
+        json!({"kind": "remove_node", "node": 2}),
+    ] {
+        ws.refused(
+            json!({"type": "submit", "job": change}),
+            "forbidden",
+            Some("job.kind"),
+        )
+        .await;
+    }
+    let (membership, _) = ws.run(json!({"kind": "membership"})).await;
+    let membership = membership.unwrap();
+    assert_eq!(membership["answered_by"], 1, "{membership}");
+    assert_eq!(
+        membership["nodes"].as_array().unwrap().len(),
+        3,
+        "{membership}"
+    );
+    let (control, _) = ws.run(json!({"kind": "cluster_status"})).await;
+    let control = control.unwrap();
+    assert!(control["leader"].is_u64(), "{control}");
+    assert_eq!(control["voters"].as_array().unwrap().len(), 3, "{control}");
 
     // A revoked token stops working on open connections too.
     let mut revoked = Ws::authed(g1, &user).await;

@@ -80,6 +80,26 @@ pub enum JobSpec {
     /// Makes a replica that is not in sync its partition's only in-sync replica and primary,
     /// accepting the loss of what only the in-sync replicas (all gone) held.
     PromoteStale(PromoteStaleJob),
+    /// Every node's state (up or down, since when, its resources) as the accepting node's
+    /// links see it: `arbor status`.
+    Membership,
+    /// The control plane: leader, term, each member's role, commit and applied index, as each
+    /// member reports it: `arbor cluster status`.
+    ClusterStatus,
+    /// Adds a node of cluster.toml to the control plane (a learner, a voter once caught up).
+    AddNode(NodeJob),
+    /// Removes a node from the control plane.
+    RemoveNode(NodeJob),
+    /// Moves a node's actors elsewhere and places none there until undrained.
+    Drain(NodeJob),
+    Undrain(NodeJob),
+}
+
+/// The node a cluster job is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeJob {
+    pub node: crate::NodeId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -286,6 +306,12 @@ fn job_spec(value: Value, at: &str) -> Result<JobSpec, ParseError> {
         "generate" => JobSpec::Generate(typed_at(rest, at)?),
         "status" => unit(JobSpec::Status, rest)?,
         "call" => JobSpec::Call(typed_at(rest, at)?),
+        "membership" => unit(JobSpec::Membership, rest)?,
+        "cluster_status" => unit(JobSpec::ClusterStatus, rest)?,
+        "add_node" => JobSpec::AddNode(typed_at(rest, at)?),
+        "remove_node" => JobSpec::RemoveNode(typed_at(rest, at)?),
+        "drain" => JobSpec::Drain(typed_at(rest, at)?),
+        "undrain" => JobSpec::Undrain(typed_at(rest, at)?),
         other => {
             let f = field("kind");
             return Err(ParseError::new(
@@ -368,6 +394,12 @@ impl JobSpec {
             JobSpec::Status => "status",
             JobSpec::Call(_) => "call",
             JobSpec::PromoteStale(_) => "promote_stale",
+            JobSpec::Membership => "membership",
+            JobSpec::ClusterStatus => "cluster_status",
+            JobSpec::AddNode(_) => "add_node",
+            JobSpec::RemoveNode(_) => "remove_node",
+            JobSpec::Drain(_) => "drain",
+            JobSpec::Undrain(_) => "undrain",
         }
     }
 
@@ -378,14 +410,22 @@ impl JobSpec {
             | JobSpec::Undeploy(_)
             | JobSpec::CreateCollection(_)
             | JobSpec::DeleteCollection(_)
-            | JobSpec::PromoteStale(_) => Role::Admin,
+            | JobSpec::PromoteStale(_)
+            | JobSpec::AddNode(_)
+            | JobSpec::RemoveNode(_)
+            | JobSpec::Drain(_)
+            | JobSpec::Undrain(_) => Role::Admin,
             JobSpec::Ingest(_)
             | JobSpec::Query(_)
             | JobSpec::Rag(_)
             | JobSpec::Embed(_)
             | JobSpec::Generate(_)
             | JobSpec::Call(_) => Role::User,
-            JobSpec::Collections | JobSpec::Deployments | JobSpec::Status => Role::Reader,
+            JobSpec::Collections
+            | JobSpec::Deployments
+            | JobSpec::Status
+            | JobSpec::Membership
+            | JobSpec::ClusterStatus => Role::Reader,
         }
     }
 
@@ -411,6 +451,8 @@ impl JobSpec {
                 | JobSpec::Call(_)
                 | JobSpec::Collections
                 | JobSpec::Deployments
+                | JobSpec::Membership
+                | JobSpec::ClusterStatus
         )
     }
 }
@@ -590,6 +632,12 @@ const JOB_KINDS: &[&str] = &[
     "generate",
     "status",
     "call",
+    "membership",
+    "cluster_status",
+    "add_node",
+    "remove_node",
+    "drain",
+    "undrain",
 ];
 
 /// Parses one text frame from a client.
@@ -873,6 +921,12 @@ mod tests {
             r#"{"type":"status","job":"j1"}"#,
             r#"{"type":"cancel","job":"j1"}"#,
             r#"{"type":"ping","nonce":7}"#,
+            r#"{"type":"submit","job":{"kind":"membership"}}"#,
+            r#"{"type":"submit","job":{"kind":"cluster_status"}}"#,
+            r#"{"type":"submit","job":{"kind":"add_node","node":4}}"#,
+            r#"{"type":"submit","job":{"kind":"remove_node","node":4}}"#,
+            r#"{"type":"submit","job":{"kind":"drain","node":2}}"#,
+            r#"{"type":"submit","job":{"kind":"undrain","node":2}}"#,
         ];
         for c in cases {
             let m = parse_client(c).unwrap_or_else(|e| panic!("{c}: {e}"));

@@ -6,10 +6,12 @@
 //!   their parsing with field paths in errors (`docs/protocol.md` documents it).
 //! - [`error`]: the error codes a client sees, and [`Coded`] for every error that reaches one.
 //! - [`role`]: the roles a token carries.
+//! - [`cluster`]: what the cluster jobs answer (nodes and their state, the control plane).
 //!
 //! This crate imports nothing of ours and depends on serde and little else, so the daemon, the
 //! client, the CLI and the actors can all stand on it.
 
+pub mod cluster;
 pub mod error;
 pub mod gateway;
 pub mod ids;

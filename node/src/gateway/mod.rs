@@ -8,6 +8,7 @@
 //! * [`run`]: what each job kind does;
 //! * [`client`]: the client the `arbor` commands, tests and benchmarks use.
 
+mod cluster_jobs;
 pub mod jobs;
 pub mod run;
 pub mod server;

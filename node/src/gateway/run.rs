@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use super::jobs::LocalJob;
 use crate::config::NodeId;
 use crate::control::{self, ControlError, ControlReply, ControlRequest, DeployChange};
+use crate::link::messages::MembershipChange;
 use arbor_proto::ErrorCode;
 use arbor_proto::MAX_K;
 use arbor_proto::gateway::{
@@ -51,7 +52,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 pub struct Env {
     pub node: NodeId,
+    /// The cluster's name (the scope of its links).
+    pub cluster: String,
     pub raft: RaftHandle,
+    /// This node's link supervisor: the membership view, and sessions with peers.
+    pub supervisor: ractor::ActorRef<crate::link::supervisor::SupervisorMsg>,
+    /// The Raft address of every node in cluster.toml.
+    pub raft_addrs: std::collections::BTreeMap<NodeId, String>,
     /// The process-group scope of this cluster's replicas.
     pub scope: String,
     /// The latest cluster summary (the `status` job's answer).
@@ -103,6 +110,11 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
     match spec {
         JobSpec::Undeploy(n) | JobSpec::DeleteCollection(n) => named("name", &n.name),
         JobSpec::PromoteStale(p) => named("collection", &p.collection),
+        JobSpec::AddNode(n) | JobSpec::RemoveNode(n) | JobSpec::Drain(n) | JobSpec::Undrain(n)
+            if n.node == 0 =>
+        {
+            invalid("node", "node ids start at 1".into())
+        }
         JobSpec::CreateCollection(c) => {
             named("name", &c.name)?;
             named("embedder", &c.embedder)?;
@@ -173,9 +185,16 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
             max_tokens(g.max_tokens)
         }
         JobSpec::Call(c) => named("deployment", &c.deployment),
-        JobSpec::Deploy(_) | JobSpec::Collections | JobSpec::Deployments | JobSpec::Status => {
-            Ok(())
-        }
+        JobSpec::Deploy(_)
+        | JobSpec::Collections
+        | JobSpec::Deployments
+        | JobSpec::Status
+        | JobSpec::Membership
+        | JobSpec::ClusterStatus
+        | JobSpec::AddNode(_)
+        | JobSpec::RemoveNode(_)
+        | JobSpec::Drain(_)
+        | JobSpec::Undrain(_) => Ok(()),
     }
 }
 
@@ -246,6 +265,7 @@ impl Emit {
 
 /// Runs one job to its result.
 pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, JobFailure> {
+    let spec_kind = spec.kind();
     match spec {
         JobSpec::Status => Ok(Value::clone(&env.summary.borrow())),
         JobSpec::Deploy(d) => deploy(env, d).await,
@@ -276,6 +296,30 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
         JobSpec::Embed(e) => embed(env, e).await,
         JobSpec::Generate(g) => generate(env, g, emit).await,
         JobSpec::PromoteStale(p) => promote_stale(env, p).await,
+        JobSpec::Membership => {
+            let report = super::cluster_jobs::membership(env).await?;
+            serde_json::to_value(report).map_err(internal)
+        }
+        JobSpec::ClusterStatus => {
+            let status = super::cluster_jobs::cluster_status(env).await?;
+            serde_json::to_value(status).map_err(internal)
+        }
+        JobSpec::AddNode(n) => {
+            let outcome =
+                super::cluster_jobs::change_membership(env, MembershipChange::Add(n.node)).await?;
+            serde_json::to_value(outcome).map_err(internal)
+        }
+        JobSpec::RemoveNode(n) => {
+            let outcome =
+                super::cluster_jobs::change_membership(env, MembershipChange::Remove(n.node))
+                    .await?;
+            serde_json::to_value(outcome).map_err(internal)
+        }
+        JobSpec::Drain(n) | JobSpec::Undrain(n) => {
+            let draining = matches!(spec_kind, "drain");
+            super::cluster_jobs::drain(env, n.node, draining).await?;
+            Ok(json!({ "node": n.node, "draining": draining }))
+        }
         JobSpec::Call(c) => {
             let reply = router(env, &c.deployment)
                 .call(c.payload.into_bytes(), CALL_TIMEOUT)
@@ -321,7 +365,7 @@ async fn read_here<R: Send + 'static>(
     })
 }
 
-async fn control_request(
+pub(super) async fn control_request(
     raft: &RaftHandle,
     request: ControlRequest,
 ) -> Result<ControlReply, JobFailure> {

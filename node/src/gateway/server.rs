@@ -60,6 +60,12 @@ const RECORD_PROGRESS_EVERY: Duration = Duration::from_millis(500);
 /// What a gateway needs to start.
 pub struct GatewayArgs {
     pub node: NodeId,
+    /// The cluster's name (the scope of its links).
+    pub cluster: String,
+    /// This node's link supervisor, for the cluster jobs.
+    pub supervisor: ractor::ActorRef<crate::link::supervisor::SupervisorMsg>,
+    /// The Raft address of every node in cluster.toml.
+    pub raft_addrs: std::collections::BTreeMap<NodeId, String>,
     pub addr: SocketAddr,
     pub raft: RaftHandle,
     /// The pg scope of this cluster's replicas.
@@ -105,7 +111,10 @@ impl Gateway {
         let shared = Arc::new(Shared {
             env: Env {
                 node: args.node,
+                cluster: args.cluster,
                 raft: args.raft.clone(),
+                supervisor: args.supervisor,
+                raft_addrs: args.raft_addrs,
                 scope: args.scope,
                 summary,
             },

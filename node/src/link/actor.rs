@@ -29,7 +29,7 @@ pub struct LinkActorArgs {
 }
 
 /// Carries out a membership change through the control plane.
-async fn change_membership(
+pub(crate) async fn change_membership(
     raft: RaftHandle,
     raft_addrs: BTreeMap<NodeId, String>,
     change: MembershipChange,

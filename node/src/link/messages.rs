@@ -1,9 +1,6 @@
 //! What link actors say to each other. Variants only ever grow: a peer running an older
 //! version drops a variant it does not know, so none is renamed or reused.
 
-use std::collections::BTreeMap;
-use std::time::SystemTime;
-
 use arbor_actors::wire::Wire;
 use ractor::RpcReplyPort;
 use ractor_cluster::RactorClusterMessage;
@@ -44,13 +41,6 @@ pub enum MembershipChange {
     Remove(NodeId),
 }
 
-/// The members after a change.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MembershipOutcome {
-    pub voters: Vec<NodeId>,
-    pub learners: Vec<NodeId>,
-}
-
 /// A heartbeat from `from` to `to`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
@@ -59,70 +49,7 @@ pub struct Heartbeat {
     pub info: NodeInfo,
 }
 
-/// What a node says about itself: who it is, since when, and what it offers.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeInfo {
-    pub id: NodeId,
-    /// When this run of the node started; changes on every restart.
-    pub started: SystemTime,
-    pub actors: String,
-    pub resources: DeclaredResources,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// Resources in human form, as the node declared or detected them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeclaredResources {
-    pub cpu: String,
-    pub memory: String,
-    pub gpu: u32,
-    pub gpus: Vec<GpuDescription>,
-    pub gpu_memory: Option<String>,
-    pub ipu: u32,
-    pub custom: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GpuDescription {
-    pub index: usize,
-    pub model: String,
-    pub memory: String,
-    pub memory_bytes: u64,
-}
-
-/// Up or down, as one node sees another.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PeerState {
-    Up,
-    Down,
-}
-
-impl PeerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeerState::Up => "up",
-            PeerState::Down => "down",
-        }
-    }
-}
-
-/// One row of the membership table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MemberStatus {
-    pub id: NodeId,
-    pub address: String,
-    pub state: PeerState,
-    pub since: SystemTime,
-    /// What the node declared: its own for the answering node, the last heartbeat's for a
-    /// peer, absent for a peer never heard from.
-    pub info: Option<NodeInfo>,
-}
-
-/// A node's whole membership view.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MembershipReport {
-    pub cluster: String,
-    pub answered_by: NodeId,
-    pub nodes: Vec<MemberStatus>,
-}
+pub use arbor_proto::cluster::{
+    DeclaredResources, GpuDescription, MemberStatus, MembershipOutcome, MembershipReport, NodeInfo,
+    PeerState,
+};

@@ -269,15 +269,15 @@ impl Chaos {
         }
     }
 
-    /// `arbor ARGS --config <client config>` with the admin token; stdout, or stderr as the
-    /// error.
+    /// `arbor ARGS --config <client config>` with the admin token and without the cluster
+    /// secret (the CLI needs only a token); stdout, or stderr as the error.
     pub async fn arbor(&self, args: &[&str]) -> Result<String, String> {
         let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         all.extend(["--config".into(), self.config_path.display().to_string()]);
         let token = self.token.clone();
         let out = tokio::task::spawn_blocking(move || {
             let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-            arbor_as(&refs, Some(SECRET), Some(&token))
+            arbor_as(&refs, None, Some(&token))
         })
         .await
         .unwrap();

@@ -69,7 +69,8 @@ impl Cluster {
     pub fn arbor(&self, args: &[&str]) -> String {
         let mut all: Vec<&str> = args.to_vec();
         all.extend(["--config", self.path.to_str().unwrap()]);
-        let out = arbor_as(&all, Some(self.secret), Some(&self.token));
+        // Only a token: the CLI never needs the cluster secret.
+        let out = arbor_as(&all, None, Some(&self.token));
         let (stdout, stderr) = (
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -89,12 +90,11 @@ impl Cluster {
     /// this process would clash with the caller's in the process-global groups.
     pub async fn deployments(&self) -> Option<BTreeMap<String, DeploymentReport>> {
         let config = self.path.to_str().unwrap().to_owned();
-        let secret = self.secret;
         let token = self.token.clone();
         let out = tokio::task::spawn_blocking(move || {
             arbor_as(
                 &["deployments", "--json", "--config", &config],
-                Some(secret),
+                None,
                 Some(&token),
             )
         })
