@@ -81,7 +81,7 @@ build() {
     return
   fi
   step "building arbor (release; the first build takes several minutes)"
-  cargo build --release -p arbor-node --bin arbor
+  cargo build --release -p arbor-cli --bin arbor
 }
 
 ensure_secret() {

@@ -20,7 +20,7 @@ build() {
     exit 1
   fi
   echo "building arbor (release)..."
-  cargo build --release -p arbor-node --bin arbor
+  cargo build --release -p arbor-cli --bin arbor
 }
 
 ensure_secret() {

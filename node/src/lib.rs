@@ -1,12 +1,10 @@
-//! The `arbor` node: cluster.toml, the node runtime, links between nodes, and the client
-//! commands. The binary in `main.rs` is a thin shell over this library, so tests start real
-//! nodes in-process through the same code.
+//! The Arbor node daemon: cluster.toml, the node runtime (links between nodes, the Raft
+//! control plane, the node agent) and the gateway. The `arbor` binary (crate `arbor-cli`)
+//! starts it with `arbor node`; tests start real nodes in-process through the same code.
 
 pub mod assignments;
 pub mod call;
 pub mod client;
-pub mod cluster_cmd;
-pub mod commands;
 pub mod config;
 pub mod control;
 pub mod deployment_file;
@@ -14,10 +12,8 @@ pub mod gateway;
 pub mod janitor;
 pub mod lease;
 pub mod link;
-pub mod local;
 pub mod logging;
 pub mod runtime;
-pub mod status;
 
 pub use config::{ClusterConfig, ConfigError, NodeId, Secret};
 pub use runtime::{Node, NodeError};

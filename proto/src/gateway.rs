@@ -453,6 +453,10 @@ impl JobSpec {
                 | JobSpec::Deployments
                 | JobSpec::Membership
                 | JobSpec::ClusterStatus
+                // A node removed from the control plane could never record the end of the
+                // job that removed it; the change itself is in the log either way.
+                | JobSpec::AddNode(_)
+                | JobSpec::RemoveNode(_)
         )
     }
 }

@@ -7,7 +7,9 @@ use std::time::Duration;
 use arbor_proto::ErrorCode;
 use arbor_proto::NodeId;
 use arbor_proto::cluster::{ClusterStatus, MembershipOutcome, MembershipReport};
-use arbor_scheduler::NodeStatus;
+use arbor_scheduler::{NodeStatus, Role};
+
+use arbor_proto::cluster::MemberRow;
 
 use super::run::{Env, JobFailure};
 use crate::control::ControlRequest;
@@ -41,7 +43,7 @@ pub async fn cluster_status(env: &Env) -> Result<ClusterStatus, JobFailure> {
         (id, status)
     });
     let answers: Vec<(NodeId, Option<NodeStatus>)> = futures::future::join_all(asks).await;
-    Ok(crate::cluster_cmd::combine(&answers))
+    Ok(combine(&answers))
 }
 
 /// A peer's control-plane status over this node's link with it; `None` if it cannot say.
@@ -86,4 +88,104 @@ pub async fn drain(env: &Env, node: NodeId, draining: bool) -> Result<(), JobFai
     }
     super::run::control_request(&env.raft, ControlRequest::Drain { node, draining }).await?;
     Ok(())
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+        Role::Follower => "follower",
+    }
+}
+
+/// Combines each node's own status into one view. Pure, so it is tested without a cluster.
+pub fn combine(answers: &[(NodeId, Option<NodeStatus>)]) -> ClusterStatus {
+    let newest = answers
+        .iter()
+        .filter_map(|(_, s)| s.as_ref())
+        .max_by_key(|s| (s.term, s.leader.is_some(), s.commit));
+    let (leader, term) = newest.map_or((None, 0), |s| (s.leader.filter(|l| *l != 0), s.term));
+    // Membership as the most up-to-date answer knows it; with no answer, every configured node.
+    let (mut voters, mut learners): (Vec<NodeId>, Vec<NodeId>) = match newest {
+        Some(s) => (
+            s.voters.iter().map(|m| m.id).collect(),
+            s.learners.iter().map(|m| m.id).collect(),
+        ),
+        None => (answers.iter().map(|(id, _)| *id).collect(), Vec::new()),
+    };
+    voters.sort_unstable();
+    learners.sort_unstable();
+    let row = |id: NodeId| {
+        let own = answers
+            .iter()
+            .find(|(i, _)| *i == id)
+            .and_then(|(_, s)| s.as_ref());
+        MemberRow {
+            id,
+            state: if own.is_some() { "up" } else { "down" }.to_owned(),
+            role: own.map(|s| role_name(s.role).to_owned()),
+            commit: own.map(|s| s.commit),
+            applied: own.map(|s| s.applied),
+        }
+    };
+    ClusterStatus {
+        leader,
+        term,
+        voters: voters.into_iter().map(row).collect(),
+        learners: learners.into_iter().map(row).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arbor_scheduler::MemberProgress;
+
+    fn st(id: NodeId, term: u64, leader: Option<NodeId>, role: Role, commit: u64) -> NodeStatus {
+        NodeStatus {
+            id,
+            leader,
+            term,
+            role,
+            commit,
+            applied: commit,
+            snapshot_index: 0,
+            voters: (1..=3)
+                .map(|id| MemberProgress {
+                    id,
+                    matched: None,
+                    last_heard_ms: None,
+                })
+                .collect(),
+            learners: vec![],
+            dropped_messages: 0,
+        }
+    }
+
+    #[test]
+    fn combines_the_newest_term_and_marks_the_silent_down() {
+        let answers = vec![
+            (1, Some(st(1, 4, Some(1), Role::Follower, 10))),
+            (2, Some(st(2, 5, Some(2), Role::Leader, 12))),
+            (3, None),
+        ];
+        let s = combine(&answers);
+        assert_eq!((s.leader, s.term), (Some(2), 5));
+        assert_eq!(s.voters.len(), 3);
+        assert_eq!(s.voters[1].role.as_deref(), Some("leader"));
+        assert_eq!(s.voters[2].state, "down");
+        assert_eq!(s.voters[2].commit, None);
+        assert_eq!(s.voters[0].applied, Some(10));
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["leader"], 2);
+        assert_eq!(json["voters"][2]["state"], "down");
+    }
+
+    #[test]
+    fn no_leader_is_null() {
+        let s = combine(&[(1, Some(st(1, 3, None, Role::Candidate, 1)))]);
+        assert_eq!(s.leader, None);
+        assert!(serde_json::to_value(&s).unwrap()["leader"].is_null());
+    }
 }

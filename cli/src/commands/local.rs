@@ -8,6 +8,8 @@ use arbor_kernels::Device;
 use arbor_kernels::embed::Embedder;
 use arbor_kernels::llama::{GenerateParams, Llama, Message, Sampling};
 use arbor_kernels::models::{SMOLLM2_GGUF, models_dir};
+
+use crate::flags::LocalCommand;
 use serde::Serialize;
 
 /// The name `arbor local embed` reports its model by.
@@ -83,6 +85,42 @@ pub fn generate(
         writeln!(out, "{}", serde_json::to_string(&g)?)?;
     } else {
         writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// `arbor local ...`.
+pub fn run(command: LocalCommand) -> anyhow::Result<()> {
+    match command {
+        LocalCommand::Embed {
+            models,
+            device,
+            texts,
+        } => {
+            let out = embed(models, device, &texts)?;
+            println!("{}", serde_json::to_string(&out)?);
+        }
+        LocalCommand::Generate {
+            models,
+            device,
+            max_tokens,
+            greedy: _,
+            temperature,
+            top_p,
+            seed,
+            json,
+            prompt,
+        } => {
+            let sampling = match temperature {
+                Some(temperature) => Sampling::TopP {
+                    temperature,
+                    top_p,
+                    seed,
+                },
+                None => Sampling::Greedy,
+            };
+            generate(models, device, &prompt, max_tokens, sampling, json)?;
+        }
     }
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! * RAG time to first token;
 //! * each node's resident memory and the partitions' own accounting after each load.
 //!
-//! `cargo bench -p arbor-node --bench cluster` prints a table (it needs the models:
+//! `cargo bench -p arbor-cli --bench cluster` prints a table (it needs the models:
 //! scripts/fetch-models.sh). `ARBOR_BENCH_QUICK=1` makes it short (10,000 rows);
 //! `ARBOR_BENCH_ROWS=1000000` loads up to a million rows (about 8 GB of partition files, under
 //! `ARBOR_BENCH_DIR`, default the system's temp dir; deleted at the end).

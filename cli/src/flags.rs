@@ -1,17 +1,43 @@
-//! `arbor`: one binary for nodes and for the people and scripts that talk to them.
+//! Every command and flag of `arbor`, as clap parses them. `main.rs` dispatches on them; the
+//! work is in `commands/`.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
 use anyhow::Context;
 use arbor_kernels::Device;
-use arbor_kernels::llama::Sampling;
-use arbor_node::commands::{GatewayArgs, admin, ask, cluster, ingest, jobs};
-use arbor_node::gateway::tokens::{self, Role, TokenFile};
-use arbor_node::logging::{self, LogFormat};
-use arbor_node::{ClusterConfig, Node, NodeId};
-use arbor_proto::gateway::CreateCollectionJob;
+use arbor_node::gateway::tokens::Role;
+use arbor_node::{ClusterConfig, NodeId};
 use clap::{Parser, Subcommand};
+
+use crate::commands::TOKEN_ENV;
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormatArg {
+    #[default]
+    Text,
+    Json,
+}
+
+impl From<LogFormatArg> for arbor_node::logging::LogFormat {
+    fn from(f: LogFormatArg) -> Self {
+        match f {
+            LogFormatArg::Text => arbor_node::logging::LogFormat::Text,
+            LogFormatArg::Json => arbor_node::logging::LogFormat::Json,
+        }
+    }
+}
+
+/// How to reach the gateway: every command that talks to it takes these.
+#[derive(clap::Args, Debug, Clone)]
+pub struct GatewayArgs {
+    /// The cluster's config file; its nodes' gateway addresses are tried in order.
+    #[arg(long, default_value = "cluster.toml")]
+    pub config: PathBuf,
+    /// The gateway token (make one with `arbor token create --role ROLE`).
+    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
+    pub token: Option<String>,
+}
 
 #[derive(Parser)]
 #[command(
@@ -19,16 +45,16 @@ use clap::{Parser, Subcommand};
     version,
     about = "Run AI workloads across a cluster of machines."
 )]
-struct Cli {
+pub struct Cli {
     /// Log line format (filter with RUST_LOG, e.g. RUST_LOG=debug).
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
-    log_format: LogFormat,
+    #[arg(long, global = true, value_enum, default_value_t = LogFormatArg::Text)]
+    pub log_format: LogFormatArg,
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {
+pub enum Command {
     /// Start one node of the cluster and run until SIGTERM or ctrl-c (`arbor node --node ID`),
     /// or drain a node (`arbor node drain ID`, `arbor node undrain ID`).
     Node(NodeArgs),
@@ -190,22 +216,22 @@ enum Command {
 
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-struct NodeArgs {
+pub struct NodeArgs {
     #[command(subcommand)]
-    action: Option<NodeAction>,
+    pub action: Option<NodeAction>,
     /// The cluster's config file.
     #[arg(long, default_value = "cluster.toml")]
-    config: PathBuf,
+    pub config: PathBuf,
     /// Which node of the config this is.
     #[arg(long, required = true)]
-    node: Option<NodeId>,
+    pub node: Option<NodeId>,
     /// Keep durable state here instead of the node's configured data_dir.
     #[arg(long)]
-    data_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
-enum CollectionCommand {
+pub enum CollectionCommand {
     /// Create a collection: PARTITIONS shards, each on REPLICAS distinct nodes, placed all
     /// together or not at all.
     Create {
@@ -252,7 +278,7 @@ enum CollectionCommand {
 }
 
 #[derive(Subcommand)]
-enum NodeAction {
+pub enum NodeAction {
     /// Move a node's actors elsewhere (at most max_unavailable per deployment at a time) and
     /// keep new ones away.
     Drain {
@@ -269,7 +295,7 @@ enum NodeAction {
 }
 
 #[derive(Subcommand)]
-enum LocalCommand {
+pub enum LocalCommand {
     /// Embed texts with all-MiniLM-L6-v2 and print {"model", "dim", "embeddings"}.
     Embed {
         /// Where scripts/fetch-models.sh put the models (default: $ARBOR_MODELS, else
@@ -307,7 +333,7 @@ enum LocalCommand {
 }
 
 #[derive(Subcommand)]
-enum ClusterCommand {
+pub enum ClusterCommand {
     /// Print the leader, the term, and each member's commit and applied index.
     Status {
         #[arg(long)]
@@ -330,7 +356,7 @@ enum ClusterCommand {
 }
 
 #[derive(Subcommand)]
-enum TokenCommand {
+pub enum TokenCommand {
     /// Add a token with ROLE to the tokens file (creating it) and print the token, once, on
     /// stdout: `TOKEN=$(arbor token create --role admin)`.
     Create {
@@ -362,285 +388,22 @@ enum TokenCommand {
 
 /// Which tokens file a `token` command works on.
 #[derive(clap::Args)]
-struct TokensFileArgs {
+pub struct TokensFileArgs {
     /// The cluster's config file; its `[gateway] tokens_file` is used.
     #[arg(long, default_value = "cluster.toml")]
-    config: PathBuf,
+    pub config: PathBuf,
     /// The tokens file itself, instead of the one cluster.toml names (no cluster.toml needed).
     #[arg(long, conflicts_with = "config")]
-    tokens_file: Option<PathBuf>,
+    pub tokens_file: Option<PathBuf>,
 }
 
 impl TokensFileArgs {
-    fn path(self) -> anyhow::Result<PathBuf> {
+    pub fn path(self) -> anyhow::Result<PathBuf> {
         match self.tokens_file {
             Some(path) => Ok(path),
             None => Ok(ClusterConfig::load(&self.config)
                 .context("cannot find the tokens file (name it with --tokens-file instead)")?
                 .tokens_file()),
         }
-    }
-}
-
-fn main() -> ExitCode {
-    // `arbor jobs | head` must end quietly when head stops reading, as Unix tools do, instead
-    // of panicking in println! on EPIPE (Rust ignores SIGPIPE by default).
-    #[cfg(unix)]
-    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
-    let cli = Cli::parse();
-    // Client commands print what they found; only a node logs its work at info.
-    let quiet = !matches!(cli.command, Command::Node(NodeArgs { action: None, .. }));
-    logging::init(cli.log_format, quiet);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli.command)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(command: Command) -> anyhow::Result<()> {
-    match command {
-        Command::Node(NodeArgs {
-            action: Some(action),
-            ..
-        }) => match action {
-            NodeAction::Drain { id, gateway } => cluster::drain(&gateway, id, true).await,
-            NodeAction::Undrain { id, gateway } => cluster::drain(&gateway, id, false).await,
-        },
-        Command::Node(NodeArgs {
-            action: None,
-            config,
-            node,
-            data_dir,
-        }) => {
-            let node = node.context("--node is required")?;
-            let config = ClusterConfig::load(&config)?;
-            config.node(node)?;
-            let secret = config.secret()?;
-            let node = Node::start(&config, node, &secret, data_dir.as_deref()).await?;
-            tokio::select! {
-                signal = shutdown_signal() => signal.context("cannot wait for signals")?,
-                halt = node.halted() => {
-                    // Its actors are stopped; a supervisor may restart the process once the
-                    // cause (a full disk, a newer version's log) is dealt with.
-                    tracing::error!(node = node.id(), "stopping: {halt}");
-                    anyhow::bail!("node {} stopped: {halt}", node.id());
-                }
-            }
-            tracing::info!(node = node.id(), "shutting down");
-            node.shutdown().await;
-            Ok(())
-        }
-        Command::Status { json, gateway } => cluster::status(&gateway, json).await,
-        Command::Deploy { file, gateway } => admin::deploy(&gateway, &file).await,
-        Command::Undeploy { name, gateway } => admin::undeploy(&gateway, name).await,
-        Command::Deployments { gateway, json } => admin::deployments(&gateway, json).await,
-        Command::Call {
-            deployment,
-            payload,
-            gateway,
-        } => cluster::call(&gateway, deployment, payload).await,
-        Command::Collection { command } => collection(command).await,
-        Command::Collections { gateway, json } => admin::collections(&gateway, json).await,
-        Command::Ingest {
-            collection,
-            paths,
-            gateway,
-        } => ingest::ingest(&gateway, collection, paths).await,
-        Command::Query {
-            collection,
-            text,
-            k,
-            filter,
-            json,
-            gateway,
-        } => ask::query(&gateway, collection, text, k, filter, json).await,
-        Command::Rag {
-            collection,
-            question,
-            k,
-            max_tokens,
-            gateway,
-        } => ask::rag(&gateway, collection, question, k, max_tokens).await,
-        Command::Embed {
-            texts,
-            deployment,
-            gateway,
-        } => ask::embed(&gateway, texts, deployment).await,
-        Command::Generate {
-            prompt,
-            max_tokens,
-            deployment,
-            gateway,
-        } => ask::generate(&gateway, prompt, max_tokens, deployment).await,
-        Command::Jobs {
-            limit,
-            json,
-            gateway,
-        } => jobs::jobs(&gateway, limit, json).await,
-        Command::Job { id, json, gateway } => jobs::job(&gateway, id, json).await,
-        Command::Cancel { id, gateway } => jobs::cancel(&gateway, id).await,
-        Command::Cluster { command } => cluster(command).await,
-        Command::Token { command } => token(command),
-        Command::Local { command } => tokio::task::spawn_blocking(move || local(command)).await?,
-    }
-}
-
-fn local(command: LocalCommand) -> anyhow::Result<()> {
-    match command {
-        LocalCommand::Embed {
-            models,
-            device,
-            texts,
-        } => {
-            let out = arbor_node::local::embed(models, device, &texts)?;
-            println!("{}", serde_json::to_string(&out)?);
-        }
-        LocalCommand::Generate {
-            models,
-            device,
-            max_tokens,
-            greedy: _,
-            temperature,
-            top_p,
-            seed,
-            json,
-            prompt,
-        } => {
-            let sampling = match temperature {
-                Some(temperature) => Sampling::TopP {
-                    temperature,
-                    top_p,
-                    seed,
-                },
-                None => Sampling::Greedy,
-            };
-            arbor_node::local::generate(models, device, &prompt, max_tokens, sampling, json)?;
-        }
-    }
-    Ok(())
-}
-
-/// The token commands only touch the tokens file; running nodes notice the change themselves.
-fn token(command: TokenCommand) -> anyhow::Result<()> {
-    match command {
-        TokenCommand::Create { role, label, file } => {
-            let path = file.path()?;
-            let (info, token) = TokenFile::create(&path, role, label.as_deref())?;
-            // The token alone on stdout, so scripts can capture it; the rest on stderr.
-            println!("{token}");
-            eprintln!(
-                "created token {} with role {role}{} in {}; this is the only time the token is \
-                 shown (the file keeps only its digest): store it now",
-                info.id,
-                info.label
-                    .as_deref()
-                    .map_or_else(String::new, |l| format!(" ({l})")),
-                path.display()
-            );
-        }
-        TokenCommand::List { json, file } => {
-            let path = file.path()?;
-            let list = TokenFile::load(&path)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "file": path, "tokens": list.list() })
-                );
-            } else if list.is_empty() {
-                println!(
-                    "{} {}; create one with `arbor token create --role admin`",
-                    if list.exists() {
-                        "no tokens in"
-                    } else {
-                        "no tokens file at"
-                    },
-                    path.display()
-                );
-            } else {
-                print!("{}", tokens::to_table(&list.list()));
-            }
-        }
-        TokenCommand::Revoke { id, file } => {
-            let path = file.path()?;
-            let info = TokenFile::revoke(&path, &id)?;
-            println!(
-                "token {} ({}) revoked in {}; running nodes refuse it once they see the change",
-                info.id,
-                info.role,
-                path.display()
-            );
-        }
-    }
-    Ok(())
-}
-
-async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
-    match command {
-        ClusterCommand::Status { json, gateway } => cluster::cluster_status(&gateway, json).await,
-        ClusterCommand::AddNode { id, gateway } => {
-            cluster::change_members(&gateway, id, true).await
-        }
-        ClusterCommand::RemoveNode { id, gateway } => {
-            cluster::change_members(&gateway, id, false).await
-        }
-    }
-}
-
-async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
-    match command {
-        CollectionCommand::Create {
-            name,
-            partitions,
-            replicas,
-            embedder,
-            dim,
-            metric,
-            cpu,
-            memory,
-            gateway,
-        } => {
-            let job = CreateCollectionJob {
-                name,
-                partitions,
-                replicas,
-                embedder,
-                dimension: dim,
-                metric,
-                cpu: Some(cpu.to_string()),
-                memory: Some(memory.to_string()),
-            };
-            admin::create_collection(&gateway, job).await
-        }
-        CollectionCommand::Delete { name, gateway } => {
-            admin::delete_collection(&gateway, name).await
-        }
-        CollectionCommand::PromoteStale {
-            name,
-            partition,
-            replica,
-            gateway,
-        } => admin::promote_stale(&gateway, name, partition, replica).await,
-    }
-}
-
-/// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
     }
 }

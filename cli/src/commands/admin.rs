@@ -8,8 +8,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{GatewayArgs, parse_data, run_job};
-use crate::control::{self, CollectionReport, DeployChange, DeploymentReport};
-use crate::deployment_file;
+use arbor_node::control::{self, CollectionReport, DeployChange, DeploymentReport};
+use arbor_node::deployment_file;
 use arbor_proto::gateway::{CreateCollectionJob, DeployJob, JobSpec, NameJob, PromoteStaleJob};
 
 /// The result data of a `deploy` job.

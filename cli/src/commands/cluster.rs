@@ -17,10 +17,10 @@ pub async fn status(gw: &GatewayArgs, json: bool) -> anyhow::Result<()> {
     if json {
         println!(
             "{}",
-            serde_json::to_string(&crate::status::to_json(&report))?
+            serde_json::to_string(&super::status::to_json(&report))?
         );
     } else {
-        print!("{}", crate::status::to_table(&report));
+        print!("{}", super::status::to_table(&report));
     }
     Ok(())
 }
@@ -33,7 +33,7 @@ pub async fn cluster_status(gw: &GatewayArgs, json: bool) -> anyhow::Result<()> 
     if json {
         println!("{}", serde_json::to_string(&status)?);
     } else {
-        print!("{}", crate::cluster_cmd::to_table(&status));
+        print!("{}", to_table(&status));
     }
     Ok(())
 }
@@ -89,4 +89,26 @@ pub async fn call(gw: &GatewayArgs, deployment: String, payload: String) -> anyh
     .await?;
     println!("{}", data["reply"].as_str().unwrap_or_default());
     Ok(())
+}
+
+/// The table `arbor cluster status` prints.
+pub fn to_table(s: &ClusterStatus) -> String {
+    let leader = s.leader.map_or("none".to_string(), |l| l.to_string());
+    let mut out = format!("leader {leader}, term {}\n", s.term);
+    out.push_str("ID  MEMBER   STATE  ROLE           COMMIT  APPLIED\n");
+    let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
+    for (kind, rows) in [("voter", &s.voters), ("learner", &s.learners)] {
+        for r in rows {
+            out.push_str(&format!(
+                "{:<3} {:<8} {:<6} {:<14} {:<7} {}\n",
+                r.id,
+                kind,
+                r.state,
+                r.role.as_deref().unwrap_or("-"),
+                opt(r.commit),
+                opt(r.applied)
+            ));
+        }
+    }
+    out
 }

@@ -5,8 +5,8 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::NodeId;
-use crate::link::messages::{MemberStatus, MembershipReport};
+use arbor_proto::NodeId;
+use arbor_proto::cluster::{MemberStatus, MembershipReport};
 
 /// One node, as `arbor status --json` prints it.
 #[derive(Debug, Serialize)]

@@ -1,39 +1,32 @@
-//! The `arbor` commands that go through the gateway (see `docs/protocol.md`): deployments and
-//! collections, ingest, query, RAG, embed, generate, and job status. `main.rs` declares their
-//! arguments and calls these; each connects to the first node of cluster.toml whose gateway
-//! answers, submits one job (ingest: many), and prints what comes back.
+//! The `arbor` commands, one file per group. Those that talk to a cluster go through a
+//! gateway (see `docs/protocol.md`): each connects to the first node of cluster.toml whose
+//! gateway answers, submits one job (ingest: many), and prints what comes back. `local` runs
+//! the models on this machine; `token` edits the tokens file on a node's machine.
 
 pub mod admin;
 pub mod ask;
 pub mod cluster;
 pub mod ingest;
 pub mod jobs;
+pub mod local;
+pub mod status;
+pub mod token;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::anyhow;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::config::ClusterConfig;
+use arbor_node::ClusterConfig;
+
+pub use crate::flags::GatewayArgs;
 use arbor_client::{ClientError, DEFAULT_PER_NODE_TIMEOUT, GatewayClient, JobWatch};
 use arbor_proto::JobId;
 use arbor_proto::gateway::{JobSpec, ServerMsg};
 
 /// The environment variable that holds the gateway token when `--token` is absent.
 pub const TOKEN_ENV: &str = "ARBOR_TOKEN";
-
-/// How to reach the gateway: every command that talks to it takes these.
-#[derive(clap::Args, Debug, Clone)]
-pub struct GatewayArgs {
-    /// The cluster's config file; its nodes' gateway addresses are tried in order.
-    #[arg(long, default_value = "cluster.toml")]
-    pub config: PathBuf,
-    /// The gateway token (make one with `arbor token create --role ROLE`).
-    #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
-    pub token: Option<String>,
-}
 
 const MISSING_TOKEN: &str = "no gateway token: pass --token TOKEN or set ARBOR_TOKEN.\nCreate one with `TOKEN=$(arbor token create --role admin)` (role user suffices for ingest, query, rag, embed and generate; reader for listings and job status). It goes into the tokens file that `[gateway] tokens_file` in cluster.toml names (tokens.toml beside it by default); the nodes must be given that file.";
 

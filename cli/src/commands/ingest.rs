@@ -197,17 +197,14 @@ pub fn batches(docs: Vec<DocumentIn>, max_docs: usize, max_bytes: usize) -> Vec<
     out
 }
 
-/// The result data of an `ingest` job.
+/// What this command reads of an `ingest` job's result data (it also carries
+/// `per_partition` and `elapsed_ms`).
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct IngestResult {
     #[serde(default)]
     pub documents: Option<u64>,
     #[serde(default)]
     pub chunks: u64,
-    #[serde(default)]
-    pub per_partition: Value,
-    #[serde(default)]
-    pub elapsed_ms: u64,
 }
 
 /// One batch whose job has been submitted and has not ended.

@@ -9,7 +9,7 @@
 //!   replica on the third node, and the time from that placement until the new replica is in
 //!   sync (copied from the primary, vouched for) is measured.
 //!
-//! `cargo bench -p arbor-node --bench replication`. `ARBOR_BENCH_ROWS` sets the bulk load's
+//! `cargo bench -p arbor-cli --bench replication`. `ARBOR_BENCH_ROWS` sets the bulk load's
 //! rows (default 100,000); `ARBOR_BENCH_QUICK=1` makes everything small (10,000 rows);
 //! `ARBOR_BENCH_DIR` is where the nodes keep their files (the system's temp dir by default).
 //! No model is needed: the collections' embedder deployment never runs.

@@ -6,7 +6,7 @@
 //! node's log.
 //!
 //! The long ones are `#[ignore]`d; run them with
-//! `cargo test -p arbor-node --test chaos -- --ignored --test-threads 1`.
+//! `cargo test -p arbor-cli --test chaos -- --ignored --test-threads 1`.
 
 mod common;
 

@@ -3,7 +3,7 @@
 //! connection and pipelined; and, when the models are fetched, `query` jobs end to end
 //! (gateway → coordinator → embedder → 4 partitions and back).
 //!
-//! `cargo bench -p arbor-node --bench gateway` prints a table first, then criterion's figures.
+//! `cargo bench -p arbor-cli --bench gateway` prints a table first, then criterion's figures.
 //! `ARBOR_BENCH_QUICK=1` shortens every pass (CI smoke runs).
 
 #[path = "../tests/common/mod.rs"]

@@ -1,0 +1,193 @@
+//! `arbor`: one binary for nodes and for the people and scripts that talk to them. This file
+//! only dispatches: the flags are in `flags.rs`, the work in `commands/` (one file per group)
+//! and, for `arbor node`, in the `arbor-node` daemon.
+
+mod commands;
+mod flags;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use arbor_node::logging;
+use arbor_node::{ClusterConfig, Node};
+use arbor_proto::gateway::CreateCollectionJob;
+use clap::Parser;
+
+use commands::{admin, ask, cluster, ingest, jobs};
+use flags::{Cli, ClusterCommand, CollectionCommand, Command, NodeAction, NodeArgs};
+
+fn main() -> ExitCode {
+    // `arbor jobs | head` must end quietly when head stops reading, as Unix tools do, instead
+    // of panicking in println! on EPIPE (Rust ignores SIGPIPE by default).
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    // Client commands print what they found; only a node logs its work at info.
+    let quiet = !matches!(cli.command, Command::Node(NodeArgs { action: None, .. }));
+    logging::init(cli.log_format.into(), quiet);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Node(NodeArgs {
+            action: Some(action),
+            ..
+        }) => match action {
+            NodeAction::Drain { id, gateway } => cluster::drain(&gateway, id, true).await,
+            NodeAction::Undrain { id, gateway } => cluster::drain(&gateway, id, false).await,
+        },
+        Command::Node(NodeArgs {
+            action: None,
+            config,
+            node,
+            data_dir,
+        }) => {
+            let node = node.context("--node is required")?;
+            let config = ClusterConfig::load(&config)?;
+            config.node(node)?;
+            let secret = config.secret()?;
+            let node = Node::start(&config, node, &secret, data_dir.as_deref()).await?;
+            tokio::select! {
+                signal = shutdown_signal() => signal.context("cannot wait for signals")?,
+                halt = node.halted() => {
+                    // Its actors are stopped; a supervisor may restart the process once the
+                    // cause (a full disk, a newer version's log) is dealt with.
+                    tracing::error!(node = node.id(), "stopping: {halt}");
+                    anyhow::bail!("node {} stopped: {halt}", node.id());
+                }
+            }
+            tracing::info!(node = node.id(), "shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+        Command::Status { json, gateway } => cluster::status(&gateway, json).await,
+        Command::Deploy { file, gateway } => admin::deploy(&gateway, &file).await,
+        Command::Undeploy { name, gateway } => admin::undeploy(&gateway, name).await,
+        Command::Deployments { gateway, json } => admin::deployments(&gateway, json).await,
+        Command::Call {
+            deployment,
+            payload,
+            gateway,
+        } => cluster::call(&gateway, deployment, payload).await,
+        Command::Collection { command } => collection(command).await,
+        Command::Collections { gateway, json } => admin::collections(&gateway, json).await,
+        Command::Ingest {
+            collection,
+            paths,
+            gateway,
+        } => ingest::ingest(&gateway, collection, paths).await,
+        Command::Query {
+            collection,
+            text,
+            k,
+            filter,
+            json,
+            gateway,
+        } => ask::query(&gateway, collection, text, k, filter, json).await,
+        Command::Rag {
+            collection,
+            question,
+            k,
+            max_tokens,
+            gateway,
+        } => ask::rag(&gateway, collection, question, k, max_tokens).await,
+        Command::Embed {
+            texts,
+            deployment,
+            gateway,
+        } => ask::embed(&gateway, texts, deployment).await,
+        Command::Generate {
+            prompt,
+            max_tokens,
+            deployment,
+            gateway,
+        } => ask::generate(&gateway, prompt, max_tokens, deployment).await,
+        Command::Jobs {
+            limit,
+            json,
+            gateway,
+        } => jobs::jobs(&gateway, limit, json).await,
+        Command::Job { id, json, gateway } => jobs::job(&gateway, id, json).await,
+        Command::Cancel { id, gateway } => jobs::cancel(&gateway, id).await,
+        Command::Cluster { command } => cluster(command).await,
+        Command::Token { command } => commands::token::run(command),
+        Command::Local { command } => {
+            tokio::task::spawn_blocking(move || commands::local::run(command)).await?
+        }
+    }
+}
+
+async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status { json, gateway } => cluster::cluster_status(&gateway, json).await,
+        ClusterCommand::AddNode { id, gateway } => {
+            cluster::change_members(&gateway, id, true).await
+        }
+        ClusterCommand::RemoveNode { id, gateway } => {
+            cluster::change_members(&gateway, id, false).await
+        }
+    }
+}
+
+async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
+    match command {
+        CollectionCommand::Create {
+            name,
+            partitions,
+            replicas,
+            embedder,
+            dim,
+            metric,
+            cpu,
+            memory,
+            gateway,
+        } => {
+            let job = CreateCollectionJob {
+                name,
+                partitions,
+                replicas,
+                embedder,
+                dimension: dim,
+                metric,
+                cpu: Some(cpu.to_string()),
+                memory: Some(memory.to_string()),
+            };
+            admin::create_collection(&gateway, job).await
+        }
+        CollectionCommand::Delete { name, gateway } => {
+            admin::delete_collection(&gateway, name).await
+        }
+        CollectionCommand::PromoteStale {
+            name,
+            partition,
+            replica,
+            gateway,
+        } => admin::promote_stale(&gateway, name, partition, replica).await,
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r,
+        _ = term.recv() => Ok(()),
+    }
+}
