@@ -1,8 +1,6 @@
 //! Deployments and drains: what `arbor deploy|undeploy|deployments|node drain` ask a node to
 //! do, how the node does it through the control plane, and how the answers are printed.
 
-use std::fmt::Write as _;
-
 use arbor_scheduler::state::{
     ClusterState, CollectionSpec, DeploymentSpec, Liveness, PlacementStatus,
 };
@@ -10,6 +8,10 @@ use arbor_scheduler::{Command, CommandOutcome, RaftHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::config::NodeId;
+
+pub use arbor_proto::results::{
+    CollectionReport, DeployChange, DeploymentReport, ReplicaReport, ReplicaSetReport,
+};
 
 /// A request from a client to any node. Variants only grow (see `link::messages`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,74 +46,6 @@ pub enum ControlReply {
     CollectionDeleted,
     Collections(Vec<CollectionReport>),
     Promoted { epoch: u64 },
-}
-
-/// One collection as `arbor collections` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CollectionReport {
-    pub name: String,
-    pub dimension: u32,
-    pub metric: String,
-    pub partitions: u32,
-    pub replication: u32,
-    pub embedder: String,
-    /// Partition replicas running and in sync, out of partitions × replication.
-    pub running: u32,
-    /// Each partition's replica set: who takes writes, who holds every acknowledged write.
-    #[serde(default)]
-    pub replica_sets: Vec<ReplicaSetReport>,
-}
-
-/// One partition's replica set as `arbor collections` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReplicaSetReport {
-    pub partition: u32,
-    pub epoch: u64,
-    /// The replica that takes writes (`None`: no in-sync replica is left).
-    pub primary: Option<u32>,
-    /// The replicas that hold every acknowledged write.
-    pub in_sync: Vec<u32>,
-}
-
-/// Whether a deploy changed anything.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeployChange {
-    Created,
-    Updated,
-    /// The same spec was already deployed.
-    Unchanged,
-}
-
-/// One deployment as `arbor deployments` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DeploymentReport {
-    pub name: String,
-    pub kind: String,
-    pub version: String,
-    pub revision: u64,
-    pub desired: u32,
-    /// Replicas running, on nodes that are up.
-    pub running: u32,
-    pub replicas: Vec<ReplicaReport>,
-    pub pending_reason: Option<String>,
-}
-
-/// One replica: where it runs and how it is.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ReplicaReport {
-    pub replica: u32,
-    /// `None` while it waits for a node.
-    pub node: Option<NodeId>,
-    /// pending, starting, running, failed, stopped, lost (its node is down), or, for a
-    /// partition replica that runs but is not in sync yet, catching-up.
-    pub state: String,
-    /// Why it failed.
-    pub reason: Option<String>,
-    pub devices: Vec<u32>,
-    pub generation: Option<u64>,
-    /// The deployment revision it runs.
-    pub revision: Option<u64>,
 }
 
 /// Why a [`ControlRequest`] was not carried out.
@@ -317,46 +251,4 @@ pub fn collections(state: &ClusterState) -> Vec<CollectionReport> {
                 .collect(),
         })
         .collect()
-}
-
-/// `arbor deployments` as a table.
-pub fn to_table(reports: &[DeploymentReport]) -> String {
-    let mut out = String::new();
-    if reports.is_empty() {
-        out.push_str("no deployments; create one with `arbor deploy -f FILE`\n");
-        return out;
-    }
-    for d in reports {
-        let _ = writeln!(
-            out,
-            "{}  kind={}  version={:?} (revision {})  running {}/{}",
-            d.name, d.kind, d.version, d.revision, d.running, d.desired
-        );
-        for r in &d.replicas {
-            let node = r.node.map_or("-".to_owned(), |n| format!("node {n}"));
-            let devices = if r.devices.is_empty() {
-                String::new()
-            } else {
-                format!("  gpus {:?}", r.devices)
-            };
-            let reason = r
-                .reason
-                .as_ref()
-                .map_or(String::new(), |why| format!("  ({why})"));
-            let _ = writeln!(
-                out,
-                "  {}/{:<4} {:<8} {:<9}{devices}{reason}",
-                d.name, r.replica, node, r.state
-            );
-        }
-        if let Some(why) = &d.pending_reason {
-            let _ = writeln!(out, "  pending: {why}");
-        }
-    }
-    out
-}
-
-/// `arbor deployments --json`.
-pub fn to_json(reports: &[DeploymentReport]) -> serde_json::Value {
-    serde_json::json!({ "deployments": reports })
 }

@@ -7,6 +7,7 @@
 //! - [`error`]: the error codes a client sees, and [`Coded`] for every error that reaches one.
 //! - [`role`]: the roles a token carries.
 //! - [`cluster`]: what the cluster jobs answer (nodes and their state, the control plane).
+//! - [`results`]: every other job kind's result data, typed.
 //!
 //! This crate imports nothing of ours and depends on serde and little else, so the daemon, the
 //! client, the CLI and the actors can all stand on it.
@@ -15,6 +16,7 @@ pub mod cluster;
 pub mod error;
 pub mod gateway;
 pub mod ids;
+pub mod results;
 pub mod role;
 
 pub use error::{Coded, ErrorCode};

@@ -118,45 +118,7 @@ pub struct IngestProgress {
     pub chunks_total: u64,
 }
 
-/// What an ingest did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct IngestReport {
-    pub documents: u64,
-    pub chunks: u64,
-    /// Chunks written per partition.
-    pub per_partition: Vec<u64>,
-    pub elapsed_ms: u64,
-}
-
-/// One retrieved chunk.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueryHit {
-    pub doc_id: String,
-    pub chunk_id: u32,
-    pub score: f32,
-    pub text: String,
-    pub title: Option<String>,
-    /// The document's own metadata.
-    pub metadata: Map<String, Value>,
-}
-
-/// The answer to a query; `missing_partitions` lists partitions that did not answer, so a
-/// partial answer says what it lacks.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QueryAnswer {
-    pub results: Vec<QueryHit>,
-    pub missing_partitions: Vec<u32>,
-}
-
-/// A question answered from the collection: the generated answer and the chunks it was
-/// given, numbered as the answer cites them (`[1]` is `sources[0]`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RagAnswer {
-    pub answer: String,
-    pub sources: Vec<QueryHit>,
-    pub missing_partitions: Vec<u32>,
-    pub finish_reason: String,
-}
+pub use arbor_proto::results::{IngestReport, QueryAnswer, QueryHit, RagAnswer};
 
 /// The chat that asks the model to answer from `sources` only, citing them by number.
 pub fn rag_prompt(question: &str, sources: &[QueryHit]) -> Vec<ChatMessage> {

@@ -4,31 +4,15 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Context;
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::{GatewayArgs, parse_data, run_job};
-use arbor_node::control::{self, CollectionReport, DeployChange, DeploymentReport};
 use arbor_node::deployment_file;
 use arbor_proto::gateway::{CreateCollectionJob, DeployJob, JobSpec, NameJob, PromoteStaleJob};
-
-/// The result data of a `deploy` job.
-#[derive(Debug, Deserialize)]
-pub struct DeployResult {
-    pub name: String,
-    pub revision: u64,
-    pub change: DeployChange,
-}
-
-#[derive(Debug, Deserialize)]
-struct DeploymentsResult {
-    deployments: Vec<DeploymentReport>,
-}
-
-#[derive(Debug, Deserialize)]
-struct CollectionsResult {
-    collections: Vec<CollectionReport>,
-}
+use arbor_proto::results::{
+    CollectionReport, CollectionsResult, DeployChange, DeployResult, DeploymentReport,
+    DeploymentsResult,
+};
 
 /// A deployment file as the JSON object a `deploy` job carries: JSON when the name ends in
 /// `.json`, TOML otherwise (as `deployment_file` reads it).
@@ -87,12 +71,9 @@ pub async fn deployments(gw: &GatewayArgs, json: bool) -> anyhow::Result<()> {
     let data = run_job(&mut client, JobSpec::Deployments, "deployments").await?;
     let r: DeploymentsResult = parse_data(data, "deployments")?;
     if json {
-        println!(
-            "{}",
-            serde_json::to_string(&control::to_json(&r.deployments))?
-        );
+        println!("{}", serde_json::to_string(&r)?);
     } else {
-        print!("{}", control::to_table(&r.deployments));
+        print!("{}", deployments_table(&r.deployments));
     }
     Ok(())
 }
@@ -196,6 +177,43 @@ pub fn collections_table(list: &[CollectionReport]) -> String {
                 "  p{}  epoch {}  primary {primary}  in sync {:?}",
                 set.partition, set.epoch, set.in_sync
             );
+        }
+    }
+    out
+}
+
+/// `arbor deployments` as a table.
+pub fn deployments_table(reports: &[DeploymentReport]) -> String {
+    let mut out = String::new();
+    if reports.is_empty() {
+        out.push_str("no deployments; create one with `arbor deploy -f FILE`\n");
+        return out;
+    }
+    for d in reports {
+        let _ = writeln!(
+            out,
+            "{}  kind={}  version={:?} (revision {})  running {}/{}",
+            d.name, d.kind, d.version, d.revision, d.running, d.desired
+        );
+        for r in &d.replicas {
+            let node = r.node.map_or("-".to_owned(), |n| format!("node {n}"));
+            let devices = if r.devices.is_empty() {
+                String::new()
+            } else {
+                format!("  gpus {:?}", r.devices)
+            };
+            let reason = r
+                .reason
+                .as_ref()
+                .map_or(String::new(), |why| format!("  ({why})"));
+            let _ = writeln!(
+                out,
+                "  {}/{:<4} {:<8} {:<9}{devices}{reason}",
+                d.name, r.replica, node, r.state
+            );
+        }
+        if let Some(why) = &d.pending_reason {
+            let _ = writeln!(out, "  pending: {why}");
         }
     }
     out

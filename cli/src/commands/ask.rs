@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use anyhow::Context;
-use arbor_actors::retrieval::{QueryAnswer, QueryHit, RagAnswer};
+use arbor_proto::results::{QueryAnswer, QueryHit, RagAnswer};
 use serde_json::Value;
 
 use super::{GatewayArgs, excerpt, parse_data, run_interruptible, run_job};

@@ -20,13 +20,18 @@ use tokio::sync::watch;
 
 use super::jobs::LocalJob;
 use crate::config::NodeId;
-use crate::control::{self, ControlError, ControlReply, ControlRequest, DeployChange};
+use crate::control::{self, ControlError, ControlReply, ControlRequest};
 use crate::link::messages::MembershipChange;
 use arbor_proto::ErrorCode;
 use arbor_proto::MAX_K;
 use arbor_proto::gateway::{
     CreateCollectionJob, DeployJob, DocumentIn, EmbedJob, GenerateJob, IngestJob, JobSpec,
     PromoteStaleJob, QueryJob, RagJob, ServerMsg,
+};
+use arbor_proto::results::{
+    CallResult, CollectionCreated, CollectionsResult, Deleted, DeployResult, DeploymentsResult,
+    DrainResult, EmbedResult, GenerateResult, IngestReport, NodeSummary, PromoteStaleResult,
+    RagAnswer, RagSources, StatusSummary,
 };
 
 /// The most sources a RAG answer may be given.
@@ -271,20 +276,26 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
         JobSpec::Deploy(d) => deploy(env, d).await,
         JobSpec::Undeploy(n) => {
             control_request(&env.raft, ControlRequest::Undeploy(n.name.clone())).await?;
-            Ok(json!({ "name": n.name, "deleted": true }))
+            data(Deleted {
+                name: n.name,
+                deleted: true,
+            })
         }
         JobSpec::CreateCollection(c) => create_collection(env, c).await,
         JobSpec::DeleteCollection(n) => {
             control_request(&env.raft, ControlRequest::DeleteCollection(n.name.clone())).await?;
-            Ok(json!({ "name": n.name, "deleted": true }))
+            data(Deleted {
+                name: n.name,
+                deleted: true,
+            })
         }
         JobSpec::Collections => {
-            let list = read(&env.raft, control::collections).await?;
-            Ok(json!({ "collections": list }))
+            let collections = read(&env.raft, control::collections).await?;
+            data(CollectionsResult { collections })
         }
         JobSpec::Deployments => {
-            let reports = read(&env.raft, control::report).await?;
-            Ok(control::to_json(&reports))
+            let deployments = read(&env.raft, control::report).await?;
+            data(DeploymentsResult { deployments })
         }
         JobSpec::Ingest(i) => ingest(env, i, emit).await,
         JobSpec::Query(q) => {
@@ -318,16 +329,26 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
         JobSpec::Drain(n) | JobSpec::Undrain(n) => {
             let draining = matches!(spec_kind, "drain");
             super::cluster_jobs::drain(env, n.node, draining).await?;
-            Ok(json!({ "node": n.node, "draining": draining }))
+            data(DrainResult {
+                node: n.node,
+                draining,
+            })
         }
         JobSpec::Call(c) => {
             let reply = router(env, &c.deployment)
                 .call(c.payload.into_bytes(), CALL_TIMEOUT)
                 .await
                 .map_err(call_failure)?;
-            Ok(json!({ "reply": String::from_utf8_lossy(&reply) }))
+            data(CallResult {
+                reply: String::from_utf8_lossy(&reply).into_owned(),
+            })
         }
     }
+}
+
+/// A typed result as the `result` message's data.
+fn data(result: impl serde::Serialize) -> Result<Value, JobFailure> {
+    serde_json::to_value(result).map_err(internal)
 }
 
 fn internal(e: impl std::fmt::Display) -> JobFailure {
@@ -383,15 +404,11 @@ async fn deploy(env: &Env, d: DeployJob) -> Result<Value, JobFailure> {
         .map_err(|e| JobFailure::field(ErrorCode::InvalidJob, "job.deployment", e.to_string()))?;
     let name = spec.name.clone();
     match control_request(&env.raft, ControlRequest::Deploy(spec)).await? {
-        ControlReply::Deployed { revision, change } => Ok(json!({
-            "name": name,
-            "revision": revision,
-            "change": match change {
-                DeployChange::Created => "created",
-                DeployChange::Updated => "updated",
-                DeployChange::Unchanged => "unchanged",
-            },
-        })),
+        ControlReply::Deployed { revision, change } => data(DeployResult {
+            name,
+            revision,
+            change,
+        }),
         other => Err(internal(format!("unexpected reply {other:?}"))),
     }
 }
@@ -471,15 +488,15 @@ async fn promote_stale(env: &Env, p: PromoteStaleJob) -> Result<Value, JobFailur
             view.set.in_sync.keys().collect::<Vec<_>>()
         ),
     };
-    Ok(json!({
-        "collection": p.collection,
-        "partition": partition,
-        "promoted": replica,
-        "rows": held.as_ref().map(|s| s.count),
-        "seq": held.as_ref().map(|s| s.seq),
-        "checkpoint": view.set.checkpoint,
-        "lost": lost,
-    }))
+    data(PromoteStaleResult {
+        collection: p.collection,
+        partition,
+        promoted: replica,
+        rows: held.as_ref().map(|s| s.count),
+        seq: held.as_ref().map(|s| s.seq),
+        checkpoint: view.set.checkpoint,
+        lost,
+    })
 }
 
 async fn create_collection(env: &Env, c: CreateCollectionJob) -> Result<Value, JobFailure> {
@@ -515,12 +532,12 @@ async fn create_collection(env: &Env, c: CreateCollectionJob) -> Result<Value, J
         incarnation: 0,
     };
     control_request(&env.raft, ControlRequest::CreateCollection(spec)).await?;
-    Ok(json!({
-        "name": c.name,
-        "partitions": c.partitions,
-        "replicas": c.replicas,
-        "embedder": c.embedder,
-    }))
+    data(CollectionCreated {
+        name: c.name,
+        partitions: c.partitions,
+        replicas: c.replicas,
+        embedder: c.embedder,
+    })
 }
 
 /// The coordinator deployment that serves `collection`, and its route. Pure.
@@ -670,12 +687,12 @@ async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value, JobFailur
         done += step.len() as u64;
         emit.progress(done, total, "documents");
     }
-    Ok(json!({
-        "documents": done,
-        "chunks": chunks,
-        "per_partition": per_partition,
-        "elapsed_ms": start.elapsed().as_millis() as u64,
-    }))
+    data(IngestReport {
+        documents: done,
+        chunks,
+        per_partition,
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    })
 }
 
 /// The documents of each request to the coordinator, in order: at most [`INGEST_STEP`] to
@@ -763,17 +780,20 @@ async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
     .await?;
     emit.send(ServerMsg::Result {
         job: emit.job.id.clone(),
-        data: json!({ "sources": found.results, "missing_partitions": found.missing_partitions }),
+        data: data(RagSources {
+            sources: found.results.clone(),
+            missing_partitions: found.missing_partitions.clone(),
+        })?,
         last: false,
     });
     let spec = GenerateSpec::chat(rag_prompt(&r.question, &found.results), r.max_tokens);
     let (answer, finished) = stream_tokens(env, &model, spec, emit).await?;
-    Ok(json!({
-        "answer": answer,
-        "sources": found.results,
-        "missing_partitions": found.missing_partitions,
-        "finish_reason": finished.reason,
-    }))
+    data(RagAnswer {
+        answer,
+        sources: found.results,
+        missing_partitions: found.missing_partitions,
+        finish_reason: finished.reason,
+    })
 }
 
 async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFailure> {
@@ -792,13 +812,13 @@ async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFa
         g.max_tokens,
     );
     let (text, finished) = stream_tokens(env, &model, spec, emit).await?;
-    Ok(json!({
-        "deployment": model,
-        "text": text,
-        "finish_reason": finished.reason,
-        "prompt_tokens": finished.prompt_tokens,
-        "generated_tokens": finished.generated_tokens,
-    }))
+    data(GenerateResult {
+        deployment: model,
+        text,
+        finish_reason: finished.reason,
+        prompt_tokens: finished.prompt_tokens,
+        generated_tokens: finished.generated_tokens,
+    })
 }
 
 async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
@@ -820,35 +840,40 @@ async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
         EmbedFailure::Overloaded { .. } => JobFailure::new(ErrorCode::Overloaded, f.to_string()),
         EmbedFailure::Model(why) => JobFailure::new(ErrorCode::JobFailed, why),
     })?;
-    Ok(json!({
-        "deployment": deployment,
-        "dim": result.dim,
-        "vectors": result.vectors,
-    }))
+    data(EmbedResult {
+        deployment,
+        dim: result.dim,
+        vectors: result.vectors,
+    })
 }
 
 /// The `status` job's answer. Pure.
-pub fn summarize(state: &ClusterState, node: NodeId, leader: Option<NodeId>) -> Value {
+pub fn summarize(state: &ClusterState, node: NodeId, leader: Option<NodeId>) -> StatusSummary {
     use arbor_scheduler::state::Liveness;
-    let nodes: Vec<Value> = state
-        .nodes
-        .iter()
-        .map(|(id, n)| {
-            json!({
-                "id": id,
-                "state": match n.liveness { Liveness::Ready => "up", Liveness::Down => "down" },
-                "draining": n.draining,
+    StatusSummary {
+        node,
+        leader,
+        nodes: state
+            .nodes
+            .iter()
+            .map(|(id, n)| NodeSummary {
+                id: *id,
+                state: match n.liveness {
+                    Liveness::Ready => "up",
+                    Liveness::Down => "down",
+                }
+                .into(),
+                draining: n.draining,
             })
-        })
-        .collect();
-    json!({
-        "node": node,
-        "leader": leader,
-        "nodes": nodes,
-        "deployments": state.deployments.len(),
-        "collections": state.collections.len(),
-        "jobs_running": state.jobs.values().filter(|j| !j.status.is_finished()).count(),
-    })
+            .collect(),
+        deployments: state.deployments.len() as u64,
+        collections: state.collections.len() as u64,
+        jobs_running: state
+            .jobs
+            .values()
+            .filter(|j| !j.status.is_finished())
+            .count() as u64,
+    }
 }
 
 #[cfg(test)]

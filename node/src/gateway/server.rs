@@ -196,7 +196,9 @@ async fn keep_summary(raft: RaftHandle, node: NodeId, tx: tokio::sync::watch::Se
     let mut events = raft.subscribe();
     loop {
         let leader = raft.status().await.ok().and_then(|s| s.leader);
-        if let Ok(v) = raft.read_local(move |s| summarize(s, node, leader)).await {
+        if let Ok(summary) = raft.read_local(move |s| summarize(s, node, leader)).await
+            && let Ok(v) = serde_json::to_value(summary)
+        {
             tx.send_replace(Arc::new(v));
         }
         tokio::select! {
