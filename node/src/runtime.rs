@@ -44,7 +44,7 @@ pub enum NodeError {
     #[error("the control plane did not start: {0}")]
     ControlPlane(#[from] arbor_scheduler::StartError),
     #[error(transparent)]
-    Tokens(#[from] crate::gateway::tokens::TokenError),
+    Tokens(#[from] crate::gateway::auth::TokenError),
     #[error(
         "cannot listen on {addr} (nodes[{id}].gateway): {reason}; is another node or program using it?"
     )]
@@ -295,7 +295,7 @@ impl Node {
         let janitor = crate::janitor::spawn(raft.handle(), id, data_dir.join("actors"));
         // Every node runs one; only the leader's acts.
         let reconciler = Reconciler::spawn(raft.handle(), config.scheduler.reconciler());
-        let tokens = crate::gateway::tokens::TokenStore::open(config.tokens_file())?;
+        let tokens = crate::gateway::auth::TokenStore::open(config.tokens_file())?;
         let gateway = crate::gateway::Gateway::start(crate::gateway::GatewayArgs {
             node: id,
             cluster: config.cluster.name.clone(),

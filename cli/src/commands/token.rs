@@ -1,7 +1,7 @@
 //! `arbor token create|list|revoke`: the tokens file on a node's machine. Running nodes
 //! notice a change themselves.
 
-use arbor_node::gateway::tokens::{self, TokenFile};
+use arbor_node::gateway::auth::{TokenFile, TokenInfo};
 
 use crate::flags::TokenCommand;
 
@@ -42,7 +42,7 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
                     path.display()
                 );
             } else {
-                print!("{}", tokens::to_table(&list.list()));
+                print!("{}", to_table(&list.list()));
             }
         }
         TokenCommand::Revoke { id, file } => {
@@ -57,4 +57,45 @@ pub fn run(command: TokenCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Formats tokens for `arbor token list`: one line each under a header.
+fn to_table(tokens: &[TokenInfo]) -> String {
+    let mut out = format!("{:<8}  {:<6}  {:<20}  LABEL\n", "ID", "ROLE", "CREATED");
+    for t in tokens {
+        let line = format!(
+            "{:<8}  {:<6}  {:<20}  {}",
+            t.id,
+            t.role,
+            t.created,
+            t.label.as_deref().unwrap_or("")
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arbor_node::gateway::auth::Role;
+
+    #[test]
+    fn the_table_lists_ids_roles_and_labels() {
+        let t = to_table(&[TokenInfo {
+            id: "0123abcd".into(),
+            role: Role::Reader,
+            created: "2026-01-01T00:00:00Z".into(),
+            label: Some("grafana".into()),
+        }]);
+        let lines: Vec<_> = t.lines().collect();
+        assert!(lines[0].starts_with("ID"), "{t}");
+        assert!(
+            lines[1].contains("0123abcd") && lines[1].contains("reader"),
+            "{t}"
+        );
+        assert!(lines[1].ends_with("grafana"), "{t}");
+        assert_eq!(lines[0].find("LABEL"), lines[1].find("grafana"), "{t}");
+    }
 }

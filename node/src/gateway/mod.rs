@@ -1,17 +1,19 @@
 //! The WebSocket gateway every node runs: clients authenticate with a token, submit jobs and
 //! watch them. See `docs/protocol.md`.
 //!
-//! * [`protocol`]: the messages, and the parser that names what is wrong with a bad one;
-//! * [`tokens`]: the hashed tokens file and its roles, reloaded while nodes run;
-//! * [`server`]: the listener and its connections (limits, auth, dispatch);
-//! * [`jobs`]: the jobs a node runs and their records in the control plane;
-//! * [`run`]: what each job kind does;
-//! * [`client`]: the client the `arbor` commands, tests and benchmarks use.
+//! * [`auth`]: the hashed tokens file and its roles, reloaded while nodes run;
+//! * `listener`: accept, connection limits, a connection's reader and writer;
+//! * `session`: a connection's session (auth, submit, subscribe, status, cancel);
+//! * [`jobs`]: a job's life cycle, its record in the control plane, the janitor, and the
+//!   table of the jobs a node runs;
+//! * [`kinds`]: what each job kind does, one file per family.
+//!
+//! The protocol itself is `arbor_proto::gateway`; the client is the `arbor-client` crate.
 
-mod cluster_jobs;
+pub mod auth;
 pub mod jobs;
-pub mod run;
-pub mod server;
-pub mod tokens;
+pub mod kinds;
+mod listener;
+mod session;
 
-pub use server::{Gateway, GatewayArgs};
+pub use listener::{Gateway, GatewayArgs};

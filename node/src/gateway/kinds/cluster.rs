@@ -11,7 +11,7 @@ use arbor_scheduler::{NodeStatus, Role};
 
 use arbor_proto::cluster::MemberRow;
 
-use super::run::{Env, JobFailure};
+use super::{Env, JobFailure};
 use crate::control::ControlRequest;
 use crate::link::messages::{LinkMsg, MembershipChange};
 use crate::link::supervisor::SupervisorMsg;
@@ -86,7 +86,7 @@ pub async fn drain(env: &Env, node: NodeId, draining: bool) -> Result<(), JobFai
             format!("node {node} is not in cluster.toml"),
         ));
     }
-    super::run::control_request(&env.raft, ControlRequest::Drain { node, draining }).await?;
+    super::control_request(&env.raft, ControlRequest::Drain { node, draining }).await?;
     Ok(())
 }
 

@@ -1,6 +1,21 @@
 //! What each job kind does, through this node's view of the control plane and its process
 //! groups (the node is linked with every peer, so every replica in the cluster is visible
-//! here; no extra client node is started).
+//! here; no extra client node is started). This module checks a job's arguments
+//! ([`validate`]) and dispatches it ([`execute`]); one file per family of kinds carries
+//! them out.
+
+mod cluster;
+mod collection;
+mod deploy;
+mod generate;
+mod retrieval;
+
+pub use retrieval::{find_coordinator, ingest_steps};
+
+use collection::{create_collection, promote_stale};
+use deploy::deploy;
+use generate::{embed, generate};
+use retrieval::{coordinator_of, ingest, query, rag};
 
 use std::path::Path;
 use std::sync::Arc;
@@ -231,7 +246,7 @@ fn metric(name: &str) -> Result<Metric, JobFailure> {
 pub struct Emit {
     pub job: Arc<LocalJob>,
     /// The submitter's connection (events to it are never dropped).
-    pub owner: Option<tokio::sync::mpsc::UnboundedSender<super::server::Outgoing>>,
+    pub owner: Option<tokio::sync::mpsc::UnboundedSender<super::listener::Outgoing>>,
     /// Progress is also written to the job's record, at most this often.
     pub on_progress: Box<dyn Fn(f32) + Send + Sync>,
 }
@@ -240,7 +255,7 @@ impl Emit {
     pub fn send(&self, msg: ServerMsg) {
         self.job.publish(&msg);
         if let Some(owner) = &self.owner {
-            let _ = owner.send(super::server::Outgoing::Msg(msg));
+            let _ = owner.send(super::listener::Outgoing::Msg(msg));
         }
     }
 
@@ -308,27 +323,24 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
         JobSpec::Generate(g) => generate(env, g, emit).await,
         JobSpec::PromoteStale(p) => promote_stale(env, p).await,
         JobSpec::Membership => {
-            let report = super::cluster_jobs::membership(env).await?;
+            let report = cluster::membership(env).await?;
             serde_json::to_value(report).map_err(internal)
         }
         JobSpec::ClusterStatus => {
-            let status = super::cluster_jobs::cluster_status(env).await?;
+            let status = cluster::cluster_status(env).await?;
             serde_json::to_value(status).map_err(internal)
         }
         JobSpec::AddNode(n) => {
-            let outcome =
-                super::cluster_jobs::change_membership(env, MembershipChange::Add(n.node)).await?;
+            let outcome = cluster::change_membership(env, MembershipChange::Add(n.node)).await?;
             serde_json::to_value(outcome).map_err(internal)
         }
         JobSpec::RemoveNode(n) => {
-            let outcome =
-                super::cluster_jobs::change_membership(env, MembershipChange::Remove(n.node))
-                    .await?;
+            let outcome = cluster::change_membership(env, MembershipChange::Remove(n.node)).await?;
             serde_json::to_value(outcome).map_err(internal)
         }
         JobSpec::Drain(n) | JobSpec::Undrain(n) => {
             let draining = matches!(spec_kind, "drain");
-            super::cluster_jobs::drain(env, n.node, draining).await?;
+            cluster::drain(env, n.node, draining).await?;
             data(DrainResult {
                 node: n.node,
                 draining,
@@ -398,179 +410,6 @@ pub(super) async fn control_request(
         })
 }
 
-async fn deploy(env: &Env, d: DeployJob) -> Result<Value, JobFailure> {
-    let text = Value::Object(d.deployment).to_string();
-    let spec = crate::deployment_file::parse(Path::new("job.deployment.json"), &text)
-        .map_err(|e| JobFailure::field(ErrorCode::InvalidJob, "job.deployment", e.to_string()))?;
-    let name = spec.name.clone();
-    match control_request(&env.raft, ControlRequest::Deploy(spec)).await? {
-        ControlReply::Deployed { revision, change } => data(DeployResult {
-            name,
-            revision,
-            change,
-        }),
-        other => Err(internal(format!("unexpected reply {other:?}"))),
-    }
-}
-
-/// `arbor collection promote-stale`: says what the promotion loses, then makes it.
-async fn promote_stale(env: &Env, p: PromoteStaleJob) -> Result<Value, JobFailure> {
-    let (collection, partition, replica) = (p.collection.clone(), p.partition, p.replica);
-    let found = env
-        .raft
-        .read(move |s| {
-            let c = s.collections.get(&collection)?;
-            let deployment = c.partition_deployment(partition);
-            (partition < c.partitions).then(|| {
-                let view = arbor_scheduler::state::partition_views(s).remove(&deployment);
-                (deployment, view)
-            })
-        })
-        .await
-        .map_err(|e| JobFailure::new(ErrorCode::Unavailable, e.to_string()))?;
-    let Some((deployment, Some(view))) = found else {
-        return Err(JobFailure::field(
-            ErrorCode::InvalidJob,
-            "job.partition",
-            format!(
-                "collection {:?} has no partition {}; see `arbor collections`",
-                p.collection, p.partition
-            ),
-        ));
-    };
-    let Some(member) = view.members.get(&replica).copied() else {
-        return Err(JobFailure::field(
-            ErrorCode::InvalidJob,
-            "job.replica",
-            format!("partition {partition} has no replica {replica} placed"),
-        ));
-    };
-    // What the stale copy holds, if it can be asked.
-    let held = match arbor_actors::partition::remote::member(
-        &env.scope,
-        &deployment,
-        replica,
-        member.generation,
-    ) {
-        Some(cell) => match arbor_actors::partition::remote::ask(
-            &cell,
-            arbor_actors::partition::PartitionRequest::Stats,
-            Duration::from_secs(5),
-        )
-        .await
-        {
-            Ok(arbor_actors::partition::PartitionAnswer::Stats(stats)) => Some(stats),
-            _ => None,
-        },
-        None => None,
-    };
-    control_request(
-        &env.raft,
-        ControlRequest::PromoteStale {
-            deployment: deployment.clone(),
-            replica,
-        },
-    )
-    .await?;
-    let lost = match &held {
-        Some(stats) => format!(
-            "replica {replica} holds {} rows, writes up to sequence number {}; writes the lost \
-             in-sync replicas {:?} acknowledged after that are gone (the control plane last \
-             recorded sequence number {} acknowledged by all of them)",
-            stats.count,
-            stats.seq,
-            view.set.in_sync.keys().collect::<Vec<_>>(),
-            view.set.checkpoint
-        ),
-        None => format!(
-            "replica {replica} could not be asked what it holds; whatever the lost in-sync \
-             replicas {:?} acknowledged beyond it is gone",
-            view.set.in_sync.keys().collect::<Vec<_>>()
-        ),
-    };
-    data(PromoteStaleResult {
-        collection: p.collection,
-        partition,
-        promoted: replica,
-        rows: held.as_ref().map(|s| s.count),
-        seq: held.as_ref().map(|s| s.seq),
-        checkpoint: view.set.checkpoint,
-        lost,
-    })
-}
-
-async fn create_collection(env: &Env, c: CreateCollectionJob) -> Result<Value, JobFailure> {
-    let cpu = match &c.cpu {
-        Some(s) => s.parse::<Millicores>().map_err(|e| {
-            JobFailure::field(ErrorCode::InvalidJob, "job.cpu", format!("cpu {s:?}: {e}"))
-        })?,
-        None => Millicores(250),
-    };
-    let memory = match &c.memory {
-        Some(s) => s.parse::<Bytes>().map_err(|e| {
-            JobFailure::field(
-                ErrorCode::InvalidJob,
-                "job.memory",
-                format!("memory {s:?}: {e}"),
-            )
-        })?,
-        None => Bytes(512 << 20),
-    };
-    let spec = CollectionSpec {
-        name: c.name.clone(),
-        dimension: c.dimension,
-        metric: metric(&c.metric)?,
-        partitions: c.partitions,
-        replication: c.replicas,
-        embedder: c.embedder.clone(),
-        resources: Resources {
-            cpu,
-            memory,
-            ..Default::default()
-        },
-        // The control plane gives it one.
-        incarnation: 0,
-    };
-    control_request(&env.raft, ControlRequest::CreateCollection(spec)).await?;
-    data(CollectionCreated {
-        name: c.name,
-        partitions: c.partitions,
-        replicas: c.replicas,
-        embedder: c.embedder,
-    })
-}
-
-/// The coordinator deployment that serves `collection`, and its route. Pure.
-pub fn find_coordinator(
-    state: &ClusterState,
-    collection: &str,
-) -> Result<(String, CollectionRoute), JobFailure> {
-    if !state.collections.contains_key(collection) {
-        return Err(JobFailure::field(
-            ErrorCode::NotFound,
-            "job.collection",
-            format!("there is no collection {collection:?}; see `arbor collections`"),
-        ));
-    }
-    state
-        .deployments
-        .values()
-        .filter(|d| d.spec.kind == "retrieval_coordinator")
-        .find_map(|d| {
-            let route: CollectionRoute = serde_json::from_str(&d.spec.config).ok()?;
-            (route.collection == collection).then(|| (d.spec.name.clone(), route))
-        })
-        .ok_or_else(|| {
-            JobFailure::new(
-                ErrorCode::Unavailable,
-                format!(
-                    "collection {collection:?} has no retrieval_coordinator deployment; deploy \
-                     one whose config names it (see examples/coordinator.toml)"
-                ),
-            )
-        })
-}
-
 /// The deployment of `kind` to use: the one named, or the only one there is. Pure.
 pub fn pick_deployment(
     state: &ClusterState,
@@ -607,14 +446,6 @@ pub fn pick_deployment(
     }
 }
 
-async fn coordinator_of(
-    env: &Env,
-    collection: &str,
-) -> Result<(String, CollectionRoute), JobFailure> {
-    let name = collection.to_owned();
-    read_here(&env.raft, move |s| find_coordinator(s, &name)).await?
-}
-
 fn call_failure(e: CallError) -> JobFailure {
     match e {
         CallError::Replica(why) => JobFailure::new(ErrorCode::JobFailed, why),
@@ -642,208 +473,6 @@ async fn call_bytes(env: &Env, deployment: &str, body: Vec<u8>) -> Result<Value,
         internal(format!(
             "deployment {deployment:?} answered something that is not JSON: {e}"
         ))
-    })
-}
-
-async fn query(env: &Env, coordinator: &str, q: &QueryJob) -> Result<QueryAnswer, JobFailure> {
-    let mut body = match (&q.text, &q.vector) {
-        (_, Some(vector)) => json!({ "query_vector": vector, "k": q.k }),
-        (text, None) => json!({ "query": text, "k": q.k }),
-    };
-    if let Some(filter) = &q.filter {
-        body["filter"] = filter.clone();
-    }
-    let answer = call_json(env, coordinator, &body).await?;
-    serde_json::from_value(answer).map_err(internal)
-}
-
-async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value, JobFailure> {
-    let (coordinator, route) = coordinator_of(env, &i.collection).await?;
-    let start = Instant::now();
-    let total = i.documents.len() as u64;
-    let mut chunks = 0u64;
-    let mut per_partition = vec![0u64; route.partitions as usize];
-    let mut done = 0u64;
-    emit.progress(0, total, "documents");
-    for range in ingest_steps(&i.documents) {
-        if emit.job.is_cancelled() {
-            break;
-        }
-        let step = &i.documents[range];
-        // Written straight from the typed documents: through a `Value` every f32 would be
-        // printed as an f64, twice as long.
-        #[derive(serde::Serialize)]
-        struct Ask<'a> {
-            ingest: &'a [DocumentIn],
-        }
-        let body = serde_json::to_vec(&Ask { ingest: step }).map_err(internal)?;
-        let report = call_bytes(env, &coordinator, body).await?;
-        chunks += report["chunks"].as_u64().unwrap_or(0);
-        if let Some(parts) = report["per_partition"].as_array() {
-            for (sum, n) in per_partition.iter_mut().zip(parts) {
-                *sum += n.as_u64().unwrap_or(0);
-            }
-        }
-        done += step.len() as u64;
-        emit.progress(done, total, "documents");
-    }
-    data(IngestReport {
-        documents: done,
-        chunks,
-        per_partition,
-        elapsed_ms: start.elapsed().as_millis() as u64,
-    })
-}
-
-/// The documents of each request to the coordinator, in order: at most [`INGEST_STEP`] to
-/// embed, [`INGEST_STEP_DOCUMENTS`] in all and about [`INGEST_STEP_BYTES`] (one document more
-/// when a single one is larger). Pure.
-pub fn ingest_steps(docs: &[DocumentIn]) -> Vec<std::ops::Range<usize>> {
-    let mut steps = Vec::new();
-    let (mut start, mut to_embed, mut bytes) = (0, 0, 0);
-    for (n, d) in docs.iter().enumerate() {
-        // JSON size, roughly: a vector's value takes up to about 14 characters.
-        let size = d.id.len()
-            + d.text.len()
-            + d.title.as_ref().map_or(0, String::len)
-            + d.vector.as_ref().map_or(0, |v| v.len() * 14)
-            + if d.metadata.is_empty() {
-                0
-            } else {
-                Value::Object(d.metadata.clone()).to_string().len()
-            }
-            + 64;
-        let embeds = usize::from(d.vector.is_none());
-        if n > start
-            && (to_embed + embeds > INGEST_STEP
-                || n - start == INGEST_STEP_DOCUMENTS
-                || bytes + size > INGEST_STEP_BYTES)
-        {
-            steps.push(start..n);
-            (start, to_embed, bytes) = (n, 0, 0);
-        }
-        to_embed += embeds;
-        bytes += size;
-    }
-    if start < docs.len() {
-        steps.push(start..docs.len());
-    }
-    steps
-}
-
-/// Generates on a replica of `model`, sending each piece of text to the job's watchers as a
-/// `token`, and stopping when the job is cancelled (checked between polls).
-async fn stream_tokens(
-    env: &Env,
-    model: &str,
-    spec: GenerateSpec,
-    emit: &Emit,
-) -> Result<(String, Finished), JobFailure> {
-    generate_failover(
-        &env.scope,
-        model,
-        spec,
-        |t| emit.token(t),
-        || emit.job.is_cancelled(),
-        Duration::from_millis(250),
-    )
-    .await
-    .map_err(|e| match e {
-        StreamError::Failure(f) => JobFailure::new(ErrorCode::JobFailed, f.to_string()),
-        other => JobFailure::new(ErrorCode::Unavailable, other.to_string()),
-    })
-}
-
-async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
-    let (coordinator, route) = coordinator_of(env, &r.collection).await?;
-    let model = route.model.clone().ok_or_else(|| {
-        JobFailure::new(
-            ErrorCode::InvalidJob,
-            format!(
-                "the coordinator {coordinator:?} of {:?} has no model deployment configured \
-                 (its config needs \"model\")",
-                r.collection
-            ),
-        )
-    })?;
-    let found = query(
-        env,
-        &coordinator,
-        &QueryJob {
-            collection: r.collection.clone(),
-            text: Some(r.question.clone()),
-            vector: None,
-            k: r.k,
-            filter: None,
-        },
-    )
-    .await?;
-    emit.send(ServerMsg::Result {
-        job: emit.job.id.clone(),
-        data: data(RagSources {
-            sources: found.results.clone(),
-            missing_partitions: found.missing_partitions.clone(),
-        })?,
-        last: false,
-    });
-    let spec = GenerateSpec::chat(rag_prompt(&r.question, &found.results), r.max_tokens);
-    let (answer, finished) = stream_tokens(env, &model, spec, emit).await?;
-    data(RagAnswer {
-        answer,
-        sources: found.results,
-        missing_partitions: found.missing_partitions,
-        finish_reason: finished.reason,
-    })
-}
-
-async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFailure> {
-    let named = g.deployment.clone();
-    let model = read_here(&env.raft, move |s| {
-        pick_deployment(s, "model", named.as_deref())
-    })
-    .await??;
-    // An instruct model answers a prompt through its chat template (a raw prompt makes
-    // SmolLM2-Instruct stop at once), as `arbor local generate` does.
-    let spec = GenerateSpec::chat(
-        vec![ChatMessage {
-            role: ChatRole::User,
-            content: g.prompt,
-        }],
-        g.max_tokens,
-    );
-    let (text, finished) = stream_tokens(env, &model, spec, emit).await?;
-    data(GenerateResult {
-        deployment: model,
-        text,
-        finish_reason: finished.reason,
-        prompt_tokens: finished.prompt_tokens,
-        generated_tokens: finished.generated_tokens,
-    })
-}
-
-async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
-    let named = e.deployment.clone();
-    let deployment = read_here(&env.raft, move |s| {
-        pick_deployment(s, "embedder", named.as_deref())
-    })
-    .await??;
-    let request = EmbedRequest { texts: e.texts };
-    let reply = router(env, &deployment)
-        .ask(
-            |port| ReplicaMsg::Embed(Wire::new(request.clone()), port),
-            CALL_TIMEOUT,
-        )
-        .await
-        .map_err(call_failure)?;
-    let result = reply.into_inner().map_err(internal)?.map_err(|f| match f {
-        EmbedFailure::Invalid(why) => JobFailure::new(ErrorCode::InvalidJob, why),
-        EmbedFailure::Overloaded { .. } => JobFailure::new(ErrorCode::Overloaded, f.to_string()),
-        EmbedFailure::Model(why) => JobFailure::new(ErrorCode::JobFailed, why),
-    })?;
-    data(EmbedResult {
-        deployment,
-        dim: result.dim,
-        vectors: result.vectors,
     })
 }
 

@@ -1,0 +1,175 @@
+//! `ingest`, `query` and `rag`: through the collection's coordinator.
+
+use super::generate::stream_tokens;
+use super::*;
+
+/// The coordinator deployment that serves `collection`, and its route. Pure.
+pub fn find_coordinator(
+    state: &ClusterState,
+    collection: &str,
+) -> Result<(String, CollectionRoute), JobFailure> {
+    if !state.collections.contains_key(collection) {
+        return Err(JobFailure::field(
+            ErrorCode::NotFound,
+            "job.collection",
+            format!("there is no collection {collection:?}; see `arbor collections`"),
+        ));
+    }
+    state
+        .deployments
+        .values()
+        .filter(|d| d.spec.kind == "retrieval_coordinator")
+        .find_map(|d| {
+            let route: CollectionRoute = serde_json::from_str(&d.spec.config).ok()?;
+            (route.collection == collection).then(|| (d.spec.name.clone(), route))
+        })
+        .ok_or_else(|| {
+            JobFailure::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "collection {collection:?} has no retrieval_coordinator deployment; deploy \
+                     one whose config names it (see examples/coordinator.toml)"
+                ),
+            )
+        })
+}
+
+pub(super) async fn coordinator_of(
+    env: &Env,
+    collection: &str,
+) -> Result<(String, CollectionRoute), JobFailure> {
+    let name = collection.to_owned();
+    read_here(&env.raft, move |s| find_coordinator(s, &name)).await?
+}
+
+pub(super) async fn query(
+    env: &Env,
+    coordinator: &str,
+    q: &QueryJob,
+) -> Result<QueryAnswer, JobFailure> {
+    let mut body = match (&q.text, &q.vector) {
+        (_, Some(vector)) => json!({ "query_vector": vector, "k": q.k }),
+        (text, None) => json!({ "query": text, "k": q.k }),
+    };
+    if let Some(filter) = &q.filter {
+        body["filter"] = filter.clone();
+    }
+    let answer = call_json(env, coordinator, &body).await?;
+    serde_json::from_value(answer).map_err(internal)
+}
+
+pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value, JobFailure> {
+    let (coordinator, route) = coordinator_of(env, &i.collection).await?;
+    let start = Instant::now();
+    let total = i.documents.len() as u64;
+    let mut chunks = 0u64;
+    let mut per_partition = vec![0u64; route.partitions as usize];
+    let mut done = 0u64;
+    emit.progress(0, total, "documents");
+    for range in ingest_steps(&i.documents) {
+        if emit.job.is_cancelled() {
+            break;
+        }
+        let step = &i.documents[range];
+        // Written straight from the typed documents: through a `Value` every f32 would be
+        // printed as an f64, twice as long.
+        #[derive(serde::Serialize)]
+        struct Ask<'a> {
+            ingest: &'a [DocumentIn],
+        }
+        let body = serde_json::to_vec(&Ask { ingest: step }).map_err(internal)?;
+        let report = call_bytes(env, &coordinator, body).await?;
+        chunks += report["chunks"].as_u64().unwrap_or(0);
+        if let Some(parts) = report["per_partition"].as_array() {
+            for (sum, n) in per_partition.iter_mut().zip(parts) {
+                *sum += n.as_u64().unwrap_or(0);
+            }
+        }
+        done += step.len() as u64;
+        emit.progress(done, total, "documents");
+    }
+    data(IngestReport {
+        documents: done,
+        chunks,
+        per_partition,
+        elapsed_ms: start.elapsed().as_millis() as u64,
+    })
+}
+
+/// The documents of each request to the coordinator, in order: at most [`INGEST_STEP`] to
+/// embed, [`INGEST_STEP_DOCUMENTS`] in all and about [`INGEST_STEP_BYTES`] (one document more
+/// when a single one is larger). Pure.
+pub fn ingest_steps(docs: &[DocumentIn]) -> Vec<std::ops::Range<usize>> {
+    let mut steps = Vec::new();
+    let (mut start, mut to_embed, mut bytes) = (0, 0, 0);
+    for (n, d) in docs.iter().enumerate() {
+        // JSON size, roughly: a vector's value takes up to about 14 characters.
+        let size = d.id.len()
+            + d.text.len()
+            + d.title.as_ref().map_or(0, String::len)
+            + d.vector.as_ref().map_or(0, |v| v.len() * 14)
+            + if d.metadata.is_empty() {
+                0
+            } else {
+                Value::Object(d.metadata.clone()).to_string().len()
+            }
+            + 64;
+        let embeds = usize::from(d.vector.is_none());
+        if n > start
+            && (to_embed + embeds > INGEST_STEP
+                || n - start == INGEST_STEP_DOCUMENTS
+                || bytes + size > INGEST_STEP_BYTES)
+        {
+            steps.push(start..n);
+            (start, to_embed, bytes) = (n, 0, 0);
+        }
+        to_embed += embeds;
+        bytes += size;
+    }
+    if start < docs.len() {
+        steps.push(start..docs.len());
+    }
+    steps
+}
+
+pub(super) async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
+    let (coordinator, route) = coordinator_of(env, &r.collection).await?;
+    let model = route.model.clone().ok_or_else(|| {
+        JobFailure::new(
+            ErrorCode::InvalidJob,
+            format!(
+                "the coordinator {coordinator:?} of {:?} has no model deployment configured \
+                 (its config needs \"model\")",
+                r.collection
+            ),
+        )
+    })?;
+    let found = query(
+        env,
+        &coordinator,
+        &QueryJob {
+            collection: r.collection.clone(),
+            text: Some(r.question.clone()),
+            vector: None,
+            k: r.k,
+            filter: None,
+        },
+    )
+    .await?;
+    emit.send(ServerMsg::Result {
+        job: emit.job.id.clone(),
+        data: data(RagSources {
+            sources: found.results.clone(),
+            missing_partitions: found.missing_partitions.clone(),
+        })?,
+        last: false,
+    });
+    let spec = GenerateSpec::chat(rag_prompt(&r.question, &found.results), r.max_tokens);
+    let (answer, finished) = stream_tokens(env, &model, spec, emit).await?;
+    data(RagAnswer {
+        answer,
+        sources: found.results,
+        missing_partitions: found.missing_partitions,
+        finish_reason: finished.reason,
+    })
+}
