@@ -153,9 +153,11 @@ deploy_all() {
   if arbor collections --json --config "$config" | grep -q "\"name\":\"$collection\""; then
     echo "collection $collection already exists"
   else
-    arbor collection create "$collection" --partitions 4 --replicas 2 --embedder embedder --config "$config"
+    # It deploys its own coordinator, docs-coordinator, which answers rag with the model: one
+    # replica, as the model takes a whole node of the shipped 3 x 2-core cluster.
+    arbor collection create "$collection" --partitions 4 --replicas 2 --embedder embedder \
+      --coordinators 1 --model model --config "$config"
   fi
-  arbor deploy -f examples/coordinator.toml --config "$config"
 }
 
 # Python one-liner over `arbor deployments --json` and `arbor collections --json`: prints

@@ -62,7 +62,7 @@ async fn deploy(c: &mut Conn) {
     ))
     .await;
     c.job(
-        json!({"kind": "create_collection", "name": "bench", "partitions": PARTITIONS,
+        json!({"kind": "create_collection", "coordinators": 0, "name": "bench", "partitions": PARTITIONS,
         "replicas": 2, "embedder": "embedder", "cpu": "1", "memory": "4GiB"}),
     )
     .await;

@@ -192,7 +192,7 @@ async fn rag_setup(addr: SocketAddr, token: &str, dir: &Path) -> Option<String> 
     ))
     .await;
     c.job(&submit(
-        json!({"kind": "create_collection", "name": "bench",
+        json!({"kind": "create_collection", "coordinators": 0, "name": "bench",
         "partitions": 4, "replicas": 1, "embedder": "embedder", "cpu": "50m", "memory": "32MiB"}),
     ))
     .await;

@@ -48,7 +48,7 @@ async fn embedder(c: &mut Conn) {
 /// once every replica is in sync.
 async fn collection(c: &mut Conn, name: &str, partitions: u32, replicas: u32) {
     c.job(
-        json!({"kind": "create_collection", "name": name, "partitions": partitions,
+        json!({"kind": "create_collection", "coordinators": 0, "name": name, "partitions": partitions,
                  "replicas": replicas, "embedder": "embedder", "dimension": DIM,
                  "memory": "2GiB"}),
     )

@@ -254,6 +254,21 @@ pub enum CollectionCommand {
         /// Memory per partition replica (1M x 384 vectors take about 1.6GiB).
         #[arg(long, default_value = "512MiB")]
         memory: arbor_scheduler::resources::Bytes,
+        /// Replicas of the coordinator the collection deploys for itself (NAME-coordinator,
+        /// which ingest, query and rag go through); 0 deploys none, for a coordinator of your
+        /// own. Default: 2, or 1 on a one-node cluster.
+        #[arg(long)]
+        coordinators: Option<u32>,
+        /// CPU per coordinator replica (default: the kind's).
+        #[arg(long)]
+        coordinator_cpu: Option<arbor_scheduler::resources::Millicores>,
+        /// Memory per coordinator replica (default: the kind's).
+        #[arg(long)]
+        coordinator_memory: Option<arbor_scheduler::resources::Bytes>,
+        /// The model deployment that answers `arbor rag` for this collection (default: the
+        /// only one there is).
+        #[arg(long)]
+        model: Option<String>,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

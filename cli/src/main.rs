@@ -157,6 +157,10 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
             metric,
             cpu,
             memory,
+            coordinators,
+            coordinator_cpu,
+            coordinator_memory,
+            model,
             gateway,
         } => {
             let job = CreateCollectionJob {
@@ -168,6 +172,10 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
                 metric,
                 cpu: Some(cpu.to_string()),
                 memory: Some(memory.to_string()),
+                coordinators,
+                coordinator_cpu: coordinator_cpu.map(|c| c.to_string()),
+                coordinator_memory: coordinator_memory.map(|m| m.to_string()),
+                model,
             };
             admin::create_collection(&gateway, job).await
         }

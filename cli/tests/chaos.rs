@@ -315,6 +315,69 @@ async fn s9_a_collection_created_again_starts_empty_and_its_old_files_go() {
     c.until_whole("docs", MINUTE).await;
 }
 
+/// `arbor collection create` deploys the collection's coordinator itself (no file repeating
+/// the partition count), ingest and queries go through it, and deleting the collection takes
+/// it away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_deploys_its_own_coordinator_and_takes_it_away() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-own-coord", 3, |t| t).await;
+    c.deploy(
+        "embedder",
+        "name = \"embedder\"\nkind = \"embedder\"\nreplicas = 1\n\
+         constraints = [{ op = \"exists\", key = \"no-node-has-this-label\" }]\n",
+    )
+    .await;
+    let out = c
+        .arbor(&[
+            "collection",
+            "create",
+            "auto",
+            "--partitions",
+            "2",
+            "--replicas",
+            "2",
+            "--embedder",
+            "embedder",
+            "--dim",
+            &common::chaos::DIM.to_string(),
+            "--memory",
+            "64MiB",
+        ])
+        .await
+        .unwrap();
+    assert!(out.contains("auto-coordinator"), "{out}");
+    c.until_whole("auto", MINUTE).await;
+    c.until("its coordinator running on two nodes", MINUTE, async |c| {
+        c.deployments().await.is_some_and(|d| {
+            d.get("auto-coordinator").is_some_and(|d| {
+                d.desired == 2
+                    && d.running == 2
+                    && d.replicas
+                        .iter()
+                        .filter_map(|r| r.node)
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .len()
+                        == 2
+            })
+        })
+    })
+    .await;
+    let docs: Vec<(String, Vec<f32>)> = (0..20).map(|i| (format!("d-{i}"), vector(i))).collect();
+    let mut client = c.client().await;
+    c.ingest(&mut client, "auto", &docs).await.unwrap();
+    for (id, v) in &docs[..3] {
+        assert_eq!(find(&c, "auto", id, v).await, (true, vec![]), "{id}");
+    }
+    c.arbor(&["collection", "delete", "auto"]).await.unwrap();
+    c.until("its coordinator gone with it", MINUTE, async |c| {
+        c.deployments()
+            .await
+            .is_some_and(|d| !d.contains_key("auto-coordinator") && !d.contains_key("auto.p0"))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_with_label_constraints_is_placed_by_them() {
     let _one = ONE_AT_A_TIME.lock().await;

@@ -1,6 +1,6 @@
 //! The AI job kinds end to end through the `arbor` client over WebSocket, on a real 3-process
-//! cluster with the real models (after scripts/fetch-models.sh): deploy the embedder, the
-//! model and a coordinator, create a collection, ingest the test corpus (JSONL) and a Markdown
+//! cluster with the real models (after scripts/fetch-models.sh): deploy the embedder and the
+//! model, create a collection (which deploys its own coordinator), ingest the test corpus (JSONL) and a Markdown
 //! file, then query, rag, embed and generate, and list the jobs; documents with their own
 //! vectors and queries by vector through the gateway's typed client.
 
@@ -12,17 +12,6 @@ use arbor_client::GatewayClient;
 use arbor_proto::gateway::{DocumentIn, IngestJob, JobSpec, QueryJob};
 use common::cluster::{Cluster, T};
 use serde_json::Value;
-
-const COORDINATOR: &str = r#"
-name = "coord"
-kind = "retrieval_coordinator"
-replicas = 1
-[config]
-collection = "docs"
-partitions = 2
-embedder = "embedder"
-model = "model"
-"#;
 
 const MODEL: &str = r#"
 name = "model"
@@ -59,8 +48,9 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
         "--memory",
         "128MiB",
     ]);
-    assert!(out.contains("docs"), "{out}");
-    c.deploy("coord.toml", COORDINATOR);
+    // The collection deploys its own coordinator (two replicas on three nodes), which
+    // answers rag with the only model there is.
+    assert!(out.contains("docs-coordinator"), "{out}");
     let start = Instant::now();
     while !c
         .deployments()

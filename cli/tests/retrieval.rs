@@ -90,6 +90,9 @@ async fn a_collection_survives_the_loss_of_a_node_under_load() {
         "embedder",
         "--memory",
         "128MiB",
+        // This test brings its own coordinator.
+        "--coordinators",
+        "0",
     ]);
     assert!(out.contains("collection docs created"), "{out}");
     c.deploy("coord.toml", COORDINATOR);

@@ -148,6 +148,20 @@ pub struct CreateCollectionJob {
     /// Memory per partition replica, e.g. "512MiB".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<String>,
+    /// Replicas of the collection's own coordinator deployment (`NAME-coordinator`), which
+    /// creating the collection deploys; 0 deploys none (bring your own). Default: 2, or 1 on
+    /// a one-node cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinators: Option<u32>,
+    /// CPU per coordinator replica (default: the kind's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_cpu: Option<String>,
+    /// Memory per coordinator replica (default: the kind's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator_memory: Option<String>,
+    /// The model deployment the coordinator answers `rag` with (default: the only one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

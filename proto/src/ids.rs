@@ -15,6 +15,11 @@ pub fn partition_deployment(collection: &str, partition: u32) -> String {
     format!("{collection}.p{partition}")
 }
 
+/// The coordinator deployment a collection deploys for itself.
+pub fn collection_coordinator(collection: &str) -> String {
+    format!("{collection}-coordinator")
+}
+
 /// The process group that a deployment's running replicas join, in the agent's pg scope.
 pub fn deployment_group(deployment: &str) -> String {
     format!("arbor.deploy.{deployment}")

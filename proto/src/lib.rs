@@ -20,5 +20,8 @@ pub mod results;
 pub mod role;
 
 pub use error::{Coded, ErrorCode};
-pub use ids::{JobId, MAX_K, NodeId, deployment_group, partition_deployment, replica_group};
+pub use ids::{
+    JobId, MAX_K, NodeId, collection_coordinator, deployment_group, partition_deployment,
+    replica_group,
+};
 pub use role::{Role, UnknownRole};

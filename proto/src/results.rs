@@ -29,6 +29,9 @@ pub struct CollectionCreated {
     pub partitions: u32,
     pub replicas: u32,
     pub embedder: String,
+    /// The coordinator deployment the collection deployed for itself (none when asked for 0).
+    #[serde(default)]
+    pub coordinator: Option<String>,
 }
 
 /// `promote_stale`: what the promoted replica holds, and what is lost.

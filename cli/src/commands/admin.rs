@@ -10,8 +10,8 @@ use super::{GatewayArgs, parse_data, run_job};
 use arbor_node::deployment_file;
 use arbor_proto::gateway::{CreateCollectionJob, DeployJob, JobSpec, NameJob, PromoteStaleJob};
 use arbor_proto::results::{
-    CollectionReport, CollectionsResult, DeployChange, DeployResult, DeploymentReport,
-    DeploymentsResult,
+    CollectionCreated, CollectionReport, CollectionsResult, DeployChange, DeployResult,
+    DeploymentReport, DeploymentsResult,
 };
 
 /// A deployment file as the JSON object a `deploy` job carries: JSON when the name ends in
@@ -82,14 +82,19 @@ pub async fn deployments(gw: &GatewayArgs, json: bool) -> anyhow::Result<()> {
 pub async fn create_collection(gw: &GatewayArgs, job: CreateCollectionJob) -> anyhow::Result<()> {
     let (name, partitions, replicas) = (job.name.clone(), job.partitions, job.replicas);
     let mut client = gw.connect().await?;
-    run_job(
+    let data = run_job(
         &mut client,
         JobSpec::CreateCollection(job),
         "create_collection",
     )
     .await?;
+    let created: CollectionCreated = parse_data(data, "create_collection")?;
+    let coordinator = match &created.coordinator {
+        Some(c) => format!(", served by its coordinator deployment {c}"),
+        None => ", with no coordinator of its own (deploy one whose config names it)".into(),
+    };
     println!(
-        "collection {name} created: {partitions} partitions x {replicas} replicas; watch them with `arbor collections`"
+        "collection {name} created: {partitions} partitions x {replicas} replicas{coordinator}; watch them with `arbor collections`"
     );
     Ok(())
 }

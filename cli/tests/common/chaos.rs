@@ -377,6 +377,9 @@ impl Chaos {
                 &DIM.to_string(),
                 "--memory",
                 "64MiB",
+                // Its coordinators are deployed below: one per node, patient writes.
+                "--coordinators",
+                "0",
             ])
             .await;
         self.note(format!("collection create {name}: {out:?}"));

@@ -1,6 +1,7 @@
 //! `create_collection` and `promote_stale`: a collection's life in the control plane.
 
 use super::*;
+use arbor_scheduler::state::DeploymentSpec;
 
 /// `arbor collection promote-stale`: says what the promotion loses, then makes it.
 pub(super) async fn promote_stale(env: &Env, p: PromoteStaleJob) -> Result<Value, JobFailure> {
@@ -123,11 +124,102 @@ pub(super) async fn create_collection(
         // The control plane gives it one.
         incarnation: 0,
     };
+    let coordinator = coordinator_spec(env, &c).await?;
     control_request(&env.raft, ControlRequest::CreateCollection(spec)).await?;
+    let coordinator = match coordinator {
+        Some(d) => {
+            let name = d.name.clone();
+            control_request(&env.raft, ControlRequest::Deploy(d)).await?;
+            Some(name)
+        }
+        None => None,
+    };
     data(CollectionCreated {
         name: c.name,
         partitions: c.partitions,
         replicas: c.replicas,
         embedder: c.embedder,
+        coordinator,
+    })
+}
+
+/// The coordinator deployment a collection deploys for itself (`NAME-coordinator`), its
+/// config taken from the collection's own shape, so nobody repeats the partition count; `None`
+/// when the job asks for no coordinator.
+async fn coordinator_spec(
+    env: &Env,
+    c: &CreateCollectionJob,
+) -> Result<Option<DeploymentSpec>, JobFailure> {
+    let replicas = match c.coordinators {
+        Some(0) => return Ok(None),
+        Some(n) => n,
+        // Two for availability, on distinct nodes, where there are two nodes.
+        None => read_here(&env.raft, |s| s.nodes.len()).await?.clamp(1, 2) as u32,
+    };
+    let mut resources = serde_json::Map::new();
+    if let Some(cpu) = &c.coordinator_cpu {
+        cpu.parse::<Millicores>().map_err(|e| {
+            JobFailure::field(
+                ErrorCode::InvalidJob,
+                "job.coordinator_cpu",
+                format!("coordinator_cpu {cpu:?}: {e}"),
+            )
+        })?;
+        resources.insert("cpu".into(), cpu.clone().into());
+    }
+    if let Some(memory) = &c.coordinator_memory {
+        memory.parse::<Bytes>().map_err(|e| {
+            JobFailure::field(
+                ErrorCode::InvalidJob,
+                "job.coordinator_memory",
+                format!("coordinator_memory {memory:?}: {e}"),
+            )
+        })?;
+        resources.insert("memory".into(), memory.clone().into());
+    }
+    let mut config = json!({
+        "collection": c.name,
+        "partitions": c.partitions,
+        "embedder": c.embedder,
+        "metric": c.metric,
+    });
+    if let Some(model) = &c.model {
+        config["model"] = model.clone().into();
+    }
+    let mut file = json!({
+        "name": arbor_proto::collection_coordinator(&c.name),
+        "kind": "retrieval_coordinator",
+        "replicas": replicas,
+        "anti_affinity": true,
+        "config": config,
+    });
+    if !resources.is_empty() {
+        file["resources"] = Value::Object(resources);
+    }
+    crate::deployment_file::parse(Path::new("job.coordinator.json"), &file.to_string())
+        .map(Some)
+        .map_err(|e| JobFailure::new(ErrorCode::InvalidJob, e.to_string()))
+}
+
+/// `delete_collection`: the collection, then the coordinator it deployed for itself.
+pub(super) async fn delete_collection(env: &Env, name: String) -> Result<Value, JobFailure> {
+    control_request(&env.raft, ControlRequest::DeleteCollection(name.clone())).await?;
+    let own = arbor_proto::collection_coordinator(&name);
+    let collection = name.clone();
+    let deployed = read_here(&env.raft, move |s| {
+        s.deployments.get(&own).is_some_and(|d| {
+            d.spec.kind == "retrieval_coordinator"
+                && serde_json::from_str::<CollectionRoute>(&d.spec.config)
+                    .is_ok_and(|r| r.collection == collection)
+        })
+    })
+    .await?;
+    if deployed {
+        let own = arbor_proto::collection_coordinator(&name);
+        control_request(&env.raft, ControlRequest::Undeploy(own)).await?;
+    }
+    data(Deleted {
+        name,
+        deleted: true,
     })
 }

@@ -12,7 +12,7 @@ mod retrieval;
 
 pub use retrieval::{find_coordinator, ingest_steps};
 
-use collection::{create_collection, promote_stale};
+use collection::{create_collection, delete_collection, promote_stale};
 use deploy::deploy;
 use generate::{embed, generate};
 use retrieval::{coordinator_of, ingest, query, rag};
@@ -297,13 +297,7 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
             })
         }
         JobSpec::CreateCollection(c) => create_collection(env, c).await,
-        JobSpec::DeleteCollection(n) => {
-            control_request(&env.raft, ControlRequest::DeleteCollection(n.name.clone())).await?;
-            data(Deleted {
-                name: n.name,
-                deleted: true,
-            })
-        }
+        JobSpec::DeleteCollection(n) => delete_collection(env, n.name).await,
         JobSpec::Collections => {
             let collections = read(&env.raft, control::collections).await?;
             data(CollectionsResult { collections })

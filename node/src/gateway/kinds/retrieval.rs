@@ -134,16 +134,12 @@ pub fn ingest_steps(docs: &[DocumentIn]) -> Vec<std::ops::Range<usize>> {
 
 pub(super) async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
     let (coordinator, route) = coordinator_of(env, &r.collection).await?;
-    let model = route.model.clone().ok_or_else(|| {
-        JobFailure::new(
-            ErrorCode::InvalidJob,
-            format!(
-                "the coordinator {coordinator:?} of {:?} has no model deployment configured \
-                 (its config needs \"model\")",
-                r.collection
-            ),
-        )
-    })?;
+    // The coordinator's model, or the only model deployment there is.
+    let named = route.model.clone();
+    let model = read_here(&env.raft, move |s| {
+        pick_deployment(s, "model", named.as_deref())
+    })
+    .await??;
     let found = query(
         env,
         &coordinator,
