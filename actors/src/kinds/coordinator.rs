@@ -12,10 +12,9 @@
 //! * `{"rag": "question", "k": 3, "max_tokens": 128}` → `{"answer", "sources", "missing_partitions",
 //!   "finish_reason"}` (needs `model` in the config).
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 
-use super::{Kind, ReplicaContext};
+use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started};
 use crate::partition::MetadataFilter;
 use crate::replica::{CallReply, ReplicaMsg, decode_request};
 use crate::retrieval::{CollectionRoute, Coordinator, Document};
@@ -72,16 +71,10 @@ fn default_max_tokens() -> u32 {
     128
 }
 
-impl Actor for CoordinatorReplica {
-    type Msg = ReplicaMsg;
+impl ReplicaKind for CoordinatorReplica {
     type State = CoordinatorState;
-    type Arguments = ReplicaContext;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        ctx: ReplicaContext,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn start(&self, _myself: Me, ctx: ReplicaContext) -> Started<Self::State> {
         let route: CollectionRoute = serde_json::from_str(&ctx.config).map_err(|e| {
             format!(
                 "bad config for {} actor {:?}: {e} (it needs collection, partitions and embedder)",
@@ -93,12 +86,7 @@ impl Actor for CoordinatorReplica {
         Ok(CoordinatorState { ctx, coordinator })
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, msg: ReplicaMsg, state: &mut Self::State) -> Handled {
         const KIND: Kind = Kind::RetrievalCoordinator;
         match msg {
             ReplicaMsg::Call(request, reply) => {

@@ -6,10 +6,9 @@
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::Deserialize;
 
-use super::{Kind, ReplicaContext, parse_config};
+use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_config};
 use crate::replica::{ReplicaMsg, decode_request};
 use crate::wire::Wire;
 
@@ -28,16 +27,10 @@ pub struct EchoConfig {
 /// The `echo` actor.
 pub struct EchoReplica;
 
-impl Actor for EchoReplica {
-    type Msg = ReplicaMsg;
+impl ReplicaKind for EchoReplica {
     type State = ReplicaContext;
-    type Arguments = ReplicaContext;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        ctx: ReplicaContext,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn start(&self, _myself: Me, ctx: ReplicaContext) -> Started<Self::State> {
         let config: EchoConfig = parse_config(Kind::Echo, &ctx)?;
         if let Some(ms) = config.start_delay_ms {
             tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -48,12 +41,7 @@ impl Actor for EchoReplica {
         Ok(ctx)
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        ctx: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, msg: ReplicaMsg, ctx: &mut Self::State) -> Handled {
         match msg {
             ReplicaMsg::Call(request, reply) => {
                 let answer = decode_request(request).map(|r| r.payload);

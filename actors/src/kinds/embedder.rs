@@ -37,11 +37,11 @@ use std::time::Instant;
 
 use arbor_kernels::Device;
 use arbor_kernels::embed::Embedder;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::{Kind, ReplicaContext, parse_config};
+use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_config};
 use crate::batching::{BatchPolicy, BatchQueue, Cost, Due};
 use crate::replica::{
     CallReply, EmbedFailure, EmbedReply, EmbedRequest, EmbedResult, ReplicaMsg, decode_request,
@@ -476,16 +476,10 @@ impl EmbedderState {
     }
 }
 
-impl Actor for EmbedderReplica {
-    type Msg = ReplicaMsg;
+impl ReplicaKind for EmbedderReplica {
     type State = EmbedderState;
-    type Arguments = ReplicaContext;
 
-    async fn pre_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        ctx: ReplicaContext,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn start(&self, myself: Me, ctx: ReplicaContext) -> Started<Self::State> {
         let whose = format!(
             "embedder actor {:?} (deployment {:?})",
             ctx.actor_id, ctx.deployment
@@ -537,22 +531,13 @@ impl Actor for EmbedderReplica {
         })
     }
 
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn stopped(&self, state: &mut Self::State) -> Handled {
         state.shared.close();
         info!(actor_id = %state.ctx.actor_id, "embedder stopped");
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, msg: ReplicaMsg, state: &mut Self::State) -> Handled {
         match msg {
             ReplicaMsg::Embed(request, reply) => match request.into_inner() {
                 Ok(EmbedRequest { texts }) => state.submit(texts, Replier::Embed(reply)),

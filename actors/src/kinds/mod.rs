@@ -15,10 +15,74 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use ractor::{Actor, ActorCell, ActorRef, SpawnErr};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, SpawnErr};
 use serde::de::DeserializeOwned;
 
 use crate::replica::ReplicaMsg;
+
+/// A replica's own handle, as its kind sees it.
+pub type Me = ActorRef<ReplicaMsg>;
+/// What a kind's [`ReplicaKind::start`] returns: its state, or why it could not start.
+pub type Started<S> = Result<S, ActorProcessingErr>;
+/// What a kind's message handling returns: an error stops the replica (its supervisor decides
+/// whether to restart it).
+pub type Handled = Result<(), ActorProcessingErr>;
+
+/// What a kind of replica does; [`Replica`] makes it a ractor actor, so the actor's skeleton
+/// (its message, its arguments, the trait's signatures) is written once for every kind.
+pub trait ReplicaKind: Send + Sync + Sized + 'static {
+    type State: Send + 'static;
+
+    /// Loads the replica (its config, model or data) before it reports running.
+    fn start(
+        &self,
+        myself: Me,
+        ctx: ReplicaContext,
+    ) -> impl Future<Output = Started<Self::State>> + Send;
+
+    /// Once started: work that needs the running actor (a partition's recovery).
+    fn started(&self, myself: Me, state: &mut Self::State) -> impl Future<Output = Handled> + Send {
+        let _ = (myself, state);
+        async { Ok(()) }
+    }
+
+    fn handle(
+        &self,
+        msg: ReplicaMsg,
+        state: &mut Self::State,
+    ) -> impl Future<Output = Handled> + Send;
+
+    /// When stopped, for whatever reason.
+    fn stopped(&self, state: &mut Self::State) -> impl Future<Output = Handled> + Send {
+        let _ = state;
+        async { Ok(()) }
+    }
+}
+
+/// A replica of kind `K`, as ractor runs it.
+pub struct Replica<K>(pub K);
+
+impl<K: ReplicaKind> Actor for Replica<K> {
+    type Msg = ReplicaMsg;
+    type State = K::State;
+    type Arguments = ReplicaContext;
+
+    async fn pre_start(&self, myself: Me, ctx: ReplicaContext) -> Started<K::State> {
+        self.0.start(myself, ctx).await
+    }
+
+    async fn post_start(&self, myself: Me, state: &mut K::State) -> Handled {
+        self.0.started(myself, state).await
+    }
+
+    async fn handle(&self, _myself: Me, msg: ReplicaMsg, state: &mut K::State) -> Handled {
+        self.0.handle(msg, state).await
+    }
+
+    async fn post_stop(&self, _myself: Me, state: &mut K::State) -> Handled {
+        self.0.stopped(state).await
+    }
+}
 
 pub use coordinator::CoordinatorReplica;
 pub use echo::{EchoConfig, EchoReplica};
@@ -158,13 +222,17 @@ pub async fn spawn_replica(
     supervisor: ActorCell,
 ) -> Result<ActorRef<ReplicaMsg>, SpawnErr> {
     let spawned = match kind {
-        Kind::Echo => Actor::spawn_linked(None, EchoReplica, ctx, supervisor).await,
-        Kind::Spin => Actor::spawn_linked(None, SpinReplica, ctx, supervisor).await,
-        Kind::Embedder => Actor::spawn_linked(None, EmbedderReplica, ctx, supervisor).await,
-        Kind::VectorPartition => Actor::spawn_linked(None, PartitionReplica, ctx, supervisor).await,
-        Kind::Model => Actor::spawn_linked(None, ModelReplica, ctx, supervisor).await,
+        Kind::Echo => Actor::spawn_linked(None, Replica(EchoReplica), ctx, supervisor).await,
+        Kind::Spin => Actor::spawn_linked(None, Replica(SpinReplica), ctx, supervisor).await,
+        Kind::Embedder => {
+            Actor::spawn_linked(None, Replica(EmbedderReplica), ctx, supervisor).await
+        }
+        Kind::VectorPartition => {
+            Actor::spawn_linked(None, Replica(PartitionReplica), ctx, supervisor).await
+        }
+        Kind::Model => Actor::spawn_linked(None, Replica(ModelReplica), ctx, supervisor).await,
         Kind::RetrievalCoordinator => {
-            Actor::spawn_linked(None, CoordinatorReplica, ctx, supervisor).await
+            Actor::spawn_linked(None, Replica(CoordinatorReplica), ctx, supervisor).await
         }
     };
     spawned.map(|(actor, _handle)| actor)

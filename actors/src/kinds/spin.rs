@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::{Kind, ReplicaContext, parse_config};
+use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_config};
 use crate::replica::{CallReply, ReplicaMsg, decode_request};
 use crate::wire::Wire;
 
@@ -81,16 +81,10 @@ impl Drop for SpinState {
     }
 }
 
-impl Actor for SpinReplica {
-    type Msg = ReplicaMsg;
+impl ReplicaKind for SpinReplica {
     type State = SpinState;
-    type Arguments = ReplicaContext;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        ctx: ReplicaContext,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn start(&self, _myself: Me, ctx: ReplicaContext) -> Started<Self::State> {
         let _config: SpinConfig = parse_config(Kind::Spin, &ctx)?;
         Ok(SpinState {
             ctx,
@@ -99,12 +93,7 @@ impl Actor for SpinReplica {
         })
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, msg: ReplicaMsg, state: &mut Self::State) -> Handled {
         // Reap finished tasks so the set does not grow with every request.
         while state.tasks.try_join_next().is_some() {}
         match msg {

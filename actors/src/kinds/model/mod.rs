@@ -20,11 +20,11 @@ use std::time::Duration;
 use arbor_kernels::Device;
 use arbor_kernels::llama::Llama;
 use arbor_kernels::models::SMOLLM2_GGUF;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
-use super::{Kind, ReplicaContext, parse_config};
+use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_config};
 use crate::replica::{CallReply, ReplicaMsg, decode_request};
 use crate::wire::Wire;
 
@@ -136,16 +136,10 @@ impl Drop for ModelState {
     }
 }
 
-impl Actor for ModelReplica {
-    type Msg = ReplicaMsg;
+impl ReplicaKind for ModelReplica {
     type State = ModelState;
-    type Arguments = ReplicaContext;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        ctx: ReplicaContext,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn start(&self, _myself: Me, ctx: ReplicaContext) -> Started<Self::State> {
         let config: ModelConfig = parse_config(Kind::Model, &ctx)?;
         config
             .check()
@@ -195,12 +189,7 @@ impl Actor for ModelReplica {
         })
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, msg: ReplicaMsg, state: &mut Self::State) -> Handled {
         // Reap finished tasks so the set does not grow with every request.
         while state.tasks.try_join_next().is_some() {}
         match msg {

@@ -34,11 +34,11 @@ use std::time::Duration;
 use arbor_kernels::device::Device;
 use arbor_kernels::topk::Metric;
 use arbor_scheduler::Command;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorProcessingErr, RpcReplyPort};
 use serde::Deserialize;
 use tokio::task::JoinSet;
 
-use super::{Kind, ReplicaContext, parse_required_config};
+use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_required_config};
 use crate::control::Control;
 use crate::partition::replication::Role;
 use crate::partition::{
@@ -196,16 +196,10 @@ fn replica_index(actor_id: &str) -> Result<u32, String> {
         .ok_or_else(|| format!("actor id {actor_id:?} does not end with /REPLICA"))
 }
 
-impl Actor for PartitionReplica {
-    type Msg = ReplicaMsg;
+impl ReplicaKind for PartitionReplica {
     type State = PartitionState;
-    type Arguments = ReplicaContext;
 
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        ctx: ReplicaContext,
-    ) -> Result<Self::State, ActorProcessingErr> {
+    async fn start(&self, _myself: Me, ctx: ReplicaContext) -> Started<Self::State> {
         let config: PartitionConfig = parse_required_config(
             Kind::VectorPartition,
             &ctx,
@@ -277,11 +271,7 @@ impl Actor for PartitionReplica {
         })
     }
 
-    async fn post_start(
-        &self,
-        myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn started(&self, myself: Me, state: &mut Self::State) -> Handled {
         // A replica the control plane counts as in sync must hold what it acknowledged. A
         // file created just now, once the set has moved past its first epoch, means the data
         // is gone (a wiped or replaced disk): it must not serve as if it had it.
@@ -306,12 +296,7 @@ impl Actor for PartitionReplica {
         Ok(())
     }
 
-    async fn handle(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        msg: Self::Msg,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
+    async fn handle(&self, msg: ReplicaMsg, state: &mut Self::State) -> Handled {
         while state.tasks.try_join_next().is_some() {}
         match msg {
             ReplicaMsg::Partition(request, reply) => match request.into_inner() {
