@@ -99,10 +99,17 @@ async fn find(c: &Chaos, collection: &str, doc: &str, v: &[f32]) -> (bool, Vec<u
     (found, missing)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn s2_the_reported_double_failure_keeps_the_acknowledged_write() {
-    let _one = ONE_AT_A_TIME.lock().await;
-    let c = Chaos::start("chaos-s2", 3, |t| t).await;
+/// The reported double failure, up to B's return: collection `docs` of 1 partition × 2
+/// replicas (replica 0 on node A, 1 on node B) holding 6 documents; B is SIGKILLed, W is
+/// written and acknowledged (once B is out of the in-sync set), A is SIGKILLed, and B starts
+/// again, stale.
+struct DoubleFailure {
+    a: u64,
+    before: Vec<(String, Vec<f32>)>,
+    w: (String, Vec<f32>),
+}
+
+async fn double_failure(c: &Chaos) -> DoubleFailure {
     c.collection("docs", 1, 2).await;
     let mut client = c.client().await;
     let before: Vec<(String, Vec<f32>)> = (0..6).map(|i| (format!("d-{i}"), vector(i))).collect();
@@ -110,8 +117,6 @@ async fn s2_the_reported_double_failure_keeps_the_acknowledged_write() {
     let nodes = c.replica_nodes("docs", 0).await;
     let (a, b) = (nodes[&0], nodes[&1]);
     c.note(format!("replica 0 on node {a}, replica 1 on node {b}"));
-
-    // SIGKILL B; W is written (and acknowledged once B is out of the in-sync set).
     c.sigkill(b);
     let w = ("w".to_string(), vector(100));
     let mut client = c.client().await;
@@ -119,10 +124,17 @@ async fn s2_the_reported_double_failure_keeps_the_acknowledged_write() {
         .await
         .unwrap();
     c.note("W acknowledged");
-    // SIGKILL A; B comes back: it is not in sync, so the partition is missing, never answered
-    // without W.
     c.sigkill(a);
     c.start_node(b);
+    DoubleFailure { a, before, w }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s2_the_reported_double_failure_keeps_the_acknowledged_write() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let c = Chaos::start("chaos-s2", 3, |t| t).await;
+    let DoubleFailure { a, before, w, .. } = double_failure(&c).await;
+    // B is not in sync, so the partition is missing, never answered without W.
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.until("a query from a node that answers", MINUTE, async |c| {
         let (found, missing) = find(c, "docs", "w", &w.1).await;
@@ -150,23 +162,8 @@ async fn s2_the_reported_double_failure_keeps_the_acknowledged_write() {
 async fn an_operator_promotes_a_stale_replica_and_is_told_what_is_lost() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = Chaos::start("chaos-promote", 3, |t| t).await;
-    c.collection("docs", 1, 2).await;
-    let mut client = c.client().await;
-    let before: Vec<(String, Vec<f32>)> = (0..6).map(|i| (format!("d-{i}"), vector(i))).collect();
-    c.ingest(&mut client, "docs", &before).await.unwrap();
-    let nodes = c.replica_nodes("docs", 0).await;
-    let (a, b) = (nodes[&0], nodes[&1]);
-    c.note(format!("replica 0 on node {a}, replica 1 on node {b}"));
-
     // B goes; W is acknowledged by A alone; A goes; B returns, stale.
-    c.sigkill(b);
-    let w = ("w".to_string(), vector(100));
-    let mut client = c.client().await;
-    c.ingest(&mut client, "docs", std::slice::from_ref(&w))
-        .await
-        .unwrap();
-    c.sigkill(a);
-    c.start_node(b);
+    let DoubleFailure { a, before, w, .. } = double_failure(&c).await;
     c.until("the partition reported missing", MINUTE, async |c| {
         find(c, "docs", "d-0", &before[0].1).await.1 == [0]
     })

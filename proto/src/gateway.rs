@@ -900,7 +900,8 @@ fn field_error(path: &str, message: &str) -> ParseError {
     )
 }
 
-fn json_type(v: &Value) -> &'static str {
+/// What kind of JSON value `v` is, as an error message names it ("an array").
+pub fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -24,6 +24,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use arbor_kernels::topk::Metric;
+use arbor_proto::gateway::json_type;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde_json::{Map, Value};
 
@@ -210,17 +211,6 @@ pub fn parse_metadata(id: u64, text: &str) -> Result<Map<String, Value>, Invalid
             id,
             reason: e.to_string(),
         }),
-    }
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

@@ -29,18 +29,7 @@ impl NodeProc {
     pub fn start_with(config: &Path, id: u64, secret: &str, extra: &[&str]) -> NodeProc {
         let log = config.with_file_name(format!("node-{id}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(ARBOR)
-            .args(extra)
-            .args(["node", "--config"])
-            .arg(config)
-            .args(["--node", &id.to_string()])
-            .env("ARBOR_CLUSTER_SECRET", secret)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("cannot start arbor");
-        NodeProc { child, log }
+        Self::spawn(config, id, secret, extra, file, log)
     }
 
     /// Starts a node whose log goes to `log`, appended to (a restarted node keeps the earlier
@@ -51,20 +40,29 @@ impl NodeProc {
             .append(true)
             .open(log)
             .unwrap();
+        Self::spawn(config, id, secret, &[], file, log.to_path_buf())
+    }
+
+    fn spawn(
+        config: &Path,
+        id: u64,
+        secret: &str,
+        extra: &[&str],
+        log_file: std::fs::File,
+        log: std::path::PathBuf,
+    ) -> NodeProc {
         let child = Command::new(ARBOR)
+            .args(extra)
             .args(["node", "--config"])
             .arg(config)
             .args(["--node", &id.to_string()])
             .env("ARBOR_CLUSTER_SECRET", secret)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(file)
+            .stderr(log_file)
             .spawn()
             .expect("cannot start arbor");
-        NodeProc {
-            child,
-            log: log.to_path_buf(),
-        }
+        NodeProc { child, log }
     }
 
     pub fn sigkill(&mut self) {
