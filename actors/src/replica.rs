@@ -60,6 +60,16 @@ pub enum EmbedFailure {
     Model(String),
 }
 
+impl arbor_proto::Coded for EmbedFailure {
+    fn code(&self) -> arbor_proto::ErrorCode {
+        match self {
+            EmbedFailure::Overloaded { .. } => arbor_proto::ErrorCode::Overloaded,
+            EmbedFailure::Invalid(_) => arbor_proto::ErrorCode::InvalidJob,
+            EmbedFailure::Model(_) => arbor_proto::ErrorCode::JobFailed,
+        }
+    }
+}
+
 /// An embedder's answer to [`ReplicaMsg::Embed`].
 pub type EmbedReply = Result<EmbedResult, EmbedFailure>;
 

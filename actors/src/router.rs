@@ -50,6 +50,16 @@ pub enum CallError {
     Wire(#[from] WireError),
 }
 
+impl arbor_proto::Coded for CallError {
+    /// A replica's own refusal fails the job; anything else means no replica could answer now.
+    fn code(&self) -> arbor_proto::ErrorCode {
+        match self {
+            CallError::Replica(_) => arbor_proto::ErrorCode::JobFailed,
+            _ => arbor_proto::ErrorCode::Unavailable,
+        }
+    }
+}
+
 /// Calls the replicas of one deployment. Cheap to clone; clones share the load counters, so
 /// many tasks can call through one router and spread their load together.
 #[derive(Debug, Clone)]

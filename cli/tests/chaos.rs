@@ -1116,7 +1116,7 @@ async fn s19_a_job_on_a_node_cut_off_from_raft_ends_as_its_record_says() {
         collection: "docs".into(),
         documents: docs
             .iter()
-            .map(|(id, v)| arbor_proto::gateway::DocumentIn {
+            .map(|(id, v)| arbor_proto::gateway::Document {
                 id: id.clone(),
                 text: String::new(),
                 title: None,

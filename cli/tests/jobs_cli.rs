@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use arbor_client::GatewayClient;
-use arbor_proto::gateway::{DocumentIn, IngestJob, JobSpec, QueryJob};
+use arbor_proto::gateway::{Document, IngestJob, JobSpec, QueryJob};
 use common::cluster::{Cluster, T};
 use serde_json::Value;
 
@@ -117,7 +117,7 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
     // one to embed; found again by vector, at rank 1.
     let vector =
         |i: usize| -> Vec<f32> { serde_json::from_value(embedded["vectors"][i].clone()).unwrap() };
-    let doc = |id: &str, text: &str, vector: Option<Vec<f32>>| DocumentIn {
+    let doc = |id: &str, text: &str, vector: Option<Vec<f32>>| Document {
         id: id.into(),
         text: text.into(),
         title: None,

@@ -59,6 +59,15 @@ pub enum ControlError {
     Unavailable(String),
 }
 
+impl arbor_proto::Coded for ControlError {
+    fn code(&self) -> arbor_proto::ErrorCode {
+        match self {
+            ControlError::Refused(_) => arbor_proto::ErrorCode::InvalidJob,
+            ControlError::Unavailable(_) => arbor_proto::ErrorCode::Unavailable,
+        }
+    }
+}
+
 impl From<arbor_scheduler::ProposeError> for ControlError {
     fn from(e: arbor_scheduler::ProposeError) -> Self {
         match e {

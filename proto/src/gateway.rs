@@ -171,7 +171,7 @@ pub struct CreateCollectionJob {
 #[serde(deny_unknown_fields)]
 pub struct IngestJob {
     pub collection: String,
-    pub documents: Vec<DocumentIn>,
+    pub documents: Vec<Document>,
 }
 
 /// A query by `text` (embedded first) or by `vector` (the collection's dimension): exactly
@@ -359,10 +359,12 @@ fn default_max_tokens() -> u32 {
     128
 }
 
-/// A document to ingest.
+/// A document to ingest. Its id names it: ingesting the same id again replaces it (its chunks
+/// are overwritten, and those past its new end are deleted). The gateway, the coordinator and
+/// clients all use this one type.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DocumentIn {
+pub struct Document {
     pub id: String,
     /// Chunked and embedded; with `vector`, stored whole as the one chunk's text (it may then
     /// be empty).
@@ -613,6 +615,12 @@ pub struct ParseError {
     pub message: String,
     pub field: Option<String>,
     pub reference: Option<String>,
+}
+
+impl crate::Coded for ParseError {
+    fn code(&self) -> ErrorCode {
+        self.code
+    }
 }
 
 impl ParseError {

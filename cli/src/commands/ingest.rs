@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{GatewayArgs, cancel_all, failed};
 use arbor_client::GatewayClient;
-use arbor_proto::gateway::{ClientMsg, DocumentIn, IngestJob, JobSpec, JobState, ServerMsg};
+use arbor_proto::gateway::{ClientMsg, Document, IngestJob, JobSpec, JobState, ServerMsg};
 use arbor_proto::{ErrorCode, JobId};
 
 /// At most this many documents per `ingest` job.
@@ -64,11 +64,11 @@ pub enum ReadError {
 /// its own `vector` is stored as one chunk with it, not embedded). Directories and other
 /// extensions are errors, and so is an id that two documents share. All or nothing: the first
 /// problem is the error.
-pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<DocumentIn>, ReadError> {
+pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<Document>, ReadError> {
     let mut docs = Vec::new();
     // Where each id came from, to name both places of a duplicate.
     let mut seen: HashMap<String, String> = HashMap::new();
-    let mut add = |doc: DocumentIn, from: String, docs: &mut Vec<DocumentIn>| {
+    let mut add = |doc: Document, from: String, docs: &mut Vec<Document>| {
         if let Some(first) = seen.get(&doc.id) {
             return Err(ReadError::Duplicate {
                 id: doc.id,
@@ -99,7 +99,7 @@ pub fn read_documents(paths: &[PathBuf]) -> Result<Vec<DocumentIn>, ReadError> {
                     p.map(|n| n.to_string_lossy().into_owned())
                         .unwrap_or_default()
                 };
-                let doc = DocumentIn {
+                let doc = Document {
                     id: name(path.file_name()),
                     text,
                     title: Some(name(path.file_stem())),
@@ -151,7 +151,7 @@ fn read_text(path: &Path) -> Result<String, ReadError> {
 }
 
 /// One `.jsonl` line as a document, or what is wrong with it.
-fn parse_line(line: &str) -> Result<DocumentIn, String> {
+fn parse_line(line: &str) -> Result<Document, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     if !value.is_object() {
         let what = match value {
@@ -163,7 +163,7 @@ fn parse_line(line: &str) -> Result<DocumentIn, String> {
         };
         return Err(format!("expected a JSON object, not {what}"));
     }
-    let doc: DocumentIn =
+    let doc: Document =
         serde_json::from_value(value).map_err(|e| e.to_string().replace('`', "\""))?;
     if doc.id.trim().is_empty() {
         return Err("\"id\" is empty".into());
@@ -172,13 +172,13 @@ fn parse_line(line: &str) -> Result<DocumentIn, String> {
 }
 
 /// A document's size in a submit, as JSON with its separating comma.
-fn json_len(doc: &DocumentIn) -> usize {
+fn json_len(doc: &Document) -> usize {
     serde_json::to_string(doc).map_or(0, |s| s.len()) + 1
 }
 
 /// Splits documents, in order, into batches of at most `max_docs` documents and about
 /// `max_bytes` bytes of JSON (a document larger than that is a batch of its own).
-pub fn batches(docs: Vec<DocumentIn>, max_docs: usize, max_bytes: usize) -> Vec<Vec<DocumentIn>> {
+pub fn batches(docs: Vec<Document>, max_docs: usize, max_bytes: usize) -> Vec<Vec<Document>> {
     let mut out = Vec::new();
     let mut batch = Vec::new();
     let mut bytes = 0;
@@ -254,8 +254,8 @@ impl Pipeline {
     }
 
     /// Notes that batch `index` was submitted with `reference`.
-    pub fn sent(&mut self, index: usize, reference: String, docs: &[DocumentIn]) {
-        let id = |d: Option<&DocumentIn>| d.map(|d| d.id.clone()).unwrap_or_default();
+    pub fn sent(&mut self, index: usize, reference: String, docs: &[Document]) {
+        let id = |d: Option<&Document>| d.map(|d| d.id.clone()).unwrap_or_default();
         self.in_flight.push(InFlight {
             index,
             reference,
@@ -428,7 +428,7 @@ pub async fn ingest(
         );
     }
     let total = docs.len() as u64;
-    let pending: VecDeque<Vec<DocumentIn>> = batches(docs, MAX_BATCH_DOCUMENTS, max_bytes).into();
+    let pending: VecDeque<Vec<Document>> = batches(docs, MAX_BATCH_DOCUMENTS, max_bytes).into();
     let bar = ProgressBar::new(total);
     if let Ok(style) = ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} documents  {msg}",
@@ -464,7 +464,7 @@ pub async fn ingest(
 async fn pump(
     client: &mut GatewayClient,
     collection: &str,
-    mut pending: VecDeque<Vec<DocumentIn>>,
+    mut pending: VecDeque<Vec<Document>>,
     pipe: &mut Pipeline,
     bar: &ProgressBar,
 ) -> anyhow::Result<()> {
@@ -531,8 +531,8 @@ mod tests {
         p
     }
 
-    fn doc(id: &str, text: &str) -> DocumentIn {
-        DocumentIn {
+    fn doc(id: &str, text: &str) -> Document {
+        Document {
             id: id.into(),
             text: text.into(),
             title: None,
@@ -646,13 +646,13 @@ mod tests {
 
     #[test]
     fn batches_respect_count_and_size() {
-        let docs: Vec<DocumentIn> = (0..130).map(|i| doc(&format!("d{i}"), "t")).collect();
+        let docs: Vec<Document> = (0..130).map(|i| doc(&format!("d{i}"), "t")).collect();
         let b = batches(docs, 64, 1 << 20);
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [64, 64, 2]);
         assert_eq!(b[2][1].id, "d129");
 
         let big = "x".repeat(400);
-        let docs: Vec<DocumentIn> = (0..5).map(|i| doc(&format!("d{i}"), &big)).collect();
+        let docs: Vec<Document> = (0..5).map(|i| doc(&format!("d{i}"), &big)).collect();
         let b = batches(docs, 64, 1000);
         assert_eq!(b.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
         // A document over the size is a batch of its own.

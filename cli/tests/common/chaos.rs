@@ -24,7 +24,7 @@ use arbor_client::GatewayClient;
 use arbor_node::call::Caller;
 use arbor_node::control::{CollectionReport, DeploymentReport};
 use arbor_node::{ClusterConfig, Secret};
-use arbor_proto::gateway::{DocumentIn, IngestJob, JobSpec};
+use arbor_proto::gateway::{Document, IngestJob, JobSpec};
 use serde_json::Value;
 
 use super::proxy::{Fault, Proxy};
@@ -440,7 +440,7 @@ impl Chaos {
             collection: collection.into(),
             documents: docs
                 .iter()
-                .map(|(id, vector)| DocumentIn {
+                .map(|(id, vector)| Document {
                     id: id.clone(),
                     text: format!("document {id}"),
                     title: None,

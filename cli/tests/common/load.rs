@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arbor_client::GatewayClient;
 use arbor_proto::JobId;
-use arbor_proto::gateway::{ClientMsg, DocumentIn, JobSpec, JobState, ServerMsg};
+use arbor_proto::gateway::{ClientMsg, Document, JobSpec, JobState, ServerMsg};
 use serde_json::{Value, json};
 
 use super::NodeProc;
@@ -180,11 +180,11 @@ pub fn unit_vector(seed: u64, dim: usize) -> Vec<f32> {
 }
 
 /// A document that brings its own vector, as an `ingest` job carries it.
-pub fn row(i: usize, text: &str, vector: Vec<f32>) -> DocumentIn {
+pub fn row(i: usize, text: &str, vector: Vec<f32>) -> Document {
     let serde_json::Value::Object(metadata) = json!({"n": i, "source": "synthetic"}) else {
         unreachable!()
     };
-    DocumentIn {
+    Document {
         id: format!("row-{i}"),
         title: Some(format!("Synthetic document {i}")),
         text: text.to_owned(),

@@ -97,25 +97,9 @@ fn write_patience_ms() -> u64 {
 /// Hedges a coordinator may send at once beyond its share.
 const HEDGE_BURST: u32 = 10;
 
-/// A document to ingest. Its id names it: ingesting the same id again replaces it (its chunks
-/// are overwritten, and those past its new end are deleted).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Document {
-    pub id: String,
-    /// Chunked and embedded; with `vector`, stored whole as the one chunk's text (it may then
-    /// be empty).
-    pub text: String,
-    #[serde(default)]
-    pub title: Option<String>,
-    #[serde(default)]
-    pub metadata: Map<String, Value>,
-    /// The document's own vector (the collection's dimension, finite values): it is stored as
-    /// exactly one chunk with this vector and is not embedded, which is how vectors made
-    /// elsewhere are loaded, and how bulk loads go without the embedder.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vector: Option<Vec<f32>>,
-}
+/// A document to ingest, as clients send it (its id names it: ingesting the same id again
+/// replaces it).
+pub use arbor_proto::gateway::Document;
 
 /// How far an ingest has come.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -64,10 +64,12 @@ pub(super) async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
         )
         .await
         .map_err(call_failure)?;
-    let result = reply.into_inner().map_err(internal)?.map_err(|f| match f {
-        EmbedFailure::Invalid(why) => JobFailure::new(ErrorCode::InvalidJob, why),
-        EmbedFailure::Overloaded { .. } => JobFailure::new(ErrorCode::Overloaded, f.to_string()),
-        EmbedFailure::Model(why) => JobFailure::new(ErrorCode::JobFailed, why),
+    let result = reply.into_inner().map_err(internal)?.map_err(|f| {
+        let code = f.code();
+        match f {
+            EmbedFailure::Invalid(why) | EmbedFailure::Model(why) => JobFailure::new(code, why),
+            overloaded => JobFailure::new(code, overloaded.to_string()),
+        }
     })?;
     data(EmbedResult {
         deployment,

@@ -35,12 +35,11 @@ use tokio::sync::watch;
 
 use super::jobs::LocalJob;
 use crate::config::NodeId;
-use crate::control::{self, ControlError, ControlReply, ControlRequest};
+use crate::control::{self, ControlReply, ControlRequest};
 use crate::link::messages::MembershipChange;
-use arbor_proto::ErrorCode;
 use arbor_proto::MAX_K;
 use arbor_proto::gateway::{
-    CreateCollectionJob, DeployJob, DocumentIn, EmbedJob, GenerateJob, IngestJob, JobSpec,
+    CreateCollectionJob, DeployJob, Document, EmbedJob, GenerateJob, IngestJob, JobSpec,
     PromoteStaleJob, QueryJob, RagJob, ServerMsg,
 };
 use arbor_proto::results::{
@@ -48,6 +47,7 @@ use arbor_proto::results::{
     DrainResult, EmbedResult, GenerateResult, IngestReport, NodeSummary, PromoteStaleResult,
     RagAnswer, RagSources, StatusSummary,
 };
+use arbor_proto::{Coded, ErrorCode};
 
 /// The most sources a RAG answer may be given.
 pub const MAX_RAG_K: u32 = 16;
@@ -91,6 +91,12 @@ pub struct JobFailure {
     pub code: ErrorCode,
     pub message: String,
     pub field: Option<String>,
+}
+
+impl Coded for JobFailure {
+    fn code(&self) -> ErrorCode {
+        self.code
+    }
 }
 
 impl JobFailure {
@@ -398,10 +404,7 @@ pub(super) async fn control_request(
 ) -> Result<ControlReply, JobFailure> {
     control::carry_out(raft, request)
         .await
-        .map_err(|e| match e {
-            ControlError::Refused(why) => JobFailure::new(ErrorCode::InvalidJob, why),
-            ControlError::Unavailable(why) => JobFailure::new(ErrorCode::Unavailable, why),
-        })
+        .map_err(|e| JobFailure::new(e.code(), e.to_string()))
 }
 
 /// The deployment of `kind` to use: the one named, or the only one there is. Pure.
@@ -441,9 +444,10 @@ pub fn pick_deployment(
 }
 
 fn call_failure(e: CallError) -> JobFailure {
+    let code = e.code();
     match e {
-        CallError::Replica(why) => JobFailure::new(ErrorCode::JobFailed, why),
-        other => JobFailure::new(ErrorCode::Unavailable, other.to_string()),
+        CallError::Replica(why) => JobFailure::new(code, why),
+        other => JobFailure::new(code, other.to_string()),
     }
 }
 
@@ -567,14 +571,14 @@ mod tests {
 
     #[test]
     fn ingest_steps_hold_few_documents_to_embed_and_many_with_vectors() {
-        let doc = |vector: bool, text: usize| DocumentIn {
+        let doc = |vector: bool, text: usize| Document {
             id: "d".into(),
             text: "x".repeat(text),
             title: None,
             metadata: Default::default(),
             vector: vector.then(|| vec![0.0; 384]),
         };
-        let sizes = |docs: &[DocumentIn]| -> Vec<usize> {
+        let sizes = |docs: &[Document]| -> Vec<usize> {
             let steps = ingest_steps(docs);
             let mut next = 0;
             for s in &steps {
@@ -588,7 +592,7 @@ mod tests {
         assert_eq!(sizes(&vec![doc(false, 10); 40]), vec![16, 16, 8]);
         assert_eq!(sizes(&vec![doc(true, 10); 600]), vec![256, 256, 88]);
         // Mixed: 16 to embed end a step, whatever the vectors around them.
-        let mixed: Vec<DocumentIn> = (0..64).map(|i| doc(i % 2 == 0, 10)).collect();
+        let mixed: Vec<Document> = (0..64).map(|i| doc(i % 2 == 0, 10)).collect();
         assert_eq!(sizes(&mixed), vec![33, 31]);
         // Large documents: about 2 MiB a step, and one alone when it is larger.
         assert_eq!(sizes(&vec![doc(true, 700_000); 7]), vec![2, 2, 2, 1]);

@@ -75,7 +75,7 @@ pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value
         // printed as an f64, twice as long.
         #[derive(serde::Serialize)]
         struct Ask<'a> {
-            ingest: &'a [DocumentIn],
+            ingest: &'a [Document],
         }
         let body = serde_json::to_vec(&Ask { ingest: step }).map_err(internal)?;
         let report = call_bytes(env, &coordinator, body).await?;
@@ -99,7 +99,7 @@ pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value
 /// The documents of each request to the coordinator, in order: at most [`INGEST_STEP`] to
 /// embed, [`INGEST_STEP_DOCUMENTS`] in all and about [`INGEST_STEP_BYTES`] (one document more
 /// when a single one is larger). Pure.
-pub fn ingest_steps(docs: &[DocumentIn]) -> Vec<std::ops::Range<usize>> {
+pub fn ingest_steps(docs: &[Document]) -> Vec<std::ops::Range<usize>> {
     let mut steps = Vec::new();
     let (mut start, mut to_embed, mut bytes) = (0, 0, 0);
     for (n, d) in docs.iter().enumerate() {
