@@ -416,7 +416,13 @@ impl Session {
             if job.cancel() {
                 self.send(cancelled);
             } else {
-                self.send(finished(job.snapshot().state));
+                // Finished, or already cancelled and winding down.
+                let state = job.snapshot().state;
+                self.send(finished(if state.is_finished() {
+                    state
+                } else {
+                    JobState::Cancelled
+                }));
             }
             return;
         }

@@ -154,11 +154,13 @@ impl LocalJob {
             .subscribe()
     }
 
-    /// Asks the job to stop; true if it was still running.
+    /// Asks the job to stop; true if it was still running and had not been asked before. A
+    /// second cancel while the job winds down (its record may already say cancelled) is not
+    /// a new cancellation.
     pub fn cancel(&self) -> bool {
         let running = !self.now().state.is_finished();
-        self.cancel.send_replace(true);
-        running
+        let asked_before = self.cancel.send_replace(true);
+        running && !asked_before
     }
 
     pub fn is_cancelled(&self) -> bool {
@@ -426,5 +428,22 @@ mod tests {
             !j.cancel(),
             "cancelling a finished job reports it was not running"
         );
+    }
+
+    #[test]
+    fn a_second_cancel_while_the_job_winds_down_is_not_a_new_one() {
+        let j = LocalJob::new("j".into(), "call", "t".into(), 1, true);
+        j.update(|s| s.state = JobState::Running);
+        assert!(j.cancel(), "the first cancel stops a running job");
+        assert_eq!(
+            j.snapshot().state,
+            JobState::Running,
+            "it has not ended yet"
+        );
+        assert!(
+            !j.cancel(),
+            "a second cancel before the job has ended is answered as finished, not cancelled again"
+        );
+        assert!(j.is_cancelled());
     }
 }
