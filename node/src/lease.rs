@@ -46,7 +46,6 @@ impl Proposer for RaftProposer {
 /// The tasks that keep a node's [`Control`] current.
 pub struct ControlFeed {
     control: Control,
-    lease: Lease,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -66,19 +65,11 @@ impl ControlFeed {
             tokio::spawn(follow(raft.clone(), tx.clone())),
             tokio::spawn(renew(raft, tx, lease.clone())),
         ];
-        ControlFeed {
-            control,
-            lease,
-            tasks,
-        }
+        ControlFeed { control, tasks }
     }
 
     pub fn control(&self) -> Control {
         self.control.clone()
-    }
-
-    pub fn lease(&self) -> &Lease {
-        &self.lease
     }
 
     pub fn stop(&self) {

@@ -2,18 +2,18 @@
 //! control plane, the node agent) and the gateway. The `arbor` binary (crate `arbor-cli`)
 //! starts it with `arbor node`; tests start real nodes in-process through the same code.
 
-pub mod assignments;
+mod assignments;
 pub mod call;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod deployment_file;
 pub mod gateway;
-pub mod janitor;
-pub mod lease;
+mod janitor;
+mod lease;
 pub mod link;
 pub mod logging;
-pub mod runtime;
+mod runtime;
 
 pub use config::{ClusterConfig, ConfigError, NodeId, Secret};
 pub use runtime::{Node, NodeError};

@@ -4,15 +4,15 @@
 //! * [`auth`]: the hashed tokens file and its roles, reloaded while nodes run;
 //! * `listener`: accept, connection limits, a connection's reader and writer;
 //! * `session`: a connection's session (auth, submit, subscribe, status, cancel);
-//! * [`jobs`]: a job's life cycle, its record in the control plane, the janitor, and the
+//! * `jobs`: a job's life cycle, its record in the control plane, the janitor, and the
 //!   table of the jobs a node runs;
-//! * [`kinds`]: what each job kind does, one file per family.
+//! * `kinds`: what each job kind does, one file per family.
 //!
 //! The protocol itself is `arbor_proto::gateway`; the client is the `arbor-client` crate.
 
 pub mod auth;
-pub mod jobs;
-pub mod kinds;
+mod jobs;
+mod kinds;
 mod listener;
 mod session;
 

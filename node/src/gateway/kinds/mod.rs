@@ -10,7 +10,8 @@ mod deploy;
 mod generate;
 mod retrieval;
 
-pub use retrieval::{find_coordinator, ingest_steps};
+#[cfg(test)]
+use retrieval::{find_coordinator, ingest_steps};
 
 use collection::{create_collection, delete_collection, promote_stale};
 use deploy::deploy;
