@@ -133,6 +133,10 @@ pub(crate) struct Identity {
     /// The replica set's epoch when this incarnation started: it writes as primary only in a
     /// later one (see `primary::fresh_epoch`).
     pub started_epoch: u64,
+    /// The least epoch this node's view must have reached before the primary picks a write's
+    /// followers: raised when it vouches for a new in-sync member, whose commit can apply here
+    /// before the view is fed (see `primary::join`).
+    pub view_floor: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Identity {
@@ -257,6 +261,7 @@ impl ReplicaKind for PartitionReplica {
             scope: ctx.scope.clone(),
             control: ctx.control.clone(),
             started_epoch: 0,
+            view_floor: Arc::default(),
         };
         let id = Identity {
             started_epoch: id.role().map_or(0, |r| r.epoch()),

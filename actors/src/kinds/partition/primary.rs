@@ -120,9 +120,21 @@ pub(super) async fn write(
         let partition = partition.clone();
         async move { locked(&partition, move |p| p.apply(prepared, epoch)).await }
     });
-    let followers: Vec<(u32, u64)> = id
+    // The followers as a view at least as new as every in-sync member this primary vouched
+    // for: a write acknowledged without a member the control plane counts as in sync would be
+    // missing from it.
+    let floor = id.view_floor.load(std::sync::atomic::Ordering::Acquire);
+    let view = id
         .control
-        .view(&id.deployment)
+        .view_at(&id.deployment, floor, Duration::from_secs(5))
+        .await;
+    if view.as_ref().is_some_and(|v| v.set.epoch < floor) {
+        return Ok(Err(PartitionFailure::Unavailable(format!(
+            "this node's view of {:?} has not reached epoch {floor} yet",
+            id.deployment
+        ))));
+    }
+    let followers: Vec<(u32, u64)> = view
         .map(|v| {
             v.set
                 .in_sync
@@ -345,6 +357,13 @@ pub(super) async fn join(
     };
     match id.control.propose(command).await {
         Ok(CommandOutcome::Epoch(epoch)) => {
+            // Every later write must reach the new member: the commit may have applied here
+            // before this node's view has it, so writes wait for a view this new.
+            id.view_floor
+                .fetch_max(epoch, std::sync::atomic::Ordering::AcqRel);
+            id.control
+                .view_at(&id.deployment, epoch, JOIN_DEADLINE)
+                .await;
             tracing::info!(actor_id = %id.actor_id, replica, seq = now, epoch, "a replica caught up and joined the in-sync set");
             Ok(PartitionAnswer::Joined { epoch })
         }
