@@ -319,12 +319,7 @@ async fn s9_a_collection_created_again_starts_empty_and_its_old_files_go() {
 async fn a_collection_deploys_its_own_coordinator_and_takes_it_away() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = Chaos::start("chaos-own-coord", 3, |t| t).await;
-    c.deploy(
-        "embedder",
-        "name = \"embedder\"\nkind = \"embedder\"\nreplicas = 1\n\
-         constraints = [{ op = \"exists\", key = \"no-node-has-this-label\" }]\n",
-    )
-    .await;
+    c.stand_in_embedder().await;
     let out = c
         .arbor(&[
             "collection",

@@ -347,9 +347,9 @@ impl Chaos {
         out.unwrap();
     }
 
-    /// Collection `name` of `partitions` × `replicas`, its coordinators (one per node) and
-    /// the stand-in embedder; returns once every replica runs and is in sync.
-    pub async fn collection(&self, name: &str, partitions: u32, replicas: u32) {
+    /// The embedder a collection names, deployed where no node can take it: documents bring
+    /// their own vectors, so it never runs (once per cluster).
+    pub async fn stand_in_embedder(&self) {
         if self
             .deployments()
             .await
@@ -362,6 +362,12 @@ impl Chaos {
             )
             .await;
         }
+    }
+
+    /// Collection `name` of `partitions` × `replicas`, its coordinators (one per node) and
+    /// the stand-in embedder; returns once every replica runs and is in sync.
+    pub async fn collection(&self, name: &str, partitions: u32, replicas: u32) {
+        self.stand_in_embedder().await;
         let out = self
             .arbor(&[
                 "collection",
