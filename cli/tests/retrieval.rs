@@ -25,6 +25,9 @@ anti_affinity = true
 collection = "docs"
 partitions = 4
 embedder = "embedder"
+# A primary holds a write for up to its followers' deadline (2 s) when one of them has just
+# died; a search queued behind it must not count the partition missing for that.
+search_timeout_ms = 5000
 "#;
 
 fn corpus() -> Vec<Value> {
