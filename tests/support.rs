@@ -39,6 +39,9 @@ pub fn cluster_toml(name: &str, n: u64, dir: &Path, secret_file: Option<&str>) -
             dir.join(format!("node-{id}")).display()
         );
     }
+    // Tests that kill a node expect its partition replicas to move as soon as it is down; a
+    // production cluster waits a minute for the node to come back (`partition_move_delay`).
+    t.push_str("\n[scheduler]\npartition_move_delay = \"0s\"\n");
     t
 }
 

@@ -161,7 +161,15 @@ async fn s2_the_reported_double_failure_keeps_the_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_promotes_a_stale_replica_and_is_told_what_is_lost() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let c = Chaos::start("chaos-promote", 3, |t| t).await;
+    // B's stale copy stays on B while B is down (as in production, for a minute), so that
+    // it is the copy the operator promotes; a replica moved meanwhile would start empty.
+    let c = Chaos::start("chaos-promote", 3, |t| {
+        t.replace(
+            "partition_move_delay = \"0s\"",
+            "partition_move_delay = \"10m\"",
+        )
+    })
+    .await;
     // B goes; W is acknowledged by A alone; A goes; B returns, stale.
     let DoubleFailure { a, before, w, .. } = double_failure(&c).await;
     c.until("the partition reported missing", MINUTE, async |c| {

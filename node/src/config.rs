@@ -93,6 +93,11 @@ pub struct SchedulerSection {
     /// placed elsewhere.
     #[serde(with = "humantime_serde")]
     pub node_timeout: Duration,
+    /// A vector partition's replica on a down node moves elsewhere (and copies the partition
+    /// from its primary) only once the node has been down this long: a node back sooner
+    /// catches up from its own files, and its copy stays for `collection promote-stale`.
+    #[serde(with = "humantime_serde")]
+    pub partition_move_delay: Duration,
     /// The reconciler runs at least this often (and after every commit).
     #[serde(with = "humantime_serde")]
     pub reconcile_interval: Duration,
@@ -103,6 +108,7 @@ impl Default for SchedulerSection {
         let d = arbor_scheduler::ReconcilerConfig::default();
         SchedulerSection {
             node_timeout: d.node_timeout,
+            partition_move_delay: d.partition_move_delay,
             reconcile_interval: d.interval,
         }
     }
@@ -113,6 +119,7 @@ impl SchedulerSection {
     pub fn reconciler(&self) -> arbor_scheduler::ReconcilerConfig {
         arbor_scheduler::ReconcilerConfig {
             node_timeout: self.node_timeout,
+            partition_move_delay: self.partition_move_delay,
             interval: self.reconcile_interval,
             ..Default::default()
         }

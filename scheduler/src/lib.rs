@@ -95,5 +95,6 @@ pub use node::{
     Halt, MemberProgress, NodeStatus, ProposeError, RaftHandle, RaftNode, ReadError, Role,
     StartError, StateEvent,
 };
-pub use reconciler::driver::{Reconciler, ReconcilerConfig};
+pub use reconciler::ReconcilerConfig;
+pub use reconciler::driver::Reconciler;
 pub use state::ClusterState;

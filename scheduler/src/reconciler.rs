@@ -23,12 +23,17 @@
 //! replaced by another in-sync replica; an in-sync replica moves only while another in-sync
 //! replica is up to take over (a moved replica starts empty); and when every in-sync replica
 //! is down nothing of the partition moves: it waits for one of them, with a reason that says
-//! so. Availability for `max_unavailable` counts in-sync replicas.
+//! so. Availability for `max_unavailable` counts in-sync replicas. A partition replica whose
+//! node is down moves only once the node has been down for `partition_move_delay` (as
+//! Elasticsearch delays reallocating a departed node's shards): a node back sooner catches up
+//! from its own files instead of a full copy, and a stale copy stays where
+//! `arbor collection promote-stale` can still use it if every in-sync copy is lost meanwhile.
 
 pub mod driver;
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::command::Command;
 use crate::placement::{ReplicaRequest, place};
@@ -36,6 +41,31 @@ use crate::state::{
     ActorId, ClusterState, Liveness, NodeId, Placement, PlacementDecision, PlacementStatus,
     ReplicaSet,
 };
+
+/// Reconciler settings (cluster.toml `[scheduler]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReconcilerConfig {
+    /// A node silent for this long is marked down and its actors are placed elsewhere.
+    pub node_timeout: Duration,
+    /// A partition replica on a down node is placed elsewhere (starting empty, copying from
+    /// its primary) only once the node has been down this long.
+    pub partition_move_delay: Duration,
+    /// A round runs at least this often, even without commits.
+    pub interval: Duration,
+    /// Most placement decisions in one proposal.
+    pub max_batch: usize,
+}
+
+impl Default for ReconcilerConfig {
+    fn default() -> Self {
+        ReconcilerConfig {
+            node_timeout: Duration::from_secs(3),
+            partition_move_delay: Duration::from_secs(60),
+            interval: Duration::from_millis(250),
+            max_batch: 2048,
+        }
+    }
+}
 
 /// What the leader knows about its peers this round. A node in neither set is undecided
 /// (a new leader gives every node `node_timeout` to be heard before judging it).
@@ -50,8 +80,13 @@ pub struct Observation {
 }
 
 /// The commands that move `state` toward what its deployments ask for, in the order they
-/// must be proposed. Placements go in batches of at most `max_batch` decisions.
-pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> Vec<Command> {
+/// must be proposed. Placements go in batches of at most `config.max_batch` decisions.
+pub fn reconcile(
+    state: &ClusterState,
+    seen: &Observation,
+    config: &ReconcilerConfig,
+) -> Vec<Command> {
+    let max_batch = config.max_batch;
     let mut commands = liveness_changes(state, seen);
     // Plan against the state as it will be once the liveness changes apply.
     let state = if commands.is_empty() {
@@ -87,6 +122,14 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
             .is_some_and(|n| n.liveness == Liveness::Ready)
     };
     let draining = |id: NodeId| state.nodes.get(&id).is_some_and(|n| n.draining);
+    // How much longer a partition replica on `id` waits for it to come back (zero: move it).
+    let delay_ms = u64::try_from(config.partition_move_delay.as_millis()).unwrap_or(u64::MAX);
+    let move_wait_ms = |id: NodeId| {
+        state.nodes.get(&id).map_or(0, |n| {
+            let down_for = seen.now_ms.saturating_sub(n.liveness_at_ms);
+            delay_ms.saturating_sub(down_for)
+        })
+    };
 
     // Collections none of whose partitions is placed yet go in as one gang.
     let placed_collections: BTreeSet<&str> = by_deployment
@@ -170,6 +213,19 @@ pub fn reconcile(state: &ClusterState, seen: &Observation, max_batch: usize) -> 
                 continue;
             }
             if !node_up(p.node) {
+                if set.is_some() && move_wait_ms(p.node) > 0 {
+                    // Stable wording: a reason that changed every round would be a command
+                    // every round.
+                    reasons.entry(name.as_str()).or_insert_with(|| {
+                        format!(
+                            "replica {replica} waits for node {} to come back; it moves \
+                             elsewhere once the node has been down for {:?} \
+                             ([scheduler] partition_move_delay)",
+                            p.node, config.partition_move_delay
+                        )
+                    });
+                    continue;
+                }
                 lost.insert(key);
             } else if p.revision != d.version || draining(p.node) {
                 // Replacing a replica that is not running costs no availability.

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
-use arbor_scheduler::reconciler::{Observation, reconcile};
+use arbor_scheduler::reconciler::{Observation, ReconcilerConfig, reconcile};
 use arbor_scheduler::resources::{Bytes, Millicores, Resources};
 use arbor_scheduler::state::{
     ClusterState, CollectionSpec, DeploymentSpec, Liveness, Metric, NodeId, partition_views,
@@ -139,7 +139,13 @@ impl MemoryControl {
             alive: alive.into_iter().map(|(id, _)| *id).collect(),
             silent: silent.into_iter().map(|(id, _)| *id).collect(),
         };
-        for command in reconcile(&state, &seen, 4096) {
+        // In-process tests kill nodes to see replicas move: no waiting for them.
+        let config = ReconcilerConfig {
+            max_batch: 4096,
+            partition_move_delay: std::time::Duration::ZERO,
+            ..Default::default()
+        };
+        for command in reconcile(&state, &seen, &config) {
             let _ = self.apply(&command);
         }
     }

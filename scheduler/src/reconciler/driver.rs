@@ -16,30 +16,9 @@ use tokio::sync::broadcast::error::TryRecvError;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use super::{Observation, reconcile};
+use super::{Observation, ReconcilerConfig, reconcile};
 use crate::node::{NodeStatus, ProposeError, RaftHandle, Role};
 use crate::state::NodeId;
-
-/// Reconciler settings (cluster.toml `[scheduler]`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReconcilerConfig {
-    /// A node silent for this long is marked down and its actors are placed elsewhere.
-    pub node_timeout: Duration,
-    /// A round runs at least this often, even without commits.
-    pub interval: Duration,
-    /// Most placement decisions in one proposal.
-    pub max_batch: usize,
-}
-
-impl Default for ReconcilerConfig {
-    fn default() -> Self {
-        ReconcilerConfig {
-            node_timeout: Duration::from_secs(3),
-            interval: Duration::from_millis(250),
-            max_batch: 2048,
-        }
-    }
-}
 
 /// Who is alive, from the leader's raft status: pure, so its timing rules are tested.
 pub fn observe(
@@ -151,7 +130,7 @@ async fn run(raft: RaftHandle, config: ReconcilerConfig) {
             config.node_timeout,
             wall_ms(),
         );
-        let commands = reconcile(&state, &seen, config.max_batch);
+        let commands = reconcile(&state, &seen, &config);
         for command in commands {
             let what = command_name(&command);
             match raft.propose(command).await {

@@ -53,6 +53,16 @@ fn echo(name: &str, replicas: u32) -> DeploymentSpec {
     }
 }
 
+/// The reconciler as these tests run it: small batches, and a partition replica on a down
+/// node moves at once (the delay has a test of its own).
+fn rules(max_batch: usize) -> ReconcilerConfig {
+    ReconcilerConfig {
+        max_batch,
+        partition_move_delay: Duration::ZERO,
+        ..Default::default()
+    }
+}
+
 fn all_alive(s: &ClusterState) -> Observation {
     Observation {
         now_ms: 1,
@@ -91,7 +101,7 @@ fn running(s: &ClusterState, deployment: &str) -> usize {
 /// after every applied command. Returns the number of rounds.
 fn settle(s: &mut ClusterState, seen: &Observation, mut each: impl FnMut(&ClusterState)) -> usize {
     for round in 1..100 {
-        let commands = reconcile(s, seen, 4);
+        let commands = reconcile(s, seen, &rules(4));
         if commands.is_empty() {
             return round;
         }
@@ -162,7 +172,7 @@ fn a_silent_node_is_marked_down_and_its_replicas_move_in_one_round() {
     let mut seen = all_alive(&s);
     seen.alive.remove(&3);
     seen.silent.insert(3);
-    let commands = reconcile(&s, &seen, 100);
+    let commands = reconcile(&s, &seen, &rules(100));
     assert!(matches!(
         commands[0],
         Command::SetNodeLiveness {
@@ -191,7 +201,7 @@ fn a_silent_node_is_marked_down_and_its_replicas_move_in_one_round() {
 
     // Node 3 comes back: marked ready, and nothing moves back by itself.
     let back = all_alive(&s);
-    let commands = reconcile(&s, &back, 100);
+    let commands = reconcile(&s, &back, &rules(100));
     assert_eq!(commands.len(), 1, "{commands:?}");
     settle(&mut s, &back, |_| {});
     assert_eq!(s.nodes[&3].liveness, Liveness::Ready);
@@ -582,6 +592,58 @@ fn a_down_primary_hands_over_then_moves_and_its_copy_is_not_in_sync() {
         Ok(CommandOutcome::Epoch(set.epoch + 1))
     );
     assert!(self::set(&s).is_in_sync(0, generation));
+}
+
+#[test]
+fn a_partition_replica_waits_for_its_node_for_the_move_delay_then_moves() {
+    let mut s = partition(3, 2);
+    let b = node_of(&s, 1);
+    let generation = s.placements["docs.p0/1"].generation;
+    let config = ReconcilerConfig {
+        partition_move_delay: Duration::from_secs(60),
+        ..rules(100)
+    };
+    let alive: BTreeSet<NodeId> = s.nodes.keys().copied().filter(|n| *n != b).collect();
+    let at = |now_ms| Observation {
+        now_ms,
+        alive: alive.clone(),
+        silent: [b].into(),
+    };
+    let round = |s: &mut ClusterState, seen: &Observation| {
+        for c in reconcile(s, seen, &config) {
+            s.apply(&c).unwrap();
+        }
+    };
+    // Marked down at 10 s; at 69.9 s the replica still waits, with a reason that says so.
+    round(&mut s, &at(10_000));
+    assert_eq!(s.nodes[&b].liveness, Liveness::Down);
+    round(&mut s, &at(69_999));
+    assert_eq!(node_of(&s, 1), b);
+    assert_eq!(s.placements["docs.p0/1"].generation, generation);
+    let reason = s.deployments["docs.p0"].pending_reason.clone().unwrap();
+    assert!(reason.contains(&format!("waits for node {b}")), "{reason}");
+    // The reason does not change from round to round: no command for a round with nothing
+    // new to do.
+    assert!(reconcile(&s, &at(30_000), &config).is_empty());
+    // Past the delay it is placed elsewhere, with a new generation.
+    round(&mut s, &at(70_000));
+    assert_ne!(node_of(&s, 1), b);
+    assert_ne!(s.placements["docs.p0/1"].generation, generation);
+    // A model replica never waits: the delay is for copies of data.
+    let mut m = cluster(3, 4);
+    m.apply(&Command::CreateDeployment(echo("echo", 3)))
+        .unwrap();
+    settle_alive(&mut m, |_| {});
+    let node = m.placements["echo/0"].node;
+    let seen = Observation {
+        now_ms: 10_000,
+        alive: m.nodes.keys().copied().filter(|n| *n != node).collect(),
+        silent: [node].into(),
+    };
+    for c in reconcile(&m, &seen, &config) {
+        m.apply(&c).unwrap();
+    }
+    assert_ne!(m.placements["echo/0"].node, node);
 }
 
 #[test]
