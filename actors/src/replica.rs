@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::kinds::Kind;
 use crate::kinds::model::{ModelFailure, ModelReply, ModelRequest};
 use crate::partition::{PartitionReply, PartitionRequest};
+use crate::retrieval::{RetrievalError, RetrievalReply, RetrievalRequest};
 use crate::wire::Wire;
 
 /// Messages to a replica of a deployment.
@@ -31,6 +32,10 @@ pub enum ReplicaMsg {
     /// [`ModelFailure::Invalid`]. See [`crate::kinds::model`].
     #[rpc]
     Model(Wire<ModelRequest>, RpcReplyPort<Wire<ModelReply>>),
+    /// An ingest or a query for a `retrieval_coordinator` replica; every other kind answers
+    /// [`RetrievalError::Invalid`].
+    #[rpc]
+    Retrieval(Wire<RetrievalRequest>, RpcReplyPort<Wire<RetrievalReply>>),
 }
 
 /// Texts to turn into vectors, in order.
@@ -110,6 +115,11 @@ pub(crate) fn refuse(kind: Kind, actor_id: &str, msg: ReplicaMsg) {
             let _ = reply.send(not_a_partition(kind));
         }
         ReplicaMsg::Model(_, reply) => not_a_model(kind, reply),
+        ReplicaMsg::Retrieval(_, reply) => {
+            let _ = reply.send(Wire::new(Err(RetrievalError::Invalid(format!(
+                "actor {actor_id:?} is a {kind} replica, not a retrieval coordinator"
+            )))));
+        }
     }
 }
 

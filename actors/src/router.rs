@@ -7,10 +7,13 @@
 //! has outstanding per replica: nearly as good as least-loaded, without a global view and
 //! without every caller piling onto the same idle replica.
 //!
-//! A replica that is gone (the send fails, it died mid-call, or it did not answer in time) is
-//! excluded for this request and another is tried, until `attempt_deadline` has passed. An
-//! error *answered* by a replica is the application's, and is returned as it is: another
-//! replica of the same kind would answer the same.
+//! A replica that is gone is excluded for this request and another is tried, until
+//! `attempt_deadline` has passed. Which losses are retried depends on the request: one that
+//! never reached a replica (the send failed) always is; one that may have run (the replica
+//! died mid-call, or did not answer in time) only when the request is idempotent
+//! ([`Router::idempotent`]), since running it twice must do no harm. An error *answered* by a
+//! replica is the application's, and is returned as it is: another replica of the same kind
+//! would answer the same.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,6 +51,17 @@ pub enum CallError {
     Timeout { deployment: String, attempts: u32 },
     #[error("the reply could not be used: {0}")]
     Wire(#[from] WireError),
+    /// A replica took the request and then {outcome}: it may have run. Not retried, because
+    /// the request is not idempotent.
+    #[error(
+        "a replica of deployment {deployment:?} {outcome}; the request may have run, and it is \
+         not tried again because deployment {deployment:?} does not declare its requests \
+         idempotent"
+    )]
+    Unanswered {
+        deployment: String,
+        outcome: &'static str,
+    },
 }
 
 impl arbor_proto::Coded for CallError {
@@ -68,6 +82,7 @@ pub struct Router {
     deployment: String,
     group: String,
     attempt_deadline: Duration,
+    idempotent: bool,
     outstanding: Arc<Mutex<HashMap<ActorId, usize>>>,
 }
 
@@ -80,6 +95,7 @@ impl Router {
             group: deployment_group(&deployment),
             deployment,
             attempt_deadline: DEFAULT_ATTEMPT_DEADLINE,
+            idempotent: false,
             outstanding: Arc::default(),
         }
     }
@@ -88,6 +104,15 @@ impl Router {
     /// before it gives up; one attempt already under way may run its `timeout` past it.
     pub fn with_attempt_deadline(mut self, deadline: Duration) -> Router {
         self.attempt_deadline = deadline;
+        self
+    }
+
+    /// Whether the requests sent through this router may run twice without harm (a read, an
+    /// upsert by id, an embedding): then an attempt that timed out, or whose replica died
+    /// during it, is tried again on another replica. Off by default: such an attempt fails as
+    /// [`CallError::Unanswered`].
+    pub fn idempotent(mut self, yes: bool) -> Router {
+        self.idempotent = yes;
         self
     }
 
@@ -141,12 +166,18 @@ impl Router {
                 let _counted = Outstanding::enter(&self.outstanding, id);
                 ractor::rpc::call(&replica, &make, Some(timeout)).await
             };
-            let why = match result {
+            let (why, may_have_run) = match result {
                 Ok(CallResult::Success(reply)) => return Ok(reply),
-                Ok(CallResult::Timeout) => "timed out",
-                Ok(CallResult::SenderError) => "exited during the call",
-                Err(_) => "is gone",
+                Ok(CallResult::Timeout) => ("timed out", true),
+                Ok(CallResult::SenderError) => ("exited during the call", true),
+                Err(_) => ("is gone", false),
             };
+            if may_have_run && !self.idempotent {
+                return Err(CallError::Unanswered {
+                    deployment: self.deployment.clone(),
+                    outcome: why,
+                });
+            }
             debug!(deployment = %self.deployment, %id, attempts, "replica {why}; trying another");
             tried.insert(id);
             if Instant::now() >= deadline {

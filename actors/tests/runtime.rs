@@ -548,9 +548,18 @@ async fn undecodable_requests_get_error_replies() {
     parent.stop(None);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_router_rides_through_a_replica_dying_mid_call() {
-    let scope = "t-mid-call";
+/// Two spin replicas; a 300 ms call through a router (`idempotent` or not) whose replica is
+/// killed while it works. Returns what the call got, how long it took, and the agent's
+/// events (the victim is restarted by the agent as usual).
+async fn kill_mid_call(
+    scope: &'static str,
+    idempotent: bool,
+) -> (
+    Result<Vec<u8>, CallError>,
+    Duration,
+    ActorRef<AgentMsg>,
+    UnboundedReceiver<StatusReport>,
+) {
     let (agent, mut rx) = start_agent(scope, fast_policy()).await;
     agent
         .cast(AgentMsg::Assign(vec![
@@ -561,7 +570,7 @@ async fn the_router_rides_through_a_replica_dying_mid_call() {
     until_all(&mut rx, &running(&["m1", "m2"])).await;
     let cells = wait_members(scope, "spin", 2).await;
 
-    let router = Router::new(scope, "spin");
+    let router = Router::new(scope, "spin").idempotent(idempotent);
     let began = tokio::time::Instant::now();
     let call = {
         let router = router.clone();
@@ -581,17 +590,40 @@ async fn the_router_rides_through_a_replica_dying_mid_call() {
     };
     tokio::time::sleep(Duration::from_millis(50)).await;
     victim.kill();
-    assert_eq!(call.await.unwrap(), Ok(br#"{"spun_ms":300}"#.to_vec()));
+    let got = call.await.unwrap();
+    (got, began.elapsed(), agent, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_call_rides_through_a_replica_dying_mid_call() {
+    let (got, took, agent, mut rx) = kill_mid_call("t-mid-call", true).await;
+    assert_eq!(got, Ok(br#"{"spun_ms":300}"#.to_vec()));
     // The answer came from a second, full spin elsewhere, not from the dying replica (a lower
     // bound only: a slow machine makes it longer, never shorter).
-    assert!(
-        began.elapsed() >= Duration::from_millis(340),
-        "{:?}",
-        began.elapsed()
-    );
+    assert!(took >= Duration::from_millis(340), "{took:?}");
     // The victim was restarted by the agent as usual.
     let seen = until(&mut rx, "a restart", |r| r.state == ReplicaState::Running).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
+    agent.stop(None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_may_have_run_is_not_repeated_unless_idempotent() {
+    let (got, _, agent, _rx) = kill_mid_call("t-mid-call-once", false).await;
+    match got {
+        Err(e @ CallError::Unanswered { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("may have run") && text.contains("idempotent"),
+                "{text}"
+            );
+            assert_eq!(
+                arbor_proto::Coded::code(&e),
+                arbor_proto::ErrorCode::Unavailable
+            );
+        }
+        other => panic!("the call was repeated or answered: {other:?}"),
+    }
     agent.stop(None);
 }
 

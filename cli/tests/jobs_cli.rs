@@ -137,7 +137,14 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
         .run(
             ingest(vec![
                 doc("own-1", "", Some(vector(0))),
-                doc("own-2", "the second, by vector", Some(vector(1))),
+                Document {
+                    // Free-form metadata crosses the gateway (JSON) and the nodes (bincode).
+                    metadata: serde_json::json!({"lang": "fr", "tags": ["a", {"b": null}]})
+                        .as_object()
+                        .unwrap()
+                        .clone(),
+                    ..doc("own-2", "the second, by vector", Some(vector(1)))
+                },
                 doc(
                     "plain",
                     "Lighthouses warn ships away from rocks at night.",
@@ -174,6 +181,30 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
         );
         assert_eq!(found["missing_partitions"], Value::Array(vec![]));
     }
+    // A filter on that metadata: own-1's vector finds only own-2, with its metadata whole.
+    let found = client
+        .run(
+            JobSpec::Query(QueryJob {
+                collection: "docs".into(),
+                text: None,
+                vector: Some(vector(0)),
+                k: 5,
+                filter: Some(serde_json::json!({"op": "equal", "key": "lang", "value": "fr"})),
+            }),
+            |_| {},
+        )
+        .await
+        .unwrap()
+        .into_data()
+        .unwrap();
+    let results = found["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1, "{found}");
+    assert_eq!(results[0]["doc_id"], "own-2", "{found}");
+    assert_eq!(
+        results[0]["metadata"],
+        serde_json::json!({"lang": "fr", "tags": ["a", {"b": null}]}),
+        "{found}"
+    );
     let refused = client
         .run(
             ingest(vec![doc("short-vec", "x", Some(vec![0.1; 3]))]),
@@ -188,6 +219,8 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
         refused.contains("\"short-vec\"") && refused.contains("384"),
         "{refused}"
     );
+    // The coordinator's coded error is the job's: the request's fault, not a failure.
+    assert!(refused.contains("invalid_job"), "{refused}");
 
     let out = c.arbor(&["generate", "Name a colour.", "--max-tokens", "12"]);
     assert!(!out.trim().is_empty(), "nothing generated");

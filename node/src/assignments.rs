@@ -219,6 +219,7 @@ mod tests {
             version: String::new(),
             config: "{\"start_delay_ms\":1}".into(),
             collection: None,
+            idempotent: false,
         }))
         .unwrap();
         let decision = |replica, node| PlacementDecision {

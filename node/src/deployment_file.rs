@@ -8,6 +8,7 @@
 //! anti_affinity = false      # keep replicas on distinct nodes
 //! max_unavailable = 1        # rolling updates and drains take down at most this many
 //! version = "1"              # change it (or anything else) to roll the replicas
+//! idempotent = false         # true: a call that timed out is tried on another replica
 //! constraints = [{ op = "equal", key = "zone", value = "a" }]   # not_equal, in, exists
 //! [resources]              # absent: the kind's defaults (echo 100m/64MiB, embedder 1/512MiB, ...)
 //! cpu = "100m"
@@ -54,6 +55,8 @@ struct DeploymentFile {
     max_unavailable: u32,
     #[serde(default)]
     version: String,
+    #[serde(default)]
+    idempotent: bool,
     #[serde(default)]
     config: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -128,6 +131,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
         version: file.version,
         config,
         collection: None,
+        idempotent: file.idempotent,
     })
 }
 
@@ -160,6 +164,8 @@ mod tests {
         assert_eq!(spec.max_unavailable, 1);
         assert_eq!(spec.strategy, Strategy::Spread);
         assert_eq!(spec.config, "");
+        // Calls that may have run are not repeated unless the file says they can be.
+        assert!(!spec.idempotent);
     }
 
     #[test]
@@ -173,6 +179,7 @@ mod tests {
             anti_affinity = true
             max_unavailable = 2
             version = "v2"
+            idempotent = true
             constraints = [
               { op = "equal", key = "zone", value = "a" },
               { op = "not_equal", key = "disk", value = "hdd" },
@@ -190,13 +197,14 @@ mod tests {
         .unwrap();
         assert_eq!(spec.constraints.len(), 4);
         assert!(spec.anti_affinity);
+        assert!(spec.idempotent);
         assert_eq!(spec.strategy, Strategy::Pack);
         assert_eq!(spec.resources.gpu.to_string(), "0.5");
         assert_eq!(spec.config, r#"{"start_delay_ms":10}"#);
         let json = parse(
             Path::new("d.json"),
             r#"{"name": "spin", "kind": "spin", "replicas": 3, "strategy": "pack",
-                "anti_affinity": true, "max_unavailable": 2, "version": "v2",
+                "anti_affinity": true, "max_unavailable": 2, "version": "v2", "idempotent": true,
                 "constraints": [{"op": "equal", "key": "zone", "value": "a"},
                                 {"op": "not_equal", "key": "disk", "value": "hdd"},
                                 {"op": "in", "key": "rack", "values": ["r1", "r2"]},

@@ -369,17 +369,15 @@ pub struct Document {
     /// Chunked and embedded; with `vector`, stored whole as the one chunk's text (it may then
     /// be empty).
     pub text: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    // No `skip_serializing_if` here: documents also travel between nodes as bincode, whose
+    // fields are known by position, so every field is always written.
+    #[serde(default)]
     pub title: Option<String>,
-    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    #[serde(default, with = "crate::json_text")]
     pub metadata: Map<String, Value>,
     /// The document's own vector (the collection's dimension): stored as one chunk with it,
     /// without embedding.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        deserialize_with = "finite_vector"
-    )]
+    #[serde(default, deserialize_with = "finite_vector")]
     pub vector: Option<Vec<f32>>,
 }
 

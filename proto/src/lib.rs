@@ -8,6 +8,7 @@
 //! - [`role`]: the roles a token carries.
 //! - [`cluster`]: what the cluster jobs answer (nodes and their state, the control plane).
 //! - [`results`]: every other job kind's result data, typed.
+//! - [`json_text`]: free-form JSON (metadata, filters) inside bincode messages between nodes.
 //!
 //! This crate imports nothing of ours and depends on serde and little else, so the daemon, the
 //! client, the CLI and the actors can all stand on it.
@@ -16,6 +17,7 @@ pub mod cluster;
 pub mod error;
 pub mod gateway;
 pub mod ids;
+pub mod json_text;
 pub mod results;
 pub mod role;
 

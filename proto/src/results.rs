@@ -209,6 +209,7 @@ pub struct QueryHit {
     pub text: String,
     pub title: Option<String>,
     /// The document's own metadata.
+    #[serde(with = "crate::json_text")]
     pub metadata: Map<String, Value>,
 }
 

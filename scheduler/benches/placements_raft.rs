@@ -38,6 +38,7 @@ fn spec(name: &str) -> DeploymentSpec {
         version: String::new(),
         config: String::new(),
         collection: None,
+        idempotent: false,
     }
 }
 

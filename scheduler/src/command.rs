@@ -269,13 +269,13 @@ mod tests {
                 any::<bool>(),
                 any::<u32>(),
             ),
-            (text(), text(), option::of(text())),
+            (text(), text(), option::of(text()), any::<bool>()),
         )
             .prop_map(
                 |(
                     (name, kind, replicas, resources),
                     (strategy, constraints, anti_affinity, max_unavailable),
-                    (version, config, collection),
+                    (version, config, collection, idempotent),
                 )| DeploymentSpec {
                     name,
                     kind,
@@ -288,6 +288,7 @@ mod tests {
                     version,
                     config,
                     collection,
+                    idempotent,
                 },
             )
     }

@@ -72,6 +72,11 @@ pub struct DeploymentSpec {
     /// collection (not deployed or undeployed on their own), and first placed as one gang,
     /// all of them or none.
     pub collection: Option<String>,
+    /// Its generic calls may run twice without harm, so a call whose replica timed out or
+    /// died during it is tried again on another replica (otherwise it fails, saying that it
+    /// may have run).
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 impl DeploymentSpec {
@@ -616,6 +621,7 @@ mod tests {
             version: String::new(),
             config: String::new(),
             collection: None,
+            idempotent: false,
         }
     }
 

@@ -25,6 +25,7 @@ fn deployment(name: &str) -> DeploymentSpec {
         version: String::new(),
         config: String::new(),
         collection: None,
+        idempotent: false,
     }
 }
 

@@ -177,6 +177,7 @@ async fn one_hundred_thousand_placements_snapshot_transfer_and_restore() {
         version: String::new(),
         config: String::new(),
         collection: None,
+        idempotent: false,
     }))
     .await
     .unwrap();

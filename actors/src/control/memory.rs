@@ -105,6 +105,7 @@ impl MemoryControl {
                 version: String::new(),
                 config: String::new(),
                 collection: None,
+                idempotent: false,
             }))
             .expect("the embedder deployment is created");
         }

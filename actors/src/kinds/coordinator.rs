@@ -1,8 +1,9 @@
 //! `retrieval_coordinator`: ingest and query over one collection, as a deployment.
 //!
 //! A thin actor over [`Coordinator`]: every request runs in its own task, so a long ingest
-//! never holds up queries. It answers the generic call with JSON, which is what `arbor call`
-//! and, later, the gateway send:
+//! never holds up queries. The gateway asks it typed [`RetrievalRequest`]s
+//! ([`ReplicaMsg::Retrieval`]), answered with coded errors. People keep a JSON door, the
+//! generic call (`arbor call`), turned into the same requests:
 //!
 //! * `{"ingest": [{"id", "text", "title"?, "metadata"?, "vector"?}, ...]}` → the ingest report
 //!   (a document with a `vector` is stored as one chunk with it, not embedded);
@@ -17,11 +18,11 @@ use serde::Deserialize;
 use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started};
 use crate::partition::MetadataFilter;
 use crate::replica::{CallReply, ReplicaMsg, decode_request};
-use crate::retrieval::{CollectionRoute, Coordinator, Document};
+use crate::retrieval::{
+    CollectionRoute, Coordinator, Document, QueryInput, QueryRequest, RetrievalAnswer,
+    RetrievalError, RetrievalRequest,
+};
 use crate::wire::Wire;
-
-/// The most results one query may ask for.
-use arbor_proto::MAX_K;
 
 /// The `retrieval_coordinator` actor.
 pub struct CoordinatorReplica;
@@ -99,6 +100,18 @@ impl ReplicaKind for CoordinatorReplica {
                     let _ = reply.send(Wire::new(answer));
                 });
             }
+            ReplicaMsg::Retrieval(request, reply) => {
+                let coordinator = state.coordinator.clone();
+                tokio::spawn(async move {
+                    let answer = match request.into_inner() {
+                        Ok(r) => serve(&coordinator, r).await,
+                        Err(why) => {
+                            Err(RetrievalError::Invalid(format!("request rejected: {why}")))
+                        }
+                    };
+                    let _ = reply.send(Wire::new(answer));
+                });
+            }
             // Requests for other kinds are refused with what this replica is.
             other => crate::replica::refuse(KIND, &state.ctx.actor_id, other),
         }
@@ -127,13 +140,7 @@ async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
         )
     })?;
     let json = match ask {
-        CallAsk::Ingest(docs) => {
-            let report = coordinator
-                .ingest(&docs, |_| {})
-                .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_vec(&report)
-        }
+        CallAsk::Ingest(docs) => to_json(serve(coordinator, RetrievalRequest::Ingest(docs)).await),
         CallAsk::Rag { rag, k, max_tokens } => {
             if k == 0 || k > 16 {
                 return Err(format!("k = {k} is not in 1..=16 for rag"));
@@ -142,40 +149,65 @@ async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
                 .rag(&rag, k, max_tokens, |_| {})
                 .await
                 .map_err(|e| e.to_string())?;
-            serde_json::to_vec(&answer)
+            serde_json::to_vec(&answer).map_err(|e| e.to_string())
         }
         CallAsk::QueryVector {
             query_vector,
             k,
             filter,
         } => {
-            let filter = query_filter(k, filter)?;
-            let found = coordinator
-                .query_vector(query_vector, k, filter.as_ref())
-                .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_vec(&found)
+            let request = QueryRequest {
+                input: QueryInput::Vector(query_vector),
+                k,
+                filter: query_filter(filter)?,
+            };
+            to_json(serve(coordinator, RetrievalRequest::Query(request)).await)
         }
         CallAsk::Query { query, k, filter } => {
-            let filter = query_filter(k, filter)?;
-            let found = coordinator
-                .query(&query, k, filter.as_ref())
-                .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_vec(&found)
+            let request = QueryRequest {
+                input: QueryInput::Text(query),
+                k,
+                filter: query_filter(filter)?,
+            };
+            to_json(serve(coordinator, RetrievalRequest::Query(request)).await)
         }
     };
     json.map_err(|e| format!("the answer could not be encoded: {e}"))
 }
 
-/// Checks a query's `k` and parses its filter.
-fn query_filter(
-    k: u32,
-    filter: Option<serde_json::Value>,
-) -> Result<Option<MetadataFilter>, String> {
-    if k == 0 || k > MAX_K {
-        return Err(format!("k = {k} is not in 1..={MAX_K}"));
+/// Runs one typed request: what the gateway asks, and what the JSON door turns into.
+async fn serve(
+    coordinator: &Coordinator,
+    request: RetrievalRequest,
+) -> Result<RetrievalAnswer, RetrievalError> {
+    match request {
+        RetrievalRequest::Ingest(docs) => coordinator
+            .ingest(&docs, |_| {})
+            .await
+            .map(RetrievalAnswer::Ingested),
+        RetrievalRequest::Query(QueryRequest { input, k, filter }) => {
+            let found = match input {
+                QueryInput::Text(text) => coordinator.query(&text, k, filter.as_ref()).await,
+                QueryInput::Vector(vector) => {
+                    coordinator.query_vector(vector, k, filter.as_ref()).await
+                }
+            };
+            found.map(RetrievalAnswer::Found)
+        }
     }
+}
+
+/// The JSON door's answer: the report or the hits as they are, or the error's text.
+fn to_json(answer: Result<RetrievalAnswer, RetrievalError>) -> Result<Vec<u8>, String> {
+    match answer.map_err(|e| e.to_string())? {
+        RetrievalAnswer::Ingested(report) => serde_json::to_vec(&report),
+        RetrievalAnswer::Found(found) => serde_json::to_vec(&found),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// A query's filter, parsed (and checked) from its JSON.
+fn query_filter(filter: Option<serde_json::Value>) -> Result<Option<MetadataFilter>, String> {
     filter
         .map(|f| MetadataFilter::parse(&f.to_string()).map_err(|e| format!("filter: {e}")))
         .transpose()

@@ -15,6 +15,7 @@
 pub mod chunk;
 mod coordinator;
 pub mod hedge;
+pub mod messages;
 pub mod route;
 
 pub use chunk::ChunkPolicy;
@@ -22,3 +23,4 @@ pub use coordinator::{
     CollectionRoute, Coordinator, Document, IngestProgress, IngestReport, QueryAnswer, QueryHit,
     RagAnswer, RetrievalError, partition_deployment, rag_prompt,
 };
+pub use messages::{QueryInput, QueryRequest, RetrievalAnswer, RetrievalReply, RetrievalRequest};

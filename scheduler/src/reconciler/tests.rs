@@ -50,6 +50,7 @@ fn echo(name: &str, replicas: u32) -> DeploymentSpec {
         version: "1".into(),
         config: String::new(),
         collection: None,
+        idempotent: false,
     }
 }
 

@@ -51,6 +51,7 @@ impl CollectionSpec {
                 self.metric.as_str()
             ),
             collection: Some(self.name.clone()),
+            idempotent: false,
         }
     }
 

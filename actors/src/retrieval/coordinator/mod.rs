@@ -131,11 +131,16 @@ pub fn rag_prompt(question: &str, sources: &[QueryHit]) -> Vec<ChatMessage> {
     ]
 }
 
-/// Why an ingest or query failed.
-#[derive(Debug, thiserror::Error)]
+/// Why an ingest or query failed. It crosses the wire in [`super::RetrievalReply`], and each
+/// variant has one client error code ([`arbor_proto::Coded`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, thiserror::Error)]
 pub enum RetrievalError {
     #[error("invalid request: {0}")]
     Invalid(String),
+    /// The embedder could not be reached, or stayed overloaded.
+    #[error("the embedder is unavailable: {0}")]
+    EmbedderUnavailable(String),
+    /// The embedder was reached and failed.
     #[error("embedding failed: {0}")]
     Embed(String),
     #[error(
@@ -155,6 +160,23 @@ pub enum RetrievalError {
     Read { partition: u32, reason: String },
     #[error("generation failed: {0}")]
     Generate(String),
+}
+
+impl arbor_proto::Coded for RetrievalError {
+    /// The request's own fault, the cluster's state now (try again), or a failure.
+    fn code(&self) -> arbor_proto::ErrorCode {
+        use arbor_proto::ErrorCode;
+        match self {
+            RetrievalError::Invalid(_) => ErrorCode::InvalidJob,
+            RetrievalError::EmbedderUnavailable(_)
+            | RetrievalError::NoReplica { .. }
+            | RetrievalError::Unavailable { .. }
+            | RetrievalError::Read { .. } => ErrorCode::Unavailable,
+            RetrievalError::Embed(_)
+            | RetrievalError::Write { .. }
+            | RetrievalError::Generate(_) => ErrorCode::JobFailed,
+        }
+    }
 }
 
 /// Ingest and query over one collection.
@@ -192,7 +214,7 @@ impl Coordinator {
         }
         let scope = scope.into();
         Ok(Coordinator {
-            embedder: Router::new(scope.clone(), route.embedder.clone()),
+            embedder: Router::new(scope.clone(), route.embedder.clone()).idempotent(true),
             scope,
             control,
             hedges: Arc::new(Mutex::new(HedgeBudget::new(

@@ -14,6 +14,8 @@ impl Coordinator {
         if text.trim().is_empty() {
             return Err(RetrievalError::Invalid("the query text is empty".into()));
         }
+        // Before the embedding it would waste.
+        check_k(k)?;
         let mut vectors = self.embed(vec![text.to_owned()]).await?;
         let vector = vectors
             .pop()
@@ -64,9 +66,7 @@ impl Coordinator {
         k: u32,
         filter: Option<&MetadataFilter>,
     ) -> Result<QueryAnswer, RetrievalError> {
-        if k == 0 {
-            return Err(RetrievalError::Invalid("k must be at least 1".into()));
-        }
+        check_k(k)?;
         let dimension = self.dimension().await?;
         if vector.len() != dimension as usize {
             return Err(RetrievalError::Invalid(format!(
@@ -143,16 +143,24 @@ impl Coordinator {
                     .into_inner()
                     .map_err(|e| RetrievalError::Embed(e.to_string()))?,
                 Err(CallError::NoReplicas { deployment }) => {
-                    return Err(RetrievalError::Embed(format!(
+                    return Err(RetrievalError::EmbedderUnavailable(format!(
                         "no replica of embedder deployment {deployment:?} is reachable"
                     )));
                 }
-                Err(e) => return Err(RetrievalError::Embed(e.to_string())),
+                Err(e) => return Err(RetrievalError::EmbedderUnavailable(e.to_string())),
             };
             match answer {
                 Ok(result) => return Ok(result.vectors),
                 Err(EmbedFailure::Overloaded { .. }) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e @ EmbedFailure::Overloaded { .. }) => {
+                    return Err(RetrievalError::EmbedderUnavailable(e.to_string()));
+                }
+                Err(EmbedFailure::Invalid(why)) => {
+                    return Err(RetrievalError::Invalid(format!(
+                        "the embedder refused the texts: {why}"
+                    )));
                 }
                 Err(e) => return Err(RetrievalError::Embed(e.to_string())),
             }
@@ -179,4 +187,15 @@ pub(super) fn hit(h: SearchHit) -> QueryHit {
         title,
         metadata: meta,
     }
+}
+
+/// A query's `k` is in `1..=MAX_K`.
+fn check_k(k: u32) -> Result<(), RetrievalError> {
+    if k == 0 || k > arbor_proto::MAX_K {
+        return Err(RetrievalError::Invalid(format!(
+            "k = {k} is not in 1..={}",
+            arbor_proto::MAX_K
+        )));
+    }
+    Ok(())
 }

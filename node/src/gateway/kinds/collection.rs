@@ -191,6 +191,8 @@ async fn coordinator_spec(
         "kind": "retrieval_coordinator",
         "replicas": replicas,
         "anti_affinity": true,
+        // Ingests (upserts by id) and queries may run twice without harm.
+        "idempotent": true,
         "config": config,
     });
     if !resources.is_empty() {

@@ -58,6 +58,7 @@ pub(super) async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
     .await??;
     let request = EmbedRequest { texts: e.texts };
     let reply = router(env, &deployment)
+        .idempotent(true)
         .ask(
             |port| ReplicaMsg::Embed(Wire::new(request.clone()), port),
             CALL_TIMEOUT,

@@ -348,7 +348,13 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
             })
         }
         JobSpec::Call(c) => {
+            let name = c.deployment.clone();
+            let idempotent = read_here(&env.raft, move |s| {
+                s.deployments.get(&name).is_some_and(|d| d.spec.idempotent)
+            })
+            .await?;
             let reply = router(env, &c.deployment)
+                .idempotent(idempotent)
                 .call(c.payload.into_bytes(), CALL_TIMEOUT)
                 .await
                 .map_err(call_failure)?;
@@ -455,24 +461,6 @@ fn call_failure(e: CallError) -> JobFailure {
 /// A router to `deployment`'s replicas, as every job kind calls them.
 fn router(env: &Env, deployment: &str) -> Router {
     Router::new(env.scope.clone(), deployment).with_attempt_deadline(Duration::from_secs(10))
-}
-
-/// One JSON request to a deployment's replicas (the generic call every kind answers).
-async fn call_json(env: &Env, deployment: &str, body: &Value) -> Result<Value, JobFailure> {
-    call_bytes(env, deployment, body.to_string().into_bytes()).await
-}
-
-/// [`call_json`] with the request already written.
-async fn call_bytes(env: &Env, deployment: &str, body: Vec<u8>) -> Result<Value, JobFailure> {
-    let reply = router(env, deployment)
-        .call(body, CALL_TIMEOUT)
-        .await
-        .map_err(call_failure)?;
-    serde_json::from_slice(&reply).map_err(|e| {
-        internal(format!(
-            "deployment {deployment:?} answered something that is not JSON: {e}"
-        ))
-    })
 }
 
 /// The `status` job's answer. Pure.
@@ -621,6 +609,7 @@ mod tests {
             version: String::new(),
             config: "{}".into(),
             collection: None,
+            idempotent: false,
         };
         s.apply(&Command::CreateDeployment(spec("m1"))).unwrap();
         assert_eq!(pick_deployment(&s, "model", None).unwrap(), "m1");

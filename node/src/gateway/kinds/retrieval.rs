@@ -2,6 +2,8 @@
 
 use super::generate::stream_tokens;
 use super::*;
+use arbor_actors::partition::MetadataFilter;
+use arbor_actors::retrieval::{QueryInput, QueryRequest, RetrievalAnswer, RetrievalRequest};
 
 /// The coordinator deployment that serves `collection`, and its route. Pure.
 pub fn find_coordinator(
@@ -47,15 +49,30 @@ pub(super) async fn query(
     coordinator: &str,
     q: &QueryJob,
 ) -> Result<QueryAnswer, JobFailure> {
-    let mut body = match (&q.text, &q.vector) {
-        (_, Some(vector)) => json!({ "query_vector": vector, "k": q.k }),
-        (text, None) => json!({ "query": text, "k": q.k }),
+    let input = match (&q.text, &q.vector) {
+        (_, Some(vector)) => QueryInput::Vector(vector.clone()),
+        (text, None) => QueryInput::Text(text.clone().unwrap_or_default()),
     };
-    if let Some(filter) = &q.filter {
-        body["filter"] = filter.clone();
+    // `validate` checked the filter already; a failure here is the same refusal.
+    let filter = q
+        .filter
+        .as_ref()
+        .map(|f| MetadataFilter::parse(&f.to_string()))
+        .transpose()
+        .map_err(|e| {
+            JobFailure::field(ErrorCode::InvalidJob, "job.filter", format!("filter: {e}"))
+        })?;
+    let request = RetrievalRequest::Query(QueryRequest {
+        input,
+        k: q.k,
+        filter,
+    });
+    match ask_coordinator(env, coordinator, request).await? {
+        RetrievalAnswer::Found(found) => Ok(found),
+        other => Err(internal(format!(
+            "coordinator {coordinator:?} answered a query with {other:?}"
+        ))),
     }
-    let answer = call_json(env, coordinator, &body).await?;
-    serde_json::from_value(answer).map_err(internal)
 }
 
 pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value, JobFailure> {
@@ -70,22 +87,22 @@ pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value
         if emit.job.is_cancelled() {
             break;
         }
-        let step = &i.documents[range];
-        // Written straight from the typed documents: through a `Value` every f32 would be
-        // printed as an f64, twice as long.
-        #[derive(serde::Serialize)]
-        struct Ask<'a> {
-            ingest: &'a [Document],
+        let step = i.documents[range].to_vec();
+        let sent = step.len() as u64;
+        let report =
+            match ask_coordinator(env, &coordinator, RetrievalRequest::Ingest(step)).await? {
+                RetrievalAnswer::Ingested(report) => report,
+                other => {
+                    return Err(internal(format!(
+                        "coordinator {coordinator:?} answered an ingest with {other:?}"
+                    )));
+                }
+            };
+        chunks += report.chunks;
+        for (sum, n) in per_partition.iter_mut().zip(&report.per_partition) {
+            *sum += n;
         }
-        let body = serde_json::to_vec(&Ask { ingest: step }).map_err(internal)?;
-        let report = call_bytes(env, &coordinator, body).await?;
-        chunks += report["chunks"].as_u64().unwrap_or(0);
-        if let Some(parts) = report["per_partition"].as_array() {
-            for (sum, n) in per_partition.iter_mut().zip(parts) {
-                *sum += n.as_u64().unwrap_or(0);
-            }
-        }
-        done += step.len() as u64;
+        done += sent;
         emit.progress(done, total, "documents");
     }
     data(IngestReport {
@@ -96,6 +113,29 @@ pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value
     })
 }
 
+/// One typed request to a coordinator of the collection. Ingests and queries are safe to run
+/// twice (a document's id names its rows), so an attempt that timed out is tried again on
+/// another coordinator replica. The coordinator's coded error becomes the job's, code for
+/// code.
+async fn ask_coordinator(
+    env: &Env,
+    coordinator: &str,
+    request: RetrievalRequest,
+) -> Result<RetrievalAnswer, JobFailure> {
+    let reply = router(env, coordinator)
+        .idempotent(true)
+        .ask(
+            |port| ReplicaMsg::Retrieval(Wire::new(request.clone()), port),
+            CALL_TIMEOUT,
+        )
+        .await
+        .map_err(call_failure)?;
+    match reply.into_inner().map_err(internal)? {
+        Ok(answer) => Ok(answer),
+        Err(e) => Err(JobFailure::new(e.code(), e.to_string())),
+    }
+}
+
 /// The documents of each request to the coordinator, in order: at most [`INGEST_STEP`] to
 /// embed, [`INGEST_STEP_DOCUMENTS`] in all and about [`INGEST_STEP_BYTES`] (one document more
 /// when a single one is larger). Pure.
@@ -103,7 +143,8 @@ pub fn ingest_steps(docs: &[Document]) -> Vec<std::ops::Range<usize>> {
     let mut steps = Vec::new();
     let (mut start, mut to_embed, mut bytes) = (0, 0, 0);
     for (n, d) in docs.iter().enumerate() {
-        // JSON size, roughly: a vector's value takes up to about 14 characters.
+        // Encoded size, roughly (JSON's, which is larger than bincode's: a vector's value
+        // takes up to about 14 characters).
         let size = d.id.len()
             + d.text.len()
             + d.title.as_ref().map_or(0, String::len)
