@@ -84,18 +84,63 @@ pub struct CallRequest {
     pub payload: Vec<u8>,
 }
 
-/// The kind's answer, or why the request failed (an application error: retrying it on another
-/// replica would fail the same way).
-pub type CallReply = Result<Vec<u8>, String>;
+/// Why a generic call got no answer: an application error, coded
+/// ([`arbor_proto::Coded`]) so that the gateway passes the code on to the client as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum CallFailure {
+    /// The request is not one this replica takes (retrying it anywhere fails the same way).
+    #[error("{0}")]
+    Invalid(String),
+    /// The replica is busy: retry later, or add replicas.
+    #[error("{0}")]
+    Overloaded(String),
+    /// Something the request needs is not reachable now (a partition, an embedder).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The replica failed on a request that looked valid.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl arbor_proto::Coded for CallFailure {
+    fn code(&self) -> arbor_proto::ErrorCode {
+        use arbor_proto::ErrorCode;
+        match self {
+            CallFailure::Invalid(_) => ErrorCode::InvalidJob,
+            CallFailure::Overloaded(_) => ErrorCode::Overloaded,
+            CallFailure::Unavailable(_) => ErrorCode::Unavailable,
+            CallFailure::Failed(_) => ErrorCode::JobFailed,
+        }
+    }
+}
+
+impl CallFailure {
+    /// The failure with the same code as `error`, and its text.
+    pub fn coded(error: &(impl arbor_proto::Coded + std::fmt::Display)) -> CallFailure {
+        use arbor_proto::ErrorCode;
+        let text = error.to_string();
+        match error.code() {
+            ErrorCode::Overloaded => CallFailure::Overloaded(text),
+            ErrorCode::Unavailable => CallFailure::Unavailable(text),
+            ErrorCode::JobFailed | ErrorCode::Internal | ErrorCode::JobFinished => {
+                CallFailure::Failed(text)
+            }
+            _ => CallFailure::Invalid(text),
+        }
+    }
+}
+
+/// The kind's answer, or why the request failed.
+pub type CallReply = Result<Vec<u8>, CallFailure>;
 
 pub use arbor_proto::{deployment_group, replica_group};
 
 /// The request inside a [`Wire`], or the error reply that a replica sends back when the bytes
 /// did not decode.
-pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, String> {
+pub(crate) fn decode_request(request: Wire<CallRequest>) -> Result<CallRequest, CallFailure> {
     request
         .into_inner()
-        .map_err(|e| format!("request rejected: {e}"))
+        .map_err(|e| CallFailure::Invalid(format!("request rejected: {e}")))
 }
 
 /// Answers a request that `kind` does not serve, saying what the replica is instead: each kind
@@ -104,9 +149,9 @@ pub(crate) fn refuse(kind: Kind, actor_id: &str, msg: ReplicaMsg) {
     // The caller may have given up: nothing to do about a failed send.
     match msg {
         ReplicaMsg::Call(_, reply) => {
-            let _ = reply.send(Wire::new(Err(format!(
+            let _ = reply.send(Wire::new(Err(CallFailure::Invalid(format!(
                 "actor {actor_id:?} is a {kind} replica and takes no generic call"
-            ))));
+            )))));
         }
         ReplicaMsg::Embed(_, reply) => {
             let _ = reply.send(Wire::new(not_an_embedder(kind, actor_id)));
@@ -158,7 +203,8 @@ mod tests {
     fn garbage_request_is_an_error() {
         let wire = Wire::<CallRequest>::from_bytes(vec![0xFF; 3]);
         let err = decode_request(wire).unwrap_err();
-        assert!(err.contains("does not decode"), "{err}");
+        assert!(matches!(err, CallFailure::Invalid(_)), "{err:?}");
+        assert!(err.to_string().contains("does not decode"), "{err}");
     }
 
     #[test]
@@ -181,8 +227,15 @@ mod tests {
 
     #[test]
     fn reply_round_trips() {
-        let reply: CallReply = Err("nope".into());
-        let bytes = Wire::new(reply.clone()).into_bytes();
-        assert_eq!(Wire::<CallReply>::from_bytes(bytes).into_inner(), Ok(reply));
+        for reply in [
+            Ok(b"yes".to_vec()),
+            Err(CallFailure::Invalid("nope".into())),
+            Err(CallFailure::Overloaded("busy".into())),
+            Err(CallFailure::Unavailable("later".into())),
+            Err(CallFailure::Failed("broke".into())),
+        ] {
+            let bytes = Wire::new(reply.clone()).into_bytes();
+            assert_eq!(Wire::<CallReply>::from_bytes(bytes).into_inner(), Ok(reply));
+        }
     }
 }

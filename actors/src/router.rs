@@ -25,7 +25,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::replica::{CallRequest, ReplicaMsg, deployment_group};
+use crate::replica::{CallFailure, CallRequest, ReplicaMsg, deployment_group};
 use crate::wire::{Wire, WireError};
 
 /// How long a caller keeps looking for a replica that answers, by default.
@@ -43,7 +43,7 @@ pub enum CallError {
     NoReplicas { deployment: String },
     /// The replica answered with an error (not retried).
     #[error("the replica answered with an error: {0}")]
-    Replica(String),
+    Replica(CallFailure),
     #[error(
         "deployment {deployment:?} did not answer: {attempts} attempt(s) reached replicas that \
          died or timed out; check `arbor deployments`"
@@ -65,10 +65,11 @@ pub enum CallError {
 }
 
 impl arbor_proto::Coded for CallError {
-    /// A replica's own refusal fails the job; anything else means no replica could answer now.
+    /// A replica's own refusal carries its code; anything else means no replica could answer
+    /// now.
     fn code(&self) -> arbor_proto::ErrorCode {
         match self {
-            CallError::Replica(_) => arbor_proto::ErrorCode::JobFailed,
+            CallError::Replica(failure) => arbor_proto::Coded::code(failure),
             _ => arbor_proto::ErrorCode::Unavailable,
         }
     }

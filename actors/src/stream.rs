@@ -40,6 +40,21 @@ pub enum StreamError {
     NoReplicas { deployment: String },
 }
 
+impl arbor_proto::Coded for StreamError {
+    /// The model's own refusal carries its code; a replica out of reach is unavailable; an
+    /// answer that makes no sense is a bug.
+    fn code(&self) -> arbor_proto::ErrorCode {
+        use arbor_proto::ErrorCode;
+        match self {
+            StreamError::Failure(failure) => failure.code(),
+            StreamError::Unreachable(_)
+            | StreamError::Timeout(_)
+            | StreamError::NoReplicas { .. } => ErrorCode::Unavailable,
+            StreamError::Wire(_) | StreamError::Unexpected { .. } => ErrorCode::Internal,
+        }
+    }
+}
+
 /// Sends one request and waits up to `timeout` for its answer.
 pub async fn request(
     replica: &ActorRef<ReplicaMsg>,

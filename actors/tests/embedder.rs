@@ -12,7 +12,7 @@ use std::time::Duration;
 use arbor_actors::agent::{AgentArgs, AgentMsg, Assignment, NodeAgent, ReplicaState};
 use arbor_actors::kinds::{EmbedderStats, Kind, ReplicaContext, spawn_replica};
 use arbor_actors::replica::{
-    CallRequest, EmbedFailure, EmbedReply, EmbedRequest, EmbedResult, ReplicaMsg,
+    CallFailure, CallRequest, EmbedFailure, EmbedReply, EmbedRequest, EmbedResult, ReplicaMsg,
 };
 use arbor_actors::router::Router;
 use arbor_actors::supervision::RestartPolicy;
@@ -98,7 +98,7 @@ async fn embed(replica: &ActorRef<ReplicaMsg>, texts: &[&str]) -> EmbedReply {
     reply.into_inner().expect("reply decodes")
 }
 
-async fn call(replica: &ActorRef<ReplicaMsg>, json: &str) -> Result<Vec<u8>, String> {
+async fn call(replica: &ActorRef<ReplicaMsg>, json: &str) -> Result<Vec<u8>, CallFailure> {
     let request = CallRequest {
         payload: json.as_bytes().to_vec(),
     };
@@ -164,7 +164,8 @@ async fn vectors_are_the_models_own() {
     let vectors: Vec<Vec<f32>> = serde_json::from_value(value["vectors"].clone()).expect("vectors");
     assert_close(&vectors, &want, 1e-5);
     let err = call(&replica, r#"{"texts": []}"#).await.unwrap_err();
-    assert!(err.contains("at least one"), "{err}");
+    assert!(matches!(err, CallFailure::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("at least one"), "{err}");
     replica.stop(None);
 }
 

@@ -15,7 +15,7 @@ use arbor_actors::kinds::model::{
     ChatMessage, ChatRole, GenerateSpec, ModelAnswer, ModelFailure, ModelReply, ModelRequest,
 };
 use arbor_actors::kinds::{Kind, ReplicaContext, spawn_replica};
-use arbor_actors::replica::{CallRequest, ReplicaMsg};
+use arbor_actors::replica::{CallFailure, CallRequest, ReplicaMsg};
 use arbor_actors::stream::{self, StreamError, generate_stream};
 use arbor_actors::wire::Wire;
 use arbor_kernels::Device;
@@ -102,7 +102,7 @@ async fn ask(replica: &ActorRef<ReplicaMsg>, request: ModelRequest) -> ModelRepl
 async fn call_json(
     replica: &ActorRef<ReplicaMsg>,
     payload: &str,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, CallFailure> {
     let request = CallRequest {
         payload: payload.as_bytes().to_vec(),
     };
@@ -406,12 +406,15 @@ async fn bad_requests_are_refused_with_the_reason() {
         panic!("no reply");
     };
     invalid("request rejected")(reply.into_inner().expect("decodes"));
+    // Refusals of the generic call are coded as the request's fault.
     let err = call_json(&replica, "not json").await.unwrap_err();
-    assert!(err.contains("a model payload is JSON"), "{err}");
+    assert!(matches!(err, CallFailure::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("a model payload is JSON"), "{err}");
     let err = call_json(&replica, r#"{"prompt": "Hi", "max_tokens": 0}"#)
         .await
         .unwrap_err();
-    assert!(err.contains("max_tokens"), "{err}");
+    assert!(matches!(err, CallFailure::Invalid(_)), "{err:?}");
+    assert!(err.to_string().contains("max_tokens"), "{err}");
 
     // A started generation still answers normally after all that.
     let id = stream::start(&replica, GenerateSpec::prompt("Hi", 2))

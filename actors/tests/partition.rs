@@ -482,7 +482,11 @@ async fn generic_call_answers_stats_and_other_kinds_refuse_partition_requests() 
     assert_eq!(stats["metric"], json!("cosine"));
     assert_eq!(stats["role"], json!("primary"));
     let err = call(b"hello").await.unwrap_err();
-    assert!(err.contains("{\"stats\": true}"), "{err}");
+    assert_eq!(
+        arbor_proto::Coded::code(&err),
+        arbor_proto::ErrorCode::InvalidJob
+    );
+    assert!(err.to_string().contains("{\"stats\": true}"), "{err}");
 
     for kind in [Kind::Echo, Kind::Spin] {
         let (parent, _) = Actor::spawn(None, Parent, ()).await.unwrap();

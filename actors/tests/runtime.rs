@@ -13,7 +13,7 @@ use arbor_actors::agent::{
     AgentArgs, AgentMsg, Assignment, LocalReplica, NodeAgent, ReplicaState, StatusReport,
 };
 use arbor_actors::kinds::{Kind, ReplicaContext, spawn_replica};
-use arbor_actors::replica::{CallRequest, ReplicaMsg, deployment_group};
+use arbor_actors::replica::{CallFailure, CallRequest, ReplicaMsg, deployment_group};
 use arbor_actors::router::{CallError, Router};
 use arbor_actors::supervision::RestartPolicy;
 use arbor_actors::wire::Wire;
@@ -483,7 +483,10 @@ async fn spin_answers_and_rejects_bad_payloads() {
     );
     for bad in [&b"soon"[..], b"{\"ms\": 1e9}", b"99999999", b"\xff"] {
         match router.call(bad.to_vec(), CALL).await {
-            Err(CallError::Replica(why)) => assert!(why.contains("spin"), "{why}"),
+            // The request's own fault, coded so: the gateway reports it as invalid_job.
+            Err(CallError::Replica(CallFailure::Invalid(why))) => {
+                assert!(why.contains("spin"), "{why}")
+            }
             other => panic!("{bad:?}: {other:?}"),
         }
     }
@@ -541,7 +544,8 @@ async fn undecodable_requests_get_error_replies() {
             panic!("{kind}: no reply");
         };
         let err = reply.into_inner().unwrap().unwrap_err();
-        assert!(err.contains("does not decode"), "{kind}: {err}");
+        assert!(matches!(err, CallFailure::Invalid(_)), "{kind}: {err:?}");
+        assert!(err.to_string().contains("does not decode"), "{kind}: {err}");
         assert_eq!(replica.get_status(), ActorStatus::Running);
         replica.stop(None);
     }

@@ -17,7 +17,7 @@ use serde::Deserialize;
 
 use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started};
 use crate::partition::MetadataFilter;
-use crate::replica::{CallReply, ReplicaMsg, decode_request};
+use crate::replica::{CallFailure, CallReply, ReplicaMsg, decode_request};
 use crate::retrieval::{
     CollectionRoute, Coordinator, Document, QueryInput, QueryRequest, RetrievalAnswer,
     RetrievalError, RetrievalRequest,
@@ -135,44 +135,52 @@ async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
         Err(_) => serde_json::from_slice::<CallAsk>(payload),
     };
     let ask: CallAsk = ask.map_err(|e| {
-        format!(
+        CallFailure::Invalid(format!(
             "expected {{\"ingest\": [documents]}}, {{\"query\": \"text\", \"k\": 5, \"filter\": {{...}}}}, {{\"query_vector\": [numbers], \"k\": 5, \"filter\": {{...}}}} or {{\"rag\": \"question\"}}: {e}"
-        )
+        ))
     })?;
-    let json = match ask {
-        CallAsk::Ingest(docs) => to_json(serve(coordinator, RetrievalRequest::Ingest(docs)).await),
+    let request = match ask {
+        CallAsk::Ingest(docs) => RetrievalRequest::Ingest(docs),
         CallAsk::Rag { rag, k, max_tokens } => {
             if k == 0 || k > 16 {
-                return Err(format!("k = {k} is not in 1..=16 for rag"));
+                return Err(CallFailure::Invalid(format!(
+                    "k = {k} is not in 1..=16 for rag"
+                )));
             }
             let answer = coordinator
                 .rag(&rag, k, max_tokens, |_| {})
                 .await
-                .map_err(|e| e.to_string())?;
-            serde_json::to_vec(&answer).map_err(|e| e.to_string())
+                .map_err(|e| CallFailure::coded(&e))?;
+            return encode(&answer);
         }
         CallAsk::QueryVector {
             query_vector,
             k,
             filter,
-        } => {
-            let request = QueryRequest {
-                input: QueryInput::Vector(query_vector),
-                k,
-                filter: query_filter(filter)?,
-            };
-            to_json(serve(coordinator, RetrievalRequest::Query(request)).await)
-        }
-        CallAsk::Query { query, k, filter } => {
-            let request = QueryRequest {
-                input: QueryInput::Text(query),
-                k,
-                filter: query_filter(filter)?,
-            };
-            to_json(serve(coordinator, RetrievalRequest::Query(request)).await)
-        }
+        } => RetrievalRequest::Query(QueryRequest {
+            input: QueryInput::Vector(query_vector),
+            k,
+            filter: query_filter(filter)?,
+        }),
+        CallAsk::Query { query, k, filter } => RetrievalRequest::Query(QueryRequest {
+            input: QueryInput::Text(query),
+            k,
+            filter: query_filter(filter)?,
+        }),
     };
-    json.map_err(|e| format!("the answer could not be encoded: {e}"))
+    match serve(coordinator, request)
+        .await
+        .map_err(|e| CallFailure::coded(&e))?
+    {
+        RetrievalAnswer::Ingested(report) => encode(&report),
+        RetrievalAnswer::Found(found) => encode(&found),
+    }
+}
+
+/// The JSON door's answer as it is written.
+fn encode(answer: &impl serde::Serialize) -> CallReply {
+    serde_json::to_vec(answer)
+        .map_err(|e| CallFailure::Failed(format!("the answer could not be encoded: {e}")))
 }
 
 /// Runs one typed request: what the gateway asks, and what the JSON door turns into.
@@ -197,18 +205,12 @@ async fn serve(
     }
 }
 
-/// The JSON door's answer: the report or the hits as they are, or the error's text.
-fn to_json(answer: Result<RetrievalAnswer, RetrievalError>) -> Result<Vec<u8>, String> {
-    match answer.map_err(|e| e.to_string())? {
-        RetrievalAnswer::Ingested(report) => serde_json::to_vec(&report),
-        RetrievalAnswer::Found(found) => serde_json::to_vec(&found),
-    }
-    .map_err(|e| e.to_string())
-}
-
 /// A query's filter, parsed (and checked) from its JSON.
-fn query_filter(filter: Option<serde_json::Value>) -> Result<Option<MetadataFilter>, String> {
+fn query_filter(filter: Option<serde_json::Value>) -> Result<Option<MetadataFilter>, CallFailure> {
     filter
-        .map(|f| MetadataFilter::parse(&f.to_string()).map_err(|e| format!("filter: {e}")))
+        .map(|f| {
+            MetadataFilter::parse(&f.to_string())
+                .map_err(|e| CallFailure::Invalid(format!("filter: {e}")))
+        })
         .transpose()
 }

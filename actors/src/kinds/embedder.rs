@@ -44,7 +44,8 @@ use tracing::{info, warn};
 use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_config};
 use crate::batching::{BatchPolicy, BatchQueue, Cost, Due};
 use crate::replica::{
-    CallReply, EmbedFailure, EmbedReply, EmbedRequest, EmbedResult, ReplicaMsg, decode_request,
+    CallFailure, CallReply, EmbedFailure, EmbedReply, EmbedRequest, EmbedResult, ReplicaMsg,
+    decode_request,
 };
 use crate::wire::Wire;
 
@@ -156,8 +157,10 @@ impl Replier {
                         dim: r.dim,
                         vectors: &r.vectors,
                     })
-                    .map_err(|e| format!("could not encode the vectors as JSON: {e}")),
-                    Err(failure) => Err(failure.to_string()),
+                    .map_err(|e| {
+                        CallFailure::Failed(format!("could not encode the vectors as JSON: {e}"))
+                    }),
+                    Err(failure) => Err(CallFailure::coded(&failure)),
                 };
                 let _ = port.send(Wire::new(answer));
             }
@@ -396,10 +399,10 @@ enum CallAsk {
     Stats,
 }
 
-fn parse_call(payload: &[u8]) -> Result<CallAsk, String> {
+fn parse_call(payload: &[u8]) -> Result<CallAsk, CallFailure> {
     const USAGE: &str = "an embedder payload is {\"texts\": [\"...\", ...]} or {\"stats\": true}";
-    let parsed: CallPayload =
-        serde_json::from_slice(payload).map_err(|e| format!("{USAGE}; got: {e}"))?;
+    let parsed: CallPayload = serde_json::from_slice(payload)
+        .map_err(|e| CallFailure::Invalid(format!("{USAGE}; got: {e}")))?;
     match parsed {
         CallPayload {
             texts: Some(texts),
@@ -409,7 +412,7 @@ fn parse_call(payload: &[u8]) -> Result<CallAsk, String> {
             texts: None,
             stats: true,
         } => Ok(CallAsk::Stats),
-        _ => Err(USAGE.to_string()),
+        _ => Err(CallFailure::Invalid(USAGE.to_string())),
     }
 }
 
@@ -472,7 +475,7 @@ impl EmbedderState {
 
     fn stats_json(&self) -> CallReply {
         serde_json::to_vec(&self.shared.stats())
-            .map_err(|e| format!("could not encode the stats: {e}"))
+            .map_err(|e| CallFailure::Failed(format!("could not encode the stats: {e}")))
     }
 }
 
@@ -678,7 +681,8 @@ mod tests {
             b"hello",
         ] {
             let err = parse_call(bad).err().expect("refused");
-            assert!(err.contains("an embedder payload is"), "{err}");
+            assert!(matches!(err, CallFailure::Invalid(_)), "{err:?}");
+            assert!(err.to_string().contains("an embedder payload is"), "{err}");
         }
     }
 
@@ -697,7 +701,11 @@ mod tests {
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         Replier::Call(tx.into()).send(Err(EmbedFailure::Overloaded { queued: 4 }));
         let err = rx.try_recv().unwrap().into_inner().unwrap().unwrap_err();
-        assert!(err.contains("queue is full (4 requests"), "{err}");
+        assert!(matches!(err, CallFailure::Overloaded(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("queue is full (4 requests"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_config};
-use crate::replica::{CallReply, ReplicaMsg, decode_request};
+use crate::replica::{CallFailure, CallReply, ReplicaMsg, decode_request};
 use crate::wire::Wire;
 
 /// The longest spin one request may ask for, in milliseconds.
@@ -98,7 +98,8 @@ impl ReplicaKind for SpinReplica {
         while state.tasks.try_join_next().is_some() {}
         match msg {
             ReplicaMsg::Call(request, reply) => {
-                let parsed = decode_request(request).and_then(|r| SpinRequest::parse(&r.payload));
+                let parsed = decode_request(request)
+                    .and_then(|r| SpinRequest::parse(&r.payload).map_err(CallFailure::Invalid));
                 match parsed {
                     Ok(request) => {
                         let cancelled = state.cancelled.clone();
@@ -126,8 +127,8 @@ async fn spin_and_reply(
         tokio::task::spawn_blocking(move || busy_wait(Duration::from_millis(ms), &cancelled)).await;
     let answer = match spun {
         Ok(()) => serde_json::to_vec(&SpinReply { spun_ms: ms })
-            .map_err(|e| format!("could not encode the spin reply: {e}")),
-        Err(e) => Err(format!("spin task failed: {e}")),
+            .map_err(|e| CallFailure::Failed(format!("could not encode the spin reply: {e}"))),
+        Err(e) => Err(CallFailure::Failed(format!("spin task failed: {e}"))),
     };
     let _ = reply.send(Wire::new(answer));
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_config};
-use crate::replica::{CallReply, ReplicaMsg, decode_request};
+use crate::replica::{CallFailure, CallReply, ReplicaMsg, decode_request};
 use crate::wire::Wire;
 
 pub use protocol::{
@@ -283,7 +283,7 @@ impl ModelState {
 
     /// The generic call: statistics, or a whole generation at once (for `arbor call`).
     fn call(&mut self, payload: &[u8], reply: RpcReplyPort<Wire<CallReply>>) {
-        let send = |reply: RpcReplyPort<Wire<CallReply>>, answer: Result<Vec<u8>, String>| {
+        let send = |reply: RpcReplyPort<Wire<CallReply>>, answer: CallReply| {
             let _ = reply.send(Wire::new(answer));
         };
         let value: serde_json::Value = match serde_json::from_slice(payload) {
@@ -291,25 +291,32 @@ impl ModelState {
             Err(e) => {
                 return send(
                     reply,
-                    Err(format!(
+                    Err(CallFailure::Invalid(format!(
                         "a model payload is JSON: {{\"prompt\": \"...\", \"max_tokens\": N}} \
                          or {{\"stats\": true}}; got: {e}"
-                    )),
+                    ))),
                 );
             }
         };
         if value.get("stats").is_some() {
             let stats = self.stats.snapshot(self.queue.len(), self.registry.len());
-            let answer = serde_json::to_vec(&stats).map_err(|e| e.to_string());
+            let answer = serde_json::to_vec(&stats).map_err(|e| CallFailure::Failed(e.to_string()));
             return send(reply, answer);
         }
         let spec: GenerateSpec = match serde_json::from_value(value) {
             Ok(spec) => spec,
-            Err(e) => return send(reply, Err(format!("invalid generate request: {e}"))),
+            Err(e) => {
+                return send(
+                    reply,
+                    Err(CallFailure::Invalid(format!(
+                        "invalid generate request: {e}"
+                    ))),
+                );
+            }
         };
         let stream = match self.enqueue(spec) {
             Ok((_, stream)) => stream,
-            Err(e) => return send(reply, Err(e.to_string())),
+            Err(e) => return send(reply, Err(CallFailure::coded(&e))),
         };
         self.tasks.spawn(async move {
             let done = loop {
@@ -329,6 +336,7 @@ impl ModelState {
                 })
                 .map_err(|e| e.to_string())
             });
+            let answer = answer.map_err(CallFailure::Failed);
             send(reply, answer);
         });
     }

@@ -160,6 +160,18 @@ pub enum ModelFailure {
     Model(String),
 }
 
+impl arbor_proto::Coded for ModelFailure {
+    fn code(&self) -> arbor_proto::ErrorCode {
+        use arbor_proto::ErrorCode;
+        match self {
+            ModelFailure::Overloaded { .. } => ErrorCode::Overloaded,
+            ModelFailure::Invalid(_) => ErrorCode::InvalidJob,
+            ModelFailure::UnknownGeneration(_) => ErrorCode::NotFound,
+            ModelFailure::Model(_) => ErrorCode::JobFailed,
+        }
+    }
+}
+
 /// The name a finish reason has on the wire.
 pub fn reason_name(reason: FinishReason) -> &'static str {
     match reason {

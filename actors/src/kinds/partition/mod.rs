@@ -45,7 +45,7 @@ use crate::partition::{
     MetadataFilter, Partition, PartitionAnswer, PartitionError, PartitionFailure, PartitionReply,
     PartitionRequest, StoreError, StoreName, WriteOp, store_path,
 };
-use crate::replica::{CallReply, ReplicaMsg, decode_request};
+use crate::replica::{CallFailure, CallReply, ReplicaMsg, decode_request};
 use crate::wire::{MAX_PAYLOAD_BYTES, Wire};
 
 /// How long a starting replica waits for a previous incarnation to let go of its file (a
@@ -586,19 +586,22 @@ fn call(state: &PartitionState, payload: &[u8]) -> CallReply {
                          writes and searches are partition requests";
     match serde_json::from_slice::<Query>(payload) {
         Ok(Query { stats: true }) => {
-            let stats = read(&state.partition)?.stats();
-            let mut value =
-                serde_json::to_value(&stats).map_err(|e| format!("could not encode stats: {e}"))?;
+            let stats = read(&state.partition)
+                .map_err(CallFailure::Unavailable)?
+                .stats();
+            let encoding =
+                |e: serde_json::Error| CallFailure::Failed(format!("could not encode stats: {e}"));
+            let mut value = serde_json::to_value(&stats).map_err(encoding)?;
             value["role"] = serde_json::Value::from(match state.id.role() {
                 Some(Role::Primary { .. }) => "primary",
                 Some(Role::Follower { .. }) => "follower",
                 Some(Role::Recovering { .. }) => "recovering",
                 Some(Role::Waiting { .. }) | None => "waiting",
             });
-            serde_json::to_vec(&value).map_err(|e| format!("could not encode stats: {e}"))
+            serde_json::to_vec(&value).map_err(encoding)
         }
-        Ok(_) => Err(USAGE.into()),
-        Err(e) => Err(format!("{USAGE}; got: {e}")),
+        Ok(_) => Err(CallFailure::Invalid(USAGE.into())),
+        Err(e) => Err(CallFailure::Invalid(format!("{USAGE}; got: {e}"))),
     }
 }
 

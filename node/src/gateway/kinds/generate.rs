@@ -20,8 +20,9 @@ pub(super) async fn stream_tokens(
     )
     .await
     .map_err(|e| match e {
-        StreamError::Failure(f) => JobFailure::new(ErrorCode::JobFailed, f.to_string()),
-        other => JobFailure::new(ErrorCode::Unavailable, other.to_string()),
+        // The model's own words, without the wrapper's.
+        StreamError::Failure(f) => JobFailure::new(f.code(), f.to_string()),
+        other => JobFailure::new(other.code(), other.to_string()),
     })
 }
 

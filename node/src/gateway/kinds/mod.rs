@@ -453,7 +453,7 @@ pub fn pick_deployment(
 fn call_failure(e: CallError) -> JobFailure {
     let code = e.code();
     match e {
-        CallError::Replica(why) => JobFailure::new(code, why),
+        CallError::Replica(why) => JobFailure::new(code, why.to_string()),
         other => JobFailure::new(code, other.to_string()),
     }
 }
