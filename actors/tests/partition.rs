@@ -21,7 +21,7 @@ use arbor_actors::wire::Wire;
 use arbor_kernels::device::Device;
 use arbor_kernels::topk::{Hit, Metric, naive_topk};
 use arbor_scheduler::Command;
-use arbor_scheduler::state::{Metric as CollectionMetric, PlacementStatus, StatusUpdate};
+use arbor_scheduler::state::{PlacementStatus, StatusUpdate};
 use common::Parent;
 use common::cluster::Cluster;
 use ractor::rpc::CallResult;
@@ -37,7 +37,7 @@ const LANGS: [&str; 3] = ["en", "fr", "de"];
 const P0: &str = "docs.p0";
 
 /// A cluster of `nodes` nodes with collection "docs": one partition of `replicas` replicas.
-async fn docs(scope: &str, nodes: u64, replicas: u32, metric: CollectionMetric) -> Cluster {
+async fn docs(scope: &str, nodes: u64, replicas: u32, metric: Metric) -> Cluster {
     let c = Cluster::start(scope, nodes).await;
     c.collection("docs", 1, replicas, DIM as u32, metric).await;
     c
@@ -221,7 +221,7 @@ fn filter(json: Value) -> MetadataFilter {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_matches_brute_force_with_and_without_filters() {
-    let c = docs("partition-search", 1, 1, CollectionMetric::Cosine).await;
+    let c = docs("partition-search", 1, 1, Metric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(7);
     let rows = random_rows(&mut rng, ROWS);
     // Two batches, as a caller would send them under the message limit.
@@ -278,7 +278,7 @@ async fn search_matches_brute_force_with_and_without_filters() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_and_everything_acknowledged_survive_a_restart() {
-    let mut c = docs("partition-restart", 1, 1, CollectionMetric::L2).await;
+    let mut c = docs("partition-restart", 1, 1, Metric::L2).await;
     let mut rng = StdRng::seed_from_u64(11);
     let mut rows = random_rows(&mut rng, ROWS);
     upsert(&c, rows.clone()).await;
@@ -324,7 +324,7 @@ async fn deletes_and_everything_acknowledged_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_get_distinct_ordered_sequence_numbers() {
-    let c = std::sync::Arc::new(docs("partition-seq", 1, 1, CollectionMetric::Cosine).await);
+    let c = std::sync::Arc::new(docs("partition-seq", 1, 1, Metric::Cosine).await);
     let mut rng = StdRng::seed_from_u64(5);
     let rows = random_rows(&mut rng, 200);
     let calls: Vec<_> = rows
@@ -346,7 +346,7 @@ async fn concurrent_writes_get_distinct_ordered_sequence_numbers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_a_clear_error_and_changes_nothing() {
-    let c = docs("partition-bad", 2, 2, CollectionMetric::Cosine).await;
+    let c = docs("partition-bad", 2, 2, Metric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(9);
     let rows = random_rows(&mut rng, 20);
     upsert(&c, rows.clone()).await;
@@ -458,7 +458,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_call_answers_stats_and_other_kinds_refuse_partition_requests() {
-    let c = docs("partition-call", 1, 1, CollectionMetric::Cosine).await;
+    let c = docs("partition-call", 1, 1, Metric::Cosine).await;
     let actor: ActorRef<ReplicaMsg> = c.replica(P0, 0).await.into();
     let call = |payload: &[u8]| {
         let actor = actor.clone();
@@ -526,7 +526,7 @@ async fn generic_call_answers_stats_and_other_kinds_refuse_partition_requests() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acknowledged_write_is_on_every_in_sync_replica() {
-    let c = docs("replication-all", 3, 3, CollectionMetric::Dot).await;
+    let c = docs("replication-all", 3, 3, Metric::Dot).await;
     let mut rng = StdRng::seed_from_u64(21);
     let mut rows = random_rows(&mut rng, 300);
     for chunk in rows.chunks(50) {
@@ -547,7 +547,7 @@ async fn every_acknowledged_write_is_on_every_in_sync_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_misses_writes_is_dropped_before_the_ack_then_catches_up() {
-    let mut c = docs("replication-lag", 2, 2, CollectionMetric::Cosine).await;
+    let mut c = docs("replication-lag", 2, 2, Metric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(22);
     let rows = random_rows(&mut rng, 200);
     upsert(&c, rows[..100].to_vec()).await;
@@ -578,7 +578,7 @@ async fn a_follower_that_misses_writes_is_dropped_before_the_ack_then_catches_up
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_undoes_writes_its_primary_never_had() {
-    let mut c = docs("replication-undo", 2, 2, CollectionMetric::Cosine).await;
+    let mut c = docs("replication-undo", 2, 2, Metric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(23);
     let rows = random_rows(&mut rng, 120);
     upsert(&c, rows[..60].to_vec()).await;
@@ -644,7 +644,7 @@ async fn a_replica_undoes_writes_its_primary_never_had() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_primary_never_reuses_a_sequence_number_a_follower_holds() {
-    let c = docs("replication-reuse", 2, 2, CollectionMetric::Cosine).await;
+    let c = docs("replication-reuse", 2, 2, Metric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(26);
     let rows = random_rows(&mut rng, 90);
     upsert(&c, rows[..60].to_vec()).await;
@@ -692,7 +692,7 @@ async fn a_restarted_primary_never_reuses_a_sequence_number_a_follower_holds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_primary_fails_over_and_no_acknowledged_write_is_lost() {
-    let mut c = docs("replication-failover", 3, 2, CollectionMetric::Cosine).await;
+    let mut c = docs("replication-failover", 3, 2, Metric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(24);
     let rows = random_rows(&mut rng, 300);
     upsert(&c, rows[..100].to_vec()).await;
@@ -710,7 +710,7 @@ async fn a_dead_primary_fails_over_and_no_acknowledged_write_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_file_vanished_leaves_the_in_sync_set_and_copies_again() {
-    let mut c = docs("replication-wiped", 2, 2, CollectionMetric::Cosine).await;
+    let mut c = docs("replication-wiped", 2, 2, Metric::Cosine).await;
     let mut rng = StdRng::seed_from_u64(25);
     let rows = random_rows(&mut rng, 80);
     upsert(&c, rows.clone()).await;
@@ -736,7 +736,7 @@ async fn a_replica_whose_file_vanished_leaves_the_in_sync_set_and_copies_again()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_of_one_row_leave_every_replica_identical() {
-    let c = std::sync::Arc::new(docs("replication-race", 3, 3, CollectionMetric::Cosine).await);
+    let c = std::sync::Arc::new(docs("replication-race", 3, 3, Metric::Cosine).await);
     for round in 0..40u64 {
         let writers: Vec<_> = (0..2)
             .map(|w| {

@@ -345,7 +345,7 @@ impl HnswIndex {
 
     fn search_one(&self, q: &[f32], k: usize, filter: Option<Filter<'_>>) -> Vec<Hit> {
         let mut prepared = q.to_vec();
-        self.metric.prepare(&mut prepared);
+        crate::topk::prepare(self.metric, &mut prepared);
         let q_sq = dot(&prepared, &prepared);
         let accept =
             |s: u32| self.alive[s as usize] && filter.is_none_or(|f| f(self.ids[s as usize]));
@@ -378,7 +378,7 @@ impl HnswIndex {
                 },
             })
             .collect();
-        hits.sort_by(|a, b| self.metric.compare(a, b));
+        hits.sort_by(|a, b| crate::topk::compare(self.metric, a, b));
         hits.truncate(k);
         hits
     }
@@ -410,7 +410,7 @@ impl VectorIndex for HnswIndex {
                 self.alive[old as usize] = false;
             }
             let mut row = v.to_vec();
-            self.metric.prepare(&mut row);
+            crate::topk::prepare(self.metric, &mut row);
             self.insert(id, &row);
         }
         Ok(())

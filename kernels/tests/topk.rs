@@ -66,7 +66,7 @@ fn assert_equivalent(
     }
     for pair in got.windows(2) {
         assert!(
-            metric.compare(&pair[0], &pair[1]).is_lt(),
+            arbor_kernels::topk::compare(metric, &pair[0], &pair[1]).is_lt(),
             "{metric}: out of order {got:?}"
         );
     }

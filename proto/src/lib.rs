@@ -6,6 +6,7 @@
 //!   their parsing with field paths in errors (`docs/protocol.md` documents it).
 //! - [`error`]: the error codes a client sees, and [`Coded`] for every error that reaches one.
 //! - [`role`]: the roles a token carries.
+//! - [`metric`]: how a collection compares vectors.
 //! - [`cluster`]: what the cluster jobs answer (nodes and their state, the control plane).
 //! - [`results`]: every other job kind's result data, typed.
 //! - [`json_text`]: free-form JSON (metadata, filters) inside bincode messages between nodes.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod gateway;
 pub mod ids;
 pub mod json_text;
+pub mod metric;
 pub mod results;
 pub mod role;
 
@@ -26,4 +28,5 @@ pub use ids::{
     JobId, MAX_K, NodeId, collection_coordinator, deployment_group, partition_deployment,
     replica_group,
 };
+pub use metric::{Metric, UnknownMetric};
 pub use role::{Role, UnknownRole};

@@ -173,13 +173,8 @@ pub struct StatusUpdate {
     pub status: PlacementStatus,
 }
 
-/// Similarity metric of a collection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Metric {
-    Cosine,
-    Dot,
-    L2,
-}
+/// Similarity metric of a collection (one type with the gateway and the kernels).
+pub use arbor_proto::Metric;
 
 /// A vector collection: `partitions` shards, each kept by `replication` replicas on distinct
 /// nodes. Creating one creates a deployment per partition (see `state/collections.rs`).

@@ -120,11 +120,11 @@ impl CpuIndex {
             .into_iter()
             .map(|Candidate { key, id }| Hit {
                 id,
-                score: self.metric.score_from_key(key, query_sq_norm),
+                score: crate::topk::score_from_key(self.metric, key, query_sq_norm),
             })
             .collect();
         // L2 distances are clamped at zero, which can turn distinct keys into ties.
-        hits.sort_by(|a, b| self.metric.compare(a, b));
+        hits.sort_by(|a, b| crate::topk::compare(self.metric, a, b));
         hits
     }
 }
@@ -164,7 +164,7 @@ impl VectorIndex for CpuIndex {
                 }
             };
             let stored = &mut self.data[row * d..(row + 1) * d];
-            self.metric.prepare(stored);
+            crate::topk::prepare(self.metric, stored);
             if self.metric == Metric::L2 {
                 self.sq_norms[row] = dot(stored, stored);
             }
@@ -223,7 +223,7 @@ impl VectorIndex for CpuIndex {
         let mut prepared = queries.to_vec();
         prepared
             .chunks_exact_mut(d)
-            .for_each(|q| self.metric.prepare(q));
+            .for_each(|q| crate::topk::prepare(self.metric, q));
 
         let len = self.len();
         let tile = self.tile_rows();

@@ -8,10 +8,10 @@ use super::{Hit, Metric};
 pub fn merge<'a>(metric: Metric, k: usize, lists: impl IntoIterator<Item = &'a [Hit]>) -> Vec<Hit> {
     let mut all: Vec<Hit> = lists.into_iter().flatten().copied().collect();
     if k < all.len() {
-        all.select_nth_unstable_by(k, |a, b| metric.compare(a, b));
+        all.select_nth_unstable_by(k, |a, b| crate::topk::compare(metric, a, b));
         all.truncate(k);
     }
-    all.sort_unstable_by(|a, b| metric.compare(a, b));
+    all.sort_unstable_by(|a, b| crate::topk::compare(metric, a, b));
     all
 }
 

@@ -21,8 +21,6 @@ mod naive;
 mod select;
 
 use std::cmp::Ordering;
-use std::fmt;
-use std::str::FromStr;
 
 pub use cpu::CpuIndex;
 pub use cuda::CudaIndex;
@@ -32,74 +30,36 @@ pub use naive::naive_topk;
 
 use crate::device::{Device, NoGpu};
 
-/// How a query and a row are compared.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Cosine similarity; higher is better. Rows and queries are L2-normalized when they enter
-    /// the index, so the scan is an inner product. A zero vector scores 0 against everything.
-    Cosine,
-    /// Inner product; higher is better.
-    Dot,
-    /// Squared Euclidean distance; smaller is better.
-    L2,
+/// How a query and a row are compared (defined in `arbor-proto`, where the control plane and
+/// the gateway also find it).
+pub use arbor_proto::Metric;
+
+/// Orders two hits best first under `metric`: by score in the metric's direction, then by id
+/// ascending.
+pub fn compare(metric: Metric, a: &Hit, b: &Hit) -> Ordering {
+    // IEEE comparison, so that -0.0 and 0.0 tie (scores are never NaN: input is checked).
+    let by_score = if metric.lower_is_better() {
+        a.score.partial_cmp(&b.score)
+    } else {
+        b.score.partial_cmp(&a.score)
+    };
+    let by_score = by_score.unwrap_or(Ordering::Equal);
+    by_score.then(a.id.cmp(&b.id))
 }
 
-impl Metric {
-    /// True when a smaller score is the better one.
-    pub fn lower_is_better(self) -> bool {
-        matches!(self, Metric::L2)
-    }
-
-    /// Orders two hits best first: by score in the metric's direction, then by id ascending.
-    pub fn compare(self, a: &Hit, b: &Hit) -> Ordering {
-        // IEEE comparison, so that -0.0 and 0.0 tie (scores are never NaN: input is checked).
-        let by_score = if self.lower_is_better() {
-            a.score.partial_cmp(&b.score)
-        } else {
-            b.score.partial_cmp(&a.score)
-        };
-        let by_score = by_score.unwrap_or(Ordering::Equal);
-        by_score.then(a.id.cmp(&b.id))
-    }
-
-    /// Prepares a row or query for the scan: cosine normalizes it in place.
-    pub(crate) fn prepare(self, v: &mut [f32]) {
-        if self == Metric::Cosine {
-            normalize(v);
-        }
-    }
-
-    /// Turns a scan key (higher is better, see [`select::Candidate`]) into the hit's score.
-    /// For L2 the key is `2 q·v − |v|²`, so the distance is `|q|² − key`.
-    pub(crate) fn score_from_key(self, key: f32, query_sq_norm: f32) -> f32 {
-        match self {
-            Metric::Cosine | Metric::Dot => key,
-            Metric::L2 => (query_sq_norm - key).max(0.0),
-        }
+/// Prepares a row or query for the scan: cosine normalizes it in place.
+pub(crate) fn prepare(metric: Metric, v: &mut [f32]) {
+    if metric == Metric::Cosine {
+        normalize(v);
     }
 }
 
-impl fmt::Display for Metric {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Metric::Cosine => "cosine",
-            Metric::Dot => "dot",
-            Metric::L2 => "l2",
-        })
-    }
-}
-
-impl FromStr for Metric {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "cosine" => Ok(Metric::Cosine),
-            "dot" => Ok(Metric::Dot),
-            "l2" => Ok(Metric::L2),
-            _ => Err(format!("unknown metric {s:?}: expected cosine, dot or l2")),
-        }
+/// Turns a scan key (higher is better, see [`select::Candidate`]) into the hit's score.
+/// For L2 the key is `2 q·v − |v|²`, so the distance is `|q|² − key`.
+pub(crate) fn score_from_key(metric: Metric, key: f32, query_sq_norm: f32) -> f32 {
+    match metric {
+        Metric::Cosine | Metric::Dot => key,
+        Metric::L2 => (query_sq_norm - key).max(0.0),
     }
 }
 
@@ -346,23 +306,10 @@ mod tests {
         let b = Hit { id: 1, score: 1.0 };
         let c = Hit { id: 0, score: 0.5 };
         let mut hits = [c, a, b];
-        hits.sort_by(|x, y| Metric::Dot.compare(x, y));
+        hits.sort_by(|x, y| compare(Metric::Dot, x, y));
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [1, 2, 0]);
-        hits.sort_by(|x, y| Metric::L2.compare(x, y));
+        hits.sort_by(|x, y| compare(Metric::L2, x, y));
         assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [0, 1, 2]);
-    }
-
-    #[test]
-    fn metric_parses_and_prints() {
-        for m in [Metric::Cosine, Metric::Dot, Metric::L2] {
-            assert_eq!(m.to_string().parse::<Metric>(), Ok(m));
-        }
-        assert!(
-            "manhattan"
-                .parse::<Metric>()
-                .unwrap_err()
-                .contains("manhattan")
-        );
     }
 
     #[test]

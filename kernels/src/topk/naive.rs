@@ -34,7 +34,7 @@ pub fn naive_topk(
                     Hit { id, score }
                 })
                 .collect();
-            hits.sort_by(|a, b| metric.compare(a, b));
+            hits.sort_by(|a, b| crate::topk::compare(metric, a, b));
             hits.truncate(k);
             hits
         })

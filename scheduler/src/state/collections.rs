@@ -6,23 +6,13 @@
 //! collection deletes them and every placement of them.
 
 use super::{
-    ClusterState, CollectionSpec, Deployment, DeploymentSpec, Metric, ReplicaSet, exists, not_found,
+    ClusterState, CollectionSpec, Deployment, DeploymentSpec, ReplicaSet, exists, not_found,
 };
 use crate::command::{CommandOutcome, ObjectKind, Rejection};
 use crate::placement::Strategy;
 
 /// The actor kind of a partition replica.
 pub const PARTITION_KIND: &str = "vector_partition";
-
-impl Metric {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Metric::Cosine => "cosine",
-            Metric::Dot => "dot",
-            Metric::L2 => "l2",
-        }
-    }
-}
 
 impl CollectionSpec {
     /// The deployment that holds partition `partition`.

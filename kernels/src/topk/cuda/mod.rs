@@ -135,7 +135,7 @@ impl CudaIndex {
     /// Converts a row (or query) to what the GPU holds: prepared for the metric, in fp16.
     fn to_half(&self, v: &[f32]) -> Result<(Vec<f16>, f32), f32> {
         let mut v = v.to_vec();
-        self.metric.prepare(&mut v);
+        crate::topk::prepare(self.metric, &mut v);
         let max = f16::MAX.to_f32();
         if let Some(&bad) = v.iter().find(|x| x.abs() > max) {
             return Err(bad);
@@ -326,10 +326,10 @@ impl CudaIndex {
                     .filter(|&(_, &row)| row != NO_ROW && (row as usize) < len)
                     .map(|(&key, &row)| Hit {
                         id: self.ids[row as usize],
-                        score: self.metric.score_from_key(key, q_sq),
+                        score: crate::topk::score_from_key(self.metric, key, q_sq),
                     })
                     .collect();
-                hits.sort_by(|a, b| self.metric.compare(a, b));
+                hits.sort_by(|a, b| crate::topk::compare(self.metric, a, b));
                 hits
             })
             .collect())

@@ -237,16 +237,9 @@ fn max_tokens(n: u32) -> Result<(), JobFailure> {
 }
 
 fn metric(name: &str) -> Result<Metric, JobFailure> {
-    match name {
-        "cosine" => Ok(Metric::Cosine),
-        "dot" => Ok(Metric::Dot),
-        "l2" => Ok(Metric::L2),
-        other => Err(JobFailure::field(
-            ErrorCode::InvalidJob,
-            "job.metric",
-            format!("metric {other:?} is not one of cosine, dot, l2"),
-        )),
-    }
+    name.parse().map_err(|e: arbor_proto::UnknownMetric| {
+        JobFailure::field(ErrorCode::InvalidJob, "job.metric", e.to_string())
+    })
 }
 
 /// Hands a job's events to its submitter and its watchers.
