@@ -166,9 +166,3 @@ pub async fn raw_pair() -> (Vec<ActorRef<NodeServerMessage>>, ActorRef<RawMsg>) 
     .await;
     (servers, ActorRef::from(target))
 }
-
-/// Percentiles of a set of durations.
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbor_actors::wire::Wire;
-use arbor_benches::{EchoMsg, RawMsg, arbor_pair, percentile, raw_pair};
+use arbor_benches::{EchoMsg, RawMsg, arbor_pair, raw_pair};
+use arbor_latency::Latencies;
 use criterion::{Criterion, Throughput};
 use ractor::ActorRef;
 
@@ -27,7 +28,7 @@ async fn raw_call(a: &ActorRef<RawMsg>, payload: &[u8]) {
 }
 
 /// Latencies of `n` calls made by each of `callers` concurrent tasks; and calls/s overall.
-async fn sample<F, Fut>(callers: usize, n: usize, call: F) -> (Vec<Duration>, f64)
+async fn sample<F, Fut>(callers: usize, n: usize, call: F) -> (Latencies, f64)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -48,20 +49,19 @@ where
             })
         })
         .collect();
-    let mut all = Vec::new();
+    let mut all = Latencies::new();
     for t in tasks {
         all.extend(t.await.unwrap());
     }
     let rate = all.len() as f64 / start.elapsed().as_secs_f64();
-    all.sort();
     (all, rate)
 }
 
-fn report(name: &str, (lat, rate): (Vec<Duration>, f64)) {
+fn report(name: &str, (lat, rate): (Latencies, f64)) {
     println!(
         "{name:<28} p50 {:>8.1} µs   p99 {:>8.1} µs   {:>9.0} calls/s",
-        percentile(&lat, 0.5).as_secs_f64() * 1e6,
-        percentile(&lat, 0.99).as_secs_f64() * 1e6,
+        lat.quantile(0.5).as_secs_f64() * 1e6,
+        lat.quantile(0.99).as_secs_f64() * 1e6,
         rate
     );
 }

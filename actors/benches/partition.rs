@@ -13,6 +13,7 @@
 //!
 //! The target it checks: a partition of 1M × 384 f32 vectors uses at most 1.7 GB of RAM.
 
+use arbor_latency::Latencies;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,11 +46,6 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
 
 fn mb(bytes: u64) -> f64 {
     bytes as f64 / 1e6
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn random_vector(rng: &mut StdRng) -> Vec<f32> {
@@ -168,7 +164,7 @@ fn partition(c: &mut Criterion) {
         .collect();
     let en = MetadataFilter::parse(r#"{"op":"equal","key":"lang","value":"en"}"#).expect("filter");
     for (name, filter) in [("no filter", None), ("lang = en (1/3 of rows)", Some(&en))] {
-        let mut times: Vec<Duration> = queries
+        let times: Latencies = queries
             .iter()
             .map(|q| {
                 let t = Instant::now();
@@ -180,11 +176,10 @@ fn partition(c: &mut Criterion) {
                 took
             })
             .collect();
-        times.sort();
         println!(
             "search k=10, 1 query, {name}: p50 {:.2} ms, p99 {:.2} ms over {LATENCY_QUERIES} queries",
-            percentile(&times, 0.5).as_secs_f64() * 1e3,
-            percentile(&times, 0.99).as_secs_f64() * 1e3
+            times.quantile(0.5).as_secs_f64() * 1e3,
+            times.quantile(0.99).as_secs_f64() * 1e3
         );
     }
 

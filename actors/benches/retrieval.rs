@@ -11,6 +11,7 @@
 //!
 //! `cargo bench -p arbor-actors --bench retrieval` (needs scripts/fetch-models.sh first).
 
+use arbor_latency::Latencies;
 use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
@@ -110,10 +111,6 @@ async fn fill(c: &Cluster, rows: usize) {
     }
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn documents(n: usize) -> Vec<Document> {
     let corpus: Vec<Document> = include_str!("../tests/data/corpus.jsonl")
         .lines()
@@ -147,7 +144,7 @@ fn retrieval(c: &mut Criterion) {
     // Percentiles over a fixed run, beside criterion's means.
     let questions = ["How do bees communicate?", "What causes the tides?"];
     for (what, with_text) in [("text", true), ("vector", false)] {
-        let mut lat = Vec::new();
+        let mut lat = Latencies::new();
         let vector = vec![0.05f32; DIM];
         for i in 0..200 {
             let t = Instant::now();
@@ -158,14 +155,13 @@ fn retrieval(c: &mut Criterion) {
                     coordinator.query_vector(vector.clone(), 10, None).await
                 }
             });
-            lat.push(t.elapsed());
+            lat.record(t.elapsed());
             assert_eq!(found.unwrap().results.len(), 10);
         }
-        lat.sort();
         eprintln!(
             "retrieval/query_{what} over {rows} rows in {PARTITIONS} partitions: p50 {:.2?} p99 {:.2?}",
-            percentile(&lat, 0.5),
-            percentile(&lat, 0.99)
+            lat.quantile(0.5),
+            lat.quantile(0.99)
         );
     }
     let mut g = c.benchmark_group("retrieval_query");

@@ -20,7 +20,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::load::{Conn, ms, percentile, row, spec, start, unit_vector};
+use arbor_latency::Latencies;
+use common::load::{Conn, ms, row, spec, start, unit_vector};
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -208,8 +209,7 @@ async fn queries(addr: SocketAddr, token: &str, name: &str, n: usize, job: fn(us
     c.pipeline(5, 1, job).await;
     let done = c.pipeline(n, 1, job).await;
     done.iter().for_each(|d| check_answer(&d.data));
-    let mut lat: Vec<Duration> = done.iter().map(|d| d.latency).collect();
-    lat.sort();
+    let lat: Latencies = done.iter().map(|d| d.latency).collect();
     let conns = 8;
     let per_conn = (n / 2).max(10);
     let mut opened = Vec::new();
@@ -237,8 +237,8 @@ async fn queries(addr: SocketAddr, token: &str, name: &str, n: usize, job: fn(us
     println!(
         "  {name:<28} p50 {:>7.2} ms   p99 {:>7.2} ms   {:>7.1} queries/s (8 connections; \
          {partial} of {} answers missed a partition)",
-        ms(percentile(&lat, 0.5)),
-        ms(percentile(&lat, 0.99)),
+        ms(lat.quantile(0.5)),
+        ms(lat.quantile(0.99)),
         qps,
         conns * per_conn
     );
@@ -441,15 +441,13 @@ fn main() {
                        "question": QUESTIONS[i % QUESTIONS.len()], "k": 3, "max_tokens": 16}))
             })
             .await;
-        let mut first: Vec<Duration> = done.iter().filter_map(|d| d.first_token).collect();
-        assert_eq!(first.len(), n_rag, "every rag streamed a token");
-        first.sort();
-        let mut whole: Vec<Duration> = done.iter().map(|d| d.latency).collect();
-        whole.sort();
+        let first: Latencies = done.iter().filter_map(|d| d.first_token).collect();
+        assert_eq!(first.len(), n_rag as u64, "every rag streamed a token");
+        let whole: Latencies = done.iter().map(|d| d.latency).collect();
         println!(
             "rag, k = 3, 16 tokens: time to first token p50 {:.0} ms (whole answer p50 {:.0} ms, {n_rag} questions)",
-            ms(percentile(&first, 0.5)),
-            ms(percentile(&whole, 0.5))
+            ms(first.quantile(0.5)),
+            ms(whole.quantile(0.5))
         );
         drop(nodes);
     });

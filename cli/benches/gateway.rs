@@ -9,6 +9,7 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use arbor_latency::Latencies;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -85,7 +86,7 @@ async fn sample(
     per_conn: usize,
     depth: usize,
     submit: ClientMsg,
-) -> (Vec<Duration>, f64) {
+) -> (Latencies, f64) {
     let mut opened = Vec::new();
     for _ in 0..conns {
         opened.push(Conn::open(addr, token).await);
@@ -109,25 +110,19 @@ async fn sample(
             })
         })
         .collect();
-    let mut all = Vec::new();
+    let mut all = Latencies::new();
     for t in tasks {
         all.extend(t.await.unwrap());
     }
-    let rate = (all.len() * depth) as f64 / start.elapsed().as_secs_f64();
-    all.sort();
+    let rate = (all.len() as usize * depth) as f64 / start.elapsed().as_secs_f64();
     (all, rate)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn report(name: &str, (lat, rate): (Vec<Duration>, f64)) {
+fn report(name: &str, (lat, rate): (Latencies, f64)) {
     println!(
         "{name:<44} p50 {:>9.1} µs   p99 {:>9.1} µs   {:>9.0} jobs/s",
-        percentile(&lat, 0.5).as_secs_f64() * 1e6,
-        percentile(&lat, 0.99).as_secs_f64() * 1e6,
+        lat.quantile(0.5).as_secs_f64() * 1e6,
+        lat.quantile(0.99).as_secs_f64() * 1e6,
         rate
     );
 }

@@ -19,8 +19,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use arbor_latency::Latencies;
 use arbor_proto::gateway::{IngestJob, JobSpec};
-use common::load::{Conn, ms, percentile, row, start, unit_vector};
+use common::load::{Conn, ms, row, start, unit_vector};
 use serde_json::{Value, json};
 
 const SECRET: &str = "replication-bench-secret";
@@ -85,8 +86,8 @@ async fn whole(c: &mut Conn, name: &str) -> bool {
         })
 }
 
-/// Loads rows `from..to` into `collection`; the jobs' latencies, sorted, and the time taken.
-async fn load(c: &mut Conn, collection: &str, from: usize, to: usize) -> (Vec<Duration>, Duration) {
+/// Loads rows `from..to` into `collection`; the jobs' latencies and the time taken.
+async fn load(c: &mut Conn, collection: &str, from: usize, to: usize) -> (Latencies, Duration) {
     let text = "a synthetic chunk of text about replication, ".repeat(13);
     let start = Instant::now();
     let jobs = (to - from).div_ceil(LOAD_BATCH);
@@ -102,8 +103,7 @@ async fn load(c: &mut Conn, collection: &str, from: usize, to: usize) -> (Vec<Du
         })
         .await;
     let took = start.elapsed();
-    let mut lat: Vec<Duration> = done.drain(..).map(|d| d.latency).collect();
-    lat.sort();
+    let lat: Latencies = done.drain(..).map(|d| d.latency).collect();
     (lat, took)
 }
 
@@ -155,8 +155,8 @@ fn main() {
             println!(
                 "| {r} | {rows} | {:.0} | {:.1} ms | {:.1} ms |",
                 rows as f64 / took.as_secs_f64(),
-                ms(percentile(&lat, 0.5)),
-                ms(percentile(&lat, 0.99)),
+                ms(lat.quantile(0.5)),
+                ms(lat.quantile(0.99)),
             );
             c.job(json!({"kind": "delete_collection", "name": name}))
                 .await;

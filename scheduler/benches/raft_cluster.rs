@@ -5,6 +5,7 @@
 //! Run: `cargo bench -p arbor-scheduler --bench raft_cluster`. Percentiles and the failover
 //! median are printed to stderr next to criterion's report.
 
+use arbor_latency::Latencies;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -51,10 +52,6 @@ async fn run(h: &RaftHandle, proposers: u64, total: u64) -> (Duration, Vec<Durat
     (start.elapsed(), all)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
 fn throughput(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let cluster = rt.block_on(BenchCluster::start());
@@ -63,14 +60,14 @@ fn throughput(c: &mut Criterion) {
     for proposers in [1u64, 64] {
         // Latency percentiles over a fixed run, reported beside criterion's throughput.
         let total = if proposers == 1 { 1_000 } else { 20_000 };
-        let (elapsed, mut lat) = rt.block_on(run(&h, proposers, total));
-        lat.sort();
+        let (elapsed, lat) = rt.block_on(run(&h, proposers, total));
+        let lat: Latencies = lat.into_iter().collect();
         eprintln!(
             "raft_cluster/{proposers} proposers: {total} commits in {elapsed:.2?} = {:.0} commits/s; latency p50 {:.2?} p99 {:.2?} max {:.2?}",
             total as f64 / elapsed.as_secs_f64(),
-            percentile(&lat, 0.50),
-            percentile(&lat, 0.99),
-            lat.last().unwrap()
+            lat.quantile(0.50),
+            lat.quantile(0.99),
+            lat.max()
         );
         let mut g = c.benchmark_group("raft_commit");
         g.throughput(Throughput::Elements(1));
@@ -134,15 +131,14 @@ fn failover(c: &mut Criterion) {
         })
     });
     g.finish();
-    let mut t = trials.lock().unwrap().clone();
-    t.sort();
+    let t: Latencies = trials.lock().unwrap().iter().collect();
     eprintln!(
         "raft_failover: {} trials, median {:.0?}, p90 {:.0?}, min {:.0?}, max {:.0?}",
         t.len(),
-        percentile(&t, 0.5),
-        percentile(&t, 0.9),
-        t[0],
-        t.last().unwrap()
+        t.quantile(0.5),
+        t.quantile(0.9),
+        t.min(),
+        t.max()
     );
     rt.block_on(async move {
         for (_, n) in cluster.nodes {

@@ -1,6 +1,6 @@
 //! What the benches that drive a 3-node cluster over the gateway share: a connection that
 //! pipelines jobs (through `arbor-client`, whose raw send and receive keep many jobs in
-//! flight), the cluster's start, rows that bring their own vectors, percentiles.
+//! flight), the cluster's start, rows that bring their own vectors.
 
 #![allow(dead_code)] // each bench uses part of it
 
@@ -191,11 +191,6 @@ pub fn row(i: usize, text: &str, vector: Vec<f32>) -> Document {
         metadata,
         vector: Some(vector),
     }
-}
-
-pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 pub fn ms(d: Duration) -> f64 {
