@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::{ClusterConfig, NodeConfig, NodeId, Secret};
 use crate::link::messages::LinkMsg;
-use crate::link::{PeerName, parse_peer_name, peer_link_actor};
+use crate::link::{PeerName, parse_peer_name};
 
 /// Why the client got no answer.
 #[derive(Debug, thiserror::Error)]
@@ -100,39 +100,6 @@ impl<'a> Client<'a> {
         })
     }
 
-    /// Asks the nodes in cluster.toml's order until one answers.
-    pub async fn ask_any<T>(
-        &mut self,
-        ask: impl AsyncFn(ActorRef<LinkMsg>, Duration) -> Result<T, String>,
-    ) -> Result<(NodeId, T), ClientError> {
-        let mut tried = String::new();
-        for node in &self.config.nodes {
-            match self.ask(node, &ask).await {
-                Ok(answer) => return Ok((node.id, answer)),
-                Err(why) => {
-                    let _ = writeln!(tried, "  node {} at {}: {why}", node.id, node.actors);
-                }
-            }
-        }
-        Err(ClientError::NoAnswer {
-            cluster: self.config.cluster.name.clone(),
-            config: self.config.path.display().to_string(),
-            tried: tried.trim_end().to_owned(),
-        })
-    }
-
-    /// Asks every node in cluster.toml; each answer or why there is none.
-    pub async fn ask_each<T>(
-        &mut self,
-        ask: impl AsyncFn(ActorRef<LinkMsg>, Duration) -> Result<T, String>,
-    ) -> Vec<(NodeId, Result<T, String>)> {
-        let mut out = Vec::new();
-        for node in &self.config.nodes {
-            out.push((node.id, self.ask(node, &ask).await));
-        }
-        out
-    }
-
     /// Links with every node in cluster.toml and keeps the sessions open, so actors the nodes
     /// advertise in process groups (deployment replicas) become reachable from here. Returns
     /// each node's result; the call succeeds if any node linked.
@@ -168,35 +135,6 @@ impl<'a> Client<'a> {
             .server
             .stop_and_wait(None, Some(Duration::from_secs(2)))
             .await;
-    }
-
-    async fn ask<T>(
-        &mut self,
-        node: &NodeConfig,
-        ask: &impl AsyncFn(ActorRef<LinkMsg>, Duration) -> Result<T, String>,
-    ) -> Result<T, String> {
-        let deadline = Instant::now() + self.per_node;
-        let session = self.connect(node, deadline).await?;
-        let cluster = &self.config.cluster.name;
-        let result = async {
-            // The node's link actor is mirrored during the session's ready sync; look briefly.
-            let target = loop {
-                if let Some(t) = peer_link_actor(cluster, node.id, &session.get_cell()) {
-                    break t;
-                }
-                if Instant::now() >= deadline {
-                    return Err("its link actor did not show up".to_string());
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            };
-            let left = deadline
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_millis(100));
-            ask(target, left).await
-        }
-        .await;
-        session.get_cell().stop(None);
-        result
     }
 
     async fn connect(

@@ -4,7 +4,7 @@
 
 mod assignments;
 pub mod call;
-pub mod client;
+mod client;
 pub mod config;
 pub mod control;
 pub mod deployment_file;
