@@ -28,6 +28,7 @@ name = "echo"
 kind = "echo"
 replicas = 6
 strategy = "spread"
+idempotent = true
 [resources]
 cpu = "100m"
 memory = "64MiB"
@@ -65,7 +66,12 @@ async fn replicas_move_off_a_dead_node_and_never_run_twice() {
     let caller = Caller::connect(&c.config, &c.secret(), Duration::from_secs(3))
         .await
         .unwrap();
-    let router = caller.router("echo", Duration::from_secs(5)).await;
+    // An echo may run twice (its deployment says `idempotent = true`), so a call whose
+    // replica dies under it is tried on another.
+    let router = caller
+        .router("echo", Duration::from_secs(5))
+        .await
+        .idempotent(true);
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let calls = tokio::spawn({

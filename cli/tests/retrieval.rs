@@ -21,6 +21,7 @@ name = "coord"
 kind = "retrieval_coordinator"
 replicas = 2
 anti_affinity = true
+idempotent = true
 [config]
 collection = "docs"
 partitions = 4
@@ -115,7 +116,12 @@ async fn a_collection_survives_the_loss_of_a_node_under_load() {
     let caller = Caller::connect(&c.config, &c.secret(), Duration::from_secs(3))
         .await
         .unwrap();
-    let router = caller.router("coord", Duration::from_secs(5)).await;
+    // Ingests (upserts by id) and queries may run twice: a call whose coordinator replica dies
+    // under it is tried on another.
+    let router = caller
+        .router("coord", Duration::from_secs(5))
+        .await
+        .idempotent(true);
     let mut right = 0;
     for (q, doc) in questions() {
         let found = ask(&router, q, 1).await.unwrap();
