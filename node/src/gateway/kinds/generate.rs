@@ -19,11 +19,8 @@ pub(super) async fn stream_tokens(
         Duration::from_millis(250),
     )
     .await
-    .map_err(|e| match e {
-        // The model's own words, without the wrapper's.
-        StreamError::Failure(f) => JobFailure::new(f.code(), f.to_string()),
-        other => JobFailure::new(other.code(), other.to_string()),
-    })
+    // A model's own failure keeps its code and words (`StreamError` is transparent over it).
+    .map_err(|e| JobFailure::new(e.code(), e.to_string()))
 }
 
 pub(super) async fn generate(env: &Env, g: GenerateJob, emit: &Emit) -> Result<Value, JobFailure> {
@@ -58,15 +55,11 @@ pub(super) async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
     })
     .await??;
     let request = EmbedRequest { texts: e.texts };
-    let reply = router(env, &deployment)
-        .idempotent(true)
-        .ask(
-            |port| ReplicaMsg::Embed(Wire::new(request.clone()), port),
-            CALL_TIMEOUT,
-        )
-        .await
-        .map_err(call_failure)?;
-    let result = reply.into_inner().map_err(internal)?.map_err(|f| {
+    let reply = ask_idempotent(env, &deployment, |port| {
+        ReplicaMsg::Embed(Wire::new(request.clone()), port)
+    })
+    .await?;
+    let result = reply.map_err(|f| {
         let code = f.code();
         match f {
             EmbedFailure::Invalid(why) | EmbedFailure::Model(why) => JobFailure::new(code, why),

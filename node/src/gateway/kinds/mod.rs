@@ -26,7 +26,7 @@ use arbor_actors::kinds::model::{ChatMessage, ChatRole, Finished, GenerateSpec};
 use arbor_actors::replica::{EmbedFailure, EmbedRequest, ReplicaMsg};
 use arbor_actors::retrieval::{CollectionRoute, QueryAnswer, rag_prompt};
 use arbor_actors::router::{CallError, Router};
-use arbor_actors::stream::{StreamError, generate_failover};
+use arbor_actors::stream::generate_failover;
 use arbor_actors::wire::Wire;
 use arbor_scheduler::RaftHandle;
 use arbor_scheduler::resources::{Bytes, Millicores, Resources};
@@ -449,6 +449,23 @@ fn call_failure(e: CallError) -> JobFailure {
         CallError::Replica(why) => JobFailure::new(code, why.to_string()),
         other => JobFailure::new(code, other.to_string()),
     }
+}
+
+/// One typed request that may run twice without harm (a read, an upsert by id, an embedding)
+/// to a replica of `deployment`: a replica lost during it is replaced by another. The
+/// replica's reply, decoded.
+async fn ask_idempotent<R: Send + 'static>(
+    env: &Env,
+    deployment: &str,
+    make: impl Fn(ractor::RpcReplyPort<Wire<R>>) -> ReplicaMsg,
+) -> Result<R, JobFailure> {
+    router(env, deployment)
+        .idempotent(true)
+        .ask(make, CALL_TIMEOUT)
+        .await
+        .map_err(call_failure)?
+        .into_inner()
+        .map_err(internal)
 }
 
 /// A router to `deployment`'s replicas, as every job kind calls them.

@@ -79,15 +79,18 @@ pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value
     let (coordinator, route) = coordinator_of(env, &i.collection).await?;
     let start = Instant::now();
     let total = i.documents.len() as u64;
+    let steps = ingest_steps(&i.documents);
+    let mut rest = i.documents.into_iter();
     let mut chunks = 0u64;
     let mut per_partition = vec![0u64; route.partitions as usize];
     let mut done = 0u64;
     emit.progress(0, total, "documents");
-    for range in ingest_steps(&i.documents) {
+    for range in steps {
         if emit.job.is_cancelled() {
             break;
         }
-        let step = i.documents[range].to_vec();
+        // The steps are consecutive: each takes the next documents, moved, not copied.
+        let step: Vec<Document> = rest.by_ref().take(range.len()).collect();
         let sent = step.len() as u64;
         let report =
             match ask_coordinator(env, &coordinator, RetrievalRequest::Ingest(step)).await? {
@@ -114,26 +117,18 @@ pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value
 }
 
 /// One typed request to a coordinator of the collection. Ingests and queries are safe to run
-/// twice (a document's id names its rows), so an attempt that timed out is tried again on
-/// another coordinator replica. The coordinator's coded error becomes the job's, code for
-/// code.
+/// twice (a document's id names its rows). The coordinator's coded error becomes the job's,
+/// code for code.
 async fn ask_coordinator(
     env: &Env,
     coordinator: &str,
     request: RetrievalRequest,
 ) -> Result<RetrievalAnswer, JobFailure> {
-    let reply = router(env, coordinator)
-        .idempotent(true)
-        .ask(
-            |port| ReplicaMsg::Retrieval(Wire::new(request.clone()), port),
-            CALL_TIMEOUT,
-        )
-        .await
-        .map_err(call_failure)?;
-    match reply.into_inner().map_err(internal)? {
-        Ok(answer) => Ok(answer),
-        Err(e) => Err(JobFailure::new(e.code(), e.to_string())),
-    }
+    ask_idempotent(env, coordinator, |port| {
+        ReplicaMsg::Retrieval(Wire::new(request.clone()), port)
+    })
+    .await?
+    .map_err(|e| JobFailure::new(e.code(), e.to_string()))
 }
 
 /// The documents of each request to the coordinator, in order: at most [`INGEST_STEP`] to
