@@ -161,7 +161,7 @@ pub async fn raw_pair() -> (Vec<ActorRef<NodeServerMessage>>, ActorRef<RawMsg>) 
         let sessions = ractor::call_t!(server, NodeServerMessage::GetSessions, 1000).ok()?;
         sessions
             .values()
-            .find_map(|s| arbor_node::link::remote_member(SCOPE, "raw.b", &s.actor.get_cell()))
+            .find_map(|s| arbor_node::remote_member(SCOPE, "raw.b", &s.actor.get_cell()))
     })
     .await;
     (servers, ActorRef::from(target))

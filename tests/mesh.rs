@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use arbor_node::link::messages::PeerState;
 use arbor_node::{Node, NodeId, Secret};
+use arbor_proto::cluster::PeerState;
 use arbor_tests::cluster;
 
 /// Polls until `check` holds for node's view, or panics with the last view.

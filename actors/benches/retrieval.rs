@@ -135,10 +135,10 @@ fn retrieval(c: &mut Criterion) {
     let loaded = Instant::now();
     rt.block_on(fill(&cluster, rows));
     eprintln!("retrieval: {rows} rows written in {:.1?}", loaded.elapsed());
-    let route: CollectionRoute = serde_json::from_value(serde_json::json!({
-        "collection": "bench", "partitions": PARTITIONS, "embedder": "embedder", "model": "llm",
-    }))
-    .unwrap();
+    let route = CollectionRoute {
+        model: Some("llm".into()),
+        ..CollectionRoute::new("bench")
+    };
     let coordinator = cluster.coordinator(route);
 
     // Percentiles over a fixed run, beside criterion's means.

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use arbor_scheduler::state::PartitionView;
+use arbor_scheduler::state::{ClusterState, CollectionSpec, PartitionView, partition_views};
 use arbor_scheduler::{Command, CommandOutcome};
 use tokio::sync::watch;
 
@@ -36,12 +36,26 @@ pub trait Proposer: Send + Sync + 'static {
     fn propose(&self, command: Command) -> Pending<Result<CommandOutcome, ControlError>>;
 }
 
-/// Every partition's view, as of one applied index of the control plane.
+/// Every collection and every partition's view, as of one applied index of the control plane.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Views {
     /// The control plane's applied index these views were read at.
     pub applied: u64,
+    /// Each collection's shape (partitions, dimension, metric, embedder), by name: what a
+    /// coordinator serves is read here, never repeated in its own config.
+    pub collections: BTreeMap<String, CollectionSpec>,
     pub partitions: BTreeMap<String, PartitionView>,
+}
+
+impl Views {
+    /// The views of `state`, read at `applied`. Pure.
+    pub fn of(applied: u64, state: &ClusterState) -> Views {
+        Views {
+            applied,
+            collections: state.collections.clone(),
+            partitions: partition_views(state),
+        }
+    }
 }
 
 /// A node's lease: until when it may serve and acknowledge for its replicas without having
@@ -130,6 +144,11 @@ impl Control {
     /// The partition deployment's view as this node knows it.
     pub fn view(&self, deployment: &str) -> Option<PartitionView> {
         self.views.borrow().partitions.get(deployment).cloned()
+    }
+
+    /// The collection's spec as this node knows it.
+    pub fn collection(&self, name: &str) -> Option<CollectionSpec> {
+        self.views.borrow().collections.get(name).cloned()
     }
 
     /// A receiver that wakes on every new set of views.

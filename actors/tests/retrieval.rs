@@ -52,11 +52,9 @@ async fn wait_running(scope: &str, deployment: &str) {
     }
 }
 
-fn route(collection: &str, partitions: u32) -> CollectionRoute {
+fn route(collection: &str) -> CollectionRoute {
     serde_json::from_value(serde_json::json!({
         "collection": collection,
-        "partitions": partitions,
-        "embedder": "embedder",
         "write_patience_ms": 2000,
     }))
     .unwrap()
@@ -100,14 +98,18 @@ async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partition
     c.collection("one", 1, 1, 384, Metric::Cosine).await;
     c.collection("docs", 4, 2, 384, Metric::Cosine).await;
 
-    let one = c.coordinator(route("one", 1));
-    let four = c.coordinator(route("docs", 4));
+    let one = c.coordinator(route("one"));
+    let four = c.coordinator(route("docs"));
+    // The config names only the collection: its shape is read from the control plane.
+    assert_eq!(four.shape().unwrap().partitions, 4);
+    assert_eq!(four.shape().unwrap().embedder, "embedder");
     let mut progress = Vec::new();
     let report = four
         .ingest(&corpus(), |p| progress.push(p.chunks_done))
         .await
         .unwrap();
     assert_eq!((report.documents, report.chunks), (20, 20));
+    assert_eq!(report.per_partition.len(), 4);
     assert_eq!(report.per_partition.iter().sum::<u64>(), 20);
     assert!(report.per_partition.iter().all(|n| *n > 0), "{report:?}");
     assert_eq!(progress.last(), Some(&20));
@@ -165,9 +167,7 @@ async fn paraphrased_questions_find_their_paragraph_on_one_and_on_four_partition
         kind: "retrieval_coordinator".into(),
         generation: 1,
         devices: vec![],
-        config:
-            r#"{"collection": "docs", "partitions": 4, "embedder": "embedder", "model": "llm"}"#
-                .into(),
+        config: r#"{"collection": "docs", "model": "llm"}"#.into(),
     };
     let model = Assignment {
         actor_id: "llm/0".into(),
@@ -316,7 +316,7 @@ async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
     let scope = "t-shrink";
     let cl = cluster(scope).await;
     cl.collection("shrink", 4, 2, 384, Metric::Cosine).await;
-    let c = cl.coordinator(route("shrink", 4));
+    let c = cl.coordinator(route("shrink"));
     let policy = ChunkPolicy::default();
 
     let long = long_text(120);
@@ -466,11 +466,24 @@ async fn documents_with_their_own_vectors_are_found_by_vector_queries() {
         kind: "retrieval_coordinator".into(),
         generation: 1,
         devices: vec![],
-        config: r#"{"collection": "vec", "partitions": 2, "embedder": "embedder"}"#.into(),
+        config: r#"{"collection": "vec"}"#.into(),
     };
     cl.extra.insert(1, vec![embedder(), coordinator]);
     cl.assign();
-    let c = cl.coordinator(route("vec", 2));
+    let c = cl.coordinator(route("vec"));
+    // A coordinator of a collection the control plane does not have says so, by name.
+    let absent = cl.coordinator(route("absent"));
+    let err = absent
+        .query_vector(vec![0.0; 384], 3, None)
+        .await
+        .unwrap_err();
+    assert_eq!(err, RetrievalError::NoCollection("absent".into()));
+    assert_eq!(
+        arbor_proto::Coded::code(&err),
+        arbor_proto::ErrorCode::NotFound
+    );
+    let err = absent.ingest(&corpus(), |_| {}).await.unwrap_err();
+    assert_eq!(err, RetrievalError::NoCollection("absent".into()));
 
     // A mixed batch: documents with vectors (one with an empty text) and ones to embed.
     let mut docs: Vec<Document> = (0..40)

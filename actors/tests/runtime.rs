@@ -518,9 +518,7 @@ async fn undecodable_requests_get_error_replies() {
             Kind::VectorPartition => r#"{"collection":"raw","partition":0,"dim":4}"#,
             // The embedder would take the assigned GPU by default; this machine may have none.
             Kind::Embedder => r#"{"device": "cpu"}"#,
-            Kind::RetrievalCoordinator => {
-                r#"{"collection":"raw","partitions":1,"embedder":"none"}"#
-            }
+            Kind::RetrievalCoordinator => r#"{"collection":"raw"}"#,
             Kind::Echo | Kind::Spin | Kind::Model => "{}",
         };
         let ctx = ReplicaContext {

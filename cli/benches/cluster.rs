@@ -70,8 +70,7 @@ async fn deploy(c: &mut Conn) {
     c.job(deploy(
         json!({"name": "coordinator", "kind": "retrieval_coordinator",
         "replicas": 1, "resources": {"cpu": "1", "memory": "256MiB"},
-        "config": {"collection": "bench", "partitions": PARTITIONS, "embedder": "embedder",
-                   "model": "model"}}),
+        "config": {"collection": "bench", "model": "model"}}),
     ))
     .await;
     let deadline = Instant::now() + Duration::from_secs(180);

@@ -194,7 +194,7 @@ async fn rag_setup(addr: SocketAddr, token: &str, dir: &Path) -> Option<String> 
     c.job(&deploy(
         json!({"name": "coordinator", "kind": "retrieval_coordinator", "replicas": 1,
         "resources": {"cpu": "50m", "memory": "32MiB"},
-        "config": {"collection": "bench", "partitions": 4, "embedder": "embedder"}}),
+        "config": {"collection": "bench"}}),
     ))
     .await;
     let corpus = std::fs::read_to_string(

@@ -57,7 +57,7 @@ async fn collection(c: &mut Conn, name: &str, partitions: u32, replicas: u32) {
     c.job(json!({"kind": "deploy", "deployment": {
         "name": format!("{name}-coord"), "kind": "retrieval_coordinator", "replicas": 3,
         "anti_affinity": true,
-        "config": {"collection": name, "partitions": partitions, "embedder": "embedder"}}}))
+        "config": {"collection": name}}}))
         .await;
     let start = Instant::now();
     while !whole(c, name).await {

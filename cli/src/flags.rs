@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use arbor_kernels::Device;
-use arbor_node::gateway::auth::Role;
+use arbor_node::auth::Role;
 use arbor_node::{ClusterConfig, NodeId};
 use clap::{Parser, Subcommand};
 

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use arbor_actors::partition::{PartitionAnswer, PartitionFailure, PartitionRequest, remote};
 use arbor_actors::retrieval::route::chunk_id;
+use arbor_node::Caller;
 use arbor_node::Secret;
-use arbor_node::call::Caller;
 use arbor_proto::gateway::{JobSpec, QueryJob};
 use common::chaos::{Chaos, ONE_AT_A_TIME, Port, SECRET, Witness, vector};
 use common::proxy::Fault;
@@ -229,11 +229,11 @@ async fn an_operator_promotes_a_stale_replica_and_is_told_what_is_lost() {
         .find(|r| r.replica == 0)
         .and_then(|r| r.generation)
         .unwrap();
-    let scope = arbor_node::link::scope(&c.config.cluster.name);
     let secret = Secret::new(SECRET).unwrap();
     let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
         .await
         .unwrap();
+    let scope = caller.scope().to_owned();
     let start = Instant::now();
     let cell = loop {
         if let Some(cell) = remote::member(
@@ -579,7 +579,7 @@ async fn s7_concurrent_writers_of_one_document_leave_every_replica_identical() {
     let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
         .await
         .unwrap();
-    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    let scope = caller.scope().to_owned();
     let deployments = c.deployments().await.unwrap();
     let generations: Vec<(u32, u64)> = deployments[&arbor_proto::partition_deployment("docs", 0)]
         .replicas
@@ -656,7 +656,7 @@ async fn s5a_s17_a_node_off_the_control_plane_stops_serving_within_its_lease() {
     let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
         .await
         .unwrap();
-    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    let scope = caller.scope().to_owned();
     let start = Instant::now();
     let cell = loop {
         if let Some(cell) = remote::member(&scope, "docs.p0", replica, generation) {
@@ -829,7 +829,7 @@ async fn verify_in_sync_only(c: &Chaos, collection: &str, acked: &BTreeMap<Strin
     let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
         .await
         .unwrap();
-    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    let scope = caller.scope().to_owned();
     let deployments = c.deployments().await.unwrap();
     for set in &sets {
         let deployment = arbor_proto::partition_deployment(collection, set.partition);
@@ -1078,7 +1078,7 @@ async fn s17_a_removed_member_stops_serving_and_its_replicas_move() {
     let caller = Caller::connect(&c.config, &secret, Duration::from_secs(3))
         .await
         .unwrap();
-    let scope = arbor_node::link::scope(&c.config.cluster.name);
+    let scope = caller.scope().to_owned();
     tokio::time::sleep(Duration::from_secs(1)).await;
     if let Some(old) = remote::member(&scope, "docs.p0", replica, old_generation) {
         let answer = remote::ask(

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use arbor_node::call::Caller;
-use arbor_node::control::DeploymentReport;
+use arbor_node::Caller;
+use arbor_proto::results::DeploymentReport;
 use common::cluster::{Cluster, T};
 use common::{NodeProc, arbor};
 

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arbor_actors::router::Router;
-use arbor_node::call::Caller;
+use arbor_node::Caller;
 use common::cluster::{Cluster, T};
 use serde_json::{Value, json};
 
@@ -24,8 +24,6 @@ anti_affinity = true
 idempotent = true
 [config]
 collection = "docs"
-partitions = 4
-embedder = "embedder"
 # A primary holds a write for up to its followers' deadline (2 s) when one of them has just
 # died; a search queued behind it must not count the partition missing for that.
 search_timeout_ms = 5000

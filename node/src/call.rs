@@ -1,8 +1,8 @@
-//! `arbor call DEPLOYMENT PAYLOAD`: one request to a deployment, from outside the cluster.
-//!
-//! The client links with every node, so each node's replicas of the deployment show up in
-//! the deployment's process group here, then calls through the same [`Router`] nodes use:
-//! fewest outstanding requests, another replica when one disappears.
+//! A caller that holds the cluster secret and links with every node as a node would, so that
+//! each node's replicas show up in their process groups here and can be called through the
+//! same [`Router`] nodes use. Clients never need it (they go through the gateway with a
+//! token); the process tests use it to reach replicas directly (a partition's rows, a
+//! replica to kill).
 //!
 //! One client node per process: ractor_cluster numbers a session's remote actors by a node id
 //! that each `NodeServer` counts from the same start, and process groups are global, so when a
@@ -12,20 +12,11 @@
 use std::time::{Duration, Instant};
 
 use arbor_actors::replica::deployment_group;
-use arbor_actors::router::{CallError, Router};
+use arbor_actors::router::Router;
 
 use crate::client::Client;
 use crate::config::{ClusterConfig, Secret};
 use crate::link::scope;
-
-/// Why `arbor call` got no reply.
-#[derive(Debug, thiserror::Error)]
-pub enum CallCmdError {
-    #[error(transparent)]
-    Client(#[from] crate::client::ClientError),
-    #[error(transparent)]
-    Call(#[from] CallError),
-}
 
 /// A client linked with the cluster, ready to call deployments.
 pub struct Caller<'a> {
@@ -39,7 +30,7 @@ impl<'a> Caller<'a> {
         config: &'a ClusterConfig,
         secret: &Secret,
         per_node: Duration,
-    ) -> Result<Caller<'a>, CallCmdError> {
+    ) -> Result<Caller<'a>, crate::client::ClientError> {
         let mut client = Client::start(config, secret, per_node).await?;
         for (id, result) in client.join_all().await? {
             if let Err(why) = result {
@@ -50,6 +41,11 @@ impl<'a> Caller<'a> {
             client,
             scope: scope(&config.cluster.name),
         })
+    }
+
+    /// The process-group scope the cluster's actors are found in.
+    pub fn scope(&self) -> &str {
+        &self.scope
     }
 
     /// A router to `deployment`, once at least one of its replicas is visible here (or
@@ -75,32 +71,4 @@ impl<'a> Caller<'a> {
     pub async fn stop(self) {
         self.client.stop().await;
     }
-}
-
-/// Sends one request and returns the reply.
-pub async fn call_once(
-    config: &ClusterConfig,
-    secret: &Secret,
-    deployment: &str,
-    payload: Vec<u8>,
-    timeout: Duration,
-) -> Result<Vec<u8>, CallCmdError> {
-    let caller = Caller::connect(config, secret, Duration::from_secs(3)).await?;
-    // Nodes advertise their replicas as soon as the link is up: none after a few seconds
-    // means none runs (or the deployment does not exist), and waiting longer will not help.
-    if caller
-        .visible(deployment, timeout.min(Duration::from_secs(3)))
-        .await
-        == 0
-    {
-        caller.stop().await;
-        return Err(CallError::NoReplicas {
-            deployment: deployment.to_owned(),
-        }
-        .into());
-    }
-    let router = Router::new(caller.scope.clone(), deployment).with_attempt_deadline(timeout);
-    let reply = router.call(payload, timeout).await;
-    caller.stop().await;
-    Ok(reply?)
 }

@@ -1,11 +1,11 @@
-//! Deployments and drains: what `arbor deploy|undeploy|deployments|node drain` ask a node to
-//! do, how the node does it through the control plane, and how the answers are printed.
+//! Deployments, collections and drains: what the gateway's control jobs (`deploy`,
+//! `undeploy`, `deployments`, `drain`, `create_collection`, ...) ask of the control plane, how
+//! this node carries them out, and the reports it reads back.
 
 use arbor_scheduler::state::{
     ClusterState, CollectionSpec, DeploymentSpec, Liveness, PlacementStatus,
 };
 use arbor_scheduler::{Command, CommandOutcome, RaftHandle};
-use serde::{Deserialize, Serialize};
 
 use crate::config::NodeId;
 
@@ -13,13 +13,12 @@ pub use arbor_proto::results::{
     CollectionReport, DeployChange, DeploymentReport, ReplicaReport, ReplicaSetReport,
 };
 
-/// A request from a client to any node. Variants only grow (see `link::messages`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// What the gateway's control jobs ask of the control plane.
+#[derive(Debug, Clone, PartialEq)]
 pub enum ControlRequest {
     /// Create the deployment, or update it if its spec differs.
     Deploy(DeploymentSpec),
     Undeploy(String),
-    Deployments,
     /// Start (`true`) or end a drain of a node.
     Drain {
         node: NodeId,
@@ -27,7 +26,6 @@ pub enum ControlRequest {
     },
     CreateCollection(CollectionSpec),
     DeleteCollection(String),
-    Collections,
     /// Makes a stale replica its partition's only in-sync replica and primary.
     PromoteStale {
         deployment: String,
@@ -36,15 +34,13 @@ pub enum ControlRequest {
 }
 
 /// What a [`ControlRequest`] did.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ControlReply {
     Deployed { revision: u64, change: DeployChange },
     Undeployed,
-    Deployments(Vec<DeploymentReport>),
     Drained,
     CollectionCreated,
     CollectionDeleted,
-    Collections(Vec<CollectionReport>),
     Promoted { epoch: u64 },
 }
 
@@ -81,12 +77,6 @@ impl From<arbor_scheduler::ReadError> for ControlError {
     fn from(e: arbor_scheduler::ReadError) -> Self {
         ControlError::Unavailable(e.to_string())
     }
-}
-
-/// Carries out one request through this node's view of the control plane; the error as text
-/// (what a remote caller receives).
-pub async fn execute(raft: &RaftHandle, request: ControlRequest) -> Result<ControlReply, String> {
-    carry_out(raft, request).await.map_err(|e| e.to_string())
 }
 
 /// Carries out one request through this node's view of the control plane.
@@ -130,10 +120,6 @@ pub async fn carry_out(
             propose(Command::DeleteDeployment { name }).await?;
             Ok(ControlReply::Undeployed)
         }
-        ControlRequest::Deployments => {
-            let reports = raft.read(report).await?;
-            Ok(ControlReply::Deployments(reports))
-        }
         ControlRequest::Drain { node, draining } => {
             propose(Command::SetNodeDrain { id: node, draining }).await?;
             Ok(ControlReply::Drained)
@@ -145,10 +131,6 @@ pub async fn carry_out(
         ControlRequest::DeleteCollection(name) => {
             propose(Command::DeleteCollection { name }).await?;
             Ok(ControlReply::CollectionDeleted)
-        }
-        ControlRequest::Collections => {
-            let reports = raft.read(collections).await?;
-            Ok(ControlReply::Collections(reports))
         }
         ControlRequest::PromoteStale {
             deployment,

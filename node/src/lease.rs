@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbor_actors::control::{Control, ControlError, Lease, Pending, Proposer, Views};
-use arbor_scheduler::state::partition_views;
 use arbor_scheduler::{Command, CommandOutcome, ProposeError, RaftHandle};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -101,12 +100,7 @@ fn publish(tx: &watch::Sender<Arc<Views>>, views: Views) {
 async fn follow(raft: RaftHandle, tx: Arc<watch::Sender<Arc<Views>>>) {
     let mut events = raft.subscribe();
     loop {
-        let views = raft
-            .read_local_at(|applied, s| Views {
-                applied,
-                partitions: partition_views(s),
-            })
-            .await;
+        let views = raft.read_local_at(Views::of).await;
         match views {
             Ok(v) => publish(&tx, v),
             Err(_) => return,
@@ -125,14 +119,7 @@ async fn renew(raft: RaftHandle, tx: Arc<watch::Sender<Arc<Views>>>, lease: Leas
     let every = lease.duration() / RENEWALS_PER_LEASE;
     loop {
         let start = Instant::now();
-        let read = tokio::time::timeout(
-            lease.duration(),
-            raft.read_at(|applied, s| Views {
-                applied,
-                partitions: partition_views(s),
-            }),
-        )
-        .await;
+        let read = tokio::time::timeout(lease.duration(), raft.read_at(Views::of)).await;
         if let Ok(Ok(views)) = read {
             // The views first: a replica that finds the lease valid also finds views at least
             // as new as this read.

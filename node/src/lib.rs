@@ -3,17 +3,21 @@
 //! starts it with `arbor node`; tests start real nodes in-process through the same code.
 
 mod assignments;
-pub mod call;
+mod call;
 mod client;
 pub mod config;
-pub mod control;
+mod control;
 pub mod deployment_file;
-pub mod gateway;
+mod gateway;
 mod janitor;
 mod lease;
-pub mod link;
+mod link;
 pub mod logging;
 mod runtime;
 
+pub use call::Caller;
+pub use client::ClientError;
 pub use config::{ClusterConfig, ConfigError, NodeId, Secret};
+pub use gateway::auth;
+pub use link::remote_member;
 pub use runtime::{Node, NodeError};

@@ -272,11 +272,6 @@ impl Node {
             node: id,
             supervisor: supervisor.clone(),
             raft: raft.handle(),
-            raft_addrs: config
-                .nodes
-                .iter()
-                .map(|n| (n.id, n.raft.to_string()))
-                .collect(),
         };
         let (link, _) = Actor::spawn(None, LinkActor, link_args)
             .await

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use arbor_scheduler::reconciler::{Observation, ReconcilerConfig, reconcile};
 use arbor_scheduler::resources::{Bytes, Millicores, Resources};
 use arbor_scheduler::state::{
-    ClusterState, CollectionSpec, DeploymentSpec, Liveness, Metric, NodeId, partition_views,
+    ClusterState, CollectionSpec, DeploymentSpec, Liveness, Metric, NodeId,
 };
 use arbor_scheduler::{Command, CommandOutcome, Rejection};
 use tokio::sync::watch;
@@ -47,10 +47,7 @@ impl MemoryControl {
         let (applied, state) = &mut *guard;
         *applied += 1;
         let outcome = state.apply(command);
-        let views = Views {
-            applied: *applied,
-            partitions: partition_views(state),
-        };
+        let views = Views::of(*applied, state);
         self.views.send_replace(Arc::new(views));
         outcome
     }

@@ -78,7 +78,8 @@ impl ReplicaKind for CoordinatorReplica {
     async fn start(&self, _myself: Me, ctx: ReplicaContext) -> Started<Self::State> {
         let route: CollectionRoute = serde_json::from_str(&ctx.config).map_err(|e| {
             format!(
-                "bad config for {} actor {:?}: {e} (it needs collection, partitions and embedder)",
+                "bad config for {} actor {:?}: {e} (it names its collection; partitions, \
+                 embedder and metric are the collection's, read from the control plane)",
                 Kind::RetrievalCoordinator,
                 ctx.actor_id
             )

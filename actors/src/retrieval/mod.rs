@@ -21,6 +21,6 @@ pub mod route;
 pub use chunk::ChunkPolicy;
 pub use coordinator::{
     CollectionRoute, Coordinator, Document, IngestProgress, IngestReport, QueryAnswer, QueryHit,
-    RagAnswer, RetrievalError, partition_deployment, rag_prompt,
+    RagAnswer, RetrievalError, Shape, partition_deployment, rag_prompt,
 };
 pub use messages::{QueryInput, QueryRequest, RetrievalAnswer, RetrievalReply, RetrievalRequest};

@@ -1,7 +1,7 @@
 //! `arbor token create|list|revoke`: the tokens file on a node's machine. Running nodes
 //! notice a change themselves.
 
-use arbor_node::gateway::auth::{TokenFile, TokenInfo};
+use arbor_node::auth::{TokenFile, TokenInfo};
 
 use crate::flags::TokenCommand;
 
@@ -79,7 +79,7 @@ fn to_table(tokens: &[TokenInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arbor_node::gateway::auth::Role;
+    use arbor_node::auth::Role;
 
     #[test]
     fn the_table_lists_ids_roles_and_labels() {

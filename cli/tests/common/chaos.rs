@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use arbor_actors::partition::{PartitionAnswer, PartitionRequest, remote};
 use arbor_actors::retrieval::route::{chunk_id, partition_of};
 use arbor_client::GatewayClient;
-use arbor_node::call::Caller;
-use arbor_node::control::{CollectionReport, DeploymentReport};
+use arbor_node::Caller;
 use arbor_node::{ClusterConfig, Secret};
 use arbor_proto::gateway::{Document, IngestJob, JobSpec};
+use arbor_proto::results::{CollectionReport, DeploymentReport};
 use serde_json::Value;
 
 use super::proxy::{Fault, Proxy};
@@ -395,8 +395,8 @@ impl Chaos {
             &format!("{name}-coord"),
             &format!(
                 "name = \"{name}-coord\"\nkind = \"retrieval_coordinator\"\nreplicas = {nodes}\n\
-                 anti_affinity = true\n[config]\ncollection = \"{name}\"\npartitions = {partitions}\n\
-                 embedder = \"embedder\"\nwrite_patience_ms = 10000\n"
+                 anti_affinity = true\n[config]\ncollection = \"{name}\"\n\
+                 write_patience_ms = 10000\n"
             ),
         )
         .await;
@@ -477,7 +477,7 @@ impl Chaos {
         let caller = Caller::connect(&self.config, &secret, Duration::from_secs(3))
             .await
             .unwrap();
-        let scope = arbor_node::link::scope(&self.config.cluster.name);
+        let scope = caller.scope().to_owned();
         let mut by_partition: BTreeMap<u32, Vec<(u64, &String)>> = BTreeMap::new();
         for doc in acked.keys() {
             let id = chunk_id(doc, 0);

@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use arbor_actors::replica::deployment_group;
-use arbor_node::call::Caller;
-use arbor_node::control::DeploymentReport;
+use arbor_node::Caller;
 use arbor_node::{ClusterConfig, Secret};
+use arbor_proto::results::DeploymentReport;
 
 use super::{NodeProc, arbor_as};
 
@@ -138,7 +138,7 @@ impl Cluster {
             .unwrap();
         // Group memberships arrive just after each session is ready.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let scope = arbor_node::link::scope(&self.config.cluster.name);
+        let scope = caller.scope().to_owned();
         let n = ractor::pg::get_scoped_members(&scope, &deployment_group(deployment)).len();
         caller.stop().await;
         n

@@ -87,20 +87,9 @@ impl Membership {
         self.peers.contains_key(&id)
     }
 
-    pub fn state(&self, id: NodeId) -> Option<PeerState> {
-        self.peers.get(&id).map(|p| p.state)
-    }
-
-    pub fn is_linked(&self, id: NodeId) -> bool {
+    #[cfg(test)]
+    fn is_linked(&self, id: NodeId) -> bool {
         self.peers.get(&id).is_some_and(|p| p.linked)
-    }
-
-    /// Peers with an open session.
-    pub fn linked(&self) -> impl Iterator<Item = NodeId> + '_ {
-        self.peers
-            .iter()
-            .filter(|(_, p)| p.linked)
-            .map(|(id, _)| *id)
     }
 
     fn set(

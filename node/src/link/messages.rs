@@ -8,37 +8,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::NodeId;
 
-/// Messages to a node's remote-capable link actor.
+/// Messages to a node's remote-capable link actor. Retired, never to be reused: `Membership`,
+/// `ChangeMembership` and `Control`, which served the old CLI over the actor transport (clients
+/// now come through the gateway, with a token).
 #[derive(RactorClusterMessage)]
 pub enum LinkMsg {
     /// A peer says it is alive, and what it offers.
     Heartbeat(Wire<Heartbeat>),
-    /// The node's membership view, for `arbor status`.
-    #[rpc]
-    Membership(RpcReplyPort<Wire<MembershipReport>>),
     /// The node's control-plane status, for `arbor cluster status`.
     #[rpc]
     RaftStatus(RpcReplyPort<Wire<Result<arbor_scheduler::NodeStatus, String>>>),
-    /// Adds or removes a control-plane member, for `arbor cluster add-node|remove-node`.
-    #[rpc]
-    ChangeMembership(
-        Wire<MembershipChange>,
-        RpcReplyPort<Wire<Result<MembershipOutcome, String>>>,
-    ),
-    /// Deployments and drains, for `arbor deploy|undeploy|deployments|node drain`.
-    #[rpc]
-    Control(
-        Wire<crate::control::ControlRequest>,
-        RpcReplyPort<Wire<Result<crate::control::ControlReply, String>>>,
-    ),
-}
-
-/// A change of the control plane's members, one node at a time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MembershipChange {
-    /// Add the node (as a learner, promoted to voter once it has caught up).
-    Add(NodeId),
-    Remove(NodeId),
 }
 
 /// A heartbeat from `from` to `to`.
@@ -50,6 +29,6 @@ pub struct Heartbeat {
 }
 
 pub use arbor_proto::cluster::{
-    DeclaredResources, GpuDescription, MemberStatus, MembershipOutcome, MembershipReport, NodeInfo,
+    DeclaredResources, GpuDescription, MemberStatus, MembershipReport, NodeInfo,
     PeerState,
 };

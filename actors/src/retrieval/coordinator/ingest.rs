@@ -18,11 +18,7 @@ impl Coordinator {
         mut progress: impl FnMut(IngestProgress),
     ) -> Result<IngestReport, RetrievalError> {
         let start = Instant::now();
-        let dimension = if docs.iter().any(|d| d.vector.is_some()) {
-            Some(self.dimension().await?)
-        } else {
-            None
-        };
+        let shape = self.shape()?;
         let last: HashMap<&str, usize> = docs
             .iter()
             .enumerate()
@@ -31,7 +27,7 @@ impl Coordinator {
         let mut pending: Vec<Pending> = Vec::new();
         let mut counts: Vec<(&str, u32)> = Vec::new();
         for (n, doc) in docs.iter().enumerate() {
-            check_document(doc, dimension)?;
+            check_document(doc, shape.dimension)?;
             if last.get(doc.id.as_str()) != Some(&n) {
                 continue;
             }
@@ -64,10 +60,10 @@ impl Coordinator {
             }
             counts.push((doc.id.as_str(), count));
         }
-        self.prune(&counts).await?;
+        self.prune(&counts, shape.partitions).await?;
 
         let total = pending.len() as u64;
-        let mut per_partition = vec![0u64; self.route.partitions as usize];
+        let mut per_partition = vec![0u64; shape.partitions as usize];
         let mut done = 0u64;
         // Steps of at most EMBED_BATCH texts to embed and UPSERT_BATCH rows; a step's writes
         // run while the next step is embedded.
@@ -92,7 +88,7 @@ impl Coordinator {
                     .filter(|p| p.vector.is_none())
                     .map(|p| p.text.clone())
                     .collect();
-                let mut vectors = self.embed(texts).await?.into_iter();
+                let mut vectors = self.embed(&shape.embedder, texts).await?.into_iter();
                 for p in step.iter_mut().filter(|p| p.vector.is_none()) {
                     p.vector = Some(vectors.next().ok_or_else(|| {
                         RetrievalError::Embed("the embedder returned too few vectors".into())
@@ -102,7 +98,7 @@ impl Coordinator {
             let mut by_partition: BTreeMap<u32, Vec<VectorRecord>> = BTreeMap::new();
             for p in step {
                 by_partition
-                    .entry(partition_of(p.id, self.route.partitions))
+                    .entry(partition_of(p.id, shape.partitions))
                     .or_default()
                     .push(VectorRecord {
                         id: p.id,
@@ -166,11 +162,15 @@ impl Coordinator {
     /// the number of chunks it is about to have). Chunk 0 of each is read (by id, from one
     /// replica of its partition) for the count stored with it; a document stored before
     /// counts were kept has none and is left as it is.
-    pub(super) async fn prune(&self, counts: &[(&str, u32)]) -> Result<(), RetrievalError> {
+    pub(super) async fn prune(
+        &self,
+        counts: &[(&str, u32)],
+        partitions: u32,
+    ) -> Result<(), RetrievalError> {
         let mut asks: BTreeMap<u32, Vec<(u64, String, u32)>> = BTreeMap::new();
         for (doc, n) in counts {
             let id = chunk_id(doc, 0);
-            asks.entry(partition_of(id, self.route.partitions))
+            asks.entry(partition_of(id, partitions))
                 .or_default()
                 .push((id, (*doc).to_owned(), *n));
         }
@@ -183,7 +183,7 @@ impl Coordinator {
         while let Some(found) = tasks.join_next().await {
             for id in joined(found)? {
                 stale
-                    .entry(partition_of(id, self.route.partitions))
+                    .entry(partition_of(id, partitions))
                     .or_default()
                     .push(id);
             }
@@ -249,7 +249,7 @@ impl Coordinator {
 }
 
 /// Refuses a document that could not be stored as it is, naming it and what is wrong.
-pub(super) fn check_document(doc: &Document, dimension: Option<u32>) -> Result<(), RetrievalError> {
+pub(super) fn check_document(doc: &Document, dimension: u32) -> Result<(), RetrievalError> {
     if doc.id.is_empty() {
         return Err(RetrievalError::Invalid("a document has an empty id".into()));
     }
@@ -259,7 +259,7 @@ pub(super) fn check_document(doc: &Document, dimension: Option<u32>) -> Result<(
             doc.id
         )));
     }
-    if let (Some(vector), Some(dimension)) = (&doc.vector, dimension) {
+    if let Some(vector) = &doc.vector {
         if vector.len() != dimension as usize {
             return Err(RetrievalError::Invalid(format!(
                 "document {:?}: its vector has {} values; the collection's dimension is {dimension}",

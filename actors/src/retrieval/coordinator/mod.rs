@@ -46,16 +46,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(15);
 
 pub use arbor_proto::partition_deployment;
 
-/// What a coordinator serves: a collection and how to reach it.
+/// What a coordinator serves and how it behaves. The collection's shape (partitions,
+/// dimension, metric, embedder) is not here: the coordinator reads it from the control plane
+/// ([`Shape`]), so that nobody repeats it and a collection created again under the same name
+/// is served as it is now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CollectionRoute {
     pub collection: String,
-    pub partitions: u32,
-    /// The embedder deployment.
-    pub embedder: String,
-    #[serde(default = "cosine")]
-    pub metric: Metric,
     #[serde(default)]
     pub chunking: ChunkPolicy,
     /// How long one partition may take to answer a search before it counts as missing.
@@ -79,9 +77,31 @@ pub struct CollectionRoute {
     pub write_patience_ms: u64,
 }
 
-fn cosine() -> Metric {
-    Metric::Cosine
+impl CollectionRoute {
+    /// The route to `collection` with every knob at its default.
+    pub fn new(collection: impl Into<String>) -> CollectionRoute {
+        CollectionRoute {
+            collection: collection.into(),
+            chunking: ChunkPolicy::default(),
+            search_timeout_ms: search_timeout_ms(),
+            hedge_after_ms: hedge_after_ms(),
+            hedge_percent: hedge_percent(),
+            model: None,
+            write_patience_ms: write_patience_ms(),
+        }
+    }
 }
+
+/// A collection's shape as the control plane records it, read once per ingest or query.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shape {
+    pub partitions: u32,
+    pub dimension: u32,
+    pub metric: Metric,
+    /// The embedder deployment.
+    pub embedder: String,
+}
+
 fn search_timeout_ms() -> u64 {
     2000
 }
@@ -143,6 +163,9 @@ pub enum RetrievalError {
     /// The embedder was reached and failed.
     #[error("embedding failed: {0}")]
     Embed(String),
+    /// The control plane (as this node knows it) has no such collection.
+    #[error("there is no collection {0:?}; see `arbor collections`")]
+    NoCollection(String),
     #[error(
         "partition {partition} of collection {collection:?} has no live replica; check `arbor deployments`"
     )]
@@ -168,6 +191,7 @@ impl arbor_proto::Coded for RetrievalError {
         use arbor_proto::ErrorCode;
         match self {
             RetrievalError::Invalid(_) => ErrorCode::InvalidJob,
+            RetrievalError::NoCollection(_) => ErrorCode::NotFound,
             RetrievalError::EmbedderUnavailable(_)
             | RetrievalError::NoReplica { .. }
             | RetrievalError::Unavailable { .. }
@@ -185,7 +209,9 @@ pub struct Coordinator {
     scope: String,
     control: Control,
     route: CollectionRoute,
-    embedder: Router,
+    /// The router to the collection's embedder, made on first use and kept (it tracks each
+    /// replica's outstanding calls); shared by clones.
+    embedder: Arc<Mutex<Option<Router>>>,
     /// Shared by every query through this coordinator (clones included).
     hedges: Arc<Mutex<HedgeBudget>>,
 }
@@ -207,16 +233,10 @@ impl Coordinator {
         route: CollectionRoute,
     ) -> Result<Self, RetrievalError> {
         route.chunking.validate().map_err(RetrievalError::Invalid)?;
-        if route.partitions == 0 {
-            return Err(RetrievalError::Invalid(
-                "partitions must be at least 1".into(),
-            ));
-        }
-        let scope = scope.into();
         Ok(Coordinator {
-            embedder: Router::new(scope.clone(), route.embedder.clone()).idempotent(true),
-            scope,
+            scope: scope.into(),
             control,
+            embedder: Arc::default(),
             hedges: Arc::new(Mutex::new(HedgeBudget::new(
                 route.hedge_percent,
                 HEDGE_BURST,
@@ -229,14 +249,33 @@ impl Coordinator {
         &self.route
     }
 
-    /// The collection's dimension, as the control plane records it.
-    async fn dimension(&self) -> Result<u32, RetrievalError> {
-        self.control
-            .view(&self.deployment(0))
-            .map(|v| v.dimension)
-            .ok_or_else(|| RetrievalError::NoReplica {
-                collection: self.route.collection.clone(),
-                partition: 0,
-            })
+    /// The collection's shape, as this node's view of the control plane records it.
+    pub fn shape(&self) -> Result<Shape, RetrievalError> {
+        let spec = self
+            .control
+            .collection(&self.route.collection)
+            .ok_or_else(|| RetrievalError::NoCollection(self.route.collection.clone()))?;
+        Ok(Shape {
+            partitions: spec.partitions,
+            dimension: spec.dimension,
+            metric: spec.metric,
+            embedder: spec.embedder,
+        })
+    }
+
+    /// The router to `deployment`, the embedder of the shape just read.
+    fn embedder(&self, deployment: &str) -> Router {
+        let mut cached = self
+            .embedder
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*cached {
+            Some(router) if router.deployment() == deployment => router.clone(),
+            _ => {
+                let router = Router::new(self.scope.clone(), deployment).idempotent(true);
+                *cached = Some(router.clone());
+                router
+            }
+        }
     }
 }

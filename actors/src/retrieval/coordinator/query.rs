@@ -16,11 +16,12 @@ impl Coordinator {
         }
         // Before the embedding it would waste.
         check_k(k)?;
-        let mut vectors = self.embed(vec![text.to_owned()]).await?;
+        let shape = self.shape()?;
+        let mut vectors = self.embed(&shape.embedder, vec![text.to_owned()]).await?;
         let vector = vectors
             .pop()
             .ok_or_else(|| RetrievalError::Embed("the embedder returned no vector".into()))?;
-        self.query_vector(vector, k, filter).await
+        self.search_all(&shape, vector, k, filter).await
     }
 
     /// Retrieves the `k` chunks closest to `question`, asks a replica of the model deployment
@@ -67,7 +68,19 @@ impl Coordinator {
         filter: Option<&MetadataFilter>,
     ) -> Result<QueryAnswer, RetrievalError> {
         check_k(k)?;
-        let dimension = self.dimension().await?;
+        let shape = self.shape()?;
+        self.search_all(&shape, vector, k, filter).await
+    }
+
+    /// Searches every partition of `shape` for the `k` rows closest to `vector`.
+    async fn search_all(
+        &self,
+        shape: &Shape,
+        vector: Vec<f32>,
+        k: u32,
+        filter: Option<&MetadataFilter>,
+    ) -> Result<QueryAnswer, RetrievalError> {
+        let dimension = shape.dimension;
         if vector.len() != dimension as usize {
             return Err(RetrievalError::Invalid(format!(
                 "the query vector has {} values; collection {:?} has dimension {dimension}",
@@ -82,7 +95,7 @@ impl Coordinator {
         }
         let request = PartitionRequest::search(vec![vector], k, filter);
         let mut tasks = tokio::task::JoinSet::new();
-        for partition in 0..self.route.partitions {
+        for partition in 0..shape.partitions {
             let (this, request) = (self.clone(), request.clone());
             tasks.spawn(async move { (partition, this.search(partition, request).await) });
         }
@@ -109,11 +122,7 @@ impl Coordinator {
         missing.sort_unstable();
         // The kernels' merge: best first in the metric's direction, ties by id, so the answer
         // is the one a single scan over every partition would give.
-        let best = merge(
-            self.route.metric,
-            k as usize,
-            lists.iter().map(Vec::as_slice),
-        );
+        let best = merge(shape.metric, k as usize, lists.iter().map(Vec::as_slice));
         Ok(QueryAnswer {
             results: best
                 .into_iter()
@@ -125,14 +134,18 @@ impl Coordinator {
     }
 
     /// Embeds `texts`, trying another embedder replica when one is overloaded or gone.
-    pub(super) async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, RetrievalError> {
+    pub(super) async fn embed(
+        &self,
+        embedder: &str,
+        texts: Vec<String>,
+    ) -> Result<Vec<Vec<f32>>, RetrievalError> {
+        let router = self.embedder(embedder);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let request = EmbedRequest {
                 texts: texts.clone(),
             };
-            let reply = self
-                .embedder
+            let reply = router
                 .ask(
                     |reply| ReplicaMsg::Embed(Wire::new(request.clone()), reply),
                     Duration::from_secs(30),

@@ -7,13 +7,13 @@ use std::time::Duration;
 use arbor_proto::ErrorCode;
 use arbor_proto::NodeId;
 use arbor_proto::cluster::{ClusterStatus, MembershipOutcome, MembershipReport};
-use arbor_scheduler::{NodeStatus, Role};
+use arbor_scheduler::{CommandOutcome, NodeStatus, Role};
 
 use arbor_proto::cluster::MemberRow;
 
 use super::{Env, JobFailure};
 use crate::control::ControlRequest;
-use crate::link::messages::{LinkMsg, MembershipChange};
+use crate::link::messages::LinkMsg;
 use crate::link::supervisor::SupervisorMsg;
 
 /// How long one peer may take to say how its control plane stands.
@@ -56,14 +56,21 @@ async fn peer_status(env: &Env, peer: NodeId) -> Option<NodeStatus> {
     crate::client::answer(answer).ok()?.ok()
 }
 
+/// A change of the control plane's members, one node at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MembershipChange {
+    /// Add the node (as a learner, promoted to voter once it has caught up).
+    Add(NodeId),
+    Remove(NodeId),
+}
+
 /// Adds or removes a control-plane member.
 pub async fn change_membership(
     env: &Env,
     change: MembershipChange,
 ) -> Result<MembershipOutcome, JobFailure> {
-    if let MembershipChange::Add(id) | MembershipChange::Remove(id) = change
-        && !env.raft_addrs.contains_key(&id)
-    {
+    let (MembershipChange::Add(id) | MembershipChange::Remove(id)) = change;
+    let Some(addr) = env.raft_addrs.get(&id) else {
         return Err(JobFailure::new(
             ErrorCode::InvalidJob,
             format!(
@@ -71,11 +78,21 @@ pub async fn change_membership(
                  (and on every node) first"
             ),
         ));
-    }
+    };
     tracing::info!(?change, "membership change requested");
-    crate::link::actor::change_membership(env.raft.clone(), env.raft_addrs.clone(), change)
-        .await
-        .map_err(|why| JobFailure::new(ErrorCode::JobFailed, why))
+    let outcome = match change {
+        MembershipChange::Add(id) => env.raft.add_node(id, addr.clone()).await,
+        MembershipChange::Remove(id) => env.raft.remove_node(id).await,
+    };
+    match outcome.map_err(|e| JobFailure::new(ErrorCode::JobFailed, e.to_string()))? {
+        CommandOutcome::Membership { voters, learners } => {
+            Ok(MembershipOutcome { voters, learners })
+        }
+        other => Err(JobFailure::new(
+            ErrorCode::JobFailed,
+            format!("unexpected outcome {other:?}"),
+        )),
+    }
 }
 
 /// Drains a node (its actors move elsewhere, none are placed there) or lets it take actors.

@@ -177,12 +177,9 @@ async fn coordinator_spec(
         })?;
         resources.insert("memory".into(), memory.clone().into());
     }
-    let mut config = json!({
-        "collection": c.name,
-        "partitions": c.partitions,
-        "embedder": c.embedder,
-        "metric": c.metric,
-    });
+    // The shape (partitions, embedder, metric) is the collection's: the coordinator reads it
+    // from the control plane.
+    let mut config = json!({ "collection": c.name });
     if let Some(model) = &c.model {
         config["model"] = model.clone().into();
     }

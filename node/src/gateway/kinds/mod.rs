@@ -37,7 +37,6 @@ use tokio::sync::watch;
 use super::jobs::LocalJob;
 use crate::config::NodeId;
 use crate::control::{self, ControlReply, ControlRequest};
-use crate::link::messages::MembershipChange;
 use arbor_proto::MAX_K;
 use arbor_proto::gateway::{
     CreateCollectionJob, DeployJob, Document, EmbedJob, GenerateJob, IngestJob, JobSpec,
@@ -308,7 +307,7 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
         }
         JobSpec::Ingest(i) => ingest(env, i, emit).await,
         JobSpec::Query(q) => {
-            let (coordinator, _) = coordinator_of(env, &q.collection).await?;
+            let coordinator = coordinator_of(env, &q.collection).await?.coordinator;
             let answer = query(env, &coordinator, &q).await?;
             serde_json::to_value(answer).map_err(internal)
         }
@@ -325,11 +324,13 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
             serde_json::to_value(status).map_err(internal)
         }
         JobSpec::AddNode(n) => {
-            let outcome = cluster::change_membership(env, MembershipChange::Add(n.node)).await?;
+            let outcome =
+                cluster::change_membership(env, cluster::MembershipChange::Add(n.node)).await?;
             serde_json::to_value(outcome).map_err(internal)
         }
         JobSpec::RemoveNode(n) => {
-            let outcome = cluster::change_membership(env, MembershipChange::Remove(n.node)).await?;
+            let outcome =
+                cluster::change_membership(env, cluster::MembershipChange::Remove(n.node)).await?;
             serde_json::to_value(outcome).map_err(internal)
         }
         JobSpec::Drain(n) | JobSpec::Undrain(n) => {

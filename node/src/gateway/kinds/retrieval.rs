@@ -5,25 +5,36 @@ use super::*;
 use arbor_actors::partition::MetadataFilter;
 use arbor_actors::retrieval::{QueryInput, QueryRequest, RetrievalAnswer, RetrievalRequest};
 
-/// The coordinator deployment that serves `collection`, and its route. Pure.
-pub fn find_coordinator(
-    state: &ClusterState,
-    collection: &str,
-) -> Result<(String, CollectionRoute), JobFailure> {
-    if !state.collections.contains_key(collection) {
+/// A collection and the coordinator deployment that serves it.
+#[derive(Debug)]
+pub struct Served {
+    /// The coordinator deployment.
+    pub coordinator: String,
+    /// Its config.
+    pub route: CollectionRoute,
+    pub partitions: u32,
+}
+
+/// The coordinator deployment that serves `collection`. Pure.
+pub fn find_coordinator(state: &ClusterState, collection: &str) -> Result<Served, JobFailure> {
+    let Some(spec) = state.collections.get(collection) else {
         return Err(JobFailure::field(
             ErrorCode::NotFound,
             "job.collection",
             format!("there is no collection {collection:?}; see `arbor collections`"),
         ));
-    }
+    };
     state
         .deployments
         .values()
         .filter(|d| d.spec.kind == "retrieval_coordinator")
         .find_map(|d| {
             let route: CollectionRoute = serde_json::from_str(&d.spec.config).ok()?;
-            (route.collection == collection).then(|| (d.spec.name.clone(), route))
+            (route.collection == collection).then(|| Served {
+                coordinator: d.spec.name.clone(),
+                route,
+                partitions: spec.partitions,
+            })
         })
         .ok_or_else(|| {
             JobFailure::new(
@@ -36,10 +47,7 @@ pub fn find_coordinator(
         })
 }
 
-pub(super) async fn coordinator_of(
-    env: &Env,
-    collection: &str,
-) -> Result<(String, CollectionRoute), JobFailure> {
+pub(super) async fn coordinator_of(env: &Env, collection: &str) -> Result<Served, JobFailure> {
     let name = collection.to_owned();
     read_here(&env.raft, move |s| find_coordinator(s, &name)).await?
 }
@@ -76,13 +84,17 @@ pub(super) async fn query(
 }
 
 pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value, JobFailure> {
-    let (coordinator, route) = coordinator_of(env, &i.collection).await?;
+    let Served {
+        coordinator,
+        partitions,
+        ..
+    } = coordinator_of(env, &i.collection).await?;
     let start = Instant::now();
     let total = i.documents.len() as u64;
     let steps = ingest_steps(&i.documents);
     let mut rest = i.documents.into_iter();
     let mut chunks = 0u64;
-    let mut per_partition = vec![0u64; route.partitions as usize];
+    let mut per_partition = vec![0u64; partitions as usize];
     let mut done = 0u64;
     emit.progress(0, total, "documents");
     for range in steps {
@@ -169,7 +181,9 @@ pub fn ingest_steps(docs: &[Document]) -> Vec<std::ops::Range<usize>> {
 }
 
 pub(super) async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobFailure> {
-    let (coordinator, route) = coordinator_of(env, &r.collection).await?;
+    let Served {
+        coordinator, route, ..
+    } = coordinator_of(env, &r.collection).await?;
     // The coordinator's model, or the only model deployment there is.
     let named = route.model.clone();
     let model = read_here(&env.raft, move |s| {
