@@ -29,6 +29,5 @@ pub struct Heartbeat {
 }
 
 pub use arbor_proto::cluster::{
-    DeclaredResources, GpuDescription, MemberStatus, MembershipReport, NodeInfo,
-    PeerState,
+    DeclaredResources, GpuDescription, MemberStatus, MembershipReport, NodeInfo, PeerState,
 };
