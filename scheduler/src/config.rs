@@ -131,6 +131,9 @@ pub struct NodeConfig {
     pub data_path: PathBuf,
     /// Shared cluster secret proven (never sent) in the transport handshake.
     pub secret: Vec<u8>,
+    /// This node's certificate: with it every connection is mutual TLS and a peer may only
+    /// speak as the node its certificate names; `None` is plain TCP (loopback test clusters).
+    pub tls: Option<arbor_tls::NodeTls>,
     pub bootstrap: Bootstrap,
     pub raft: RaftTiming,
     pub client: ClientTiming,
@@ -152,6 +155,7 @@ impl NodeConfig {
             peers: BTreeMap::new(),
             data_path,
             secret: secret.into(),
+            tls: None,
             bootstrap,
             raft: RaftTiming::default(),
             client: ClientTiming::default(),

@@ -6,6 +6,12 @@
 //! `max_frame_bytes` before anything is allocated. A connection starts with a handshake in
 //! which both sides prove they hold the cluster secret with HMAC-SHA256 over fresh nonces; the
 //! secret itself never crosses the wire.
+//!
+//! With a certificate ([`arbor_tls::NodeTls`]) every connection is mutual TLS first, and the
+//! handshake runs inside it: the dialer verifies that the server's certificate is the node it
+//! dialed, and the server refuses a peer whose certificate is not the node it says it is (the
+//! `from` it proves, and every message's `from` after it). Without TLS an on-path attacker
+//! could take over a connection after the handshake and inject messages from the leader.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,7 +21,7 @@ use hmac::{Hmac, Mac};
 use protobuf::Message as _;
 use raft::prelude::{Message, MessageType};
 use sha2::Sha256;
-use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -25,6 +31,17 @@ use crate::state::NodeId;
 use crate::tasks::TaskGroup;
 
 const GREETING: &[u8] = b"ARBOR-RAFT/1";
+
+/// A connection to a peer: TCP, or TLS over it.
+trait PeerStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> PeerStream for S {}
+type Stream = Box<dyn PeerStream>;
+
+/// Both ends of mutual TLS for this node.
+struct Tls {
+    acceptor: arbor_tls::TlsAcceptor,
+    connector: arbor_tls::TlsConnector,
+}
 const NONCE: usize = 32;
 const TAG: usize = 32;
 
@@ -50,10 +67,16 @@ pub enum TransportError {
     Handshake(String),
     #[error("cluster secret mismatch ({0})")]
     SecretMismatch(String),
+    /// The peer refused us, and said why.
+    #[error("refused by the peer: {0}")]
+    Refused(String),
     #[error("undecodable raft message: {0}")]
     Decode(#[from] protobuf::ProtobufError),
     #[error("{0}")]
     Timeout(String),
+    /// A TLS handshake failed, or the peer's certificate is not the node it claims.
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// Reads one length-prefixed frame, refusing lengths above `limit`.
@@ -172,8 +195,8 @@ fn server_role(founded: bool) -> &'static [u8] {
 
 /// Client side: proves the secret to the peer and checks the peer's proof. Returns whether
 /// the peer holds a cluster's state (its raft storage is not empty).
-pub async fn client_handshake(
-    stream: &mut TcpStream,
+pub async fn client_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     me: NodeId,
     peer: NodeId,
     secret: &[u8],
@@ -210,23 +233,24 @@ pub async fn client_handshake(
                     )
                 })
         }
-        Some((0, reason)) => Err(TransportError::SecretMismatch(format!(
-            "peer said: {}",
-            String::from_utf8_lossy(reason)
-        ))),
+        Some((0, reason)) => Err(TransportError::Refused(
+            String::from_utf8_lossy(reason).into_owned(),
+        )),
         _ => Err(TransportError::Handshake(
             "malformed handshake answer".into(),
         )),
     }
 }
 
-/// Server side: checks the client's proof, answers with our own (which says whether this
-/// node holds a cluster's state, `founded`). Returns the client's id.
-pub async fn server_handshake(
-    stream: &mut TcpStream,
+/// Server side: checks the client's proof and that it may speak as the node it claims
+/// (`may_be`: its certificate names that node), answers with our own proof (which says whether
+/// this node holds a cluster's state, `founded`). Returns the client's id.
+pub async fn server_handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     me: NodeId,
     secret: &[u8],
     founded: bool,
+    may_be: impl FnOnce(NodeId) -> Result<(), String>,
 ) -> Result<NodeId, TransportError> {
     let nonce_s: [u8; NONCE] = rand::random();
     let mut hello = GREETING.to_vec();
@@ -255,6 +279,11 @@ pub async fn server_handshake(
             "node {from} could not prove it holds the cluster secret"
         )));
     }
+    if let Err(why) = may_be(from) {
+        let _ = write_frame(stream, format!("\0{why}").as_bytes(), 1024).await;
+        let _ = stream.flush().await;
+        return Err(TransportError::Tls(why));
+    }
     if to != me {
         let reason = format!("\0this is node {me}, not node {to}");
         let _ = write_frame(stream, reason.as_bytes(), 1024).await;
@@ -282,6 +311,7 @@ struct Peer {
 struct Inner {
     me: NodeId,
     secret: Arc<Vec<u8>>,
+    tls: Option<Tls>,
     config: TransportConfig,
     events: mpsc::Sender<NetEvent>,
     tasks: TaskGroup,
@@ -293,6 +323,13 @@ struct Inner {
     /// Whether this node's raft storage holds a cluster's state (told to every peer that
     /// connects, so that a node starting empty can tell a new cluster from a running one).
     founded: std::sync::atomic::AtomicBool,
+}
+
+/// What this node proves itself with: the cluster secret, and its certificate (with which
+/// every connection is mutual TLS).
+pub struct Credentials {
+    pub secret: Vec<u8>,
+    pub tls: Option<arbor_tls::NodeTls>,
 }
 
 /// The sending side of the transport; cheap to clone.
@@ -307,14 +344,27 @@ impl Transport {
         me: NodeId,
         listener: TcpListener,
         configured: HashMap<NodeId, String>,
-        secret: Vec<u8>,
+        credentials: Credentials,
         config: TransportConfig,
         events: mpsc::Sender<NetEvent>,
         tasks: TaskGroup,
-    ) -> Transport {
+    ) -> Result<Transport, TransportError> {
+        let Credentials { secret, tls } = credentials;
+        let tls = match tls {
+            Some(t) => Some(Tls {
+                acceptor: t
+                    .peer_acceptor()
+                    .map_err(|e| TransportError::Tls(e.to_string()))?,
+                connector: t
+                    .peer_connector()
+                    .map_err(|e| TransportError::Tls(e.to_string()))?,
+            }),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             me,
             secret: Arc::new(secret),
+            tls,
             config,
             events,
             tasks: tasks.clone(),
@@ -325,7 +375,7 @@ impl Transport {
             founded: Default::default(),
         });
         tasks.spawn(accept_loop(inner.clone(), listener));
-        Transport { inner }
+        Ok(Transport { inner })
     }
 
     /// Says, from now on, whether this node's raft storage holds a cluster's state.
@@ -345,13 +395,9 @@ impl Transport {
     /// Asks node `to` at `addr` (a handshake, then nothing) whether it holds a cluster's
     /// state.
     pub async fn probe(&self, to: NodeId, addr: &str) -> Result<bool, TransportError> {
-        let deadline = self.inner.config.handshake_timeout;
-        let mut s = tokio::time::timeout(deadline, TcpStream::connect(addr))
-            .await
-            .map_err(|_| TransportError::Timeout("connect timed out".into()))??;
-        s.set_nodelay(true)?;
+        let mut s = dial(&self.inner, to, addr).await?;
         tokio::time::timeout(
-            deadline,
+            self.inner.config.handshake_timeout,
             client_handshake(&mut s, self.inner.me, to, &self.inner.secret),
         )
         .await
@@ -449,7 +495,10 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 inner.tasks.spawn(async move {
                     if let Err(e) = serve_peer(inner2.clone(), stream).await {
                         match e {
-                            TransportError::SecretMismatch(_) | TransportError::Handshake(_) => {
+                            TransportError::SecretMismatch(_)
+                            | TransportError::Handshake(_)
+                            | TransportError::Refused(_)
+                            | TransportError::Tls(_) => {
                                 warn!(node = inner2.me, %remote, "raft connection refused: {e}")
                             }
                             _ => debug!(node = inner2.me, %remote, "raft connection closed: {e}"),
@@ -468,19 +517,62 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
 /// How long an inbound connection may stay silent before it is dropped.
 const IDLE_READ: Duration = Duration::from_secs(10);
 
-async fn serve_peer(inner: Arc<Inner>, mut stream: TcpStream) -> Result<(), TransportError> {
-    stream.set_nodelay(true)?;
-    let from = tokio::time::timeout(
-        inner.config.handshake_timeout,
+/// Connects to node `to` at `addr`: TCP, then TLS (its certificate must be `to`'s) when this
+/// node has a certificate. Each step within the handshake timeout: without a deadline a
+/// connect into a dead route waits for the kernel's SYN retries (about two minutes).
+async fn dial(inner: &Inner, to: NodeId, addr: &str) -> Result<Stream, TransportError> {
+    let deadline = inner.config.handshake_timeout;
+    let tcp = tokio::time::timeout(deadline, TcpStream::connect(addr))
+        .await
+        .map_err(|_| TransportError::Timeout("connect timed out".into()))??;
+    tcp.set_nodelay(true)?;
+    let Some(tls) = &inner.tls else {
+        return Ok(Box::new(tcp));
+    };
+    let stream = tokio::time::timeout(
+        deadline,
+        tls.connector.connect(arbor_tls::peer_server_name(to), tcp),
+    )
+    .await
+    .map_err(|_| TransportError::Tls("the TLS handshake timed out".into()))?
+    .map_err(|e| TransportError::Tls(format!("node {to} at {addr}: {e}")))?;
+    Ok(Box::new(stream))
+}
+
+async fn serve_peer(inner: Arc<Inner>, tcp: TcpStream) -> Result<(), TransportError> {
+    tcp.set_nodelay(true)?;
+    let deadline = tokio::time::Instant::now() + inner.config.handshake_timeout;
+    let timed_out = |what: &str| TransportError::Handshake(format!("{what} timed out"));
+    // The certificate the peer presented, if this node speaks TLS.
+    let (mut stream, certs): (Stream, Option<Vec<_>>) = match &inner.tls {
+        None => (Box::new(tcp), None),
+        Some(tls) => {
+            let s = tokio::time::timeout_at(deadline, tls.acceptor.accept(tcp))
+                .await
+                .map_err(|_| timed_out("the TLS handshake"))?
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+            let certs = s.get_ref().1.peer_certificates().map(<[_]>::to_vec);
+            (Box::new(s), Some(certs.unwrap_or_default()))
+        }
+    };
+    // Every message's `from` is checked against the handshake's below, so a peer speaks only
+    // as the node its certificate names.
+    let may_be = |from: NodeId| match &certs {
+        Some(certs) => arbor_tls::check_peer(Some(certs), from).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
+    let from = tokio::time::timeout_at(
+        deadline,
         server_handshake(
             &mut stream,
             inner.me,
             &inner.secret,
             inner.founded.load(std::sync::atomic::Ordering::Relaxed),
+            may_be,
         ),
     )
     .await
-    .map_err(|_| TransportError::Handshake("timed out".into()))??;
+    .map_err(|_| timed_out("the handshake"))??;
     debug!(node = inner.me, from, "raft peer connected");
     let mut reader = tokio::io::BufReader::new(stream);
     loop {
@@ -515,12 +607,7 @@ async fn peer_loop(inner: Arc<Inner>, to: NodeId, addr: String, mut rx: mpsc::Re
     let mut failures = 0u32;
     loop {
         let connected = async {
-            // Without a deadline a connect into a dead route waits for the kernel's SYN
-            // retries (about two minutes).
-            let mut s = tokio::time::timeout(cfg.handshake_timeout, TcpStream::connect(&addr))
-                .await
-                .map_err(|_| TransportError::Timeout("connect timed out".into()))??;
-            s.set_nodelay(true)?;
+            let mut s = dial(&inner, to, &addr).await?;
             tokio::time::timeout(
                 cfg.handshake_timeout,
                 client_handshake(&mut s, inner.me, to, &inner.secret),
@@ -545,7 +632,9 @@ async fn peer_loop(inner: Arc<Inner>, to: NodeId, addr: String, mut rx: mpsc::Re
             Err(e) => {
                 failures += 1;
                 match &e {
-                    TransportError::SecretMismatch(_) => {
+                    TransportError::SecretMismatch(_)
+                    | TransportError::Refused(_)
+                    | TransportError::Tls(_) => {
                         warn!(node = inner.me, to, %addr, "raft handshake refused: {e}")
                     }
                     _ if failures == 1 => {
@@ -579,7 +668,7 @@ async fn peer_loop(inner: Arc<Inner>, to: NodeId, addr: String, mut rx: mpsc::Re
 async fn pump(
     inner: &Inner,
     to: NodeId,
-    stream: TcpStream,
+    stream: Stream,
     rx: &mut mpsc::Receiver<Message>,
 ) -> Result<(), TransportError> {
     let (frame, limit) = (inner.config.max_frame_bytes, inner.config.max_message_bytes);
@@ -648,7 +737,7 @@ mod tests {
         let (mut c, mut s) = pair().await;
         let (cr, sr) = tokio::join!(
             client_handshake(&mut c, 1, 2, b"sesame"),
-            server_handshake(&mut s, 2, b"sesame", false)
+            server_handshake(&mut s, 2, b"sesame", false, |_| Ok(()))
         );
         assert!(!cr.unwrap(), "an empty server says so");
         assert_eq!(sr.unwrap(), 1);
@@ -656,7 +745,7 @@ mod tests {
         let (mut c, mut s) = pair().await;
         let (cr, sr) = tokio::join!(
             client_handshake(&mut c, 1, 2, b"sesame"),
-            server_handshake(&mut s, 2, b"sesame", true)
+            server_handshake(&mut s, 2, b"sesame", true, |_| Ok(()))
         );
         assert!(cr.unwrap());
         assert_eq!(sr.unwrap(), 1);
@@ -667,10 +756,10 @@ mod tests {
         let (mut c, mut s) = pair().await;
         let (cr, sr) = tokio::join!(
             client_handshake(&mut c, 1, 2, b"wrong"),
-            server_handshake(&mut s, 2, b"sesame", false)
+            server_handshake(&mut s, 2, b"sesame", false, |_| Ok(()))
         );
         assert!(
-            matches!(cr, Err(TransportError::SecretMismatch(_))),
+            matches!(&cr, Err(TransportError::Refused(why)) if why.contains("secret")),
             "{cr:?}"
         );
         assert!(

@@ -21,6 +21,8 @@ pub enum StartError {
     Raft(#[from] raft::Error),
     #[error("bootstrap voter list {0:?} must be non-empty, without 0, and include this node")]
     BadBootstrap(Vec<NodeId>),
+    #[error("raft transport: {0}")]
+    Transport(#[from] crate::transport::TransportError),
 }
 
 /// Why a proposal did not produce an outcome.

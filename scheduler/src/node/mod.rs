@@ -24,7 +24,7 @@ use crate::machine::{ApplyResult, ConfContext, Proposal, RequestId, StateMachine
 use crate::state::{ClusterState, NodeId};
 use crate::storage::{RedbStorage, StoreError, WriteBatch};
 use crate::tasks::TaskGroup;
-use crate::transport::{NetEvent, Transport};
+use crate::transport::{Credentials, NetEvent, Transport};
 
 mod driver;
 mod error;
@@ -192,11 +192,14 @@ impl RaftNode {
             config.id,
             listener,
             config.peers.clone().into_iter().collect(),
-            config.secret.clone(),
+            Credentials {
+                secret: config.secret.clone(),
+                tls: config.tls.clone(),
+            },
             config.transport.clone(),
             net_tx,
             tasks.clone(),
-        );
+        )?;
         transport.set_founded(!storage.is_empty());
         if storage.is_empty()
             && let Bootstrap::Voters(voters) = &config.bootstrap
