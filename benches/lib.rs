@@ -1,7 +1,9 @@
 //! Shared pieces of the benchmarks: echo actors and two linked nodes in one process, both
 //! through Arbor's node runtime and through raw ractor_cluster, for comparison.
 
+// Shared with the tests; the benches use only part of it.
 #[path = "../tests/support.rs"]
+#[allow(dead_code)]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -90,6 +90,8 @@ ensure_secret() {
     (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$state/cluster.secret")
     echo "created a random cluster secret in $state/cluster.secret"
   fi
+  # Every transport is mutual TLS: the CA and each node's certificate, made where missing.
+  arbor cert init --config "$config"
 }
 
 # An admin token in $state/admin.token whose digest is in the tokens file; reused when it is.

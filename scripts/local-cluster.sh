@@ -29,6 +29,8 @@ ensure_secret() {
     (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$state/cluster.secret")
     echo "created a random cluster secret in $state/cluster.secret"
   fi
+  # The CA and the nodes' certificates ([tls] dir): made where missing, kept otherwise.
+  "$bin" cert init --config "$config"
 }
 
 running() { [ -f "$state/pids/$1" ] && kill -0 "$(cat "$state/pids/$1")" 2>/dev/null; }

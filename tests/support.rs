@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::path::Path;
 
 use arbor_node::ClusterConfig;
+use arbor_tls::issue::NodeNames;
 
 /// A port that was free a moment ago and that this process has not handed out before (the
 /// OS may give a just-closed port again). Tests bind it again at once.
@@ -23,12 +24,17 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// cluster.toml text for `n` nodes on free loopback ports, data under `dir`.
+/// cluster.toml text for `n` nodes on free loopback ports, data under `dir`, with mutual TLS:
+/// the CA and the nodes' certificates are made in `dir/tls` (as `arbor cert init` would), and
+/// kept when they are there already.
 pub fn cluster_toml(name: &str, n: u64, dir: &Path, secret_file: Option<&str>) -> String {
+    certificates(name, n, &dir.join("tls"));
     let mut t = format!("[cluster]\nname = \"{name}\"\n");
     if let Some(f) = secret_file {
         let _ = writeln!(t, "secret_file = \"{f}\"");
     }
+    // Before the nodes: tests cut the text at a `[[nodes]]` to drop the last ones.
+    let _ = write!(t, "\n[tls]\ndir = \"{}\"\n", dir.join("tls").display());
     for id in 1..=n {
         let _ = write!(
             t,
@@ -45,10 +51,47 @@ pub fn cluster_toml(name: &str, n: u64, dir: &Path, secret_file: Option<&str>) -
     t
 }
 
+/// The CA and certificates for nodes 1..=n on loopback in `dir`, made where missing.
+pub fn certificates(cluster: &str, n: u64, dir: &Path) {
+    let nodes: Vec<NodeNames> = (1..=n)
+        .map(|id| NodeNames {
+            id,
+            hosts: vec!["127.0.0.1".into(), "localhost".into()],
+        })
+        .collect();
+    arbor_tls::issue::init(&arbor_tls::TlsDir::new(dir), cluster, &nodes)
+        .expect("cannot make the test cluster's certificates");
+}
+
 /// A parsed config for `n` nodes, written to `dir/cluster.toml`.
 pub fn cluster(name: &str, n: u64, dir: &Path) -> ClusterConfig {
     let text = cluster_toml(name, n, dir, None);
     let path = dir.join("cluster.toml");
     std::fs::write(&path, &text).expect("cannot write cluster.toml");
     ClusterConfig::load(&path).expect("test config must parse")
+}
+
+/// How a client trusts the gateways of a test cluster (its CA).
+pub fn trust(config: &ClusterConfig) -> arbor_client::Trust {
+    match &config.tls {
+        arbor_node::config::Transport::Tls(dir) => {
+            arbor_client::Trust::ca(&dir.ca_cert()).expect("the test cluster's CA")
+        }
+        arbor_node::config::Transport::Insecure => arbor_client::Trust::Plain,
+    }
+}
+
+/// A node's gateway and how to trust it.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub addr: std::net::SocketAddr,
+    pub trust: arbor_client::Trust,
+}
+
+/// The gateway of the `i`-th node of `config`.
+pub fn endpoint(config: &ClusterConfig, i: usize) -> Endpoint {
+    Endpoint {
+        addr: config.nodes[i].gateway,
+        trust: trust(config),
+    }
 }

@@ -23,7 +23,7 @@ mod common;
 use arbor_latency::Latencies;
 use common::load::{Conn, ms, row, spec, start, unit_vector};
 
-use std::net::SocketAddr;
+use common::support::Endpoint;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -202,7 +202,7 @@ fn is_partial(data: &Value) -> bool {
 }
 
 /// Query latency with one connection (one at a time) and queries/s with 8 connections.
-async fn queries(addr: SocketAddr, token: &str, name: &str, n: usize, job: fn(usize) -> JobSpec) {
+async fn queries(addr: &Endpoint, token: &str, name: &str, n: usize, job: fn(usize) -> JobSpec) {
     let mut c = Conn::open(addr, token).await;
     // A few to warm up.
     c.pipeline(5, 1, job).await;
@@ -353,7 +353,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let (nodes, addr, token) = start(dir.path(), "clbench", SECRET).await;
-        let mut c = Conn::open(addr, &token).await;
+        let mut c = Conn::open(&addr, &token).await;
         deploy(&mut c).await;
         println!(
             "retrieval on a 3-node local cluster (`arbor node` processes on loopback, {} cores), \
@@ -429,8 +429,8 @@ fn main() {
                 "queries over {} chunks, k = {K} (submit to last event; 1 connection, one at a time):",
                 loaded + chunks_in as usize
             );
-            queries(addr, &token, "text (embedding included)", n_queries, text_query).await;
-            queries(addr, &token, "vector", n_queries, vector_query).await;
+            queries(&addr, &token, "text (embedding included)", n_queries, text_query).await;
+            queries(&addr, &token, "vector", n_queries, vector_query).await;
         }
 
         // ---- RAG: time to the first token.

@@ -10,13 +10,13 @@
 mod common;
 
 use arbor_latency::Latencies;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arbor_client::GatewayClient;
 use arbor_proto::gateway::{ClientMsg, JobSpec, JobState, ServerMsg};
 use common::NodeProc;
+use common::support::Endpoint;
 use criterion::{Criterion, Throughput};
 use serde_json::{Value, json};
 
@@ -28,8 +28,8 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr, token: &str) -> Conn {
-        let client = GatewayClient::connect(&[addr], token, Duration::from_secs(5))
+    async fn open(at: &Endpoint, token: &str) -> Conn {
+        let client = GatewayClient::connect(&[at.addr], &at.trust, token, Duration::from_secs(5))
             .await
             .unwrap();
         Conn { client }
@@ -80,7 +80,7 @@ fn status_submit() -> ClientMsg {
 /// Each of `conns` connections runs `per_conn` jobs, `depth` in flight at a time; latencies
 /// (of whole windows divided by `depth` when pipelined) and jobs/s overall.
 async fn sample(
-    addr: SocketAddr,
+    addr: &Endpoint,
     token: &str,
     conns: usize,
     per_conn: usize,
@@ -128,7 +128,7 @@ fn report(name: &str, (lat, rate): (Latencies, f64)) {
 }
 
 /// Starts a 1-node cluster in `dir`; the node's process, its gateway and an admin token.
-async fn start(dir: &Path) -> (NodeProc, SocketAddr, String, PathBuf) {
+async fn start(dir: &Path) -> (NodeProc, Endpoint, String, PathBuf) {
     let config = dir.join("cluster.toml");
     // 64 connections × 16 jobs in flight are one token's: let it have them all.
     let text = common::support::cluster_toml("gwbench", 1, dir, None).replacen(
@@ -139,19 +139,12 @@ async fn start(dir: &Path) -> (NodeProc, SocketAddr, String, PathBuf) {
     std::fs::write(&config, text).unwrap();
     let token = common::create_token(&config, "admin");
     let node = NodeProc::start(&config, 1, SECRET);
-    let text = std::fs::read_to_string(&config).unwrap();
-    let addr: SocketAddr = text
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let addr = common::support::endpoint(&arbor_node::ClusterConfig::load(&config).unwrap(), 0);
     // Until the control plane has a leader and the status job answers.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(mut client) =
-            GatewayClient::connect(&[addr], &token, Duration::from_secs(1)).await
+            GatewayClient::connect(&[addr.addr], &addr.trust, &token, Duration::from_secs(1)).await
             && let Ok(outcome) = client.run(JobSpec::Status, |_| {}).await
             && outcome.into_data().is_ok_and(|d| !d["leader"].is_null())
         {
@@ -165,7 +158,7 @@ async fn start(dir: &Path) -> (NodeProc, SocketAddr, String, PathBuf) {
 
 /// Deploys an embedder, a 4-partition collection and its coordinator, ingests the test
 /// corpus, and returns the collection's name; `None` without the models.
-async fn rag_setup(addr: SocketAddr, token: &str, dir: &Path) -> Option<String> {
+async fn rag_setup(addr: &Endpoint, token: &str, dir: &Path) -> Option<String> {
     let models = std::env::var("ARBOR_MODELS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -254,7 +247,7 @@ fn main() {
         report(
             name,
             rt.block_on(sample(
-                addr,
+                &addr,
                 &token,
                 conns,
                 (per_conn / scale).max(depth),
@@ -268,7 +261,7 @@ fn main() {
         .warm_up_time(Duration::from_secs(1))
         .configure_from_args();
     let conn = std::sync::Arc::new(tokio::sync::Mutex::new(
-        rt.block_on(Conn::open(addr, &token)),
+        rt.block_on(Conn::open(&addr, &token)),
     ));
     let mut g = c.benchmark_group("gateway");
     g.throughput(Throughput::Elements(1));
@@ -282,7 +275,7 @@ fn main() {
     g.finish();
 
     // Query jobs last: the actors they deploy would weigh on the status figures.
-    if let Some(collection) = rt.block_on(rag_setup(addr, &token, dir.path())) {
+    if let Some(collection) = rt.block_on(rag_setup(&addr, &token, dir.path())) {
         let query = submit(json!({"kind": "query", "collection": collection,
             "text": "How do vector partitions stay available when a node dies?", "k": 5}));
         for (name, conns, per_conn) in [
@@ -292,7 +285,7 @@ fn main() {
             report(
                 name,
                 rt.block_on(sample(
-                    addr,
+                    &addr,
                     &token,
                     conns,
                     (per_conn / scale).max(1),

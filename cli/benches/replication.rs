@@ -144,7 +144,7 @@ fn main() {
     let dir = tempfile::tempdir_in(base).unwrap();
     rt.block_on(async {
         let (mut nodes, addr, token) = start(dir.path(), "replbench", SECRET).await;
-        let mut c = Conn::open(addr, &token).await;
+        let mut c = Conn::open(&addr, &token).await;
         embedder(&mut c).await;
         println!("| replicas | rows | rows/s | ack p50 | ack p99 |");
         println!("|---|---|---|---|---|");

@@ -212,6 +212,29 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Certificates: the cluster CA and one certificate per node, in cluster.toml's [tls] dir.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CertCommand {
+    /// Make what is missing in [tls] dir: the CA (ca.pem, ca.key), then node-N.pem and
+    /// node-N.key for every node of cluster.toml. Replaces nothing; run it again after adding a
+    /// node, or after deleting files to rotate them.
+    Init {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+    },
+    /// Make one node's certificate and key (it must be in cluster.toml), signed by the CA.
+    Issue {
+        #[arg(long, default_value = "cluster.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        node: NodeId,
+    },
 }
 
 #[derive(clap::Args)]

@@ -17,16 +17,21 @@ use commands::{admin, ask, cluster, ingest, jobs};
 use flags::{Cli, ClusterCommand, CollectionCommand, Command, NodeAction, NodeArgs};
 
 fn main() -> ExitCode {
-    // `arbor jobs | head` must end quietly when head stops reading, as Unix tools do, instead
-    // of panicking in println! on EPIPE (Rust ignores SIGPIPE by default).
-    #[cfg(unix)]
-    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is always valid.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    let node = matches!(cli.command, Command::Node(NodeArgs { action: None, .. }));
+    // `arbor jobs | head` must end quietly when head stops reading, as Unix tools do, instead
+    // of panicking in println! on EPIPE (Rust ignores SIGPIPE by default). Never in a node: a
+    // write to a peer that went away (a TLS alert to a killed node) would kill it with SIGPIPE.
+    #[cfg(unix)]
+    if !node {
+        // SAFETY: called before the runtime starts, so before any thread of ours exists;
+        // SIG_DFL is always valid.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     // Client commands print what they found; only a node logs its work at info.
-    let quiet = !matches!(cli.command, Command::Node(NodeArgs { action: None, .. }));
+    let quiet = !node;
     logging::init(cli.log_format.into(), quiet);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -128,6 +133,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Cancel { id, gateway } => jobs::cancel(&gateway, id).await,
         Command::Cluster { command } => cluster(command).await,
         Command::Token { command } => commands::token::run(command),
+        Command::Cert { command } => commands::cert::run(command),
         Command::Local { command } => {
             tokio::task::spawn_blocking(move || commands::local::run(command)).await?
         }

@@ -44,6 +44,7 @@ fn writer(
         let connect = async || match via {
             Some(node) => arbor_client::GatewayClient::connect(
                 &[c.addrs[&node].gateway],
+                &c.trust(),
                 &c.token,
                 Duration::from_secs(2),
             )
@@ -527,10 +528,14 @@ async fn s6_a_node_cut_off_from_the_quorum_but_reachable_by_clients_loses_nothin
     c.isolate(cut, Port::Raft, Fault::Cut);
     c.isolate(cut, Port::Actors, Fault::Cut);
     let gateway = c.addrs[&cut].gateway;
-    let mut there =
-        arbor_client::GatewayClient::connect(&[gateway], &c.token, Duration::from_secs(2))
-            .await
-            .unwrap();
+    let mut there = arbor_client::GatewayClient::connect(
+        &[gateway],
+        &c.trust(),
+        &c.token,
+        Duration::from_secs(2),
+    )
+    .await
+    .unwrap();
     let start = Instant::now();
     let mut n = 0u64;
     let (mut ok_there, mut refused_there) = (0, 0);
@@ -589,9 +594,14 @@ async fn s7_concurrent_writers_of_one_document_leave_every_replica_identical() {
     let mut clients = Vec::new();
     for g in c.addrs.values().take(2) {
         clients.push(
-            arbor_client::GatewayClient::connect(&[g.gateway], &c.token, Duration::from_secs(2))
-                .await
-                .unwrap(),
+            arbor_client::GatewayClient::connect(
+                &[g.gateway],
+                &c.trust(),
+                &c.token,
+                Duration::from_secs(2),
+            )
+            .await
+            .unwrap(),
         );
     }
     let id = chunk_id("x", 0);
@@ -1041,7 +1051,7 @@ async fn s17_a_removed_member_stops_serving_and_its_replicas_move() {
     let _one = ONE_AT_A_TIME.lock().await;
     let c = Chaos::start("chaos-s17", 4, |t| {
         // Node 4 is not a founding voter, so that removing one of 1..3 keeps a quorum.
-        t.replacen("[[nodes]]", "voters = [1, 2, 3]\n\n[[nodes]]", 1)
+        t.replacen("[cluster]\n", "[cluster]\nvoters = [1, 2, 3]\n", 1)
     })
     .await;
     c.collection("docs", 1, 2).await;
@@ -1109,6 +1119,7 @@ async fn s19_a_job_on_a_node_cut_off_from_raft_ends_as_its_record_says() {
     // A long ingest through node 3's gateway, while node 3's Raft port is cut for 5 s.
     let mut there = arbor_client::GatewayClient::connect(
         &[c.addrs[&3].gateway],
+        &c.trust(),
         &c.token,
         Duration::from_secs(2),
     )

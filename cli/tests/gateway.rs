@@ -5,33 +5,43 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::cluster::Cluster;
+use common::support::Endpoint;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const WAIT: Duration = Duration::from_secs(20);
 
 /// A raw connection to one gateway.
 struct Ws {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: WebSocketStream<tokio_rustls::client::TlsStream<TcpStream>>,
 }
 
 impl Ws {
-    async fn connect(addr: SocketAddr) -> Ws {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
+    /// A WebSocket over TLS, verified against the cluster's CA, as any client would open it.
+    async fn connect(at: &Endpoint) -> Ws {
+        let addr = at.addr;
+        let arbor_client::Trust::Ca(tls) = &at.trust else {
+            panic!("the test cluster speaks TLS")
+        };
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tcp = tls
+            .connect(arbor_tls::gateway_server_name(), tcp)
+            .await
+            .unwrap_or_else(|e| panic!("no TLS with the gateway at {addr}: {e}"));
+        let (ws, _) = tokio_tungstenite::client_async(format!("wss://{addr}/"), tcp)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the gateway at {addr}: {e}"));
         Ws { ws }
     }
 
-    async fn authed(addr: SocketAddr, token: &str) -> Ws {
-        let mut ws = Ws::connect(addr).await;
+    async fn authed(at: &Endpoint, token: &str) -> Ws {
+        let mut ws = Ws::connect(at).await;
         ws.send(json!({"type": "auth", "v": 1, "token": token}))
             .await;
         let m = ws.recv().await;
@@ -150,13 +160,13 @@ fn token(c: &Cluster, role: &str) -> String {
         .to_owned()
 }
 
-fn gateway(c: &Cluster, id: usize) -> SocketAddr {
-    c.config.nodes[id - 1].gateway
+fn gateway(c: &Cluster, id: usize) -> Endpoint {
+    common::support::endpoint(&c.config, id - 1)
 }
 
 /// A job's record as node `id` tells it.
 async fn job_status(c: &Cluster, id: usize, token: &str, job: &str) -> Value {
-    let mut ws = Ws::authed(gateway(c, id), token).await;
+    let mut ws = Ws::authed(&gateway(c, id), token).await;
     ws.send(json!({"type": "status", "job": job})).await;
     let (m, _) = ws.until_any(&["job", "error"]).await;
     assert_eq!(m["type"], "job", "{m}");
@@ -179,8 +189,25 @@ async fn the_gateway_end_to_end() {
     let reader = token(&c, "reader");
     let g1 = gateway(&c, 1);
 
+    // ---- Plaintext is refused: the gateway speaks only TLS, and a client that trusts another
+    // CA does not get through either.
+    let plain = tokio_tungstenite::connect_async(format!("ws://{}/", g1.addr)).await;
+    assert!(plain.is_err(), "a plaintext WebSocket was accepted");
+    let other = tempfile::tempdir().unwrap();
+    common::support::certificates("other", 1, other.path());
+    let stranger = arbor_client::Trust::ca(&other.path().join("ca.pem")).unwrap();
+    let refused =
+        arbor_client::GatewayClient::connect(&[g1.addr], &stranger, &admin, Duration::from_secs(3))
+            .await
+            .err()
+            .expect("a client of another CA was let in");
+    assert!(
+        refused.to_string().contains("TLS handshake failed"),
+        "{refused}"
+    );
+
     // ---- Auth and each way it fails.
-    let mut ws = Ws::connect(g1).await;
+    let mut ws = Ws::connect(&g1).await;
     ws.refused(
         json!({"type": "submit", "job": {"kind": "status"}}),
         "not_authenticated",
@@ -206,7 +233,7 @@ async fn the_gateway_end_to_end() {
         "the third failure closes the connection"
     );
 
-    let mut ws = Ws::connect(g1).await;
+    let mut ws = Ws::connect(&g1).await;
     ws.refused(
         json!({"type": "auth", "v": 2, "token": admin}),
         "unsupported_version",
@@ -215,7 +242,7 @@ async fn the_gateway_end_to_end() {
     .await;
     assert_eq!(ws.closed().await.0, 1008);
 
-    let mut ws = Ws::connect(g1).await;
+    let mut ws = Ws::connect(&g1).await;
     let (code, reason) = ws.closed().await;
     assert_eq!(
         code, 1008,
@@ -223,7 +250,7 @@ async fn the_gateway_end_to_end() {
     );
     assert!(reason.contains("auth"), "{reason}");
 
-    let mut ws = Ws::authed(g1, &reader).await;
+    let mut ws = Ws::authed(&g1, &reader).await;
     ws.refused(
         json!({"type": "auth", "v": 1, "token": reader}),
         "already_authenticated",
@@ -275,7 +302,7 @@ async fn the_gateway_end_to_end() {
     assert_eq!(control["voters"].as_array().unwrap().len(), 3, "{control}");
 
     // A revoked token stops working on open connections too.
-    let mut revoked = Ws::authed(g1, &user).await;
+    let mut revoked = Ws::authed(&g1, &user).await;
     let id = user.split('_').nth(1).unwrap().to_owned();
     c.arbor(&["token", "revoke", &id]);
     let start = Instant::now();
@@ -290,7 +317,7 @@ async fn the_gateway_end_to_end() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(revoked.closed().await.0, 1008);
-    let mut ws = Ws::connect(gateway(&c, 2)).await;
+    let mut ws = Ws::connect(&gateway(&c, 2)).await;
     ws.refused(
         json!({"type": "auth", "v": 1, "token": user}),
         "auth_failed",
@@ -299,7 +326,7 @@ async fn the_gateway_end_to_end() {
     .await;
 
     // ---- Each class of bad input gets an error naming it; the connection stays usable.
-    let mut ws = Ws::authed(g1, &admin).await;
+    let mut ws = Ws::authed(&g1, &admin).await;
     ws.send_text("{not json".into()).await;
     assert_eq!(ws.until("error", None).await.0["code"], "malformed_json");
     ws.refused(json!([1, 2]), "not_an_object", None).await;
@@ -356,16 +383,24 @@ async fn the_gateway_end_to_end() {
         1003,
         "binary frames close the connection"
     );
-    let mut ws = Ws::authed(g1, &admin).await;
-    ws.send_text("x".repeat(200_000)).await;
-    assert_eq!(
-        ws.closed().await.0,
-        1009,
-        "over the hard limit closes the connection"
-    );
+    let mut ws = Ws::authed(&g1, &admin).await;
+    // The gateway stops reading at the frame's header; a client still writing the rest may
+    // find the connection reset under it (TLS records make that likelier), and then it cannot
+    // read the close frame either. Either way the connection is closed, and when the write
+    // went through, the close says why.
+    let sent = ws.ws.send(Message::text("x".repeat(200_000))).await;
+    let (code, why) = ws.closed().await;
+    if sent.is_ok() && code != 0 {
+        assert_eq!(
+            code, 1009,
+            "over the hard limit closes the connection: {why}"
+        );
+    } else {
+        assert!(code == 1009 || code == 0, "{code}: {why}");
+    }
 
     // ---- Jobs: a deploy (recorded) and calls through it, from any node.
-    let mut ws = Ws::authed(g1, &admin).await;
+    let mut ws = Ws::authed(&g1, &admin).await;
     let (result, end) = ws
         .run(json!({"kind": "deploy", "deployment": {
             "name": "spin", "kind": "spin", "replicas": 2, "version": "1"
@@ -386,7 +421,7 @@ async fn the_gateway_end_to_end() {
     assert_eq!(record["node"], 1);
     assert_eq!(record["kind"], "deploy");
 
-    let mut on3 = Ws::authed(gateway(&c, 3), &admin).await;
+    let mut on3 = Ws::authed(&gateway(&c, 3), &admin).await;
     on3.send(json!({"type": "subscribe", "job": deploy_job}))
         .await;
     let (m, before) = on3.until("event", Some(&deploy_job)).await;
@@ -430,7 +465,7 @@ async fn the_gateway_end_to_end() {
     .await;
 
     // ---- Cancel, on the node that runs the job and through another one.
-    let mut runner = Ws::authed(g1, &admin).await;
+    let mut runner = Ws::authed(&g1, &admin).await;
     let spin = json!({"type": "submit", "record": true, "job": {"kind": "call", "deployment": "spin", "payload": "{\"ms\": 50000}"}});
     runner.send(spin.clone()).await;
     let job = runner.until("accepted", None).await.0["job"]
@@ -465,7 +500,7 @@ async fn the_gateway_end_to_end() {
         .as_str()
         .unwrap()
         .to_owned();
-    let mut other = Ws::authed(gateway(&c, 2), &admin).await;
+    let mut other = Ws::authed(&gateway(&c, 2), &admin).await;
     other.send(json!({"type": "cancel", "job": job})).await;
     assert_eq!(
         other.until("event", Some(&job)).await.0["state"],
@@ -485,7 +520,7 @@ async fn the_gateway_end_to_end() {
 
     // ---- A job's record outlives the node that accepted it.
     let (_, done) = {
-        let mut ws = Ws::authed(g1, &admin).await;
+        let mut ws = Ws::authed(&g1, &admin).await;
         ws.send(json!({"type": "submit", "record": true, "job": {"kind": "status"}}))
             .await;
         let id = ws.until("accepted", None).await.0["job"]
@@ -554,20 +589,20 @@ async fn connections_over_the_limit_are_told_to_come_back_later() {
     .await;
     let token = token(&c, "reader");
     let g1 = gateway(&c, 1);
-    let first = Ws::authed(g1, &token).await;
-    let _second = Ws::authed(g1, &token).await;
-    let mut third = Ws::connect(g1).await;
+    let first = Ws::authed(&g1, &token).await;
+    let _second = Ws::authed(&g1, &token).await;
+    let mut third = Ws::connect(&g1).await;
     let (code, reason) = third.closed().await;
     assert_eq!(code, 1013, "{reason}");
     assert!(reason.contains("max_connections"), "{reason}");
     // Another node has room of its own.
-    let _elsewhere = Ws::authed(gateway(&c, 2), &token).await;
+    let _elsewhere = Ws::authed(&gateway(&c, 2), &token).await;
 
     // Once one closes, a new connection is served.
     drop(first);
     let start = Instant::now();
     loop {
-        let mut ws = Ws::connect(g1).await;
+        let mut ws = Ws::connect(&g1).await;
         // May fail when the gateway has already closed it: the answer below says so.
         let auth = json!({"type": "auth", "v": 1, "token": token}).to_string();
         let _ = ws.ws.send(Message::text(auth)).await;

@@ -124,9 +124,14 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
         metadata: Default::default(),
         vector,
     };
-    let mut client = GatewayClient::connect(&[c.config.nodes[1].gateway], &c.token, T)
-        .await
-        .unwrap();
+    let mut client = GatewayClient::connect(
+        &[c.config.nodes[1].gateway],
+        &common::support::trust(&c.config),
+        &c.token,
+        T,
+    )
+    .await
+    .unwrap();
     let ingest = |documents| {
         JobSpec::Ingest(IngestJob {
             collection: "docs".into(),

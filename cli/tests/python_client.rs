@@ -39,11 +39,13 @@ fn python() -> String {
     "python3".into()
 }
 
-/// Runs the client with `args` after `--url URL`; its output.
-fn client(python: &str, url: &str, args: &[&str]) -> Output {
+/// Runs the client with `args` after `--url URL --ca CA`; its output.
+fn client(python: &str, url: &str, ca: &Path, args: &[&str]) -> Output {
     Command::new(python)
         .arg(client_script())
         .args(["--url", url])
+        .arg("--ca")
+        .arg(ca)
         .args(args)
         .env_remove("ARBOR_TOKEN")
         .output()
@@ -70,7 +72,11 @@ fn python_client_against_a_node() {
     )
     .unwrap();
     let config = arbor_node::ClusterConfig::load(&path).unwrap();
-    let url = format!("ws://{}/", config.nodes[0].gateway);
+    let url = format!("wss://{}/", config.nodes[0].gateway);
+    let arbor_node::config::Transport::Tls(tls) = &config.tls else {
+        panic!("the test cluster speaks TLS")
+    };
+    let ca = tls.ca_cert();
 
     let token = common::create_token(&path, "admin");
 
@@ -79,7 +85,7 @@ fn python_client_against_a_node() {
     // Until the node's gateway answers and the node sees itself up.
     let start = Instant::now();
     let status = loop {
-        let out = client(&python, &url, &["--token", &token, "status"]);
+        let out = client(&python, &url, &ca, &["--token", &token, "status"]);
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() && stdout.contains("nodes: 1 up of 1") {
             break stdout;
@@ -96,7 +102,7 @@ fn python_client_against_a_node() {
     assert!(status.contains("  node 1: up"), "{status}");
 
     // The same as JSON: the job's result data.
-    let out = client(&python, &url, &["--token", &token, "--json", "status"]);
+    let out = client(&python, &url, &ca, &["--token", &token, "--json", "status"]);
     assert!(out.status.success(), "{}", text(&out));
     let data: Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&out)));
@@ -107,7 +113,7 @@ fn python_client_against_a_node() {
     // A wrong token, well-formed or not: refused with auth_failed, exit 1.
     let wrong = format!("arbor_{}_{}", &token[6..14], "0".repeat(64));
     for bad in [wrong.as_str(), "not-a-token"] {
-        let out = client(&python, &url, &["--token", bad, "status"]);
+        let out = client(&python, &url, &ca, &["--token", bad, "status"]);
         assert_eq!(out.status.code(), Some(1), "token {bad:?}: {}", text(&out));
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -133,7 +139,7 @@ fn python_client_against_a_node() {
 
     // No gateway there: exit 2 with a message that says so.
     drop(node);
-    let out = client(&python, &url, &["--token", &token, "status"]);
+    let out = client(&python, &url, &ca, &["--token", &token, "status"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("cannot connect"),

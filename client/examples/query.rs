@@ -1,17 +1,18 @@
 //! Asks a collection a question through any node's gateway and prints the hits.
 //!
 //! ```sh
-//! ARBOR_TOKEN=... cargo run -p arbor-client --example query -- \
-//!     127.0.0.1:7101,127.0.0.1:7102 docs "how does raft elect a leader?"
+//! ARBOR_TOKEN=... ARBOR_CA=.arbor/tls/ca.pem cargo run -p arbor-client --example query -- \
+//!     127.0.0.1:7301,127.0.0.1:7302 docs "how does raft elect a leader?"
 //! ```
 //!
 //! The addresses are tried in order until one gateway accepts the token; the token needs the
-//! `user` role (`arbor token create --role user`).
+//! `user` role (`arbor token create --role user`). Nodes are verified against the cluster's CA
+//! (`ARBOR_CA`, the `ca.pem` of cluster.toml's `[tls] dir`).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use arbor_client::{DEFAULT_PER_NODE_TIMEOUT, GatewayClient};
+use arbor_client::{DEFAULT_PER_NODE_TIMEOUT, GatewayClient, Trust};
 use arbor_proto::gateway::{JobSpec, QueryJob};
 
 #[tokio::main]
@@ -40,7 +41,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let token = std::env::var("ARBOR_TOKEN")
         .map_err(|_| "set ARBOR_TOKEN (create one with `arbor token create --role user`)")?;
 
-    let mut client = GatewayClient::connect(&addrs, &token, DEFAULT_PER_NODE_TIMEOUT).await?;
+    let ca = std::env::var_os("ARBOR_CA").ok_or(
+        "set ARBOR_CA to the cluster's CA certificate (ca.pem in cluster.toml's [tls] dir)",
+    )?;
+    let trust = Trust::ca(std::path::Path::new(&ca))?;
+    let mut client =
+        GatewayClient::connect(&addrs, &trust, &token, DEFAULT_PER_NODE_TIMEOUT).await?;
     let job = JobSpec::Query(QueryJob {
         collection: collection.clone(),
         text: Some(question.clone()),

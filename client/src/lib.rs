@@ -18,11 +18,12 @@ use std::time::{Duration, Instant};
 
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use arbor_proto::gateway::{
     ClientMsg, JobSpec, JobState, JobView, Limits, PROTOCOL_VERSION, ServerMsg, encode,
@@ -39,7 +40,42 @@ pub const MAX_INCOMING_MESSAGE_BYTES: usize = 64 << 20;
 /// The largest frame this client reads.
 pub const MAX_INCOMING_FRAME_BYTES: usize = 16 << 20;
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The connection under the WebSocket: TCP, or TLS over it.
+trait Duplex: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Duplex for S {}
+type Ws = WebSocketStream<Box<dyn Duplex>>;
+
+/// How a client trusts the gateways it dials.
+#[derive(Clone)]
+pub enum Trust {
+    /// `wss://`: a node is accepted only with a certificate signed by the cluster's CA.
+    Ca(arbor_tls::TlsConnector),
+    /// `ws://`: for a cluster whose cluster.toml says `[tls] insecure = true` (loopback only).
+    Plain,
+}
+
+impl Trust {
+    /// Trusts the nodes whose certificates the CA in `ca_pem` signed (`[tls] dir`/ca.pem).
+    pub fn ca(ca_pem: &std::path::Path) -> Result<Trust, ClientError> {
+        Ok(Trust::Ca(arbor_tls::gateway_client(ca_pem)?))
+    }
+
+    fn scheme(&self) -> &'static str {
+        match self {
+            Trust::Ca(_) => "wss",
+            Trust::Plain => "ws",
+        }
+    }
+}
+
+impl std::fmt::Debug for Trust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Trust::Ca(_) => "Trust::Ca",
+            Trust::Plain => "Trust::Plain",
+        })
+    }
+}
 
 /// Why a gateway call did not give an answer.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +83,11 @@ pub enum ClientError {
     /// No gateway could be reached (or none answered `auth` in time).
     #[error(
         "no gateway answered:\n{}Check that the nodes run (a node's log says why it stopped) and that the gateway addresses in {origin} are right.",
-        tried_list(.tried)
+        tried_list(.scheme, .tried)
     )]
     Unreachable {
+        /// `wss` or `ws`.
+        scheme: &'static str,
         /// Each address tried, and why it failed.
         tried: Vec<(SocketAddr, String)>,
         /// Where the addresses came from (a cluster.toml path).
@@ -101,15 +139,18 @@ pub enum ClientError {
         "the message is {bytes} bytes, but the gateway takes at most {limit} bytes per message (max_message_bytes); send less at once"
     )]
     TooLarge { bytes: usize, limit: usize },
+    /// The cluster's CA could not be read.
+    #[error(transparent)]
+    Tls(#[from] arbor_tls::TlsError),
 }
 
-fn tried_list(tried: &[(SocketAddr, String)]) -> String {
+fn tried_list(scheme: &str, tried: &[(SocketAddr, String)]) -> String {
     if tried.is_empty() {
         return "  (there was no gateway address to try)\n".into();
     }
     let mut out = String::new();
     for (addr, why) in tried {
-        let _ = writeln!(out, "  ws://{addr}/: {why}");
+        let _ = writeln!(out, "  {scheme}://{addr}/: {why}");
     }
     out
 }
@@ -305,23 +346,33 @@ impl GatewayClient {
     /// is skipped; a refused token ends the attempt at once ([`ClientError::Auth`]).
     pub async fn connect(
         addrs: &[SocketAddr],
+        trust: &Trust,
         token: &str,
         per_node_timeout: Duration,
     ) -> Result<GatewayClient, ClientError> {
-        Self::connect_from(addrs, token, per_node_timeout, "the addresses given".into()).await
+        Self::connect_from(
+            addrs,
+            trust,
+            token,
+            per_node_timeout,
+            "the addresses given".into(),
+        )
+        .await
     }
 
     /// [`GatewayClient::connect`], naming where the addresses came from (a cluster.toml path)
     /// in the error that says none answered.
     pub async fn connect_from(
         addrs: &[SocketAddr],
+        trust: &Trust,
         token: &str,
         per_node_timeout: Duration,
         origin: String,
     ) -> Result<GatewayClient, ClientError> {
         let mut tried = Vec::with_capacity(addrs.len());
         for &addr in addrs {
-            let attempt = tokio::time::timeout(per_node_timeout, Self::attempt(addr, token)).await;
+            let attempt =
+                tokio::time::timeout(per_node_timeout, Self::attempt(addr, trust, token)).await;
             match attempt {
                 Ok(Attempt::Ok(client)) => return Ok(*client),
                 Ok(Attempt::Refused(e)) => return Err(e),
@@ -335,16 +386,43 @@ impl GatewayClient {
                 )),
             }
         }
-        Err(ClientError::Unreachable { tried, origin })
+        Err(ClientError::Unreachable {
+            scheme: trust.scheme(),
+            tried,
+            origin,
+        })
     }
 
-    async fn attempt(addr: SocketAddr, token: &str) -> Attempt {
+    async fn attempt(addr: SocketAddr, trust: &Trust, token: &str) -> Attempt {
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_INCOMING_MESSAGE_BYTES))
             .max_frame_size(Some(MAX_INCOMING_FRAME_BYTES));
-        let url = format!("ws://{addr}/");
+        let tcp = match TcpStream::connect(addr).await {
+            Ok(tcp) => tcp,
+            Err(e) => return Attempt::Failed(e.to_string()),
+        };
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Duplex> = match trust {
+            Trust::Plain => Box::new(tcp),
+            Trust::Ca(connector) => {
+                match connector
+                    .connect(arbor_tls::gateway_server_name(), tcp)
+                    .await
+                {
+                    Ok(tls) => Box::new(tls),
+                    Err(e) => {
+                        return Attempt::Failed(format!(
+                            "TLS handshake failed: {e} (a node of this cluster presents a \
+                             certificate signed by its CA; is this the cluster's ca.pem, and \
+                             does the node speak TLS?)"
+                        ));
+                    }
+                }
+            }
+        };
+        let url = format!("{}://{addr}/", trust.scheme());
         let mut ws =
-            match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await {
+            match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await {
                 Ok((ws, _response)) => ws,
                 Err(tungstenite::Error::Io(e)) => return Attempt::Failed(e.to_string()),
                 Err(tungstenite::Error::Http(response)) => {
@@ -824,6 +902,7 @@ mod tests {
     #[test]
     fn errors_tell_the_user_what_to_do() {
         let e = ClientError::Unreachable {
+            scheme: "ws",
             tried: vec![
                 (
                     "127.0.0.1:7001".parse().unwrap(),
@@ -917,13 +996,13 @@ mod tests {
     async fn connect_skips_dead_nodes_and_keeps_order() {
         let dead = dead_addr().await;
         let live = fake_gateway(authenticated(2), vec![]).await;
-        let c = GatewayClient::connect(&[dead, live], "tok", Duration::from_secs(2))
+        let c = GatewayClient::connect(&[dead, live], &Trust::Plain, "tok", Duration::from_secs(2))
             .await
             .unwrap();
         assert_eq!((c.node(), c.role(), c.addr()), (2, Role::User, live));
         assert_eq!(c.limits().max_message_bytes, 1 << 20);
 
-        let e = GatewayClient::connect(&[dead], "tok", Duration::from_secs(2))
+        let e = GatewayClient::connect(&[dead], &Trust::Plain, "tok", Duration::from_secs(2))
             .await
             .err()
             .unwrap();
@@ -939,10 +1018,15 @@ mod tests {
         // A second gateway that would accept: it must not be asked.
         let accepting = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let other = accepting.local_addr().unwrap();
-        let e = GatewayClient::connect(&[refusing, other], "bad", Duration::from_secs(2))
-            .await
-            .err()
-            .unwrap();
+        let e = GatewayClient::connect(
+            &[refusing, other],
+            &Trust::Plain,
+            "bad",
+            Duration::from_secs(2),
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(
             matches!(
                 e,
@@ -979,7 +1063,7 @@ mod tests {
             event("j1", JobState::Succeeded),
         ]];
         let addr = fake_gateway(authenticated(1), script).await;
-        let mut c = GatewayClient::connect(&[addr], "tok", Duration::from_secs(2))
+        let mut c = GatewayClient::connect(&[addr], &Trust::Plain, "tok", Duration::from_secs(2))
             .await
             .unwrap();
         let job = JobSpec::Query(arbor_proto::gateway::QueryJob {
@@ -1006,7 +1090,7 @@ mod tests {
     #[tokio::test]
     async fn too_large_messages_are_not_sent() {
         let addr = fake_gateway(authenticated(1), vec![]).await;
-        let mut c = GatewayClient::connect(&[addr], "tok", Duration::from_secs(2))
+        let mut c = GatewayClient::connect(&[addr], &Trust::Plain, "tok", Duration::from_secs(2))
             .await
             .unwrap();
         let job = JobSpec::Embed(arbor_proto::gateway::EmbedJob {

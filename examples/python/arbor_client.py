@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A small Arbor gateway client: talks to a node's WebSocket gateway (docs/protocol.md).
 
-    python3 arbor_client.py [--url ws://127.0.0.1:7301/] [--token T] [--json] COMMAND ...
+    python3 arbor_client.py [--url wss://127.0.0.1:7301/] [--ca ca.pem] [--token T] [--json] COMMAND ...
 
     status                      the cluster as the node sees it
     generate PROMPT             stream generated text   [--max-tokens N]
@@ -9,7 +9,8 @@
     rag COLLECTION QUESTION     stream an answer, then its sources  [--k K] [--max-tokens N]
 
 The token comes from --token or the ARBOR_TOKEN environment variable (make one with
-`arbor token create --role user`). Needs the `websockets` package (scripts/python-env.sh).
+`arbor token create --role user`). A wss:// gateway is verified against the cluster's CA:
+--ca or ARBOR_CA, the ca.pem in cluster.toml's [tls] dir. Needs the `websockets` package (scripts/python-env.sh).
 Exit status: 0 on success, 1 when the gateway answers with an error (its code and message
 are printed), 2 when the gateway cannot be reached or the arguments are wrong.
 """
@@ -19,6 +20,7 @@ import asyncio
 import itertools
 import json
 import os
+import ssl
 import sys
 
 try:  # websockets >= 13 has the new asyncio implementation here
@@ -185,7 +187,15 @@ async def main(args):
         return 2
     try:
         # Results (a query's chunks) can be large: allow frames up to 64 MiB.
-        async with connect(args.url, max_size=64 << 20, open_timeout=5) as ws:
+        tls = None
+        if args.url.startswith("wss://"):
+            ca = args.ca or os.environ.get("ARBOR_CA")
+            if not ca:
+                print("error: a wss:// gateway needs the cluster's CA: pass --ca FILE or set "
+                      "ARBOR_CA (ca.pem in cluster.toml's [tls] dir)", file=sys.stderr)
+                return 2
+            tls = ssl.create_default_context(cafile=ca)
+        async with connect(args.url, max_size=64 << 20, open_timeout=5, ssl=tls) as ws:
             client = Client(ws)
             hello = await client.auth(token)
             if args.verbose:
@@ -207,8 +217,10 @@ async def main(args):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="A small client for the Arbor WebSocket gateway.")
-    p.add_argument("--url", default="ws://127.0.0.1:7301/",
-                   help="a node's gateway, ws://ADDR/ (default: %(default)s)")
+    p.add_argument("--url", default="wss://127.0.0.1:7301/",
+                   help="a node's gateway, wss://ADDR/ (ws:// for an insecure loopback "
+                        "cluster; default: %(default)s)")
+    p.add_argument("--ca", help="the cluster's CA certificate (default: $ARBOR_CA)")
     p.add_argument("--token", help="gateway token (default: $ARBOR_TOKEN)")
     p.add_argument("--json", action="store_true", help="print the result data as JSON")
     p.add_argument("-v", "--verbose", action="store_true", help="say which node answered")

@@ -29,6 +29,8 @@ pub enum ClientError {
     },
     #[error("cannot start the client: {0}")]
     Start(String),
+    #[error(transparent)]
+    Tls(#[from] arbor_tls::TlsError),
 }
 
 /// A session event, with the address of the node it is with.
@@ -62,6 +64,9 @@ pub struct Client<'a> {
     per_node: Duration,
     /// Sessions kept open by [`Client::join_all`].
     sessions: Vec<ActorRef<NodeSessionMessage>>,
+    /// Mutual TLS with the nodes, under the first node's certificate: whoever runs this holds
+    /// the cluster secret and a node's key, and acts with a node's authority.
+    tls: Option<crate::link::tls::LinkTls>,
 }
 
 impl<'a> Client<'a> {
@@ -72,12 +77,19 @@ impl<'a> Client<'a> {
         per_node: Duration,
     ) -> Result<Client<'a>, ClientError> {
         let name = format!("{}/cli-{}", config.cluster.name, std::process::id());
+        let first = config.nodes.iter().map(|n| n.id).min().unwrap_or(1);
+        let tls = config
+            .node_tls(first)?
+            .as_ref()
+            .map(crate::link::tls::LinkTls::new)
+            .transpose()?;
         let server = NodeServer::new(
             0,
             secret.cookie(),
             name,
             "127.0.0.1".into(),
-            None,
+            tls.as_ref()
+                .map(|t| ractor_cluster::IncomingEncryptionMode::Tls(t.acceptor())),
             Some(NodeConnectionMode::Isolated),
         )
         .with_listen_addr([127, 0, 0, 1].into());
@@ -97,6 +109,7 @@ impl<'a> Client<'a> {
             events,
             per_node,
             sessions: Vec::new(),
+            tls,
         })
     }
 
@@ -144,13 +157,19 @@ impl<'a> Client<'a> {
     ) -> Result<ActorRef<NodeSessionMessage>, String> {
         let here = node.actors.to_string();
         let cluster = &self.config.cluster.name;
-        tokio::time::timeout(
-            self.per_node,
-            ractor_cluster::client_connect(&self.server, node.actors),
-        )
-        .await
-        .map_err(|_| "connection timed out".to_string())?
-        .map_err(|e| format!("cannot connect ({e})"))?;
+        match &self.tls {
+            Some(tls) => {
+                crate::link::tls::dial(&self.server, tls, node.id, node.actors, self.per_node)
+                    .await?
+            }
+            None => tokio::time::timeout(
+                self.per_node,
+                ractor_cluster::client_connect(&self.server, node.actors),
+            )
+            .await
+            .map_err(|_| "connection timed out".to_string())?
+            .map_err(|e| format!("cannot connect ({e})"))?,
+        }
         let mut authenticated = false;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -28,7 +28,32 @@ pub struct ClusterConfig {
     pub raft: RaftSection,
     pub scheduler: SchedulerSection,
     pub gateway: GatewaySection,
+    /// How every transport is protected.
+    pub tls: Transport,
     pub nodes: Vec<NodeConfig>,
+}
+
+/// How a cluster's three transports (actor links, Raft, gateway) are protected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Mutual TLS with the CA and node certificates in this folder (`arbor cert init`).
+    Tls(arbor_tls::TlsDir),
+    /// Plain TCP and `ws://`: only when every address of every node is a loopback address (a
+    /// test cluster on one machine).
+    Insecure,
+}
+
+/// `[tls]` as written in cluster.toml.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The folder of `ca.pem`, `ca.key` and `node-N.pem`/`node-N.key`; relative to the config
+    /// file's folder.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    /// No TLS at all, for a cluster whose every address is on loopback.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -326,6 +351,7 @@ struct RawConfig {
     scheduler: SchedulerSection,
     #[serde(default)]
     gateway: GatewaySection,
+    tls: Option<TlsSection>,
     #[serde(default, rename = "nodes")]
     nodes: Vec<NodeConfig>,
 }
@@ -346,17 +372,95 @@ impl ClusterConfig {
             path: path.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
-        let config = ClusterConfig {
+        let mut config = ClusterConfig {
             path: path.to_owned(),
             cluster: raw.cluster,
             links: raw.links,
             raft: raw.raft,
             scheduler: raw.scheduler,
             gateway: raw.gateway,
+            tls: Transport::Insecure,
             nodes: raw.nodes,
         };
         config.validate()?;
+        config.tls = config.transport(raw.tls)?;
         Ok(config)
+    }
+
+    /// What `[tls]` says, checked: a folder of certificates, or plain TCP on loopback only.
+    fn transport(&self, section: Option<TlsSection>) -> Result<Transport, ConfigError> {
+        match section {
+            None => Err(self.invalid(
+                "tls",
+                "there is no [tls] section: every transport is mutual TLS; add\n  [tls]\n  \
+                 dir = \".arbor/tls\"\nand run `arbor cert init --config <this file>` to make \
+                 the certificates (or `insecure = true` for a cluster whose every address is on \
+                 loopback)",
+            )),
+            Some(TlsSection {
+                dir: Some(_),
+                insecure: true,
+            }) => Err(self.invalid(
+                "tls",
+                "give either `dir` (mutual TLS) or `insecure = true`, not both",
+            )),
+            Some(TlsSection {
+                dir: Some(dir),
+                insecure: false,
+            }) if !dir.as_os_str().is_empty() => {
+                Ok(Transport::Tls(arbor_tls::TlsDir::new(self.resolve(&dir))))
+            }
+            Some(TlsSection { insecure: true, .. }) => {
+                for (i, node) in self.nodes.iter().enumerate() {
+                    for (field, addr) in [
+                        ("actors", node.actors),
+                        ("raft", node.raft),
+                        ("gateway", node.gateway),
+                    ] {
+                        if !addr.ip().is_loopback() {
+                            return Err(self.invalid(
+                                format!("nodes[{i}].{field}"),
+                                format!(
+                                    "{addr} is not a loopback address, and [tls] says \
+                                     insecure = true: plain TCP is only allowed on loopback; \
+                                     use `dir` and `arbor cert init` instead"
+                                ),
+                            ));
+                        }
+                    }
+                }
+                Ok(Transport::Insecure)
+            }
+            Some(_) => Err(self.invalid(
+                "tls.dir",
+                "must name the certificates' folder (for example \".arbor/tls\")",
+            )),
+        }
+    }
+
+    /// The addresses node `node` is reached at, for its certificate (besides its id): each
+    /// distinct IP of its three addresses (not the unspecified one, which nobody dials), and
+    /// `localhost` when it listens on loopback.
+    pub fn certificate_hosts(node: &NodeConfig) -> Vec<String> {
+        let mut hosts = Vec::new();
+        for ip in [node.actors.ip(), node.raft.ip(), node.gateway.ip()] {
+            let host = ip.to_string();
+            if !ip.is_unspecified() && !hosts.contains(&host) {
+                hosts.push(host);
+            }
+            if ip.is_loopback() && !hosts.iter().any(|h| h == "localhost") {
+                hosts.push("localhost".into());
+            }
+        }
+        hosts
+    }
+
+    /// Node `id`'s TLS identity, loaded from `[tls] dir`; `None` when the cluster is insecure.
+    pub fn node_tls(&self, id: NodeId) -> Result<Option<arbor_tls::NodeTls>, arbor_tls::TlsError> {
+        match &self.tls {
+            Transport::Tls(dir) => arbor_tls::NodeTls::load(dir, id).map(Some),
+            Transport::Insecure => Ok(None),
+        }
     }
 
     fn invalid(&self, field: impl Into<String>, message: impl Into<String>) -> ConfigError {

@@ -39,6 +39,8 @@ pub enum NodeError {
     },
     #[error("the node's {0} actor did not start: {1}")]
     Spawn(&'static str, String),
+    #[error(transparent)]
+    Tls(#[from] arbor_tls::TlsError),
     #[error("the node did not answer: {0}")]
     Unresponsive(String),
     #[error("the control plane did not start: {0}")]
@@ -70,6 +72,9 @@ pub struct Node {
     janitor: tokio::task::JoinHandle<()>,
     reconciler: Reconciler,
     gateway: crate::gateway::Gateway,
+    /// The TLS listener on the actors address (none in an insecure cluster, where the
+    /// `NodeServer` listens there itself).
+    links_listener: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The capacity a node registers with the control plane.
@@ -86,6 +91,18 @@ pub fn capacity(node: &NodeConfig, declared: &DeclaredResources) -> Resources {
         ipu: r.ipu,
         custom: r.custom.clone(),
     }
+}
+
+/// Creates the data dir (and its parents) and makes it the owner's only (0700): it holds the
+/// job records, documents and prompts, which no other local user may read.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 /// The control-plane settings of one node, from cluster.toml.
@@ -205,8 +222,10 @@ impl Node {
         data_dir: Option<&Path>,
     ) -> Result<Node, NodeError> {
         let node = config.node(id)?;
+        // Before anything listens: a node without its certificate must not start at all.
+        let tls = config.node_tls(id)?;
         let data_dir = config.data_dir(node, data_dir);
-        std::fs::create_dir_all(&data_dir).map_err(|source| NodeError::DataDir {
+        private_dir(&data_dir).map_err(|source| NodeError::DataDir {
             path: data_dir.clone(),
             source,
         })?;
@@ -220,22 +239,55 @@ impl Node {
         };
         let cluster = config.cluster.name.clone();
 
-        let server = NodeServer::new(
-            node.actors.port(),
-            secret.cookie(),
-            node_name(&cluster, id),
-            node.actors.ip().to_string(),
-            None,
-            Some(NodeConnectionMode::Isolated),
-        )
-        .with_listen_addr(node.actors.ip());
+        let listen_failed = |reason: String| NodeError::Listen {
+            id,
+            addr: node.actors.to_string(),
+            reason,
+        };
+        let link_tls = tls
+            .as_ref()
+            .map(crate::link::tls::LinkTls::new)
+            .transpose()?;
+        // With TLS the node accepts on the actors address itself (see `link::tls`), and the
+        // NodeServer's own listener, which it always opens, is put on a loopback port nobody
+        // dials, behind TLS as well.
+        let server = match &link_tls {
+            None => NodeServer::new(
+                node.actors.port(),
+                secret.cookie(),
+                node_name(&cluster, id),
+                node.actors.ip().to_string(),
+                None,
+                Some(NodeConnectionMode::Isolated),
+            )
+            .with_listen_addr(node.actors.ip()),
+            Some(t) => NodeServer::new(
+                0,
+                secret.cookie(),
+                node_name(&cluster, id),
+                node.actors.ip().to_string(),
+                Some(ractor_cluster::IncomingEncryptionMode::Tls(t.acceptor())),
+                Some(NodeConnectionMode::Isolated),
+            )
+            .with_listen_addr([127, 0, 0, 1].into()),
+        };
         let (server, _) = Actor::spawn(None, server, ())
             .await
-            .map_err(|e| NodeError::Listen {
-                id,
-                addr: node.actors.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| listen_failed(e.to_string()))?;
+        let links_listener = match &link_tls {
+            None => None,
+            Some(t) => {
+                let listener = tokio::net::TcpListener::bind(node.actors)
+                    .await
+                    .map_err(|e| listen_failed(e.to_string()))?;
+                Some(tokio::spawn(crate::link::tls::listen(
+                    listener,
+                    server.clone(),
+                    t.clone(),
+                    config.links.handshake_timeout,
+                )))
+            }
+        };
 
         let peers = config
             .nodes
@@ -249,6 +301,7 @@ impl Node {
             peers,
             timing: config.links,
             server: server.clone(),
+            tls: link_tls,
         };
         let (supervisor, _) = Actor::spawn(None, LinkSupervisor, args)
             .await
@@ -259,7 +312,9 @@ impl Node {
                 subscription: Box::new(SessionEvents(supervisor.clone())),
             })
             .map_err(|e| NodeError::Spawn("link supervisor", e.to_string()))?;
-        let raft = RaftNode::start(raft_config(config, node, secret, &data_dir)).await?;
+        let mut raft_config = raft_config(config, node, secret, &data_dir);
+        raft_config.tls = tls.clone();
+        let raft = RaftNode::start(raft_config).await?;
         let register = tokio::spawn(register(
             raft.handle(),
             id,
@@ -305,6 +360,7 @@ impl Node {
             scope: crate::link::scope(&config.cluster.name),
             tokens,
             settings: config.gateway.clone(),
+            tls: tls.as_ref().map(|t| t.gateway_acceptor()).transpose()?,
         })
         .await
         .map_err(|reason| NodeError::GatewayListen {
@@ -326,6 +382,7 @@ impl Node {
             janitor,
             reconciler,
             gateway,
+            links_listener,
         })
     }
 
@@ -391,6 +448,9 @@ impl Node {
     /// Stops the node's actors and closes its links and listener.
     pub async fn shutdown(self) {
         let timeout = Some(Duration::from_secs(5));
+        if let Some(listener) = &self.links_listener {
+            listener.abort();
+        }
         self.register.abort();
         self.janitor.abort();
         self.feed.stop();

@@ -4,12 +4,15 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use arbor_node::config::{ClusterConfig, GatewaySection, GpuSpec, Secret};
+use arbor_node::config::{ClusterConfig, GatewaySection, GpuSpec, Secret, Transport};
 
 const GOOD: &str = r#"
 [cluster]
 name = "t"
 secret_file = "secret"
+
+[tls]
+dir = "tls"
 
 [[nodes]]
 id = 1
@@ -218,4 +221,38 @@ fn gateway_mistakes_are_named() {
     assert!(e.contains("gateway.auth_timeout"), "{e}");
     let e = error_of(&with("token_file = \"t.toml\""));
     assert!(e.contains("unknown field `token_file`"), "{e}");
+}
+
+#[test]
+fn every_transport_is_tls_unless_a_loopback_cluster_says_insecure() {
+    let config = parse(GOOD).unwrap();
+    assert_eq!(
+        config.tls,
+        Transport::Tls(arbor_tls::TlsDir::new(Path::new("conf/tls")))
+    );
+    // No [tls]: refused, saying what to add and which command makes the certificates.
+    let err = error_of(&GOOD.replace("[tls]\ndir = \"tls\"\n", ""));
+    assert!(err.contains("no [tls] section"), "{err}");
+    assert!(err.contains("arbor cert init"), "{err}");
+    let insecure = GOOD.replace("dir = \"tls\"", "insecure = true");
+    assert_eq!(parse(&insecure).unwrap().tls, Transport::Insecure);
+    // ...but never off loopback.
+    let err = error_of(&insecure.replace("127.0.0.1:7302", "10.0.0.2:7302"));
+    assert!(err.contains("nodes[1].gateway"), "{err}");
+    assert!(err.contains("not a loopback address"), "{err}");
+    let err = error_of(&GOOD.replace("dir = \"tls\"", "dir = \"tls\"\ninsecure = true"));
+    assert!(err.contains("not both"), "{err}");
+    let err = error_of(&GOOD.replace("dir = \"tls\"", "dir = \"\""));
+    assert!(err.contains("tls.dir"), "{err}");
+}
+
+#[test]
+fn a_node_without_its_certificate_is_told_how_to_make_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let config = ClusterConfig::load(&path).unwrap();
+    let err = config.node_tls(1).unwrap_err().to_string();
+    assert!(err.contains("ca.pem"), "{err}");
+    assert!(err.contains("arbor cert init"), "{err}");
 }

@@ -15,13 +15,14 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{PrivateKeyDer, ServerName};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 #[cfg(feature = "issue")]
 pub mod issue;
 
+pub use rustls::pki_types::CertificateDer;
 pub use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// The name every node certificate carries for gateway clients.

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod ask;
+pub mod cert;
 pub mod cluster;
 pub mod ingest;
 pub mod jobs;
@@ -21,7 +22,8 @@ use serde_json::Value;
 use arbor_node::ClusterConfig;
 
 pub use crate::flags::GatewayArgs;
-use arbor_client::{ClientError, DEFAULT_PER_NODE_TIMEOUT, GatewayClient, JobWatch};
+use arbor_client::{ClientError, DEFAULT_PER_NODE_TIMEOUT, GatewayClient, JobWatch, Trust};
+use arbor_node::config::Transport;
 use arbor_proto::JobId;
 use arbor_proto::gateway::{JobSpec, ServerMsg};
 
@@ -47,11 +49,21 @@ impl GatewayArgs {
         let addrs: Vec<_> = config.nodes.iter().map(|n| n.gateway).collect();
         Ok(GatewayClient::connect_from(
             &addrs,
+            &trust(&config)?,
             token,
             DEFAULT_PER_NODE_TIMEOUT,
             config.path.display().to_string(),
         )
         .await?)
+    }
+}
+
+/// How the gateways of `config`'s cluster are trusted: its CA (`[tls] dir`/ca.pem), or plain
+/// `ws://` for an insecure loopback cluster.
+pub fn trust(config: &ClusterConfig) -> anyhow::Result<Trust> {
+    match &config.tls {
+        Transport::Tls(dir) => Ok(Trust::ca(&dir.ca_cert())?),
+        Transport::Insecure => Ok(Trust::Plain),
     }
 }
 

@@ -90,6 +90,11 @@ impl Drop for Witness {
 }
 
 impl Chaos {
+    /// How a client trusts this cluster's gateways (its CA).
+    pub fn trust(&self) -> arbor_client::Trust {
+        super::support::trust(&self.config)
+    }
+
     /// Prints what the scenario did and saw, and the end of every node's log.
     pub fn report(&self) {
         {
@@ -292,8 +297,13 @@ impl Chaos {
     /// control plane, or removed from it, answers `unavailable`: the next is asked).
     async fn listing(&self, job: JobSpec) -> Option<Value> {
         for a in self.addrs.values() {
-            let Ok(mut client) =
-                GatewayClient::connect(&[a.gateway], &self.token, Duration::from_secs(1)).await
+            let Ok(mut client) = GatewayClient::connect(
+                &[a.gateway],
+                &self.trust(),
+                &self.token,
+                Duration::from_secs(1),
+            )
+            .await
             else {
                 continue;
             };
@@ -429,7 +439,7 @@ impl Chaos {
     /// A gateway client to whichever node answers first.
     pub async fn client(&self) -> GatewayClient {
         let addrs: Vec<SocketAddr> = self.addrs.values().map(|a| a.gateway).collect();
-        GatewayClient::connect(&addrs, &self.token, Duration::from_secs(2))
+        GatewayClient::connect(&addrs, &self.trust(), &self.token, Duration::from_secs(2))
             .await
             .expect("some gateway answers")
     }

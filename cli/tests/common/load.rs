@@ -5,7 +5,6 @@
 #![allow(dead_code)] // each bench uses part of it
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use arbor_proto::gateway::{ClientMsg, Document, JobSpec, JobState, ServerMsg};
 use serde_json::{Value, json};
 
 use super::NodeProc;
+pub use super::support::Endpoint;
 
 /// One finished job: submit → its last event, submit → its first token, its final result.
 pub struct Done {
@@ -34,8 +34,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub async fn open(addr: SocketAddr, token: &str) -> Conn {
-        let client = GatewayClient::connect(&[addr], token, Duration::from_secs(5))
+    pub async fn open(at: &Endpoint, token: &str) -> Conn {
+        let client = GatewayClient::connect(&[at.addr], &at.trust, token, Duration::from_secs(5))
             .await
             .unwrap();
         Conn { client }
@@ -119,7 +119,7 @@ impl Conn {
 }
 
 /// Starts 3 nodes in `dir`; their processes, node 1's gateway and an admin token.
-pub async fn start(dir: &Path, name: &str, secret: &str) -> (Vec<NodeProc>, SocketAddr, String) {
+pub async fn start(dir: &Path, name: &str, secret: &str) -> (Vec<NodeProc>, Endpoint, String) {
     let config = dir.join("cluster.toml");
     // Room for every replica on any node (the scheduler counts, nothing is enforced), and
     // for the bench's connections and jobs in flight.
@@ -138,17 +138,13 @@ pub async fn start(dir: &Path, name: &str, secret: &str) -> (Vec<NodeProc>, Sock
     let nodes: Vec<NodeProc> = (1..=3)
         .map(|id| NodeProc::start(&config, id, secret))
         .collect();
-    let addr: SocketAddr = text
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway = \""))
-        .and_then(|l| l.strip_suffix('"'))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let at = super::support::endpoint(&arbor_node::ClusterConfig::load(&config).unwrap(), 0);
     // Until the control plane has a leader and sees 3 nodes.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok(client) = GatewayClient::connect(&[addr], &token, Duration::from_secs(1)).await {
+        if let Ok(client) =
+            GatewayClient::connect(&[at.addr], &at.trust, &token, Duration::from_secs(1)).await
+        {
             let mut c = Conn { client };
             if let Ok(s) = c.try_job(&json!({"kind": "status"})).await
                 && !s["leader"].is_null()
@@ -160,7 +156,7 @@ pub async fn start(dir: &Path, name: &str, secret: &str) -> (Vec<NodeProc>, Sock
         assert!(Instant::now() < deadline, "the cluster never answered");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    (nodes, addr, token)
+    (nodes, at, token)
 }
 
 /// A unit vector of `dim` values, the same for the same seed.

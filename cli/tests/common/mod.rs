@@ -57,7 +57,10 @@ impl NodeProc {
             .arg(config)
             .args(["--node", &id.to_string()])
             .env("ARBOR_CLUSTER_SECRET", secret)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("ARBOR_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log_file)
             .spawn()

@@ -16,7 +16,8 @@ use std::time::Duration;
 use arbor_scheduler::RaftHandle;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
@@ -67,6 +68,9 @@ pub struct GatewayArgs {
     pub scope: String,
     pub tokens: TokenStore,
     pub settings: GatewaySection,
+    /// `wss://` with this node's certificate; `None` is plain `ws://` (an insecure cluster,
+    /// which is on loopback only).
+    pub tls: Option<arbor_tls::TlsAcceptor>,
 }
 
 /// A running gateway. Dropping it does not stop it: call [`Gateway::shutdown`].
@@ -124,7 +128,7 @@ impl Gateway {
             tokio::spawn(janitor(shared.clone())),
             args.tokens
                 .spawn_watcher(super::auth::DEFAULT_WATCH_INTERVAL),
-            tokio::spawn(accept(listener, shared)),
+            tokio::spawn(accept(listener, shared, args.tls)),
         ];
         tracing::info!(node = args.node, %addr, "gateway listening");
         Ok(Gateway { addr, tasks })
@@ -143,21 +147,46 @@ impl Gateway {
     }
 }
 
-pub(crate) async fn accept(listener: TcpListener, shared: Arc<Shared>) {
+pub(crate) async fn accept(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<arbor_tls::TlsAcceptor>,
+) {
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
                 let max = shared.settings.max_connections;
-                if open.load(Ordering::Relaxed) >= max {
-                    tokio::spawn(refuse_connection(shared.clone(), stream, max));
-                    continue;
+                let over = open.load(Ordering::Relaxed) >= max;
+                if !over {
+                    open.fetch_add(1, Ordering::Relaxed);
                 }
-                open.fetch_add(1, Ordering::Relaxed);
-                let (shared, open) = (shared.clone(), open.clone());
+                let (shared, open, tls) = (shared.clone(), open.clone(), tls.clone());
                 tokio::spawn(async move {
-                    connection(shared, stream, peer).await;
-                    open.fetch_sub(1, Ordering::Relaxed);
+                    match tls {
+                        None if over => refuse_connection(shared, stream, max).await,
+                        None => connection(shared, stream, peer).await,
+                        Some(tls) => {
+                            // The TLS handshake counts against the same deadline as auth.
+                            let handshake = tokio::time::timeout(
+                                shared.settings.auth_timeout,
+                                tls.accept(stream),
+                            )
+                            .await;
+                            match handshake {
+                                Ok(Ok(s)) if over => refuse_connection(shared, s, max).await,
+                                Ok(Ok(s)) => connection(shared, s, peer).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, "gateway TLS handshake failed: {e}")
+                                }
+                                Err(_) => tracing::debug!(%peer, "gateway TLS handshake timed out"),
+                            }
+                        }
+                    }
+                    if !over {
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    }
                 });
             }
             Err(e) => {
@@ -171,7 +200,10 @@ pub(crate) async fn accept(listener: TcpListener, shared: Arc<Shared>) {
 
 /// Answers a connection over the limit: the handshake, then a close that says why (1013: try
 /// again later, or another node).
-pub(crate) async fn refuse_connection(shared: Arc<Shared>, stream: TcpStream, max: usize) {
+pub(crate) async fn refuse_connection<S>(shared: Arc<Shared>, stream: S, max: usize)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let handshake = tokio::time::timeout(
         shared.settings.auth_timeout,
         tokio_tungstenite::accept_async(stream),
@@ -213,8 +245,10 @@ pub(crate) async fn keep_summary(
 }
 
 /// One client connection, from handshake to close.
-pub(crate) async fn connection(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
-    let _ = stream.set_nodelay(true);
+pub(crate) async fn connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     // Frames up to twice the limit are read and answered with an error; larger ones close
     // the connection (tungstenite stops reading them).
     let hard = shared.settings.max_message_bytes.saturating_mul(2);

@@ -13,6 +13,7 @@ pub mod actor;
 pub mod membership;
 pub mod messages;
 pub mod supervisor;
+pub mod tls;
 
 use crate::config::NodeId;
 

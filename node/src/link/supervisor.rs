@@ -111,11 +111,33 @@ pub struct SupervisorArgs {
     pub peers: Vec<(NodeId, SocketAddr)>,
     pub timing: LinkTiming,
     pub server: ActorRef<NodeServerMessage>,
+    /// Mutual TLS on the links; `None` in an insecure (loopback) cluster.
+    pub tls: Option<super::tls::LinkTls>,
 }
 
 struct Session {
     peer: Option<NodeId>,
     authenticated: bool,
+    /// Opened by a peer, and when: one that has not authenticated within the handshake
+    /// timeout is closed (an idle connection must not hold a slot).
+    inbound_since: Option<Instant>,
+    handle: ActorRef<NodeSessionMessage>,
+}
+
+/// Refusals remembered for de-duplicating their warnings; past this the set starts over, so
+/// that a flood of distinct names cannot grow it.
+const REFUSALS_REMEMBERED: usize = 256;
+
+/// A peer's self-declared name as it may appear in a log line: at most 128 characters,
+/// escaped (a newline in a name must not forge a log line).
+fn loggable(name: &str) -> String {
+    let short: String = name.chars().take(128).collect();
+    let escaped = format!("{short:?}");
+    if name.chars().count() > 128 {
+        format!("{escaped}…")
+    } else {
+        escaped
+    }
 }
 
 struct Link {
@@ -185,6 +207,21 @@ impl SupervisorState {
         }
     }
 
+    /// Closes inbound sessions that have not authenticated within the handshake timeout.
+    fn close_stalled(&mut self, now: Instant) {
+        let limit = self.args.timing.handshake_timeout;
+        for s in self.sessions.values() {
+            if !s.authenticated
+                && s.inbound_since
+                    .is_some_and(|since| now.duration_since(since) > limit)
+            {
+                s.handle.stop(Some(
+                    "no authentication within the handshake timeout".into(),
+                ));
+            }
+        }
+    }
+
     fn beat(&mut self) {
         let cluster = self.args.cluster.clone();
         for (peer, link) in &mut self.links {
@@ -239,12 +276,18 @@ impl SupervisorState {
             );
             let server = self.args.server.clone();
             let me = myself.clone();
+            let tls = self.args.tls.clone();
             tokio::spawn(async move {
-                if let Err(e) = ractor_cluster::client_connect(&server, addr).await {
-                    let _ = me.cast(SupervisorMsg::DialFailed {
-                        peer,
-                        error: e.to_string(),
-                    });
+                let dialed = match &tls {
+                    Some(tls) => {
+                        super::tls::dial(&server, tls, peer, addr, timing.handshake_timeout).await
+                    }
+                    None => ractor_cluster::client_connect(&server, addr)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                if let Err(error) = dialed {
+                    let _ = me.cast(SupervisorMsg::DialFailed { peer, error });
                 }
             });
         }
@@ -265,6 +308,8 @@ impl SupervisorState {
                     Session {
                         peer,
                         authenticated: false,
+                        inbound_since: ev.inbound.then_some(now.mono),
+                        handle: ev.session.clone(),
                     },
                 );
             }
@@ -275,6 +320,22 @@ impl SupervisorState {
             }
             SessionPhase::Ready => {
                 let name = ev.peer_name.unwrap_or_default();
+                let certified = match (&self.args.tls, parse_peer_name(&self.args.cluster, &name)) {
+                    // A node may only link as the node its certificate names.
+                    (Some(tls), PeerName::Node(peer)) if ev.inbound => {
+                        tls.certified().check(&ev.peer_addr, peer)
+                    }
+                    _ => Ok(()),
+                };
+                if let Err(why) = certified {
+                    tracing::warn!(
+                        name = %loggable(&name),
+                        addr = %ev.peer_addr,
+                        "refused a link: {why}"
+                    );
+                    ev.session.stop(Some("certificate of another node".into()));
+                    return;
+                }
                 match parse_peer_name(&self.args.cluster, &name) {
                     PeerName::Node(peer) if self.view.is_peer(peer) => {
                         if let Some(s) = self.sessions.get_mut(&id) {
@@ -302,9 +363,10 @@ impl SupervisorState {
                     }
                     PeerName::Node(_) | PeerName::Foreign(_) => {
                         tracing::warn!(
-                            name = %name,
+                            name = %loggable(&name),
                             addr = %ev.peer_addr,
-                            "refused a link: {name} is not a node of cluster {} in our cluster.toml",
+                            "refused a link: {} is not a node of cluster {} in our cluster.toml",
+                            loggable(&name),
                             self.args.cluster
                         );
                         ev.session.stop(Some("not a member of this cluster".into()));
@@ -312,6 +374,9 @@ impl SupervisorState {
                 }
             }
             SessionPhase::Closed => {
+                if let Some(tls) = &self.args.tls {
+                    tls.certified().forget(&ev.peer_addr);
+                }
                 let session = self.sessions.remove(&id);
                 let peer = session.as_ref().and_then(|s| s.peer).or_else(|| {
                     ev.peer_name.as_deref().and_then(|n| {
@@ -323,11 +388,21 @@ impl SupervisorState {
                 });
                 let authenticated = session.as_ref().is_some_and(|s| s.authenticated);
                 if !authenticated {
-                    let who = match peer {
-                        Some(p) => format!("node {p}"),
-                        None => ev.peer_name.clone().unwrap_or_else(|| "a peer".into()),
+                    // Keyed by node, or by address for whoever else: a name is the peer's to
+                    // choose, so a flood of fresh names must not each log, or be remembered.
+                    let (who, key) = match peer {
+                        Some(p) => (format!("node {p}"), format!("node {p}")),
+                        None => (
+                            ev.peer_name
+                                .as_deref()
+                                .map_or_else(|| "a peer".into(), loggable),
+                            address_of(&ev.peer_addr),
+                        ),
                     };
-                    let first = self.refusals_logged.insert(who.clone());
+                    if self.refusals_logged.len() >= REFUSALS_REMEMBERED {
+                        self.refusals_logged.clear();
+                    }
+                    let first = self.refusals_logged.insert(key);
                     let message = format!(
                         "link with {who} at {} refused: the handshake failed; check that both nodes use the same cluster secret",
                         ev.peer_addr
@@ -444,6 +519,7 @@ impl Actor for LinkSupervisor {
                     }
                 }
                 state.log(t);
+                state.close_stalled(now.mono);
                 let beat_due = state.last_beat.is_none_or(|t| {
                     now.mono.duration_since(t) >= state.args.timing.heartbeat_interval
                 });
@@ -471,6 +547,14 @@ impl Actor for LinkSupervisor {
         }
         Ok(())
     }
+}
+
+/// The address part of a session's reported address (`IP:PORT`, or `IP:PORT#N` for a TLS
+/// connection): what refusals are keyed by.
+fn address_of(label: &str) -> String {
+    let addr = label.split('#').next().unwrap_or(label);
+    addr.parse::<SocketAddr>()
+        .map_or_else(|_| addr.chars().take(64).collect(), |a| a.ip().to_string())
 }
 
 #[cfg(test)]

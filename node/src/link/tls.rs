@@ -1,0 +1,212 @@
+//! Actor links over mutual TLS.
+//!
+//! ractor_cluster's own TLS listener completes each handshake inline in its accept loop, so
+//! one peer that never starts its handshake stalls every other (see ARCHITECTURE.md). The node
+//! therefore listens on its actors address itself: each connection gets its TLS handshake in a
+//! task of its own, under a deadline and a cap on handshakes in flight per source address, and
+//! only then is handed to the `NodeServer` as an external stream. Dials go the same way.
+//!
+//! TLS proves that a peer holds a certificate of the cluster's CA; which node it may be is
+//! decided once its ractor handshake names it: [`Certified`] keeps each inbound connection's
+//! certificate under the label ractor reports as the session's address, and the link
+//! supervisor refuses a session whose certificate is not the node it names.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arbor_tls::CertificateDer;
+use ractor::ActorRef;
+use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::NodeId;
+
+/// TLS handshakes one source address may have in flight on the actors port; more are closed
+/// at once (a node dials each peer once, so only a flood reaches this).
+const HANDSHAKES_PER_ADDRESS: usize = 8;
+
+/// Both ends of mutual TLS for the actor links.
+#[derive(Clone)]
+pub struct LinkTls {
+    acceptor: arbor_tls::TlsAcceptor,
+    connector: arbor_tls::TlsConnector,
+    certified: Certified,
+}
+
+impl LinkTls {
+    pub fn new(tls: &arbor_tls::NodeTls) -> Result<LinkTls, arbor_tls::TlsError> {
+        Ok(LinkTls {
+            acceptor: tls.peer_acceptor()?,
+            connector: tls.peer_connector()?,
+            certified: Certified::default(),
+        })
+    }
+
+    pub fn acceptor(&self) -> arbor_tls::TlsAcceptor {
+        self.acceptor.clone()
+    }
+
+    pub fn certified(&self) -> &Certified {
+        &self.certified
+    }
+}
+
+/// Inbound connections' certificates, by the label ractor reports as the session's address.
+#[derive(Clone, Default)]
+pub struct Certified {
+    by_label: Arc<Mutex<HashMap<String, Vec<CertificateDer<'static>>>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Certified {
+    fn insert(&self, peer: SocketAddr, certs: Vec<CertificateDer<'static>>) -> String {
+        let label = format!("{peer}#{}", self.next.fetch_add(1, Ordering::Relaxed));
+        self.lock().insert(label.clone(), certs);
+        label
+    }
+
+    /// Whether the connection behind `label` presented node `claimed`'s certificate.
+    pub fn check(&self, label: &str, claimed: NodeId) -> Result<(), String> {
+        let certs = self.lock().get(label).cloned();
+        match certs {
+            None => Err("it came in without a certificate on record".into()),
+            Some(certs) => arbor_tls::check_peer(Some(&certs), claimed).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Forgets a closed session's certificate.
+    pub fn forget(&self, label: &str) {
+        self.lock().remove(label);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Vec<CertificateDer<'static>>>> {
+        self.by_label
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A TLS stream handed to ractor_cluster, with the label it reports as the peer's address.
+struct Labeled<S> {
+    stream: S,
+    label: String,
+}
+
+impl<S: AsyncRead + AsyncWrite + Send + Unpin + 'static> ClusterBidiStream for Labeled<S> {
+    fn split(self: Box<Self>) -> (BoxRead, BoxWrite) {
+        let (read, write) = tokio::io::split(self.stream);
+        (Box::new(read), Box::new(write))
+    }
+
+    fn peer_label(&self) -> Option<String> {
+        Some(self.label.clone())
+    }
+}
+
+/// Dials node `peer` at `addr`: TCP, TLS (its certificate must be `peer`'s), then the stream
+/// goes to `server` for ractor's handshake. Its sessions report `addr` as their address.
+pub async fn dial(
+    server: &ActorRef<NodeServerMessage>,
+    tls: &LinkTls,
+    peer: NodeId,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(), String> {
+    let connect = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        tls.connector
+            .connect(arbor_tls::peer_server_name(peer), tcp)
+            .await
+            .map_err(|e| format!("TLS with node {peer} failed: {e}"))
+    };
+    let stream = tokio::time::timeout(timeout, connect)
+        .await
+        .map_err(|_| format!("no TLS handshake within {timeout:?}"))??;
+    let labeled = Labeled {
+        stream,
+        label: addr.to_string(),
+    };
+    ractor_cluster::client_connect_external(server, Box::new(labeled))
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Accepts peers on the actors address: each connection's TLS handshake in its own task, under
+/// `timeout`; the authenticated stream goes to `server`.
+pub async fn listen(
+    listener: TcpListener,
+    server: ActorRef<NodeServerMessage>,
+    tls: LinkTls,
+    timeout: Duration,
+) {
+    let in_flight: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!("actors port: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        {
+            let mut counts = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let n = counts.entry(peer.ip()).or_default();
+            if *n >= HANDSHAKES_PER_ADDRESS {
+                tracing::debug!(%peer, "actors port: too many handshakes from this address");
+                continue;
+            }
+            *n += 1;
+        }
+        let (server, tls, in_flight) = (server.clone(), tls.clone(), in_flight.clone());
+        tokio::spawn(async move {
+            let _ = tcp.set_nodelay(true);
+            let handshake = tokio::time::timeout(timeout, tls.acceptor.accept(tcp)).await;
+            {
+                let mut counts = in_flight.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(n) = counts.get_mut(&peer.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        counts.remove(&peer.ip());
+                    }
+                }
+            }
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    tracing::warn!(%peer, "actors port: refused a connection: TLS failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "actors port: no TLS handshake within {timeout:?}");
+                    return;
+                }
+            };
+            let certs = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(<[_]>::to_vec)
+                .unwrap_or_default();
+            let label = tls.certified.insert(peer, certs);
+            let labeled = Labeled {
+                stream,
+                label: label.clone(),
+            };
+            let opened = server.cast(NodeServerMessage::ConnectionOpenedExternal {
+                stream: Box::new(labeled),
+                is_server: true,
+            });
+            if opened.is_err() {
+                tls.certified.forget(&label);
+            }
+        });
+    }
+}
