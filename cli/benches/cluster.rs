@@ -33,7 +33,7 @@ use arbor_proto::gateway::{IngestJob, JobSpec, QueryJob};
 use common::NodeProc;
 use serde_json::{Value, json};
 
-const SECRET: &str = "cluster-bench-secret";
+const SECRET: &str = "cluster-bench-secret-padded-to-32-bytes-at-least";
 const DIM: usize = 384;
 const PARTITIONS: u32 = 4;
 /// Documents per `ingest` job of text (as `arbor ingest` sends at most) and texts per `embed`

@@ -20,7 +20,7 @@ use common::support::Endpoint;
 use criterion::{Criterion, Throughput};
 use serde_json::{Value, json};
 
-const SECRET: &str = "gateway-bench-secret";
+const SECRET: &str = "gateway-bench-secret-padded-to-32-bytes-at-least";
 
 /// A connection that pipelines submits: the gateway client's raw send and receive.
 struct Conn {

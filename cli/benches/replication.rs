@@ -24,7 +24,7 @@ use arbor_proto::gateway::{IngestJob, JobSpec};
 use common::load::{Conn, ms, row, start, unit_vector};
 use serde_json::{Value, json};
 
-const SECRET: &str = "replication-bench-secret";
+const SECRET: &str = "replication-bench-secret-padded-to-32-bytes-at-least";
 const DIM: usize = 384;
 const PARTITIONS: u32 = 4;
 const LOAD_BATCH: usize = 256;

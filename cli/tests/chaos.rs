@@ -682,7 +682,11 @@ async fn s5a_s17_a_node_off_the_control_plane_stops_serving_within_its_lease() {
             Duration::from_secs(5),
         )
     };
-    assert!(matches!(get().await, Ok(PartitionAnswer::Records(_))));
+    let first = get().await;
+    assert!(
+        matches!(first, Ok(PartitionAnswer::Records(_))),
+        "{first:?}"
+    );
     // Its Raft port only is cut: the test (a client) still reaches its replica.
     c.isolate(node, Port::Raft, Fault::Cut);
     let cut = Instant::now();

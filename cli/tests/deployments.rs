@@ -39,7 +39,7 @@ memory = "64MiB"
 /// frozen past node_timeout and thawed stops its old copies (generation fencing).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_move_off_a_dead_node_and_never_run_twice() {
-    let mut c = Cluster::start("deploy-kill", "kill-secret").await;
+    let mut c = Cluster::start("deploy-kill", "kill-secret-padded-to-32-bytes-at-least").await;
     let out = c.deploy("echo.toml", ECHO);
     assert!(out.contains("deployment echo created"), "{out}");
     c.wait_for(
@@ -161,7 +161,7 @@ async fn replicas_move_off_a_dead_node_and_never_run_twice() {
 /// that never has fewer than `desired - max_unavailable` replicas running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_failed_drain_and_rolling_update() {
-    let c = Cluster::start("deploy-ops", "ops-secret").await;
+    let c = Cluster::start("deploy-ops", "ops-secret-padded-to-32-bytes-at-least").await;
     c.deploy(
         "gpu.toml",
         "name = \"llm\"\nkind = \"echo\"\nreplicas = 1\n[resources]\ncpu = \"100m\"\ngpu = 1\n",

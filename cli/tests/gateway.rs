@@ -175,7 +175,7 @@ async fn job_status(c: &Cluster, id: usize, token: &str, job: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_end_to_end() {
-    let mut c = Cluster::start_with("gw", "gateway-secret", |t| {
+    let mut c = Cluster::start_with("gw", "gateway-secret-padded-to-32-bytes-at-least", |t| {
         t.replacen(
             "\n[[nodes]]",
             "\n[gateway]\nmax_message_bytes = 65536\nmax_jobs_per_connection = 3\n\
@@ -205,6 +205,17 @@ async fn the_gateway_end_to_end() {
         refused.to_string().contains("TLS handshake failed"),
         "{refused}"
     );
+
+    // ---- Before auth, a large frame is refused unparsed (the review's 3.8 MB ping).
+    let mut ws = Ws::connect(&g1).await;
+    ws.send_text(format!(
+        "{{\"type\":\"ping\",\"x\":\"{}\"}}",
+        "0".repeat(10_000)
+    ))
+    .await;
+    let (code, why) = ws.closed().await;
+    assert_eq!(code, 1009, "{why}");
+    assert!(why.contains("before auth"), "{why}");
 
     // ---- Auth and each way it fails.
     let mut ws = Ws::connect(&g1).await;
@@ -267,6 +278,13 @@ async fn the_gateway_end_to_end() {
         json!({"type": "submit", "job": {"kind": "query", "collection": "c", "text": "t"}}),
         "forbidden",
         None,
+    )
+    .await;
+    // A reader may not force writes into the replicated job records.
+    ws.refused(
+        json!({"type": "submit", "record": true, "job": {"kind": "status"}}),
+        "forbidden",
+        Some("record"),
     )
     .await;
     let (status, _) = ws.run(json!({"kind": "status"})).await;
@@ -579,13 +597,17 @@ async fn the_gateway_end_to_end() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_told_to_come_back_later() {
-    let c = Cluster::start_with("gw-conns", "gateway-conns-secret", |t| {
-        t.replacen(
-            "\n[[nodes]]",
-            "\n[gateway]\nmax_connections = 2\n\n[[nodes]]",
-            1,
-        )
-    })
+    let c = Cluster::start_with(
+        "gw-conns",
+        "gateway-conns-secret-padded-to-32-bytes-at-least",
+        |t| {
+            t.replacen(
+                "\n[[nodes]]",
+                "\n[gateway]\nmax_connections = 2\n\n[[nodes]]",
+                1,
+            )
+        },
+    )
     .await;
     let token = token(&c, "reader");
     let g1 = gateway(&c, 1);

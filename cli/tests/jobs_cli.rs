@@ -24,7 +24,7 @@ max_queue = 16
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_query_rag_embed_generate_through_the_client() {
-    let c = Cluster::start_with("jobs-cli", "jobs-secret", |t| {
+    let c = Cluster::start_with("jobs-cli", "jobs-secret-padded-to-32-bytes-at-least", |t| {
         t.replace(
             "cpu = \"1\"\nmemory = \"1GiB\"",
             "cpu = \"8\"\nmemory = \"16GiB\"",

@@ -85,7 +85,7 @@ fn setup(name: &str) -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn a_killed_node_is_seen_down_and_back_up_after_restart() {
     let (_dir, config) = setup("procs");
-    let secret = "process-secret";
+    let secret = "process-secret-padded-to-32-bytes-at-least";
     let mut nodes: Vec<NodeProc> = (1..=3)
         .map(|id| NodeProc::start(&config, id, secret))
         .collect();
@@ -128,10 +128,10 @@ fn a_killed_node_is_seen_down_and_back_up_after_restart() {
 #[test]
 fn a_wrong_secret_is_refused_and_both_sides_say_so() {
     let (_dir, config) = setup("wrong");
-    let good = "right-secret";
+    let good = "right-secret-padded-to-32-bytes-at-least";
     let n1 = NodeProc::start(&config, 1, good);
     let n2 = NodeProc::start(&config, 2, good);
-    let n3 = NodeProc::start(&config, 3, "wrong-secret");
+    let n3 = NodeProc::start(&config, 3, "wrong-secret-padded-to-32-bytes-at-least");
     wait_until(&config, good, "1 and 2 linked", |s| {
         state_of(s, 1) == "up" && state_of(s, 2) == "up"
     });
@@ -162,7 +162,7 @@ fn status_says_when_no_node_answers() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no gateway answered"), "{err}");
-    assert!(err.contains("ws://127.0.0.1:"), "{err}");
+    assert!(err.contains("wss://127.0.0.1:"), "{err}");
     assert!(err.contains("cluster.toml"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
@@ -200,6 +200,10 @@ fn config_errors_exit_nonzero_with_the_file_and_field() {
     check(
         arbor(&["node", "--config", p, "--node", "1"], None),
         &["no cluster secret", "ARBOR_CLUSTER_SECRET"],
+    );
+    check(
+        arbor(&["node", "--config", p, "--node", "1"], Some("s")),
+        &["ARBOR_CLUSTER_SECRET is 1 bytes; at least 32"],
     );
     check(
         arbor(
@@ -297,7 +301,7 @@ fn the_control_plane_fails_over_and_changes_members() {
         1,
     );
     std::fs::write(&config, text).unwrap();
-    let secret = "raft-secret";
+    let secret = "raft-secret-padded-to-32-bytes-at-least";
     let mut nodes: Vec<NodeProc> = (1..=3)
         .map(|id| NodeProc::start(&config, id, secret))
         .collect();
@@ -365,7 +369,7 @@ fn a_node_appended_to_cluster_toml_joins_instead_of_founding_a_cluster() {
     let four = support::cluster_toml("appended", 4, dir.path(), None);
     let three = &four[..four.rfind("\n[[nodes]]").unwrap()];
     std::fs::write(&config, three).unwrap();
-    let secret = "appended-secret";
+    let secret = "appended-secret-padded-to-32-bytes-at-least";
     let mut nodes: Vec<NodeProc> = (1..=3)
         .map(|id| NodeProc::start(&config, id, secret))
         .collect();
@@ -407,7 +411,12 @@ fn json_logs_are_one_object_per_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, support::cluster_toml("json", 1, dir.path(), None)).unwrap();
-    let node = NodeProc::start_with(&config, 1, "s", &["--log-format", "json"]);
+    let node = NodeProc::start_with(
+        &config,
+        1,
+        "json-secret-padded-to-32-bytes-at-least",
+        &["--log-format", "json"],
+    );
     let start = Instant::now();
     while !std::fs::read_to_string(&node.log)
         .unwrap()

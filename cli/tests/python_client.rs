@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use common::{NodeProc, support};
 use serde_json::Value;
 
-const SECRET: &str = "python-client-test-secret";
+const SECRET: &str = "python-client-test-secret-padded-to-32-bytes-at-least";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn client_script() -> PathBuf {

@@ -71,7 +71,7 @@ async fn all_running(c: &Cluster) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collection_survives_the_loss_of_a_node_under_load() {
     // Room for an embedder, 8 partition replicas and 2 coordinators on 3 nodes.
-    let mut c = Cluster::start_with("rag-kill", "rag-secret", |t| {
+    let mut c = Cluster::start_with("rag-kill", "rag-secret-padded-to-32-bytes-at-least", |t| {
         t.replace(
             "cpu = \"1\"\nmemory = \"1GiB\"",
             "cpu = \"8\"\nmemory = \"16GiB\"",

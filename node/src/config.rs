@@ -668,6 +668,22 @@ impl ClusterConfig {
                         file.display()
                     ))
                 })?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let mode = std::fs::metadata(&file)
+                        .map(|m| m.permissions().mode() & 0o777)
+                        .unwrap_or(0);
+                    if mode & 0o077 != 0 {
+                        return Err(ConfigError::Secret(format!(
+                            "{}: cluster.secret_file: {} may be read by others (mode {mode:o}); \
+                             `chmod 600 {}` and keep it so",
+                            self.path.display(),
+                            file.display(),
+                            file.display()
+                        )));
+                    }
+                }
                 (bytes, format!("secret file {}", file.display()))
             }
             None => match env {
@@ -680,12 +696,22 @@ impl ClusterConfig {
                 }
             },
         };
-        Secret::new(bytes).ok_or_else(|| {
+        let secret = Secret::new(bytes).ok_or_else(|| {
             ConfigError::Secret(format!(
                 "{}: the cluster secret from {source} is empty",
                 self.path.display()
             ))
-        })
+        })?;
+        if secret.as_bytes().len() < Secret::MIN_BYTES {
+            return Err(ConfigError::Secret(format!(
+                "{}: the cluster secret from {source} is {} bytes; at least {} are needed \
+                 (make one with `head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'`)",
+                self.path.display(),
+                secret.as_bytes().len(),
+                Secret::MIN_BYTES
+            )));
+        }
+        Ok(secret)
     }
 }
 
@@ -694,6 +720,10 @@ impl ClusterConfig {
 pub struct Secret(Vec<u8>);
 
 impl Secret {
+    /// The shortest secret a node accepts from its config: the secret is a password every node
+    /// proves in each handshake, so it must not be guessable.
+    pub const MIN_BYTES: usize = 32;
+
     /// A secret from bytes; surrounding whitespace (a file's trailing newline) is not part of
     /// it. `None` when nothing is left.
     pub fn new(bytes: impl AsRef<[u8]>) -> Option<Self> {

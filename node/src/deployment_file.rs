@@ -112,6 +112,15 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
     if file.max_unavailable == 0 {
         return Err(invalid("max_unavailable: must be at least 1".into()));
     }
+    arbor_scheduler::state::check_name(&file.name)
+        .map_err(|why| invalid(format!("name: {why}")))?;
+    if file.replicas > arbor_scheduler::state::MAX_REPLICAS {
+        return Err(invalid(format!(
+            "replicas: {} is more than the {} a deployment may have",
+            file.replicas,
+            arbor_scheduler::state::MAX_REPLICAS
+        )));
+    }
     resources
         .validate()
         .map_err(|e| invalid(format!("resources: {e}")))?;
@@ -141,6 +150,34 @@ mod tests {
 
     fn toml(text: &str) -> Result<DeploymentSpec, DeploymentFileError> {
         parse(Path::new("d.toml"), text)
+    }
+
+    #[test]
+    fn a_huge_replica_count_and_bad_names_are_refused_with_their_field() {
+        // The review's probe: `replicas = 4e9` was committed, then aborted every leader.
+        let err = toml("name = \"e\"\nkind = \"echo\"\nreplicas = 4000000000\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("replicas: 4000000000 is more than"),
+            "{err}"
+        );
+        let long = "x".repeat(64);
+        let err = toml(&format!(
+            "name = \"{long}\"\nkind = \"echo\"\nreplicas = 1\n"
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("at most 63"), "{err}");
+        let err = toml("name = \".hidden\"\nkind = \"echo\"\nreplicas = 1\n").unwrap_err();
+        assert!(err.to_string().contains("starts with '.'"), "{err}");
+        let err = toml("name = \"a\\nb\"\nkind = \"echo\"\nreplicas = 1\n").unwrap_err();
+        assert!(err.to_string().contains("letters, digits"), "{err}");
+        assert!(
+            toml(&format!(
+                "name = \"{}\"\nkind = \"echo\"\nreplicas = 10000\n",
+                "y".repeat(63)
+            ))
+            .is_ok()
+        );
     }
 
     #[test]

@@ -139,7 +139,13 @@ fn missing_or_empty_secret_is_refused() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("empty"), "{e}");
-    assert!(no_file.secret_from(Some(b"s3cret\n".to_vec())).is_ok());
+    let e = no_file
+        .secret_from(Some(b"s3cret\n".to_vec()))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("6 bytes; at least 32"), "{e}");
+    let long = "s3cret-s3cret-s3cret-s3cret-s3cret";
+    assert!(no_file.secret_from(Some(long.as_bytes().to_vec())).is_ok());
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("cluster.toml");
@@ -150,11 +156,24 @@ fn missing_or_empty_secret_is_refused() {
         e.contains("cluster.secret_file") && e.contains("cannot read"),
         "{e}"
     );
-    std::fs::write(dir.path().join("secret"), "\n").unwrap();
+    let file = dir.path().join("secret");
+    let private = |mode| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    std::fs::write(&file, "\n").unwrap();
+    private(0o600);
     let e = c.secret_from(None).unwrap_err().to_string();
     assert!(e.contains("is empty"), "{e}");
-    std::fs::write(dir.path().join("secret"), "abc\n").unwrap();
-    assert_eq!(c.secret_from(None).unwrap(), Secret::new("abc").unwrap());
+    std::fs::write(&file, format!("{long}\n")).unwrap();
+    assert_eq!(c.secret_from(None).unwrap(), Secret::new(long).unwrap());
+    // Readable by others: refused, saying how to fix it.
+    private(0o644);
+    let e = c.secret_from(None).unwrap_err().to_string();
+    assert!(
+        e.contains("may be read by others") && e.contains("chmod 600"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -556,14 +556,41 @@ impl ClusterState {
     }
 }
 
-fn validate_deployment(spec: &DeploymentSpec) -> Result<(), Rejection> {
-    if spec.name.is_empty() {
-        return Err(Rejection::Invalid("deployment name is empty".into()));
+/// The most replicas one deployment may ask for: every leader's reconciler walks them on each
+/// pass, so a typo of `4e9` must be refused when submitted, not abort every leader in turn.
+pub const MAX_REPLICAS: u32 = 10_000;
+/// The longest deployment or collection name (a DNS label's length).
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Why `name` cannot name a deployment or collection, if it cannot. Pure.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the name is empty".into());
     }
-    if spec.name.contains('/') {
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "the name is {} bytes long; at most {MAX_NAME_LEN} are allowed",
+            name.len()
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(format!("the name {name:?} starts with '.'"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("the name {name:?} contains {c:?}"));
+    }
+    Ok(())
+}
+
+fn validate_deployment(spec: &DeploymentSpec) -> Result<(), Rejection> {
+    check_name(&spec.name).map_err(|why| Rejection::Invalid(format!("deployment name: {why}")))?;
+    if spec.replicas > MAX_REPLICAS {
         return Err(Rejection::Invalid(format!(
-            "deployment name {:?} contains '/'",
-            spec.name
+            "deployment {:?}: {} replicas is more than the {MAX_REPLICAS} allowed",
+            spec.name, spec.replicas
         )));
     }
     if spec.max_unavailable == 0 {
@@ -629,6 +656,31 @@ mod tests {
             revision: 1,
             replaces,
         }
+    }
+
+    #[test]
+    fn the_state_machine_refuses_huge_deployments_and_bad_names() {
+        let mut s = ClusterState::default();
+        let mut huge = deployment("huge");
+        huge.replicas = 4_000_000_000;
+        let err = s.apply(&Command::CreateDeployment(huge)).unwrap_err();
+        assert!(
+            err.to_string().contains("more than the 10000 allowed"),
+            "{err}"
+        );
+        assert!(s.deployments.is_empty());
+        for bad in [".dot", "a/b", "new\nline", &"z".repeat(64)] {
+            let err = s
+                .apply(&Command::CreateDeployment(deployment(bad)))
+                .unwrap_err();
+            assert!(
+                err.to_string().contains("deployment name"),
+                "{bad:?}: {err}"
+            );
+        }
+        let mut most = deployment(&"m".repeat(63));
+        most.replicas = MAX_REPLICAS;
+        s.apply(&Command::CreateDeployment(most)).unwrap();
     }
 
     #[test]

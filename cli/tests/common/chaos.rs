@@ -30,7 +30,7 @@ use serde_json::Value;
 use super::proxy::{Fault, Proxy};
 use super::{NodeProc, arbor_as};
 
-pub const SECRET: &str = "chaos-secret";
+pub const SECRET: &str = "chaos-secret-padded-to-32-bytes-at-least";
 /// The vectors' dimension: small, so that bulk loads are quick.
 pub const DIM: usize = 8;
 

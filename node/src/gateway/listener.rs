@@ -50,6 +50,8 @@ pub(crate) const DEFAULT_LIST: u32 = 20;
 pub(crate) const REMOTE_POLL: Duration = Duration::from_millis(200);
 /// After a cancel, how long a job may take to stop by itself before it is dropped.
 pub(crate) const CANCEL_GRACE: Duration = Duration::from_secs(2);
+/// The largest frame read from a connection that has not authenticated (an `auth` is ~150).
+pub(crate) const PRE_AUTH_BYTES: usize = 4096;
 /// Progress is written to a job's record at most this often.
 pub(crate) const RECORD_PROGRESS_EVERY: Duration = Duration::from_millis(500);
 
@@ -328,6 +330,21 @@ where
         };
         let keep_going = match frame {
             None | Some(Ok(Message::Close(_))) => false,
+            // Before auth only an `auth` frame is any use: a large one is refused before it is
+            // parsed (parsing JSON takes many times its size).
+            Some(Ok(Message::Text(text)))
+                if session.auth.is_none() && text.len() > PRE_AUTH_BYTES =>
+            {
+                session.close(
+                    CloseCode::Size,
+                    format!(
+                        "a frame of {} bytes before auth; until a token is accepted frames are at \
+                         most {PRE_AUTH_BYTES} bytes (send `auth` first)",
+                        text.len()
+                    ),
+                );
+                false
+            }
             Some(Ok(Message::Text(text))) => session.on_text(text.as_str()).await,
             Some(Ok(Message::Binary(_))) => {
                 session.close(

@@ -216,6 +216,19 @@ impl Session {
         if let Err(f) = validate(&spec) {
             return refuse(f.code, f.message, f.field);
         }
+        // A record is a write to the replicated state on every node: a reader's status
+        // listings must not be able to force them (nor prune others' records by their number).
+        if record && !auth.role.allows(Role::User) {
+            return refuse(
+                ErrorCode::Forbidden,
+                format!(
+                    "a {} token may not ask for \"record\": true; recording a job needs a user \
+                     or admin token",
+                    auth.role
+                ),
+                Some("record".into()),
+            );
+        }
         let Some(slot) = InFlight::enter(
             &self.in_flight,
             shared,

@@ -210,3 +210,148 @@ pub async fn listen(
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ClusterConfig, Secret, Transport};
+    use ractor::Actor;
+    use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+    use ractor_cluster::{NodeEventSubscription, NodeServer};
+    use tokio::sync::mpsc;
+
+    /// What a peer's node server saw of its session: ready, or closed.
+    #[derive(Debug, PartialEq)]
+    enum Seen {
+        Ready,
+        Closed,
+    }
+
+    struct Events(mpsc::UnboundedSender<Seen>);
+
+    impl NodeEventSubscription for Events {
+        fn node_session_opened(&self, _: NodeServerSessionInformation) {}
+        fn node_session_authenticated(&self, _: NodeServerSessionInformation) {}
+        fn node_session_ready(&self, _: NodeServerSessionInformation) {
+            let _ = self.0.send(Seen::Ready);
+        }
+        fn node_session_disconnected(&self, _: NodeServerSessionInformation) {
+            let _ = self.0.send(Seen::Closed);
+        }
+    }
+
+    fn free() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    /// A peer that names itself node `name` in ractor's handshake and presents node `cert`'s
+    /// certificate; it dials node 1 and reports what happens to the session.
+    async fn peer(
+        config: &ClusterConfig,
+        secret: &Secret,
+        name: NodeId,
+        cert: NodeId,
+    ) -> mpsc::UnboundedReceiver<Seen> {
+        let Transport::Tls(dir) = &config.tls else {
+            unreachable!()
+        };
+        let tls = LinkTls::new(&arbor_tls::NodeTls::load(dir, cert).unwrap()).unwrap();
+        let server = NodeServer::new(
+            0,
+            secret.cookie(),
+            super::super::node_name(&config.cluster.name, name),
+            "127.0.0.1".into(),
+            Some(ractor_cluster::IncomingEncryptionMode::Tls(tls.acceptor())),
+            Some(NodeConnectionMode::Isolated),
+        )
+        .with_listen_addr([127, 0, 0, 1].into());
+        let (server, _) = Actor::spawn(None, server, ()).await.unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        server
+            .cast(NodeServerMessage::SubscribeToEvents {
+                id: "test".into(),
+                subscription: Box::new(Events(tx)),
+            })
+            .unwrap();
+        dial(
+            &server,
+            &tls,
+            1,
+            config.nodes[0].actors,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        rx
+    }
+
+    async fn next(rx: &mut mpsc::UnboundedReceiver<Seen>, within: Duration) -> Option<Seen> {
+        tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_naming_itself_another_node_than_its_certificate_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut text = format!(
+            // Silent peers are cut off only after 30 s: the honest peer below sends no
+            // heartbeats, and must not be cut off for that while the test watches it.
+            "[cluster]\nname = \"impostors\"\n\n[links]\npeer_timeout = \"30s\"\n\n[tls]\n\
+             dir = \"{}\"\n",
+            dir.path().join("tls").display()
+        );
+        for id in 1..=3 {
+            text.push_str(&format!(
+                "\n[[nodes]]\nid = {id}\nactors = \"127.0.0.1:{}\"\nraft = \"127.0.0.1:{}\"\n\
+                 gateway = \"127.0.0.1:{}\"\ndata_dir = \"{}\"\n[nodes.resources]\ncpu = \"1\"\n\
+                 memory = \"1GiB\"\ngpu = 0\n",
+                free(),
+                free(),
+                free(),
+                dir.path().join(format!("node-{id}")).display()
+            ));
+        }
+        let path = dir.path().join("cluster.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = ClusterConfig::load(&path).unwrap();
+        let nodes: Vec<arbor_tls::issue::NodeNames> = (1..=3)
+            .map(|id| arbor_tls::issue::NodeNames {
+                id,
+                hosts: vec!["127.0.0.1".into()],
+            })
+            .collect();
+        arbor_tls::issue::init(
+            &arbor_tls::TlsDir::new(dir.path().join("tls")),
+            "impostors",
+            &nodes,
+        )
+        .unwrap();
+        let secret = Secret::new("impostors-secret-impostors-secret").unwrap();
+        let node = crate::Node::start(&config, 1, &secret, None).await.unwrap();
+
+        // Node 3's certificate (and the cluster secret) naming itself node 2: TLS lets it in,
+        // ractor's handshake completes, and node 1 stops the session when it names itself.
+        let mut impostor = peer(&config, &secret, 2, 3).await;
+        let mut seen = Vec::new();
+        while let Some(s) = next(&mut impostor, Duration::from_secs(10)).await {
+            let closed = s == Seen::Closed;
+            seen.push(s);
+            if closed {
+                break;
+            }
+        }
+        assert_eq!(seen.last(), Some(&Seen::Closed), "{seen:?}");
+
+        // Node 2's own certificate: linked, and it stays linked.
+        let mut honest = peer(&config, &secret, 2, 2).await;
+        assert_eq!(
+            next(&mut honest, Duration::from_secs(10)).await,
+            Some(Seen::Ready)
+        );
+        assert_eq!(next(&mut honest, Duration::from_secs(2)).await, None);
+        node.shutdown().await;
+    }
+}

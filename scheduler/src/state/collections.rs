@@ -60,6 +60,13 @@ impl CollectionSpec {
         {
             return invalid("the name must be letters, digits, '-' or '_'".into());
         }
+        if self.name.len() > super::MAX_NAME_LEN {
+            return invalid(format!(
+                "the name is {} bytes long; at most {} are allowed",
+                self.name.len(),
+                super::MAX_NAME_LEN
+            ));
+        }
         if self.dimension == 0 || self.dimension > 65_536 {
             return invalid(format!("dimension {} is not in 1..=65536", self.dimension));
         }
