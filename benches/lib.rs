@@ -120,17 +120,27 @@ async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     }
 }
 
-/// Two Arbor nodes linked over loopback, and node 2's echo actor as node 1 reaches it.
-pub async fn arbor_pair(dir: &std::path::Path) -> (Vec<Node>, ActorRef<EchoMsg>) {
-    let config = support::cluster("bench", 2, dir);
-    let secret = Secret::new("bench-secret").unwrap();
+/// Two Arbor nodes linked over loopback (over mutual TLS, or in plain TCP when `tls` is
+/// false: an insecure loopback cluster), and node 2's echo actor as node 1 reaches it. The two
+/// kinds may run in one process side by side: each has its own cluster and echo group.
+pub async fn arbor_pair(dir: &std::path::Path, tls: bool) -> (Vec<Node>, ActorRef<EchoMsg>) {
+    let name = if tls { "bench-tls" } else { "bench-plain" };
+    let dir = dir.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut config = support::cluster(name, 2, &dir);
+    if !tls {
+        let text = std::fs::read_to_string(&config.path).unwrap();
+        let tls_dir = format!("dir = \"{}\"", dir.join("tls").display());
+        std::fs::write(&config.path, text.replace(&tls_dir, "insecure = true")).unwrap();
+        config = arbor_node::ClusterConfig::load(&config.path).unwrap();
+    }
+    let secret = Secret::new("bench-secret-padded-to-32-bytes-at-least").unwrap();
     let n1 = Node::start(&config, 1, &secret, None).await.unwrap();
     let n2 = Node::start(&config, 2, &secret, None).await.unwrap();
-    Actor::spawn(None, EchoActor, "echo.2".into())
-        .await
-        .unwrap();
+    let group = format!("echo.{name}");
+    Actor::spawn(None, EchoActor, group.clone()).await.unwrap();
     let target = poll("node 1 reaches node 2's echo actor", async || {
-        n1.remote_member(2, SCOPE, "echo.2").await.unwrap()
+        n1.remote_member(2, SCOPE, &group).await.unwrap()
     })
     .await;
     (vec![n1, n2], ActorRef::from(target))

@@ -1,6 +1,7 @@
 //! Actor messages between two nodes over loopback: request/reply round trips (one caller and
 //! 32 concurrent callers; p50, p99, calls/s) and one-way messages/s, through Arbor's link
-//! layer and wire payloads, next to raw ractor_cluster.
+//! layer and wire payloads over mutual TLS (the default) and in plain TCP (an insecure
+//! loopback cluster), next to raw ractor_cluster: the cost of TLS, measured in one run.
 //!
 //! `cargo bench -p arbor-benches --bench remote_calls` prints a latency table first, then
 //! criterion's figures.
@@ -101,23 +102,26 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile_dir();
-    let (_nodes, echo) = rt.block_on(arbor_pair(&dir));
+    let (_nodes, echo) = rt.block_on(arbor_pair(&dir, true));
+    let (_plain_nodes, plain) = rt.block_on(arbor_pair(&dir, false));
     let (_servers, raw) = rt.block_on(raw_pair());
     let payload: Arc<[u8]> = vec![7u8; PAYLOAD].into();
 
     println!("remote round trips, {PAYLOAD}-byte payload, two nodes on loopback");
     for (callers, n) in [(1, 20_000), (32, 1_000)] {
-        let (e, p) = (echo.clone(), payload.clone());
-        report(
-            &format!("arbor  {callers:>2} caller(s)"),
-            rt.block_on(sample(callers, n, move || {
-                let (e, p) = (e.clone(), p.clone());
-                async move { arbor_call(&e, &p).await }
-            })),
-        );
+        for (kind, target) in [("arbor tls  ", &echo), ("arbor plain", &plain)] {
+            let (e, p) = (target.clone(), payload.clone());
+            report(
+                &format!("{kind} {callers:>2} caller(s)"),
+                rt.block_on(sample(callers, n, move || {
+                    let (e, p) = (e.clone(), p.clone());
+                    async move { arbor_call(&e, &p).await }
+                })),
+            );
+        }
         let (r, p) = (raw.clone(), payload.clone());
         report(
-            &format!("raw    {callers:>2} caller(s)"),
+            &format!("raw         {callers:>2} caller(s)"),
             rt.block_on(sample(callers, n, move || {
                 let (r, p) = (r.clone(), p.clone());
                 async move { raw_call(&r, &p).await }
@@ -126,11 +130,15 @@ fn main() {
     }
     let n = 200_000;
     println!(
-        "arbor  one-way                {:>9.0} msgs/s",
+        "arbor tls   one-way           {:>9.0} msgs/s",
         rt.block_on(one_way_arbor(&echo, n))
     );
     println!(
-        "raw    one-way                {:>9.0} msgs/s",
+        "arbor plain one-way           {:>9.0} msgs/s",
+        rt.block_on(one_way_arbor(&plain, n))
+    );
+    println!(
+        "raw         one-way           {:>9.0} msgs/s",
         rt.block_on(one_way_raw(&raw, n))
     );
 
@@ -140,8 +148,11 @@ fn main() {
         .configure_from_args();
     let mut g = c.benchmark_group("remote_round_trip");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("arbor", |b| {
+    g.bench_function("arbor_tls", |b| {
         b.to_async(&rt).iter(|| arbor_call(&echo, &payload))
+    });
+    g.bench_function("arbor_plain", |b| {
+        b.to_async(&rt).iter(|| arbor_call(&plain, &payload))
     });
     g.bench_function("raw_ractor_cluster", |b| {
         b.to_async(&rt).iter(|| raw_call(&raw, &payload))
@@ -149,8 +160,11 @@ fn main() {
     g.finish();
     let mut g = c.benchmark_group("remote_one_way");
     g.throughput(Throughput::Elements(10_000));
-    g.bench_function("arbor", |b| {
+    g.bench_function("arbor_tls", |b| {
         b.to_async(&rt).iter(|| one_way_arbor(&echo, 10_000))
+    });
+    g.bench_function("arbor_plain", |b| {
+        b.to_async(&rt).iter(|| one_way_arbor(&plain, 10_000))
     });
     g.bench_function("raw_ractor_cluster", |b| {
         b.to_async(&rt).iter(|| one_way_raw(&raw, 10_000))

@@ -120,22 +120,27 @@ async fn sample(
 
 fn report(name: &str, (lat, rate): (Latencies, f64)) {
     println!(
-        "{name:<44} p50 {:>9.1} µs   p99 {:>9.1} µs   {:>9.0} jobs/s",
+        "{name:<52} p50 {:>9.1} µs   p99 {:>9.1} µs   {:>9.0} jobs/s",
         lat.quantile(0.5).as_secs_f64() * 1e6,
         lat.quantile(0.99).as_secs_f64() * 1e6,
         rate
     );
 }
 
-/// Starts a 1-node cluster in `dir`; the node's process, its gateway and an admin token.
-async fn start(dir: &Path) -> (NodeProc, Endpoint, String, PathBuf) {
+/// Starts a 1-node cluster in `dir`, over TLS (`wss://`, the default) or as an insecure
+/// loopback cluster (`ws://`); the node's process, its gateway and an admin token.
+async fn start(dir: &Path, tls: bool) -> (NodeProc, Endpoint, String, PathBuf) {
     let config = dir.join("cluster.toml");
     // 64 connections × 16 jobs in flight are one token's: let it have them all.
-    let text = common::support::cluster_toml("gwbench", 1, dir, None).replacen(
+    let mut text = common::support::cluster_toml("gwbench", 1, dir, None).replacen(
         "\n[[nodes]]",
         "\n[gateway]\nmax_jobs_per_token = 4096\n\n[[nodes]]",
         1,
     );
+    if !tls {
+        let tls_dir = format!("dir = \"{}\"", dir.join("tls").display());
+        text = text.replace(&tls_dir, "insecure = true");
+    }
     std::fs::write(&config, text).unwrap();
     let token = common::create_token(&config, "admin");
     let node = NodeProc::start(&config, 1, SECRET);
@@ -234,9 +239,14 @@ fn main() {
         .build()
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (_node, addr, token, _config) = rt.block_on(start(dir.path()));
+    let (_node, addr, token, _config) = rt.block_on(start(dir.path(), true));
+    // The same over plain ws://, for the cost of TLS side by side in this run.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let (_plain_node, plain, plain_token, _) = rt.block_on(start(plain_dir.path(), false));
 
-    println!("gateway jobs over WebSocket, one `arbor node` process on loopback");
+    println!(
+        "gateway jobs over WebSocket (wss:// unless marked ws://), one `arbor node` process on loopback"
+    );
     let status = status_submit();
     for (name, conns, per_conn, depth) in [
         ("status, 1 connection, 1 in flight", 1, 20_000, 1),
@@ -255,23 +265,37 @@ fn main() {
                 status.clone(),
             )),
         );
+        report(
+            &format!("{name} (ws://)"),
+            rt.block_on(sample(
+                &plain,
+                &plain_token,
+                conns,
+                (per_conn / scale).max(depth),
+                depth,
+                status.clone(),
+            )),
+        );
     }
     let mut c = Criterion::default()
         .measurement_time(Duration::from_secs(if quick { 1 } else { 3 }))
         .warm_up_time(Duration::from_secs(1))
         .configure_from_args();
-    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(
-        rt.block_on(Conn::open(&addr, &token)),
-    ));
     let mut g = c.benchmark_group("gateway");
     g.throughput(Throughput::Elements(1));
-    g.bench_function("status_round_trip", |b| {
-        b.to_async(&rt).iter(|| {
-            let conn = conn.clone();
-            let status = status.clone();
-            async move { conn.lock().await.job(&status).await }
-        })
-    });
+    for (name, at, token) in [
+        ("status_round_trip", &addr, &token),
+        ("status_round_trip_plain", &plain, &plain_token),
+    ] {
+        let conn = std::sync::Arc::new(tokio::sync::Mutex::new(rt.block_on(Conn::open(at, token))));
+        g.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| {
+                let conn = conn.clone();
+                let status = status.clone();
+                async move { conn.lock().await.job(&status).await }
+            })
+        });
+    }
     g.finish();
 
     // Query jobs last: the actors they deploy would weigh on the status figures.

@@ -287,6 +287,41 @@ async fn the_gateway_end_to_end() {
         Some("record"),
     )
     .await;
+    // Jobs have owners: a user's job, its record and its result are not a reader's to see
+    // (answered as unknown, and left out of listings), and an admin sees them.
+    let users_job = {
+        let mut mine = Ws::authed(&g1, &user).await;
+        mine.send(json!({"type": "submit", "record": true, "job": {"kind": "status"}}))
+            .await;
+        let id = mine.until("accepted", None).await.0["job"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        mine.until("event", Some(&id)).await;
+        id
+    };
+    ws.refused(
+        json!({"type": "status", "job": users_job}),
+        "not_found",
+        None,
+    )
+    .await;
+    ws.refused(
+        json!({"type": "subscribe", "job": users_job}),
+        "not_found",
+        None,
+    )
+    .await;
+    ws.send(json!({"type": "status", "limit": 100})).await;
+    let listed = ws.until("jobs", None).await.0;
+    assert!(
+        !listed.to_string().contains(&users_job),
+        "a reader listed a user's job: {listed}"
+    );
+    let mut boss = Ws::authed(&g1, &admin).await;
+    boss.send(json!({"type": "status", "job": users_job})).await;
+    let (seen, _) = boss.until_any(&["job", "error"]).await;
+    assert_eq!(seen["type"], "job", "{seen}");
     let (status, _) = ws.run(json!({"kind": "status"})).await;
     let status = status.unwrap();
     assert_eq!(status["node"], 1);

@@ -123,11 +123,13 @@ fn python_client_against_a_node() {
         );
     }
 
-    // The token from the environment, and a job refused by the gateway: its code, exit 1.
+    // The token and the CA from the environment, and a job refused by the gateway: its code,
+    // exit 1.
     let out = Command::new(&python)
         .arg(client_script())
         .args(["--url", &url, "query", "nope", "some text", "--k", "0"])
         .env("ARBOR_TOKEN", &token)
+        .env("ARBOR_CA", &ca)
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -133,8 +133,8 @@ impl Session {
                 record,
                 job,
             } => self.submit(&auth, reference, record, job),
-            ClientMsg::Subscribe { job } => self.subscribe(job).await,
-            ClientMsg::Status { job, limit } => self.status(job, limit).await,
+            ClientMsg::Subscribe { job } => self.subscribe(&auth, job).await,
+            ClientMsg::Status { job, limit } => self.status(&auth, job, limit).await,
             ClientMsg::Cancel { job } => self.cancel(&auth, job).await,
             ClientMsg::Ping { nonce } => self.send(ServerMsg::Pong { nonce }),
         }
@@ -266,8 +266,11 @@ impl Session {
         ));
     }
 
-    async fn subscribe(&self, id: JobId) {
+    async fn subscribe(&self, auth: &Auth, id: JobId) {
         if let Some(job) = self.shared.jobs.get(&id) {
+            if !may_see(auth, &job.owner) {
+                return self.send(not_found(&id));
+            }
             let mut events = job.watch();
             let now = job.snapshot();
             if now.state.is_finished() {
@@ -317,14 +320,14 @@ impl Session {
             return;
         }
         match self.record(&id).await {
-            Some(view) => {
+            Some(view) if may_see(auth, &view.owner) => {
                 tokio::spawn(watch_record(
                     self.shared.env.raft.clone(),
                     view,
                     self.tx.clone(),
                 ));
             }
-            None => self.send(not_found(&id)),
+            _ => self.send(not_found(&id)),
         }
     }
 
@@ -351,24 +354,30 @@ impl Session {
         }
     }
 
-    async fn status(&self, job: Option<JobId>, limit: Option<u32>) {
+    async fn status(&self, auth: &Auth, job: Option<JobId>, limit: Option<u32>) {
         if let Some(id) = job {
             let view = match self.shared.jobs.get(&id) {
                 Some(j) => Some(j.view()),
                 None => self.record(&id).await,
             };
             match view {
-                Some(job) => self.send(ServerMsg::Job { job }),
-                None => self.send(not_found(&id)),
+                Some(job) if may_see(auth, &job.owner) => self.send(ServerMsg::Job { job }),
+                // Another token's job is as unknown as a job that never was.
+                _ => self.send(not_found(&id)),
             }
             return;
         }
         let limit = limit.unwrap_or(DEFAULT_LIST).clamp(1, 1000) as usize;
         let mut jobs = self.shared.jobs.recent(limit);
+        jobs.retain(|j| may_see(auth, &j.owner));
+        let (me, admin) = (auth.token_id.clone(), auth.role.allows(Role::Admin));
         let records = self
             .read_records(move |s| {
-                let mut newest: Vec<(&String, &arbor_scheduler::state::Job)> =
-                    s.jobs.iter().collect();
+                let mut newest: Vec<(&String, &arbor_scheduler::state::Job)> = s
+                    .jobs
+                    .iter()
+                    .filter(|(_, j)| admin || j.owner == me)
+                    .collect();
                 newest.sort_by_key(|(_, j)| std::cmp::Reverse(j.submitted_ms));
                 newest
                     .into_iter()
@@ -476,4 +485,10 @@ pub(crate) fn not_found(id: &str) -> ServerMsg {
         ),
         Some("job".into()),
     )
+}
+
+/// Whether `auth` may see a job of `owner`: its own, or any job for an admin. Others' jobs
+/// (their results: documents, answers, embeddings) are not a reader's or user's to see. Pure.
+fn may_see(auth: &Auth, owner: &str) -> bool {
+    owner == auth.token_id || auth.role.allows(Role::Admin)
 }
