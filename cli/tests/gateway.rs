@@ -494,6 +494,39 @@ async fn the_gateway_end_to_end() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // Revoking a token ends its running jobs and closes its connections at once, idle ones
+    // too (the review's revoked token still streamed its job's result 6 s later).
+    let doomed = token(&c, "user");
+    let mut idle = Ws::authed(&g1, &doomed).await;
+    let mut busy = Ws::authed(&g1, &doomed).await;
+    let long_job = busy
+        .submit(json!({"kind": "call", "deployment": "spin", "payload": "{\"ms\": 50000}"}))
+        .await;
+    c.arbor(&["token", "revoke", doomed.split('_').nth(1).unwrap()]);
+    assert_eq!(
+        idle.closed().await.0,
+        1008,
+        "the idle connection stays open"
+    );
+    assert_eq!(
+        busy.closed().await.0,
+        1008,
+        "the busy connection stays open"
+    );
+    let start = Instant::now();
+    loop {
+        ws.send(json!({"type": "status", "job": long_job})).await;
+        let (m, _) = ws.until_any(&["job", "error"]).await;
+        if m["job"]["state"] == "cancelled" {
+            break;
+        }
+        assert!(
+            start.elapsed() < WAIT,
+            "the revoked token's job goes on: {m}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     ws.send(json!({"type": "status"})).await;
     let jobs = ws.until("jobs", None).await.0;
     assert!(
@@ -638,7 +671,7 @@ async fn connections_over_the_limit_are_told_to_come_back_later() {
         |t| {
             t.replacen(
                 "\n[[nodes]]",
-                "\n[gateway]\nmax_connections = 2\n\n[[nodes]]",
+                "\n[gateway]\nmax_connections = 2\nmax_queued_bytes = 65536\n\n[[nodes]]",
                 1,
             )
         },
@@ -675,4 +708,33 @@ async fn connections_over_the_limit_are_told_to_come_back_later() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    drop(_second);
+    // The node frees their places once it has seen them close.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // A client that keeps asking and never reads is disconnected once its answers waiting
+    // to be sent pass max_queued_bytes (the review's flood of unread status answers grew a
+    // node by 176 MB), and the node goes on serving others.
+    let mut flood = Ws::authed(&g1, &token).await;
+    let mut sent = 0u64;
+    let cut_off = loop {
+        let ping = json!({"type": "ping", "nonce": sent}).to_string();
+        if flood.ws.send(Message::text(ping)).await.is_err() {
+            break true;
+        }
+        sent += 1;
+        if sent == 2_000_000 {
+            break false;
+        }
+    };
+    assert!(
+        cut_off,
+        "{sent} pings went unread and the connection stayed open"
+    );
+    drop(flood);
+    // Its place is freed once the node has closed it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut other = Ws::authed(&g1, &token).await;
+    other.send(json!({"type": "ping", "nonce": 7})).await;
+    assert_eq!(other.until("pong", None).await.0["nonce"], 7);
 }

@@ -172,6 +172,9 @@ pub struct GatewaySection {
     /// A connection that has not authenticated after this long is closed.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// Bytes of answers and events one connection may have waiting to be sent; a client that
+    /// does not read past this is disconnected. It must hold the largest single answer.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for GatewaySection {
@@ -184,6 +187,7 @@ impl Default for GatewaySection {
             max_failed_auths: 3,
             max_connections: 10_000,
             auth_timeout: Duration::from_secs(10),
+            max_queued_bytes: 32 << 20,
         }
     }
 }
@@ -588,6 +592,16 @@ impl ClusterConfig {
             if value == 0 {
                 return Err(self.invalid(field, "must be positive"));
             }
+        }
+        if g.max_queued_bytes < 64 << 10 {
+            return Err(self.invalid(
+                "gateway.max_queued_bytes",
+                format!(
+                    "{} is less than 65536 (64 KiB): it must hold the largest answer (a \
+                     query's hits, a generation's result)",
+                    g.max_queued_bytes
+                ),
+            ));
         }
         if g.auth_timeout.is_zero() {
             return Err(self.invalid("gateway.auth_timeout", "must be more than 0"));

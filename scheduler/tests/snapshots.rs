@@ -165,27 +165,29 @@ async fn one_hundred_thousand_placements_snapshot_transfer_and_restore() {
         .await
         .unwrap();
     }
-    h.propose(Command::CreateDeployment(DeploymentSpec {
-        name: "emb".into(),
-        kind: "embedder".into(),
-        replicas: 100_000,
-        resources: Resources::default(),
-        strategy: Default::default(),
-        constraints: vec![],
-        anti_affinity: false,
-        max_unavailable: 1,
-        version: String::new(),
-        config: String::new(),
-        collection: None,
-        idempotent: false,
-    }))
-    .await
-    .unwrap();
+    // Ten deployments of the most replicas one may have (10,000), every replica placed.
     for batch in 0..10u64 {
+        let name = format!("emb-{batch}");
+        h.propose(Command::CreateDeployment(DeploymentSpec {
+            name: name.clone(),
+            kind: "embedder".into(),
+            replicas: 10_000,
+            resources: Resources::default(),
+            strategy: Default::default(),
+            constraints: vec![],
+            anti_affinity: false,
+            max_unavailable: 1,
+            version: String::new(),
+            config: String::new(),
+            collection: None,
+            idempotent: false,
+        }))
+        .await
+        .unwrap();
         let decisions = (0..10_000u64)
             .map(|i| PlacementDecision {
-                deployment: "emb".into(),
-                replica: (batch * 10_000 + i) as u32,
+                deployment: name.clone(),
+                replica: i as u32,
                 node: 1 + i % 3,
                 gpus: vec![],
                 revision: 1,

@@ -39,6 +39,47 @@ pub enum Outgoing {
     Close(CloseCode, String),
 }
 
+/// What the writer takes: a message already encoded (and counted), or a close.
+enum Queued {
+    Text(String),
+    Close(CloseCode, String),
+}
+
+/// A connection's messages out, bounded in bytes: a client that stops reading while it keeps
+/// asking (or while its jobs stream) would otherwise grow the queue without end. Past the
+/// bound the connection is closed; what was queued is dropped.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::UnboundedSender<Queued>,
+    queued: Arc<AtomicUsize>,
+    limit: usize,
+    overflow: Arc<tokio::sync::Notify>,
+}
+
+impl Outbox {
+    /// Queues `out` for the writer; [`Gone`] when the connection is closed or over its bound
+    /// (the message is dropped: whoever sends should stop).
+    pub fn send(&self, out: Outgoing) -> Result<(), Gone> {
+        let queued = match out {
+            Outgoing::Msg(m) => {
+                let text = encode(&m);
+                if self.queued.fetch_add(text.len(), Ordering::AcqRel) + text.len() > self.limit {
+                    self.queued.fetch_sub(text.len(), Ordering::AcqRel);
+                    self.overflow.notify_one();
+                    return Err(Gone);
+                }
+                Queued::Text(text)
+            }
+            Outgoing::Close(code, reason) => Queued::Close(code, reason),
+        };
+        self.tx.send(queued).map_err(|_| Gone)
+    }
+}
+
+/// The connection a message was for is closed, or was closed for not reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gone;
+
 /// Finished recorded jobs are pruned from the control plane once the leader has seen them
 /// finished for this long (by its own monotonic clock).
 pub(crate) const RECORD_RETENTION: Duration = Duration::from_secs(3600);
@@ -128,6 +169,7 @@ impl Gateway {
         let tasks = vec![
             tokio::spawn(keep_summary(args.raft.clone(), args.node, summary_tx)),
             tokio::spawn(janitor(shared.clone())),
+            tokio::spawn(crate::gateway::jobs::revoker(shared.clone())),
             args.tokens
                 .spawn_watcher(super::auth::DEFAULT_WATCH_INTERVAL),
             tokio::spawn(accept(listener, shared, args.tls)),
@@ -274,18 +316,27 @@ where
         }
     };
     let (mut sink, mut source) = ws.split();
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Queued>();
+    let outbox = Outbox {
+        tx,
+        queued: Arc::default(),
+        limit: shared.settings.max_queued_bytes,
+        overflow: Arc::default(),
+    };
+    let (queued, overflow) = (outbox.queued.clone(), outbox.overflow.clone());
     let writer = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(out) = next.take() {
                 match out {
-                    Outgoing::Msg(m) => {
-                        if sink.feed(Message::text(encode(&m))).await.is_err() {
+                    Queued::Text(text) => {
+                        let len = text.len();
+                        if sink.feed(Message::text(text)).await.is_err() {
                             return;
                         }
+                        queued.fetch_sub(len, Ordering::AcqRel);
                     }
-                    Outgoing::Close(code, reason) => {
+                    Queued::Close(code, reason) => {
                         let frame = CloseFrame {
                             code,
                             reason: reason.into(),
@@ -304,12 +355,13 @@ where
     });
     let mut session = Session {
         shared,
-        tx,
+        tx: outbox,
         auth: None,
         failed_auths: 0,
         in_flight: Arc::new(AtomicUsize::new(0)),
     };
     let deadline = tokio::time::Instant::now() + session.shared.settings.auth_timeout;
+    let mut token_changes = session.shared.tokens.changes();
     loop {
         let frame = if session.auth.is_none() {
             match tokio::time::timeout_at(deadline, source.next()).await {
@@ -326,7 +378,26 @@ where
                 }
             }
         } else {
-            source.next().await
+            tokio::select! {
+                frame = source.next() => frame,
+                () = overflow.notified() => {
+                    tracing::info!(
+                        %peer,
+                        "closed a connection that does not read what it asked for \
+                         (gateway.max_queued_bytes)"
+                    );
+                    // The writer is stuck on a client that does not read: drop the socket.
+                    writer.abort();
+                    return;
+                }
+                // A revoked token's connection closes at once, not at its next request.
+                Ok(()) = token_changes.changed() => {
+                    if session.revoked() {
+                        break;
+                    }
+                    continue;
+                }
+            }
         };
         let keep_going = match frame {
             None | Some(Ok(Message::Close(_))) => false,

@@ -6,7 +6,6 @@ use std::sync::atomic::AtomicUsize;
 
 use arbor_scheduler::Command;
 use arbor_scheduler::state::JobStatus;
-use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::gateway::auth::Role;
@@ -30,7 +29,7 @@ pub(crate) struct Auth {
 
 pub(crate) struct Session {
     pub(crate) shared: Arc<Shared>,
-    pub(crate) tx: mpsc::UnboundedSender<Outgoing>,
+    pub(crate) tx: Outbox,
     pub(crate) auth: Option<Auth>,
     pub(crate) failed_auths: u32,
     pub(crate) in_flight: Arc<AtomicUsize>,
@@ -109,15 +108,7 @@ impl Session {
         let Some(auth) = self.auth.clone() else {
             return self.authenticate(msg);
         };
-        if !self.shared.tokens.still_valid(&auth.token_id, auth.role) {
-            self.send(error(
-                None,
-                None,
-                ErrorCode::AuthFailed,
-                format!("token {} was revoked", auth.token_id),
-                None,
-            ));
-            self.close(CloseCode::Policy, "token revoked".into());
+        if self.revoked() {
             return false;
         }
         match msg {
@@ -138,6 +129,26 @@ impl Session {
             ClientMsg::Cancel { job } => self.cancel(&auth, job).await,
             ClientMsg::Ping { nonce } => self.send(ServerMsg::Pong { nonce }),
         }
+        true
+    }
+
+    /// Whether this connection's token was revoked (or lost its role); if so the client is
+    /// told, and the connection closes.
+    pub(crate) fn revoked(&self) -> bool {
+        let Some(auth) = &self.auth else {
+            return false;
+        };
+        if self.shared.tokens.still_valid(&auth.token_id, auth.role) {
+            return false;
+        }
+        self.send(error(
+            None,
+            None,
+            ErrorCode::AuthFailed,
+            format!("token {} was revoked", auth.token_id),
+            None,
+        ));
+        self.close(CloseCode::Policy, "token revoked".into());
         true
     }
 

@@ -25,6 +25,9 @@ pub(super) struct StoreInner {
     path: PathBuf,
     state: RwLock<StoreState>,
     generation: AtomicU64,
+    /// Told each new generation, so that connections and jobs of a revoked token end at once
+    /// rather than at their next request.
+    changes: tokio::sync::watch::Sender<u64>,
     /// Whether the last `stat` of the file failed, so a lasting failure is warned about once.
     stat_failing: AtomicBool,
 }
@@ -60,6 +63,7 @@ impl TokenStore {
                 path,
                 state: RwLock::new(StoreState { file, seen }),
                 generation: AtomicU64::new(0),
+                changes: tokio::sync::watch::Sender::new(0),
                 stat_failing: AtomicBool::new(false),
             }),
         })
@@ -90,6 +94,11 @@ impl TokenStore {
     /// Counts successful reloads since [`TokenStore::open`] (which is generation 0).
     pub fn generation(&self) -> u64 {
         self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// A receiver that wakes when the tokens in use change (a token created or revoked).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.changes.subscribe()
     }
 
     /// Re-reads the file if its modification time, length or inode changed since it was last
@@ -125,6 +134,7 @@ impl TokenStore {
                     state.seen = now;
                 }
                 let generation = self.inner.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                self.inner.changes.send_replace(generation);
                 tracing::info!(
                     path = %path.display(),
                     tokens = count,

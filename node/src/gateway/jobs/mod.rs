@@ -13,13 +13,12 @@ use std::time::{Duration, Instant};
 
 use arbor_scheduler::state::{JobStatus, Liveness};
 use arbor_scheduler::{Command, RaftHandle};
-use tokio::sync::mpsc;
 
 use crate::gateway::kinds::{Emit, JobFailure, execute};
 use crate::gateway::listener::*;
 use crate::gateway::session::{error, not_found};
 use arbor_proto::gateway::{JobSpec, JobState, JobView, ServerMsg};
-use arbor_proto::{ErrorCode, JobId};
+use arbor_proto::{ErrorCode, JobId, Role};
 
 /// A job's place in the in-flight limits; released when dropped.
 pub(crate) struct InFlight {
@@ -101,7 +100,7 @@ pub(crate) async fn run_job(
     job: Arc<LocalJob>,
     spec: JobSpec,
     reference: Option<String>,
-    owner: mpsc::UnboundedSender<Outgoing>,
+    owner: Outbox,
     slot: InFlight,
 ) {
     let env = &shared.env;
@@ -261,11 +260,7 @@ pub(crate) async fn run_job(
 }
 
 /// Streams a job running on another node from its record until it finishes.
-pub(crate) async fn watch_record(
-    raft: RaftHandle,
-    first: JobView,
-    tx: mpsc::UnboundedSender<Outgoing>,
-) {
+pub(crate) async fn watch_record(raft: RaftHandle, first: JobView, tx: Outbox) {
     let id = first.id.clone();
     let send = |m: ServerMsg| tx.send(Outgoing::Msg(m)).is_ok();
     let mut last: Option<(JobState, f32)> = None;
@@ -319,6 +314,23 @@ pub(crate) async fn watch_record(
 /// Housekeeping of job records: stops local jobs cancelled from another node (every 250 ms);
 /// fails recorded jobs whose node died or restarted, and prunes old finished records (the
 /// leader, every 2 s).
+/// Cancels the jobs of a token once it is revoked (the tokens file changed and no longer holds
+/// it): a revoked token's running job must not go on streaming its results.
+pub(crate) async fn revoker(shared: Arc<Shared>) {
+    let mut changes = shared.tokens.changes();
+    while changes.changed().await.is_ok() {
+        for owner in shared.jobs.owners() {
+            if shared.tokens.still_valid(&owner, Role::Reader) {
+                continue;
+            }
+            for job in shared.jobs.unfinished_of(&owner) {
+                tracing::info!(job = %job.id, token = %owner, "job cancelled: its token was revoked");
+                job.cancel();
+            }
+        }
+    }
+}
+
 pub(crate) async fn janitor(shared: Arc<Shared>) {
     let raft = shared.env.raft.clone();
     let me = shared.env.node;

@@ -229,6 +229,26 @@ impl JobTable {
             .collect()
     }
 
+    /// Jobs of `owner` (a token id) not yet finished here.
+    pub fn unfinished_of(&self, owner: &str) -> Vec<Arc<LocalJob>> {
+        self.inner()
+            .jobs
+            .values()
+            .filter(|j| j.owner == owner && !j.snapshot().state.is_finished())
+            .cloned()
+            .collect()
+    }
+
+    /// The token ids that have jobs not yet finished here.
+    pub fn owners(&self) -> std::collections::BTreeSet<String> {
+        self.inner()
+            .jobs
+            .values()
+            .filter(|j| !j.snapshot().state.is_finished())
+            .map(|j| j.owner.clone())
+            .collect()
+    }
+
     /// Recorded jobs still running here.
     pub fn running_recorded(&self) -> Vec<Arc<LocalJob>> {
         self.inner()

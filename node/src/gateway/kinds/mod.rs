@@ -245,7 +245,7 @@ fn metric(name: &str) -> Result<Metric, JobFailure> {
 pub struct Emit {
     pub job: Arc<LocalJob>,
     /// The submitter's connection (events to it are never dropped).
-    pub owner: Option<tokio::sync::mpsc::UnboundedSender<super::listener::Outgoing>>,
+    pub owner: Option<super::listener::Outbox>,
     /// Progress is also written to the job's record, at most this often.
     pub on_progress: Box<dyn Fn(f32) + Send + Sync>,
 }
