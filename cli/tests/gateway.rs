@@ -179,7 +179,8 @@ async fn the_gateway_end_to_end() {
         t.replacen(
             "\n[[nodes]]",
             "\n[gateway]\nmax_message_bytes = 65536\nmax_jobs_per_connection = 3\n\
-             max_failed_auths = 3\nauth_timeout = \"2s\"\n\n[[nodes]]",
+             max_failed_auths = 3\nauth_timeout = \"2s\"\nmax_connections_per_address = 32\n\n\
+             [[nodes]]",
             1,
         )
     })
@@ -661,6 +662,34 @@ async fn the_gateway_end_to_end() {
     let shown: Value = serde_json::from_str(&c.arbor(&["job", &finished_job, "--json"])).unwrap();
     assert_eq!(shown["state"], "succeeded", "{shown}");
     assert_eq!(shown["node"], 1);
+
+    // One address holds at most max_connections_per_address connections (32 here); more are
+    // closed at once, unread (the review's idle sockets locked real clients out).
+    let g2 = gateway(&c, 2);
+    let mut held = Vec::new();
+    let mut closed_at_once = 0;
+    for _ in 0..40 {
+        let mut tcp = TcpStream::connect(g2.addr).await.unwrap();
+        let mut byte = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(&mut tcp, &mut byte);
+        // Well inside auth_timeout (2 s), after which the node drops idle ones by itself.
+        match tokio::time::timeout(Duration::from_millis(20), read).await {
+            Ok(Ok(0) | Err(_)) => closed_at_once += 1,
+            _ => held.push(tcp),
+        }
+    }
+    assert!(
+        closed_at_once >= 8,
+        "only {closed_at_once} of 40 closed ({} held) at {}",
+        held.len(),
+        g2.addr
+    );
+    assert!(held.len() <= 32, "{} held", held.len());
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut ws = Ws::authed(&g2, &admin).await;
+    ws.send(json!({"type": "ping", "nonce": 9})).await;
+    assert_eq!(ws.until("pong", None).await.0["nonce"], 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

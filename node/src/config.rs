@@ -172,6 +172,8 @@ pub struct GatewaySection {
     /// A connection that has not authenticated after this long is closed.
     #[serde(with = "humantime_serde")]
     pub auth_timeout: Duration,
+    /// Connections one source address may hold open at once; more are closed at once.
+    pub max_connections_per_address: usize,
     /// Bytes of answers and events one connection may have waiting to be sent; a client that
     /// does not read past this is disconnected. It must hold the largest single answer.
     pub max_queued_bytes: usize,
@@ -188,6 +190,7 @@ impl Default for GatewaySection {
             max_connections: 10_000,
             auth_timeout: Duration::from_secs(10),
             max_queued_bytes: 32 << 20,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -588,6 +591,10 @@ impl ClusterConfig {
             ("gateway.max_jobs_per_token", g.max_jobs_per_token),
             ("gateway.max_failed_auths", g.max_failed_auths as usize),
             ("gateway.max_connections", g.max_connections),
+            (
+                "gateway.max_connections_per_address",
+                g.max_connections_per_address,
+            ),
         ] {
             if value == 0 {
                 return Err(self.invalid(field, "must be positive"));

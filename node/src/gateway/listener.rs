@@ -197,9 +197,28 @@ pub(crate) async fn accept(
     tls: Option<arbor_tls::TlsAcceptor>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
+    let per_address: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // One address may hold only so many connections (authenticated or not): idle
+                // sockets from one machine must not lock everyone else out. Closed at once,
+                // with nothing read or written.
+                let per = shared.settings.max_connections_per_address;
+                let place = {
+                    let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = counts.entry(peer.ip()).or_default();
+                    if *n >= per {
+                        None
+                    } else {
+                        *n += 1;
+                        Some(AddressPlace(per_address.clone(), peer.ip()))
+                    }
+                };
+                let Some(place) = place else {
+                    tracing::debug!(%peer, "gateway: closed a connection over max_connections_per_address");
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let max = shared.settings.max_connections;
                 let over = open.load(Ordering::Relaxed) >= max;
@@ -208,6 +227,7 @@ pub(crate) async fn accept(
                 }
                 let (shared, open, tls) = (shared.clone(), open.clone(), tls.clone());
                 tokio::spawn(async move {
+                    let _place = place;
                     match tls {
                         None if over => refuse_connection(shared, stream, max).await,
                         None => connection(shared, stream, peer).await,
@@ -237,6 +257,24 @@ pub(crate) async fn accept(
                 // Out of file descriptors, usually: back off instead of spinning.
                 tracing::warn!("gateway accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// A connection's count against its source address, given back when it ends.
+struct AddressPlace(
+    Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
+    std::net::IpAddr,
+);
+
+impl Drop for AddressPlace {
+    fn drop(&mut self) {
+        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.1);
             }
         }
     }
@@ -359,6 +397,7 @@ where
         auth: None,
         failed_auths: 0,
         in_flight: Arc::new(AtomicUsize::new(0)),
+        subscriptions: Arc::default(),
     };
     let deadline = tokio::time::Instant::now() + session.shared.settings.auth_timeout;
     let mut token_changes = session.shared.tokens.changes();

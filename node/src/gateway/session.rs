@@ -2,7 +2,7 @@
 //! cancel, ping) checked and answered, with the jobs it started.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arbor_scheduler::Command;
 use arbor_scheduler::state::JobStatus;
@@ -33,6 +33,37 @@ pub(crate) struct Session {
     pub(crate) auth: Option<Auth>,
     pub(crate) failed_auths: u32,
     pub(crate) in_flight: Arc<AtomicUsize>,
+    /// Subscriptions of this connection still following a job.
+    pub(crate) subscriptions: Arc<AtomicUsize>,
+}
+
+/// Subscriptions one connection may have following jobs at once: each is a task, and one on a
+/// job of another node polls its record (the review's 50,000 subscriptions on one
+/// connection fanned a 3-event job out to 150,000 messages).
+pub(crate) const MAX_SUBSCRIPTIONS: usize = 256;
+
+/// One subscription's place, given back when its task ends.
+struct Following(Arc<AtomicUsize>);
+
+impl Following {
+    fn enter(count: &Arc<AtomicUsize>) -> Option<Following> {
+        let mut now = count.load(Ordering::Relaxed);
+        loop {
+            if now >= MAX_SUBSCRIPTIONS {
+                return None;
+            }
+            match count.compare_exchange(now, now + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Following(count.clone())),
+                Err(seen) => now = seen,
+            }
+        }
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 pub(crate) fn error(
@@ -299,6 +330,9 @@ impl Session {
                 });
                 return;
             }
+            let Some(place) = Following::enter(&self.subscriptions) else {
+                return self.send(too_many_subscriptions(&id));
+            };
             self.send(ServerMsg::Event {
                 job: id.clone(),
                 state: now.state,
@@ -306,6 +340,7 @@ impl Session {
             });
             let tx = self.tx.clone();
             tokio::spawn(async move {
+                let _place = place;
                 use tokio::sync::broadcast::error::RecvError;
                 loop {
                     match events.recv().await {
@@ -332,11 +367,14 @@ impl Session {
         }
         match self.record(&id).await {
             Some(view) if may_see(auth, &view.owner) => {
-                tokio::spawn(watch_record(
-                    self.shared.env.raft.clone(),
-                    view,
-                    self.tx.clone(),
-                ));
+                let Some(place) = Following::enter(&self.subscriptions) else {
+                    return self.send(too_many_subscriptions(&id));
+                };
+                let (raft, tx) = (self.shared.env.raft.clone(), self.tx.clone());
+                tokio::spawn(async move {
+                    let _place = place;
+                    watch_record(raft, view, tx).await;
+                });
             }
             _ => self.send(not_found(&id)),
         }
@@ -502,4 +540,17 @@ pub(crate) fn not_found(id: &str) -> ServerMsg {
 /// (their results: documents, answers, embeddings) are not a reader's or user's to see. Pure.
 fn may_see(auth: &Auth, owner: &str) -> bool {
     owner == auth.token_id || auth.role.allows(Role::Admin)
+}
+
+fn too_many_subscriptions(id: &JobId) -> ServerMsg {
+    error(
+        None,
+        Some(id.clone()),
+        ErrorCode::Overloaded,
+        format!(
+            "this connection already follows {MAX_SUBSCRIPTIONS} jobs; wait for one to end, or \
+             open another connection"
+        ),
+        None,
+    )
 }

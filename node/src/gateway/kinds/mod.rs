@@ -51,8 +51,12 @@ use arbor_proto::{Coded, ErrorCode};
 
 /// The most sources a RAG answer may be given.
 pub const MAX_RAG_K: u32 = 16;
-/// The most tokens one generation may ask for.
-pub const MAX_TOKENS: u32 = 4096;
+/// The most tokens one generation may ask for: the model's own limit, so that the gateway and
+/// the model never disagree on what is allowed.
+pub const MAX_TOKENS: u32 = arbor_actors::kinds::model::MAX_GENERATE_TOKENS;
+/// The largest prompt, question or query text: the model's prompt limit (a query's text is
+/// embedded, and a longer one is only truncated by the embedder).
+pub const MAX_TEXT_BYTES: usize = arbor_actors::kinds::model::MAX_PROMPT_BYTES;
 /// The most texts one embed job may carry.
 pub const MAX_EMBED_TEXTS: usize = 256;
 /// Documents to embed per request to the coordinator during an ingest: progress is reported,
@@ -133,6 +137,19 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
             Ok(())
         }
     };
+    let text = |field: &str, text: &str| {
+        named(field, text)?;
+        if text.len() > MAX_TEXT_BYTES {
+            return invalid(
+                field,
+                format!(
+                    "{field} is {} bytes; at most {MAX_TEXT_BYTES} are allowed",
+                    text.len()
+                ),
+            );
+        }
+        Ok(())
+    };
     match spec {
         JobSpec::Undeploy(n) | JobSpec::DeleteCollection(n) => named("name", &n.name),
         JobSpec::PromoteStale(p) => named("collection", &p.collection),
@@ -170,8 +187,8 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
         }
         JobSpec::Query(q) => {
             named("collection", &q.collection)?;
-            if let Some(text) = &q.text {
-                named("text", text)?;
+            if let Some(t) = &q.text {
+                text("text", t)?;
             }
             if q.vector.as_ref().is_some_and(Vec::is_empty) {
                 return invalid("vector", "vector is empty".into());
@@ -188,7 +205,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
         }
         JobSpec::Rag(r) => {
             named("collection", &r.collection)?;
-            named("question", &r.question)?;
+            text("question", &r.question)?;
             if r.k == 0 || r.k > MAX_RAG_K {
                 return invalid("k", format!("k = {} is not in 1..={MAX_RAG_K}", r.k));
             }
@@ -207,7 +224,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
             Ok(())
         }
         JobSpec::Generate(g) => {
-            named("prompt", &g.prompt)?;
+            text("prompt", &g.prompt)?;
             max_tokens(g.max_tokens)
         }
         JobSpec::Call(c) => named("deployment", &c.deployment),
@@ -567,6 +584,33 @@ mod tests {
             assert_eq!(e.field.as_deref(), Some(field), "{text}: {}", e.message);
         }
         validate(&job(r#"{"kind":"query","collection":"c","text":"t"}"#)).unwrap();
+        // Texts past the model's prompt limit, and more tokens than the model would generate,
+        // are refused here rather than by the model after the job was accepted.
+        let long = "w ".repeat(MAX_TEXT_BYTES);
+        for (text, field) in [
+            (
+                format!(r#"{{"kind":"generate","prompt":"{long}"}}"#),
+                "job.prompt",
+            ),
+            (
+                format!(r#"{{"kind":"rag","collection":"c","question":"{long}"}}"#),
+                "job.question",
+            ),
+            (
+                format!(r#"{{"kind":"query","collection":"c","text":"{long}"}}"#),
+                "job.text",
+            ),
+            (
+                format!(
+                    r#"{{"kind":"generate","prompt":"p","max_tokens":{}}}"#,
+                    MAX_TOKENS + 1
+                ),
+                "job.max_tokens",
+            ),
+        ] {
+            let e = validate(&job(&text)).expect_err(field);
+            assert_eq!(e.field.as_deref(), Some(field), "{}", e.message);
+        }
     }
 
     #[test]
