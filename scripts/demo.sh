@@ -255,7 +255,7 @@ $(printf '\033[1m')The cluster keeps running in the background.$(printf '\033[0m
   arbor jobs                                     # recent jobs (arbor job ID: one of them)
   arbor deployments                              # where every replica runs
   arbor status                                   # the nodes
-  \$(scripts/python-env.sh) examples/python/arbor_client.py status    # the Python client
+  \$(scripts/python-env.sh) examples/python/arbor_client.py --ca .arbor/tls/ca.pem status   # the Python client
 
   Logs: $state/logs/node-N.log   Protocol: docs/protocol.md
 
