@@ -767,3 +767,197 @@ async fn connections_over_the_limit_are_told_to_come_back_later() {
     other.send(json!({"type": "ping", "nonce": 7})).await;
     assert_eq!(other.until("pong", None).await.0["nonce"], 7);
 }
+
+/// What a cell of the authorization matrix expects: an answer (the request was taken), or a
+/// refusal with this code.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cell {
+    Taken,
+    Refused(&'static str),
+}
+use Cell::{Refused, Taken};
+
+/// Every role × every job kind and message × its own and another token's job, against a real
+/// cluster, with the answer each cell must get written out. Arguments are ones that either fail
+/// when run (an absent collection, node 9) or at validation, so no cell changes the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorization_matrix() {
+    let c = Cluster::start("gw-matrix", "matrix-secret-padded-to-32-bytes-at-least").await;
+    let g1 = gateway(&c, 1);
+    let roles = ["reader", "user", "admin"];
+    let tokens: Vec<String> = roles.iter().map(|r| token(&c, r)).collect();
+
+    // Each job kind, and what a reader, a user and an admin get when submitting it.
+    const F: Cell = Refused("forbidden");
+    let kinds: [(Value, [Cell; 3]); 20] = [
+        (json!({"kind": "status"}), [Taken, Taken, Taken]),
+        (json!({"kind": "membership"}), [Taken, Taken, Taken]),
+        (json!({"kind": "cluster_status"}), [Taken, Taken, Taken]),
+        (json!({"kind": "deployments"}), [Taken, Taken, Taken]),
+        (json!({"kind": "collections"}), [Taken, Taken, Taken]),
+        (
+            json!({"kind": "ingest", "collection": "absent", "documents": [{"id": "a", "text": "t"}]}),
+            [F, Taken, Taken],
+        ),
+        (
+            json!({"kind": "query", "collection": "absent", "text": "t"}),
+            [F, Taken, Taken],
+        ),
+        (
+            json!({"kind": "rag", "collection": "absent", "question": "q"}),
+            [F, Taken, Taken],
+        ),
+        (json!({"kind": "embed", "texts": ["t"]}), [F, Taken, Taken]),
+        (
+            json!({"kind": "generate", "prompt": "p"}),
+            [F, Taken, Taken],
+        ),
+        (
+            json!({"kind": "call", "deployment": "absent", "payload": "x"}),
+            [F, Taken, Taken],
+        ),
+        (
+            json!({"kind": "deploy", "deployment": {"name": "m", "kind": "nope", "replicas": 1}}),
+            [F, F, Taken],
+        ),
+        (json!({"kind": "undeploy", "name": "absent"}), [F, F, Taken]),
+        (
+            json!({"kind": "create_collection", "name": "m", "partitions": 0, "replicas": 1, "embedder": "e"}),
+            [F, F, Refused("invalid_job")],
+        ),
+        (
+            json!({"kind": "delete_collection", "name": "absent"}),
+            [F, F, Taken],
+        ),
+        (
+            json!({"kind": "promote_stale", "collection": "absent", "partition": 0, "replica": 0}),
+            [F, F, Taken],
+        ),
+        (json!({"kind": "add_node", "node": 9}), [F, F, Taken]),
+        (json!({"kind": "remove_node", "node": 9}), [F, F, Taken]),
+        (json!({"kind": "drain", "node": 9}), [F, F, Taken]),
+        (json!({"kind": "undrain", "node": 9}), [F, F, Taken]),
+    ];
+    let mut conns = Vec::new();
+    for token in &tokens {
+        conns.push(Ws::authed(&g1, token).await);
+    }
+    let mut wrong = Vec::new();
+    for (n, (job, expected)) in kinds.iter().enumerate() {
+        for (r, ws) in conns.iter_mut().enumerate() {
+            let reference = format!("k{n}");
+            ws.send(json!({"type": "submit", "ref": reference, "job": job}))
+                .await;
+            let got = answer_to(ws, &reference).await;
+            if got != expected[r] {
+                wrong.push(format!(
+                    "{} submits {job}: {got:?}, expected {:?}",
+                    roles[r], expected[r]
+                ));
+            }
+        }
+    }
+
+    // The other messages, and jobs of one's own and of another token. Each role's own job is
+    // a finished `status` job; "another's" is the admin's for the reader and the user, the
+    // user's for the admin. Each cell gets a fresh connection of its token, so that nothing
+    // but the answer to its one message arrives on it.
+    let mut own = Vec::new();
+    for token in &tokens {
+        let mut ws = Ws::authed(&g1, token).await;
+        let id = ws.submit(json!({"kind": "status"})).await;
+        let (m, _) = ws.until("event", Some(&id)).await;
+        let m = if m["state"] == "running" {
+            ws.until("event", Some(&id)).await.0
+        } else {
+            m
+        };
+        assert_eq!(m["state"], "succeeded", "{m}");
+        own.push(id);
+    }
+    let others = [own[2].clone(), own[2].clone(), own[1].clone()];
+    let messages: [(&str, [Cell; 3]); 8] = [
+        ("ping", [Taken, Taken, Taken]),
+        ("auth again", [Refused("already_authenticated"); 3]),
+        ("status listing", [Taken, Taken, Taken]),
+        ("status own", [Taken, Taken, Taken]),
+        (
+            "status other's",
+            [Refused("not_found"), Refused("not_found"), Taken],
+        ),
+        ("subscribe own", [Taken, Taken, Taken]),
+        (
+            "subscribe other's",
+            [Refused("not_found"), Refused("not_found"), Taken],
+        ),
+        (
+            "cancel other's",
+            [Refused("forbidden"), Refused("forbidden"), Taken],
+        ),
+    ];
+    for (what, expected) in messages {
+        for r in 0..roles.len() {
+            let msg = match what {
+                "ping" => json!({"type": "ping", "nonce": 1}),
+                "auth again" => json!({"type": "auth", "v": 1, "token": tokens[r]}),
+                "status listing" => json!({"type": "status"}),
+                "status own" => json!({"type": "status", "job": own[r]}),
+                "status other's" => json!({"type": "status", "job": others[r]}),
+                "subscribe own" => json!({"type": "subscribe", "job": own[r]}),
+                "subscribe other's" => json!({"type": "subscribe", "job": others[r]}),
+                _ => json!({"type": "cancel", "job": others[r]}),
+            };
+            let mut ws = Ws::authed(&g1, &tokens[r]).await;
+            ws.send(msg).await;
+            let m = ws.recv().await;
+            let got = match m["type"].as_str() {
+                Some("error") => Refused(match m["code"].as_str().unwrap() {
+                    "already_authenticated" => "already_authenticated",
+                    "not_found" => "not_found",
+                    "forbidden" => "forbidden",
+                    // A finished job cannot be cancelled: being told so is the request taken.
+                    "job_finished" => "job_finished",
+                    other => panic!("unexpected refusal {other}: {m}"),
+                }),
+                _ => Taken,
+            };
+            let got = if got == Refused("job_finished") {
+                Taken
+            } else {
+                got
+            };
+            if got != expected[r] {
+                wrong.push(format!(
+                    "{} sends {what}: {got:?} ({m}), expected {:?}",
+                    roles[r], expected[r]
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "cells with another answer:\n{}",
+        wrong.join("\n")
+    );
+}
+
+/// The answer to the submit with `reference`: `accepted`, or the `error` that refused it.
+async fn answer_to(ws: &mut Ws, reference: &str) -> Cell {
+    loop {
+        let m = ws.recv().await;
+        if m["ref"] != reference {
+            continue;
+        }
+        match m["type"].as_str() {
+            Some("accepted") => return Taken,
+            Some("error") => {
+                return Refused(match m["code"].as_str().unwrap() {
+                    "forbidden" => "forbidden",
+                    "invalid_job" => "invalid_job",
+                    other => panic!("unexpected refusal {other}: {m}"),
+                });
+            }
+            _ => continue,
+        }
+    }
+}
