@@ -475,6 +475,22 @@ async fn the_gateway_end_to_end() {
     assert_eq!(record["node"], 1);
     assert_eq!(record["kind"], "deploy");
 
+    // A collection's embedder must be an embedder (when it is deployed already).
+    let (_, end) = ws
+        .run(
+            json!({"kind": "create_collection", "name": "spun", "partitions": 1,
+                    "replicas": 1, "embedder": "spin"}),
+        )
+        .await;
+    assert_eq!(end["state"], "failed", "{end}");
+    assert!(
+        end["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not an embedder"),
+        "{end}"
+    );
+
     let mut on3 = Ws::authed(&gateway(&c, 3), &admin).await;
     on3.send(json!({"type": "subscribe", "job": deploy_job}))
         .await;

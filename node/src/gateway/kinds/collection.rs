@@ -93,6 +93,24 @@ pub(super) async fn create_collection(
     env: &Env,
     c: CreateCollectionJob,
 ) -> Result<Value, JobFailure> {
+    // The embedder may be deployed after the collection, but a deployment of that name of
+    // another kind would be sent embed requests it cannot answer.
+    let embedder = c.embedder.clone();
+    let kind = read_here(&env.raft, move |s| {
+        s.deployments.get(&embedder).map(|d| d.spec.kind.clone())
+    })
+    .await?;
+    if let Some(kind) = kind.filter(|k| k != "embedder") {
+        return Err(JobFailure::field(
+            ErrorCode::InvalidJob,
+            "job.embedder",
+            format!(
+                "deployment {:?} is a {kind}, not an embedder; name the embedder deployment \
+                 that turns this collection's text into vectors",
+                c.embedder
+            ),
+        ));
+    }
     let cpu = match &c.cpu {
         Some(s) => s.parse::<Millicores>().map_err(|e| {
             JobFailure::field(ErrorCode::InvalidJob, "job.cpu", format!("cpu {s:?}: {e}"))
