@@ -73,12 +73,7 @@ pub fn cluster(name: &str, n: u64, dir: &Path) -> ClusterConfig {
 
 /// How a client trusts the gateways of a test cluster (its CA).
 pub fn trust(config: &ClusterConfig) -> arbor_client::Trust {
-    match &config.tls {
-        arbor_node::config::Transport::Tls(dir) => {
-            arbor_client::Trust::ca(&dir.ca_cert()).expect("the test cluster's CA")
-        }
-        arbor_node::config::Transport::Insecure => arbor_client::Trust::Plain,
-    }
+    arbor_client::Trust::from_ca(config.gateway_ca().as_deref()).expect("the test cluster's CA")
 }
 
 /// A node's gateway and how to trust it.

@@ -73,10 +73,7 @@ fn python_client_against_a_node() {
     .unwrap();
     let config = arbor_node::ClusterConfig::load(&path).unwrap();
     let url = format!("wss://{}/", config.nodes[0].gateway);
-    let arbor_node::config::Transport::Tls(tls) = &config.tls else {
-        panic!("the test cluster speaks TLS")
-    };
-    let ca = tls.ca_cert();
+    let ca = config.gateway_ca().expect("the test cluster speaks TLS");
 
     let token = common::create_token(&path, "admin");
 

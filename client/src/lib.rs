@@ -60,6 +60,12 @@ impl Trust {
         Ok(Trust::Ca(arbor_tls::gateway_client(ca_pem)?))
     }
 
+    /// [`Trust::ca`] with the cluster's CA, or [`Trust::Plain`] for a cluster without one
+    /// (`ClusterConfig::gateway_ca` says which).
+    pub fn from_ca(ca_pem: Option<&std::path::Path>) -> Result<Trust, ClientError> {
+        ca_pem.map_or(Ok(Trust::Plain), Trust::ca)
+    }
+
     fn scheme(&self) -> &'static str {
         match self {
             Trust::Ca(_) => "wss",

@@ -462,6 +462,15 @@ impl ClusterConfig {
         hosts
     }
 
+    /// The CA certificate gateway clients verify nodes against; `None` when the cluster is
+    /// insecure (plain `ws://`).
+    pub fn gateway_ca(&self) -> Option<PathBuf> {
+        match &self.tls {
+            Transport::Tls(dir) => Some(dir.ca_cert()),
+            Transport::Insecure => None,
+        }
+    }
+
     /// Node `id`'s TLS identity, loaded from `[tls] dir`; `None` when the cluster is insecure.
     pub fn node_tls(&self, id: NodeId) -> Result<Option<arbor_tls::NodeTls>, arbor_tls::TlsError> {
         match &self.tls {

@@ -13,6 +13,7 @@ mod janitor;
 mod lease;
 mod link;
 pub mod logging;
+mod per_address;
 mod runtime;
 
 pub use call::Caller;

@@ -85,26 +85,22 @@ async fn three_voters_over_mutual_tls_commit_and_refuse_impostors() {
 
     // Node 2's certificate, and the secret, claiming to be node 3: refused, with the reason.
     let n2 = NodeTls::load(&tls, 2).unwrap();
-    let tcp = TcpStream::connect(&addrs[&1]).await.unwrap();
-    let mut s = n2
-        .peer_connector()
-        .unwrap()
-        .connect(peer_server_name(1), tcp)
-        .await
-        .unwrap();
+    let as_node_2 = async || {
+        let tcp = TcpStream::connect(&addrs[&1]).await.unwrap();
+        n2.peer_connector()
+            .unwrap()
+            .connect(peer_server_name(1), tcp)
+            .await
+            .unwrap()
+    };
+    let mut s = as_node_2().await;
     let err = client_handshake(&mut s, 3, 1, SECRET).await.unwrap_err();
     assert!(
         matches!(&err, TransportError::Refused(why) if why.contains("node 3")),
         "{err:?}"
     );
     // ...and as itself it is let in.
-    let tcp = TcpStream::connect(&addrs[&1]).await.unwrap();
-    let mut s = n2
-        .peer_connector()
-        .unwrap()
-        .connect(peer_server_name(1), tcp)
-        .await
-        .unwrap();
+    let mut s = as_node_2().await;
     assert!(client_handshake(&mut s, 2, 1, SECRET).await.unwrap());
 
     // A node of another CA cannot even finish TLS.

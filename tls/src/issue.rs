@@ -2,7 +2,7 @@
 //! node signed by it. Keys are written owner-only (0600), and nothing that exists is replaced:
 //! rotating is deleting what should be made again, then running `init` (see the README).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -10,7 +10,7 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-use crate::{GATEWAY_NAME, NodeTls, TlsDir, TlsError, node_name, write_file};
+use crate::{GATEWAY_NAME, NodeTls, TlsDir, TlsError, node_name};
 
 /// How long the CA's certificate is valid.
 const CA_VALIDITY: Duration = Duration::days(3650);
@@ -174,4 +174,23 @@ fn create_dir(dir: &TlsDir) -> Result<(), TlsError> {
         builder.mode(0o700);
     }
     builder.create(dir.path()).map_err(failed)
+}
+
+/// Writes `bytes` to `path`, readable by the owner only when `secret` (keys).
+fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), TlsError> {
+    use std::io::Write;
+    let failed = |e: std::io::Error| TlsError::Write {
+        path: path.to_owned(),
+        why: e.to_string(),
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let mut file = options.open(path).map_err(failed)?;
+    file.write_all(bytes).map_err(failed)?;
+    file.sync_all().map_err(failed)
 }

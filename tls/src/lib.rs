@@ -262,22 +262,3 @@ pub fn check_peer(peer: Option<&[CertificateDer<'_>]>, claimed: u64) -> Result<(
     cert.verify_is_valid_for_subject_name(&name)
         .map_err(|e| wrong(format!("{e:?}")))
 }
-
-/// Writes `bytes` to `path`, readable by the owner only when `secret` (keys).
-pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), TlsError> {
-    use std::io::Write;
-    let failed = |e: std::io::Error| TlsError::Write {
-        path: path.to_owned(),
-        why: e.to_string(),
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if secret { 0o600 } else { 0o644 });
-    }
-    let mut file = options.open(path).map_err(failed)?;
-    file.write_all(bytes).map_err(failed)?;
-    file.sync_all().map_err(failed)
-}

@@ -23,7 +23,6 @@ use arbor_node::ClusterConfig;
 
 pub use crate::flags::GatewayArgs;
 use arbor_client::{ClientError, DEFAULT_PER_NODE_TIMEOUT, GatewayClient, JobWatch, Trust};
-use arbor_node::config::Transport;
 use arbor_proto::JobId;
 use arbor_proto::gateway::{JobSpec, ServerMsg};
 
@@ -61,10 +60,7 @@ impl GatewayArgs {
 /// How the gateways of `config`'s cluster are trusted: its CA (`[tls] dir`/ca.pem), or plain
 /// `ws://` for an insecure loopback cluster.
 pub fn trust(config: &ClusterConfig) -> anyhow::Result<Trust> {
-    match &config.tls {
-        Transport::Tls(dir) => Ok(Trust::ca(&dir.ca_cert())?),
-        Transport::Insecure => Ok(Trust::Plain),
-    }
+    Ok(Trust::from_ca(config.gateway_ca().as_deref())?)
 }
 
 /// `what failed (code): message` for a refused or failed job; other errors as they are.

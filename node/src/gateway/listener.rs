@@ -197,7 +197,7 @@ pub(crate) async fn accept(
     tls: Option<arbor_tls::TlsAcceptor>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
-    let per_address: Arc<Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
+    let per_address = crate::per_address::PerAddress::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -205,17 +205,7 @@ pub(crate) async fn accept(
                 // sockets from one machine must not lock everyone else out. Closed at once,
                 // with nothing read or written.
                 let per = shared.settings.max_connections_per_address;
-                let place = {
-                    let mut counts = per_address.lock().unwrap_or_else(|e| e.into_inner());
-                    let n = counts.entry(peer.ip()).or_default();
-                    if *n >= per {
-                        None
-                    } else {
-                        *n += 1;
-                        Some(AddressPlace(per_address.clone(), peer.ip()))
-                    }
-                };
-                let Some(place) = place else {
+                let Some(place) = per_address.enter(peer.ip(), per) else {
                     tracing::debug!(%peer, "gateway: closed a connection over max_connections_per_address");
                     continue;
                 };
@@ -257,24 +247,6 @@ pub(crate) async fn accept(
                 // Out of file descriptors, usually: back off instead of spinning.
                 tracing::warn!("gateway accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// A connection's count against its source address, given back when it ends.
-struct AddressPlace(
-    Arc<Mutex<HashMap<std::net::IpAddr, usize>>>,
-    std::net::IpAddr,
-);
-
-impl Drop for AddressPlace {
-    fn drop(&mut self) {
-        let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = counts.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.1);
             }
         }
     }

@@ -12,7 +12,7 @@
 //! supervisor refuses a session whose certificate is not the node it names.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -146,7 +146,7 @@ pub async fn listen(
     tls: LinkTls,
     timeout: Duration,
 ) {
-    let in_flight: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+    let in_flight = crate::per_address::PerAddress::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -156,28 +156,15 @@ pub async fn listen(
                 continue;
             }
         };
-        {
-            let mut counts = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            let n = counts.entry(peer.ip()).or_default();
-            if *n >= HANDSHAKES_PER_ADDRESS {
-                tracing::debug!(%peer, "actors port: too many handshakes from this address");
-                continue;
-            }
-            *n += 1;
-        }
-        let (server, tls, in_flight) = (server.clone(), tls.clone(), in_flight.clone());
+        let Some(place) = in_flight.enter(peer.ip(), HANDSHAKES_PER_ADDRESS) else {
+            tracing::debug!(%peer, "actors port: too many handshakes from this address");
+            continue;
+        };
+        let (server, tls) = (server.clone(), tls.clone());
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
             let handshake = tokio::time::timeout(timeout, tls.acceptor.accept(tcp)).await;
-            {
-                let mut counts = in_flight.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some(n) = counts.get_mut(&peer.ip()) {
-                    *n -= 1;
-                    if *n == 0 {
-                        counts.remove(&peer.ip());
-                    }
-                }
-            }
+            drop(place);
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
                 Ok(Err(e)) => {
