@@ -511,6 +511,50 @@ async fn the_gateway_end_to_end() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 
+    // A running job followed from another node through its record (the record index beside
+    // node 3's Raft loop): it is seen (queued and) running, then its result and its end arrive.
+    ws.send(json!({"type": "submit", "ref": "slow", "record": true,
+                   "job": {"kind": "call", "deployment": "spin", "payload": "{\"ms\": 1500}"}}))
+        .await;
+    let (m, _) = ws.until_any(&["accepted", "error"]).await;
+    let slow = m["job"].as_str().expect("accepted").to_owned();
+    on3.send(json!({"type": "subscribe", "job": slow})).await;
+    let mut states = Vec::new();
+    let mut result_before_end = false;
+    loop {
+        let m = on3.recv().await;
+        if m["job"] != slow.as_str() {
+            continue;
+        }
+        if m["type"] == "result" {
+            result_before_end = m["data"]["reply"].as_str().is_some();
+        }
+        if m["type"] == "event" {
+            states.push(m["state"].as_str().unwrap_or_default().to_owned());
+            if !["queued", "running"].contains(&m["state"].as_str().unwrap_or_default()) {
+                break;
+            }
+        }
+    }
+    states.retain(|s| s != "queued");
+    assert_eq!(states, ["running", "succeeded"], "followed from node 3");
+    assert!(result_before_end, "the result comes before the end");
+    // The listing on node 3 holds it, from the index.
+    on3.send(json!({"type": "status"})).await;
+    let jobs = on3.until("jobs", None).await.0;
+    let listed = jobs["jobs"].as_array().unwrap();
+    let mine = listed.iter().find(|j| j["id"] == slow.as_str());
+    assert_eq!(
+        mine.map(|j| j["state"].clone()),
+        Some(json!("succeeded")),
+        "{jobs}"
+    );
+    assert!(listed.iter().all(|j| j.get("result").is_none()), "{jobs}");
+    let newest_first = listed
+        .windows(2)
+        .all(|w| w[0]["submitted_ms"].as_u64() >= w[1]["submitted_ms"].as_u64());
+    assert!(newest_first, "{jobs}");
+
     // Revoking a token ends its running jobs and closes its connections at once, idle ones
     // too (the review's revoked token still streamed its job's result 6 s later).
     let doomed = token(&c, "user");

@@ -165,6 +165,9 @@ pub enum CommandOutcome {
     Placed { generations: Vec<u64> },
     /// A partition's replica set is now at this epoch.
     Epoch(u64),
+    /// A job record was written; these finished records made room for it (see
+    /// `state::jobs`), oldest first.
+    JobsEvicted(Vec<JobId>),
 }
 
 /// Why a command was refused. A refused command changed nothing.
@@ -182,6 +185,9 @@ pub enum Rejection {
     Invalid(String),
     #[error("membership change refused: {0}")]
     Membership(String),
+    /// A budget is full of what may not be evicted (running jobs' records).
+    #[error("over quota: {0}")]
+    Quota(String),
 }
 
 /// The kind of object a [`Rejection`] is about.

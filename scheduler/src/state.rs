@@ -14,8 +14,10 @@ pub use crate::resources::Resources;
 
 mod admission;
 mod collections;
+pub mod jobs;
 pub mod replication;
 
+pub use jobs::{Job, JobRecords, JobStatus};
 pub use replication::{MemberView, PartitionView, ReplicaSet, partition_views};
 
 /// A Raft node id (never 0).
@@ -196,43 +198,6 @@ pub struct CollectionSpec {
     pub incarnation: u64,
 }
 
-/// Lifecycle of a job.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JobStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed { reason: String },
-    Cancelled,
-}
-
-impl JobStatus {
-    /// A finished job's record no longer changes.
-    pub fn is_finished(&self) -> bool {
-        matches!(
-            self,
-            JobStatus::Succeeded | JobStatus::Failed { .. } | JobStatus::Cancelled
-        )
-    }
-}
-
-/// A job record.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
-    pub kind: String,
-    pub spec: Vec<u8>,
-    pub status: JobStatus,
-    /// 0.0 ..= 1.0.
-    pub progress: f32,
-    pub result: Option<Vec<u8>>,
-    /// The node that accepted and runs it.
-    pub node: NodeId,
-    /// Who submitted it (a token id).
-    pub owner: String,
-    /// When it was accepted, in ms since the Unix epoch.
-    pub submitted_ms: u64,
-}
-
 /// The replicated state of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
@@ -240,7 +205,7 @@ pub struct ClusterState {
     pub deployments: BTreeMap<String, Deployment>,
     pub placements: BTreeMap<ActorId, Placement>,
     pub collections: BTreeMap<String, CollectionSpec>,
-    pub jobs: BTreeMap<JobId, Job>,
+    pub jobs: JobRecords,
     /// A small key-value namespace (used by tools and the linearizability tests).
     pub kv: BTreeMap<String, String>,
     /// Raft addresses of members added through membership changes (id → address).
@@ -428,31 +393,21 @@ impl ClusterState {
                 node,
                 owner,
                 submitted_ms,
-            } => {
-                if self.jobs.contains_key(id) {
-                    return Err(exists(ObjectKind::Job, id));
-                }
-                self.jobs.insert(
-                    id.clone(),
-                    Job {
-                        kind: kind.clone(),
-                        spec: spec.clone(),
-                        status: JobStatus::Queued,
-                        progress: 0.0,
-                        result: None,
-                        node: *node,
-                        owner: owner.clone(),
-                        submitted_ms: *submitted_ms,
-                    },
-                );
-                Ok(CommandOutcome::Done)
-            }
+            } => self.jobs.submit(
+                id,
+                Job {
+                    kind: kind.clone(),
+                    spec: spec.clone(),
+                    status: JobStatus::Queued,
+                    progress: 0.0,
+                    result: None,
+                    node: *node,
+                    owner: owner.clone(),
+                    submitted_ms: *submitted_ms,
+                },
+            ),
             PruneJobs { ids } => {
-                for id in ids {
-                    if self.jobs.get(id).is_some_and(|j| j.status.is_finished()) {
-                        self.jobs.remove(id);
-                    }
-                }
+                self.jobs.prune(ids);
                 Ok(CommandOutcome::Done)
             }
             UpdateJob {
@@ -460,27 +415,7 @@ impl ClusterState {
                 status,
                 progress,
                 result,
-            } => {
-                if !(0.0..=1.0).contains(progress) {
-                    return Err(Rejection::Invalid(format!(
-                        "job progress {progress} is outside 0..=1"
-                    )));
-                }
-                let job = self
-                    .jobs
-                    .get_mut(id)
-                    .ok_or_else(|| not_found(ObjectKind::Job, id))?;
-                if job.status.is_finished() {
-                    return Err(Rejection::Invalid(format!(
-                        "job {id:?} already finished ({:?})",
-                        job.status
-                    )));
-                }
-                job.status = status.clone();
-                job.progress = *progress;
-                job.result = result.clone();
-                Ok(CommandOutcome::Done)
-            }
+            } => self.jobs.update(id, status, *progress, result),
             KvPut { key, value } => {
                 self.kv.insert(key.clone(), value.clone());
                 Ok(CommandOutcome::Done)

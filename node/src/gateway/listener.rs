@@ -27,7 +27,7 @@ use super::auth::TokenStore;
 use super::jobs::{JobTable, now_ms};
 use super::kinds::{Env, summarize};
 use crate::config::{GatewaySection, NodeId};
-use crate::gateway::jobs::janitor;
+use crate::gateway::jobs::{RecordIndex, janitor};
 use crate::gateway::session::Session;
 use arbor_proto::gateway::{Limits, ServerMsg, encode};
 
@@ -128,6 +128,8 @@ pub(crate) struct Shared {
     pub(crate) tokens: TokenStore,
     pub(crate) settings: GatewaySection,
     pub(crate) jobs: JobTable,
+    /// The control plane's job records, kept beside the Raft loop.
+    pub(crate) records: Arc<RecordIndex>,
     /// Unfinished jobs per token id.
     pub(crate) per_token: Mutex<HashMap<String, usize>>,
     /// When this gateway started: recorded jobs of this node from before it are orphans.
@@ -163,6 +165,7 @@ impl Gateway {
             tokens: args.tokens.clone(),
             settings: args.settings,
             jobs: JobTable::default(),
+            records: RecordIndex::start(args.raft.clone()),
             per_token: Mutex::default(),
             started_ms: now_ms(),
         });

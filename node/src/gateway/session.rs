@@ -10,9 +10,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::gateway::auth::Role;
 use crate::gateway::jobs::*;
-use crate::gateway::jobs::{
-    LocalJob, new_job_id, propose_retrying, record_status_view, record_view,
-};
+use crate::gateway::jobs::{LocalJob, new_job_id, propose_retrying, record_view};
 use crate::gateway::kinds::validate;
 use crate::gateway::listener::*;
 use arbor_proto::gateway::{
@@ -371,9 +369,10 @@ impl Session {
                     return self.send(too_many_subscriptions(&id));
                 };
                 let (raft, tx) = (self.shared.env.raft.clone(), self.tx.clone());
+                let records = self.shared.records.clone();
                 tokio::spawn(async move {
                     let _place = place;
-                    watch_record(raft, view, tx).await;
+                    watch_record(raft, records, view, tx).await;
                 });
             }
             _ => self.send(not_found(&id)),
@@ -419,23 +418,12 @@ impl Session {
         let limit = limit.unwrap_or(DEFAULT_LIST).clamp(1, 1000) as usize;
         let mut jobs = self.shared.jobs.recent(limit);
         jobs.retain(|j| may_see(auth, &j.owner));
-        let (me, admin) = (auth.token_id.clone(), auth.role.allows(Role::Admin));
-        let records = self
-            .read_records(move |s| {
-                let mut newest: Vec<(&String, &arbor_scheduler::state::Job)> = s
-                    .jobs
-                    .iter()
-                    .filter(|(_, j)| admin || j.owner == me)
-                    .collect();
-                newest.sort_by_key(|(_, j)| std::cmp::Reverse(j.submitted_ms));
-                newest
-                    .into_iter()
-                    .take(limit)
-                    .map(|(id, j)| record_status_view(id, j))
-                    .collect::<Vec<JobView>>()
-            })
-            .await
-            .unwrap_or_default();
+        // A linearizable read first (a client that saw its job end sees its record, whichever
+        // node it asks; without a quorum, this node's records will do), then the index: the
+        // listing itself never runs on the Raft loop.
+        let _ = self.shared.env.raft.read(|_| ()).await;
+        let owner = (!auth.role.allows(Role::Admin)).then_some(auth.token_id.as_str());
+        let records = self.shared.records.newest(owner, limit).await;
         for r in records {
             if !jobs.iter().any(|j| j.id == r.id) {
                 jobs.push(r);

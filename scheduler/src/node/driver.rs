@@ -409,13 +409,18 @@ impl Driver {
                     Ok(p) => {
                         self.applied = index;
                         self.applied_dirty = true;
+                        // A retried proposal already applied changes nothing: followers of
+                        // the events (indexes kept beside the state) must not see it twice.
+                        let replay = self.machine.result_of(&p.id).is_some();
                         let result = self.machine.apply(p.id, &p.command);
                         replies.push((p.id, result.clone()));
-                        let _ = self.events.send(StateEvent::Applied {
-                            index,
-                            command: Arc::new(p.command),
-                            result,
-                        });
+                        if !replay {
+                            let _ = self.events.send(StateEvent::Applied {
+                                index,
+                                command: Arc::new(p.command),
+                                result,
+                            });
+                        }
                     }
                     Err(e) => return Err(undecodable(e.to_string())),
                 },

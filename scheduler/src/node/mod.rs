@@ -87,7 +87,8 @@ pub struct NodeStatus {
 /// A change applied on this node, for local watchers.
 #[derive(Debug, Clone)]
 pub enum StateEvent {
-    /// A command applied at `index` (including rejected ones, with their reason).
+    /// A command applied at `index` (including rejected ones, with their reason). A retry
+    /// of a proposal that already applied changes nothing and is not sent again.
     Applied {
         index: u64,
         command: Arc<Command>,

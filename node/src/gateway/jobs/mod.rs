@@ -2,8 +2,10 @@
 //! followed from any node through its record; and the janitor that fails orphaned records and
 //! prunes finished ones. [`table`] holds the jobs a node runs and their recorder.
 
+mod index;
 mod table;
 
+pub(crate) use index::RecordIndex;
 pub use table::*;
 
 use std::collections::HashMap;
@@ -13,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use arbor_scheduler::state::{JobStatus, Liveness};
 use arbor_scheduler::{Command, RaftHandle};
+use arbor_scheduler::{ProposeError, Rejection};
 
 use crate::gateway::kinds::{Emit, JobFailure, execute};
 use crate::gateway::listener::*;
@@ -144,13 +147,13 @@ pub(crate) async fn run_job(
                 s.state = JobState::Failed;
                 s.reason = Some(message.clone());
             });
-            let _ = owner.send(Outgoing::Msg(error(
-                reference,
-                None,
-                ErrorCode::Unavailable,
-                message,
-                None,
-            )));
+            // A token (or the cluster) whose job records are full of running jobs is told
+            // so; anything else the control plane said is a reason to retry.
+            let code = match e {
+                ProposeError::Rejected(Rejection::Quota(_)) => ErrorCode::Overloaded,
+                _ => ErrorCode::Unavailable,
+            };
+            let _ = owner.send(Outgoing::Msg(error(reference, None, code, message, None)));
             return;
         }
     }
@@ -279,14 +282,20 @@ pub(crate) async fn run_job(
     });
 }
 
-/// Streams a job running on another node from its record until it finishes.
-pub(crate) async fn watch_record(raft: RaftHandle, first: JobView, tx: Outbox) {
+/// Streams a job running on another node from its record until it finishes: its progress
+/// and state from the record index (off the Raft loop), its result read once at the end.
+pub(crate) async fn watch_record(
+    raft: RaftHandle,
+    records: Arc<RecordIndex>,
+    first: JobView,
+    tx: Outbox,
+) {
     let id = first.id.clone();
     let send = |m: ServerMsg| tx.send(Outgoing::Msg(m)).is_ok();
     let mut last: Option<(JobState, f32)> = None;
     let mut view = Some(first);
     loop {
-        let Some(v) = view.take() else {
+        let Some(mut v) = view.take() else {
             let _ = send(not_found(&id));
             return;
         };
@@ -302,6 +311,15 @@ pub(crate) async fn watch_record(raft: RaftHandle, first: JobView, tx: Outbox) {
             }
         }
         if last.is_none_or(|(s, _)| s != v.state) || v.state.is_finished() {
+            if v.state.is_finished() && v.result.is_none() {
+                let key = id.clone();
+                v.result = raft
+                    .read_local(move |s| s.jobs.get(&key).map(|j| record_view(&key, j).result))
+                    .await
+                    .ok()
+                    .flatten()
+                    .flatten();
+            }
             if v.state.is_finished()
                 && let Some(data) = v.result.clone()
             {
@@ -322,12 +340,7 @@ pub(crate) async fn watch_record(raft: RaftHandle, first: JobView, tx: Outbox) {
         }
         last = Some((v.state, v.progress));
         tokio::time::sleep(REMOTE_POLL).await;
-        let key = id.clone();
-        view = raft
-            .read_local(move |s| s.jobs.get(&key).map(|j| record_view(&key, j)))
-            .await
-            .ok()
-            .flatten();
+        view = records.get(&id).await.map(|v| JobView::clone(&v));
     }
 }
 
@@ -392,42 +405,42 @@ pub(crate) async fn janitor(shared: Arc<Shared>) {
             .into_iter()
             .map(|j| j.id.clone())
             .collect();
-        let plan = raft
-            .read_local(move |s| {
-                let mut fail = Vec::new();
-                let mut finished: Vec<(u64, JobId)> = Vec::new();
-                for (id, j) in &s.jobs {
-                    if j.status.is_finished() {
-                        finished.push((j.submitted_ms, id.clone()));
-                        continue;
-                    }
-                    if j.node == me && !local.contains(id) {
-                        // Not running here: from before a restart, or recorded after this
-                        // node gave up waiting for the record (and told the client so).
-                        let why = if j.submitted_ms < started {
-                            format!("node {me} restarted while running it")
-                        } else {
-                            format!("node {me} was not running it (its record came late)")
-                        };
-                        fail.push((id.clone(), why));
-                    } else if leader
-                        && s.nodes
-                            .get(&j.node)
-                            .is_none_or(|n| n.liveness == Liveness::Down)
-                    {
-                        fail.push((
-                            id.clone(),
-                            format!("node {} went down while running it", j.node),
-                        ));
-                    }
-                }
-                if !leader {
-                    finished.clear();
-                }
-                (fail, finished)
+        // Node liveness from the state (a few entries); the records from the index.
+        let liveness = raft
+            .read_local(|s| {
+                s.nodes
+                    .iter()
+                    .map(|(id, n)| (*id, n.liveness))
+                    .collect::<HashMap<_, _>>()
             })
             .await;
-        let Ok((fail, finished)) = plan else { continue };
+        let Ok(liveness) = liveness else { continue };
+        let mut fail = Vec::new();
+        let mut finished: Vec<(u64, JobId)> = Vec::new();
+        for j in shared.records.all().await {
+            if j.state.is_finished() {
+                finished.push((j.submitted_ms, j.id.clone()));
+                continue;
+            }
+            if j.node == me && !local.contains(&j.id) {
+                // Not running here: from before a restart, or recorded after this node gave
+                // up waiting for the record (and told the client so).
+                let why = if j.submitted_ms < started {
+                    format!("node {me} restarted while running it")
+                } else {
+                    format!("node {me} was not running it (its record came late)")
+                };
+                fail.push((j.id.clone(), why));
+            } else if leader && liveness.get(&j.node).is_none_or(|l| *l == Liveness::Down) {
+                fail.push((
+                    j.id.clone(),
+                    format!("node {} went down while running it", j.node),
+                ));
+            }
+        }
+        if !leader {
+            finished.clear();
+        }
         let prune = records_to_prune(finished, &mut seen_finished, Instant::now());
         // Only a record whose job is not here (from before a restart) or whose record this
         // node gave up on is failed: a job created after `local` was taken, or one that just

@@ -24,7 +24,7 @@ const FINISHED_KEPT: usize = 10_000;
 const WATCHER_BUFFER: usize = 1024;
 /// Recorded results larger than this are replaced by a note: the control plane holds status,
 /// not bulk data (the submitter received the whole result).
-pub const MAX_RECORDED_RESULT: usize = 64 * 1024;
+pub use arbor_scheduler::state::jobs::MAX_RECORDED_RESULT;
 
 /// Now, in ms since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -273,13 +273,7 @@ pub fn record_view(id: &str, job: &Job) -> JobView {
 
 /// A control-plane record as a [`JobView`] without its result (listings: no decoding).
 pub fn record_status_view(id: &str, job: &Job) -> JobView {
-    let (state, reason) = match &job.status {
-        JobStatus::Queued => (JobState::Queued, None),
-        JobStatus::Running => (JobState::Running, None),
-        JobStatus::Succeeded => (JobState::Succeeded, None),
-        JobStatus::Failed { reason } => (JobState::Failed, Some(reason.clone())),
-        JobStatus::Cancelled => (JobState::Cancelled, None),
-    };
+    let (state, reason) = job_state(&job.status);
     JobView {
         id: id.to_owned(),
         kind: job.kind.clone(),
@@ -291,6 +285,17 @@ pub fn record_status_view(id: &str, job: &Job) -> JobView {
         submitted_ms: job.submitted_ms,
         recorded: true,
         result: None,
+    }
+}
+
+/// A recorded status as the protocol's state and reason.
+pub fn job_state(status: &JobStatus) -> (JobState, Option<String>) {
+    match status {
+        JobStatus::Queued => (JobState::Queued, None),
+        JobStatus::Running => (JobState::Running, None),
+        JobStatus::Succeeded => (JobState::Succeeded, None),
+        JobStatus::Failed { reason } => (JobState::Failed, Some(reason.clone())),
+        JobStatus::Cancelled => (JobState::Cancelled, None),
     }
 }
 

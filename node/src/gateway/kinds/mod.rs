@@ -512,11 +512,7 @@ pub fn summarize(state: &ClusterState, node: NodeId, leader: Option<NodeId>) -> 
             .collect(),
         deployments: state.deployments.len() as u64,
         collections: state.collections.len() as u64,
-        jobs_running: state
-            .jobs
-            .values()
-            .filter(|j| !j.status.is_finished())
-            .count() as u64,
+        jobs_running: state.jobs.unfinished() as u64,
     }
 }
 
