@@ -34,7 +34,8 @@ pub struct GatewayArgs {
     /// The cluster's config file; its nodes' gateway addresses are tried in order.
     #[arg(long, default_value = "cluster.toml")]
     pub config: PathBuf,
-    /// The gateway token (make one with `arbor token create --role ROLE`).
+    /// The gateway token (make one with `arbor token create --role ROLE`). Prefer setting
+    /// ARBOR_TOKEN: a flag's value shows in the process list to every local user.
     #[arg(long, env = TOKEN_ENV, hide_env_values = true)]
     pub token: Option<String>,
 }

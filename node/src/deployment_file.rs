@@ -128,6 +128,9 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
         Some(map) => serde_json::Value::Object(map).to_string(),
         None => String::new(),
     };
+    // The replicas would only find out when they start, and then restart over and over.
+    arbor_actors::kinds::check_config(kind, &config)
+        .map_err(|e| invalid(format!("config: {e}")))?;
     Ok(DeploymentSpec {
         name: file.name,
         kind: file.kind,
@@ -150,6 +153,74 @@ mod tests {
 
     fn toml(text: &str) -> Result<DeploymentSpec, DeploymentFileError> {
         parse(Path::new("d.toml"), text)
+    }
+
+    #[test]
+    fn a_kinds_config_is_checked_when_submitted_not_when_its_replicas_start() {
+        // The review's probes: both were accepted, then their replicas restarted forever.
+        let partition = |config: &str| {
+            toml(&format!(
+                "name = \"p\"\nkind = \"vector_partition\"\nreplicas = 1\n[config]\n{config}"
+            ))
+        };
+        let err =
+            partition("collection = \"../../../../tmp/x\"\npartition = 0\ndim = 4\n").unwrap_err();
+        assert!(err.to_string().contains("collection name"), "{err}");
+        let err =
+            partition("collection = \"c\"\npartition = 0\ndim = 1099511627776\n").unwrap_err();
+        assert!(err.to_string().contains("dim 1099511627776"), "{err}");
+        assert!(partition("collection = \"c\"\npartition = 0\ndim = 4\n").is_ok());
+        let err = toml("name = \"p\"\nkind = \"vector_partition\"\nreplicas = 1\n").unwrap_err();
+        assert!(
+            err.to_string().contains("needs a config with collection"),
+            "{err}"
+        );
+        let err = toml("name = \"m\"\nkind = \"model\"\nreplicas = 1\n[config]\nmax_batch = 0\n")
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("config: bad config for kind model: max_batch"),
+            "{err}"
+        );
+        let err =
+            toml("name = \"e\"\nkind = \"echo\"\nreplicas = 1\n[config]\ntypo = 1\n").unwrap_err();
+        assert!(err.to_string().contains("typo"), "{err}");
+        let err = toml(
+            "name = \"r\"\nkind = \"retrieval_coordinator\"\nreplicas = 1\n[config]\n\
+             collection = \"c\"\npartitions = 4\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("partitions"), "{err}");
+        let err = toml(
+            "name = \"e\"\nkind = \"embedder\"\nreplicas = 1\n[config.batching]\nmax_batch = 0\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("batching.max_batch"), "{err}");
+        // Resources no machine has.
+        let err = toml(
+            "name = \"e\"\nkind = \"echo\"\nreplicas = 1\n[resources]\nmemory = \"1048576TiB\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("memory quantity \"1EiB\" is too large"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn every_shipped_example_passes_the_checks() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                parse(&path, &text).unwrap_or_else(|e| panic!("{e}"));
+                checked += 1;
+            }
+        }
+        assert!(checked >= 5, "only {checked} examples");
     }
 
     #[test]
@@ -210,7 +281,7 @@ mod tests {
         let spec = toml(
             r#"
             name = "spin"
-            kind = "spin"
+            kind = "echo"
             replicas = 3
             strategy = "pack"
             anti_affinity = true
@@ -240,7 +311,7 @@ mod tests {
         assert_eq!(spec.config, r#"{"start_delay_ms":10}"#);
         let json = parse(
             Path::new("d.json"),
-            r#"{"name": "spin", "kind": "spin", "replicas": 3, "strategy": "pack",
+            r#"{"name": "spin", "kind": "echo", "replicas": 3, "strategy": "pack",
                 "anti_affinity": true, "max_unavailable": 2, "version": "v2", "idempotent": true,
                 "constraints": [{"op": "equal", "key": "zone", "value": "a"},
                                 {"op": "not_equal", "key": "disk", "value": "hdd"},

@@ -591,13 +591,47 @@ impl Resources {
         }
     }
 
-    /// Checks a custom resource name before it is used; names come from user files.
+    /// Checks custom resource names (they come from user files) and that every quantity is
+    /// one a machine could have: a request of 1048576 TiB could never be placed, and sums of
+    /// such values are where arithmetic overflows.
     pub fn validate(&self) -> Result<(), ResourceError> {
         if self.custom.keys().any(|k| k.trim().is_empty()) {
             return Err(ResourceError::EmptyCustomName);
         }
+        let too_large = |resource: &'static str, value: String| {
+            Err(ResourceError::TooLarge { resource, value })
+        };
+        if self.cpu > Resources::MAX_CPU {
+            return too_large("cpu", self.cpu.to_string());
+        }
+        if self.memory > Resources::MAX_BYTES {
+            return too_large("memory", self.memory.to_string());
+        }
+        if self.gpu_memory > Resources::MAX_BYTES {
+            return too_large("gpu_memory", self.gpu_memory.to_string());
+        }
+        if self.gpu > Resources::MAX_GPU {
+            return too_large("gpu", self.gpu.to_string());
+        }
+        if self.ipu > Resources::MAX_DEVICES {
+            return too_large("ipu", self.ipu.to_string());
+        }
+        if let Some((_, n)) = self
+            .custom
+            .iter()
+            .find(|(_, n)| **n > Resources::MAX_CUSTOM)
+        {
+            return too_large("custom", n.to_string());
+        }
         Ok(())
     }
+
+    /// The most of each resource one node has or one replica asks for.
+    pub const MAX_CPU: Millicores = Millicores(1_000_000 * 1000);
+    pub const MAX_BYTES: Bytes = Bytes(1 << 50);
+    pub const MAX_GPU: GpuAmount = GpuAmount::whole(4096);
+    pub const MAX_DEVICES: u32 = 4096;
+    pub const MAX_CUSTOM: u64 = 1 << 40;
 }
 
 impl fmt::Display for Resources {

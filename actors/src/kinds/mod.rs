@@ -238,6 +238,41 @@ pub async fn spawn_replica(
     spawned.map(|(actor, _handle)| actor)
 }
 
+/// Checks a kind's configuration as a deployment is submitted, before anything is recorded:
+/// the parse and the bounds a replica applies when it starts, without loading anything. A
+/// config that passes here can still fail at start only for what the node has (a model file,
+/// a GPU), never for what the config says.
+pub fn check_config(kind: Kind, config: &str) -> Result<(), String> {
+    use crate::retrieval::CollectionRoute;
+    fn parse<C: DeserializeOwned + Default>(config: &str) -> Result<C, String> {
+        if config.trim().is_empty() {
+            return Ok(C::default());
+        }
+        serde_json::from_str(config).map_err(|e| e.to_string())
+    }
+    fn required<C: DeserializeOwned>(config: &str, needed: &str) -> Result<C, String> {
+        if config.trim().is_empty() {
+            return Err(format!("it needs a config with {needed}"));
+        }
+        serde_json::from_str(config).map_err(|e| e.to_string())
+    }
+    let checked = match kind {
+        Kind::Echo => parse::<echo::EchoConfig>(config).map(drop),
+        Kind::Spin => parse::<spin::SpinConfig>(config).map(drop),
+        Kind::Embedder => parse::<embedder::EmbedderConfig>(config)?
+            .batching
+            .validate(),
+        Kind::Model => parse::<model::ModelConfig>(config)?.check(),
+        Kind::VectorPartition => {
+            required::<partition::PartitionConfig>(config, partition::NEEDED)?.validate()
+        }
+        Kind::RetrievalCoordinator => {
+            required::<CollectionRoute>(config, "\"collection\"")?.validate()
+        }
+    };
+    checked.map_err(|e| format!("bad config for kind {kind}: {e}"))
+}
+
 /// Parses a kind's JSON configuration; `""` (or whitespace) means the defaults. The error
 /// names the replica and, through serde_json, the field at fault.
 pub(crate) fn parse_config<C: DeserializeOwned + Default>(

@@ -22,7 +22,7 @@ pub const MAX_SPIN_MS: u64 = 60_000;
 /// `spin` takes no configuration; unknown fields are still rejected, so a typo is noticed.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SpinConfig {}
+pub(crate) struct SpinConfig {}
 
 /// A spin request: `{"ms": N}` (a bare integer `N` is accepted too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -75,7 +75,7 @@ pub const MAX_BATCH: usize = 64;
 pub const MAX_QUEUE: usize = 4096;
 
 impl ModelConfig {
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if !(1..=MAX_BATCH).contains(&self.max_batch) {
             return Err(format!("max_batch must be 1 to {MAX_BATCH}"));
         }

@@ -62,6 +62,9 @@ const PAGE_ROWS: usize = 2048;
 /// The bytes of rows a page carries, about: well under the wire limit.
 const PAGE_BYTES: usize = MAX_PAYLOAD_BYTES / 2;
 
+/// What a partition's config must name.
+pub(crate) const NEEDED: &str = "collection, partition and dim (metric optional)";
+
 /// `vector_partition`'s configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,7 +94,7 @@ fn write_deadline_ms() -> u64 {
 impl PartitionConfig {
     /// The collection name becomes part of a file name: only letters, digits, `_`, `-`, `.`
     /// (not first) are allowed.
-    fn validate(&self) -> Result<(), String> {
+    pub(crate) fn validate(&self) -> Result<(), String> {
         let c = &self.collection;
         let ok = !c.is_empty()
             && c.len() <= MAX_COLLECTION_LEN
@@ -204,11 +207,7 @@ impl ReplicaKind for PartitionReplica {
     type State = PartitionState;
 
     async fn start(&self, _myself: Me, ctx: ReplicaContext) -> Started<Self::State> {
-        let config: PartitionConfig = parse_required_config(
-            Kind::VectorPartition,
-            &ctx,
-            "collection, partition and dim (metric optional)",
-        )?;
+        let config: PartitionConfig = parse_required_config(Kind::VectorPartition, &ctx, NEEDED)?;
         config.validate().map_err(|e| {
             format!(
                 "bad config for {} actor {:?}: {e}",

@@ -90,6 +90,11 @@ impl CollectionRoute {
             write_patience_ms: write_patience_ms(),
         }
     }
+
+    /// Checks the knobs (what a coordinator checks when it starts).
+    pub fn validate(&self) -> Result<(), String> {
+        self.chunking.validate()
+    }
 }
 
 /// A collection's shape as the control plane records it, read once per ingest or query.
@@ -232,7 +237,7 @@ impl Coordinator {
         control: Control,
         route: CollectionRoute,
     ) -> Result<Self, RetrievalError> {
-        route.chunking.validate().map_err(RetrievalError::Invalid)?;
+        route.validate().map_err(RetrievalError::Invalid)?;
         Ok(Coordinator {
             scope: scope.into(),
             control,

@@ -70,9 +70,10 @@ pub enum AuthFailure {
     /// No token has this id, or the secret does not match: the two are not told apart.
     #[error("token refused: it is unknown or revoked, or its secret is wrong")]
     Unknown,
-    /// The node has no tokens file, so it accepts no token at all.
+    /// The node has no tokens file, so it accepts no token at all. The client is not told
+    /// where the node looks for it (the node's own log says).
     #[error(
-        "no tokens file exists at {path}, so no token is accepted: create one with \
+        "this node has no tokens file, so it accepts no token: its operator creates one with \
          `arbor token create --role admin`"
     )]
     NoTokensFile { path: PathBuf },

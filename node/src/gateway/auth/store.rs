@@ -58,6 +58,13 @@ impl TokenStore {
         // rather than missed.
         let seen = stamp(&path)?;
         let file = TokenFile::load(&path)?;
+        if !file.exists() {
+            tracing::warn!(
+                path = %path.display(),
+                "no tokens file: the gateway accepts no token until one is created there \
+                 (`arbor token create --role admin`)"
+            );
+        }
         Ok(TokenStore {
             inner: Arc::new(StoreInner {
                 path,
