@@ -13,7 +13,6 @@ mod janitor;
 mod lease;
 mod link;
 pub mod logging;
-mod per_address;
 mod runtime;
 
 pub use call::Caller;

@@ -20,6 +20,7 @@ pub mod gateway;
 pub mod ids;
 pub mod json_text;
 pub mod metric;
+pub mod per_address;
 pub mod results;
 pub mod role;
 

@@ -93,6 +93,10 @@ pub struct TransportConfig {
     /// A peer that does not finish the handshake within this is dropped.
     #[serde(with = "millis")]
     pub handshake_timeout: Duration,
+    /// Inbound connections one source address may hold at once (handshaking or not): a node
+    /// needs one per peer node on that machine, so a machine that opens many more is not a
+    /// node, and must not take every socket the port has.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for TransportConfig {
@@ -104,6 +108,7 @@ impl Default for TransportConfig {
             min_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(5),
+            max_connections_per_address: 64,
         }
     }
 }

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::config::TransportConfig;
 use crate::state::NodeId;
 use crate::tasks::TaskGroup;
+use arbor_proto::per_address::PerAddress;
 
 const GREETING: &[u8] = b"ARBOR-RAFT/1";
 
@@ -323,6 +324,8 @@ struct Inner {
     /// Whether this node's raft storage holds a cluster's state (told to every peer that
     /// connects, so that a node starting empty can tell a new cluster from a running one).
     founded: std::sync::atomic::AtomicBool,
+    /// Inbound connections held per source address.
+    inbound: PerAddress,
 }
 
 /// What this node proves itself with: the cluster secret, and its certificate (with which
@@ -373,6 +376,7 @@ impl Transport {
             peers: Mutex::new(HashMap::new()),
             dropped: Default::default(),
             founded: Default::default(),
+            inbound: PerAddress::default(),
         });
         tasks.spawn(accept_loop(inner.clone(), listener));
         Ok(Transport { inner })
@@ -491,8 +495,18 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     loop {
         match listener.accept().await {
             Ok((stream, remote)) => {
+                let per = inner.config.max_connections_per_address;
+                let Some(place) = inner.inbound.enter(remote.ip(), per) else {
+                    debug!(
+                        node = inner.me,
+                        %remote,
+                        "raft connection closed: its address holds {per} already"
+                    );
+                    continue;
+                };
                 let inner2 = inner.clone();
                 inner.tasks.spawn(async move {
+                    let _place = place;
                     if let Err(e) = serve_peer(inner2.clone(), stream).await {
                         match e {
                             TransportError::SecretMismatch(_)

@@ -11,6 +11,7 @@ use arbor_scheduler::{Bootstrap, NodeConfig, RaftNode};
 use arbor_tls::issue::{NodeNames, init};
 use arbor_tls::{NodeTls, TlsDir, peer_server_name};
 use common::{SECRET, kv, put};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 fn certificates(dir: &std::path::Path, ids: &[u64]) -> TlsDir {
@@ -114,8 +115,35 @@ async fn three_voters_over_mutual_tls_commit_and_refuse_impostors() {
         .await;
     assert!(refused.is_err(), "a certificate of another CA was accepted");
 
-    // The cluster still serves.
+    // One machine (127.0.0.2) opening idle connections: past the per-address limit (64) each
+    // is closed at once, and the nodes (from 127.0.0.1) are not locked out.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        idle.push(socket.connect(addrs[&1].parse().unwrap()).await.unwrap());
+    }
+    // All at once, well within the handshake timeout (which closes the others later).
+    let reads = idle.iter_mut().map(|s| async move {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(Duration::from_millis(500), s.read(&mut byte)).await;
+        matches!(read, Ok(Ok(0)) | Ok(Err(_)))
+    });
+    let closed = futures::future::join_all(reads)
+        .await
+        .into_iter()
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(
+        closed,
+        80 - 64,
+        "connections over the per-address limit are closed at once"
+    );
+
+    // The cluster still serves, through node 1 too.
     nodes[1].handle().propose(put("k2", "v")).await.unwrap();
+    nodes[0].handle().propose(put("k3", "v")).await.unwrap();
+    drop(idle);
     for n in nodes {
         n.shutdown().await;
     }

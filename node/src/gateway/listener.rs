@@ -200,7 +200,7 @@ pub(crate) async fn accept(
     tls: Option<arbor_tls::TlsAcceptor>,
 ) {
     let open = Arc::new(AtomicUsize::new(0));
-    let per_address = crate::per_address::PerAddress::default();
+    let per_address = arbor_proto::per_address::PerAddress::default();
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {

@@ -146,7 +146,7 @@ pub async fn listen(
     tls: LinkTls,
     timeout: Duration,
 ) {
-    let in_flight = crate::per_address::PerAddress::default();
+    let in_flight = arbor_proto::per_address::PerAddress::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
