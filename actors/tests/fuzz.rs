@@ -1,12 +1,16 @@
 //! Fuzzing what actors read from the network: every cross-node payload is bincode behind
-//! [`arbor_actors::wire::decode`] (with its decode limit), and metadata filters come from
-//! clients as JSON text. Arbitrary bytes, and bytes one edit away from a real message, must
+//! [`arbor_actors::wire::decode`] (with its decode limit): requests and replies of
+//! coordinators, partitions (their replication and catch-up too), embedders, models and
+//! generic calls. Metadata filters come from clients as JSON text. Arbitrary bytes, and bytes one edit away from a real message, must
 //! decode or be refused, never panic or allocate past the limit.
 //! `PROPTEST_CASES=1000000 cargo test -p arbor-actors --test fuzz --release` for a long run.
 
-use arbor_actors::partition::{MetadataFilter, PartitionRequest};
-use arbor_actors::replica::EmbedRequest;
-use arbor_actors::retrieval::{QueryInput, QueryRequest, RetrievalRequest};
+use arbor_actors::kinds::model::{ModelReply, ModelRequest};
+use arbor_actors::partition::{
+    MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, VectorRecord, WriteOp,
+};
+use arbor_actors::replica::{CallReply, CallRequest, EmbedReply, EmbedRequest};
+use arbor_actors::retrieval::{QueryInput, QueryRequest, RetrievalReply, RetrievalRequest};
 use arbor_actors::wire::{decode, encode};
 use proptest::prelude::*;
 
@@ -36,14 +40,52 @@ fn seeds() -> Vec<Vec<u8>> {
             texts: vec!["a".into(), "b".into()],
         })
         .unwrap(),
+        // Replication: a primary's write passed on, a catch-up page and its answer.
+        encode(&PartitionRequest::Replicate {
+            epoch: 3,
+            seq: 41,
+            op: WriteOp::Upsert(vec![row(7), row(8)]),
+        })
+        .unwrap(),
+        encode(&PartitionRequest::Changes {
+            after: (3, 40),
+            limit: 2048,
+        })
+        .unwrap(),
+        encode::<PartitionReply>(&Ok(PartitionAnswer::Records(vec![row(1), row(2)]))).unwrap(),
+        encode(&ModelRequest::Poll {
+            id: 9,
+            from: 4,
+            wait_ms: 100,
+        })
+        .unwrap(),
+        encode(&CallRequest {
+            payload: br#"{"ms": 1}"#.to_vec(),
+        })
+        .unwrap(),
     ]
+}
+
+fn row(id: u64) -> VectorRecord {
+    VectorRecord {
+        id,
+        vector: vec![0.5, -0.25, 1.0, 0.0],
+        metadata: r#"{"lang":"en"}"#.into(),
+    }
 }
 
 /// Decodes `bytes` as every cross-node type this suite covers.
 fn decode_all(bytes: &[u8]) {
     let _ = decode::<RetrievalRequest>(bytes);
+    let _ = decode::<RetrievalReply>(bytes);
     let _ = decode::<PartitionRequest>(bytes);
+    let _ = decode::<PartitionReply>(bytes);
     let _ = decode::<EmbedRequest>(bytes);
+    let _ = decode::<EmbedReply>(bytes);
+    let _ = decode::<ModelRequest>(bytes);
+    let _ = decode::<ModelReply>(bytes);
+    let _ = decode::<CallRequest>(bytes);
+    let _ = decode::<CallReply>(bytes);
 }
 
 proptest! {
@@ -54,7 +96,7 @@ proptest! {
 
     #[test]
     fn mutated_messages_decode_or_are_refused(
-        seed in 0usize..4,
+        seed in 0usize..9,
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
         cut in any::<prop::sample::Index>(),
     ) {

@@ -744,4 +744,73 @@ mod tests {
             (0, ErrorCode::JobFailed, "partition 1 is down")
         );
     }
+
+    /// Fuzzing the `.jsonl` reader: arbitrary lines, and lines made of a document's own keys
+    /// and JSON pieces, must give a document or an error that says what is wrong; what parses
+    /// is batched within its limits. `PROPTEST_CASES=N cargo test -p arbor-cli --bin arbor
+    /// jsonl_fuzz` for a long run.
+    mod jsonl_fuzz {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                ".{0,160}".boxed(),
+                prop::collection::vec(
+                    prop::sample::select(
+                        &[
+                            "{",
+                            "}",
+                            "[",
+                            "]",
+                            ",",
+                            ":",
+                            "\"id\"",
+                            "\"text\"",
+                            "\"title\"",
+                            "\"metadata\"",
+                            "\"vector\"",
+                            "\"a\"",
+                            "\"\"",
+                            "\" \"",
+                            "1",
+                            "-0.5",
+                            "1e400",
+                            "null",
+                            "true",
+                            "\"\\u0000\"",
+                            "\"\\ud800\"",
+                            "{\"lang\":\"en\"}",
+                            "[0.5,0.25]",
+                            "\u{feff}",
+                            "\"é\"",
+                        ][..],
+                    ),
+                    0..40,
+                )
+                .prop_map(|t| t.concat())
+                .boxed(),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn lines_parse_or_say_what_is_wrong(lines in prop::collection::vec(line(), 1..8)) {
+                let mut docs = Vec::new();
+                for l in &lines {
+                    match parse_line(l) {
+                        Ok(doc) => {
+                            prop_assert!(!doc.id.trim().is_empty());
+                            docs.push(doc);
+                        }
+                        Err(e) => prop_assert!(!e.is_empty()),
+                    }
+                }
+                let n = docs.len();
+                let out = batches(docs, 2, 256);
+                prop_assert_eq!(out.iter().map(Vec::len).sum::<usize>(), n);
+                prop_assert!(out.iter().all(|b| !b.is_empty() && b.len() <= 2));
+            }
+        }
+    }
 }

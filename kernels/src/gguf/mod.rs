@@ -672,4 +672,151 @@ pub(crate) mod tests {
                 .contains("nested")
         );
     }
+
+    /// Fuzzing the GGUF reader and what reads a parsed file (the Llama config and tokenizer):
+    /// arbitrary bytes, a small Llama file with bytes changed or cut, and files built from
+    /// random entries of every value type and random tensors of every dtype. Each must end in
+    /// a value or an error, never a panic or an allocation the file's size does not back.
+    /// `PROPTEST_CASES=N cargo test -p arbor-kernels --lib gguf::tests::fuzz` for a long run.
+    mod fuzz {
+        use super::*;
+        use crate::llama::{LlamaConfig, Tokenizer};
+        use proptest::prelude::*;
+
+        fn strings(items: &[&str]) -> Vec<u8> {
+            let mut arr = 8u32.to_le_bytes().to_vec();
+            arr.extend((items.len() as u64).to_le_bytes());
+            for item in items {
+                arr.extend(string(item));
+            }
+            arr
+        }
+
+        /// A small but complete Llama file's header: the seed that mutations start from.
+        fn llama() -> Vec<u8> {
+            let q8: Vec<u8> = [0x00, 0x3c].into_iter().chain(1..=32u8).collect();
+            Builder::default()
+                .kv("general.architecture", 8, &string("llama"))
+                .kv("llama.embedding_length", 4, &8u32.to_le_bytes())
+                .kv("llama.attention.head_count", 4, &2u32.to_le_bytes())
+                .kv("llama.attention.head_count_kv", 4, &1u32.to_le_bytes())
+                .kv("llama.block_count", 4, &1u32.to_le_bytes())
+                .kv("llama.context_length", 4, &64u32.to_le_bytes())
+                .kv("llama.feed_forward_length", 4, &16u32.to_le_bytes())
+                .kv("llama.rope.freq_base", 6, &10000f32.to_le_bytes())
+                .kv("tokenizer.ggml.model", 8, &string("gpt2"))
+                .kv(
+                    "tokenizer.ggml.tokens",
+                    9,
+                    &strings(&["a", "b", "ab", "<|end|>"]),
+                )
+                .kv("tokenizer.ggml.merges", 9, &strings(&["a b"]))
+                .kv("tokenizer.ggml.eos_token_id", 4, &3u32.to_le_bytes())
+                .tensor("token_embd.weight", &[8, 4], 0, &[0u8; 128])
+                .tensor("blk.0.attn_q.weight", &[32], 8, &q8)
+                .tensor("output_norm.weight", &[8], 1, &[0x00, 0x3c].repeat(8))
+                .build()
+        }
+
+        /// Everything a loader reads from a parsed file.
+        fn read_all(bytes: Vec<u8>) {
+            let Ok(g) = Gguf::parse(bytes) else { return };
+            for key in g.metadata().keys() {
+                let _ = g.get_u64(key);
+                let _ = g.get_f64(key);
+                let _ = g.get_str(key);
+                let _ = g.get_strings(key);
+            }
+            let names: Vec<String> = g.tensors().iter().map(|t| t.name.clone()).collect();
+            for name in names {
+                let _ = g.dequantize(&name);
+            }
+            let _ = LlamaConfig::from_gguf(&g);
+            let _ = Tokenizer::from_gguf(&g);
+        }
+
+        /// A metadata value of a random type (0 to 12, or an unknown tag) and random bytes.
+        fn value() -> impl Strategy<Value = (u32, Vec<u8>)> {
+            prop_oneof![
+                (0u32..13, prop::collection::vec(any::<u8>(), 0..24)),
+                (0u32..13).prop_map(|t| (t, 2u64.to_le_bytes().to_vec())),
+                ".{0,12}".prop_map(|s| (8u32, string(&s))),
+                prop::collection::vec(".{0,6}", 0..5).prop_map(|items| {
+                    let items: Vec<&str> = items.iter().map(String::as_str).collect();
+                    (9u32, strings(&items))
+                }),
+                any::<u32>().prop_map(|t| (t, vec![0; 8])),
+            ]
+        }
+
+        /// A tensor: dims, a dtype tag (known ones and others) and some data.
+        fn tensor() -> impl Strategy<Value = (Vec<u64>, u32, Vec<u8>)> {
+            (
+                prop::collection::vec(prop_oneof![0u64..70, any::<u64>()], 0..4),
+                prop_oneof![
+                    prop::sample::select(vec![0u32, 1, 2, 3, 8, 30]),
+                    any::<u32>()
+                ],
+                prop::collection::vec(any::<u8>(), 0..160),
+            )
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_bytes_parse_or_are_refused(
+                bytes in prop::collection::vec(any::<u8>(), 0..256),
+                header in any::<bool>(),
+            ) {
+                // With a valid magic and version, parsing goes past the first check.
+                let bytes = if header {
+                    let mut b = b"GGUF".to_vec();
+                    b.extend(3u32.to_le_bytes());
+                    b.extend(bytes);
+                    b
+                } else {
+                    bytes
+                };
+                read_all(bytes);
+            }
+
+            #[test]
+            fn a_mutated_llama_file_parses_or_is_refused(
+                edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut bytes = llama();
+                for (at, b) in edits {
+                    let i = at.index(bytes.len());
+                    bytes[i] = b;
+                }
+                let cut = cut.index(bytes.len() + 1);
+                read_all(bytes[..cut].to_vec());
+                read_all(bytes);
+            }
+
+            #[test]
+            fn built_files_parse_or_are_refused(
+                kvs in prop::collection::vec((".{0,24}", value()), 0..8),
+                tensors in prop::collection::vec((".{0,12}", tensor()), 0..4),
+            ) {
+                let mut b = Builder::default();
+                for (key, (tag, bytes)) in &kvs {
+                    b = b.kv(key, *tag, bytes);
+                }
+                for (name, (dims, tag, data)) in &tensors {
+                    b = b.tensor(name, dims, *tag, data);
+                }
+                read_all(b.build());
+            }
+        }
+
+        #[test]
+        fn the_seed_is_a_llama_file() {
+            let g = Gguf::parse(llama()).unwrap();
+            let config = LlamaConfig::from_gguf(&g).unwrap();
+            assert_eq!((config.d_model, config.n_heads, config.n_layers), (8, 2, 1));
+            assert!(Tokenizer::from_gguf(&g).is_ok());
+            assert_eq!(g.dequantize("blk.0.attn_q.weight").unwrap().1.len(), 32);
+        }
+    }
 }
