@@ -174,6 +174,10 @@ pub struct GatewaySection {
     pub auth_timeout: Duration,
     /// Connections one source address may hold open at once; more are closed at once.
     pub max_connections_per_address: usize,
+    /// Connections not yet authenticated the node holds at once, from all addresses; more are
+    /// closed at once, so idle or slow sockets cannot take the places clients need. Each may
+    /// send 64 KiB before it authenticates.
+    pub max_unauthenticated: usize,
     /// Bytes of answers and events one connection may have waiting to be sent; a client that
     /// does not read past this is disconnected. It must hold the largest single answer.
     pub max_queued_bytes: usize,
@@ -191,6 +195,7 @@ impl Default for GatewaySection {
             auth_timeout: Duration::from_secs(10),
             max_queued_bytes: 32 << 20,
             max_connections_per_address: 256,
+            max_unauthenticated: 512,
         }
     }
 }
@@ -604,6 +609,7 @@ impl ClusterConfig {
                 "gateway.max_connections_per_address",
                 g.max_connections_per_address,
             ),
+            ("gateway.max_unauthenticated", g.max_unauthenticated),
         ] {
             if value == 0 {
                 return Err(self.invalid(field, "must be positive"));

@@ -28,6 +28,7 @@ use super::jobs::{JobTable, now_ms};
 use super::kinds::{Env, summarize};
 use crate::config::{GatewaySection, NodeId};
 use crate::gateway::jobs::{RecordIndex, janitor};
+use crate::gateway::pre_auth::{Gate, Metered};
 use crate::gateway::session::Session;
 use arbor_proto::gateway::{Limits, ServerMsg, encode};
 
@@ -201,6 +202,7 @@ pub(crate) async fn accept(
 ) {
     let open = Arc::new(AtomicUsize::new(0));
     let per_address = arbor_proto::per_address::PerAddress::default();
+    let waiting = Arc::new(AtomicUsize::new(0));
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -210,6 +212,10 @@ pub(crate) async fn accept(
                 let per = shared.settings.max_connections_per_address;
                 let Some(place) = per_address.enter(peer.ip(), per) else {
                     tracing::debug!(%peer, "gateway: closed a connection over max_connections_per_address");
+                    continue;
+                };
+                let Some(gate) = Gate::enter(&waiting, shared.settings.max_unauthenticated) else {
+                    tracing::debug!(%peer, "gateway: closed a connection over max_unauthenticated");
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -223,7 +229,10 @@ pub(crate) async fn accept(
                     let _place = place;
                     match tls {
                         None if over => refuse_connection(shared, stream, max).await,
-                        None => connection(shared, stream, peer).await,
+                        None => {
+                            let stream = Metered::new(stream, gate.clone());
+                            connection(shared, stream, peer, gate).await
+                        }
                         Some(tls) => {
                             // The TLS handshake counts against the same deadline as auth.
                             let handshake = tokio::time::timeout(
@@ -233,7 +242,10 @@ pub(crate) async fn accept(
                             .await;
                             match handshake {
                                 Ok(Ok(s)) if over => refuse_connection(shared, s, max).await,
-                                Ok(Ok(s)) => connection(shared, s, peer).await,
+                                Ok(Ok(s)) => {
+                                    let s = Metered::new(s, gate.clone());
+                                    connection(shared, s, peer, gate).await
+                                }
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, "gateway TLS handshake failed: {e}")
                                 }
@@ -302,7 +314,7 @@ pub(crate) async fn keep_summary(
 }
 
 /// One client connection, from handshake to close.
-pub(crate) async fn connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr)
+pub(crate) async fn connection<S>(shared: Arc<Shared>, stream: S, peer: SocketAddr, gate: Arc<Gate>)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -373,6 +385,7 @@ where
         failed_auths: 0,
         in_flight: Arc::new(AtomicUsize::new(0)),
         subscriptions: Arc::default(),
+        gate,
     };
     let deadline = tokio::time::Instant::now() + session.shared.settings.auth_timeout;
     let mut token_changes = session.shared.tokens.changes();

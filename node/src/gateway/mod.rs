@@ -3,6 +3,7 @@
 //!
 //! * [`auth`]: the hashed tokens file and its roles, reloaded while nodes run;
 //! * `listener`: accept, connection limits, a connection's reader and writer;
+//! * `pre_auth`: the places and bytes an unauthenticated client may take;
 //! * `session`: a connection's session (auth, submit, subscribe, status, cancel);
 //! * `jobs`: a job's life cycle, its record in the control plane, the janitor, and the
 //!   table of the jobs a node runs;
@@ -14,6 +15,7 @@ pub mod auth;
 mod jobs;
 mod kinds;
 mod listener;
+mod pre_auth;
 mod session;
 
 pub use listener::{Gateway, GatewayArgs};

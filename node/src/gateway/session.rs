@@ -33,6 +33,8 @@ pub(crate) struct Session {
     pub(crate) in_flight: Arc<AtomicUsize>,
     /// Subscriptions of this connection still following a job.
     pub(crate) subscriptions: Arc<AtomicUsize>,
+    /// Its place among unauthenticated connections, passed at a good `auth`.
+    pub(crate) gate: Arc<crate::gateway::pre_auth::Gate>,
 }
 
 /// Subscriptions one connection may have following jobs at once: each is a task, and one on a
@@ -217,6 +219,7 @@ impl Session {
                     token_id: info.id.clone(),
                     limits: self.shared.limits(),
                 });
+                self.gate.pass();
                 self.auth = Some(Auth {
                     token_id: info.id,
                     role: info.role,
