@@ -218,10 +218,11 @@ impl JobRecords {
         while owner_records > OWNER_RECORDS_MAX || owner_bytes > OWNER_BYTES_MAX {
             let Some((_, old)) = own.as_mut().and_then(Iterator::next) else {
                 return Err(Rejection::Quota(format!(
-                    "token {owner:?} holds {records} job records ({bytes} bytes) whose jobs \
-                     are still running, the most one token may (at most {OWNER_RECORDS_MAX} \
-                     records and {OWNER_BYTES_MAX} bytes); submit without `record` or wait \
-                     for some to finish"
+                    "token {owner:?} holds {records} job records ({bytes} bytes) and its \
+                     running jobs' records leave no room for another (a token may hold \
+                     {OWNER_RECORDS_MAX} records and {OWNER_BYTES_MAX} bytes, a running job \
+                     counting {MAX_RECORDED_RESULT} for its result); submit without \
+                     `record` or wait for some to finish"
                 )));
             };
             let c = self.records[old].cost(old);
@@ -253,10 +254,10 @@ impl JobRecords {
             while table_records > TABLE_RECORDS_MAX || table_bytes > TABLE_BYTES_MAX {
                 let Some((_, old)) = candidates.next() else {
                     return Err(Rejection::Quota(format!(
-                        "the cluster holds {} job records ({} bytes) whose jobs are still \
-                         running, the most it keeps (at most {TABLE_RECORDS_MAX} records and \
-                         {TABLE_BYTES_MAX} bytes); submit without `record` or wait for some \
-                         to finish",
+                        "the cluster holds {} job records ({} bytes) and its running jobs' \
+                         records leave no room for another (it keeps {TABLE_RECORDS_MAX} \
+                         records and {TABLE_BYTES_MAX} bytes); submit without `record` or \
+                         wait for some to finish",
                         self.records.len(),
                         self.bytes
                     )));
