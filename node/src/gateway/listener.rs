@@ -352,6 +352,7 @@ where
     let writer = tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
+            let mut yielded = false;
             while let Some(out) = next.take() {
                 match out {
                     Queued::Text(text) => {
@@ -372,6 +373,14 @@ where
                     }
                 }
                 next = rx.try_recv().ok();
+                if next.is_none() && !yielded {
+                    // A job's answers come in a burst (accepted, running, result, end) from a
+                    // task that may run on another worker: one yield lets the burst go out as
+                    // one write (one TLS record, one wakeup of the client) instead of several.
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                    next = rx.try_recv().ok();
+                }
             }
             if sink.flush().await.is_err() {
                 return;
