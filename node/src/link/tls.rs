@@ -243,10 +243,7 @@ mod tests {
         name: NodeId,
         cert: NodeId,
     ) -> mpsc::UnboundedReceiver<Seen> {
-        let Transport::Tls(dir) = &config.tls else {
-            unreachable!()
-        };
-        let tls = LinkTls::new(&arbor_tls::NodeTls::load(dir, cert).unwrap()).unwrap();
+        let tls = LinkTls::new(&arbor_tls::NodeTls::load(dir_of(config), cert).unwrap()).unwrap();
         let server = NodeServer::new(
             0,
             secret.cookie(),
@@ -339,6 +336,48 @@ mod tests {
             Some(Seen::Ready)
         );
         assert_eq!(next(&mut honest, Duration::from_secs(2)).await, None);
+
+        // A plaintext peer (ractor's own framing, no TLS) never gets a session: closed.
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let closed_within = async |s: &mut (dyn AsyncRead + Unpin + Send), within: Duration| {
+            let mut buf = [0u8; 64];
+            loop {
+                match tokio::time::timeout(within, s.read(&mut buf)).await {
+                    Ok(Ok(0) | Err(_)) => return true,
+                    Ok(Ok(_)) => continue,
+                    Err(_) => return false,
+                }
+            }
+        };
+        let mut plain = TcpStream::connect(config.nodes[0].actors).await.unwrap();
+        let _ = plain
+            .write_all(&[0, 0, 0, 8, 10, 6, b'n', b'o', b'd', b'e', b'-', b'2'])
+            .await;
+        assert!(
+            closed_within(&mut plain, Duration::from_secs(5)).await,
+            "a plaintext peer was held"
+        );
+
+        // A peer with a good certificate that then says nothing (ractor's handshake never
+        // starts) is closed after the handshake timeout (1.5 s), not held.
+        let tcp = TcpStream::connect(config.nodes[0].actors).await.unwrap();
+        let n2 = LinkTls::new(&arbor_tls::NodeTls::load(dir_of(&config), 2).unwrap()).unwrap();
+        let mut silent = n2
+            .connector
+            .connect(arbor_tls::peer_server_name(1), tcp)
+            .await
+            .unwrap();
+        assert!(
+            closed_within(&mut silent, Duration::from_secs(6)).await,
+            "a silent peer with a good certificate was held"
+        );
         node.shutdown().await;
+    }
+
+    fn dir_of(config: &ClusterConfig) -> &arbor_tls::TlsDir {
+        match &config.tls {
+            Transport::Tls(dir) => dir,
+            _ => unreachable!(),
+        }
     }
 }
