@@ -555,6 +555,24 @@ async fn the_gateway_end_to_end() {
         .all(|w| w[0]["submitted_ms"].as_u64() >= w[1]["submitted_ms"].as_u64());
     assert!(newest_first, "{jobs}");
 
+    // One connection follows at most 256 jobs at once (the review's 50,000 subscriptions on
+    // one connection fanned a 3-event job out to 150,000 messages).
+    let long = ws
+        .submit(json!({"kind": "call", "deployment": "spin", "payload": "{\"ms\": 4000}"}))
+        .await;
+    let mut follower = Ws::authed(&g1, &admin).await;
+    for _ in 0..256 {
+        follower
+            .send(json!({"type": "subscribe", "job": long}))
+            .await;
+    }
+    follower
+        .send(json!({"type": "subscribe", "job": long}))
+        .await;
+    let (refused, _) = follower.until("error", None).await;
+    assert_eq!(refused["code"], "overloaded", "{refused}");
+    drop(follower);
+
     // Revoking a token ends its running jobs and closes its connections at once, idle ones
     // too (the review's revoked token still streamed its job's result 6 s later).
     let doomed = token(&c, "user");

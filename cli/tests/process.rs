@@ -92,6 +92,15 @@ fn a_killed_node_is_seen_down_and_back_up_after_restart() {
     wait_until(&config, secret, "all nodes up", |s| {
         s.len() == 3 && s.iter().all(|(_, st)| st == "up")
     });
+    // A node's data is its account's alone (the review found 0755 and 0644): the folder
+    // 0700, the Raft log 0600.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let data = config.with_file_name("node-1");
+        assert_eq!(mode(&data), 0o700, "{}", data.display());
+        assert_eq!(mode(&data.join("raft.redb")), 0o600);
+    }
 
     nodes[2].sigkill();
     let down = wait_until(&config, secret, "node 3 down", |s| {

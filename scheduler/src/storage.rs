@@ -94,6 +94,18 @@ impl RedbStorage {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let p = path.display().to_string();
         let db = Database::create(path).map_err(|e| redb_err(&p, e))?;
+        // The log holds job records and prompts: only the node's account may read it (redb
+        // creates its file with the process umask, 0644 by default).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| StoreError::Inconsistent {
+                    path: p.clone(),
+                    detail: format!("cannot make it private (0600): {e}"),
+                },
+            )?;
+        }
         let mut store = RedbStorage {
             db,
             path: p,

@@ -319,6 +319,18 @@ impl Store {
                 }
                 e => redb_err(&p, e),
             })?;
+        // Rows hold document text: only the node's account may read them (redb creates its
+        // file with the process umask, 0644 by default).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+                |e| StoreError::Io {
+                    path: p.clone(),
+                    detail: format!("cannot make it private (0600): {e}"),
+                },
+            )?;
+        }
         let mut store = Store {
             db,
             path: p,
@@ -1209,6 +1221,10 @@ mod tests {
             Store::open(&path, 2, Metric::Dot),
             Err(StoreError::AlreadyOpen { .. })
         ));
+        // Rows hold document text: the file is the node's account's alone.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
     }
 
     #[test]

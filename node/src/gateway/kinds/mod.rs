@@ -551,6 +551,11 @@ mod tests {
                 r#"{"kind":"generate","prompt":"p","max_tokens":0}"#,
                 "job.max_tokens",
             ),
+            // The model's own limit (the review's 4096 was accepted, then failed there).
+            (
+                r#"{"kind":"generate","prompt":"p","max_tokens":2049}"#,
+                "job.max_tokens",
+            ),
             (
                 r#"{"kind":"query","collection":"c","vector":[]}"#,
                 "job.vector",
