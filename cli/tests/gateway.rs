@@ -572,6 +572,14 @@ async fn the_gateway_end_to_end() {
     let (refused, _) = follower.until("error", None).await;
     assert_eq!(refused["code"], "overloaded", "{refused}");
     drop(follower);
+    // Cancelled, so that it does not count against the in-flight limits tested below.
+    ws.send(json!({"type": "cancel", "job": long})).await;
+    loop {
+        let (m, _) = ws.until("event", Some(&long)).await;
+        if !["queued", "running"].contains(&m["state"].as_str().unwrap_or_default()) {
+            break;
+        }
+    }
 
     // Revoking a token ends its running jobs and closes its connections at once, idle ones
     // too (the review's revoked token still streamed its job's result 6 s later).
