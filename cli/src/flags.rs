@@ -335,21 +335,38 @@ pub enum NodeAction {
 
 #[derive(Subcommand)]
 pub enum LocalCommand {
-    /// Embed texts with all-MiniLM-L6-v2 and print {"model", "dim", "embeddings"}.
+    /// Embed texts and print {"model", "dim", "embeddings"} (all-MiniLM-L6-v2 unless --model).
     Embed {
         /// Where scripts/fetch-models.sh put the models (default: $ARBOR_MODELS, else
         /// ~/.cache/arbor/models).
         #[arg(long)]
         models: Option<PathBuf>,
+        /// A BERT-family sentence-embedding model: its folder, by name under the models dir
+        /// or by path (default: all-MiniLM-L6-v2).
+        #[arg(long)]
+        model: Option<String>,
         #[arg(long, default_value = "cpu")]
         device: Device,
-        #[arg(required = true)]
+        /// Texts per forward pass.
+        #[arg(long, default_value_t = arbor_kernels::embed::DEFAULT_BATCH_SIZE)]
+        batch_size: usize,
+        /// Read the texts from this file, one per line, after those given as arguments.
+        #[arg(long)]
+        texts_file: Option<PathBuf>,
+        /// Add {"timings": {"load_ms", "embed_ms"}} to the output.
+        #[arg(long)]
+        timings: bool,
+        #[arg(required_unless_present = "texts_file")]
         texts: Vec<String>,
     },
-    /// Answer a prompt with SmolLM2-135M-Instruct, streamed to stdout.
+    /// Answer prompts with a Llama-family GGUF model (SmolLM2-135M-Instruct unless --model),
+    /// streamed to stdout; several prompts are generated together, as one batch.
     Generate {
         #[arg(long)]
         models: Option<PathBuf>,
+        /// The GGUF file: by name under the models dir (".gguf" may be left out) or by path.
+        #[arg(long)]
+        model: Option<String>,
         #[arg(long, default_value = "cpu")]
         device: Device,
         #[arg(long, default_value_t = 128)]
@@ -364,10 +381,19 @@ pub enum LocalCommand {
         top_p: f32,
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Print {"text", "token_ids", "finish_reason"} at the end instead of streaming.
+        /// Feed the prompt as it is, without the model's chat template.
+        #[arg(long)]
+        raw: bool,
+        /// Print {"text", "token_ids", "finish_reason"} per prompt, one line each, at the
+        /// end instead of streaming.
         #[arg(long)]
         json: bool,
-        prompt: String,
+        /// With --json: add {"timings": {"load_ms", "prompt_tokens", "first_token_ms",
+        /// "total_ms"}} (from the start of generation to the prompt's first and last token).
+        #[arg(long, requires = "json")]
+        timings: bool,
+        #[arg(required = true)]
+        prompts: Vec<String>,
     },
 }
 

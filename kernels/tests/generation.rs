@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use arbor_kernels::Device;
-use arbor_kernels::llama::{FinishReason, GenerateParams, Llama, Message, Role, Sampling};
+use arbor_kernels::llama::{
+    Activations, FinishReason, GenerateParams, Llama, Message, Role, Sampling,
+};
 use arbor_kernels::models::{SMOLLM2_GGUF, models_dir};
 use serde::Deserialize;
 
@@ -63,7 +65,13 @@ fn model_path() -> PathBuf {
 
 fn llama() -> &'static Llama {
     static LLAMA: OnceLock<Llama> = OnceLock::new();
-    LLAMA.get_or_init(|| Llama::load(model_path(), Device::Cpu).expect("the model loads"))
+    // The reference computed in f32: so does this model (the default rounds activations to
+    // 8 bits, as llama.cpp does; tests/generation_llamacpp.rs compares that with llama.cpp).
+    LLAMA.get_or_init(|| {
+        Llama::load(model_path(), Device::Cpu)
+            .expect("the model loads")
+            .with_activations(Activations::F32)
+    })
 }
 
 #[test]

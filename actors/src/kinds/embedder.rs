@@ -66,6 +66,10 @@ pub enum DeviceChoice {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmbedderConfig {
+    /// The model's folder under the models dir (safetensors, `tokenizer.json`, config and
+    /// sentence-transformers' pooling files). Unset: all-MiniLM-L6-v2.
+    #[serde(default)]
+    pub model: Option<String>,
     /// Unset: the first assigned GPU if there is one, else the CPU.
     #[serde(default)]
     pub device: Option<DeviceChoice>,
@@ -74,6 +78,19 @@ pub struct EmbedderConfig {
 }
 
 impl EmbedderConfig {
+    /// What can be checked without the node: the batching bounds and the model's name.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if let Some(name) = &self.model {
+            arbor_kernels::models::check_name(name)?;
+        }
+        self.batching.validate()
+    }
+
+    /// The model's folder on a node with this models dir.
+    pub fn model_dir(&self, models_dir: &std::path::Path) -> std::path::PathBuf {
+        arbor_kernels::models::embedder_dir(models_dir, self.model.as_deref())
+    }
+
     /// The device to load the model onto, given the GPUs assigned to the replica.
     pub fn device(&self, assigned: &[u32]) -> Result<Device, String> {
         let first_gpu = assigned.first().map(|&i| Device::Cuda(i as usize));
@@ -489,27 +506,28 @@ impl ReplicaKind for EmbedderReplica {
         );
         let config: EmbedderConfig = parse_config(Kind::Embedder, &ctx)?;
         config
-            .batching
-            .validate()
+            .check()
             .map_err(|e| format!("bad config for {whose}: {e}"))?;
         let device = config
             .device(&ctx.devices)
             .map_err(|e| format!("bad config for {whose}: {e}"))?;
 
-        // Loading reads ~90 MB and builds the model: not on an async worker thread.
-        let models_dir = ctx.models_dir.clone();
+        // Loading reads the weights and builds the model: not on an async worker thread.
+        let dir = config.model_dir(&ctx.models_dir);
         let started = Instant::now();
-        let embedder = tokio::task::spawn_blocking(move || Embedder::load(&models_dir, device))
-            .await
-            .map_err(|e| format!("{whose}: loading the model panicked: {e}"))?
-            .map_err(|e| {
-                format!(
-                    "{whose} could not load {} onto {device} from {}: {e}",
-                    Embedder::MODEL,
-                    ctx.models_dir.display()
-                )
-            })?;
-        info!(actor_id = %ctx.actor_id, %device, elapsed = ?started.elapsed(), "embedder loaded");
+        let embedder = {
+            let file = dir.clone();
+            tokio::task::spawn_blocking(move || Embedder::load_dir(&file, device))
+                .await
+                .map_err(|e| format!("{whose}: loading the model panicked: {e}"))?
+                .map_err(|e| {
+                    format!(
+                        "{whose} could not load the model in {} onto {device}: {e}",
+                        dir.display()
+                    )
+                })?
+        };
+        info!(actor_id = %ctx.actor_id, %device, model = %dir.display(), dim = embedder.dim(), elapsed = ?started.elapsed(), "embedder loaded");
 
         let encoder: Arc<dyn Encoder> = Arc::new(embedder);
         let shared = Arc::new(Shared {

@@ -259,9 +259,7 @@ pub fn check_config(kind: Kind, config: &str) -> Result<(), String> {
     let checked = match kind {
         Kind::Echo => parse::<echo::EchoConfig>(config).map(drop),
         Kind::Spin => parse::<spin::SpinConfig>(config).map(drop),
-        Kind::Embedder => parse::<embedder::EmbedderConfig>(config)?
-            .batching
-            .validate(),
+        Kind::Embedder => parse::<embedder::EmbedderConfig>(config)?.check(),
         Kind::Model => parse::<model::ModelConfig>(config)?.check(),
         Kind::VectorPartition => {
             required::<partition::PartitionConfig>(config, partition::NEEDED)?.validate()
@@ -271,6 +269,78 @@ pub fn check_config(kind: Kind, config: &str) -> Result<(), String> {
         }
     };
     checked.map_err(|e| format!("bad config for kind {kind}: {e}"))
+}
+
+/// Positions per sequence a model replica is checked to have memory for: the weights and
+/// `max_batch` caches of this many positions (or the context, if shorter) must fit.
+pub const MODEL_CHECKED_POSITIONS: usize = 2048;
+
+/// Checks the model a deployment of `kind` names against this node's models dir, as the
+/// deployment is submitted: the file is there, of an architecture and types the kernels run,
+/// and fits in `memory` bytes. Kinds without a model pass. `config` has passed
+/// [`check_config`].
+pub fn check_model_files(
+    kind: Kind,
+    config: &str,
+    memory: u64,
+    models_dir: &std::path::Path,
+) -> Result<(), String> {
+    fn parse<C: DeserializeOwned + Default>(config: &str) -> Result<C, String> {
+        if config.trim().is_empty() {
+            return Ok(C::default());
+        }
+        serde_json::from_str(config).map_err(|e| e.to_string())
+    }
+    use arbor_scheduler::resources::Bytes;
+    let fits = |what: &str, needed: u64| {
+        if needed > memory {
+            Err(format!(
+                "{what} needs {} of memory; the deployment's resources give {}: raise memory",
+                Bytes(needed.next_multiple_of(1 << 20)),
+                Bytes(memory)
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match kind {
+        Kind::Model => {
+            let config: model::ModelConfig = parse(config)?;
+            let path = config.model_path(models_dir);
+            let summary = arbor_kernels::llama::Llama::inspect(&path)
+                .map_err(|e| format!("model {}: {e}", path.display()))?;
+            fits(
+                &format!(
+                    "model {} with {} sequences of {MODEL_CHECKED_POSITIONS} positions",
+                    path.display(),
+                    config.max_batch
+                ),
+                summary.memory_needed(config.max_batch, MODEL_CHECKED_POSITIONS),
+            )
+        }
+        Kind::Embedder => {
+            let config: embedder::EmbedderConfig = parse(config)?;
+            let dir = config.model_dir(models_dir);
+            let summary = arbor_kernels::embed::Embedder::inspect(&dir)
+                .map_err(|e| format!("model {}: {e}", dir.display()))?;
+            fits(&format!("model {}", dir.display()), summary.weight_bytes)
+        }
+        Kind::Echo | Kind::Spin | Kind::VectorPartition | Kind::RetrievalCoordinator => Ok(()),
+    }
+}
+
+/// The length of the vectors an embedder deployed with `config` makes, read from its model
+/// in `models_dir`; `None` when the config or the model cannot be read here.
+pub fn embedder_dimension(config: &str, models_dir: &std::path::Path) -> Option<usize> {
+    let config: embedder::EmbedderConfig = if config.trim().is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_str(config).ok()?
+    };
+    let dir = config.model_dir(models_dir);
+    arbor_kernels::embed::Embedder::inspect(&dir)
+        .ok()
+        .map(|s| s.dim())
 }
 
 /// Parses a kind's JSON configuration; `""` (or whitespace) means the defaults. The error

@@ -21,6 +21,64 @@ pub struct BertConfig {
     pub layer_norm_eps: f64,
     /// Word pieces per text, `[CLS]` and `[SEP]` included; longer texts are truncated.
     pub max_tokens: usize,
+    /// How token states become one vector (sentence-transformers' `1_Pooling/config.json`).
+    pub pooling: Pooling,
+    /// Whether vectors are scaled to unit length (a `Normalize` module in `modules.json`).
+    pub normalize: bool,
+}
+
+/// How a text's token states are pooled into its embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over the text's real tokens (all-MiniLM-L6-v2).
+    Mean,
+    /// The `[CLS]` token's state (bge-small-en-v1.5).
+    Cls,
+}
+
+#[derive(Deserialize)]
+struct PoolingConfig {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_max_tokens: bool,
+    #[serde(default)]
+    pooling_mode_mean_sqrt_len_tokens: bool,
+    #[serde(default)]
+    pooling_mode_weightedmean_tokens: bool,
+    #[serde(default)]
+    pooling_mode_lasttoken: bool,
+}
+
+impl PoolingConfig {
+    fn pooling(&self) -> Result<Pooling, String> {
+        let others = [
+            (self.pooling_mode_max_tokens, "max"),
+            (self.pooling_mode_mean_sqrt_len_tokens, "mean_sqrt_len"),
+            (self.pooling_mode_weightedmean_tokens, "weightedmean"),
+            (self.pooling_mode_lasttoken, "lasttoken"),
+        ];
+        if let Some((_, name)) = others.iter().find(|(on, _)| *on) {
+            return Err(format!(
+                "{name} pooling is not supported (mean and cls are)"
+            ));
+        }
+        match (self.pooling_mode_cls_token, self.pooling_mode_mean_tokens) {
+            (true, false) => Ok(Pooling::Cls),
+            (false, true) => Ok(Pooling::Mean),
+            (true, true) => Err("cls and mean pooling together are not supported".into()),
+            (false, false) => Err("no pooling mode is set".into()),
+        }
+    }
+}
+
+/// One entry of sentence-transformers' `modules.json`.
+#[derive(Deserialize)]
+struct Module {
+    #[serde(rename = "type")]
+    kind: String,
 }
 
 #[derive(Deserialize)]
@@ -74,7 +132,37 @@ impl BertConfig {
         } else {
             None
         };
-        Self::from_parts(hf, max_seq_length).map_err(|e| EmbedError::bad_file(&path, e))
+        let mut config =
+            Self::from_parts(hf, max_seq_length).map_err(|e| EmbedError::bad_file(&path, e))?;
+        // Without sentence-transformers' files: mean pooling, normalized, as for MiniLM.
+        let pooling_path = dir.join("1_Pooling/config.json");
+        if pooling_path.is_file() {
+            let p: PoolingConfig = serde_json::from_str(&read(&pooling_path)?)
+                .map_err(|e| EmbedError::bad_file(&pooling_path, e))?;
+            config.pooling = p
+                .pooling()
+                .map_err(|e| EmbedError::bad_file(&pooling_path, e))?;
+        }
+        let modules_path = dir.join("modules.json");
+        if modules_path.is_file() {
+            let modules: Vec<Module> = serde_json::from_str(&read(&modules_path)?)
+                .map_err(|e| EmbedError::bad_file(&modules_path, e))?;
+            config.normalize = modules.iter().any(|m| m.kind.ends_with(".Normalize"));
+            if let Some(m) = modules.iter().find(|m| {
+                !m.kind.ends_with(".Transformer")
+                    && !m.kind.ends_with(".Pooling")
+                    && !m.kind.ends_with(".Normalize")
+            }) {
+                return Err(EmbedError::bad_file(
+                    &modules_path,
+                    format!(
+                        "module {:?} is not supported (Transformer, Pooling and Normalize are)",
+                        m.kind
+                    ),
+                ));
+            }
+        }
+        Ok(config)
     }
 
     /// Parses the two JSON documents (the second optional), for tests and in-memory models.
@@ -137,6 +225,8 @@ impl BertConfig {
             type_vocab_size: hf.type_vocab_size,
             layer_norm_eps: hf.layer_norm_eps,
             max_tokens,
+            pooling: Pooling::Mean,
+            normalize: true,
         })
     }
 

@@ -1,6 +1,6 @@
-//! Sentence embeddings with all-MiniLM-L6-v2: a BERT encoder on burn (ndarray on the CPU,
-//! CUDA on a GPU), mean-pooled over the real tokens and L2-normalized, as sentence-transformers
-//! computes them.
+//! Sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2 by default, bge-small and
+//! the like from their folders): a BERT encoder on burn (ndarray on the CPU, CUDA on a GPU),
+//! pooled (mean or `[CLS]`) and normalized as the model's sentence-transformers files say.
 //!
 //! ```no_run
 //! use arbor_kernels::{Device, embed::Embedder, models};
@@ -29,7 +29,7 @@ use burn::backend::{Cuda, NdArray};
 use crate::device::Device;
 use crate::models::MINILM_DIR;
 
-pub use config::BertConfig;
+pub use config::{BertConfig, Pooling};
 use model::Bert;
 use tokenize::{Batch, WordPieces};
 use weights::Weights;
@@ -76,6 +76,21 @@ impl EmbedError {
 enum Engine {
     Cpu(Box<Bert<CpuBackend>>),
     Cuda(Box<Bert<CudaBackend>>),
+}
+
+/// What a sentence-embedding model is, read from its folder without loading it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedderSummary {
+    pub config: BertConfig,
+    /// Size of `model.safetensors`.
+    pub weight_bytes: u64,
+}
+
+impl EmbedderSummary {
+    /// Length of each embedding.
+    pub fn dim(&self) -> usize {
+        self.config.hidden_size
+    }
 }
 
 /// A loaded sentence encoder. `embed` takes `&self`, so one embedder can serve several
@@ -136,6 +151,33 @@ impl Embedder {
             pieces,
             device,
             batch_size: DEFAULT_BATCH_SIZE,
+        })
+    }
+
+    /// Reads a model folder's configuration and checks that its files are there, without
+    /// loading the weights: what a deployment is checked against before a replica loads it.
+    pub fn inspect(dir: impl AsRef<Path>) -> Result<EmbedderSummary, EmbedError> {
+        let dir = dir.as_ref();
+        let missing = || EmbedError::MissingModel {
+            dir: dir.to_owned(),
+        };
+        if !["config.json", "model.safetensors", "tokenizer.json"]
+            .iter()
+            .all(|f| dir.join(f).is_file())
+        {
+            return Err(missing());
+        }
+        let config = BertConfig::load(dir)?;
+        let weights = dir.join("model.safetensors");
+        let weight_bytes = std::fs::metadata(&weights)
+            .map_err(|source| EmbedError::Io {
+                path: weights,
+                source,
+            })?
+            .len();
+        Ok(EmbedderSummary {
+            config,
+            weight_bytes,
         })
     }
 

@@ -1,5 +1,5 @@
-//! The BERT encoder's forward pass on a burn backend, with mean pooling and L2
-//! normalization at the end, as sentence-transformers does for all-MiniLM-L6-v2.
+//! The BERT encoder's forward pass on a burn backend, then the pooling (mean or `[CLS]`) and
+//! the L2 normalization the model's sentence-transformers files ask for.
 //!
 //! The embedding tables stay in host memory: looking up a batch's rows there and uploading
 //! `[tokens, hidden]` is cheaper than keeping a 47 MB table on the device for a gather.
@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 
 use super::EmbedError;
-use super::config::BertConfig;
+use super::config::{BertConfig, Pooling};
 use super::gelu::gelu_in_place;
 use super::tokenize::Batch;
 use super::weights::{HostTensor, Weights};
@@ -231,18 +231,28 @@ impl<B: Backend> Bert<B> {
             x = layer.out_norm.forward(ff + x);
         }
 
-        // Mean over the real tokens, then unit length.
-        let mask = Tensor::<B, 3>::from_data(TensorData::new(mask, [b, t, 1]), &self.device);
-        let counts = mask.clone().sum_dim(1); // [b, 1, 1], at least 2 ([CLS] and [SEP])
-        let pooled = (x.reshape([b, t, h]) * mask).sum_dim(1) / counts;
-        let pooled = pooled.reshape([b, h]);
-        let norm = pooled
-            .clone()
-            .powi_scalar(2)
-            .sum_dim(1)
-            .sqrt()
-            .clamp_min(1e-12);
-        let flat = (pooled / norm)
+        let pooled = match self.config.pooling {
+            Pooling::Mean => {
+                // The mean over the real tokens.
+                let mask =
+                    Tensor::<B, 3>::from_data(TensorData::new(mask, [b, t, 1]), &self.device);
+                let counts = mask.clone().sum_dim(1); // [b, 1, 1], at least 2 ([CLS] and [SEP])
+                ((x.reshape([b, t, h]) * mask).sum_dim(1) / counts).reshape([b, h])
+            }
+            Pooling::Cls => x.reshape([b, t, h]).narrow(1, 0, 1).reshape([b, h]),
+        };
+        let pooled = if self.config.normalize {
+            let norm = pooled
+                .clone()
+                .powi_scalar(2)
+                .sum_dim(1)
+                .sqrt()
+                .clamp_min(1e-12);
+            pooled / norm
+        } else {
+            pooled
+        };
+        let flat = pooled
             .into_data()
             .into_vec::<f32>()
             .map_err(|e| EmbedError::Backend(format!("{e:?}")))?;

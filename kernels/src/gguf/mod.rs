@@ -87,6 +87,11 @@ impl TensorInfo {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Bytes of its data in the file.
+    pub fn bytes(&self) -> usize {
+        self.range.len()
+    }
 }
 
 /// A parsed GGUF file, holding its bytes.
@@ -109,8 +114,43 @@ impl Gguf {
         Self::parse(bytes)
     }
 
+    /// Reads only the metadata and the tensor table of the file at `path` (what checking a
+    /// model before loading it needs), not the tensor data: [`Self::tensor_bytes`] of the
+    /// result is an error. Reads a growing prefix until the table fits.
+    pub fn open_header(path: impl AsRef<Path>) -> Result<Self, GgufError> {
+        use std::io::Read as _;
+        let path = path.as_ref();
+        let io = |source| GgufError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let file_len = file.metadata().map_err(io)?.len();
+        let mut prefix = Vec::new();
+        let mut want: u64 = 4 << 20;
+        loop {
+            let target = want.min(file_len);
+            (&mut file)
+                .take(target - prefix.len() as u64)
+                .read_to_end(&mut prefix)
+                .map_err(io)?;
+            let complete = prefix.len() as u64 >= file_len;
+            match Self::parse_with_len(prefix.clone(), file_len) {
+                Err(GgufError::Truncated { .. }) if !complete => want = want.saturating_mul(2),
+                other => return other,
+            }
+        }
+    }
+
     /// Parses a whole GGUF file held in memory.
     pub fn parse(bytes: Vec<u8>) -> Result<Self, GgufError> {
+        let len = bytes.len() as u64;
+        Self::parse_with_len(bytes, len)
+    }
+
+    /// Parses `bytes`, the first bytes of a file of `file_len` bytes: tensor data may lie
+    /// beyond them.
+    fn parse_with_len(bytes: Vec<u8>, file_len: u64) -> Result<Self, GgufError> {
         let mut r = Reader {
             bytes: &bytes,
             pos: 0,
@@ -177,7 +217,14 @@ impl Gguf {
                 .collect::<Result<Vec<_>, _>>()?;
             let tag = r.u32(&format!("the type of {what}"))?;
             let dtype = GgmlType::from_tag(tag).map_err(|t| {
-                GgufError::invalid(&what, format!("element type {t} is not supported"))
+                let name = GgmlType::tag_name(t).unwrap_or("unknown");
+                GgufError::invalid(
+                    &what,
+                    format!(
+                        "element type {name} ({t}) is not supported \
+                         (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K and Q6_K are)"
+                    ),
+                )
             })?;
             let offset = r.u64(&format!("the offset of {what}"))?;
             if !offset.is_multiple_of(alignment) {
@@ -210,14 +257,13 @@ impl Gguf {
                     "its offset overflows",
                 ));
             };
-            if end > bytes.len() as u64 {
+            if end > file_len {
                 return Err(GgufError::Truncated {
                     what: format!("the data of tensor {name:?}"),
                     offset: usize::try_from(start).unwrap_or(usize::MAX),
                     needed: size,
-                    available: bytes
-                        .len()
-                        .saturating_sub(usize::try_from(start).unwrap_or(usize::MAX)),
+                    available: usize::try_from(file_len.saturating_sub(start))
+                        .unwrap_or(usize::MAX),
                 });
             }
             if tensors.iter().any(|t: &TensorInfo| t.name == name) {
@@ -313,7 +359,13 @@ impl Gguf {
         let info = self
             .tensor(name)
             .ok_or_else(|| GgufError::MissingTensor(name.to_owned()))?;
-        Ok((info, &self.bytes[info.range.clone()]))
+        let bytes = self.bytes.get(info.range.clone()).ok_or_else(|| {
+            GgufError::invalid(
+                format!("tensor {name:?}"),
+                "its data was not read (the file was opened for its header only)",
+            )
+        })?;
+        Ok((info, bytes))
     }
 
     /// A tensor's elements as f32, in ggml order (`dims[0]` fastest).
@@ -617,14 +669,10 @@ pub(crate) mod tests {
                 .contains("blocks")
         );
         let unknown = Builder::default()
-            .tensor("t", &[256], 14, &[0; 210])
+            .tensor("t", &[256], 11, &[0; 110])
             .build();
-        assert!(
-            Gguf::parse(unknown)
-                .unwrap_err()
-                .to_string()
-                .contains("element type 14")
-        );
+        let err = Gguf::parse(unknown).unwrap_err().to_string();
+        assert!(err.contains("element type Q3_K (11)"), "{err}");
         let no_dims = Builder::default().tensor("t", &[], 0, &[]).build();
         assert!(
             Gguf::parse(no_dims)

@@ -1,37 +1,86 @@
-//! The decoder's dense layers: `y = x · Wᵀ`.
+//! The decoder's dense layers: `y = x · Wᵀ`, with `W` kept as the GGUF file stores it.
 //!
-//! On the GPU they are burn matmuls. On the CPU, burn's ndarray backend multiplies through
-//! `matrixmultiply`, which copies (packs) the whole weight matrix on every call: at decode time
-//! the activations are a handful of rows, so each token would read every weight three times.
-//! [`HostMatrix`] instead streams each weight row once and dots it with all activation rows,
-//! spread over threads with rayon (measured in `benches/generate.rs`).
+//! On the GPU they are burn matmuls over f32 weights (`model.rs`). On the CPU (`cpu.rs`),
+//! decoding a token reads every weight once and does little arithmetic per weight, so its
+//! speed is the memory's: the weights stay quantized in memory ([`HostMatrix`] holds the file's blocks, 4.5 to 8.5 bits a weight
+//! instead of 32) and each block is dequantized into registers right before it is used.
+//!
+//! - A few activation rows (decoding, `n ≤ SMALL_BATCH`): each task streams a band of weight
+//!   rows once, dequantizes 256 columns of four rows at a time into a buffer that stays in L1,
+//!   and dots them with every activation row ([`kernel`]): with AVX-512 or AVX2 intrinsics
+//!   (`simd.rs`) or portable Rust, picked at run time.
+//! - Many rows (a prompt): the arithmetic dominates, so the weights are dequantized to f32 once
+//!   per call and multiplied with `matrixmultiply`'s blocked, threaded GEMM.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use burn::tensor::backend::Backend;
-use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-/// A row-major `[rows, cols]` f32 matrix in host memory; clones share the data (the tied
-/// embedding and output head are one matrix).
+use crate::gguf::GgmlType;
+
+/// Columns dequantized at once: a whole number of blocks of every type, 1 KiB of f32.
+pub(super) const TILE: usize = 256;
+/// Weight rows dequantized and dotted together, so each activation load serves four rows.
+pub(super) const ROWS: usize = 4;
+/// Output rows per rayon task: enough work per task to amortize the scheduling.
+const ROWS_PER_TASK: usize = 32;
+/// Up to this many activation rows, the streaming kernel; beyond it, dequantize and GEMM.
+const SMALL_BATCH: usize = 16;
+
+/// A row-major `[rows, cols]` matrix in host memory, in one of the GGUF element types; clones
+/// share the data (the tied embedding and output head are one matrix).
 #[derive(Debug, Clone)]
 pub(crate) struct HostMatrix {
     rows: usize,
     cols: usize,
-    data: Arc<[f32]>,
+    dtype: GgmlType,
+    row_bytes: usize,
+    data: Arc<[u8]>,
+    /// Multiply f32 activations, never 8-bit ones (see [`Self::exact`]).
+    exact: bool,
 }
 
-/// Output rows per rayon task: enough work per task to amortize the scheduling.
-const ROWS_PER_TASK: usize = 32;
-
 impl HostMatrix {
-    pub(crate) fn new(rows: usize, cols: usize, data: Vec<f32>) -> Self {
-        assert_eq!(data.len(), rows * cols, "HostMatrix shape");
-        HostMatrix {
+    /// A matrix from its stored bytes; `Err` says why they do not make `[rows, cols]`.
+    pub(crate) fn new(
+        rows: usize,
+        cols: usize,
+        dtype: GgmlType,
+        data: Vec<u8>,
+    ) -> Result<Self, String> {
+        let row_bytes = dtype
+            .bytes_for(cols as u64)
+            .ok_or_else(|| format!("rows of {cols} are not whole {dtype:?} blocks"))?
+            as usize;
+        if data.len() != rows * row_bytes {
+            return Err(format!(
+                "{} bytes do not hold {rows} rows of {cols} {dtype:?} elements",
+                data.len()
+            ));
+        }
+        Ok(HostMatrix {
             rows,
             cols,
+            dtype,
+            row_bytes,
             data: data.into(),
-        }
+            exact: false,
+        })
+    }
+
+    /// An f32 matrix.
+    #[cfg(test)]
+    pub(crate) fn from_f32(rows: usize, cols: usize, values: &[f32]) -> Self {
+        let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::new(rows, cols, GgmlType::F32, bytes).expect("f32 matrix shape")
+    }
+
+    /// This matrix multiplies the activations as they are, never rounded to 8 bits. For the
+    /// output head: its logits decide the token, and with 8-bit activations SmolLM2's
+    /// answer to a chat prompt began with another token than with f32 ones.
+    pub(crate) fn exact(mut self) -> Self {
+        self.exact = true;
+        self
     }
 
     pub(crate) fn rows(&self) -> usize {
@@ -42,198 +91,434 @@ impl HostMatrix {
         self.cols
     }
 
-    pub(crate) fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.cols..(i + 1) * self.cols]
+    /// Bytes held (shared by clones).
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.len()
     }
 
-    /// `x` is `[n, cols]`; returns `[n, rows]` = x · selfᵀ.
-    pub(crate) fn matmul_t(&self, x: &[f32], n: usize) -> Vec<f32> {
+    fn row_bytes(&self, i: usize) -> &[u8] {
+        &self.data[i * self.row_bytes..(i + 1) * self.row_bytes]
+    }
+
+    /// Dequantizes row `i` into `out` (`cols` long).
+    pub(crate) fn row_into(&self, i: usize, out: &mut [f32]) {
+        self.dtype.dequantize(self.row_bytes(i), out);
+    }
+
+    /// The whole matrix as f32, row-major.
+    pub(crate) fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(i, row)| self.row_into(i, row));
+        out
+    }
+
+    /// Matrices with the same type and row length on top of each other (q, k and v; gate and
+    /// up), so that one pass over the input computes them all; `None` if they differ.
+    pub(crate) fn stack(parts: &[HostMatrix]) -> Option<HostMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.dtype != first.dtype || p.cols != first.cols)
+        {
+            return None;
+        }
+        let data: Vec<u8> = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
+        HostMatrix::new(
+            parts.iter().map(|p| p.rows).sum(),
+            first.cols,
+            first.dtype,
+            data,
+        )
+        .ok()
+    }
+
+    /// `x` is `[n, cols]`; returns `[n, rows]` = x · selfᵀ. With [`Activations::Int8`] (and
+    /// a machine and type that have the path) the activations are rounded to 8 bits first.
+    pub(crate) fn matmul_t(&self, x: &[f32], n: usize, activations: Activations) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "matmul_t input shape");
+        if n > SMALL_BATCH {
+            return self.matmul_t_gemm(x, n);
+        }
+        let isa = Isa::detect();
         // Computed transposed ([rows, n]) so that each task writes one contiguous block.
+        #[cfg(target_arch = "x86_64")]
+        if isa != Isa::Portable
+            && super::simd::has_q8_path(self.dtype)
+            && !self.exact
+            && activations == Activations::Int8
+        {
+            let mut out_t = vec![0f32; self.rows * n];
+            self.matmul_t_q8(x, n, &mut out_t);
+            return transpose(out_t, self.rows, n);
+        }
         let mut out_t = vec![0f32; self.rows * n];
         out_t
             .par_chunks_mut(ROWS_PER_TASK * n)
-            .zip(self.data.par_chunks(ROWS_PER_TASK * self.cols))
-            .for_each(|(out, w)| rows_dot(w, x, self.cols, n, out));
-        if n == 1 {
-            return out_t;
-        }
-        let mut out = vec![0f32; n * self.rows];
-        for (r, row) in out_t.chunks_exact(n).enumerate() {
-            for (t, v) in row.iter().enumerate() {
-                out[t * self.rows + r] = *v;
-            }
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * ROWS_PER_TASK;
+                let rows = first..first + out.len() / n;
+                kernel::rows_dot(isa, self, rows, x, n, out);
+            });
+        transpose(out_t, self.rows, n)
+    }
+
+    /// The integer path: activations quantized to 8 bits once, then integer dot products
+    /// with the weights' blocks, as llama.cpp computes them.
+    #[cfg(target_arch = "x86_64")]
+    fn matmul_t_q8(&self, x: &[f32], n: usize, out_t: &mut [f32]) {
+        let xq = super::simd::quantize_q8(x);
+        let blocks = self.cols / 32;
+        out_t
+            .par_chunks_mut(ROWS_PER_TASK * n)
+            .enumerate()
+            .for_each(|(task, out)| {
+                let first = task * ROWS_PER_TASK;
+                let rows: Vec<&[u8]> = (first..first + out.len() / n)
+                    .map(|r| self.row_bytes(r))
+                    .collect();
+                // SAFETY: `Isa::detect` saw AVX2, FMA and F16C; the type has the path; the
+                // rows and activations have `blocks` blocks each.
+                unsafe { super::simd::rows_q8(self.dtype, &rows, &xq, blocks, n, out) };
+            });
+    }
+
+    fn matmul_t_gemm(&self, x: &[f32], n: usize) -> Vec<f32> {
+        let w = self.to_f32();
+        let (m, k) = (self.rows, self.cols);
+        let mut out = vec![0f32; n * m];
+        // out[n, m] = x[n, k] · w[m, k]ᵀ: w read with its strides swapped.
+        // SAFETY: the pointers cover n × k, m × k and n × m elements, with these strides.
+        unsafe {
+            matrixmultiply::sgemm(
+                n,
+                k,
+                m,
+                1.0,
+                x.as_ptr(),
+                k as isize,
+                1,
+                w.as_ptr(),
+                1,
+                k as isize,
+                0.0,
+                out.as_mut_ptr(),
+                m as isize,
+                1,
+            );
         }
         out
     }
 }
 
-/// `out[r * n + t] = w_r · x_t` for the weight rows `w` and activation rows `x`.
-fn rows_dot(w: &[f32], x: &[f32], cols: usize, n: usize, out: &mut [f32]) {
-    debug_assert_eq!(w.len() % cols, 0);
-    debug_assert_eq!(x.len(), n * cols);
-    debug_assert_eq!(out.len(), w.len() / cols * n);
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has the features (checked above); the lengths are as asserted.
-        return unsafe { avx2::rows_dot(w, x, cols, n, out) };
+/// `[rows, n]` to `[n, rows]`.
+fn transpose(t: Vec<f32>, rows: usize, n: usize) -> Vec<f32> {
+    if n == 1 {
+        return t;
     }
-    for (w_row, out_row) in w.chunks_exact(cols).zip(out.chunks_exact_mut(n)) {
-        for (x_row, o) in x.chunks_exact(cols).zip(out_row.iter_mut()) {
-            *o = w_row.iter().zip(x_row).map(|(a, b)| a * b).sum();
+    let mut out = vec![0f32; n * rows];
+    for (r, row) in t.chunks_exact(n).enumerate() {
+        for (i, v) in row.iter().enumerate() {
+            out[i * rows + r] = *v;
         }
+    }
+    out
+}
+
+/// What the CPU's dense layers multiply the weights with.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Activations {
+    /// While decoding (a few rows at a time), activations rounded to 8 bits per block of
+    /// 32 and multiplied in integers, as llama.cpp does: the fastest (Q4_0, Q4_1 and Q8_0
+    /// weights on AVX2 machines; other types and machines multiply f32). Prompts (more than
+    /// 16 rows) and the output head stay f32: with 8-bit activations there, SmolLM2's answer
+    /// to a chat prompt began with another token. Greedy decoding can part from an f32
+    /// implementation's where two tokens are nearly tied.
+    #[default]
+    Int8,
+    /// Activations as computed, in f32: the arithmetic of an f32 reference implementation.
+    F32,
+}
+
+/// The instruction set the kernels run with, detected once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    pub(crate) fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx2") && has!("fma") && has!("f16c") {
+                    return if has!("avx512f") {
+                        Isa::Avx512
+                    } else {
+                        Isa::Avx2
+                    };
+                }
+            }
+            Isa::Portable
+        })
     }
 }
 
-/// Register-blocked dot products with AVX2 and FMA: a block of `R` weight rows and `T`
-/// activation rows keeps `R × T` accumulators in registers, so each loaded weight vector
-/// serves `T` tokens and each loaded activation vector `R` rows.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use std::arch::x86_64::*;
+/// The streaming kernel: for each band of four weight rows, each tile of 256 columns is
+/// dequantized into a buffer that stays in L1, then dotted with every activation row. The
+/// dequantization and the dot products are the instruction set's (`simd.rs`), or portable.
+mod kernel {
+    use std::ops::Range;
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows_dot(w: &[f32], x: &[f32], cols: usize, n: usize, out: &mut [f32]) {
-        let rows = w.len() / cols;
-        let mut r = 0;
-        // SAFETY (all blocks): r + R <= rows and t + T <= n, so every row read and every
-        // output written is inside the slices (lengths checked by the caller).
-        unsafe {
-            while r + 4 <= rows {
-                let mut t = 0;
-                while t + 4 <= n {
-                    block::<2, 4>(w, x, cols, n, r, t, out);
-                    block::<2, 4>(w, x, cols, n, r + 2, t, out);
-                    t += 4;
-                }
-                while t < n {
-                    block::<4, 1>(w, x, cols, n, r, t, out);
-                    t += 1;
-                }
-                r += 4;
-            }
-            while r < rows {
-                for t in 0..n {
-                    block::<1, 1>(w, x, cols, n, r, t, out);
-                }
-                r += 1;
-            }
-        }
-    }
+    use super::{HostMatrix, Isa, ROWS, TILE};
+    use crate::gguf::GgmlType;
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn block<const R: usize, const T: usize>(
-        w: &[f32],
+    pub(super) fn rows_dot(
+        isa: Isa,
+        m: &HostMatrix,
+        rows: Range<usize>,
         x: &[f32],
-        cols: usize,
         n: usize,
-        r0: usize,
-        t0: usize,
         out: &mut [f32],
     ) {
-        let simd = cols / 8 * 8;
-        let (wp, xp) = (w.as_ptr(), x.as_ptr());
-        // SAFETY: the caller keeps r0 + R rows and t0 + T tokens in bounds; c + 8 <= cols.
-        unsafe {
-            let mut acc = [[_mm256_setzero_ps(); T]; R];
+        debug_assert_eq!(out.len(), rows.len() * n);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => tiles(m, rows, x, n, out, dequantize_avx2, |w, x| {
+                // SAFETY: `Isa::detect` saw AVX-512F.
+                unsafe { super::super::simd::dot4_avx512(w, x) }
+            }),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => tiles(m, rows, x, n, out, dequantize_avx2, |w, x| {
+                // SAFETY: `Isa::detect` saw AVX2 and FMA.
+                unsafe { super::super::simd::dot4_avx2(w, x) }
+            }),
+            _ => portable(m, rows, x, n, out),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    fn dequantize_avx2(dtype: GgmlType, bytes: &[u8], out: &mut [f32]) {
+        // SAFETY: only called when `Isa::detect` saw AVX2, FMA and F16C.
+        if !unsafe { super::super::simd::dequantize(dtype, bytes, out) } {
+            dtype.dequantize(bytes, out);
+        }
+    }
+
+    /// Any CPU's build of the kernel.
+    pub(super) fn portable(
+        m: &HostMatrix,
+        rows: Range<usize>,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) {
+        tiles(m, rows, x, n, out, |t, b, o| t.dequantize(b, o), dot4)
+    }
+
+    /// `out[(r - rows.start) * n + t] = row r · x_t`.
+    #[inline(always)]
+    fn tiles(
+        m: &HostMatrix,
+        rows: Range<usize>,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        dequantize: impl Fn(GgmlType, &[u8], &mut [f32]),
+        dot4: impl Fn(&[[f32; TILE]; ROWS], &[f32]) -> [f32; ROWS],
+    ) {
+        let cols = m.cols;
+        let mut buf = [[0f32; TILE]; ROWS];
+        let mut r = rows.start;
+        while r < rows.end {
+            let block = ROWS.min(rows.end - r);
+            let out_rows = &mut out[(r - rows.start) * n..(r - rows.start + block) * n];
+            out_rows.fill(0.0);
             let mut c = 0;
-            while c < simd {
-                let mut xv = [_mm256_setzero_ps(); T];
-                for (t, v) in xv.iter_mut().enumerate() {
-                    *v = _mm256_loadu_ps(xp.add((t0 + t) * cols + c));
+            while c < cols {
+                let len = TILE.min(cols - c);
+                let b0 = m.dtype.bytes_for(c as u64).unwrap_or(0) as usize;
+                let b1 = m.dtype.bytes_for(len as u64).unwrap_or(0) as usize;
+                for (i, tile) in buf.iter_mut().enumerate().take(block) {
+                    dequantize(m.dtype, &m.row_bytes(r + i)[b0..b0 + b1], &mut tile[..len]);
                 }
-                for (r, acc_r) in acc.iter_mut().enumerate() {
-                    let wv = _mm256_loadu_ps(wp.add((r0 + r) * cols + c));
-                    for (a, xv) in acc_r.iter_mut().zip(&xv) {
-                        *a = _mm256_fmadd_ps(wv, *xv, *a);
+                for t in 0..n {
+                    // Rows past `block` hold stale values; their sums are not used.
+                    let sums = dot4(&buf, &x[t * cols + c..t * cols + c + len]);
+                    for (i, s) in sums.into_iter().enumerate().take(block) {
+                        out_rows[i * n + t] += s;
                     }
                 }
-                c += 8;
+                c += len;
             }
-            for (r, acc_r) in acc.iter().enumerate() {
-                for (t, a) in acc_r.iter().enumerate() {
-                    let mut sum = hsum(*a);
-                    for c in simd..cols {
-                        sum += w[(r0 + r) * cols + c] * x[(t0 + t) * cols + c];
-                    }
-                    out[(r0 + r) * n + t0 + t] = sum;
-                }
-            }
+            r += block;
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
+    const LANES: usize = 8;
+
+    /// Four weight rows dotted with one activation slice, in plain Rust.
+    fn dot4(w: &[[f32; TILE]; ROWS], x: &[f32]) -> [f32; ROWS] {
+        let len = x.len();
+        let whole = len / LANES * LANES;
+        let mut acc = [[0f32; LANES]; ROWS];
+        for (j, xc) in x[..whole].chunks_exact(LANES).enumerate() {
+            for (acc_r, w_r) in acc.iter_mut().zip(w) {
+                let wc = &w_r[j * LANES..(j + 1) * LANES];
+                for k in 0..LANES {
+                    acc_r[k] += wc[k] * xc[k];
+                }
+            }
+        }
+        let mut sums = [0f32; ROWS];
+        for (s, (acc_r, w_r)) in sums.iter_mut().zip(acc.iter().zip(w)) {
+            *s = acc_r.iter().sum::<f32>() + (whole..len).map(|c| w_r[c] * x[c]).sum::<f32>();
+        }
+        sums
     }
 }
 
-/// A dense layer without bias, `[in] -> [out]`.
-#[derive(Debug, Clone)]
-pub(crate) enum Linear<B: Backend> {
-    /// Weights `[out, in]` on the host, for the CPU.
-    Host(HostMatrix),
-    /// Weights `[in, out]` as a burn tensor, for the GPU.
-    Device(Tensor<B, 2>),
-}
-
-impl<B: Backend> Linear<B> {
-    /// Builds the layer from a row-major `[out, in]` matrix.
-    pub(crate) fn new(weights: HostMatrix, on_host: bool, device: &B::Device) -> Self {
-        if on_host {
-            Linear::Host(weights)
-        } else {
-            let (rows, cols) = (weights.rows, weights.cols);
-            let t = Tensor::<B, 2>::from_data(
-                TensorData::new(weights.data.to_vec(), [rows, cols]),
-                device,
-            );
-            Linear::Device(t.transpose())
+/// `x` (`[n, in]`) through matrices whose outputs are concatenated (q, k and v whose types
+/// differ): `[n, Σ rows]`.
+pub(crate) fn host_linear(
+    parts: &[HostMatrix],
+    x: &[f32],
+    n: usize,
+    activations: Activations,
+) -> Vec<f32> {
+    if let [one] = parts {
+        return one.matmul_t(x, n, activations);
+    }
+    let width: usize = parts.iter().map(HostMatrix::rows).sum();
+    let outs: Vec<Vec<f32>> = parts
+        .par_iter()
+        .map(|p| p.matmul_t(x, n, activations))
+        .collect();
+    let mut out = Vec::with_capacity(n * width);
+    for t in 0..n {
+        for (p, o) in parts.iter().zip(&outs) {
+            out.extend_from_slice(&o[t * p.rows..(t + 1) * p.rows]);
         }
     }
-
-    /// `x` is `[n, in]`; returns `[n, out]`.
-    pub(crate) fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
-        match self {
-            Linear::Device(w) => x.matmul(w.clone()),
-            Linear::Host(w) => {
-                let device = x.device();
-                let [n, _] = x.dims();
-                let input = x.into_data().into_vec::<f32>().expect("f32 activations");
-                let out = w.matmul_t(&input, n);
-                Tensor::from_data(TensorData::new(out, [n, w.rows]), &device)
-            }
-        }
-    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn naive(w: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * rows];
+        for t in 0..n {
+            for r in 0..rows {
+                out[t * rows + r] = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
+            }
+        }
+        out
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        assert_eq!(a.len(), b.len());
+        for (i, (a, b)) in a.iter().zip(b).enumerate() {
+            assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{i}: {a} vs {b}");
+        }
+    }
+
     #[test]
-    fn matmul_t_matches_naive() {
+    fn matmul_t_matches_naive_for_every_batch_size() {
         let (rows, cols) = (70, 37);
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.1)
             .collect();
-        let m = HostMatrix::new(rows, cols, w.clone());
-        for n in [1, 3, 4, 5, 8] {
+        let m = HostMatrix::from_f32(rows, cols, &w);
+        for n in [1, 3, 4, 5, 8, 17, 40] {
             let x: Vec<f32> = (0..n * cols)
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2)
                 .collect();
-            let y = m.matmul_t(&x, n);
-            for t in 0..n {
-                for r in 0..rows {
-                    let expect: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
-                    assert!((y[t * rows + r] - expect).abs() < 1e-4, "{t} {r}");
-                }
+            close(
+                &m.matmul_t(&x, n, Activations::Int8),
+                &naive(&w, &x, rows, cols, n),
+                1e-4,
+            );
+        }
+    }
+
+    /// Q8_0 blocks of known values: the quantized kernels (every instruction set this machine
+    /// has, and the portable one) give what the dequantized matrix gives.
+    #[test]
+    fn quantized_kernels_match_the_dequantized_matrix() {
+        let (rows, cols) = (37, 320);
+        let mut bytes = Vec::new();
+        for r in 0..rows {
+            for b in 0..cols / 32 {
+                let d = half::f16::from_f32(0.01 * (1 + (r + b) % 5) as f32);
+                bytes.extend(d.to_le_bytes());
+                bytes.extend((0..32).map(|j| ((r * 31 + b * 7 + j * 13) % 255) as u8));
             }
         }
+        let m = HostMatrix::new(rows, cols, GgmlType::Q8_0, bytes).expect("shape");
+        let w = m.to_f32();
+        for n in [1, 2, 5, 16, 20] {
+            let x: Vec<f32> = (0..n * cols)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.3)
+                .collect();
+            let expect = naive(&w, &x, rows, cols, n);
+            // Up to SMALL_BATCH rows, AVX2 machines quantize the activations to 8 bits (as
+            // llama.cpp does): exact against the activations so rounded.
+            #[cfg(target_arch = "x86_64")]
+            if n <= SMALL_BATCH && Isa::detect() != Isa::Portable {
+                let rounded =
+                    super::super::simd::dequantize_q8(&super::super::simd::quantize_q8(&x));
+                close(
+                    &m.matmul_t(&x, n, Activations::Int8),
+                    &naive(&w, &rounded, rows, cols, n),
+                    1e-4,
+                );
+            }
+            if n > SMALL_BATCH || Isa::detect() == Isa::Portable {
+                close(&m.matmul_t(&x, n, Activations::Int8), &expect, 1e-4);
+            }
+            let mut out_t = vec![0f32; rows * n];
+            kernel::portable(&m, 0..rows, &x, n, &mut out_t);
+            close(&transpose(out_t, rows, n), &expect, 1e-4);
+            // The AVX2 build on an AVX-512 machine too.
+            if Isa::detect() == Isa::Avx512 {
+                let mut out_t = vec![0f32; rows * n];
+                kernel::rows_dot(Isa::Avx2, &m, 0..rows, &x, n, &mut out_t);
+                close(&transpose(out_t, rows, n), &expect, 1e-4);
+            }
+        }
+    }
+
+    #[test]
+    fn concatenated_outputs_follow_the_parts() {
+        let a = HostMatrix::from_f32(2, 32, &[1.0; 64]);
+        let q = HostMatrix::new(1, 32, GgmlType::Q8_0, {
+            let mut b = half::f16::from_f32(0.5).to_le_bytes().to_vec();
+            b.extend([2u8; 32]);
+            b
+        })
+        .expect("shape");
+        // Multiples of 1/127 of the block's largest value: exact in 8 bits too.
+        let x: Vec<f32> = (0..64).map(|i| (i % 2 * 127) as f32).collect();
+        let out = host_linear(&[a, q], &x, 2, Activations::Int8);
+        let s = 16.0 * 127.0;
+        assert_eq!(out, vec![s, s, s, s, s, s]);
+    }
+
+    #[test]
+    fn stacking_needs_one_type_and_row_length() {
+        let a = HostMatrix::from_f32(2, 32, &[1.0; 64]);
+        let b = HostMatrix::from_f32(3, 32, &[2.0; 96]);
+        let stacked = HostMatrix::stack(&[a.clone(), b]).expect("same type");
+        assert_eq!((stacked.rows(), stacked.cols()), (5, 32));
+        let q = HostMatrix::new(1, 32, GgmlType::Q8_0, vec![0; 34]).expect("shape");
+        assert!(HostMatrix::stack(&[a, q]).is_none());
     }
 }

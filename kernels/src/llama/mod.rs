@@ -1,4 +1,4 @@
-//! Text generation with Llama-architecture models from GGUF files (SmolLM2-135M-Instruct).
+//! Text generation with Llama-family models (Llama, Mistral, SmolLM, Qwen2) from GGUF files.
 //!
 //! ```no_run
 //! use std::ops::ControlFlow;
@@ -19,29 +19,31 @@
 
 mod chat;
 mod config;
+mod cpu;
 mod linear;
 mod model;
 mod sampling;
+mod simd;
 mod stop;
 mod tokenizer;
 
 use std::ops::ControlFlow;
 use std::path::Path;
 
-use burn::backend::{Cuda, NdArray};
+use burn::backend::Cuda;
 
 use crate::device::Device;
 use crate::gguf::{Gguf, GgufError};
 
 pub use chat::{ChatTemplate, Message, Role};
-pub use config::LlamaConfig;
+pub use config::{Architecture, LlamaConfig, RopePairs};
+pub use linear::Activations;
 pub use sampling::{BadSampling, Sampler, Sampling, argmax, top_p_sample};
 pub use stop::{StopScan, scan as scan_stops};
 pub use tokenizer::Tokenizer;
 
 use model::{KvCache, Model};
 
-type CpuBackend = NdArray<f32>;
 type CudaBackend = Cuda<f32, i32>;
 
 /// Why loading a model or generating failed.
@@ -128,13 +130,13 @@ pub struct Generation {
 }
 
 enum Engine {
-    Cpu(Box<Model<CpuBackend>>),
+    Cpu(Box<cpu::Model>),
     // Boxed: the models are large, and one is held for its whole life.
     Cuda(Box<Model<CudaBackend>>),
 }
 
 enum Cache {
-    Cpu(KvCache<CpuBackend>),
+    Cpu(cpu::KvCache),
     Cuda(KvCache<CudaBackend>),
 }
 
@@ -201,12 +203,69 @@ impl Sequence {
     }
 }
 
+/// What a GGUF model is and needs, read from its header without loading its weights: what a
+/// deployment is checked against before any replica tries to load it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSummary {
+    pub config: LlamaConfig,
+    /// Bytes of all tensors as stored (and as the CPU path keeps them in memory).
+    pub weight_bytes: u64,
+}
+
+impl ModelSummary {
+    /// Memory a replica needs: the weights, and the caches of `sequences` sequences of
+    /// `tokens` positions each.
+    pub fn memory_needed(&self, sequences: usize, tokens: usize) -> u64 {
+        let tokens = tokens.min(self.config.context_length) as u64;
+        self.weight_bytes + sequences as u64 * tokens * self.config.kv_bytes_per_token() as u64
+    }
+}
+
 impl Llama {
-    /// Loads a GGUF model onto `device`. The weights are dequantized to f32 once, here.
+    /// Loads a GGUF model onto `device`. On the CPU the weights stay in their stored types;
+    /// on a GPU they are dequantized to f32 once, here.
     pub fn load(path: impl AsRef<Path>, device: Device) -> Result<Self, GenerateError> {
         let path = path.as_ref();
         let gguf = Gguf::open(path)?;
         Self::from_gguf(&gguf, device)
+    }
+
+    /// Reads a GGUF file's header and checks that this runtime can run it: a known
+    /// architecture, a tokenizer and chat template it reads, every tensor there with its
+    /// shape, in types it reads. Does not read the weights.
+    pub fn inspect(path: impl AsRef<Path>) -> Result<ModelSummary, GenerateError> {
+        let gguf = Gguf::open_header(path)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        if tokenizer.vocab_size() < config.vocab_size {
+            return Err(GenerateError::Model(format!(
+                "the tokenizer has {} tokens, the model {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            )));
+        }
+        model::check_tensors(&gguf, &config)?;
+        let weight_bytes = gguf.tensors().iter().map(|t| t.bytes() as u64).sum();
+        Ok(ModelSummary {
+            config,
+            weight_bytes,
+        })
+    }
+
+    /// Sets what the CPU's dense layers multiply with (a GPU model always multiplies f32).
+    pub fn with_activations(mut self, activations: Activations) -> Self {
+        if let Engine::Cpu(m) = &mut self.engine {
+            m.set_activations(activations);
+        }
+        self
+    }
+
+    /// Bytes of weights this model holds in host memory (its CPU-resident size).
+    pub fn host_bytes(&self) -> usize {
+        match &self.engine {
+            Engine::Cpu(m) => m.host_bytes(),
+            Engine::Cuda(_) => 0,
+        }
     }
 
     /// Builds the model from a parsed GGUF file.
@@ -227,17 +286,12 @@ impl Llama {
             &name(Some(tokenizer.eos())),
         )?;
         let engine = match device {
-            Device::Cpu => Engine::Cpu(Box::new(Model::load(
-                gguf,
-                config,
-                Default::default(),
-                true,
-            )?)),
+            Device::Cpu => Engine::Cpu(Box::new(cpu::Model::load(gguf, config)?)),
             Device::Cuda(index) => {
                 crate::device::cuda_driver()
                     .map_err(|e| GenerateError::Device(device, e.to_string()))?;
                 let dev = burn::backend::cuda::CudaDevice::new(index);
-                Engine::Cuda(Box::new(Model::load(gguf, config, dev, false)?))
+                Engine::Cuda(Box::new(Model::load(gguf, config, dev)?))
             }
         };
         tracing::info!(%device, "loaded Llama model");
@@ -290,8 +344,8 @@ impl Llama {
             return Err(GenerateError::EmptyPrompt);
         }
         let n_layers = self.config().n_layers;
-        let cache = match self.engine {
-            Engine::Cpu(_) => Cache::Cpu(KvCache::new(n_layers)),
+        let cache = match &self.engine {
+            Engine::Cpu(m) => Cache::Cpu(cpu::KvCache::new(m.config())),
             Engine::Cuda(_) => Cache::Cuda(KvCache::new(n_layers)),
         };
         let finished = (params.max_tokens == 0).then_some(FinishReason::MaxTokens);

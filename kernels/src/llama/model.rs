@@ -1,5 +1,7 @@
-//! The Llama decoder on burn: token embedding, RMSNorm, rotary position embedding,
+//! The Llama decoder on burn, for GPUs: token embedding, RMSNorm, rotary position embedding,
 //! grouped-query attention with a KV cache, SwiGLU feed-forward, tied or separate output head.
+//! The CPU runs the same arithmetic without burn (`cpu.rs`); this module also holds what both
+//! read from the file (tensors, shapes, rotary tables).
 //!
 //! One forward pass advances several independent sequences at once: their new tokens (a whole
 //! prompt, or one token each while decoding) are stacked into one activation matrix for the
@@ -13,19 +15,37 @@ use burn::tensor::{Int, Tensor, TensorData};
 use crate::gguf::Gguf;
 
 use super::GenerateError;
-use super::config::LlamaConfig;
-use super::linear::{HostMatrix, Linear};
+use super::config::{LlamaConfig, RopePairs};
+use super::linear::HostMatrix;
 
-/// Reads a tensor as a row-major `[rows, cols]` host matrix, checking its shape.
-fn matrix(gguf: &Gguf, name: &str, rows: usize, cols: usize) -> Result<HostMatrix, GenerateError> {
-    let (dims, data) = gguf.dequantize(name)?;
+/// Reads a tensor as a row-major `[rows, cols]` host matrix in its stored type, checking its
+/// shape.
+pub(crate) fn host_matrix(
+    gguf: &Gguf,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<HostMatrix, GenerateError> {
+    let (info, bytes) = gguf.tensor_bytes(name)?;
     // ggml lists the row length first.
-    if dims != [cols as u64, rows as u64] {
+    if info.dims != [cols as u64, rows as u64] {
         return Err(GenerateError::Model(format!(
-            "tensor {name:?} has shape {dims:?}, expected [{cols}, {rows}]"
+            "tensor {name:?} has shape {:?}, expected [{cols}, {rows}]",
+            info.dims
         )));
     }
-    Ok(HostMatrix::new(rows, cols, data))
+    HostMatrix::new(rows, cols, info.dtype, bytes.to_vec())
+        .map_err(|e| GenerateError::Model(format!("tensor {name:?}: {e}")))
+}
+
+pub(crate) fn host_vector(gguf: &Gguf, name: &str, len: usize) -> Result<Vec<f32>, GenerateError> {
+    let (dims, data) = gguf.dequantize(name)?;
+    if dims != [len as u64] {
+        return Err(GenerateError::Model(format!(
+            "tensor {name:?} has shape {dims:?}, expected [{len}]"
+        )));
+    }
+    Ok(data)
 }
 
 fn vector<B: Backend>(
@@ -34,43 +54,91 @@ fn vector<B: Backend>(
     len: usize,
     device: &B::Device,
 ) -> Result<Tensor<B, 1>, GenerateError> {
-    let (dims, data) = gguf.dequantize(name)?;
-    if dims != [len as u64] {
-        return Err(GenerateError::Model(format!(
-            "tensor {name:?} has shape {dims:?}, expected [{len}]"
-        )));
-    }
+    let data = host_vector(gguf, name, len)?;
     Ok(Tensor::from_data(TensorData::new(data, [len]), device))
 }
 
-/// Stacks matrices with the same column count on top of each other, so that one pass over the
-/// input computes several layers (q, k and v; gate and up).
-fn stack(parts: Vec<HostMatrix>) -> HostMatrix {
-    let cols = parts[0].cols();
-    let rows = parts.iter().map(HostMatrix::rows).sum();
-    let mut data = Vec::with_capacity(rows * cols);
-    for p in &parts {
-        for r in 0..p.rows() {
-            data.extend_from_slice(p.row(r));
+/// Checks that every tensor the decoder reads is in the file with its shape (ggml order),
+/// without reading any data: the element types were checked when the table was parsed.
+pub(crate) fn check_tensors(gguf: &Gguf, c: &LlamaConfig) -> Result<(), GenerateError> {
+    let (d, q_dim, kv_dim) = (
+        c.d_model as u64,
+        (c.n_heads * c.head_dim) as u64,
+        (c.n_kv_heads * c.head_dim) as u64,
+    );
+    let (ffn, vocab) = (c.ffn_dim as u64, c.vocab_size as u64);
+    let mut expected: Vec<(String, Vec<u64>)> = vec![
+        ("token_embd.weight".into(), vec![d, vocab]),
+        ("output_norm.weight".into(), vec![d]),
+    ];
+    if gguf.tensor("output.weight").is_some() {
+        expected.push(("output.weight".into(), vec![d, vocab]));
+    }
+    for i in 0..c.n_layers {
+        let name = |n: &str| format!("blk.{i}.{n}");
+        expected.extend([
+            (name("attn_norm.weight"), vec![d]),
+            (name("attn_q.weight"), vec![d, q_dim]),
+            (name("attn_k.weight"), vec![d, kv_dim]),
+            (name("attn_v.weight"), vec![d, kv_dim]),
+            (name("attn_output.weight"), vec![q_dim, d]),
+            (name("ffn_norm.weight"), vec![d]),
+            (name("ffn_gate.weight"), vec![d, ffn]),
+            (name("ffn_up.weight"), vec![d, ffn]),
+            (name("ffn_down.weight"), vec![ffn, d]),
+        ]);
+        if c.architecture.qkv_bias() {
+            expected.extend([
+                (name("attn_q.bias"), vec![q_dim]),
+                (name("attn_k.bias"), vec![kv_dim]),
+                (name("attn_v.bias"), vec![kv_dim]),
+            ]);
         }
     }
-    HostMatrix::new(rows, cols, data)
+    for (name, dims) in expected {
+        let info = gguf
+            .tensor(&name)
+            .ok_or_else(|| GenerateError::Model(format!("tensor {name:?} is not in the file")))?;
+        if info.dims != dims {
+            return Err(GenerateError::Model(format!(
+                "tensor {name:?} has shape {:?}, expected {dims:?}",
+                info.dims
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A dense layer without bias on the device: weights `[in, out]`.
+struct Linear<B: Backend>(Tensor<B, 2>);
+
+impl<B: Backend> Linear<B> {
+    /// From `[out_i, in]` host matrices whose outputs are concatenated, dequantized to f32.
+    fn new(parts: Vec<HostMatrix>, device: &B::Device) -> Self {
+        let cols = parts[0].cols();
+        let rows: usize = parts.iter().map(HostMatrix::rows).sum();
+        let data: Vec<f32> = parts.iter().flat_map(HostMatrix::to_f32).collect();
+        let t = Tensor::<B, 2>::from_data(TensorData::new(data, [rows, cols]), device);
+        Linear(t.transpose())
+    }
+
+    /// `x` is `[n, in]`; returns `[n, out]`.
+    fn forward(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        x.matmul(self.0.clone())
+    }
 }
 
 struct Layer<B: Backend> {
     attn_norm: Tensor<B, 1>,
-    /// q, k and v stacked: `[d_model + 2 * kv_dim, d_model]`.
+    /// q, k and v: `[q_dim + 2 * kv_dim, d_model]`.
     qkv: Linear<B>,
+    /// Their biases (Qwen2), concatenated the same way.
+    qkv_bias: Option<Tensor<B, 1>>,
     out: Linear<B>,
     ffn_norm: Tensor<B, 1>,
-    /// gate and up stacked: `[2 * ffn_dim, d_model]`.
+    /// gate and up: `[2 * ffn_dim, d_model]`.
     gate_up: Linear<B>,
     down: Linear<B>,
-}
-
-enum Embedding<B: Backend> {
-    Host(HostMatrix),
-    Device(Tensor<B, 2>),
 }
 
 /// The per-sequence attention cache: keys and values of every position so far, per layer.
@@ -98,7 +166,7 @@ impl<B: Backend> KvCache<B> {
 pub(crate) struct Model<B: Backend> {
     config: LlamaConfig,
     device: B::Device,
-    embedding: Embedding<B>,
+    embedding: Tensor<B, 2>,
     layers: Vec<Layer<B>>,
     norm: Tensor<B, 1>,
     head: Linear<B>,
@@ -108,67 +176,79 @@ pub(crate) struct Model<B: Backend> {
 }
 
 impl<B: Backend> Model<B> {
-    /// Loads the weights, dequantized to f32 once. `on_host` keeps the dense layers in host
-    /// memory for the CPU path (see `linear.rs`).
+    /// Loads the weights onto the device, dequantized to f32.
     pub(crate) fn load(
         gguf: &Gguf,
         config: LlamaConfig,
         device: B::Device,
-        on_host: bool,
     ) -> Result<Self, GenerateError> {
+        check_tensors(gguf, &config)?;
         let c = &config;
+        let q_dim = c.n_heads * c.head_dim;
         let kv_dim = c.n_kv_heads * c.head_dim;
+        let matrix = |name: &str, rows, cols| host_matrix(gguf, name, rows, cols);
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let name = |n: &str| format!("blk.{i}.{n}.weight");
-            let qkv = stack(vec![
-                matrix(gguf, &name("attn_q"), c.d_model, c.d_model)?,
-                matrix(gguf, &name("attn_k"), kv_dim, c.d_model)?,
-                matrix(gguf, &name("attn_v"), kv_dim, c.d_model)?,
-            ]);
-            let gate_up = stack(vec![
-                matrix(gguf, &name("ffn_gate"), c.ffn_dim, c.d_model)?,
-                matrix(gguf, &name("ffn_up"), c.ffn_dim, c.d_model)?,
-            ]);
+            let qkv = vec![
+                matrix(&name("attn_q"), q_dim, c.d_model)?,
+                matrix(&name("attn_k"), kv_dim, c.d_model)?,
+                matrix(&name("attn_v"), kv_dim, c.d_model)?,
+            ];
+            let qkv_bias = if c.architecture.qkv_bias() {
+                let bias = |n: &str, len| host_vector(gguf, &format!("blk.{i}.{n}.bias"), len);
+                let mut b = bias("attn_q", q_dim)?;
+                b.extend(bias("attn_k", kv_dim)?);
+                b.extend(bias("attn_v", kv_dim)?);
+                let len = b.len();
+                Some(Tensor::from_data(TensorData::new(b, [len]), &device))
+            } else {
+                None
+            };
+            let gate_up = vec![
+                matrix(&name("ffn_gate"), c.ffn_dim, c.d_model)?,
+                matrix(&name("ffn_up"), c.ffn_dim, c.d_model)?,
+            ];
             layers.push(Layer {
                 attn_norm: vector(gguf, &name("attn_norm"), c.d_model, &device)?,
-                qkv: Linear::new(qkv, on_host, &device),
+                qkv: Linear::new(qkv, &device),
+                qkv_bias,
                 out: Linear::new(
-                    matrix(gguf, &name("attn_output"), c.d_model, c.d_model)?,
-                    on_host,
+                    vec![matrix(&name("attn_output"), c.d_model, q_dim)?],
                     &device,
                 ),
                 ffn_norm: vector(gguf, &name("ffn_norm"), c.d_model, &device)?,
-                gate_up: Linear::new(gate_up, on_host, &device),
+                gate_up: Linear::new(gate_up, &device),
                 down: Linear::new(
-                    matrix(gguf, &name("ffn_down"), c.d_model, c.ffn_dim)?,
-                    on_host,
+                    vec![matrix(&name("ffn_down"), c.d_model, c.ffn_dim)?],
                     &device,
                 ),
             });
         }
-        let embed = matrix(gguf, "token_embd.weight", c.vocab_size, c.d_model)?;
+        let embed = matrix("token_embd.weight", c.vocab_size, c.d_model)?;
         // Without output.weight the output head is the embedding matrix (tied weights).
         let head = match gguf.tensor("output.weight") {
-            Some(_) => matrix(gguf, "output.weight", c.vocab_size, c.d_model)?,
+            Some(_) => matrix("output.weight", c.vocab_size, c.d_model)?,
             None => embed.clone(),
         };
-        let embedding = if on_host {
-            Embedding::Host(embed)
-        } else {
-            let (rows, cols) = (embed.rows(), embed.cols());
-            let data = (0..rows)
-                .flat_map(|r| embed.row(r).to_vec())
-                .collect::<Vec<_>>();
-            Embedding::Device(Tensor::from_data(
-                TensorData::new(data, [rows, cols]),
-                &device,
-            ))
+        let head = Linear::new(vec![head], &device);
+        let embedding = Tensor::from_data(
+            TensorData::new(embed.to_f32(), [embed.rows(), embed.cols()]),
+            &device,
+        );
+        // Llama 3.1's long-context frequency factors: each frequency divided by its factor.
+        let factors = match gguf.tensor("rope_freqs.weight") {
+            Some(_) => Some(host_vector(gguf, "rope_freqs.weight", c.head_dim / 2)?),
+            None => None,
         };
-        let (rope_cos, rope_sin) = rope_tables(c, &device);
+        let freqs = rope_frequencies(c, factors.as_deref());
+        let (cos, sin) = rope_values(&freqs, 0..c.context_length);
+        let half = c.head_dim / 2;
+        let table = |v| Tensor::from_data(TensorData::new(v, [c.context_length, half]), &device);
+        let (rope_cos, rope_sin) = (table(cos), table(sin));
         Ok(Model {
             norm: vector(gguf, "output_norm.weight", c.d_model, &device)?,
-            head: Linear::new(head, on_host, &device),
+            head,
             embedding,
             layers,
             rope_cos,
@@ -183,17 +263,7 @@ impl<B: Backend> Model<B> {
     }
 
     fn embed(&self, ids: &[u32]) -> Tensor<B, 2> {
-        let d = self.config.d_model;
-        match &self.embedding {
-            Embedding::Host(m) => {
-                let data: Vec<f32> = ids
-                    .iter()
-                    .flat_map(|&id| m.row(id as usize).iter().copied())
-                    .collect();
-                Tensor::from_data(TensorData::new(data, [ids.len(), d]), &self.device)
-            }
-            Embedding::Device(t) => t.clone().select(0, self.int_tensor(ids)),
-        }
+        self.embedding.clone().select(0, self.int_tensor(ids))
     }
 
     fn int_tensor(&self, values: &[u32]) -> Tensor<B, 1, Int> {
@@ -207,17 +277,31 @@ impl<B: Backend> Model<B> {
         x * weight.clone().unsqueeze::<2>()
     }
 
-    /// Rotates pairs `(2i, 2i+1)` of each head by position × frequency i. llama.cpp's GGUF
-    /// conversion permutes the rows of the q and k weights of Llama models so that this
-    /// adjacent-pair layout is equivalent to Hugging Face's rotate-half layout.
-    fn rope(&self, x: Tensor<B, 3>, cos: &Tensor<B, 4>, sin: &Tensor<B, 4>) -> Tensor<B, 3> {
+    /// Rotates each head's dimension pairs by position × frequency. `cos` and `sin` are
+    /// `[n, 1, head_dim / 2]`. llama.cpp's GGUF conversion permutes the rows of the q and k
+    /// weights of Llama models so that adjacent pairs are equivalent to Hugging Face's
+    /// rotate-half layout; Qwen2 files keep rotate-half ([`RopePairs`]).
+    fn rope(&self, x: Tensor<B, 3>, cos: &Tensor<B, 3>, sin: &Tensor<B, 3>) -> Tensor<B, 3> {
         let [n, heads, hd] = x.dims();
-        let x = x.reshape([n, heads, hd / 2, 2]);
-        let x0 = x.clone().narrow(3, 0, 1);
-        let x1 = x.narrow(3, 1, 1);
-        let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
-        let r1 = x0 * sin.clone() + x1 * cos.clone();
-        Tensor::cat(vec![r0, r1], 3).reshape([n, heads, hd])
+        let half = hd / 2;
+        match self.config.architecture.rope_pairs() {
+            RopePairs::Adjacent => {
+                let x = x.reshape([n, heads, half, 2]);
+                let (cos, sin) = (cos.clone().unsqueeze_dim(3), sin.clone().unsqueeze_dim(3));
+                let x0 = x.clone().narrow(3, 0, 1);
+                let x1 = x.narrow(3, 1, 1);
+                let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+                let r1 = x0 * sin + x1 * cos;
+                Tensor::cat(vec![r0, r1], 3).reshape([n, heads, hd])
+            }
+            RopePairs::HalfApart => {
+                let x0 = x.clone().narrow(2, 0, half);
+                let x1 = x.narrow(2, half, half);
+                let r0 = x0.clone() * cos.clone() - x1.clone() * sin.clone();
+                let r1 = x0 * sin.clone() + x1 * cos.clone();
+                Tensor::cat(vec![r0, r1], 2)
+            }
+        }
     }
 
     /// Feeds each sequence's new tokens through the model, extending its cache, and returns
@@ -254,18 +338,17 @@ impl<B: Backend> Model<B> {
             .rope_cos
             .clone()
             .select(0, pos.clone())
-            .reshape([n, 1, hd / 2, 1]);
-        let sin = self
-            .rope_sin
-            .clone()
-            .select(0, pos)
-            .reshape([n, 1, hd / 2, 1]);
+            .reshape([n, 1, hd / 2]);
+        let sin = self.rope_sin.clone().select(0, pos).reshape([n, 1, hd / 2]);
         let scale = (hd as f64).powf(-0.5);
 
         let mut x = self.embed(&ids);
         for (li, layer) in self.layers.iter().enumerate() {
             let h = self.rms_norm(x.clone(), &layer.attn_norm);
-            let qkv = layer.qkv.forward(h);
+            let mut qkv = layer.qkv.forward(h);
+            if let Some(bias) = &layer.qkv_bias {
+                qkv = qkv + bias.clone().unsqueeze::<2>();
+            }
             let q = self.rope(
                 qkv.clone().narrow(1, 0, nh * hd).reshape([n, nh, hd]),
                 &cos,
@@ -357,23 +440,30 @@ impl<B: Backend> Model<B> {
     }
 }
 
-fn rope_tables<B: Backend>(c: &LlamaConfig, device: &B::Device) -> (Tensor<B, 2>, Tensor<B, 2>) {
-    let half = c.head_dim / 2;
-    // Same arithmetic as Hugging Face: inv_freq in f32, then position × inv_freq in f32.
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / c.rope_theta.powf((2 * i) as f32 / c.head_dim as f32))
-        .collect();
-    let mut cos = Vec::with_capacity(c.context_length * half);
-    let mut sin = Vec::with_capacity(c.context_length * half);
-    for p in 0..c.context_length {
-        for f in &inv_freq {
+/// The rotary frequencies, `head_dim / 2` of them, divided by `factors` (Llama 3.1) and by
+/// the linear scale. Same arithmetic as Hugging Face: in f32.
+pub(crate) fn rope_frequencies(c: &LlamaConfig, factors: Option<&[f32]>) -> Vec<f32> {
+    (0..c.head_dim / 2)
+        .map(|i| {
+            let f = 1.0 / c.rope_theta.powf((2 * i) as f32 / c.head_dim as f32);
+            f / factors.map_or(1.0, |fs| fs[i]) / c.rope_scale
+        })
+        .collect()
+}
+
+/// cos and sin of position × frequency for `positions`, `[positions.len(), freqs.len()]` each.
+pub(crate) fn rope_values(
+    freqs: &[f32],
+    positions: impl Iterator<Item = usize>,
+) -> (Vec<f32>, Vec<f32>) {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in positions {
+        for f in freqs {
+            // position × inv_freq in f32, as Hugging Face computes it.
             let angle = p as f32 * f;
             cos.push(angle.cos());
             sin.push(angle.sin());
         }
     }
-    (
-        Tensor::from_data(TensorData::new(cos, [c.context_length, half]), device),
-        Tensor::from_data(TensorData::new(sin, [c.context_length, half]), device),
-    )
+    (cos, sin)
 }

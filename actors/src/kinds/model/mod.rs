@@ -1,5 +1,5 @@
-//! `model`: a replica of an LLM (SmolLM2-135M-Instruct) that streams generated text and
-//! batches concurrent requests.
+//! `model`: a replica of an LLM (a Llama-family GGUF: SmolLM2-135M-Instruct unless its config
+//! names another) that streams generated text and batches concurrent requests.
 //!
 //! The replica is ready (its `pre_start` returns, so the node agent reports it Running) only
 //! once the model is loaded. A worker thread owns the model and batches continuously (see
@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use arbor_kernels::Device;
 use arbor_kernels::llama::Llama;
-use arbor_kernels::models::SMOLLM2_GGUF;
 use ractor::RpcReplyPort;
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
@@ -49,6 +48,8 @@ pub enum DeviceChoice {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// The GGUF file under the models dir (`.gguf` may be left out). Default: SmolLM2-135M.
+    pub model: Option<String>,
     /// Default: CUDA on the first assigned device when the replica has devices, else CPU.
     pub device: Option<DeviceChoice>,
     /// The most sequences stepped together.
@@ -62,6 +63,7 @@ pub struct ModelConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
+            model: None,
             device: None,
             max_batch: 8,
             max_queue: 64,
@@ -76,6 +78,9 @@ pub const MAX_QUEUE: usize = 4096;
 
 impl ModelConfig {
     pub(crate) fn check(&self) -> Result<(), String> {
+        if let Some(name) = &self.model {
+            arbor_kernels::models::check_name(name)?;
+        }
         if !(1..=MAX_BATCH).contains(&self.max_batch) {
             return Err(format!("max_batch must be 1 to {MAX_BATCH}"));
         }
@@ -97,6 +102,11 @@ impl ModelConfig {
             None if assigned.is_empty() => Device::Cpu,
             None => Device::Cuda(first),
         }
+    }
+
+    /// The model's file on a node with this models dir.
+    pub fn model_path(&self, models_dir: &std::path::Path) -> std::path::PathBuf {
+        arbor_kernels::models::gguf_path(models_dir, self.model.as_deref())
     }
 
     fn idle_timeout(&self) -> Duration {
@@ -145,7 +155,7 @@ impl ReplicaKind for ModelReplica {
             .check()
             .map_err(|e| format!("bad config for model actor {:?}: {e}", ctx.actor_id))?;
         let device = config.device(&ctx.devices);
-        let path = ctx.models_dir.join(SMOLLM2_GGUF);
+        let path = config.model_path(&ctx.models_dir);
         let llama = {
             let file = path.clone();
             tokio::task::spawn_blocking(move || Llama::load(&file, device))

@@ -88,7 +88,10 @@ impl Coordinator {
                     .filter(|p| p.vector.is_none())
                     .map(|p| p.text.clone())
                     .collect();
-                let mut vectors = self.embed(&shape.embedder, texts).await?.into_iter();
+                let mut vectors = self
+                    .embed(&shape.embedder, texts, shape.dimension)
+                    .await?
+                    .into_iter();
                 for p in step.iter_mut().filter(|p| p.vector.is_none()) {
                     p.vector = Some(vectors.next().ok_or_else(|| {
                         RetrievalError::Embed("the embedder returned too few vectors".into())

@@ -17,7 +17,9 @@ impl Coordinator {
         // Before the embedding it would waste.
         check_k(k)?;
         let shape = self.shape()?;
-        let mut vectors = self.embed(&shape.embedder, vec![text.to_owned()]).await?;
+        let mut vectors = self
+            .embed(&shape.embedder, vec![text.to_owned()], shape.dimension)
+            .await?;
         let vector = vectors
             .pop()
             .ok_or_else(|| RetrievalError::Embed("the embedder returned no vector".into()))?;
@@ -133,8 +135,29 @@ impl Coordinator {
         })
     }
 
-    /// Embeds `texts`, trying another embedder replica when one is overloaded or gone.
+    /// Embeds `texts`, trying another embedder replica when one is overloaded or gone. The
+    /// vectors must have the collection's `dimension`: an embedder deployed with another model
+    /// is an error that says so, not vectors the partitions would refuse one by one.
     pub(super) async fn embed(
+        &self,
+        embedder: &str,
+        texts: Vec<String>,
+        dimension: u32,
+    ) -> Result<Vec<Vec<f32>>, RetrievalError> {
+        let vectors = self.embed_any(embedder, texts).await?;
+        if let Some(v) = vectors.iter().find(|v| v.len() != dimension as usize) {
+            return Err(RetrievalError::Embed(format!(
+                "embedder deployment {embedder:?} makes vectors of {} values; the collection's \
+                 dimension is {dimension}: deploy the embedder with a model of that dimension, \
+                 or create the collection with dimension {}",
+                v.len(),
+                v.len()
+            )));
+        }
+        Ok(vectors)
+    }
+
+    async fn embed_any(
         &self,
         embedder: &str,
         texts: Vec<String>,

@@ -6,6 +6,21 @@ pub(super) async fn deploy(env: &Env, d: DeployJob) -> Result<Value, JobFailure>
     let text = Value::Object(d.deployment).to_string();
     let spec = crate::deployment_file::parse(Path::new("job.deployment.json"), &text)
         .map_err(|e| JobFailure::field(ErrorCode::InvalidJob, "job.deployment", e.to_string()))?;
+    // The model files are the node's: checked here, where a client cannot.
+    let kind = spec
+        .kind
+        .parse::<arbor_actors::kinds::Kind>()
+        .map_err(|e| {
+            JobFailure::field(ErrorCode::InvalidJob, "job.deployment.kind", e.to_string())
+        })?;
+    let models_dir = arbor_kernels::models::models_dir(None);
+    let (config, memory) = (spec.config.clone(), spec.resources.memory.0);
+    tokio::task::spawn_blocking(move || {
+        arbor_actors::kinds::check_model_files(kind, &config, memory, &models_dir)
+    })
+    .await
+    .map_err(|e| internal(format!("checking the model failed: {e}")))?
+    .map_err(|e| JobFailure::field(ErrorCode::InvalidJob, "job.deployment.config", e))?;
     let name = spec.name.clone();
     match control_request(&env.raft, ControlRequest::Deploy(spec)).await? {
         ControlReply::Deployed { revision, change } => data(DeployResult {
