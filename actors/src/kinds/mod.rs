@@ -329,20 +329,6 @@ pub fn check_model_files(
     }
 }
 
-/// The length of the vectors an embedder deployed with `config` makes, read from its model
-/// in `models_dir`; `None` when the config or the model cannot be read here.
-pub fn embedder_dimension(config: &str, models_dir: &std::path::Path) -> Option<usize> {
-    let config: embedder::EmbedderConfig = if config.trim().is_empty() {
-        Default::default()
-    } else {
-        serde_json::from_str(config).ok()?
-    };
-    let dir = config.model_dir(models_dir);
-    arbor_kernels::embed::Embedder::inspect(&dir)
-        .ok()
-        .map(|s| s.dim())
-}
-
 /// Parses a kind's JSON configuration; `""` (or whitespace) means the defaults. The error
 /// names the replica and, through serde_json, the field at fault.
 pub(crate) fn parse_config<C: DeserializeOwned + Default>(

@@ -89,19 +89,6 @@ pub(super) async fn promote_stale(env: &Env, p: PromoteStaleJob) -> Result<Value
     })
 }
 
-/// The vectors' length of an embedder deployed with `config`, read from its model on this
-/// node; `None` when this node cannot tell (the model is not here).
-async fn embedder_dimension(config: &str) -> Option<usize> {
-    let config = config.to_owned();
-    let models_dir = arbor_kernels::models::models_dir(None);
-    tokio::task::spawn_blocking(move || {
-        arbor_actors::kinds::embedder_dimension(&config, &models_dir)
-    })
-    .await
-    .ok()
-    .flatten()
-}
-
 pub(super) async fn create_collection(
     env: &Env,
     c: CreateCollectionJob,
@@ -109,39 +96,20 @@ pub(super) async fn create_collection(
     // The embedder may be deployed after the collection, but a deployment of that name of
     // another kind would be sent embed requests it cannot answer.
     let embedder = c.embedder.clone();
-    let deployed = read_here(&env.raft, move |s| {
-        s.deployments
-            .get(&embedder)
-            .map(|d| (d.spec.kind.clone(), d.spec.config.clone()))
+    let kind = read_here(&env.raft, move |s| {
+        s.deployments.get(&embedder).map(|d| d.spec.kind.clone())
     })
     .await?;
-    if let Some((kind, config)) = deployed {
-        if kind != "embedder" {
-            return Err(JobFailure::field(
-                ErrorCode::InvalidJob,
-                "job.embedder",
-                format!(
-                    "deployment {:?} is a {kind}, not an embedder; name the embedder deployment \
-                     that turns this collection's text into vectors",
-                    c.embedder
-                ),
-            ));
-        }
-        // The vectors' length is the embedder's model's: a collection of another dimension
-        // could hold none of them.
-        if let Some(dim) = embedder_dimension(&config).await
-            && dim != c.dimension as usize
-        {
-            return Err(JobFailure::field(
-                ErrorCode::InvalidJob,
-                "job.dimension",
-                format!(
-                    "dimension {} differs from embedder deployment {:?}'s {dim}: create the \
-                     collection with dimension {dim}",
-                    c.dimension, c.embedder
-                ),
-            ));
-        }
+    if let Some(kind) = kind.filter(|k| k != "embedder") {
+        return Err(JobFailure::field(
+            ErrorCode::InvalidJob,
+            "job.embedder",
+            format!(
+                "deployment {:?} is a {kind}, not an embedder; name the embedder deployment \
+                 that turns this collection's text into vectors",
+                c.embedder
+            ),
+        ));
     }
     let cpu = match &c.cpu {
         Some(s) => s.parse::<Millicores>().map_err(|e| {
