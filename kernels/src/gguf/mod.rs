@@ -10,6 +10,7 @@ mod value;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use dtype::GgmlType;
 pub use value::{Value, ValueType};
@@ -100,18 +101,40 @@ pub struct Gguf {
     version: u32,
     metadata: BTreeMap<String, Value>,
     tensors: Vec<TensorInfo>,
-    bytes: Vec<u8>,
+    /// Shared, so that a model can keep its weights where the file was read (no copy).
+    bytes: Arc<[u8]>,
 }
 
 impl Gguf {
     /// Reads and parses the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, GgufError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| GgufError::Io {
+        let io = |source| GgufError::Io {
             path: path.to_owned(),
             source,
+        };
+        // Read straight into the shared buffer the weights will live in.
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        let len = usize::try_from(len).map_err(|_| {
+            io(std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                "the file is larger than memory can address",
+            ))
         })?;
-        Self::parse(bytes)
+        let mut bytes: Arc<[u8]> = Arc::from(vec![0u8; 0]);
+        if len > 0 {
+            let buf = Arc::<[u8]>::new_zeroed_slice(len);
+            // SAFETY: zeroed bytes are valid u8s.
+            let mut buf = unsafe { buf.assume_init() };
+            std::io::Read::read_exact(
+                &mut file,
+                Arc::get_mut(&mut buf).expect("the only reference"),
+            )
+            .map_err(io)?;
+            bytes = buf;
+        }
+        Self::parse_shared(bytes, len as u64)
     }
 
     /// Reads only the metadata and the tensor table of the file at `path` (what checking a
@@ -148,9 +171,13 @@ impl Gguf {
         Self::parse_with_len(bytes, len)
     }
 
+    fn parse_with_len(bytes: Vec<u8>, file_len: u64) -> Result<Self, GgufError> {
+        Self::parse_shared(bytes.into(), file_len)
+    }
+
     /// Parses `bytes`, the first bytes of a file of `file_len` bytes: tensor data may lie
     /// beyond them.
-    fn parse_with_len(bytes: Vec<u8>, file_len: u64) -> Result<Self, GgufError> {
+    fn parse_shared(bytes: Arc<[u8]>, file_len: u64) -> Result<Self, GgufError> {
         let mut r = Reader {
             bytes: &bytes,
             pos: 0,
@@ -366,6 +393,16 @@ impl Gguf {
             )
         })?;
         Ok((info, bytes))
+    }
+
+    /// The buffer holding the whole file and the range of a tensor's data in it, for keeping
+    /// the data without copying it.
+    pub fn tensor_shared(
+        &self,
+        name: &str,
+    ) -> Result<(&TensorInfo, Arc<[u8]>, std::ops::Range<usize>), GgufError> {
+        let (info, _) = self.tensor_bytes(name)?;
+        Ok((info, self.bytes.clone(), info.range.clone()))
     }
 
     /// A tensor's elements as f32, in ggml order (`dims[0]` fastest).

@@ -19,7 +19,9 @@ use super::model::{check_tensors, host_matrix, host_vector, rope_frequencies, ro
 
 struct Layer {
     attn_norm: Vec<f32>,
-    /// q, k and v (stacked when they share a type): `[q_dim + 2 * kv_dim, d_model]`.
+    /// q, k and v, whose outputs are concatenated: `[q_dim + 2 * kv_dim, d_model]`. Kept
+    /// apart, where the file holds them: stacking them would copy the weights and double the
+    /// memory a load peaks at.
     qkv: Vec<HostMatrix>,
     /// Their biases (Qwen2), concatenated the same way.
     qkv_bias: Option<Vec<f32>>,
@@ -69,14 +71,6 @@ fn bytes(parts: &[HostMatrix]) -> usize {
     parts.iter().map(HostMatrix::bytes).sum()
 }
 
-/// Stacks matrices whose outputs are concatenated, when their types allow.
-fn stacked(parts: Vec<HostMatrix>) -> Vec<HostMatrix> {
-    match HostMatrix::stack(&parts) {
-        Some(one) => vec![one],
-        None => parts,
-    }
-}
-
 impl Model {
     /// Loads the weights in their stored types.
     pub(crate) fn load(gguf: &Gguf, config: LlamaConfig) -> Result<Self, GenerateError> {
@@ -99,18 +93,18 @@ impl Model {
             };
             let layer = Layer {
                 attn_norm: host_vector(gguf, &name("attn_norm"), c.d_model)?,
-                qkv: stacked(vec![
+                qkv: vec![
                     host_matrix(gguf, &name("attn_q"), q_dim, c.d_model)?,
                     host_matrix(gguf, &name("attn_k"), kv_dim, c.d_model)?,
                     host_matrix(gguf, &name("attn_v"), kv_dim, c.d_model)?,
-                ]),
+                ],
                 qkv_bias,
                 out: vec![host_matrix(gguf, &name("attn_output"), c.d_model, q_dim)?],
                 ffn_norm: host_vector(gguf, &name("ffn_norm"), c.d_model)?,
-                gate_up: stacked(vec![
+                gate_up: vec![
                     host_matrix(gguf, &name("ffn_gate"), c.ffn_dim, c.d_model)?,
                     host_matrix(gguf, &name("ffn_up"), c.ffn_dim, c.d_model)?,
-                ]),
+                ],
                 down: vec![host_matrix(gguf, &name("ffn_down"), c.d_model, c.ffn_dim)?],
             };
             host_bytes +=

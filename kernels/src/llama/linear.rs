@@ -35,27 +35,42 @@ pub(crate) struct HostMatrix {
     cols: usize,
     dtype: GgmlType,
     row_bytes: usize,
+    /// The buffer holding the matrix at `start..` (the whole GGUF file, when loaded from one).
     data: Arc<[u8]>,
+    start: usize,
     /// Multiply f32 activations, never 8-bit ones (see [`Self::exact`]).
     exact: bool,
 }
 
 impl HostMatrix {
     /// A matrix from its stored bytes; `Err` says why they do not make `[rows, cols]`.
+    #[cfg(test)]
     pub(crate) fn new(
         rows: usize,
         cols: usize,
         dtype: GgmlType,
         data: Vec<u8>,
     ) -> Result<Self, String> {
+        let len = data.len();
+        Self::shared(rows, cols, dtype, data.into(), 0..len)
+    }
+
+    /// A matrix whose stored bytes are `data[range]`, kept where they are.
+    pub(crate) fn shared(
+        rows: usize,
+        cols: usize,
+        dtype: GgmlType,
+        data: Arc<[u8]>,
+        range: std::ops::Range<usize>,
+    ) -> Result<Self, String> {
         let row_bytes = dtype
             .bytes_for(cols as u64)
             .ok_or_else(|| format!("rows of {cols} are not whole {dtype:?} blocks"))?
             as usize;
-        if data.len() != rows * row_bytes {
+        if range.len() != rows * row_bytes || data.get(range.clone()).is_none() {
             return Err(format!(
                 "{} bytes do not hold {rows} rows of {cols} {dtype:?} elements",
-                data.len()
+                range.len()
             ));
         }
         Ok(HostMatrix {
@@ -63,7 +78,8 @@ impl HostMatrix {
             cols,
             dtype,
             row_bytes,
-            data: data.into(),
+            data,
+            start: range.start,
             exact: false,
         })
     }
@@ -91,13 +107,14 @@ impl HostMatrix {
         self.cols
     }
 
-    /// Bytes held (shared by clones).
+    /// Bytes of the matrix (shared by clones).
     pub(crate) fn bytes(&self) -> usize {
-        self.data.len()
+        self.rows * self.row_bytes
     }
 
     fn row_bytes(&self, i: usize) -> &[u8] {
-        &self.data[i * self.row_bytes..(i + 1) * self.row_bytes]
+        let at = self.start + i * self.row_bytes;
+        &self.data[at..at + self.row_bytes]
     }
 
     /// Dequantizes row `i` into `out` (`cols` long).
@@ -112,26 +129,6 @@ impl HostMatrix {
             .enumerate()
             .for_each(|(i, row)| self.row_into(i, row));
         out
-    }
-
-    /// Matrices with the same type and row length on top of each other (q, k and v; gate and
-    /// up), so that one pass over the input computes them all; `None` if they differ.
-    pub(crate) fn stack(parts: &[HostMatrix]) -> Option<HostMatrix> {
-        let first = parts.first()?;
-        if parts
-            .iter()
-            .any(|p| p.dtype != first.dtype || p.cols != first.cols)
-        {
-            return None;
-        }
-        let data: Vec<u8> = parts.iter().flat_map(|p| p.data.iter().copied()).collect();
-        HostMatrix::new(
-            parts.iter().map(|p| p.rows).sum(),
-            first.cols,
-            first.dtype,
-            data,
-        )
-        .ok()
     }
 
     /// `x` is `[n, cols]`; returns `[n, rows]` = x · selfᵀ. With [`Activations::Int8`] (and
@@ -510,15 +507,5 @@ mod tests {
         let out = host_linear(&[a, q], &x, 2, Activations::Int8);
         let s = 16.0 * 127.0;
         assert_eq!(out, vec![s, s, s, s, s, s]);
-    }
-
-    #[test]
-    fn stacking_needs_one_type_and_row_length() {
-        let a = HostMatrix::from_f32(2, 32, &[1.0; 64]);
-        let b = HostMatrix::from_f32(3, 32, &[2.0; 96]);
-        let stacked = HostMatrix::stack(&[a.clone(), b]).expect("same type");
-        assert_eq!((stacked.rows(), stacked.cols()), (5, 32));
-        let q = HostMatrix::new(1, 32, GgmlType::Q8_0, vec![0; 34]).expect("shape");
-        assert!(HostMatrix::stack(&[a, q]).is_none());
     }
 }

@@ -26,7 +26,7 @@ pub(crate) fn host_matrix(
     rows: usize,
     cols: usize,
 ) -> Result<HostMatrix, GenerateError> {
-    let (info, bytes) = gguf.tensor_bytes(name)?;
+    let (info, data, range) = gguf.tensor_shared(name)?;
     // ggml lists the row length first.
     if info.dims != [cols as u64, rows as u64] {
         return Err(GenerateError::Model(format!(
@@ -34,7 +34,7 @@ pub(crate) fn host_matrix(
             info.dims
         )));
     }
-    HostMatrix::new(rows, cols, info.dtype, bytes.to_vec())
+    HostMatrix::shared(rows, cols, info.dtype, data, range)
         .map_err(|e| GenerateError::Model(format!("tensor {name:?}: {e}")))
 }
 
