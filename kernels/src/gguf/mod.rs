@@ -95,6 +95,13 @@ impl TensorInfo {
     }
 }
 
+/// A tensor's data where the file was read: the whole file's buffer and the tensor's range.
+#[derive(Debug, Clone)]
+pub struct SharedTensor {
+    pub data: Arc<Vec<u8>>,
+    pub range: std::ops::Range<usize>,
+}
+
 /// A parsed GGUF file, holding its bytes.
 #[derive(Debug)]
 pub struct Gguf {
@@ -102,7 +109,7 @@ pub struct Gguf {
     metadata: BTreeMap<String, Value>,
     tensors: Vec<TensorInfo>,
     /// Shared, so that a model can keep its weights where the file was read (no copy).
-    bytes: Arc<[u8]>,
+    bytes: Arc<Vec<u8>>,
 }
 
 impl Gguf {
@@ -122,19 +129,9 @@ impl Gguf {
                 "the file is larger than memory can address",
             ))
         })?;
-        let mut bytes: Arc<[u8]> = Arc::from(vec![0u8; 0]);
-        if len > 0 {
-            let buf = Arc::<[u8]>::new_zeroed_slice(len);
-            // SAFETY: zeroed bytes are valid u8s.
-            let mut buf = unsafe { buf.assume_init() };
-            std::io::Read::read_exact(
-                &mut file,
-                Arc::get_mut(&mut buf).expect("the only reference"),
-            )
-            .map_err(io)?;
-            bytes = buf;
-        }
-        Self::parse_shared(bytes, len as u64)
+        let mut bytes = vec![0u8; len];
+        std::io::Read::read_exact(&mut file, &mut bytes).map_err(io)?;
+        Self::parse_shared(Arc::new(bytes), len as u64)
     }
 
     /// Reads only the metadata and the tensor table of the file at `path` (what checking a
@@ -172,12 +169,12 @@ impl Gguf {
     }
 
     fn parse_with_len(bytes: Vec<u8>, file_len: u64) -> Result<Self, GgufError> {
-        Self::parse_shared(bytes.into(), file_len)
+        Self::parse_shared(Arc::new(bytes), file_len)
     }
 
     /// Parses `bytes`, the first bytes of a file of `file_len` bytes: tensor data may lie
     /// beyond them.
-    fn parse_shared(bytes: Arc<[u8]>, file_len: u64) -> Result<Self, GgufError> {
+    fn parse_shared(bytes: Arc<Vec<u8>>, file_len: u64) -> Result<Self, GgufError> {
         let mut r = Reader {
             bytes: &bytes,
             pos: 0,
@@ -397,12 +394,12 @@ impl Gguf {
 
     /// The buffer holding the whole file and the range of a tensor's data in it, for keeping
     /// the data without copying it.
-    pub fn tensor_shared(
-        &self,
-        name: &str,
-    ) -> Result<(&TensorInfo, Arc<[u8]>, std::ops::Range<usize>), GgufError> {
+    pub fn tensor_shared(&self, name: &str) -> Result<SharedTensor, GgufError> {
         let (info, _) = self.tensor_bytes(name)?;
-        Ok((info, self.bytes.clone(), info.range.clone()))
+        Ok(SharedTensor {
+            data: self.bytes.clone(),
+            range: info.range.clone(),
+        })
     }
 
     /// A tensor's elements as f32, in ggml order (`dims[0]` fastest).

@@ -36,7 +36,7 @@ pub(crate) struct HostMatrix {
     dtype: GgmlType,
     row_bytes: usize,
     /// The buffer holding the matrix at `start..` (the whole GGUF file, when loaded from one).
-    data: Arc<[u8]>,
+    data: Arc<Vec<u8>>,
     start: usize,
     /// Multiply f32 activations, never 8-bit ones (see [`Self::exact`]).
     exact: bool,
@@ -52,7 +52,7 @@ impl HostMatrix {
         data: Vec<u8>,
     ) -> Result<Self, String> {
         let len = data.len();
-        Self::shared(rows, cols, dtype, data.into(), 0..len)
+        Self::shared(rows, cols, dtype, Arc::new(data), 0..len)
     }
 
     /// A matrix whose stored bytes are `data[range]`, kept where they are.
@@ -60,7 +60,7 @@ impl HostMatrix {
         rows: usize,
         cols: usize,
         dtype: GgmlType,
-        data: Arc<[u8]>,
+        data: Arc<Vec<u8>>,
         range: std::ops::Range<usize>,
     ) -> Result<Self, String> {
         let row_bytes = dtype

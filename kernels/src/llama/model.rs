@@ -26,7 +26,8 @@ pub(crate) fn host_matrix(
     rows: usize,
     cols: usize,
 ) -> Result<HostMatrix, GenerateError> {
-    let (info, data, range) = gguf.tensor_shared(name)?;
+    let shared = gguf.tensor_shared(name)?;
+    let info = gguf.tensor(name).expect("the tensor is there");
     // ggml lists the row length first.
     if info.dims != [cols as u64, rows as u64] {
         return Err(GenerateError::Model(format!(
@@ -34,7 +35,7 @@ pub(crate) fn host_matrix(
             info.dims
         )));
     }
-    HostMatrix::shared(rows, cols, info.dtype, data, range)
+    HostMatrix::shared(rows, cols, info.dtype, shared.data, shared.range)
         .map_err(|e| GenerateError::Model(format!("tensor {name:?}: {e}")))
 }
 
