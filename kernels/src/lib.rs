@@ -5,6 +5,7 @@ pub mod device;
 pub mod embed;
 pub mod gguf;
 pub mod hnsw;
+mod isa;
 pub mod llama;
 pub mod models;
 pub mod topk;

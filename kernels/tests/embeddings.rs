@@ -1,11 +1,12 @@
-//! all-MiniLM-L6-v2 on burn against reference embeddings made by sentence-transformers on
-//! PyTorch (scripts/embedding-reference.py, fixture tests/fixtures/embeddings.json).
+//! all-MiniLM-L6-v2 on the CPU encoder, in its best precision and in f32, against reference
+//! embeddings made by sentence-transformers on PyTorch (scripts/embedding-reference.py,
+//! fixture tests/fixtures/embeddings.json).
 //! Needs the model files: run scripts/fetch-models.sh first.
 
 use std::sync::OnceLock;
 
 use arbor_kernels::Device;
-use arbor_kernels::embed::{EmbedError, Embedder};
+use arbor_kernels::embed::{EmbedError, Embedder, Precision};
 use arbor_kernels::models::{MINILM_DIR, models_dir};
 use serde::Deserialize;
 
@@ -27,17 +28,26 @@ fn fixture() -> Fixture {
     serde_json::from_str(include_str!("fixtures/embeddings.json")).expect("fixture parses")
 }
 
+fn load(precision: Precision) -> Embedder {
+    let dir = models_dir(None).join(MINILM_DIR);
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "{} has no model.safetensors: run scripts/fetch-models.sh (or set ARBOR_MODELS to the models dir)",
+        dir.display()
+    );
+    Embedder::load_dir_with(&dir, Device::Cpu, precision).expect("the model loads")
+}
+
+/// The embedder as a replica loads it: the best precision this CPU has.
 fn embedder() -> &'static Embedder {
     static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
-    EMBEDDER.get_or_init(|| {
-        let dir = models_dir(None);
-        assert!(
-            dir.join(MINILM_DIR).join("model.safetensors").exists(),
-            "{} has no model.safetensors: run scripts/fetch-models.sh (or set ARBOR_MODELS to the models dir)",
-            dir.join(MINILM_DIR).display()
-        );
-        Embedder::load(&dir, Device::Cpu).expect("the model loads")
-    })
+    EMBEDDER.get_or_init(|| load(Precision::best()))
+}
+
+/// The reference arithmetic.
+fn embedder_f32() -> &'static Embedder {
+    static EMBEDDER: OnceLock<Embedder> = OnceLock::new();
+    EMBEDDER.get_or_init(|| load(Precision::F32))
 }
 
 fn cosine(a: &[f32], b: &[f32]) -> f32 {
@@ -49,8 +59,36 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn matches_sentence_transformers() {
+    println!("best precision: {:?}", embedder().precision());
+    check_against_reference(embedder());
+}
+
+#[test]
+fn matches_sentence_transformers_in_f32() {
+    assert_eq!(embedder_f32().precision(), Precision::F32);
+    check_against_reference(embedder_f32());
+}
+
+#[test]
+fn bf16_vectors_are_within_a_ten_thousandth_of_f32() {
     let fixture = fixture();
-    let embedder = embedder();
+    let texts: Vec<&str> = fixture.cases.iter().map(|c| c.text.as_str()).collect();
+    let best = embedder().embed(&texts).expect("embeds");
+    let exact = embedder_f32().embed(&texts).expect("embeds");
+    let worst = best
+        .iter()
+        .zip(&exact)
+        .map(|(a, b)| cosine(a, b))
+        .fold(f32::INFINITY, f32::min);
+    println!(
+        "{:?} vs f32: lowest cosine {worst:.7}",
+        embedder().precision()
+    );
+    assert!(worst >= 0.9999, "lowest cosine {worst}");
+}
+
+fn check_against_reference(embedder: &Embedder) {
+    let fixture = fixture();
     assert_eq!(embedder.dim(), fixture.dim);
     assert_eq!(embedder.max_tokens(), fixture.max_seq_length);
     assert!(fixture.cases.len() >= 20);
@@ -88,19 +126,23 @@ fn token_counts_match_the_reference_and_truncate() {
 }
 
 #[test]
-fn a_text_embeds_the_same_alone_and_in_a_padded_batch() {
+fn a_text_embeds_the_same_alone_and_in_a_batch() {
     let texts = [
         "Short.",
         "A much longer sentence, padded to nothing, that sets the batch width.",
+        "Another text of middling length.",
     ];
-    let together = embedder().embed(&texts).expect("embeds");
-    for (text, v) in texts.iter().zip(&together) {
-        let alone = embedder().embed(&[text]).expect("embeds");
-        let cos = cosine(&alone[0], v);
-        assert!(
-            cos > 0.99999,
-            "{text:?}: cosine {cos} between alone and batched"
-        );
+    for embedder in [embedder(), embedder_f32()] {
+        let together = embedder.embed(&texts).expect("embeds");
+        for (text, v) in texts.iter().zip(&together) {
+            let alone = embedder.embed(&[text]).expect("embeds");
+            let cos = cosine(&alone[0], v);
+            assert!(
+                cos > 0.99999,
+                "{:?} {text:?}: cosine {cos} between alone and batched",
+                embedder.precision()
+            );
+        }
     }
     // Similar meanings are closer than unrelated ones.
     let v = embedder()

@@ -1,6 +1,7 @@
 //! Sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2 by default, bge-small and
-//! the like from their folders): a BERT encoder on burn (ndarray on the CPU, CUDA on a GPU),
-//! pooled (mean or `[CLS]`) and normalized as the model's sentence-transformers files say.
+//! the like from their folders): a BERT encoder of our own on the CPU ([`cpu`], bf16 or f32
+//! dense layers, see [`Precision`]) and on burn's CUDA backend on a GPU, pooled (mean or
+//! `[CLS]`) and normalized as the model's sentence-transformers files say.
 //!
 //! ```no_run
 //! use arbor_kernels::{Device, embed::Embedder, models};
@@ -13,10 +14,14 @@
 //!
 //! Texts longer than [`Embedder::max_tokens`] word pieces are truncated (as sentence-transformers
 //! does); [`Embedder::count_tokens`] tells a batcher what each text costs. Inside one call,
-//! texts are sorted by length and run in batches of [`Embedder::batch_size`], so that short
-//! texts are not padded to the longest of the whole call.
+//! texts are sorted by length and run in batches of [`Embedder::batch_size`]: on the GPU so
+//! that short texts are not padded to the longest of the whole call (the CPU encoder pads
+//! nothing), on both to bound the memory one pass takes.
 
+mod amx;
 mod config;
+mod cpu;
+mod dense;
 mod gelu;
 mod model;
 mod tokenize;
@@ -24,17 +29,17 @@ mod weights;
 
 use std::path::{Path, PathBuf};
 
-use burn::backend::{Cuda, NdArray};
+use burn::backend::Cuda;
 
 use crate::device::Device;
 use crate::models::MINILM_DIR;
 
 pub use config::{BertConfig, Pooling};
+pub use dense::{Precision, bf16_supported};
 use model::Bert;
 use tokenize::{Batch, WordPieces};
 use weights::Weights;
 
-type CpuBackend = NdArray<f32>;
 type CudaBackend = Cuda<f32, i32>;
 
 /// Texts per forward pass unless set with [`Embedder::with_batch_size`]: texts are sorted by
@@ -72,9 +77,9 @@ impl EmbedError {
     }
 }
 
-/// The model on its backend; boxed, as the two differ much in size.
+/// The model on its device; boxed, as the two differ much in size.
 enum Engine {
-    Cpu(Box<Bert<CpuBackend>>),
+    Cpu(Box<cpu::Encoder>),
     Cuda(Box<Bert<CudaBackend>>),
 }
 
@@ -113,8 +118,20 @@ impl Embedder {
     }
 
     /// Loads a BERT sentence encoder from its own folder: `config.json`, `model.safetensors`,
-    /// `tokenizer.json` and optionally `sentence_bert_config.json`.
+    /// `tokenizer.json` and optionally `sentence_bert_config.json`. On the CPU, the dense
+    /// layers run in [`Precision::best`].
     pub fn load_dir(dir: impl AsRef<Path>, device: Device) -> Result<Self, EmbedError> {
+        Self::load_dir_with(dir, device, Precision::best())
+    }
+
+    /// [`load_dir`](Self::load_dir) with the CPU's dense layers in `precision` (the GPU
+    /// computes in f32 whatever it is): [`Precision::F32`] gives the reference arithmetic.
+    /// [`Precision::Bf16`] on a CPU without AVX-512 BF16 runs f32.
+    pub fn load_dir_with(
+        dir: impl AsRef<Path>,
+        device: Device,
+        precision: Precision,
+    ) -> Result<Self, EmbedError> {
         let dir = dir.as_ref();
         if !["config.json", "model.safetensors", "tokenizer.json"]
             .iter()
@@ -132,26 +149,23 @@ impl Embedder {
         )?;
         let weights = Weights::open(&dir.join("model.safetensors"))?;
         let engine = match device {
-            Device::Cpu => Engine::Cpu(Box::new(Bert::load(
-                &weights,
-                config,
-                Default::default(),
-                true,
-            )?)),
+            Device::Cpu => Engine::Cpu(Box::new(cpu::Encoder::load(&weights, config, precision)?)),
             Device::Cuda(index) => {
                 crate::device::cuda_driver()
                     .map_err(|e| EmbedError::Device(device, e.to_string()))?;
                 let dev = burn::backend::cuda::CudaDevice::new(index);
-                Engine::Cuda(Box::new(Bert::load(&weights, config, dev, false)?))
+                Engine::Cuda(Box::new(Bert::load(&weights, config, dev)?))
             }
         };
-        tracing::info!(dir = %dir.display(), %device, "loaded sentence encoder");
-        Ok(Embedder {
+        let embedder = Embedder {
             engine,
             pieces,
             device,
             batch_size: DEFAULT_BATCH_SIZE,
-        })
+        };
+        let precision = embedder.precision();
+        tracing::info!(dir = %dir.display(), %device, ?precision, "loaded sentence encoder");
+        Ok(embedder)
     }
 
     /// Reads a model folder's configuration and checks that its files are there, without
@@ -198,6 +212,15 @@ impl Embedder {
         }
     }
 
+    /// The arithmetic of the dense layers: what was asked, where this CPU runs it; f32 on
+    /// the GPU.
+    pub fn precision(&self) -> Precision {
+        match &self.engine {
+            Engine::Cpu(m) => m.precision(),
+            Engine::Cuda(_) => Precision::F32,
+        }
+    }
+
     /// Length of each embedding (384 for all-MiniLM-L6-v2).
     pub fn dim(&self) -> usize {
         self.config().hidden_size
@@ -230,10 +253,9 @@ impl Embedder {
         let mut out = vec![Vec::new(); texts.len()];
         for chunk in length_sorted_batches(&ids, self.batch_size) {
             let rows: Vec<&[u32]> = chunk.iter().map(|&i| ids[i].as_slice()).collect();
-            let batch = Batch::pad(&rows);
             let vectors = match &self.engine {
-                Engine::Cpu(m) => m.embed(&batch)?,
-                Engine::Cuda(m) => m.embed(&batch)?,
+                Engine::Cpu(m) => m.embed(&rows),
+                Engine::Cuda(m) => m.embed(&Batch::pad(&rows))?,
             };
             for (i, v) in chunk.into_iter().zip(vectors) {
                 out[i] = v;

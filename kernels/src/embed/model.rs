@@ -1,4 +1,4 @@
-//! The BERT encoder's forward pass on a burn backend, then the pooling (mean or `[CLS]`) and
+//! The BERT encoder's forward pass on a burn backend (CUDA; the CPU runs [`super::cpu`]), then the pooling (mean or `[CLS]`) and
 //! the L2 normalization the model's sentence-transformers files ask for.
 //!
 //! The embedding tables stay in host memory: looking up a batch's rows there and uploading
@@ -10,7 +10,6 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::EmbedError;
 use super::config::{BertConfig, Pooling};
-use super::gelu::gelu_in_place;
 use super::tokenize::Batch;
 use super::weights::{HostTensor, Weights};
 
@@ -105,18 +104,10 @@ pub(crate) struct Bert<B: Backend> {
     token_type: Vec<f32>,
     embed_norm: LayerNorm<B>,
     layers: Vec<Layer<B>>,
-    /// Compute GELU in host memory ([`gelu_in_place`]) rather than with the backend's op:
-    /// on the CPU backend, where host memory is the tensor's memory, this is much faster.
-    host_gelu: bool,
 }
 
 impl<B: Backend> Bert<B> {
-    pub fn load(
-        w: &Weights,
-        config: BertConfig,
-        device: B::Device,
-        host_gelu: bool,
-    ) -> Result<Self, EmbedError> {
+    pub fn load(w: &Weights, config: BertConfig, device: B::Device) -> Result<Self, EmbedError> {
         let (h, ff, eps) = (
             config.hidden_size,
             config.intermediate_size,
@@ -185,7 +176,6 @@ impl<B: Backend> Bert<B> {
             token_type,
             embed_norm,
             layers,
-            host_gelu,
         })
     }
 
@@ -227,7 +217,7 @@ impl<B: Backend> Bert<B> {
                 .swap_dims(1, 2)
                 .reshape([b * t, h]);
             x = layer.attn_norm.forward(layer.attn_out.forward(context) + x);
-            let ff = layer.down.forward(self.gelu(layer.up.forward(x.clone()))?);
+            let ff = layer.down.forward(gelu(layer.up.forward(x.clone())));
             x = layer.out_norm.forward(ff + x);
         }
 
@@ -257,19 +247,6 @@ impl<B: Backend> Bert<B> {
             .into_vec::<f32>()
             .map_err(|e| EmbedError::Backend(format!("{e:?}")))?;
         Ok(flat.chunks_exact(h).map(<[f32]>::to_vec).collect())
-    }
-
-    fn gelu(&self, x: Tensor<B, 2>) -> Result<Tensor<B, 2>, EmbedError> {
-        if !self.host_gelu {
-            return Ok(gelu(x));
-        }
-        let dims = x.dims();
-        let mut data = x
-            .into_data()
-            .into_vec::<f32>()
-            .map_err(|e| EmbedError::Backend(format!("{e:?}")))?;
-        gelu_in_place(&mut data);
-        Ok(Tensor::from_data(TensorData::new(data, dims), &self.device))
     }
 
     /// Word + position + token-type embeddings of every token, `[batch * width, hidden]`.

@@ -12,11 +12,12 @@
 //! - Many rows (a prompt): the arithmetic dominates, so the weights are dequantized to f32 once
 //!   per call and multiplied with `matrixmultiply`'s blocked, threaded GEMM.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 
 use crate::gguf::GgmlType;
+use crate::isa::Isa;
 
 /// Columns dequantized at once: a whole number of blocks of every type, 1 KiB of f32.
 pub(super) const TILE: usize = 256;
@@ -237,34 +238,6 @@ pub enum Activations {
     Int8,
     /// Activations as computed, in f32: the arithmetic of an f32 reference implementation.
     F32,
-}
-
-/// The instruction set the kernels run with, detected once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-impl Isa {
-    pub(crate) fn detect() -> Isa {
-        static ISA: OnceLock<Isa> = OnceLock::new();
-        *ISA.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                use std::arch::is_x86_feature_detected as has;
-                if has!("avx2") && has!("fma") && has!("f16c") {
-                    return if has!("avx512f") {
-                        Isa::Avx512
-                    } else {
-                        Isa::Avx2
-                    };
-                }
-            }
-            Isa::Portable
-        })
-    }
 }
 
 /// The streaming kernel: for each band of four weight rows, each tile of 256 columns is

@@ -1,0 +1,376 @@
+//! The BERT encoder on the CPU, without burn: dense layers packed for this CPU
+//! ([`Dense`]), attention per text and head on all cores, and every element-wise step fused
+//! into the pass that produces its input.
+//!
+//! Texts are not padded: the token rows of a batch are laid end to end, the dense layers
+//! run on all of them at once, and attention runs within each text. Nothing is computed for
+//! padding, no mask is needed, and a text's vector does not depend on its batch.
+
+use rayon::prelude::*;
+
+use super::EmbedError;
+use super::config::{BertConfig, Pooling};
+use super::dense::{Dense, Disjoint, Precision, Then};
+use super::weights::Weights;
+
+/// LayerNorm's scale and shift.
+struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn load(w: &Weights, name: &str, dim: usize, eps: f64) -> Result<Self, EmbedError> {
+        Ok(Norm {
+            gamma: w.get(&format!("{name}.weight"), &[dim])?.data,
+            beta: w.get(&format!("{name}.bias"), &[dim])?.data,
+            eps: eps as f32,
+        })
+    }
+
+    /// Normalizes every row of `x` (`[rows, dim]`) in place.
+    fn apply(&self, x: &mut [f32]) {
+        let dim = self.gamma.len();
+        x.par_chunks_mut(64 * dim)
+            .for_each(|rows| normalize(rows, &self.gamma, &self.beta, self.eps));
+    }
+}
+
+crate::isa::multiversion! {
+    /// LayerNorm of each row of `gamma.len()` values.
+    fn normalize(rows: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
+        let dim = gamma.len();
+        for row in rows.chunks_exact_mut(dim) {
+            let mean = sum(row) / dim as f32;
+            let mut var = [0f32; LANES];
+            for chunk in row.chunks(LANES) {
+                for (v, x) in var.iter_mut().zip(chunk) {
+                    *v += (x - mean) * (x - mean);
+                }
+            }
+            let inv = 1.0 / (var.iter().sum::<f32>() / dim as f32 + eps).sqrt();
+            for ((x, g), b) in row.iter_mut().zip(gamma).zip(beta) {
+                *x = (*x - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+/// Lanes of the partial sums that reductions keep, so that the compiler vectorizes them.
+const LANES: usize = 16;
+
+/// Σ x, in [`LANES`] partial sums.
+#[inline(always)]
+fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    for chunk in x.chunks(LANES) {
+        for (a, x) in acc.iter_mut().zip(chunk) {
+            *a += x;
+        }
+    }
+    acc.iter().sum()
+}
+
+struct Layer {
+    /// Query, key and value stacked: `[3 · hidden]` outputs.
+    qkv: Dense,
+    attn_out: Dense,
+    attn_norm: Norm,
+    up: Dense,
+    down: Dense,
+    out_norm: Norm,
+}
+
+/// A BERT sentence encoder in host memory.
+pub(crate) struct Encoder {
+    config: BertConfig,
+    precision: Precision,
+    /// `[vocab, hidden]`, `[positions, hidden]`, and row 0 of the token-type table (every
+    /// text is one segment).
+    word: Vec<f32>,
+    position: Vec<f32>,
+    token_type: Vec<f32>,
+    embed_norm: Norm,
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    /// Reads and packs the weights; `precision` is what the dense layers run if this CPU can
+    /// (bf16 falls back to f32).
+    pub fn load(w: &Weights, config: BertConfig, precision: Precision) -> Result<Self, EmbedError> {
+        let precision = match precision {
+            Precision::Bf16 if !super::dense::bf16_supported() => Precision::F32,
+            other => other,
+        };
+        let (h, ff, eps) = (
+            config.hidden_size,
+            config.intermediate_size,
+            config.layer_norm_eps,
+        );
+        let dense = |names: &[String], out: usize, inp: usize| -> Result<Dense, EmbedError> {
+            let mut weight = Vec::with_capacity(out * inp * names.len());
+            let mut bias = Vec::with_capacity(out * names.len());
+            for name in names {
+                weight.extend(w.get(&format!("{name}.weight"), &[out, inp])?.data);
+                bias.extend(w.get(&format!("{name}.bias"), &[out])?.data);
+            }
+            Ok(Dense::new(&weight, bias, inp, precision))
+        };
+        let layers = (0..config.num_layers)
+            .map(|i| {
+                let p = format!("encoder.layer.{i}");
+                let attn = |s: &str| format!("{p}.attention.self.{s}");
+                Ok(Layer {
+                    qkv: dense(&[attn("query"), attn("key"), attn("value")], h, h)?,
+                    attn_out: dense(&[format!("{p}.attention.output.dense")], h, h)?,
+                    attn_norm: Norm::load(w, &format!("{p}.attention.output.LayerNorm"), h, eps)?,
+                    up: dense(&[format!("{p}.intermediate.dense")], ff, h)?,
+                    down: dense(&[format!("{p}.output.dense")], h, ff)?,
+                    out_norm: Norm::load(w, &format!("{p}.output.LayerNorm"), h, eps)?,
+                })
+            })
+            .collect::<Result<Vec<_>, EmbedError>>()?;
+        let mut token_type = w
+            .get(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, h],
+            )?
+            .data;
+        token_type.truncate(h);
+        Ok(Encoder {
+            word: w
+                .get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?
+                .data,
+            position: w
+                .get(
+                    "embeddings.position_embeddings.weight",
+                    &[config.max_position_embeddings, h],
+                )?
+                .data,
+            token_type,
+            embed_norm: Norm::load(w, "embeddings.LayerNorm", h, eps)?,
+            layers,
+            config,
+            precision,
+        })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The pooled (and, if the model says so, normalized) vector of each text, given as its
+    /// word-piece ids (`[CLS]` … `[SEP]`, at most `max_tokens`).
+    pub fn embed(&self, texts: &[&[u32]]) -> Vec<Vec<f32>> {
+        let h = self.config.hidden_size;
+        let starts: Vec<usize> = texts
+            .iter()
+            .scan(0, |at, t| {
+                let start = *at;
+                *at += t.len();
+                Some(start)
+            })
+            .collect();
+        let rows: usize = texts.iter().map(|t| t.len()).sum();
+        if rows == 0 {
+            return vec![vec![0.0; h]; texts.len()];
+        }
+
+        let mut x = self.embed_tokens(texts, rows);
+        self.embed_norm.apply(&mut x);
+        let mut qkv = vec![0f32; rows * 3 * h];
+        let mut context = vec![0f32; rows * h];
+        let mut next = vec![0f32; rows * h];
+        let mut inner = vec![0f32; rows * self.config.intermediate_size];
+        for layer in &self.layers {
+            layer.qkv.forward(&x, &mut qkv, Then::Nothing);
+            self.attention(&qkv, texts, &starts, &mut context);
+            layer.attn_out.forward(&context, &mut next, Then::Add(&x));
+            layer.attn_norm.apply(&mut next);
+            std::mem::swap(&mut x, &mut next);
+            layer.up.forward(&x, &mut inner, Then::Gelu);
+            layer.down.forward(&inner, &mut next, Then::Add(&x));
+            layer.out_norm.apply(&mut next);
+            std::mem::swap(&mut x, &mut next);
+        }
+
+        texts
+            .iter()
+            .zip(&starts)
+            .map(|(t, &start)| {
+                let states = &x[start * h..][..t.len() * h];
+                let mut v = match self.config.pooling {
+                    Pooling::Cls => states[..h].to_vec(),
+                    Pooling::Mean => {
+                        let mut v = vec![0f32; h];
+                        for row in states.chunks_exact(h) {
+                            for (v, x) in v.iter_mut().zip(row) {
+                                *v += x;
+                            }
+                        }
+                        let n = t.len() as f32;
+                        v.iter_mut().for_each(|v| *v /= n);
+                        v
+                    }
+                };
+                if self.config.normalize {
+                    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// Word + position + token-type embeddings of every token, `[rows, hidden]`.
+    fn embed_tokens(&self, texts: &[&[u32]], rows: usize) -> Vec<f32> {
+        let h = self.config.hidden_size;
+        let mut out = vec![0f32; rows * h];
+        let tokens = texts
+            .iter()
+            .flat_map(|t| t.iter().enumerate())
+            .zip(out.chunks_exact_mut(h));
+        for ((pos, &id), dst) in tokens {
+            let word = &self.word[id as usize * h..][..h];
+            let position = &self.position[pos * h..][..h];
+            for (((d, w), p), ty) in dst.iter_mut().zip(word).zip(position).zip(&self.token_type) {
+                *d = w + p + ty;
+            }
+        }
+        out
+    }
+
+    /// Scaled dot-product attention within each text, for every head: `context` (`[rows,
+    /// hidden]`) from `qkv` (`[rows, 3 · hidden]`).
+    fn attention(&self, qkv: &[f32], texts: &[&[u32]], starts: &[usize], context: &mut [f32]) {
+        let h = self.config.hidden_size;
+        let (heads, hd) = (self.config.num_heads, self.config.head_dim());
+        let scale = (hd as f32).powf(-0.5);
+        let out = Disjoint(context.as_mut_ptr());
+        (0..texts.len() * heads).into_par_iter().for_each(|task| {
+            let (text, head) = (task / heads, task % heads);
+            let (start, len) = (starts[text], texts[text].len());
+            let span = Span {
+                h,
+                hd,
+                head,
+                start,
+                len,
+            };
+            attend(qkv, span, scale, out);
+        });
+    }
+}
+
+/// Where one text's attention head lies: `len` rows from `start`, columns `head · hd ..` of
+/// each third of a `qkv` row (`3 · h` wide) and of a `context` row (`h` wide).
+#[derive(Clone, Copy)]
+struct Span {
+    h: usize,
+    hd: usize,
+    head: usize,
+    start: usize,
+    len: usize,
+}
+
+crate::isa::multiversion! {
+    /// Scaled dot-product attention of one head within one text.
+    fn attend(qkv: &[f32], span: Span, scale: f32, out: Disjoint) {
+        let Span { h, hd, head, start, len } = span;
+        let row = |i: usize, part: usize| &qkv[(start + i) * 3 * h + part * h + head * hd..][..hd];
+        // Keys transposed, `[hd, len]`, so that a query's scores are a sum of rows.
+        let mut keys = vec![0f32; hd * len];
+        for j in 0..len {
+            for (d, &k) in row(j, 1).iter().enumerate() {
+                keys[d * len + j] = k;
+            }
+        }
+        let mut scores = vec![0f32; len];
+        let mut ctx = vec![0f32; hd];
+        for i in 0..len {
+            scores.iter_mut().for_each(|s| *s = 0.0);
+            for (&q, kd) in row(i, 0).iter().zip(keys.chunks_exact(len)) {
+                for (s, k) in scores.iter_mut().zip(kd) {
+                    *s += q * k;
+                }
+            }
+            softmax_in_place(&mut scores, scale);
+            ctx.iter_mut().for_each(|c| *c = 0.0);
+            for (j, &p) in scores.iter().enumerate() {
+                for (c, v) in ctx.iter_mut().zip(row(j, 2)) {
+                    *c += p * v;
+                }
+            }
+            // SAFETY: the task of (text, head) alone writes the head's columns of the text's
+            // rows, inside `context`, which outlives the parallel loop.
+            let dst = unsafe { out.row_part((start + i) * h + head * hd, hd) };
+            dst.copy_from_slice(&ctx);
+        }
+    }
+}
+
+/// `s ← softmax(scale · s)`.
+#[inline(always)]
+fn softmax_in_place(s: &mut [f32], scale: f32) {
+    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    for x in s.iter_mut() {
+        *x = exp((*x - max) * scale);
+    }
+    let inv = 1.0 / sum(s);
+    s.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// eˣ for x ≤ 0 (softmax's arguments) within 2 ulp, without a branch or a call, so that
+/// loops of it vectorize: 2ⁿ · e^r with n = round(x / ln 2) and a degree-6 polynomial for
+/// e^r on |r| ≤ ln 2 / 2 (Cephes' `expf`).
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer
+    let x = x.clamp(-87.0, 0.0);
+    let t = x.mul_add(std::f32::consts::LOG2_E, MAGIC);
+    let n = t - MAGIC;
+    let r = n.mul_add(-0.693_359_4, x);
+    let r = n.mul_add(2.121_944_4e-4, r);
+    let mut p = r.mul_add(1.987_569_1e-4, 1.398_199_9e-3);
+    p = r.mul_add(p, 8.333_452e-3);
+    p = r.mul_add(p, 4.166_579_6e-2);
+    p = r.mul_add(p, 1.666_666_5e-1);
+    p = r.mul_add(p, 0.5);
+    let e = (r * r).mul_add(p, r) + 1.0;
+    let n = t.to_bits() as i32 - MAGIC.to_bits() as i32;
+    e * f32::from_bits(((n + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_within_two_ulp_where_softmax_uses_it() {
+        for i in 0..=87_000 {
+            let x = -(i as f32) / 1000.0;
+            let (got, want) = (exp(x), (x as f64).exp());
+            let rel = ((got as f64 - want) / want).abs();
+            assert!(rel < 2.5e-7, "exp({x}) = {got}, want {want}");
+        }
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1e30) > 0.0 && exp(-1e30) < 1e-37);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_keeps_order() {
+        let mut s = vec![1.0, 3.0, -2.0, 3.0, 0.5];
+        softmax_in_place(&mut s, 0.5);
+        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(s[1], s[3]);
+        assert!(s[1] > s[0] && s[0] > s[4] && s[4] > s[2]);
+        let want = (0.5f64 * (1.0 - 3.0)).exp()
+            / (2.0 + (-1f64).exp() + (-2.5f64).exp() + (-1.25f64).exp());
+        assert!((s[0] as f64 - want).abs() < 1e-6, "{} vs {want}", s[0]);
+    }
+}
