@@ -101,16 +101,17 @@ mod tiles {
             }
         }
 
-        /// `c[r][j] = Σ_k a[r][k] · b[k][j]` for a block of 32 rows × 32 columns, over
-        /// `steps · 32` inputs.
+        /// `c[r][j] = Σ_k a[r][k] · b[k][j]` for a block of 32 rows × 32 columns (16 rows
+        /// if `upper_only`: the lower half of `c` is then left as it was), over `steps · 32`
+        /// inputs.
         ///
         /// `a` points at the block's first row of bf16 activations, `a_stride` bytes apart.
-        /// `b` points at the block's first column in a packed panel: for each pair of inputs,
-        /// 16 columns' pairs (64 bytes) per tile, `b_stride` bytes from one pair of inputs to
-        /// the next. `c` receives 32 rows of 32 f32, `c_stride` bytes apart.
+        /// `b` points at the block's weights: for each step, two tiles of 16 pairs of inputs
+        /// × 16 columns' pairs (64 bytes a row, 1 KiB a tile), one after the other. `c`
+        /// receives 32 rows of 32 f32, `c_stride` bytes apart.
         ///
         /// # Safety
-        /// `a` has 32 rows of `steps · 32` values, `b` has `steps · 16` pairs of 32 columns,
+        /// `a` has 32 rows (16 if `upper_only`) of `steps · 32` values, `b` has `steps` steps,
         /// `c` room for 32 rows of 32 floats, at the strides given.
         #[allow(clippy::too_many_arguments)]
         pub unsafe fn block(
@@ -118,11 +119,12 @@ mod tiles {
             a: *const u16,
             a_stride: usize,
             b: *const u16,
-            b_stride: usize,
             steps: usize,
+            upper_only: bool,
             c: *mut f32,
             c_stride: usize,
         ) {
+            const TILE_BYTES: usize = 1024;
             // SAFETY: the tiles are configured (`self`); the caller's promise covers every
             // address read and written.
             unsafe {
@@ -135,40 +137,61 @@ mod tiles {
                 );
                 for step in 0..steps {
                     let a0 = a.add(step * 32).cast::<u8>();
-                    let a1 = a0.add(16 * a_stride);
-                    let b0 = b.cast::<u8>().add(step * 16 * b_stride);
-                    let b1 = b0.add(64);
-                    asm!(
-                        "tileloadd tmm4, [{a0} + {sa}*1]",
-                        "tileloadd tmm5, [{a1} + {sa}*1]",
-                        "tileloadd tmm6, [{b0} + {sb}*1]",
-                        "tileloadd tmm7, [{b1} + {sb}*1]",
-                        "tdpbf16ps tmm0, tmm4, tmm6",
-                        "tdpbf16ps tmm1, tmm4, tmm7",
-                        "tdpbf16ps tmm2, tmm5, tmm6",
-                        "tdpbf16ps tmm3, tmm5, tmm7",
-                        a0 = in(reg) a0,
-                        a1 = in(reg) a1,
-                        b0 = in(reg) b0,
-                        b1 = in(reg) b1,
-                        sa = in(reg) a_stride,
-                        sb = in(reg) b_stride,
-                        options(nostack, readonly),
-                    );
+                    let b0 = b.cast::<u8>().add(step * 2 * TILE_BYTES);
+                    let b1 = b0.add(TILE_BYTES);
+                    if upper_only {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            a0 = in(reg) a0,
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b1,
+                            sa = in(reg) a_stride,
+                            sb = in(reg) 64usize,
+                            options(nostack, readonly),
+                        );
+                    } else {
+                        asm!(
+                            "tileloadd tmm4, [{a0} + {sa}*1]",
+                            "tileloadd tmm5, [{a1} + {sa}*1]",
+                            "tileloadd tmm6, [{b0} + {sb}*1]",
+                            "tileloadd tmm7, [{b1} + {sb}*1]",
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            a0 = in(reg) a0,
+                            a1 = in(reg) a0.add(16 * a_stride),
+                            b0 = in(reg) b0,
+                            b1 = in(reg) b1,
+                            sa = in(reg) a_stride,
+                            sb = in(reg) 64usize,
+                            options(nostack, readonly),
+                        );
+                    }
                 }
                 let c = c.cast::<u8>();
                 asm!(
                     "tilestored [{c00} + {sc}*1], tmm0",
                     "tilestored [{c01} + {sc}*1], tmm1",
-                    "tilestored [{c10} + {sc}*1], tmm2",
-                    "tilestored [{c11} + {sc}*1], tmm3",
                     c00 = in(reg) c,
                     c01 = in(reg) c.add(64),
-                    c10 = in(reg) c.add(16 * c_stride),
-                    c11 = in(reg) c.add(16 * c_stride + 64),
                     sc = in(reg) c_stride,
                     options(nostack),
                 );
+                if !upper_only {
+                    asm!(
+                        "tilestored [{c10} + {sc}*1], tmm2",
+                        "tilestored [{c11} + {sc}*1], tmm3",
+                        c10 = in(reg) c.add(16 * c_stride),
+                        c11 = in(reg) c.add(16 * c_stride + 64),
+                        sc = in(reg) c_stride,
+                        options(nostack),
+                    );
+                }
             }
         }
     }

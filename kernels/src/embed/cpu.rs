@@ -166,7 +166,14 @@ impl Encoder {
 
     /// The pooled (and, if the model says so, normalized) vector of each text, given as its
     /// word-piece ids (`[CLS]` … `[SEP]`, at most `max_tokens`).
+    ///
+    /// Runs on a thread of rayon's pool, so that its many short parallel steps start there
+    /// rather than each handing work over from the caller's thread and back.
     pub fn embed(&self, texts: &[&[u32]]) -> Vec<Vec<f32>> {
+        rayon::scope(|_| self.embed_in_pool(texts))
+    }
+
+    fn embed_in_pool(&self, texts: &[&[u32]]) -> Vec<Vec<f32>> {
         let h = self.config.hidden_size;
         let starts: Vec<usize> = texts
             .iter()

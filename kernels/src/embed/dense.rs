@@ -62,6 +62,28 @@ impl Bf16Kernel {
         }
     }
 
+    /// Where weight `(o, i)` (output `o`, input `i`) lies in the packing, with `pairs` pairs
+    /// of inputs per panel of [`NR`] outputs.
+    ///
+    /// AVX-512: for each pair of inputs, the panel's `NR` columns' pairs side by side, so one
+    /// 512-bit load gives 16 columns. AMX: the panel's two halves of 32 columns one after the
+    /// other, each as a run of tiles (for each 16 pairs of inputs, two tiles of 16 pairs × 16
+    /// columns' pairs, 1 KiB each), so that a block reads its weights in one stream.
+    fn packed_at(self, pairs: usize, o: usize, i: usize) -> usize {
+        let (panel, col) = (o / NR, o % NR);
+        let (pair, e) = (i / 2, i % 2);
+        let panel_start = panel * pairs * NR * 2;
+        match self {
+            Bf16Kernel::Avx512 => panel_start + (pair * NR + col) * 2 + e,
+            Bf16Kernel::Amx => {
+                let steps = pairs / 16;
+                let (half, tile, c) = (col / 32, col % 32 / 16, col % 16);
+                let (step, row) = (pair / 16, pair % 16);
+                panel_start + ((half * steps + step) * 2 + tile) * 512 + row * 32 + c * 2 + e
+            }
+        }
+    }
+
     /// AVX-512 BF16, which both kernels' conversions and epilogues use.
     fn avx512_bf16() -> bool {
         #[cfg(target_arch = "x86_64")]
@@ -152,10 +174,8 @@ impl Dense {
                 let panel_count = out.div_ceil(NR);
                 let mut panels = vec![0u16; panel_count * pairs * NR * 2];
                 for (o, row) in weight.chunks_exact(inp).enumerate() {
-                    let (panel, col) = (o / NR, o % NR);
                     for (i, &w) in row.iter().enumerate() {
-                        let at = ((panel * pairs + i / 2) * NR + col) * 2 + i % 2;
-                        panels[at] = half::bf16::from_f32(w).to_bits();
+                        panels[kernel.packed_at(pairs, o, i)] = half::bf16::from_f32(w).to_bits();
                     }
                 }
                 Packed::Bf16(Panels {
@@ -243,7 +263,7 @@ impl Dense {
         let stride = pairs * 2;
         // The activations in bf16, each row padded with zeros as the weights are, and zero
         // rows up to a whole AMX block.
-        let mut a = vec![0u16; rows.div_ceil(CHUNK_ROWS) * CHUNK_ROWS * stride];
+        let mut a = vec![0u16; rows.next_multiple_of(32) * stride];
         a.par_chunks_mut(CHUNK_ROWS * stride)
             .zip(x.par_chunks(CHUNK_ROWS * k))
             .for_each(|(a, x)| {
@@ -273,8 +293,8 @@ impl Dense {
                 out,
             };
             // SAFETY: the packing chose the kernel that this CPU runs; tiles cover disjoint
-            // (rows, columns) of `y`, which outlives the parallel loop; `a` holds whole
-            // chunks of rows.
+            // (rows, columns) of `y`, which outlives the parallel loop; `a` holds rows up to
+            // a multiple of 32.
             match kernel {
                 Bf16Kernel::Amx => unsafe { simd::run_amx(&task) },
                 Bf16Kernel::Avx512 => unsafe { simd::run(&task) },
@@ -395,8 +415,8 @@ mod simd {
     /// [`run`] on AMX: blocks of 32 rows × 32 columns.
     ///
     /// # Safety
-    /// As [`run`], and AMX is available; `task.a` holds whole chunks of rows
-    /// (`CHUNK_ROWS`, zeros past the last row).
+    /// As [`run`], and AMX is available; `task.a` holds rows up to a multiple of 32 (zeros
+    /// past the last row).
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl,avx512bw,avx512dq,avx2,fma")]
     pub unsafe fn run_amx(task: &Task<'_>) {
         use crate::embed::amx::{BLOCK_COLS, BLOCK_ROWS, K_STEP, Tiles};
@@ -407,23 +427,24 @@ mod simd {
         let width = task.bias.len();
         let steps = task.pairs * 2 / K_STEP;
         for first in task.rows.clone().step_by(BLOCK_ROWS) {
+            let count = BLOCK_ROWS.min(task.rows.end - first);
             let a = task.a[(first - task.rows.start) * task.stride..].as_ptr();
             for half in 0..NR / BLOCK_COLS {
-                // SAFETY: `a` has 32 rows of the padded depth (whole chunks are allocated),
-                // the panel `pairs` pairs of NR columns, `c` 32 rows of NR floats.
+                // SAFETY: `a` has 32 rows of the padded depth (16 if `count` ≤ 16),
+                // each half of the panel `steps` steps of two tiles, `c` 32 rows of NR
+                // floats.
                 unsafe {
                     tiles.block(
                         a,
                         task.stride * 2,
-                        task.w.as_ptr().add(half * BLOCK_COLS * 2),
-                        NR * 2 * 2,
+                        task.w.as_ptr().add(half * steps * 2 * 512),
                         steps,
+                        count <= BLOCK_ROWS / 2,
                         c.as_mut_ptr().cast::<f32>().add(half * BLOCK_COLS),
                         NR * 4,
                     )
                 };
             }
-            let count = BLOCK_ROWS.min(task.rows.end - first);
             for (r, c) in c.iter().take(count).enumerate() {
                 let at = (first + r) * task.n + task.first_col;
                 // SAFETY: the caller's promise.
