@@ -153,7 +153,18 @@ impl Model {
 
     /// Feeds each sequence's new tokens through the model, extending its cache, and returns
     /// the logits that follow each sequence's last token.
+    ///
+    /// Runs on a thread of rayon's pool, so that the step's many short parallel parts (a few
+    /// per layer) start there rather than each handing work over from the caller's thread
+    /// and back.
     pub(crate) fn forward(
+        &self,
+        batch: &mut [(&mut KvCache, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, GenerateError> {
+        rayon::scope(|_| self.forward_in_pool(batch))
+    }
+
+    fn forward_in_pool(
         &self,
         batch: &mut [(&mut KvCache, &[u32])],
     ) -> Result<Vec<Vec<f32>>, GenerateError> {
