@@ -1,12 +1,15 @@
-//! Arbor's compute kernels: similarity top-k (CPU and CUDA), the MiniLM encoder and the
-//! SmolLM2 decoder on burn, and their tokenizers. Independent of the cluster.
+//! Arbor's compute kernels: similarity top-k (CPU and CUDA), BERT sentence encoders and
+//! Llama-family decoders (our own code on the CPU, burn on CUDA), and their tokenizers.
+//! Independent of the cluster.
 
+mod dense;
 pub mod device;
 pub mod embed;
 pub mod gguf;
 pub mod hnsw;
 mod isa;
 pub mod llama;
+mod math;
 pub mod models;
 pub mod topk;
 

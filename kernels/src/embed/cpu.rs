@@ -10,8 +10,9 @@ use rayon::prelude::*;
 
 use super::EmbedError;
 use super::config::{BertConfig, Pooling};
-use super::dense::{Dense, Disjoint, Precision, Then};
 use super::weights::Weights;
+use crate::dense::{Dense, Disjoint, Precision, Then};
+use crate::math::{LANES, softmax_in_place, sum};
 
 /// LayerNorm's scale and shift.
 struct Norm {
@@ -57,21 +58,6 @@ crate::isa::multiversion! {
     }
 }
 
-/// Lanes of the partial sums that reductions keep, so that the compiler vectorizes them.
-const LANES: usize = 16;
-
-/// Σ x, in [`LANES`] partial sums.
-#[inline(always)]
-fn sum(x: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    for chunk in x.chunks(LANES) {
-        for (a, x) in acc.iter_mut().zip(chunk) {
-            *a += x;
-        }
-    }
-    acc.iter().sum()
-}
-
 struct Layer {
     /// Query, key and value stacked: `[3 · hidden]` outputs.
     qkv: Dense,
@@ -100,7 +86,7 @@ impl Encoder {
     /// (bf16 falls back to f32).
     pub fn load(w: &Weights, config: BertConfig, precision: Precision) -> Result<Self, EmbedError> {
         let precision = match precision {
-            Precision::Bf16 if !super::dense::bf16_supported() => Precision::F32,
+            Precision::Bf16 if !crate::dense::bf16_supported() => Precision::F32,
             other => other,
         };
         let (h, ff, eps) = (
@@ -456,53 +442,9 @@ mod simd {
     }
 }
 
-/// `s ← softmax(scale · s)`.
-#[inline(always)]
-fn softmax_in_place(s: &mut [f32], scale: f32) {
-    let max = s.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    for x in s.iter_mut() {
-        *x = exp((*x - max) * scale);
-    }
-    let inv = 1.0 / sum(s);
-    s.iter_mut().for_each(|x| *x *= inv);
-}
-
-/// eˣ for x ≤ 0 (softmax's arguments) within 2 ulp, without a branch or a call, so that
-/// loops of it vectorize: 2ⁿ · e^r with n = round(x / ln 2) and a degree-6 polynomial for
-/// e^r on |r| ≤ ln 2 / 2 (Cephes' `expf`).
-#[inline(always)]
-fn exp(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³: adding it rounds to an integer
-    let x = x.clamp(-87.0, 0.0);
-    let t = x.mul_add(std::f32::consts::LOG2_E, MAGIC);
-    let n = t - MAGIC;
-    let r = n.mul_add(-0.693_359_4, x);
-    let r = n.mul_add(2.121_944_4e-4, r);
-    let mut p = r.mul_add(1.987_569_1e-4, 1.398_199_9e-3);
-    p = r.mul_add(p, 8.333_452e-3);
-    p = r.mul_add(p, 4.166_579_6e-2);
-    p = r.mul_add(p, 1.666_666_5e-1);
-    p = r.mul_add(p, 0.5);
-    let e = (r * r).mul_add(p, r) + 1.0;
-    let n = t.to_bits() as i32 - MAGIC.to_bits() as i32;
-    e * f32::from_bits(((n + 127) as u32) << 23)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn exp_is_within_two_ulp_where_softmax_uses_it() {
-        for i in 0..=87_000 {
-            let x = -(i as f32) / 1000.0;
-            let (got, want) = (exp(x), (x as f64).exp());
-            let rel = ((got as f64 - want) / want).abs();
-            assert!(rel < 2.5e-7, "exp({x}) = {got}, want {want}");
-        }
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-1e30) > 0.0 && exp(-1e30) < 1e-37);
-    }
 
     /// Attention of every head, one text of `len` tokens, by `attend`.
     fn attention(qkv: &[f32], len: usize, heads: usize, hd: usize, blocked: bool) -> Vec<f32> {
@@ -561,17 +503,5 @@ mod tests {
                 eprintln!("no AVX-512 here: the blocked attention was not run");
             }
         }
-    }
-
-    #[test]
-    fn softmax_sums_to_one_and_keeps_order() {
-        let mut s = vec![1.0, 3.0, -2.0, 3.0, 0.5];
-        softmax_in_place(&mut s, 0.5);
-        assert!((s.iter().sum::<f32>() - 1.0).abs() < 1e-6);
-        assert_eq!(s[1], s[3]);
-        assert!(s[1] > s[0] && s[0] > s[4] && s[4] > s[2]);
-        let want = (0.5f64 * (1.0 - 3.0)).exp()
-            / (2.0 + (-1f64).exp() + (-2.5f64).exp() + (-1.25f64).exp());
-        assert!((s[0] as f64 - want).abs() < 1e-6, "{} vs {want}", s[0]);
     }
 }

@@ -18,11 +18,8 @@
 //! that short texts are not padded to the longest of the whole call (the CPU encoder pads
 //! nothing), on both to bound the memory one pass takes.
 
-mod amx;
 mod config;
 mod cpu;
-mod dense;
-mod gelu;
 mod model;
 mod tokenize;
 mod weights;
@@ -34,8 +31,8 @@ use burn::backend::Cuda;
 use crate::device::Device;
 use crate::models::MINILM_DIR;
 
+pub use crate::dense::{Precision, bf16_supported};
 pub use config::{BertConfig, Pooling};
-pub use dense::{Precision, bf16_supported};
 use model::Bert;
 use tokenize::{Batch, WordPieces};
 use weights::Weights;

@@ -10,6 +10,8 @@
 
 use rayon::prelude::*;
 
+use crate::math::{LANES, softmax_in_place};
+
 use crate::gguf::Gguf;
 
 use super::GenerateError;
@@ -313,22 +315,16 @@ impl Model {
                 let (offset, start, s) = starts[b];
                 let (keys, values) = &caches[b].heads[li * nkv + h / group];
                 let mut out = vec![0f32; s * hd];
-                let mut scores = Vec::with_capacity(start + s);
-                for i in 0..s {
-                    let q = &qkv[(offset + i) * width + h * hd..][..hd];
-                    let visible = start + i + 1;
-                    scores.clear();
-                    scores.extend(
-                        keys[..visible * hd]
-                            .chunks_exact(hd)
-                            .map(|k| dot(q, k) * scale),
-                    );
-                    softmax(&mut scores);
-                    let o = &mut out[i * hd..(i + 1) * hd];
-                    for (p, v) in scores.iter().zip(values.chunks_exact(hd)) {
-                        o.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
-                    }
-                }
+                let head = Head {
+                    queries: &qkv[offset * width..(offset + s) * width],
+                    width,
+                    column: h * hd,
+                    start,
+                    keys,
+                    values,
+                    scale,
+                };
+                attend(head, &mut out);
                 out
             })
             .collect();
@@ -344,25 +340,53 @@ impl Model {
     }
 }
 
+/// One query head of one sequence: its new rows' queries, and the cache it attends to.
+#[derive(Clone, Copy)]
+struct Head<'a> {
+    /// The new rows of `qkv`, `width` apart; this head's query at `column`.
+    queries: &'a [f32],
+    width: usize,
+    column: usize,
+    /// Cached positions before the first new row.
+    start: usize,
+    /// The cache of this head's key-value group, `[positions, hd]`, new rows included.
+    keys: &'a [f32],
+    values: &'a [f32],
+    scale: f32,
+}
+
+crate::isa::multiversion! {
+    /// Causal attention of one head: row `i` of `out` (`[rows, hd]`) from the query of new
+    /// row `i` over positions `..= start + i`.
+    fn attend(head: Head<'_>, out: &mut [f32]) {
+        let hd = out.len() / (head.queries.len() / head.width);
+        let mut scores = Vec::with_capacity(head.keys.len() / hd);
+        for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+            let q = &head.queries[i * head.width + head.column..][..hd];
+            let visible = head.start + i + 1;
+            scores.clear();
+            scores.extend(head.keys[..visible * hd].chunks_exact(hd).map(|k| dot(q, k)));
+            softmax_in_place(&mut scores, head.scale);
+            for (p, v) in scores.iter().zip(head.values.chunks_exact(hd)) {
+                o.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
+            }
+        }
+    }
+}
+
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let whole = a.len() / 8 * 8;
-    for (ca, cb) in a[..whole].chunks_exact(8).zip(b[..whole].chunks_exact(8)) {
-        for k in 0..8 {
+    let mut acc = [0f32; LANES];
+    let whole = a.len() / LANES * LANES;
+    for (ca, cb) in a[..whole]
+        .chunks_exact(LANES)
+        .zip(b[..whole].chunks_exact(LANES))
+    {
+        for k in 0..LANES {
             acc[k] += ca[k] * cb[k];
         }
     }
     acc.iter().sum::<f32>() + (whole..a.len()).map(|i| a[i] * b[i]).sum::<f32>()
-}
-
-fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    x.iter_mut().for_each(|v| *v /= sum);
 }
 
 /// Each row of `x` (rows of `weight.len()`) scaled to unit root mean square, times `weight`.

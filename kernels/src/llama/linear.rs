@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
+use crate::dense::{Dense, Precision, Then};
 use crate::gguf::GgmlType;
 use crate::isa::Isa;
 
@@ -137,7 +138,7 @@ impl HostMatrix {
     pub(crate) fn matmul_t(&self, x: &[f32], n: usize, activations: Activations) -> Vec<f32> {
         assert_eq!(x.len(), n * self.cols, "matmul_t input shape");
         if n > SMALL_BATCH {
-            return self.matmul_t_gemm(x, n);
+            return self.matmul_t_gemm(x, n, activations);
         }
         let isa = Isa::detect();
         // Computed transposed ([rows, n]) so that each task writes one contiguous block.
@@ -183,8 +184,17 @@ impl HostMatrix {
             });
     }
 
-    fn matmul_t_gemm(&self, x: &[f32], n: usize) -> Vec<f32> {
+    /// Many rows (a prompt): the weights dequantized to f32, then multiplied in bf16 on AMX
+    /// where there is AMX and the activations may be rounded (not [`Activations::F32`], not
+    /// an [`exact`](Self::exact) matrix), else in f32 by `matrixmultiply`'s GEMM.
+    fn matmul_t_gemm(&self, x: &[f32], n: usize, activations: Activations) -> Vec<f32> {
         let w = self.to_f32();
+        if activations == Activations::Int8 && !self.exact && Precision::best() == Precision::Bf16 {
+            let dense = Dense::new(&w, vec![0.0; self.rows], self.cols, Precision::Bf16);
+            let mut out = vec![0f32; n * self.rows];
+            dense.forward(x, &mut out, Then::Nothing);
+            return out;
+        }
         let (m, k) = (self.rows, self.cols);
         let mut out = vec![0f32; n * m];
         // out[n, m] = x[n, k] · w[m, k]ᵀ: w read with its strides swapped.
@@ -393,6 +403,22 @@ mod tests {
         out
     }
 
+    /// What `matmul_t` with [`Activations::Int8`] gives over more than `SMALL_BATCH` rows
+    /// (a prompt): on AMX, weights and activations rounded to bf16 and f32 sums; elsewhere
+    /// f32.
+    fn naive_prompt(w: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f32> {
+        if Precision::best() == Precision::Bf16 {
+            let bf16 = |v: &[f32]| -> Vec<f32> {
+                v.iter()
+                    .map(|&x| half::bf16::from_f32(x).to_f32())
+                    .collect()
+            };
+            naive(&bf16(w), &bf16(x), rows, cols, n)
+        } else {
+            naive(w, x, rows, cols, n)
+        }
+    }
+
     fn close(a: &[f32], b: &[f32], tol: f32) {
         assert_eq!(a.len(), b.len());
         for (i, (a, b)) in a.iter().zip(b).enumerate() {
@@ -411,11 +437,14 @@ mod tests {
             let x: Vec<f32> = (0..n * cols)
                 .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.2)
                 .collect();
-            close(
-                &m.matmul_t(&x, n, Activations::Int8),
-                &naive(&w, &x, rows, cols, n),
-                1e-4,
-            );
+            let exact = naive(&w, &x, rows, cols, n);
+            close(&m.matmul_t(&x, n, Activations::F32), &exact, 1e-4);
+            let int8 = m.matmul_t(&x, n, Activations::Int8);
+            if n > SMALL_BATCH {
+                close(&int8, &naive_prompt(&w, &x, rows, cols, n), 1e-4);
+            } else {
+                close(&int8, &exact, 1e-4);
+            }
         }
     }
 
@@ -451,9 +480,13 @@ mod tests {
                     1e-4,
                 );
             }
-            if n > SMALL_BATCH || Isa::detect() == Isa::Portable {
+            if n > SMALL_BATCH {
+                let prompt = naive_prompt(&w, &x, rows, cols, n);
+                close(&m.matmul_t(&x, n, Activations::Int8), &prompt, 1e-4);
+            } else if Isa::detect() == Isa::Portable {
                 close(&m.matmul_t(&x, n, Activations::Int8), &expect, 1e-4);
             }
+            close(&m.matmul_t(&x, n, Activations::F32), &expect, 1e-4);
             let mut out_t = vec![0f32; rows * n];
             kernel::portable(&m, 0..rows, &x, n, &mut out_t);
             close(&transpose(out_t, rows, n), &expect, 1e-4);

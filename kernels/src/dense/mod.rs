@@ -1,12 +1,13 @@
-//! The encoder's dense layers on the CPU: `y = x · Wᵀ + b`, then the element-wise step that
-//! follows the layer (GELU, or the residual add), fused so that `y` is written once.
+//! Dense layers on the CPU: `y = x · Wᵀ + b`, then the element-wise step that follows the
+//! layer (GELU, or the residual add), fused so that `y` is written once. The BERT encoder's
+//! layers, and the Llama decoder's over a prompt.
 //!
 //! Weights are packed once, at load, for the kernel this CPU runs best ([`Precision`]):
 //!
 //! - **bf16**: weights and activations rounded to bf16 (8 bits of mantissa), sums in f32.
 //!   all-MiniLM-L6-v2's vectors stay within a cosine of 0.9999 of the f32 ones
 //!   (`kernels/tests/embeddings.rs`). Two kernels ([`Bf16Kernel`]) take the same packing: AMX
-//!   tiles ([`super::amx`]), and AVX-512 BF16 dot products (`vdpbf16ps`) in tiles of [`MR`]
+//!   tiles ([`amx`]), and AVX-512 BF16 dot products (`vdpbf16ps`) in tiles of [`MR`]
 //!   rows × [`NR`] columns held in registers over the whole depth.
 //! - **f32** through `matrixmultiply`'s sgemm everywhere else, and on request.
 //!
@@ -17,7 +18,10 @@
 
 use rayon::prelude::*;
 
-use super::gelu::gelu;
+mod amx;
+mod gelu;
+
+use gelu::gelu;
 
 /// The arithmetic of the dense layers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +57,7 @@ enum Bf16Kernel {
 
 impl Bf16Kernel {
     fn best() -> Option<Self> {
-        if super::amx::available() && Self::avx512_bf16() {
+        if amx::available() && Self::avx512_bf16() {
             Some(Bf16Kernel::Amx)
         } else if Self::avx512_bf16() {
             Some(Bf16Kernel::Avx512)
@@ -172,12 +176,20 @@ impl Dense {
             Some(kernel) => {
                 let pairs = inp.div_ceil(K_ALIGN) * K_ALIGN / 2;
                 let panel_count = out.div_ceil(NR);
-                let mut panels = vec![0u16; panel_count * pairs * NR * 2];
-                for (o, row) in weight.chunks_exact(inp).enumerate() {
-                    for (i, &w) in row.iter().enumerate() {
-                        panels[kernel.packed_at(pairs, o, i)] = half::bf16::from_f32(w).to_bits();
-                    }
-                }
+                let panel_len = pairs * NR * 2;
+                let mut panels = vec![0u16; panel_count * panel_len];
+                panels
+                    .par_chunks_mut(panel_len)
+                    .enumerate()
+                    .for_each(|(panel, packed)| {
+                        let outputs = panel * NR..((panel + 1) * NR).min(out);
+                        for o in outputs {
+                            for (i, &w) in weight[o * inp..][..inp].iter().enumerate() {
+                                let at = kernel.packed_at(pairs, o, i) - panel * panel_len;
+                                packed[at] = half::bf16::from_f32(w).to_bits();
+                            }
+                        }
+                    });
                 Packed::Bf16(Panels {
                     panels,
                     pairs,
@@ -339,7 +351,7 @@ fn finish(row: &mut [f32], bias: &[f32], then: Then<'_>) {
 /// The output matrix, written by tiles in parallel: each tile writes only its own rows and
 /// columns.
 #[derive(Clone, Copy)]
-pub(super) struct Disjoint(pub(super) *mut f32);
+pub(crate) struct Disjoint(pub(crate) *mut f32);
 
 // SAFETY: `Disjoint` is only used to write disjoint parts of one slice from rayon tasks that
 // end before the slice is used again.
@@ -350,7 +362,7 @@ impl Disjoint {
     /// # Safety
     /// `start..start + len` lies within the slice, and no other task uses it meanwhile.
     #[allow(clippy::mut_from_ref)]
-    pub(super) unsafe fn row_part(&self, start: usize, len: usize) -> &mut [f32] {
+    pub(crate) unsafe fn row_part(&self, start: usize, len: usize) -> &mut [f32] {
         // SAFETY: as the caller promises.
         unsafe { std::slice::from_raw_parts_mut(self.0.add(start), len) }
     }
@@ -419,7 +431,7 @@ mod simd {
     /// past the last row).
     #[target_feature(enable = "avx512f,avx512bf16,avx512vl,avx512bw,avx512dq,avx2,fma")]
     pub unsafe fn run_amx(task: &Task<'_>) {
-        use crate::embed::amx::{BLOCK_COLS, BLOCK_ROWS, K_STEP, Tiles};
+        use super::amx::{BLOCK_COLS, BLOCK_ROWS, K_STEP, Tiles};
 
         // SAFETY: AMX is available (the caller's promise).
         let tiles = unsafe { Tiles::configure() };

@@ -1,4 +1,4 @@
-//! GELU (the exact, erf-based one BERT uses), for the CPU encoder's dense layers.
+//! GELU (the exact, erf-based one BERT uses), for the dense layers' fused step.
 //!
 //! libm's `erf` is a call per element that no loop vectorizes (in burn's ndarray backend it was
 //! a tenth of the encoder's CPU time). This rational approximation (the one Eigen and XLA use
