@@ -16,6 +16,18 @@ pub(crate) fn sum(x: &[f32]) -> f32 {
     acc.iter().sum()
 }
 
+/// Σ aᵢ·bᵢ over the shorter of the two, in [`LANES`] partial sums.
+#[inline(always)]
+pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    for (ca, cb) in a.chunks(LANES).zip(b.chunks(LANES)) {
+        for ((acc, a), b) in acc.iter_mut().zip(ca).zip(cb) {
+            *acc += a * b;
+        }
+    }
+    acc.iter().sum()
+}
+
 /// `s ← softmax(scale · s)`.
 #[inline(always)]
 pub(crate) fn softmax_in_place(s: &mut [f32], scale: f32) {

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::math::{LANES, softmax_in_place};
+use crate::math::{dot, softmax_in_place};
 
 use crate::gguf::Gguf;
 
@@ -372,21 +372,6 @@ crate::isa::multiversion! {
             }
         }
     }
-}
-
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let whole = a.len() / LANES * LANES;
-    for (ca, cb) in a[..whole]
-        .chunks_exact(LANES)
-        .zip(b[..whole].chunks_exact(LANES))
-    {
-        for k in 0..LANES {
-            acc[k] += ca[k] * cb[k];
-        }
-    }
-    acc.iter().sum::<f32>() + (whole..a.len()).map(|i| a[i] * b[i]).sum::<f32>()
 }
 
 /// Each row of `x` (rows of `weight.len()`) scaled to unit root mean square, times `weight`.
