@@ -237,14 +237,44 @@ pub(super) unsafe fn rows_q8(
     n: usize,
     out: &mut [f32],
 ) {
-    // SAFETY: as this function's.
+    // SAFETY: as this function's; the VNNI versions only where the CPU has AVX-512 VNNI.
     unsafe {
-        match dtype {
-            GgmlType::Q4_0 => rows_q8_typed::<Q4_0>(rows, xq, blocks, n, out),
-            GgmlType::Q4_1 => rows_q8_typed::<Q4_1>(rows, xq, blocks, n, out),
-            _ => rows_q8_typed::<Q8_0>(rows, xq, blocks, n, out),
+        if vnni() {
+            match dtype {
+                GgmlType::Q4_0 => rows_q8_vnni::<Q4_0>(rows, xq, blocks, n, out),
+                GgmlType::Q4_1 => rows_q8_vnni::<Q4_1>(rows, xq, blocks, n, out),
+                _ => rows_q8_vnni::<Q8_0>(rows, xq, blocks, n, out),
+            }
+        } else {
+            match dtype {
+                GgmlType::Q4_0 => rows_q8_typed::<Q4_0, false>(rows, xq, blocks, n, out),
+                GgmlType::Q4_1 => rows_q8_typed::<Q4_1, false>(rows, xq, blocks, n, out),
+                _ => rows_q8_typed::<Q8_0, false>(rows, xq, blocks, n, out),
+            }
         }
     }
+}
+
+/// Whether the CPU multiplies-and-adds four u8 × i8 products into an i32 in one instruction
+/// (`vpdpbusd`, AVX-512 VNNI): one instruction where `maddubs` and `madd` are two.
+fn vnni() -> bool {
+    static VNNI: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *VNNI.get_or_init(|| {
+        is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl")
+    })
+}
+
+/// [`rows_q8_typed`] with `vpdpbusd`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn rows_q8_vnni<const T: u8>(
+    rows: &[&[u8]],
+    xq: &[Q8Block],
+    blocks: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: as the caller's; the features of the VNNI body are enabled here.
+    unsafe { rows_q8_typed::<T, true>(rows, xq, blocks, n, out) }
 }
 
 const Q4_0: u8 = 0;
@@ -263,10 +293,12 @@ unsafe fn half_at(p: *const u8) -> f32 {
 }
 
 /// One weight block times one activation block: the integer sums (8 lanes) and the block's
-/// scale `d` and offset `m` (value = d * q + m).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_products<const T: u8>(w: *const u8, xv: __m256i) -> (__m256i, f32, f32) {
+/// scale `d` and offset `m` (value = d * q + m). With `VNNI`, the caller has AVX-512 VNNI.
+#[inline(always)]
+unsafe fn block_products<const T: u8, const VNNI: bool>(
+    w: *const u8,
+    xv: __m256i,
+) -> (__m256i, f32, f32) {
     // SAFETY: the caller gives a whole block at `w`.
     unsafe {
         let d = half_at(w);
@@ -274,8 +306,11 @@ unsafe fn block_products<const T: u8>(w: *const u8, xv: __m256i) -> (__m256i, f3
         let (products, m) = if T == Q8_0 {
             let wv = _mm256_loadu_si256(w.add(2).cast());
             // u8 × i8 products: |w| times x with w's sign.
-            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-            (p, 0.0)
+            let (u, x) = (_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+            if VNNI {
+                return (_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x), d, 0.0);
+            }
+            (_mm256_maddubs_epi16(u, x), 0.0)
         } else {
             let low = _mm_set1_epi8(0x0f);
             let (qs, m) = if T == Q4_1 {
@@ -286,14 +321,20 @@ unsafe fn block_products<const T: u8>(w: *const u8, xv: __m256i) -> (__m256i, f3
             let q = _mm_loadu_si128(w.add(qs).cast());
             let lo = _mm_and_si128(q, low);
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            (_mm256_maddubs_epi16(_mm256_set_m128i(hi, lo), xv), m)
+            let u = _mm256_set_m128i(hi, lo);
+            if VNNI {
+                return (_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xv), d, m);
+            }
+            (_mm256_maddubs_epi16(u, xv), m)
         };
         (_mm256_madd_epi16(products, ones), d, m)
     }
 }
 
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_q8_typed<const T: u8>(
+/// # Safety
+/// As [`rows_q8`]; with `VNNI`, inlined only into a function with AVX-512 VNNI.
+#[inline(always)]
+unsafe fn rows_q8_typed<const T: u8, const VNNI: bool>(
     rows: &[&[u8]],
     xq: &[Q8Block],
     blocks: usize,
@@ -308,7 +349,7 @@ unsafe fn rows_q8_typed<const T: u8>(
     // Adds one weight block's products to an accumulator and its offset term.
     macro_rules! step {
         ($row:expr, $off:expr, $xv:expr, $xb:expr, $acc:ident, $offsets:ident) => {{
-            let (p, d, m) = block_products::<T>($row.add($off), $xv);
+            let (p, d, m) = block_products::<T, VNNI>($row.add($off), $xv);
             $acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * $xb.d), $acc);
             $offsets += m * $xb.sum;
         }};
@@ -360,6 +401,104 @@ unsafe fn rows_q8_typed<const T: u8>(
                 }
                 out[i * n + t] = hsum256(a) + o;
                 i += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// AVX2 without VNNI, as on CPUs that lack it.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn rows_q8_maddubs<const T: u8>(
+        rows: &[&[u8]],
+        xq: &[Q8Block],
+        blocks: usize,
+        n: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: as the caller's.
+        unsafe { rows_q8_typed::<T, false>(rows, xq, blocks, n, out) }
+    }
+
+    /// Both integer kernels against the dequantized weights times the rounded activations,
+    /// for every type they take.
+    #[test]
+    fn integer_kernels_match_the_dequantized_products() {
+        if !(is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c"))
+        {
+            eprintln!("no AVX2 here: the integer kernels do not run");
+            return;
+        }
+        let (rows, blocks, n) = (9, 4, 3);
+        for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            let weights: Vec<Vec<u8>> = (0..rows)
+                .map(|r| {
+                    let mut row = Vec::new();
+                    for b in 0..blocks {
+                        row.extend(
+                            half::f16::from_f32(0.01 * (1 + (r + b) % 4) as f32).to_le_bytes(),
+                        );
+                        if dtype == GgmlType::Q4_1 {
+                            row.extend(half::f16::from_f32(-0.05 * (b as f32)).to_le_bytes());
+                        }
+                        let len = if dtype == GgmlType::Q8_0 { 32 } else { 16 };
+                        row.extend((0..len).map(|j| ((r * 31 + b * 7 + j * 13) % 251) as u8));
+                    }
+                    row
+                })
+                .collect();
+            let x: Vec<f32> = (0..n * blocks * 32)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.3)
+                .collect();
+            let xq = quantize_q8(&x);
+            let xr = dequantize_q8(&xq);
+            let mut want = vec![0f32; rows * n];
+            for (i, row) in weights.iter().enumerate() {
+                let mut w = vec![0f32; blocks * 32];
+                dtype.dequantize(row, &mut w);
+                for t in 0..n {
+                    want[i * n + t] = (0..blocks * 32)
+                        .map(|k| w[k] * xr[t * blocks * 32 + k])
+                        .sum();
+                }
+            }
+            let rows: Vec<&[u8]> = weights.iter().map(Vec::as_slice).collect();
+            let mut got = vec![0f32; want.len()];
+            // SAFETY: AVX2, FMA and F16C were detected; the shapes match.
+            unsafe {
+                match dtype {
+                    GgmlType::Q4_0 => rows_q8_maddubs::<Q4_0>(&rows, &xq, blocks, n, &mut got),
+                    GgmlType::Q4_1 => rows_q8_maddubs::<Q4_1>(&rows, &xq, blocks, n, &mut got),
+                    _ => rows_q8_maddubs::<Q8_0>(&rows, &xq, blocks, n, &mut got),
+                }
+            }
+            let close = |got: &[f32], what: &str| {
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                        "{dtype:?} {what}: {g} vs {w}"
+                    );
+                }
+            };
+            close(&got, "maddubs");
+            if vnni() {
+                let mut got = vec![0f32; want.len()];
+                // SAFETY: as above, and VNNI was detected.
+                unsafe {
+                    match dtype {
+                        GgmlType::Q4_0 => rows_q8_vnni::<Q4_0>(&rows, &xq, blocks, n, &mut got),
+                        GgmlType::Q4_1 => rows_q8_vnni::<Q4_1>(&rows, &xq, blocks, n, &mut got),
+                        _ => rows_q8_vnni::<Q8_0>(&rows, &xq, blocks, n, &mut got),
+                    }
+                }
+                close(&got, "vnni");
+            } else {
+                eprintln!("no AVX-512 VNNI here: the VNNI kernel was not run");
             }
         }
     }
