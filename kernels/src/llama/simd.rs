@@ -292,6 +292,49 @@ unsafe fn half_at(p: *const u8) -> f32 {
     }
 }
 
+/// One weight block, unpacked for [`products`]: its 32 weights as bytes (Q4: the unsigned
+/// nibbles; Q8_0: the signed values), its scale `d` and offset `m` (value = d · q + m).
+#[inline(always)]
+unsafe fn unpack<const T: u8>(w: *const u8) -> (__m256i, f32, f32) {
+    // SAFETY: the caller gives a whole block at `w`.
+    unsafe {
+        let d = half_at(w);
+        if T == Q8_0 {
+            return (_mm256_loadu_si256(w.add(2).cast()), d, 0.0);
+        }
+        let low = _mm_set1_epi8(0x0f);
+        let (qs, m) = if T == Q4_1 {
+            (4, half_at(w.add(2)))
+        } else {
+            (2, -8.0 * d)
+        };
+        let q = _mm_loadu_si128(w.add(qs).cast());
+        let lo = _mm_and_si128(q, low);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
+        (_mm256_set_m128i(hi, lo), d, m)
+    }
+}
+
+/// The integer sums (8 lanes of 4 products) of an unpacked weight block and an activation
+/// block. With `VNNI`, the caller has AVX-512 VNNI.
+#[inline(always)]
+unsafe fn products<const T: u8, const VNNI: bool>(u: __m256i, xv: __m256i) -> __m256i {
+    // SAFETY: plain register arithmetic on the features the callers enable.
+    unsafe {
+        // u8 × i8 products: Q8_0 multiplies |w| by x with w's sign.
+        let (u, x) = if T == Q8_0 {
+            (_mm256_sign_epi8(u, u), _mm256_sign_epi8(xv, u))
+        } else {
+            (u, xv)
+        };
+        if VNNI {
+            _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x)
+        } else {
+            _mm256_madd_epi16(_mm256_maddubs_epi16(u, x), _mm256_set1_epi16(1))
+        }
+    }
+}
+
 /// One weight block times one activation block: the integer sums (8 lanes) and the block's
 /// scale `d` and offset `m` (value = d * q + m). With `VNNI`, the caller has AVX-512 VNNI.
 #[inline(always)]
@@ -301,33 +344,43 @@ unsafe fn block_products<const T: u8, const VNNI: bool>(
 ) -> (__m256i, f32, f32) {
     // SAFETY: the caller gives a whole block at `w`.
     unsafe {
-        let d = half_at(w);
-        let ones = _mm256_set1_epi16(1);
-        let (products, m) = if T == Q8_0 {
-            let wv = _mm256_loadu_si256(w.add(2).cast());
-            // u8 × i8 products: |w| times x with w's sign.
-            let (u, x) = (_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-            if VNNI {
-                return (_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x), d, 0.0);
+        let (u, d, m) = unpack::<T>(w);
+        (products::<T, VNNI>(u, xv), d, m)
+    }
+}
+
+/// Activation rows that [`rows_q8_typed`] takes together when there are several: each
+/// weight block is unpacked once for all of them.
+const ACTIVATION_ROWS: usize = 8;
+
+/// One weight row times `TN` activation rows from `x` (rows `blocks` blocks apart):
+/// `out[t * stride]` for `t < TN`.
+#[inline(always)]
+unsafe fn row_times_rows<const T: u8, const VNNI: bool, const TN: usize>(
+    w: *const u8,
+    bb: usize,
+    x: *const Q8Block,
+    blocks: usize,
+    out: &mut [f32],
+    stride: usize,
+) {
+    // SAFETY: the caller gives a row of `blocks` blocks at `w` and `TN` activation rows.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); TN];
+        let mut offsets = [0f32; TN];
+        for b in 0..blocks {
+            let (u, d, m) = unpack::<T>(w.add(b * bb));
+            for t in 0..TN {
+                let xb = &*x.add(t * blocks + b);
+                let xv = _mm256_loadu_si256(xb.q.as_ptr().cast());
+                let p = products::<T, VNNI>(u, xv);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xb.d), acc[t]);
+                offsets[t] += m * xb.sum;
             }
-            (_mm256_maddubs_epi16(u, x), 0.0)
-        } else {
-            let low = _mm_set1_epi8(0x0f);
-            let (qs, m) = if T == Q4_1 {
-                (4, half_at(w.add(2)))
-            } else {
-                (2, -8.0 * d)
-            };
-            let q = _mm_loadu_si128(w.add(qs).cast());
-            let lo = _mm_and_si128(q, low);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), low);
-            let u = _mm256_set_m128i(hi, lo);
-            if VNNI {
-                return (_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, xv), d, m);
-            }
-            (_mm256_maddubs_epi16(u, xv), m)
-        };
-        (_mm256_madd_epi16(products, ones), d, m)
+        }
+        for t in 0..TN {
+            out[t * stride] = hsum256(acc[t]) + offsets[t];
+        }
     }
 }
 
@@ -357,6 +410,32 @@ unsafe fn rows_q8_typed<const T: u8, const VNNI: bool>(
     // SAFETY: every row has `blocks * bb` bytes and `xq` `n * blocks` blocks (checked by
     // the caller); each load reads inside one block.
     unsafe {
+        if n > 1 {
+            // Several activation rows: each weight block unpacked once for up to
+            // ACTIVATION_ROWS of them.
+            for (i, row) in rows.iter().enumerate() {
+                let out = &mut out[i * n..(i + 1) * n];
+                let mut t0 = 0;
+                while t0 < n {
+                    let x = xq.as_ptr().add(t0 * blocks);
+                    let out = &mut out[t0..];
+                    let w = row.as_ptr();
+                    let taken = (n - t0).min(ACTIVATION_ROWS);
+                    match taken {
+                        8 => row_times_rows::<T, VNNI, 8>(w, bb, x, blocks, out, 1),
+                        7 => row_times_rows::<T, VNNI, 7>(w, bb, x, blocks, out, 1),
+                        6 => row_times_rows::<T, VNNI, 6>(w, bb, x, blocks, out, 1),
+                        5 => row_times_rows::<T, VNNI, 5>(w, bb, x, blocks, out, 1),
+                        4 => row_times_rows::<T, VNNI, 4>(w, bb, x, blocks, out, 1),
+                        3 => row_times_rows::<T, VNNI, 3>(w, bb, x, blocks, out, 1),
+                        2 => row_times_rows::<T, VNNI, 2>(w, bb, x, blocks, out, 1),
+                        _ => row_times_rows::<T, VNNI, 1>(w, bb, x, blocks, out, 1),
+                    }
+                    t0 += taken;
+                }
+            }
+            return;
+        }
         for t in 0..n {
             let x = xq.as_ptr().add(t * blocks);
             let mut i = 0;
@@ -434,7 +513,15 @@ mod tests {
             eprintln!("no AVX2 here: the integer kernels do not run");
             return;
         }
-        let (rows, blocks, n) = (9, 4, 3);
+        // One activation row, several (each weight block unpacked once for them), and more
+        // than ACTIVATION_ROWS.
+        for n in [1, 3, ACTIVATION_ROWS + 3] {
+            check_integer_kernels(n);
+        }
+    }
+
+    fn check_integer_kernels(n: usize) {
+        let (rows, blocks) = (9, 4);
         for dtype in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             let weights: Vec<Vec<u8>> = (0..rows)
                 .map(|r| {
