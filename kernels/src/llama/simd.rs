@@ -277,8 +277,11 @@ unsafe fn rows_q8_vnni<const T: u8>(
     unsafe { rows_q8_typed::<T, true>(rows, xq, blocks, n, out) }
 }
 
-/// How far ahead of the block being multiplied the decode kernel prefetches each row.
-const PREFETCH: usize = 512;
+/// How far ahead of the block being multiplied the decode kernel prefetches each row: a
+/// step reads every weight once, from memory, and the hardware prefetcher stops at 4 KiB
+/// pages. SmolLM2 Q4_1 decode on 2 cores, tokens/s: none 59, 512 B 66, 2 KiB 80, 4 KiB 91,
+/// 8 KiB 91, 32 KiB 88.
+const PREFETCH: usize = 4096;
 
 const Q4_0: u8 = 0;
 const Q4_1: u8 = 1;
@@ -463,7 +466,7 @@ unsafe fn rows_q8_typed<const T: u8, const VNNI: bool>(
                     let xv = _mm256_loadu_si256(xb.q.as_ptr().cast());
                     let off = b * bb;
                     // The weights are read once per token, from memory: ask for the lines
-                    // a few blocks ahead of each of the four rows.
+                    // PREFETCH bytes ahead of each of the four rows.
                     _mm_prefetch::<_MM_HINT_T0>(r0.wrapping_add(off + PREFETCH).cast());
                     _mm_prefetch::<_MM_HINT_T0>(r1.wrapping_add(off + PREFETCH).cast());
                     _mm_prefetch::<_MM_HINT_T0>(r2.wrapping_add(off + PREFETCH).cast());
