@@ -412,7 +412,7 @@ mod simd {
             let count = MR.min(task.rows.end - first);
             let a = &task.a[(first - task.rows.start) * task.stride..];
             // SAFETY: `a` holds `count` rows and the panel `pairs` pairs (the caller's
-            // promise, checked in debug builds by `tile`).
+            // promise, checked by `tile`).
             unsafe { tile(a, task.stride, count, task.w, task.pairs, &mut acc) };
             for (r, acc) in acc.iter().take(count).enumerate() {
                 let at = (first + r) * task.n + task.first_col;
@@ -505,8 +505,8 @@ mod simd {
         pairs: usize,
         acc: &mut [[f32; NR]; MR],
     ) {
-        debug_assert!(a.len() >= (rows - 1) * stride + 2 * pairs);
-        debug_assert!(w.len() >= pairs * NR * 2);
+        assert!(a.len() >= (rows - 1) * stride + 2 * pairs);
+        assert!(w.len() >= pairs * NR * 2);
         // SAFETY: as the caller promises, for every count of rows.
         unsafe {
             match rows {

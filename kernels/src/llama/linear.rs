@@ -296,7 +296,7 @@ mod kernel {
         n: usize,
         out: &mut [f32],
     ) {
-        debug_assert_eq!(out.len(), rows.len() * n);
+        assert_eq!(out.len(), rows.len() * n);
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => tiles(m, rows, x, n, out, dequantize_avx2, |w, x| {
