@@ -319,6 +319,7 @@ impl Model {
                     queries: &qkv[offset * width..(offset + s) * width],
                     width,
                     column: h * hd,
+                    hd,
                     start,
                     keys,
                     values,
@@ -347,6 +348,8 @@ struct Head<'a> {
     queries: &'a [f32],
     width: usize,
     column: usize,
+    /// Values per head.
+    hd: usize,
     /// Cached positions before the first new row.
     start: usize,
     /// The cache of this head's key-value group, `[positions, hd]`, new rows included.
@@ -359,7 +362,7 @@ crate::isa::multiversion! {
     /// Causal attention of one head: row `i` of `out` (`[rows, hd]`) from the query of new
     /// row `i` over positions `..= start + i`.
     fn attend(head: Head<'_>, out: &mut [f32]) {
-        let hd = out.len() / (head.queries.len() / head.width);
+        let hd = head.hd;
         let mut scores = Vec::with_capacity(head.keys.len() / hd);
         for (i, o) in out.chunks_exact_mut(hd).enumerate() {
             let q = &head.queries[i * head.width + head.column..][..hd];
