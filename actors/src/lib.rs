@@ -21,6 +21,8 @@
 //!   merged), RAG.
 //! * [`router`] — how a caller reaches a deployment: a running replica picked by least
 //!   outstanding requests from the deployment's process group, read afresh per attempt.
+//! * [`load`] — requests this process has in flight per deployment, counted by every router:
+//!   what the node reports for autoscaling.
 //! * [`stream`] — the client side of a model replica's token stream (start, poll, cancel).
 //! * [`control`] — what actors need of the control plane without its Raft machinery: replica
 //!   sets as last learned, this node's lease, and a way to propose replica-set changes.
@@ -40,6 +42,7 @@ pub mod agent;
 pub mod batching;
 pub mod control;
 pub mod kinds;
+pub mod load;
 pub mod partition;
 pub mod replica;
 pub mod retrieval;

@@ -85,6 +85,10 @@ pub struct Router {
     attempt_deadline: Duration,
     idempotent: bool,
     outstanding: Arc<Mutex<HashMap<ActorId, usize>>>,
+    /// The process-wide in-flight count of the deployment ([`crate::load`]).
+    in_flight: Arc<std::sync::atomic::AtomicU64>,
+    /// `arbor_deployment_request_duration_seconds{deployment}`: every answered call.
+    latency: metrics::Histogram,
 }
 
 impl Router {
@@ -94,6 +98,11 @@ impl Router {
         Router {
             scope: scope.into(),
             group: deployment_group(&deployment),
+            in_flight: crate::load::book().counter(&deployment),
+            latency: metrics::histogram!(
+                "arbor_deployment_request_duration_seconds",
+                "deployment" => deployment.clone()
+            ),
             deployment,
             attempt_deadline: DEFAULT_ATTEMPT_DEADLINE,
             idempotent: false,
@@ -145,6 +154,26 @@ impl Router {
     /// another replica when one is gone. Typed requests (embed, search, generate) go through
     /// here; what the answer means is the caller's business.
     pub async fn ask<R: Send + 'static>(
+        &self,
+        make: impl Fn(ractor::RpcReplyPort<R>) -> ReplicaMsg,
+        timeout: Duration,
+    ) -> Result<R, CallError> {
+        let started = Instant::now();
+        let _in_flight = crate::load::InFlight::enter(&self.in_flight);
+        let result = self.attempts(make, timeout).await;
+        match &result {
+            Ok(_) => self.latency.record(started.elapsed().as_secs_f64()),
+            Err(e) => metrics::counter!(
+                "arbor_deployment_request_errors_total",
+                "deployment" => self.deployment.clone(),
+                "code" => arbor_proto::Coded::code(e).as_str(),
+            )
+            .increment(1),
+        }
+        result
+    }
+
+    async fn attempts<R: Send + 'static>(
         &self,
         make: impl Fn(ractor::RpcReplyPort<R>) -> ReplicaMsg,
         timeout: Duration,

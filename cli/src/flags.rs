@@ -54,6 +54,18 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `--wait` and how long to wait.
+#[derive(clap::Args, Debug, Clone, Copy)]
+pub struct WaitArgs {
+    /// Show progress until every replica runs the new revision (exit 0), or one fails or the
+    /// timeout passes (exit 1, saying why).
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Start one node of the cluster and run until SIGTERM or ctrl-c (`arbor node --node ID`),
@@ -63,6 +75,27 @@ pub enum Command {
     Deploy {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Set a deployment's replica count: replicas are added or removed, none of the others
+    /// restarts. (An autoscaled deployment's count follows its load instead.)
+    Scale {
+        name: String,
+        replicas: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Return a deployment to its previous revision, with a rolling update (again: back to
+    /// the one rolled back from).
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

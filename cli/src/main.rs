@@ -83,7 +83,22 @@ async fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Status { json, gateway } => cluster::status(&gateway, json).await,
-        Command::Deploy { file, gateway } => admin::deploy(&gateway, &file).await,
+        Command::Deploy {
+            file,
+            wait,
+            gateway,
+        } => admin::deploy(&gateway, &file, wait).await,
+        Command::Scale {
+            name,
+            replicas,
+            wait,
+            gateway,
+        } => admin::scale(&gateway, name, replicas, wait).await,
+        Command::Rollback {
+            name,
+            wait,
+            gateway,
+        } => admin::rollback(&gateway, name, wait).await,
         Command::Undeploy { name, gateway } => admin::undeploy(&gateway, name).await,
         Command::Deployments { gateway, json } => admin::deployments(&gateway, json).await,
         Command::Call {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use arbor_node::Caller;
 use arbor_proto::results::DeploymentReport;
 use common::cluster::{Cluster, T};
-use common::{NodeProc, arbor};
+use common::{NodeProc, arbor, arbor_as};
 
 fn per_node(d: &DeploymentReport) -> BTreeMap<u64, usize> {
     let mut out = BTreeMap::new();
@@ -298,4 +298,218 @@ async fn pending_failed_drain_and_rolling_update() {
         "{err}"
     );
     assert!(!c.deployments().await.unwrap().contains_key("x"));
+}
+
+/// The generation of every placed replica, by replica number.
+fn generations(d: &DeploymentReport) -> BTreeMap<u32, u64> {
+    d.replicas
+        .iter()
+        .filter_map(|r| Some((r.replica, r.generation?)))
+        .collect()
+}
+
+/// Changing only `replicas` (by file or `arbor scale`) adds and removes replicas and restarts
+/// none of the others; `arbor rollback` returns to the previous revision with a rolling
+/// update; `--wait` follows a rollout to its end, and fails with the reason when a replica
+/// fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_place_rollback_and_wait() {
+    let c = Cluster::start("deploy-scale", "scale-secret-padded-to-32-bytes-at-least").await;
+    let file = |replicas: u32, version: &str| {
+        format!(
+            "name = \"echo\"\nkind = \"echo\"\nreplicas = {replicas}\nversion = \"{version}\"\n\
+             [resources]\ncpu = \"100m\"\nmemory = \"64MiB\"\n[config]\nstart_delay_ms = 200\n"
+        )
+    };
+    let path = c.path.with_file_name("echo.toml");
+    let deploy_wait = |text: &str| {
+        std::fs::write(&path, text).unwrap();
+        c.arbor(&["deploy", "-f", path.to_str().unwrap(), "--wait"])
+    };
+    let out = deploy_wait(&file(3, "1"));
+    assert!(
+        out.contains("deployment echo created, revision 1")
+            && out.contains("all 3 replicas run revision 1"),
+        "{out}"
+    );
+    let three = c.deployments().await.unwrap().remove("echo").unwrap();
+    assert_eq!(three.running, 3, "--wait returned before the rollout ended");
+    let before = generations(&three);
+
+    // 3 -> 5 by file: the 3 running replicas keep their generation.
+    let out = deploy_wait(&file(5, "1"));
+    assert!(
+        out.contains("scaled (no replica restarted), revision 1")
+            && out.contains("all 5 replicas run revision 1"),
+        "{out}"
+    );
+    let five = c.deployments().await.unwrap().remove("echo").unwrap();
+    assert_eq!(five.running, 5);
+    let after = generations(&five);
+    for (replica, generation) in &before {
+        assert_eq!(after[replica], *generation, "replica {replica} restarted");
+    }
+
+    // 5 -> 2 by `arbor scale`: replicas 0 and 1 stay as they are.
+    let out = c.arbor(&["scale", "echo", "2", "--wait"]);
+    assert!(out.contains("all 2 replicas run revision 1"), "{out}");
+    let two = c.deployments().await.unwrap().remove("echo").unwrap();
+    assert_eq!(
+        generations(&two),
+        before.into_iter().filter(|(r, _)| *r < 2).collect()
+    );
+
+    // A new revision, then back to the first one.
+    let out = deploy_wait(&file(2, "2"));
+    assert!(
+        out.contains("updated (rolling its replicas), revision 2")
+            && out.contains("all 2 replicas run revision 2"),
+        "{out}"
+    );
+    let out = c.arbor(&["rollback", "echo", "--wait"]);
+    assert!(out.contains("all 2 replicas run revision 3"), "{out}");
+    let back = c.deployments().await.unwrap().remove("echo").unwrap();
+    assert_eq!((back.version.as_str(), back.revision), ("1", 3));
+    assert!(back.replicas.iter().all(|r| r.revision == Some(3)));
+
+    // A revision whose replicas cannot start: --wait exits non-zero with the reason.
+    std::fs::write(
+        &path,
+        file(2, "3").replace("start_delay_ms = 200", "fail_on_start = \"disk on fire\""),
+    )
+    .unwrap();
+    let out = arbor_as(
+        &[
+            "deploy",
+            "-f",
+            path.to_str().unwrap(),
+            "--wait",
+            "--timeout",
+            "60s",
+            "--config",
+            c.path.to_str().unwrap(),
+        ],
+        None,
+        Some(&c.token),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("rollout of echo failed")
+            && err.contains("disk on fire"),
+        "{err}"
+    );
+    // The rollout stopped at the failed replica: the other one still runs revision 3.
+    let stuck = c.deployments().await.unwrap().remove("echo").unwrap();
+    assert!(
+        stuck
+            .replicas
+            .iter()
+            .any(|r| r.state == "running" && r.revision == Some(3)),
+        "{stuck:#?}"
+    );
+
+    // Refusals name what is wrong.
+    for (args, says) in [
+        (
+            vec!["scale", "ghost", "2"],
+            "deployment \"ghost\" does not exist",
+        ),
+        (
+            vec!["rollback", "ghost"],
+            "deployment \"ghost\" does not exist",
+        ),
+    ] {
+        let mut all = args.clone();
+        all.extend(["--config", c.path.to_str().unwrap()]);
+        let out = arbor_as(&all, None, Some(&c.token));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+}
+
+/// An autoscaled deployment grows with the requests in flight, within upscale_delay (plus
+/// reporting and placement), falls back to min_replicas once the load stops and
+/// downscale_delay has passed, and is never outside [min_replicas, max_replicas].
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autoscaling_follows_the_load_within_its_bounds() {
+    use common::load::{Conn, spec};
+    let c = Cluster::start("deploy-auto", "auto-secret-padded-to-32-bytes-at-least").await;
+    let out = c.deploy(
+        "auto.toml",
+        "name = \"sleepy\"\nkind = \"spin\"\nidempotent = true\n\
+         [resources]\ncpu = \"100m\"\nmemory = \"64MiB\"\n\
+         [autoscaling]\nmin_replicas = 1\nmax_replicas = 3\ntarget_ongoing_requests = 2\n\
+         upscale_delay = \"1s\"\ndownscale_delay = \"3s\"\n",
+    );
+    assert!(out.contains("deployment sleepy created"), "{out}");
+    c.wait_for("sleepy", "1 running", |_| {}, |d| d.running == 1)
+        .await;
+    let out = arbor_as(
+        &["scale", "sleepy", "2", "--config", c.path.to_str().unwrap()],
+        None,
+        Some(&c.token),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("autoscaled between 1 and 3"),
+        "{err}"
+    );
+
+    // 6 requests in flight all along, each held 300 ms: 6 / 2 = 3 replicas wanted.
+    let endpoint = common::support::endpoint(&c.config, 0);
+    let mut conn = Conn::open(&endpoint, &c.token).await;
+    let load = tokio::spawn(async move {
+        conn.pipeline(120, 6, |_| {
+            spec(serde_json::json!({
+                "kind": "call",
+                "deployment": "sleepy",
+                "payload": "{\"ms\": 300, \"sleep\": true}"
+            }))
+        })
+        .await
+        .len()
+    });
+    let (mut seen, mut most_ongoing) = (std::collections::BTreeSet::new(), 0f64);
+    let up = c
+        .wait_for(
+            "sleepy",
+            "3 replicas under load",
+            |d| {
+                seen.insert(d.desired);
+                let a = d.autoscaling.as_ref().unwrap();
+                most_ongoing = most_ongoing.max(a.ongoing_requests);
+            },
+            |d| d.desired == 3 && d.running == 3,
+        )
+        .await;
+    eprintln!("scaled 1 -> 3 in {up:?} under load (upscale_delay 1s)");
+    assert!(most_ongoing >= 4.0, "the load seen was {most_ongoing}");
+    assert_eq!(load.await.unwrap(), 120, "every call succeeded");
+
+    let down = c
+        .wait_for(
+            "sleepy",
+            "back to 1 replica",
+            |d| {
+                seen.insert(d.desired);
+            },
+            |d| d.desired == 1 && d.running == 1,
+        )
+        .await;
+    eprintln!("scaled back to 1 in {down:?} after the load stopped (downscale_delay 3s)");
+    assert!(down >= Duration::from_secs(2), "{down:?}");
+    assert!(seen.iter().all(|n| (1..=3).contains(n)), "{seen:?}");
+    let logs: String = c
+        .nodes
+        .iter()
+        .map(|n| std::fs::read_to_string(&n.log).unwrap())
+        .collect();
+    assert!(
+        logs.contains("autoscaler: scaling up") && logs.contains("autoscaler: scaling down"),
+        "the decisions are logged"
+    );
 }

@@ -220,6 +220,7 @@ mod tests {
             config: "{\"start_delay_ms\":1}".into(),
             collection: None,
             idempotent: false,
+            autoscaling: None,
         }))
         .unwrap();
         let decision = |replica, node| PlacementDecision {

@@ -2,6 +2,7 @@
 //! `undeploy`, `deployments`, `drain`, `create_collection`, ...) ask of the control plane, how
 //! this node carries them out, and the reports it reads back.
 
+use arbor_scheduler::command::Scaler;
 use arbor_scheduler::state::{
     ClusterState, CollectionSpec, DeploymentSpec, Liveness, PlacementStatus,
 };
@@ -10,7 +11,8 @@ use arbor_scheduler::{Command, CommandOutcome, RaftHandle};
 use crate::config::NodeId;
 
 pub use arbor_proto::results::{
-    CollectionReport, DeployChange, DeploymentReport, ReplicaReport, ReplicaSetReport,
+    AutoscalingReport, CollectionReport, DeployChange, DeploymentReport, ReplicaReport,
+    ReplicaSetReport,
 };
 
 /// What the gateway's control jobs ask of the control plane.
@@ -19,6 +21,13 @@ pub enum ControlRequest {
     /// Create the deployment, or update it if its spec differs.
     Deploy(DeploymentSpec),
     Undeploy(String),
+    /// Set a deployment's replica count (one without autoscaling).
+    Scale {
+        name: String,
+        replicas: u32,
+    },
+    /// Return a deployment to its previous revision.
+    Rollback(String),
     /// Start (`true`) or end a drain of a node.
     Drain {
         node: NodeId,
@@ -85,12 +94,24 @@ pub async fn carry_out(
     request: ControlRequest,
 ) -> Result<ControlReply, ControlError> {
     let propose = async |command| raft.propose(command).await.map_err(ControlError::from);
+    let deployed = |outcome, change| match outcome {
+        CommandOutcome::DeploymentVersion(revision) => {
+            Ok(ControlReply::Deployed { revision, change })
+        }
+        other => Err(ControlError::Unavailable(format!(
+            "unexpected outcome {other:?}"
+        ))),
+    };
     match request {
-        ControlRequest::Deploy(spec) => {
+        ControlRequest::Deploy(mut spec) => {
             let name = spec.name.clone();
             let current = raft
                 .read(move |s| s.deployments.get(&name).cloned())
                 .await?;
+            if let (Some(d), Some(policy)) = (&current, &spec.autoscaling) {
+                // Redeploying an autoscaled deployment keeps the count the load has set.
+                spec.replicas = policy.clamp(d.spec.replicas);
+            }
             let (command, change) = match current {
                 None => (Command::CreateDeployment(spec), DeployChange::Created),
                 Some(d) if d.spec == spec => {
@@ -99,23 +120,33 @@ pub async fn carry_out(
                         change: DeployChange::Unchanged,
                     });
                 }
-                Some(d) => (
-                    Command::UpdateDeployment {
+                Some(d) => {
+                    let change = if d.spec.same_revision(&spec) {
+                        DeployChange::Scaled
+                    } else {
+                        DeployChange::Updated
+                    };
+                    let command = Command::UpdateDeployment {
                         spec,
                         expected_version: Some(d.version),
-                    },
-                    DeployChange::Updated,
-                ),
-            };
-            match propose(command).await? {
-                CommandOutcome::DeploymentVersion(revision) => {
-                    Ok(ControlReply::Deployed { revision, change })
+                    };
+                    (command, change)
                 }
-                other => Err(ControlError::Unavailable(format!(
-                    "unexpected outcome {other:?}"
-                ))),
-            }
+            };
+            deployed(propose(command).await?, change)
         }
+        ControlRequest::Scale { name, replicas } => {
+            let command = Command::ScaleDeployment {
+                name,
+                replicas,
+                by: Scaler::Operator,
+            };
+            deployed(propose(command).await?, DeployChange::Scaled)
+        }
+        ControlRequest::Rollback(name) => deployed(
+            propose(Command::RollbackDeployment { name }).await?,
+            DeployChange::Updated,
+        ),
         ControlRequest::Undeploy(name) => {
             propose(Command::DeleteDeployment { name }).await?;
             Ok(ControlReply::Undeployed)
@@ -205,6 +236,17 @@ pub fn report(state: &ClusterState) -> Vec<DeploymentReport> {
                 running: replicas.iter().filter(|r| r.state == "running").count() as u32,
                 replicas,
                 pending_reason: d.pending_reason.clone(),
+                autoscaling: d.spec.autoscaling.as_ref().map(|p| {
+                    let milli = arbor_scheduler::autoscale::MILLI as f64;
+                    AutoscalingReport {
+                        min_replicas: p.min_replicas,
+                        max_replicas: p.max_replicas,
+                        target_ongoing_requests: p.target_ongoing_milli as f64 / milli,
+                        ongoing_requests: arbor_scheduler::autoscale::ongoing(state, &d.spec.name)
+                            as f64
+                            / milli,
+                    }
+                }),
             }
         })
         .collect()

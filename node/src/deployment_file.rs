@@ -16,11 +16,30 @@
 //! [config]                   # handed to the actor kind as JSON
 //! start_delay_ms = 0
 //! ```
+//!
+//! Instead of a fixed `replicas`, a deployment may follow its load (Ray Serve's policy, see
+//! `arbor_scheduler::autoscale`):
+//!
+//! ```toml
+//! [autoscaling]
+//! min_replicas = 1
+//! max_replicas = 8
+//! initial_replicas = 2           # at creation (default: min_replicas)
+//! target_ongoing_requests = 2    # requests in flight per replica to aim for
+//! upscale_delay = "30s"          # default 30s
+//! downscale_delay = "10m"        # default 10m
+//! ```
+//!
+//! Changing only `replicas` or `[autoscaling]` adds or removes replicas without restarting
+//! the others; anything else is a new revision, rolled out `max_unavailable` at a time.
 
 use std::path::Path;
 
 use arbor_scheduler::placement::{LabelConstraint, Strategy};
 use arbor_scheduler::resources::{Bytes, Millicores, Resources};
+use std::time::Duration;
+
+use arbor_scheduler::autoscale::{Autoscaling, MILLI};
 use arbor_scheduler::state::DeploymentSpec;
 use serde::Deserialize;
 
@@ -41,7 +60,11 @@ pub enum DeploymentFileError {
 struct DeploymentFile {
     name: String,
     kind: String,
-    replicas: u32,
+    /// Required unless `[autoscaling]` sets the count.
+    #[serde(default)]
+    replicas: Option<u32>,
+    #[serde(default)]
+    autoscaling: Option<AutoscalingTable>,
     #[serde(default)]
     strategy: Strategy,
     /// Absent: the kind's defaults (`Kind::default_resources`).
@@ -61,8 +84,72 @@ struct DeploymentFile {
     config: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// `[autoscaling]`, with Ray Serve's names and defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AutoscalingTable {
+    #[serde(default = "one")]
+    min_replicas: u32,
+    max_replicas: u32,
+    #[serde(default)]
+    initial_replicas: Option<u32>,
+    #[serde(default = "two")]
+    target_ongoing_requests: f64,
+    #[serde(default = "thirty_seconds", with = "humantime_serde")]
+    upscale_delay: Duration,
+    #[serde(default = "ten_minutes", with = "humantime_serde")]
+    downscale_delay: Duration,
+}
+
 fn one() -> u32 {
     1
+}
+fn two() -> f64 {
+    2.0
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn ten_minutes() -> Duration {
+    Duration::from_secs(600)
+}
+
+/// The policy and the replica count to start with, or what is wrong with the table.
+fn autoscaling(
+    table: AutoscalingTable,
+    replicas: Option<u32>,
+) -> Result<(Autoscaling, u32), String> {
+    if replicas.is_some() {
+        return Err(
+            "replicas: an autoscaled deployment's count is set by [autoscaling]; \
+             use initial_replicas there instead"
+                .into(),
+        );
+    }
+    let target = table.target_ongoing_requests;
+    if !(0.001..=1e6).contains(&target) {
+        return Err(format!(
+            "autoscaling.target_ongoing_requests: {target} is not in 0.001..=1000000"
+        ));
+    }
+    let policy = Autoscaling {
+        min_replicas: table.min_replicas,
+        max_replicas: table.max_replicas,
+        target_ongoing_milli: (target * MILLI as f64).round() as u64,
+        upscale_delay: table.upscale_delay,
+        downscale_delay: table.downscale_delay,
+    };
+    policy
+        .check()
+        .map_err(|why| format!("autoscaling: {why}"))?;
+    let initial = table.initial_replicas.unwrap_or(policy.min_replicas);
+    if policy.clamp(initial) != initial {
+        return Err(format!(
+            "autoscaling.initial_replicas: {initial} is outside [{}, {}]",
+            policy.min_replicas, policy.max_replicas
+        ));
+    }
+    Ok((policy, initial))
 }
 
 /// Reads and checks a deployment file.
@@ -114,11 +201,26 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
     }
     arbor_scheduler::state::check_name(&file.name)
         .map_err(|why| invalid(format!("name: {why}")))?;
-    if file.replicas > arbor_scheduler::state::MAX_REPLICAS {
+    let (autoscaling, replicas) = match file.autoscaling {
+        Some(table) => {
+            let (policy, initial) = autoscaling(table, file.replicas).map_err(invalid)?;
+            (Some(policy), initial)
+        }
+        None => (
+            None,
+            file.replicas.ok_or_else(|| {
+                invalid("missing field `replicas` (or an [autoscaling] table)".into())
+            })?,
+        ),
+    };
+    let most = arbor_scheduler::state::MAX_REPLICAS;
+    let (field, asked) = match &autoscaling {
+        Some(p) => ("autoscaling.max_replicas", p.max_replicas),
+        None => ("replicas", replicas),
+    };
+    if asked > most {
         return Err(invalid(format!(
-            "replicas: {} is more than the {} a deployment may have",
-            file.replicas,
-            arbor_scheduler::state::MAX_REPLICAS
+            "{field}: {asked} is more than the {most} a deployment may have"
         )));
     }
     resources
@@ -134,7 +236,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
     Ok(DeploymentSpec {
         name: file.name,
         kind: file.kind,
-        replicas: file.replicas,
+        replicas,
         resources,
         strategy: file.strategy,
         constraints: file.constraints,
@@ -144,6 +246,7 @@ pub fn parse(path: &Path, text: &str) -> Result<DeploymentSpec, DeploymentFileEr
         config,
         collection: None,
         idempotent: file.idempotent,
+        autoscaling,
     })
 }
 
@@ -153,6 +256,54 @@ mod tests {
 
     fn toml(text: &str) -> Result<DeploymentSpec, DeploymentFileError> {
         parse(Path::new("d.toml"), text)
+    }
+
+    #[test]
+    fn an_autoscaling_table_sets_the_policy_and_the_first_count() {
+        let spec = toml(
+            "name = \"e\"\nkind = \"echo\"\n[autoscaling]\nmax_replicas = 4\n\
+             target_ongoing_requests = 1.5\nupscale_delay = \"2s\"\n",
+        )
+        .unwrap();
+        let policy = spec.autoscaling.unwrap();
+        assert_eq!(spec.replicas, 1);
+        assert_eq!((policy.min_replicas, policy.max_replicas), (1, 4));
+        assert_eq!(policy.target_ongoing_milli, 1500);
+        assert_eq!(policy.upscale_delay, Duration::from_secs(2));
+        assert_eq!(policy.downscale_delay, Duration::from_secs(600));
+        let initial = toml(
+            "name = \"e\"\nkind = \"echo\"\n[autoscaling]\nmin_replicas = 0\n\
+             max_replicas = 4\ninitial_replicas = 3\n",
+        )
+        .unwrap();
+        assert_eq!(initial.replicas, 3);
+        for (table, says) in [
+            (
+                "replicas = 2\n[autoscaling]\nmax_replicas = 4\n",
+                "use initial_replicas",
+            ),
+            (
+                "[autoscaling]\nmin_replicas = 5\nmax_replicas = 4\n",
+                "min_replicas (5)",
+            ),
+            (
+                "[autoscaling]\nmax_replicas = 4\ninitial_replicas = 9\n",
+                "initial_replicas: 9 is outside [1, 4]",
+            ),
+            (
+                "[autoscaling]\nmax_replicas = 4\ntarget_ongoing_requests = 0\n",
+                "target_ongoing_requests",
+            ),
+            ("[autoscaling]\nmax_replicas = 4\ntypo = 1\n", "typo"),
+            (
+                "[autoscaling]\nmax_replicas = 4000000\n",
+                "autoscaling.max_replicas",
+            ),
+            ("", "missing field `replicas`"),
+        ] {
+            let err = toml(&format!("name = \"e\"\nkind = \"echo\"\n{table}")).unwrap_err();
+            assert!(err.to_string().contains(says), "{table}: {err}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod gateway;
 mod janitor;
 mod lease;
 mod link;
+mod load_report;
 pub mod logging;
 mod runtime;
 

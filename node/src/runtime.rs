@@ -70,6 +70,7 @@ pub struct Node {
     agent: AgentBridge,
     feed: crate::lease::ControlFeed,
     janitor: tokio::task::JoinHandle<()>,
+    load_report: tokio::task::JoinHandle<()>,
     reconciler: Reconciler,
     gateway: crate::gateway::Gateway,
     /// The TLS listener on the actors address (none in an insecure cluster, where the
@@ -343,6 +344,7 @@ impl Node {
         .await
         .map_err(|e| NodeError::Spawn("node agent", e.to_string()))?;
         let janitor = crate::janitor::spawn(raft.handle(), id, data_dir.join("actors"));
+        let load_report = crate::load_report::spawn(raft.handle(), id);
         // Every node runs one; only the leader's acts.
         let reconciler = Reconciler::spawn(raft.handle(), config.scheduler.reconciler());
         let tokens = crate::gateway::auth::TokenStore::open(config.tokens_file())?;
@@ -380,6 +382,7 @@ impl Node {
             agent,
             feed,
             janitor,
+            load_report,
             reconciler,
             gateway,
             links_listener,
@@ -453,6 +456,7 @@ impl Node {
         }
         self.register.abort();
         self.janitor.abort();
+        self.load_report.abort();
         self.feed.stop();
         self.gateway.shutdown();
         self.reconciler.stop();

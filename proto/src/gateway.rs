@@ -65,6 +65,10 @@ pub enum JobSpec {
     /// Create or update a deployment.
     Deploy(DeployJob),
     Undeploy(NameJob),
+    /// Set a deployment's replica count, restarting none of its replicas.
+    Scale(ScaleJob),
+    /// Return a deployment to its previous revision, with a rolling update.
+    Rollback(NameJob),
     CreateCollection(CreateCollectionJob),
     DeleteCollection(NameJob),
     /// The collections and how many of their partition replicas run.
@@ -132,6 +136,13 @@ pub struct DeployJob {
 #[serde(deny_unknown_fields)]
 pub struct NameJob {
     pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScaleJob {
+    pub name: String,
+    pub replicas: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -290,6 +301,8 @@ fn job_spec(value: Value, at: &str) -> Result<JobSpec, ParseError> {
     Ok(match kind.as_str() {
         "deploy" => JobSpec::Deploy(typed_at(rest, at)?),
         "undeploy" => JobSpec::Undeploy(typed_at(rest, at)?),
+        "scale" => JobSpec::Scale(typed_at(rest, at)?),
+        "rollback" => JobSpec::Rollback(typed_at(rest, at)?),
         "create_collection" => JobSpec::CreateCollection(typed_at(rest, at)?),
         "delete_collection" => JobSpec::DeleteCollection(typed_at(rest, at)?),
         "promote_stale" => JobSpec::PromoteStale(typed_at(rest, at)?),
@@ -399,6 +412,8 @@ impl JobSpec {
         match self {
             JobSpec::Deploy(_) => "deploy",
             JobSpec::Undeploy(_) => "undeploy",
+            JobSpec::Scale(_) => "scale",
+            JobSpec::Rollback(_) => "rollback",
             JobSpec::CreateCollection(_) => "create_collection",
             JobSpec::DeleteCollection(_) => "delete_collection",
             JobSpec::Collections => "collections",
@@ -425,6 +440,8 @@ impl JobSpec {
         match self {
             JobSpec::Deploy(_)
             | JobSpec::Undeploy(_)
+            | JobSpec::Scale(_)
+            | JobSpec::Rollback(_)
             | JobSpec::CreateCollection(_)
             | JobSpec::DeleteCollection(_)
             | JobSpec::PromoteStale(_)
@@ -647,6 +664,8 @@ const CLIENT_TYPES: &[&str] = &["auth", "submit", "subscribe", "status", "cancel
 const JOB_KINDS: &[&str] = &[
     "deploy",
     "undeploy",
+    "scale",
+    "rollback",
     "create_collection",
     "delete_collection",
     "promote_stale",

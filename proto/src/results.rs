@@ -154,7 +154,11 @@ pub struct ReplicaSetReport {
 #[serde(rename_all = "lowercase")]
 pub enum DeployChange {
     Created,
+    /// A new revision, which the replicas roll to.
     Updated,
+    /// Only the replica count (or the autoscaling policy) changed: replicas were added or
+    /// removed, and none of the others restarted.
+    Scaled,
     /// The same spec was already deployed.
     Unchanged,
 }
@@ -171,6 +175,19 @@ pub struct DeploymentReport {
     pub running: u32,
     pub replicas: Vec<ReplicaReport>,
     pub pending_reason: Option<String>,
+    /// Its autoscaling policy and the load it sees, when it has one.
+    #[serde(default)]
+    pub autoscaling: Option<AutoscalingReport>,
+}
+
+/// An autoscaled deployment's bounds, target and load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoscalingReport {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub target_ongoing_requests: f64,
+    /// Requests in flight to its replicas, as the nodes that are up last reported them.
+    pub ongoing_requests: f64,
 }
 
 /// One replica: where it runs and how it is.

@@ -39,6 +39,7 @@ fn spec(name: &str) -> DeploymentSpec {
         config: String::new(),
         collection: None,
         idempotent: false,
+        autoscaling: None,
     }
 }
 

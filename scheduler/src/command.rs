@@ -43,6 +43,21 @@ pub enum Command {
     },
     /// Deletes a deployment and every placement of it.
     DeleteDeployment { name: String },
+    /// Sets a deployment's replica count, restarting none of its replicas.
+    ScaleDeployment {
+        name: String,
+        replicas: u32,
+        by: Scaler,
+    },
+    /// Returns a deployment to the spec of its previous revision (keeping its replica
+    /// count), as a new revision that the reconciler rolls out.
+    RollbackDeployment { name: String },
+    /// A node's requests in flight per deployment (thousandths of a request, the mean over
+    /// its last report interval), replacing its previous report: what the autoscaler reads.
+    ReportLoad {
+        node: NodeId,
+        ongoing: BTreeMap<String, u64>,
+    },
     /// Places or moves replicas, all or none. Each decision is re-checked against the state
     /// it meets: rejected if its node is unknown, down or draining, if its deployment changed
     /// revision, if the replica's placement changed since it was decided, or if the node can
@@ -140,6 +155,14 @@ pub enum Command {
     /// only in-sync replica and the primary. Refused while an in-sync replica is on a ready
     /// node.
     PromoteStale { deployment: String, replica: u32 },
+}
+
+/// Who asks for a [`Command::ScaleDeployment`]: an operator may scale only a deployment that
+/// has no autoscaling policy, the autoscaler only one that has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scaler {
+    Operator,
+    Autoscaler,
 }
 
 /// What a command that applied returns to its proposer.
@@ -275,13 +298,19 @@ mod tests {
                 any::<bool>(),
                 any::<u32>(),
             ),
-            (text(), text(), option::of(text()), any::<bool>()),
+            (
+                text(),
+                text(),
+                option::of(text()),
+                any::<bool>(),
+                option::of(autoscaling()),
+            ),
         )
             .prop_map(
                 |(
                     (name, kind, replicas, resources),
                     (strategy, constraints, anti_affinity, max_unavailable),
-                    (version, config, collection, idempotent),
+                    (version, config, collection, idempotent, autoscaling),
                 )| DeploymentSpec {
                     name,
                     kind,
@@ -295,6 +324,26 @@ mod tests {
                     config,
                     collection,
                     idempotent,
+                    autoscaling,
+                },
+            )
+    }
+
+    fn autoscaling() -> impl Strategy<Value = crate::autoscale::Autoscaling> {
+        (
+            any::<u32>(),
+            any::<u32>(),
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+        )
+            .prop_map(
+                |(min, max, target, up, down)| crate::autoscale::Autoscaling {
+                    min_replicas: min,
+                    max_replicas: max,
+                    target_ongoing_milli: target,
+                    upscale_delay: std::time::Duration::from_millis(up),
+                    downscale_delay: std::time::Duration::from_millis(down),
                 },
             )
     }
@@ -404,6 +453,20 @@ mod tests {
                 }
             }),
             text().prop_map(|name| Command::DeleteDeployment { name }),
+            (text(), any::<u32>(), any::<bool>()).prop_map(|(name, replicas, auto)| {
+                Command::ScaleDeployment {
+                    name,
+                    replicas,
+                    by: if auto {
+                        Scaler::Autoscaler
+                    } else {
+                        Scaler::Operator
+                    },
+                }
+            }),
+            text().prop_map(|name| Command::RollbackDeployment { name }),
+            (any::<u64>(), btree_map(text(), any::<u64>(), 0..3))
+                .prop_map(|(node, ongoing)| Command::ReportLoad { node, ongoing }),
             vec(decision(), 0..4).prop_map(|decisions| Command::PlaceActors { decisions }),
             (text(), any::<u64>(), placement_status()).prop_map(
                 |(actor_id, generation, status)| Command::SetPlacementStatus {
@@ -524,6 +587,9 @@ mod tests {
             Command::CreateDeployment(_) => "CreateDeployment",
             Command::UpdateDeployment { .. } => "UpdateDeployment",
             Command::DeleteDeployment { .. } => "DeleteDeployment",
+            Command::ScaleDeployment { .. } => "ScaleDeployment",
+            Command::RollbackDeployment { .. } => "RollbackDeployment",
+            Command::ReportLoad { .. } => "ReportLoad",
             Command::PlaceActors { .. } => "PlaceActors",
             Command::SetPlacementStatus { .. } => "SetPlacementStatus",
             Command::RemovePlacements { .. } => "RemovePlacements",
@@ -545,7 +611,7 @@ mod tests {
         }
     }
 
-    const VARIANTS: usize = 25;
+    const VARIANTS: usize = 28;
 
     fn round_trip(command: &Command) -> Command {
         let proposal = Proposal {

@@ -74,6 +74,7 @@
 //! * A committed entry or snapshot a node cannot decode, or a storage failure, stops the
 //!   node's Ready loop ([`RaftHandle::halted`]); it never applies around it.
 
+pub mod autoscale;
 pub mod codec;
 pub mod command;
 pub mod config;

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, CommandOutcome, ObjectKind, Rejection};
+pub use crate::autoscale::Autoscaling;
+use crate::command::{Command, CommandOutcome, ObjectKind, Rejection, Scaler};
 use crate::placement::{GpuShare, LabelConstraint, ReplicaRequest, Strategy};
 pub use crate::resources::Resources;
 
@@ -66,7 +67,8 @@ pub struct DeploymentSpec {
     pub anti_affinity: bool,
     /// How many replicas a rolling update or a drain may take down at a time (at least 1).
     pub max_unavailable: u32,
-    /// The user's version label; changing it (or anything else) rolls the replicas.
+    /// The user's version label; changing it (or anything but the replica count and the
+    /// autoscaling policy) rolls the replicas.
     pub version: String,
     /// Kind-specific configuration as JSON text, read by the actor kind, opaque here.
     pub config: String,
@@ -79,9 +81,24 @@ pub struct DeploymentSpec {
     /// may have run).
     #[serde(default)]
     pub idempotent: bool,
+    /// With a policy, the leader's autoscaler sets `replicas` (within its bounds) from the
+    /// load; `arbor scale` is refused.
+    #[serde(default)]
+    pub autoscaling: Option<Autoscaling>,
 }
 
 impl DeploymentSpec {
+    /// Whether `next` differs from this spec only in what changes without restarting a
+    /// replica: the replica count and the autoscaling policy.
+    pub fn same_revision(&self, next: &DeploymentSpec) -> bool {
+        let template = |s: &DeploymentSpec| DeploymentSpec {
+            replicas: 0,
+            autoscaling: None,
+            ..s.clone()
+        };
+        template(self) == template(next)
+    }
+
     /// What placement needs to know to place replica `replica` of this deployment.
     pub fn request(&self, replica: u32) -> ReplicaRequest {
         ReplicaRequest {
@@ -106,14 +123,18 @@ pub fn actor_id(deployment: &str, replica: u32) -> ActorId {
     format!("{deployment}/{replica}")
 }
 
-/// A deployment, its revision (bumped by every update) and why replicas wait, if any do.
+/// A deployment, its revision and why replicas wait, if any do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     pub spec: DeploymentSpec,
-    /// 1 at creation, +1 per update. Placements record the revision they run.
+    /// The revision its replicas run: 1 at creation, +1 per update that changes more than
+    /// the replica count or the autoscaling policy (those change in place). Placements
+    /// record the revision they run, and the reconciler rolls those of an older one.
     pub version: u64,
     /// Why some replica could not be placed, as the reconciler last found it.
     pub pending_reason: Option<String>,
+    /// The spec of the revision before this one, which `arbor rollback` returns to.
+    pub previous: Option<DeploymentSpec>,
 }
 
 /// Lifecycle of one placed actor.
@@ -216,6 +237,9 @@ pub struct ClusterState {
     pub replica_sets: BTreeMap<String, ReplicaSet>,
     /// The last collection incarnation handed out.
     pub last_incarnation: u64,
+    /// Requests in flight per deployment, as each node last reported them (thousandths of a
+    /// request, see [`crate::autoscale`]); zero loads are not kept.
+    pub loads: BTreeMap<NodeId, BTreeMap<String, u64>>,
 }
 
 fn not_found(kind: ObjectKind, name: impl ToString) -> Rejection {
@@ -315,6 +339,7 @@ impl ClusterState {
                         spec: spec.clone(),
                         version: 1,
                         pending_reason: None,
+                        previous: None,
                     },
                 );
                 Ok(CommandOutcome::DeploymentVersion(1))
@@ -337,9 +362,59 @@ impl ClusterState {
                         actual: current.version,
                     });
                 }
+                if !current.spec.same_revision(spec) {
+                    current.previous = Some(current.spec.clone());
+                    current.version += 1;
+                }
                 current.spec = spec.clone();
+                Ok(CommandOutcome::DeploymentVersion(current.version))
+            }
+            ScaleDeployment { name, replicas, by } => {
+                self.not_owned(name)?;
+                let current = self
+                    .deployments
+                    .get_mut(name)
+                    .ok_or_else(|| not_found(ObjectKind::Deployment, name))?;
+                check_scale(&current.spec, *replicas, *by)?;
+                current.spec.replicas = *replicas;
+                Ok(CommandOutcome::DeploymentVersion(current.version))
+            }
+            RollbackDeployment { name } => {
+                self.not_owned(name)?;
+                let current = self
+                    .deployments
+                    .get_mut(name)
+                    .ok_or_else(|| not_found(ObjectKind::Deployment, name))?;
+                let Some(mut previous) = current.previous.take() else {
+                    return Err(Rejection::Invalid(format!(
+                        "deployment {name:?} has no previous revision to roll back to"
+                    )));
+                };
+                // The count follows the load, not the revision: it stays as it is (within
+                // the bounds of the policy rolled back to).
+                previous.replicas = match &previous.autoscaling {
+                    Some(policy) => policy.clamp(current.spec.replicas),
+                    None => current.spec.replicas,
+                };
+                current.previous = Some(std::mem::replace(&mut current.spec, previous));
                 current.version += 1;
                 Ok(CommandOutcome::DeploymentVersion(current.version))
+            }
+            ReportLoad { node, ongoing } => {
+                if !self.nodes.contains_key(node) {
+                    return Err(Rejection::UnknownNode(*node));
+                }
+                let ongoing: BTreeMap<String, u64> = ongoing
+                    .iter()
+                    .filter(|(_, milli)| **milli > 0)
+                    .map(|(d, milli)| (d.clone(), *milli))
+                    .collect();
+                if ongoing.is_empty() {
+                    self.loads.remove(node);
+                } else {
+                    self.loads.insert(*node, ongoing);
+                }
+                Ok(CommandOutcome::Done)
             }
             DeleteDeployment { name } => {
                 self.not_owned(name)?;
@@ -543,7 +618,54 @@ fn validate_deployment(spec: &DeploymentSpec) -> Result<(), Rejection> {
             spec.name
         )));
     }
+    if let Some(policy) = &spec.autoscaling {
+        let invalid = |why: String| {
+            Rejection::Invalid(format!("deployment {:?} autoscaling: {why}", spec.name))
+        };
+        policy.check().map_err(invalid)?;
+        if policy.max_replicas > MAX_REPLICAS {
+            return Err(invalid(format!(
+                "max_replicas {} is more than the {MAX_REPLICAS} allowed",
+                policy.max_replicas
+            )));
+        }
+        if policy.clamp(spec.replicas) != spec.replicas {
+            return Err(invalid(format!(
+                "{} replicas is outside [{}, {}]",
+                spec.replicas, policy.min_replicas, policy.max_replicas
+            )));
+        }
+    }
     Ok(())
+}
+
+/// Whether `by` may give `spec` `replicas` replicas: an operator only scales a deployment
+/// without a policy, the autoscaler only within its policy's bounds.
+fn check_scale(spec: &DeploymentSpec, replicas: u32, by: Scaler) -> Result<(), Rejection> {
+    if replicas > MAX_REPLICAS {
+        return Err(Rejection::Invalid(format!(
+            "deployment {:?}: {replicas} replicas is more than the {MAX_REPLICAS} allowed",
+            spec.name
+        )));
+    }
+    match (&spec.autoscaling, by) {
+        (Some(p), Scaler::Operator) => Err(Rejection::Invalid(format!(
+            "deployment {:?} is autoscaled between {} and {} replicas; change min_replicas and \
+             max_replicas in its file's [autoscaling] table instead",
+            spec.name, p.min_replicas, p.max_replicas
+        ))),
+        (None, Scaler::Autoscaler) => Err(Rejection::Invalid(format!(
+            "deployment {:?} is no longer autoscaled",
+            spec.name
+        ))),
+        (Some(p), Scaler::Autoscaler) if p.clamp(replicas) != replicas => {
+            Err(Rejection::Invalid(format!(
+                "deployment {:?}: {replicas} replicas is outside [{}, {}]",
+                spec.name, p.min_replicas, p.max_replicas
+            )))
+        }
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -579,6 +701,7 @@ mod tests {
             config: String::new(),
             collection: None,
             idempotent: false,
+            autoscaling: None,
         }
     }
 
@@ -679,9 +802,10 @@ mod tests {
             decisions: vec![decision(0, 1, None), decision(1, 1, None)],
         })
         .unwrap();
-        // Scale to 3: a third does not fit, and admission says why.
+        // Scale to 3 with a new version label: a third does not fit, and admission says why.
         let mut bigger = deployment("emb");
         bigger.replicas = 3;
+        bigger.version = "2".into();
         s.apply(&Command::UpdateDeployment {
             spec: bigger,
             expected_version: None,
@@ -784,12 +908,161 @@ mod tests {
     }
 
     #[test]
+    fn a_new_replica_count_is_not_a_new_revision() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateDeployment(deployment("emb")))
+            .unwrap();
+        let scaled = DeploymentSpec {
+            replicas: 5,
+            ..deployment("emb")
+        };
+        let update = |spec: DeploymentSpec| Command::UpdateDeployment {
+            spec,
+            expected_version: None,
+        };
+        assert_eq!(
+            s.apply(&update(scaled.clone())),
+            Ok(CommandOutcome::DeploymentVersion(1))
+        );
+        assert_eq!(s.deployments["emb"].spec.replicas, 5);
+        assert_eq!(s.deployments["emb"].previous, None);
+        assert_eq!(
+            s.apply(&Command::ScaleDeployment {
+                name: "emb".into(),
+                replicas: 3,
+                by: Scaler::Operator,
+            }),
+            Ok(CommandOutcome::DeploymentVersion(1))
+        );
+        assert_eq!(s.deployments["emb"].spec.replicas, 3);
+        // Anything else is a new revision, and the one before is kept for a rollback.
+        let relabeled = DeploymentSpec {
+            version: "2".into(),
+            ..deployment("emb")
+        };
+        assert_eq!(
+            s.apply(&update(relabeled.clone())),
+            Ok(CommandOutcome::DeploymentVersion(2))
+        );
+        assert_eq!(
+            s.deployments["emb"]
+                .previous
+                .as_ref()
+                .map(|p| p.version.as_str()),
+            Some("")
+        );
+    }
+
+    #[test]
+    fn rollback_returns_to_the_previous_revision_and_keeps_the_count() {
+        let mut s = ClusterState::default();
+        s.apply(&Command::CreateDeployment(deployment("emb")))
+            .unwrap();
+        let rollback = Command::RollbackDeployment { name: "emb".into() };
+        let err = s.apply(&rollback).unwrap_err();
+        assert!(err.to_string().contains("no previous revision"), "{err}");
+        s.apply(&Command::UpdateDeployment {
+            spec: DeploymentSpec {
+                version: "2".into(),
+                config: "{\"x\": 1}".into(),
+                replicas: 4,
+                ..deployment("emb")
+            },
+            expected_version: None,
+        })
+        .unwrap();
+        assert_eq!(s.apply(&rollback), Ok(CommandOutcome::DeploymentVersion(3)));
+        let d = &s.deployments["emb"];
+        assert_eq!(d.spec.version, "");
+        assert_eq!(d.spec.config, deployment("emb").config);
+        assert_eq!(
+            d.spec.replicas, 4,
+            "the count follows the load, not the revision"
+        );
+        // Rolling back again returns to what was rolled back from.
+        assert_eq!(s.apply(&rollback), Ok(CommandOutcome::DeploymentVersion(4)));
+        assert_eq!(s.deployments["emb"].spec.version, "2");
+    }
+
+    #[test]
+    fn operators_scale_fixed_deployments_and_the_autoscaler_autoscaled_ones() {
+        let mut s = ClusterState::default();
+        let policy = Autoscaling {
+            min_replicas: 1,
+            max_replicas: 3,
+            target_ongoing_milli: 1000,
+            upscale_delay: std::time::Duration::from_secs(1),
+            downscale_delay: std::time::Duration::from_secs(1),
+        };
+        s.apply(&Command::CreateDeployment(deployment("fixed")))
+            .unwrap();
+        let auto = DeploymentSpec {
+            replicas: 1,
+            autoscaling: Some(policy.clone()),
+            ..deployment("auto")
+        };
+        s.apply(&Command::CreateDeployment(auto)).unwrap();
+        let scale = |name: &str, replicas, by| Command::ScaleDeployment {
+            name: name.into(),
+            replicas,
+            by,
+        };
+        let err = s.apply(&scale("auto", 2, Scaler::Operator)).unwrap_err();
+        assert!(
+            err.to_string().contains("autoscaled between 1 and 3"),
+            "{err}"
+        );
+        let err = s.apply(&scale("auto", 4, Scaler::Autoscaler)).unwrap_err();
+        assert!(err.to_string().contains("outside [1, 3]"), "{err}");
+        s.apply(&scale("auto", 3, Scaler::Autoscaler)).unwrap();
+        assert!(s.apply(&scale("fixed", 3, Scaler::Autoscaler)).is_err());
+        s.apply(&scale("fixed", 7, Scaler::Operator)).unwrap();
+        assert!(s.apply(&scale("ghost", 1, Scaler::Operator)).is_err());
+        // A policy whose bounds exclude the count is refused.
+        let err = s
+            .apply(&Command::CreateDeployment(DeploymentSpec {
+                replicas: 9,
+                autoscaling: Some(policy),
+                ..deployment("other")
+            }))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("9 replicas is outside [1, 3]"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn load_reports_replace_the_nodes_last_one() {
+        let mut s = ClusterState::default();
+        s.apply(&node(1)).unwrap();
+        let report = |pairs: &[(&str, u64)]| Command::ReportLoad {
+            node: 1,
+            ongoing: pairs.iter().map(|(d, m)| (d.to_string(), *m)).collect(),
+        };
+        s.apply(&report(&[("a", 1500), ("b", 0)])).unwrap();
+        assert_eq!(s.loads[&1], BTreeMap::from([("a".to_string(), 1500)]));
+        s.apply(&report(&[])).unwrap();
+        assert!(s.loads.is_empty());
+        assert_eq!(
+            s.apply(&Command::ReportLoad {
+                node: 9,
+                ongoing: BTreeMap::new()
+            }),
+            Err(Rejection::UnknownNode(9))
+        );
+    }
+
+    #[test]
     fn update_deployment_checks_version() {
         let mut s = ClusterState::default();
         s.apply(&Command::CreateDeployment(deployment("emb")))
             .unwrap();
         let upd = |v| Command::UpdateDeployment {
-            spec: deployment("emb"),
+            spec: DeploymentSpec {
+                version: format!("label {v}"),
+                ..deployment("emb")
+            },
             expected_version: Some(v),
         };
         assert_eq!(s.apply(&upd(1)), Ok(CommandOutcome::DeploymentVersion(2)));

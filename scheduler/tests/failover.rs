@@ -26,6 +26,7 @@ fn deployment(name: &str) -> DeploymentSpec {
         config: String::new(),
         collection: None,
         idempotent: false,
+        autoscaling: None,
     }
 }
 

@@ -181,6 +181,7 @@ async fn one_hundred_thousand_placements_snapshot_transfer_and_restore() {
             config: String::new(),
             collection: None,
             idempotent: false,
+            autoscaling: None,
         }))
         .await
         .unwrap();

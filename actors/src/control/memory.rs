@@ -103,6 +103,7 @@ impl MemoryControl {
                 config: String::new(),
                 collection: None,
                 idempotent: false,
+                autoscaling: None,
             }))
             .expect("the embedder deployment is created");
         }

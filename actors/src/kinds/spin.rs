@@ -24,11 +24,15 @@ pub const MAX_SPIN_MS: u64 = 60_000;
 #[serde(deny_unknown_fields)]
 pub(crate) struct SpinConfig {}
 
-/// A spin request: `{"ms": N}` (a bare integer `N` is accepted too).
+/// A spin request: `{"ms": N}` (a bare integer `N` is accepted too), or `{"ms": N, "sleep":
+/// true}` to hold the request that long without using the CPU (a request that waits on I/O:
+/// load for the autoscaler that a 2-core machine can afford).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SpinRequest {
     pub ms: u64,
+    #[serde(default)]
+    pub sleep: bool,
 }
 
 #[derive(Serialize)]
@@ -44,7 +48,7 @@ impl SpinRequest {
             .map_err(|e| format!("{USAGE}; got bytes that are not UTF-8: {e}"))?
             .trim();
         let request = match text.parse::<u64>() {
-            Ok(ms) => SpinRequest { ms },
+            Ok(ms) => SpinRequest { ms, sleep: false },
             Err(_) => serde_json::from_str::<SpinRequest>(text)
                 .map_err(|e| format!("{USAGE}; got {:?}: {e}", truncate(text, 80)))?,
         };
@@ -123,8 +127,12 @@ async fn spin_and_reply(
     reply: RpcReplyPort<Wire<CallReply>>,
 ) {
     let ms = request.ms;
-    let spun =
-        tokio::task::spawn_blocking(move || busy_wait(Duration::from_millis(ms), &cancelled)).await;
+    let spun = if request.sleep {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(())
+    } else {
+        tokio::task::spawn_blocking(move || busy_wait(Duration::from_millis(ms), &cancelled)).await
+    };
     let answer = match spun {
         Ok(()) => serde_json::to_vec(&SpinReply { spun_ms: ms })
             .map_err(|e| CallFailure::Failed(format!("could not encode the spin reply: {e}"))),
@@ -152,11 +160,33 @@ mod tests {
 
     #[test]
     fn payloads() {
-        assert_eq!(SpinRequest::parse(b"25"), Ok(SpinRequest { ms: 25 }));
-        assert_eq!(SpinRequest::parse(b" 7\n"), Ok(SpinRequest { ms: 7 }));
+        assert_eq!(
+            SpinRequest::parse(b"25"),
+            Ok(SpinRequest {
+                ms: 25,
+                sleep: false
+            })
+        );
+        assert_eq!(
+            SpinRequest::parse(b" 7\n"),
+            Ok(SpinRequest {
+                ms: 7,
+                sleep: false
+            })
+        );
         assert_eq!(
             SpinRequest::parse(br#"{"ms": 40}"#),
-            Ok(SpinRequest { ms: 40 })
+            Ok(SpinRequest {
+                ms: 40,
+                sleep: false
+            })
+        );
+        assert_eq!(
+            SpinRequest::parse(br#"{"ms": 40, "sleep": true}"#),
+            Ok(SpinRequest {
+                ms: 40,
+                sleep: true
+            })
         );
         for bad in [
             &b"{\"ms\": -1}"[..],

@@ -1,4 +1,5 @@
-//! `arbor deploy|undeploy|deployments|collection create|collection delete|collections`.
+//! `arbor deploy|scale|rollback|undeploy|deployments|collection create|collection
+//! delete|collections`.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -7,8 +8,12 @@ use anyhow::Context;
 use serde_json::{Map, Value};
 
 use super::{GatewayArgs, parse_data, run_job};
+use crate::flags::WaitArgs;
+use arbor_client::GatewayClient;
 use arbor_node::deployment_file;
-use arbor_proto::gateway::{CreateCollectionJob, DeployJob, JobSpec, NameJob, PromoteStaleJob};
+use arbor_proto::gateway::{
+    CreateCollectionJob, DeployJob, JobSpec, NameJob, PromoteStaleJob, ScaleJob,
+};
 use arbor_proto::results::{
     CollectionCreated, CollectionReport, CollectionsResult, DeployChange, DeployResult,
     DeploymentReport, DeploymentsResult,
@@ -25,31 +30,151 @@ pub fn deployment_object(path: &Path, text: &str) -> anyhow::Result<Map<String, 
     }
 }
 
-/// `arbor deploy -f FILE`.
-pub async fn deploy(gw: &GatewayArgs, file: &Path) -> anyhow::Result<()> {
+/// `arbor deploy -f FILE [--wait]`.
+pub async fn deploy(gw: &GatewayArgs, file: &Path, wait: WaitArgs) -> anyhow::Result<()> {
     // Checked here first, so that a typo is reported before any connection.
     deployment_file::load(file)?;
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let deployment = deployment_object(file, &text)?;
-    let mut client = gw.connect().await?;
-    let data = run_job(
-        &mut client,
-        JobSpec::Deploy(DeployJob { deployment }),
-        "deploy",
+    let job = JobSpec::Deploy(DeployJob { deployment });
+    change(gw, job, "deploy", wait).await
+}
+
+/// `arbor scale NAME N [--wait]`.
+pub async fn scale(
+    gw: &GatewayArgs,
+    name: String,
+    replicas: u32,
+    wait: WaitArgs,
+) -> anyhow::Result<()> {
+    change(
+        gw,
+        JobSpec::Scale(ScaleJob { name, replicas }),
+        "scale",
+        wait,
     )
-    .await?;
-    let r: DeployResult = parse_data(data, "deploy")?;
-    let what = match r.change {
+    .await
+}
+
+/// `arbor rollback NAME [--wait]`.
+pub async fn rollback(gw: &GatewayArgs, name: String, wait: WaitArgs) -> anyhow::Result<()> {
+    change(gw, JobSpec::Rollback(NameJob { name }), "rollback", wait).await
+}
+
+/// Runs a job that changes a deployment, says what changed and, with `--wait`, follows the
+/// rollout to its end.
+async fn change(gw: &GatewayArgs, job: JobSpec, what: &str, wait: WaitArgs) -> anyhow::Result<()> {
+    let mut client = gw.connect().await?;
+    let data = run_job(&mut client, job, what).await?;
+    let r: DeployResult = parse_data(data, what)?;
+    let change = match r.change {
         DeployChange::Created => "created",
         DeployChange::Updated => "updated (rolling its replicas)",
+        DeployChange::Scaled => "scaled (no replica restarted)",
         DeployChange::Unchanged => "unchanged",
     };
-    println!(
-        "deployment {} {what}, revision {}; watch it with `arbor deployments`",
-        r.name, r.revision
-    );
-    Ok(())
+    if !wait.wait {
+        println!(
+            "deployment {} {change}, revision {}; watch it with `arbor deployments`",
+            r.name, r.revision
+        );
+        return Ok(());
+    }
+    println!("deployment {} {change}, revision {}", r.name, r.revision);
+    follow_rollout(&mut client, &r.name, r.revision, wait.timeout).await
+}
+
+/// How far a deployment's rollout to `revision` has come. Pure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rollout {
+    /// Every replica runs `revision`.
+    Done,
+    /// A replica of `revision` failed, or the deployment is gone.
+    Failed(String),
+    Progress {
+        running: u32,
+        desired: u32,
+    },
+}
+
+pub fn rollout(report: Option<&DeploymentReport>, name: &str, revision: u64) -> Rollout {
+    let Some(d) = report else {
+        return Rollout::Failed(format!("deployment {name} was deleted"));
+    };
+    if d.revision != revision {
+        return Rollout::Failed(format!(
+            "deployment {name} moved on to revision {} meanwhile",
+            d.revision
+        ));
+    }
+    if let Some(r) = d
+        .replicas
+        .iter()
+        .find(|r| r.state == "failed" && r.revision == Some(revision))
+    {
+        let why = r.reason.as_deref().unwrap_or("no reason given");
+        return Rollout::Failed(format!("replica {name}/{} failed: {why}", r.replica));
+    }
+    let running = d
+        .replicas
+        .iter()
+        .filter(|r| r.state == "running" && r.revision == Some(revision))
+        .count() as u32;
+    if running == d.desired {
+        Rollout::Done
+    } else {
+        Rollout::Progress {
+            running,
+            desired: d.desired,
+        }
+    }
+}
+
+/// Prints a line each time the rollout moves, until it is done, fails or times out.
+async fn follow_rollout(
+    client: &mut GatewayClient,
+    name: &str,
+    revision: u64,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut shown = None;
+    loop {
+        let data = run_job(client, JobSpec::Deployments, "deployments").await?;
+        let r: DeploymentsResult = parse_data(data, "deployments")?;
+        let report = r.deployments.iter().find(|d| d.name == name);
+        let pending = report.and_then(|d| d.pending_reason.clone());
+        match rollout(report, name, revision) {
+            Rollout::Done => {
+                let n = report.map_or(0, |d| d.desired);
+                println!("deployment {name}: all {n} replicas run revision {revision}");
+                return Ok(());
+            }
+            Rollout::Failed(why) => anyhow::bail!("rollout of {name} failed: {why}"),
+            Rollout::Progress { running, desired } => {
+                let line = format!(
+                    "deployment {name}: {running}/{desired} replicas run revision {revision}{}",
+                    pending
+                        .as_ref()
+                        .map_or(String::new(), |why| format!(" (waiting: {why})"))
+                );
+                if shown.as_ref() != Some(&line) {
+                    println!("{line}");
+                    shown = Some(line);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    anyhow::bail!(
+                        "rollout of {name} did not finish in {}: {running}/{desired} replicas \
+                         run revision {revision}{}",
+                        humantime::format_duration(timeout),
+                        pending.map_or(String::new(), |why| format!("; {why}"))
+                    );
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
 }
 
 /// `arbor undeploy NAME`.
@@ -255,6 +380,56 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("deploy result"), "{e}");
+    }
+
+    #[test]
+    fn a_rollout_is_done_when_every_replica_runs_its_revision() {
+        use arbor_proto::results::ReplicaReport;
+        let replica = |i: u32, state: &str, revision: u64| ReplicaReport {
+            replica: i,
+            node: Some(1),
+            state: state.into(),
+            reason: (state == "failed").then(|| "disk on fire".into()),
+            devices: vec![],
+            generation: Some(u64::from(i)),
+            revision: Some(revision),
+        };
+        let report = |replicas: Vec<ReplicaReport>| DeploymentReport {
+            name: "e".into(),
+            kind: "echo".into(),
+            version: String::new(),
+            revision: 2,
+            desired: replicas.len() as u32,
+            running: 0,
+            replicas,
+            pending_reason: None,
+            autoscaling: None,
+        };
+        let d = report(vec![replica(0, "running", 2), replica(1, "running", 1)]);
+        assert_eq!(
+            rollout(Some(&d), "e", 2),
+            Rollout::Progress {
+                running: 1,
+                desired: 2
+            }
+        );
+        let d = report(vec![replica(0, "running", 2), replica(1, "running", 2)]);
+        assert_eq!(rollout(Some(&d), "e", 2), Rollout::Done);
+        // An old replica that failed is being replaced; a new one that failed ends it.
+        let d = report(vec![replica(0, "failed", 1), replica(1, "running", 2)]);
+        assert!(matches!(
+            rollout(Some(&d), "e", 2),
+            Rollout::Progress { .. }
+        ));
+        let d = report(vec![replica(0, "failed", 2), replica(1, "running", 2)]);
+        assert_eq!(
+            rollout(Some(&d), "e", 2),
+            Rollout::Failed("replica e/0 failed: disk on fire".into())
+        );
+        assert!(
+            matches!(rollout(Some(&d), "e", 1), Rollout::Failed(why) if why.contains("revision 2"))
+        );
+        assert!(matches!(rollout(None, "e", 2), Rollout::Failed(why) if why.contains("deleted")));
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! last confirmed a leader at time `s` stops serving at `s + node_timeout / 2`, and no leader,
 //! old or new, marks it down before `s + node_timeout`, so its replicas are never moved while
 //! it may still serve them.
+//!
+//! The leader's autoscaler ([`crate::autoscale`]) runs in the same loop, after the
+//! reconciler's commands: its decisions only change replica counts, which the next round
+//! places.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +21,8 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{Observation, ReconcilerConfig, reconcile};
+use crate::autoscale::{Autoscaler, Decision, MILLI};
+use crate::command::{Command, Scaler};
 use crate::node::{NodeStatus, ProposeError, RaftHandle, Role};
 use crate::state::NodeId;
 
@@ -83,6 +89,7 @@ async fn run(raft: RaftHandle, config: ReconcilerConfig) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // (term, since) of this node's current leadership.
     let mut leading: Option<(u64, Instant)> = None;
+    let mut autoscaler = Autoscaler::default();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -113,6 +120,8 @@ async fn run(raft: RaftHandle, config: ReconcilerConfig) {
                 info!(node = status.id, term = status.term, "reconciler active");
                 let now = Instant::now();
                 leading = Some((status.term, now));
+                // Trends seen under another leader are not ours to trust.
+                autoscaler = Autoscaler::default();
                 now
             }
         };
@@ -130,7 +139,13 @@ async fn run(raft: RaftHandle, config: ReconcilerConfig) {
             config.node_timeout,
             wall_ms(),
         );
-        let commands = reconcile(&state, &seen, &config);
+        let mut commands = reconcile(&state, &seen, &config);
+        commands.extend(
+            autoscaler
+                .decide(&state, seen.now_ms)
+                .into_iter()
+                .map(scale_command),
+        );
         for command in commands {
             let what = command_name(&command);
             match raft.propose(command).await {
@@ -150,6 +165,29 @@ async fn run(raft: RaftHandle, config: ReconcilerConfig) {
     }
 }
 
+/// The command that carries out an autoscaling decision, which is logged and counted here.
+fn scale_command(d: Decision) -> Command {
+    let direction = if d.to > d.from { "up" } else { "down" };
+    info!(
+        deployment = %d.deployment,
+        from = d.from,
+        to = d.to,
+        ongoing = d.ongoing_milli as f64 / MILLI as f64,
+        "autoscaler: scaling {direction}"
+    );
+    metrics::counter!(
+        "arbor_autoscaler_decisions_total",
+        "deployment" => d.deployment.clone(),
+        "direction" => direction,
+    )
+    .increment(1);
+    Command::ScaleDeployment {
+        name: d.deployment,
+        replicas: d.to,
+        by: Scaler::Autoscaler,
+    }
+}
+
 fn command_name(c: &crate::Command) -> String {
     use crate::Command::*;
     match c {
@@ -157,6 +195,7 @@ fn command_name(c: &crate::Command) -> String {
         PlaceActors { decisions } => format!("placing {} replicas", decisions.len()),
         RemovePlacements { actor_ids } => format!("removing {} replicas", actor_ids.len()),
         SetPendingReason { deployment, .. } => format!("pending reason of {deployment}"),
+        ScaleDeployment { name, replicas, .. } => format!("scaling {name} to {replicas}"),
         other => format!("{other:?}"),
     }
 }

@@ -51,6 +51,7 @@ fn echo(name: &str, replicas: u32) -> DeploymentSpec {
         config: String::new(),
         collection: None,
         idempotent: false,
+        autoscaling: None,
     }
 }
 
@@ -318,6 +319,46 @@ fn drain_moves_replicas_off_one_at_a_time_and_undrain_takes_new_ones() {
     .unwrap();
     settle_alive(&mut s, |_| {});
     assert_eq!(per_node(&s, "echo")[&2], 3);
+}
+
+#[test]
+fn scaling_up_and_down_restarts_no_running_replica() {
+    let mut s = cluster(3, 4);
+    s.apply(&Command::CreateDeployment(echo("echo", 3)))
+        .unwrap();
+    settle_alive(&mut s, |_| {});
+    let generations = |s: &ClusterState| -> BTreeMap<String, u64> {
+        s.placements
+            .values()
+            .map(|p| (p.actor_id.clone(), p.generation))
+            .collect()
+    };
+    let before = generations(&s);
+    s.apply(&Command::UpdateDeployment {
+        spec: echo("echo", 5),
+        expected_version: None,
+    })
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_eq!(running(&s, "echo"), 5);
+    let after = generations(&s);
+    for (id, generation) in &before {
+        assert_eq!(after[id], *generation, "{id} was restarted");
+    }
+    s.apply(&Command::ScaleDeployment {
+        name: "echo".into(),
+        replicas: 2,
+        by: crate::command::Scaler::Operator,
+    })
+    .unwrap();
+    settle_alive(&mut s, |_| {});
+    assert_eq!(
+        generations(&s),
+        before
+            .into_iter()
+            .filter(|(id, _)| id != "echo/2")
+            .collect()
+    );
 }
 
 #[test]

@@ -42,6 +42,7 @@ impl CollectionSpec {
             ),
             collection: Some(self.name.clone()),
             idempotent: false,
+            autoscaling: None,
         }
     }
 
@@ -122,6 +123,7 @@ impl ClusterState {
                     spec: d,
                     version: 1,
                     pending_reason: None,
+                    previous: None,
                 },
             );
         }

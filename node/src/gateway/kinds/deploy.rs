@@ -1,4 +1,5 @@
-//! `deploy`: a deployment file, parsed and proposed (created, updated or unchanged).
+//! `deploy`, `scale` and `rollback`: a deployment file parsed and proposed (created, updated,
+//! scaled or unchanged), a new replica count, a return to the previous revision.
 
 use super::*;
 
@@ -21,8 +22,17 @@ pub(super) async fn deploy(env: &Env, d: DeployJob) -> Result<Value, JobFailure>
     .await
     .map_err(|e| internal(format!("checking the model failed: {e}")))?
     .map_err(|e| JobFailure::field(ErrorCode::InvalidJob, "job.deployment.config", e))?;
-    let name = spec.name.clone();
-    match control_request(&env.raft, ControlRequest::Deploy(spec)).await? {
+    deployed(env, spec.name.clone(), ControlRequest::Deploy(spec)).await
+}
+
+/// Carries out a request that changes deployment `name` (deploy, scale, rollback) and
+/// answers with its revision and what changed.
+pub(super) async fn deployed(
+    env: &Env,
+    name: String,
+    request: ControlRequest,
+) -> Result<Value, JobFailure> {
+    match control_request(&env.raft, request).await? {
         ControlReply::Deployed { revision, change } => data(DeployResult {
             name,
             revision,

@@ -14,7 +14,7 @@ mod retrieval;
 use retrieval::{find_coordinator, ingest_steps};
 
 use collection::{create_collection, delete_collection, promote_stale};
-use deploy::deploy;
+use deploy::{deploy, deployed};
 use generate::{embed, generate};
 use retrieval::{coordinator_of, ingest, query, rag};
 
@@ -151,7 +151,10 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
         Ok(())
     };
     match spec {
-        JobSpec::Undeploy(n) | JobSpec::DeleteCollection(n) => named("name", &n.name),
+        JobSpec::Undeploy(n) | JobSpec::Rollback(n) | JobSpec::DeleteCollection(n) => {
+            named("name", &n.name)
+        }
+        JobSpec::Scale(s) => named("name", &s.name),
         JobSpec::PromoteStale(p) => named("collection", &p.collection),
         JobSpec::AddNode(n) | JobSpec::RemoveNode(n) | JobSpec::Drain(n) | JobSpec::Undrain(n)
             if n.node == 0 =>
@@ -311,6 +314,16 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
                 name: n.name,
                 deleted: true,
             })
+        }
+        JobSpec::Scale(s) => {
+            let request = ControlRequest::Scale {
+                name: s.name.clone(),
+                replicas: s.replicas,
+            };
+            deployed(env, s.name, request).await
+        }
+        JobSpec::Rollback(n) => {
+            deployed(env, n.name.clone(), ControlRequest::Rollback(n.name)).await
         }
         JobSpec::CreateCollection(c) => create_collection(env, c).await,
         JobSpec::DeleteCollection(n) => delete_collection(env, n.name).await,
@@ -666,6 +679,7 @@ mod tests {
             config: "{}".into(),
             collection: None,
             idempotent: false,
+            autoscaling: None,
         };
         s.apply(&Command::CreateDeployment(spec("m1"))).unwrap();
         assert_eq!(pick_deployment(&s, "model", None).unwrap(), "m1");
