@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates the Python environment the Python client example and its test use, once:
-# a venv at target/python-env with the pinned `websockets`. Prints the venv's python.
+# Creates the Python environment the tests use, once: a venv at target/python-env with the
+# pinned `websockets` (the Python client example and its test) and `prometheus-client` (whose
+# parser checks the nodes' /metrics pages). Prints the venv's python.
 #
 #   scripts/python-env.sh            # then: export ARBOR_PYTHON=$(scripts/python-env.sh)
 #
@@ -10,14 +11,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # websockets 16.0 is the newest release that still supports Python 3.10.
-WEBSOCKETS=websockets==16.0
+PACKAGES=(websockets==16.0 prometheus-client==0.21.1)
 venv=target/python-env
 python="$PWD/$venv/bin/python"
 
-if [ -x "$python" ] && "$python" - "$WEBSOCKETS" <<'PY' 2>/dev/null; then
+if [ -x "$python" ] && "$python" - "${PACKAGES[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
-sys.exit(0 if version("websockets") == sys.argv[1].split("==")[1] else 1)
+sys.exit(0 if all(version(p.split("==")[0]) == p.split("==")[1] for p in sys.argv[1:]) else 1)
 PY
   echo "$python"
   exit 0
@@ -28,7 +29,7 @@ if ! command -v python3 >/dev/null 2>&1; then
   exit 1
 fi
 if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
-  echo "error: $(python3 --version 2>&1) is too old; $WEBSOCKETS needs Python 3.10 or newer." >&2
+  echo "error: $(python3 --version 2>&1) is too old; ${PACKAGES[0]} needs Python 3.10 or newer." >&2
   exit 1
 fi
 if [ ! -x "$python" ]; then
@@ -40,9 +41,9 @@ if [ ! -x "$python" ]; then
     exit 1
   fi
 fi
-echo "installing $WEBSOCKETS into $venv" >&2
-if ! "$python" -m pip install --quiet --disable-pip-version-check "$WEBSOCKETS" >&2; then
-  echo "error: 'pip install $WEBSOCKETS' failed (see above); it needs network access to PyPI, or an index set by PIP_INDEX_URL." >&2
+echo "installing ${PACKAGES[*]} into $venv" >&2
+if ! "$python" -m pip install --quiet --disable-pip-version-check "${PACKAGES[@]}" >&2; then
+  echo "error: 'pip install ${PACKAGES[*]}' failed (see above); it needs network access to PyPI, or an index set by PIP_INDEX_URL." >&2
   exit 1
 fi
 echo "$python"

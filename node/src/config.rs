@@ -250,11 +250,29 @@ pub struct NodeConfig {
     pub raft: SocketAddr,
     /// Address of the WebSocket gateway.
     pub gateway: SocketAddr,
+    /// Address of the HTTP port: `/metrics` (Prometheus), `/healthz`, `/readyz` and the
+    /// dashboard at `/`. Absent: none (and no metrics are recorded).
+    #[serde(default)]
+    pub http: Option<SocketAddr>,
     /// Where the node keeps its durable state; relative to the config file's folder.
     pub data_dir: PathBuf,
     pub resources: ResourcesConfig,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+impl NodeConfig {
+    /// Each address the node listens on, with its field name in cluster.toml.
+    pub fn addresses(&self) -> impl Iterator<Item = (&'static str, SocketAddr)> {
+        [
+            ("actors", Some(self.actors)),
+            ("raft", Some(self.raft)),
+            ("gateway", Some(self.gateway)),
+            ("http", self.http),
+        ]
+        .into_iter()
+        .filter_map(|(field, addr)| Some((field, addr?)))
+    }
 }
 
 /// What a node offers to the scheduler.
@@ -424,11 +442,7 @@ impl ClusterConfig {
             }
             Some(TlsSection { insecure: true, .. }) => {
                 for (i, node) in self.nodes.iter().enumerate() {
-                    for (field, addr) in [
-                        ("actors", node.actors),
-                        ("raft", node.raft),
-                        ("gateway", node.gateway),
-                    ] {
+                    for (field, addr) in node.addresses() {
                         if !addr.ip().is_loopback() {
                             return Err(self.invalid(
                                 format!("nodes[{i}].{field}"),
@@ -451,11 +465,11 @@ impl ClusterConfig {
     }
 
     /// The addresses node `node` is reached at, for its certificate (besides its id): each
-    /// distinct IP of its three addresses (not the unspecified one, which nobody dials), and
+    /// distinct IP of its addresses (not the unspecified one, which nobody dials), and
     /// `localhost` when it listens on loopback.
     pub fn certificate_hosts(node: &NodeConfig) -> Vec<String> {
         let mut hosts = Vec::new();
-        for ip in [node.actors.ip(), node.raft.ip(), node.gateway.ip()] {
+        for ip in node.addresses().map(|(_, addr)| addr.ip()) {
             let host = ip.to_string();
             if !ip.is_unspecified() && !hosts.contains(&host) {
                 hosts.push(host);
@@ -547,11 +561,7 @@ impl ClusterConfig {
                     format!("duplicate node id {}: nodes[{first}] has it too", node.id),
                 ));
             }
-            for (field, addr) in [
-                ("actors", node.actors),
-                ("raft", node.raft),
-                ("gateway", node.gateway),
-            ] {
+            for (field, addr) in node.addresses() {
                 // Port 0 (pick any free port) never collides.
                 if addr.port() == 0 {
                     continue;

@@ -9,6 +9,7 @@ pub mod config;
 mod control;
 pub mod deployment_file;
 mod gateway;
+pub mod http;
 mod janitor;
 mod lease;
 mod link;

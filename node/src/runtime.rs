@@ -56,6 +56,16 @@ pub enum NodeError {
         /// Not a `source`: the message says it, and `{:#}` would say it twice.
         reason: std::io::Error,
     },
+    #[error(
+        "cannot listen on {addr} (nodes[{id}].http): {reason}; is another node or program using it?"
+    )]
+    HttpListen {
+        id: NodeId,
+        addr: String,
+        reason: std::io::Error,
+    },
+    #[error("{0}")]
+    Metrics(String),
 }
 
 /// A started node. Dropping it does not stop it: call [`Node::shutdown`].
@@ -73,6 +83,7 @@ pub struct Node {
     load_report: tokio::task::JoinHandle<()>,
     reconciler: Reconciler,
     gateway: crate::gateway::Gateway,
+    http: Option<crate::http::Http>,
     /// The TLS listener on the actors address (none in an insecure cluster, where the
     /// `NodeServer` listens there itself).
     links_listener: Option<tokio::task::JoinHandle<()>>,
@@ -370,6 +381,29 @@ impl Node {
             addr: node.gateway.to_string(),
             reason,
         })?;
+        let http = match node.http {
+            None => None,
+            Some(addr) => {
+                let http = crate::http::Http::start(crate::http::HttpArgs {
+                    node: id,
+                    addr,
+                    raft: raft.handle(),
+                    supervisor: supervisor.clone(),
+                    peers: config.nodes.iter().map(|n| n.id).collect(),
+                    gateway: gateway.local_addr(),
+                    tls: tls.as_ref().map(|t| t.gateway_acceptor()).transpose()?,
+                    metrics: crate::http::metrics::install().map_err(NodeError::Metrics)?,
+                })
+                .await
+                .map_err(|reason| NodeError::HttpListen {
+                    id,
+                    addr: addr.to_string(),
+                    reason,
+                })?;
+                tracing::info!(node = id, http = %http.local_addr(), "serving /metrics, /healthz, /readyz and the dashboard");
+                Some(http)
+            }
+        };
         tracing::info!(node = id, actors = %node.actors, gateway = %gateway.local_addr(), data_dir = %data_dir.display(), "node started");
         Ok(Node {
             id,
@@ -385,6 +419,7 @@ impl Node {
             load_report,
             reconciler,
             gateway,
+            http,
             links_listener,
         })
     }
@@ -404,6 +439,11 @@ impl Node {
             )
             .await;
         halt
+    }
+
+    /// Where this node's HTTP port listens, if it has one.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http.as_ref().map(crate::http::Http::local_addr)
     }
 
     /// Where this node's gateway listens.
@@ -459,6 +499,9 @@ impl Node {
         self.load_report.abort();
         self.feed.stop();
         self.gateway.shutdown();
+        if let Some(http) = &self.http {
+            http.shutdown();
+        }
         self.reconciler.stop();
         self.agent.shutdown().await;
         let _ = self.link.stop_and_wait(None, timeout).await;

@@ -120,6 +120,17 @@ pub struct NodeSummary {
     /// up or down.
     pub state: String,
     pub draining: bool,
+    /// What it offers, as "cpu=4 memory=16GiB gpu=1".
+    #[serde(default)]
+    pub capacity: String,
+    /// What the replicas placed on it hold, in the same form.
+    #[serde(default)]
+    pub used: String,
+    /// CPU offered and held, in millicores (for a gauge).
+    #[serde(default)]
+    pub cpu_millicores: u64,
+    #[serde(default)]
+    pub cpu_used_millicores: u64,
 }
 
 /// One collection as `arbor collections` shows it.

@@ -212,12 +212,31 @@ struct Pending {
     closed: bool,
 }
 
+/// The deployment's series on `/metrics`: texts embedded, batch sizes, requests queued.
+struct Meters {
+    texts: metrics::Counter,
+    batch_size: metrics::Histogram,
+    queued: metrics::Gauge,
+}
+
+impl Meters {
+    fn of(deployment: &str) -> Meters {
+        let d = deployment.to_owned();
+        Meters {
+            texts: metrics::counter!("arbor_embedder_texts_total", "deployment" => d.clone()),
+            batch_size: metrics::histogram!("arbor_embedder_batch_size", "deployment" => d.clone()),
+            queued: metrics::gauge!("arbor_deployment_queue_depth", "deployment" => d),
+        }
+    }
+}
+
 /// What the actor and its worker share.
 struct Shared {
     pending: Mutex<Pending>,
     /// Signalled when a request is queued or the replica stops.
     wake: Condvar,
     counters: Counters,
+    meters: Meters,
 }
 
 impl Shared {
@@ -362,7 +381,11 @@ fn work(shared: &Shared, encoder: &dyn Encoder) {
                 }
                 let now = Instant::now();
                 pending = match pending.queue.due(now) {
-                    Due::Now => break pending.queue.take_batch(),
+                    Due::Now => {
+                        let batch = pending.queue.take_batch();
+                        shared.meters.queued.set(pending.queue.len() as f64);
+                        break batch;
+                    }
                     Due::At(when) => {
                         let wait = when.saturating_duration_since(now);
                         shared
@@ -378,6 +401,9 @@ fn work(shared: &Shared, encoder: &dyn Encoder) {
                 };
             }
         };
+        let texts: usize = batch.iter().map(|j| j.texts.len()).sum();
+        shared.meters.texts.increment(texts as u64);
+        shared.meters.batch_size.record(texts as f64);
         serve_batch(encoder, batch, &shared.counters);
     }
 }
@@ -475,7 +501,11 @@ impl EmbedderState {
                     .queue
                     .offer(Job { texts, reply }, cost, Instant::now())
                 {
-                    Ok(()) => None,
+                    Ok(()) => {
+                        let queued = pending.queue.len() as f64;
+                        self.shared.meters.queued.set(queued);
+                        None
+                    }
                     Err(refused) => {
                         bump(&counters.overloaded, 1);
                         let queued = u32::try_from(refused.error.queued).unwrap_or(u32::MAX);
@@ -537,6 +567,7 @@ impl ReplicaKind for EmbedderReplica {
             }),
             wake: Condvar::new(),
             counters: Counters::default(),
+            meters: Meters::of(&ctx.deployment),
         });
         start_worker(
             format!("embed-{}", ctx.actor_id),
@@ -755,6 +786,7 @@ mod tests {
             }),
             wake: Condvar::new(),
             counters: Counters::default(),
+            meters: Meters::of("test"),
         });
         let worker = {
             let shared = shared.clone();

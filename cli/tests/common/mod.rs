@@ -4,6 +4,7 @@
 
 pub mod chaos;
 pub mod cluster;
+pub mod http;
 pub mod load;
 pub mod proxy;
 #[path = "../../../tests/support.rs"]

@@ -223,6 +223,7 @@ pub(crate) async fn accept(
                 let over = open.load(Ordering::Relaxed) >= max;
                 if !over {
                     open.fetch_add(1, Ordering::Relaxed);
+                    metrics::gauge!("arbor_gateway_connections").increment(1.0);
                 }
                 let (shared, open, tls) = (shared.clone(), open.clone(), tls.clone());
                 tokio::spawn(async move {
@@ -255,6 +256,7 @@ pub(crate) async fn accept(
                     }
                     if !over {
                         open.fetch_sub(1, Ordering::Relaxed);
+                        metrics::gauge!("arbor_gateway_connections").decrement(1.0);
                     }
                 });
             }

@@ -273,6 +273,7 @@ impl Driver {
                     "raft leader changed"
                 );
                 self.leader = ss.leader_id;
+                metrics::counter!("arbor_raft_leader_changes_total").increment(1);
                 // Proposals in flight to the old leader may be lost: propose them again once
                 // this Ready is advanced (proposing now would append to the log behind the
                 // Ready's back, and raft panics when it is advanced).

@@ -71,6 +71,19 @@ impl RaftHandle {
     /// Proposes `command` and waits until it is applied; returns its outcome, or the reason
     /// the state machine rejected it.
     pub async fn propose(&self, command: Command) -> Result<CommandOutcome, ProposeError> {
+        let started = std::time::Instant::now();
+        let result = self.propose_once(command).await;
+        let outcome = match &result {
+            Ok(_) => "applied",
+            Err(ProposeError::Rejected(_)) => "rejected",
+            Err(_) => "unavailable",
+        };
+        metrics::histogram!("arbor_raft_proposal_duration_seconds", "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn propose_once(&self, command: Command) -> Result<CommandOutcome, ProposeError> {
         let (reply, rx) = oneshot::channel();
         let id = self.next_id();
         let data = Proposal { id, command }

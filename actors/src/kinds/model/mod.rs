@@ -173,9 +173,10 @@ impl ReplicaKind for ModelReplica {
         let stats = Arc::new(Stats::default());
         {
             let (queue, stats, max_batch) = (queue.clone(), stats.clone(), config.max_batch);
+            let meters = worker::Meters::of(&ctx.deployment);
             std::thread::Builder::new()
                 .name(format!("model-{}", ctx.actor_id))
-                .spawn(move || worker::run(llama, queue, stats, max_batch))
+                .spawn(move || worker::run(llama, queue, stats, meters, max_batch))
                 .map_err(|e| format!("could not start the model worker thread: {e}"))?;
         }
         let registry = Arc::new(Registry::default());
@@ -279,6 +280,7 @@ impl ModelState {
         let job = Job {
             checked,
             stream: stream.clone(),
+            accepted: std::time::Instant::now(),
         };
         match self.queue.push(job, self.config.max_queue) {
             Ok(()) => {

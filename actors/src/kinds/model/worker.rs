@@ -10,6 +10,7 @@ use std::collections::VecDeque;
 use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use arbor_kernels::llama::{GenerateError, Llama, Sequence};
 use serde::Serialize;
@@ -21,6 +22,31 @@ use super::streams::Stream;
 pub(crate) struct Job {
     pub checked: Checked,
     pub stream: Arc<Stream>,
+    /// When the replica accepted it: time to first token counts from here.
+    pub accepted: Instant,
+}
+
+/// The deployment's series on `/metrics`.
+pub(crate) struct Meters {
+    tokens: metrics::Counter,
+    first_token: metrics::Histogram,
+    active: metrics::Gauge,
+    queued: metrics::Gauge,
+}
+
+impl Meters {
+    pub fn of(deployment: &str) -> Meters {
+        let d = deployment.to_owned();
+        Meters {
+            tokens: metrics::counter!("arbor_model_tokens_total", "deployment" => d.clone()),
+            first_token: metrics::histogram!(
+                "arbor_model_time_to_first_token_seconds",
+                "deployment" => d.clone()
+            ),
+            active: metrics::gauge!("arbor_model_active_generations", "deployment" => d.clone()),
+            queued: metrics::gauge!("arbor_deployment_queue_depth", "deployment" => d),
+        }
+    }
 }
 
 /// Requests waiting for a slot, shared by the actor (which adds) and the worker (which takes).
@@ -118,10 +144,18 @@ struct Slot {
     stream: Arc<Stream>,
     /// Bytes of text handed to the stream so far.
     streamed: usize,
+    /// When the request was accepted, until its first token is out.
+    waiting_since: Option<Instant>,
 }
 
 /// Runs the batching loop until the queue is shut down; meant for a thread of its own.
-pub(crate) fn run(llama: Llama, queue: Arc<Queue>, stats: Arc<Stats>, max_batch: usize) {
+pub(crate) fn run(
+    llama: Llama,
+    queue: Arc<Queue>,
+    stats: Arc<Stats>,
+    meters: Meters,
+    max_batch: usize,
+) {
     let mut seqs: Vec<Sequence> = Vec::new();
     let mut slots: Vec<Slot> = Vec::new();
     loop {
@@ -140,7 +174,9 @@ pub(crate) fn run(llama: Llama, queue: Arc<Queue>, stats: Arc<Stats>, max_batch:
                 return;
             }
             let free = max_batch.saturating_sub(seqs.len()).min(q.waiting.len());
-            q.waiting.drain(..free).collect()
+            let jobs = q.waiting.drain(..free).collect();
+            meters.queued.set(q.waiting.len() as f64);
+            jobs
         };
         for job in jobs {
             match start(&llama, job.checked) {
@@ -150,6 +186,7 @@ pub(crate) fn run(llama: Llama, queue: Arc<Queue>, stats: Arc<Stats>, max_batch:
                     slots.push(Slot {
                         stream: job.stream,
                         streamed: 0,
+                        waiting_since: Some(job.accepted),
                     });
                 }
                 Err(e) => fail(&job.stream, &e.to_string()),
@@ -168,6 +205,9 @@ pub(crate) fn run(llama: Llama, queue: Arc<Queue>, stats: Arc<Stats>, max_batch:
                 if let Some(slot) = slots.get_mut(i) {
                     slot.stream.lock().texts.push(event.text.clone());
                     slot.streamed += event.text.len();
+                    if let Some(since) = slot.waiting_since.take() {
+                        meters.first_token.record(since.elapsed().as_secs_f64());
+                    }
                 }
                 ControlFlow::Continue(())
             });
@@ -181,10 +221,12 @@ pub(crate) fn run(llama: Llama, queue: Arc<Queue>, stats: Arc<Stats>, max_batch:
                 continue;
             }
             stats.tokens.fetch_add(running, Ordering::Relaxed);
+            meters.tokens.increment(running);
             slots.iter().for_each(|s| s.stream.wake());
         }
         retire(&mut seqs, &mut slots, &stats);
         stats.active.store(seqs.len() as u64, Ordering::Relaxed);
+        meters.active.set(seqs.len() as f64);
     }
 }
 

@@ -188,6 +188,41 @@ pub struct PartitionState {
     partition: Arc<RwLock<Partition>>,
     tasks: JoinSet<()>,
     recovery: JoinSet<()>,
+    meters: Meters,
+}
+
+/// The partition's series on `/metrics`, labelled by its deployment (one replica per node).
+#[derive(Clone)]
+struct Meters {
+    rows: metrics::Gauge,
+    host_bytes: metrics::Gauge,
+    gpu_bytes: metrics::Gauge,
+    search: metrics::Histogram,
+}
+
+impl Meters {
+    fn of(deployment: &str) -> Meters {
+        let d = deployment.to_owned();
+        Meters {
+            rows: metrics::gauge!("arbor_partition_rows", "partition" => d.clone()),
+            host_bytes: metrics::gauge!(
+                "arbor_partition_bytes", "partition" => d.clone(), "memory" => "host"
+            ),
+            gpu_bytes: metrics::gauge!(
+                "arbor_partition_bytes", "partition" => d.clone(), "memory" => "gpu"
+            ),
+            search: metrics::histogram!("arbor_partition_search_duration_seconds", "partition" => d),
+        }
+    }
+
+    /// Rows and bytes as the partition holds them now.
+    fn observe(&self, partition: &Partition) {
+        let stats = partition.stats();
+        self.rows.set(stats.count as f64);
+        self.host_bytes
+            .set((stats.host_bytes + stats.metadata_bytes) as f64);
+        self.gpu_bytes.set(stats.device_bytes as f64);
+    }
 }
 
 /// The most rows one page may carry for vectors of `dim` components.
@@ -266,12 +301,15 @@ impl ReplicaKind for PartitionReplica {
             started_epoch: id.role().map_or(0, |r| r.epoch()),
             ..id
         };
+        let meters = Meters::of(&ctx.deployment);
+        meters.observe(&partition);
         Ok(PartitionState {
             id,
             config,
             partition: Arc::new(RwLock::new(partition)),
             tasks: JoinSet::new(),
             recovery: JoinSet::new(),
+            meters,
         })
     }
 
@@ -333,6 +371,12 @@ impl PartitionReplica {
         request: PartitionRequest,
         reply: RpcReplyPort<Wire<PartitionReply>>,
     ) -> Result<(), ActorProcessingErr> {
+        let writes = matches!(
+            request,
+            PartitionRequest::Write { .. }
+                | PartitionRequest::Replicate { .. }
+                | PartitionRequest::Install { .. }
+        );
         let answered = match request {
             PartitionRequest::Write { epoch, op } => {
                 primary::write(&state.id, &state.partition, &state.config, epoch, op).await
@@ -394,11 +438,15 @@ impl PartitionReplica {
                 if let Err(why) = may_serve(&state.id) {
                     Ok(Err(why))
                 } else {
-                    spawn_read(&mut state.tasks, &state.partition, reply, request);
+                    let search = state.meters.search.clone();
+                    spawn_read(&mut state.tasks, &state.partition, reply, request, search);
                     return Ok(());
                 }
             }
         };
+        if writes && let Ok(p) = read(&state.partition) {
+            state.meters.observe(&p);
+        }
         match answered {
             Ok(answer) => {
                 let _ = reply.send(Wire::new(answer));
@@ -534,6 +582,7 @@ fn spawn_read(
     partition: &Arc<RwLock<Partition>>,
     reply: RpcReplyPort<Wire<PartitionReply>>,
     request: PartitionRequest,
+    latency: metrics::Histogram,
 ) {
     let partition = partition.clone();
     tasks.spawn(async move {
@@ -541,7 +590,10 @@ fn spawn_read(
             let p = read(&partition).map_err(PartitionFailure::Unavailable)?;
             match request {
                 PartitionRequest::Search { queries, k, filter } => {
-                    search(&p, &queries, k as usize, filter.as_deref())
+                    let started = std::time::Instant::now();
+                    let hits = search(&p, &queries, k as usize, filter.as_deref());
+                    latency.record(started.elapsed().as_secs_f64());
+                    hits
                 }
                 PartitionRequest::Get(ids) => p
                     .get(&ids)

@@ -127,6 +127,7 @@ pub(crate) async fn run_job(
     slot: InFlight,
 ) {
     let env = &shared.env;
+    let started = std::time::Instant::now();
     let send = |msg: ServerMsg| {
         job.publish(&msg);
         let _ = owner.send(Outgoing::Msg(msg));
@@ -258,6 +259,14 @@ pub(crate) async fn run_job(
             s.progress = 1.0;
         }
     });
+    let end = match state {
+        JobState::Succeeded => "succeeded",
+        JobState::Cancelled => "cancelled",
+        _ => "failed",
+    };
+    metrics::counter!("arbor_gateway_jobs_total", "kind" => job.kind, "state" => end).increment(1);
+    metrics::histogram!("arbor_gateway_job_duration_seconds", "kind" => job.kind)
+        .record(started.elapsed().as_secs_f64());
     if let Some(data) = data {
         send(ServerMsg::Result {
             job: job.id.clone(),

@@ -507,20 +507,28 @@ fn router(env: &Env, deployment: &str) -> Router {
 /// The `status` job's answer. Pure.
 pub fn summarize(state: &ClusterState, node: NodeId, leader: Option<NodeId>) -> StatusSummary {
     use arbor_scheduler::state::Liveness;
+    let views = state.node_views();
     StatusSummary {
         node,
         leader,
         nodes: state
             .nodes
             .iter()
-            .map(|(id, n)| NodeSummary {
-                id: *id,
-                state: match n.liveness {
-                    Liveness::Ready => "up",
-                    Liveness::Down => "down",
+            .map(|(id, n)| {
+                let used = views.get(id).map(|v| v.used.clone()).unwrap_or_default();
+                NodeSummary {
+                    id: *id,
+                    state: match n.liveness {
+                        Liveness::Ready => "up",
+                        Liveness::Down => "down",
+                    }
+                    .into(),
+                    draining: n.draining,
+                    capacity: n.capacity.to_string(),
+                    used: used.to_string(),
+                    cpu_millicores: n.capacity.cpu.0,
+                    cpu_used_millicores: used.cpu.0,
                 }
-                .into(),
-                draining: n.draining,
             })
             .collect(),
         deployments: state.deployments.len() as u64,
