@@ -23,7 +23,9 @@ const REPORT: Duration = Duration::from_secs(1);
 pub fn spawn(raft: RaftHandle, node: NodeId) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut meter = LoadMeter::default();
-        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        // `None` until the first report lands: it is sent even when empty, to replace what
+        // an earlier run of this node may have left in the state.
+        let mut last: Option<BTreeMap<String, u64>> = None;
         let mut ticker = tokio::time::interval(SAMPLE);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let per_report = (REPORT.as_millis() / SAMPLE.as_millis()).max(1) as u32;
@@ -37,7 +39,10 @@ pub fn spawn(raft: RaftHandle, node: NodeId) -> JoinHandle<()> {
             }
             samples = 0;
             let means = meter.take_means();
-            if !worth_reporting(&last, &means) {
+            if last
+                .as_ref()
+                .is_some_and(|last| !worth_reporting(last, &means))
+            {
                 continue;
             }
             let report = Command::ReportLoad {
@@ -45,7 +50,7 @@ pub fn spawn(raft: RaftHandle, node: NodeId) -> JoinHandle<()> {
                 ongoing: means.clone(),
             };
             match raft.propose(report).await {
-                Ok(_) => last = means,
+                Ok(_) => last = Some(means),
                 Err(ProposeError::Stopped) => return,
                 // Not registered yet, or no leader: the next report tries again.
                 Err(e) => tracing::debug!(node, "load report not recorded: {e}"),

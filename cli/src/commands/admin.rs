@@ -342,6 +342,13 @@ pub fn deployments_table(reports: &[DeploymentReport]) -> String {
                 d.name, r.replica, node, r.state
             );
         }
+        if let Some(a) = &d.autoscaling {
+            let _ = writeln!(
+                out,
+                "  autoscaling: {}-{} replicas, target {} requests in flight each, now {:.1}",
+                a.min_replicas, a.max_replicas, a.target_ongoing_requests, a.ongoing_requests
+            );
+        }
         if let Some(why) = &d.pending_reason {
             let _ = writeln!(out, "  pending: {why}");
         }

@@ -135,6 +135,22 @@ fn record_cluster(state: &ClusterState) {
         gauge!("arbor_partition_epoch", "partition" => partition.clone()).set(set.epoch as f64);
         gauge!("arbor_partition_in_sync_replicas", "partition" => partition.clone())
             .set(set.in_sync.len() as f64);
+        let replicas = state
+            .deployments
+            .get(partition)
+            .map_or(0, |d| d.spec.replicas);
+        for replica in 0..replicas {
+            let placed = state
+                .placements
+                .get(&arbor_scheduler::state::actor_id(partition, replica));
+            let in_sync = placed.is_some_and(|p| set.is_in_sync(replica, p.generation));
+            gauge!(
+                "arbor_partition_replica_in_sync",
+                "partition" => partition.clone(),
+                "replica" => replica.to_string()
+            )
+            .set(if in_sync { 1.0 } else { 0.0 });
+        }
     }
 }
 
