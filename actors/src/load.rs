@@ -29,6 +29,9 @@ impl LoadBook {
     /// The in-flight counter of `deployment`, shared by every router to it.
     pub fn counter(&self, deployment: &str) -> Arc<AtomicU64> {
         let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(counter) = counters.get(deployment) {
+            return counter.clone();
+        }
         counters.entry(deployment.to_owned()).or_default().clone()
     }
 

@@ -1,6 +1,7 @@
-//! What metrics cost: two 2-node clusters of `arbor node` processes side by side, one whose
-//! nodes have an HTTP port (so they record every metric) and one without (every `metrics::`
-//! call a no-op), run in alternating rounds so that both see the same machine.
+//! What metrics cost: 2-node clusters of `arbor node` processes side by side, one whose nodes
+//! have an HTTP port (so they record every metric), one without (every `metrics::` call a
+//! no-op), and a second one without as the control (how far two identical clusters differ
+//! here), run in rotating rounds so that all see the same machine.
 //!
 //! - `status` job round trip: gateway only (connections, jobs by kind and state, job latency).
 //! - `call` round trip to an echo replica pinned to the other node: gateway → router → the
@@ -103,73 +104,86 @@ async fn round(conn: &mut Conn, job: &Value, n: usize) -> Latencies {
 
 fn main() {
     let quick = std::env::var_os("ARBOR_BENCH_QUICK").is_some();
-    let (rounds, per_round) = if quick { (4, 300) } else { (12, 2_000) };
+    let (rounds, per_round) = if quick { (3, 300) } else { (24, 1_000) };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let (on_dir, off_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (_on_nodes, on_at, on_token) = rt.block_on(start(on_dir.path(), "metrics-on", true));
-    let (_off_nodes, off_at, off_token) = rt.block_on(start(off_dir.path(), "metrics-off", false));
+    // A second cluster without metrics is the control: how far two identical clusters on
+    // this machine differ, which a difference due to metrics must be read against.
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let clusters: Vec<_> = [
+        ("metrics-on", true),
+        ("metrics-off", false),
+        ("control", false),
+    ]
+    .into_iter()
+    .zip(&dirs)
+    .map(|((name, metrics), dir)| rt.block_on(start(dir.path(), name, metrics)))
+    .collect();
 
-    let status = json!({"kind": "status"});
-    let call = call();
+    let jobs = [
+        ("status job round trip", json!({"kind": "status"})),
+        ("call round trip (replica on the other node)", call()),
+    ];
+    // Per job: latencies per cluster, and per-round p50 ratios on/off and control/off.
     let results = rt.block_on(async {
-        let mut on = Conn::open(&on_at, &on_token).await;
-        let mut off = Conn::open(&off_at, &off_token).await;
-        // Warm up both.
-        for job in [&status, &call] {
-            round(&mut on, job, per_round / 4).await;
-            round(&mut off, job, per_round / 4).await;
+        let mut conns = Vec::new();
+        for (_, at, token) in &clusters {
+            conns.push(Conn::open(at, token).await);
         }
-        let mut all: Vec<(&str, Latencies, Latencies, Vec<f64>)> = vec![
-            (
-                "status job round trip",
-                Latencies::new(),
-                Latencies::new(),
-                vec![],
-            ),
-            (
-                "call round trip (replica on the other node)",
-                Latencies::new(),
-                Latencies::new(),
-                vec![],
-            ),
-        ];
-        for r in 0..rounds {
-            for (i, job) in [&status, &call].into_iter().enumerate() {
-                // Alternate which goes first, so neither always follows the other.
-                let (a, b) = if r % 2 == 0 {
-                    let a = round(&mut on, job, per_round).await;
-                    (a, round(&mut off, job, per_round).await)
-                } else {
-                    let b = round(&mut off, job, per_round).await;
-                    (round(&mut on, job, per_round).await, b)
-                };
-                let ratio = a.quantile(0.5).as_secs_f64() / b.quantile(0.5).as_secs_f64();
-                all[i].1.merge(&a);
-                all[i].2.merge(&b);
-                all[i].3.push(ratio);
+        for (_, job) in &jobs {
+            for c in conns.iter_mut() {
+                round(c, job, per_round / 4).await;
             }
         }
-        all
+        let mut out: Vec<(Vec<Latencies>, Vec<f64>, Vec<f64>)> = jobs
+            .iter()
+            .map(|_| ((0..3).map(|_| Latencies::new()).collect(), vec![], vec![]))
+            .collect();
+        for r in 0..rounds {
+            for (j, (_, job)) in jobs.iter().enumerate() {
+                let mut p50 = [0.0; 3];
+                // Rotate which cluster goes first, so none always follows another.
+                for k in 0..3 {
+                    let i = (r + k) % 3;
+                    let lat = round(&mut conns[i], job, per_round).await;
+                    p50[i] = lat.quantile(0.5).as_secs_f64();
+                    out[j].0[i].merge(&lat);
+                }
+                out[j].1.push(p50[0] / p50[1]);
+                out[j].2.push(p50[2] / p50[1]);
+            }
+        }
+        out
     });
     println!(
-        "metrics on (nodes with an HTTP port) vs off, 2-node clusters of `arbor node` \
-         processes over wss://, {rounds} alternating rounds of {per_round} jobs, 1 in flight"
+        "metrics on (nodes with an HTTP port) vs off, and a second cluster without metrics as \
+         the control; 2-node clusters of `arbor node` processes over wss://, {rounds} rotating \
+         rounds of {per_round} jobs, 1 in flight"
     );
-    for (name, on, off, mut ratios) in results {
-        ratios.sort_by(f64::total_cmp);
-        let median = ratios[ratios.len() / 2];
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2] - 1.0) * 100.0
+    };
+    for ((name, _), (lat, on, control)) in jobs.iter().zip(results) {
         let us = |l: &Latencies, q| l.quantile(q).as_secs_f64() * 1e6;
+        // The two clusters without metrics together are the baseline.
+        let mut baseline = Latencies::new();
+        baseline.merge(&lat[1]);
+        baseline.merge(&lat[2]);
+        let cost = (us(&lat[0], 0.5) / us(&baseline, 0.5) - 1.0) * 100.0;
+        let spread = (us(&lat[2], 0.5) / us(&lat[1], 0.5) - 1.0) * 100.0;
         println!(
-            "{name:<46} p50 on {:>7.1} µs  off {:>7.1} µs   p99 on {:>7.1} µs  off {:>7.1} µs   \
-             median of per-round p50 ratios {:+.1}%",
-            us(&on, 0.5),
-            us(&off, 0.5),
-            us(&on, 0.99),
-            us(&off, 0.99),
-            (median - 1.0) * 100.0
+            "{name:<44} p50 on {:>6.1} µs, off {:>6.1} µs: metrics {cost:+.1}% \
+             (the two clusters without differ by {spread:+.1}%; median per-round ratios: \
+             on {:+.1}%, control {:+.1}%)   p99 on {:>6.1} µs, off {:>6.1} µs",
+            us(&lat[0], 0.5),
+            us(&baseline, 0.5),
+            median(on),
+            median(control),
+            us(&lat[0], 0.99),
+            us(&baseline, 0.99),
         );
     }
 }

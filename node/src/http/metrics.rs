@@ -47,6 +47,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
+/// A gateway job ended (`end`: succeeded, failed or cancelled) after `took`: counted by kind
+/// and end, timed by kind.
+pub fn job_finished(kind: &'static str, end: &'static str, took: std::time::Duration) {
+    metrics::counter!("arbor_gateway_jobs_total", "kind" => kind, "state" => end).increment(1);
+    metrics::histogram!("arbor_gateway_job_duration_seconds", "kind" => kind)
+        .record(took.as_secs_f64());
+}
+
 /// What a scrape reads of the node besides the recorded events.
 pub struct Observed<'a> {
     pub node: NodeId,

@@ -59,10 +59,14 @@ pub struct HttpArgs {
     pub metrics: PrometheusHandle,
 }
 
+/// How often the recorder's histograms are drained when nobody scrapes (their samples
+/// queue until then).
+const UPKEEP: Duration = Duration::from_secs(5);
+
 /// A running HTTP port. Dropping it does not stop it: call [`Http::shutdown`].
 pub struct Http {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    tasks: [tokio::task::JoinHandle<()>; 2],
 }
 
 impl Http {
@@ -70,8 +74,19 @@ impl Http {
     pub async fn start(args: HttpArgs) -> std::io::Result<Http> {
         let listener = TcpListener::bind(args.addr).await?;
         let addr = listener.local_addr()?;
-        let task = tokio::spawn(serve(listener, Arc::new(args)));
-        Ok(Http { addr, task })
+        let recorder = args.metrics.clone();
+        let upkeep = tokio::spawn(async move {
+            let mut every = tokio::time::interval(UPKEEP);
+            loop {
+                every.tick().await;
+                recorder.run_upkeep();
+            }
+        });
+        let serve = tokio::spawn(serve(listener, Arc::new(args)));
+        Ok(Http {
+            addr,
+            tasks: [serve, upkeep],
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -79,7 +94,7 @@ impl Http {
     }
 
     pub fn shutdown(&self) {
-        self.task.abort();
+        self.tasks.iter().for_each(tokio::task::JoinHandle::abort);
     }
 }
 

@@ -264,9 +264,7 @@ pub(crate) async fn run_job(
         JobState::Cancelled => "cancelled",
         _ => "failed",
     };
-    metrics::counter!("arbor_gateway_jobs_total", "kind" => job.kind, "state" => end).increment(1);
-    metrics::histogram!("arbor_gateway_job_duration_seconds", "kind" => job.kind)
-        .record(started.elapsed().as_secs_f64());
+    crate::http::metrics::job_finished(job.kind, end, started.elapsed());
     if let Some(data) = data {
         send(ServerMsg::Result {
             job: job.id.clone(),
