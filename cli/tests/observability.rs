@@ -285,6 +285,25 @@ async fn the_dashboard_shows_the_cluster_and_a_node_going_down() {
         )
         .await;
     let quoted = serde_json::to_string(&reader).unwrap();
+    // Calls for the charts to show: jobs/s and latency percentiles from /metrics.
+    let endpoint = common::support::endpoint(&c.config, 0);
+    let mut conn = common::load::Conn::open(&endpoint, &c.token).await;
+    let load = tokio::spawn(async move {
+        conn.pipeline(1500, 2, |i| {
+            common::load::spec(serde_json::json!(
+                {"kind": "call", "deployment": "echo", "payload": format!("chart {i}")}
+            ))
+        })
+        .await
+        .len()
+    });
+    browser
+        .until(
+            "jobs/s and latency on the charts",
+            "series.rps.some(v => v > 0) && series.p50.some(v => v != null)",
+        )
+        .await;
+    assert_eq!(load.await.unwrap(), 1500);
     let href = browser.eval("location.href").await;
     assert!(
         !href.to_string().contains(&reader),
