@@ -111,16 +111,20 @@ fn main() {
         .unwrap();
     // A second cluster without metrics is the control: how far two identical clusters on
     // this machine differ, which a difference due to metrics must be read against.
+    // They start in the opposite order of their places (on, off, control), so that the
+    // cluster started first (with the lowest ports) is not the one with metrics.
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let clusters: Vec<_> = [
+    let mut clusters: Vec<_> = [
         ("metrics-on", true),
         ("metrics-off", false),
         ("control", false),
     ]
     .into_iter()
     .zip(&dirs)
+    .rev()
     .map(|((name, metrics), dir)| rt.block_on(start(dir.path(), name, metrics)))
     .collect();
+    clusters.reverse();
 
     let jobs = [
         ("status job round trip", json!({"kind": "status"})),
