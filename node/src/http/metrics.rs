@@ -59,7 +59,7 @@ pub fn job_finished(kind: &'static str, end: &'static str, took: std::time::Dura
 pub struct Observed<'a> {
     pub node: NodeId,
     pub status: Option<&'a NodeStatus>,
-    pub state: Option<&'a ClusterState>,
+    pub cluster: Option<&'a ClusterFigures>,
     /// Peers this node has a link with, and the peers it knows of.
     pub linked: &'a BTreeSet<NodeId>,
     pub peers: &'a BTreeSet<NodeId>,
@@ -92,8 +92,8 @@ fn record_state(o: &Observed<'_>) {
         gauge!("arbor_deployment_requests_in_flight", "deployment" => deployment.clone())
             .set(*n as f64);
     }
-    if let Some(state) = o.state {
-        record_cluster(state);
+    if let Some(cluster) = o.cluster {
+        record_cluster(cluster);
     }
     if let Some(process) = Process::read() {
         gauge!("arbor_process_resident_memory_bytes").set(process.resident_bytes as f64);
@@ -101,63 +101,122 @@ fn record_state(o: &Observed<'_>) {
     }
 }
 
-/// What the control plane says of the whole cluster (the same on every node).
-fn record_cluster(state: &ClusterState) {
-    use metrics::gauge;
-    let mut nodes: BTreeMap<&str, u64> = BTreeMap::from([("ready", 0), ("down", 0)]);
-    for n in state.nodes.values() {
-        let key = match n.liveness {
-            Liveness::Ready => "ready",
-            Liveness::Down => "down",
-        };
-        *nodes.entry(key).or_default() += 1;
-    }
-    for (liveness, n) in nodes {
-        gauge!("arbor_nodes", "liveness" => liveness).set(n as f64);
-    }
-    let mut placements: BTreeMap<&str, u64> =
-        ["pending", "starting", "running", "failed", "stopped"]
-            .into_iter()
-            .map(|s| (s, 0))
+/// What the control plane says of the whole cluster (the same on every node), counted on the
+/// Raft loop by [`ClusterFigures::of`] and rendered off it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterFigures {
+    nodes: BTreeMap<&'static str, u64>,
+    placements: BTreeMap<&'static str, u64>,
+    deployments: Vec<DeploymentFigures>,
+    partitions: Vec<PartitionFigures>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct DeploymentFigures {
+    name: String,
+    desired: u32,
+    revision: u64,
+    by_state: BTreeMap<&'static str, u64>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct PartitionFigures {
+    name: String,
+    epoch: u64,
+    in_sync: Vec<bool>,
+}
+
+const STATES: [&str; 5] = ["pending", "starting", "running", "failed", "stopped"];
+
+impl ClusterFigures {
+    /// Counts only: cheap enough for the Raft loop, where local reads run. Pure.
+    pub fn of(state: &ClusterState) -> ClusterFigures {
+        let mut nodes = BTreeMap::from([("ready", 0), ("down", 0)]);
+        for n in state.nodes.values() {
+            let key = match n.liveness {
+                Liveness::Ready => "ready",
+                Liveness::Down => "down",
+            };
+            *nodes.entry(key).or_default() += 1;
+        }
+        let mut placements: BTreeMap<&'static str, u64> = STATES.iter().map(|s| (*s, 0)).collect();
+        let mut replicas: BTreeMap<(&str, &'static str), u64> = BTreeMap::new();
+        for p in state.placements.values() {
+            let s = status_name(&p.status);
+            *placements.entry(s).or_default() += 1;
+            *replicas.entry((p.deployment.as_str(), s)).or_default() += 1;
+        }
+        let deployments = state
+            .deployments
+            .iter()
+            .map(|(name, d)| DeploymentFigures {
+                name: name.clone(),
+                desired: d.spec.replicas,
+                revision: d.version,
+                by_state: STATES
+                    .iter()
+                    .map(|s| (*s, replicas.get(&(name.as_str(), *s)).copied().unwrap_or(0)))
+                    .collect(),
+            })
             .collect();
-    let mut replicas: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    for p in state.placements.values() {
-        let s = status_name(&p.status);
-        *placements.entry(s).or_default() += 1;
-        *replicas.entry((p.deployment.as_str(), s)).or_default() += 1;
-    }
-    for (status, n) in placements {
-        gauge!("arbor_placements", "state" => status).set(n as f64);
-    }
-    for (name, d) in &state.deployments {
-        gauge!("arbor_deployment_desired_replicas", "deployment" => name.clone())
-            .set(f64::from(d.spec.replicas));
-        gauge!("arbor_deployment_revision", "deployment" => name.clone()).set(d.version as f64);
-        for status in ["pending", "starting", "running", "failed", "stopped"] {
-            let n = replicas.get(&(name.as_str(), status)).copied().unwrap_or(0);
-            gauge!("arbor_deployment_replicas", "deployment" => name.clone(), "state" => status)
-                .set(n as f64);
+        let partitions = state
+            .replica_sets
+            .iter()
+            .map(|(name, set)| {
+                let replicas = state.deployments.get(name).map_or(0, |d| d.spec.replicas);
+                PartitionFigures {
+                    name: name.clone(),
+                    epoch: set.epoch,
+                    in_sync: (0..replicas)
+                        .map(|r| {
+                            state
+                                .placements
+                                .get(&arbor_scheduler::state::actor_id(name, r))
+                                .is_some_and(|p| set.is_in_sync(r, p.generation))
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        ClusterFigures {
+            nodes,
+            placements,
+            deployments,
+            partitions,
         }
     }
-    for (partition, set) in &state.replica_sets {
-        gauge!("arbor_partition_epoch", "partition" => partition.clone()).set(set.epoch as f64);
-        gauge!("arbor_partition_in_sync_replicas", "partition" => partition.clone())
-            .set(set.in_sync.len() as f64);
-        let replicas = state
-            .deployments
-            .get(partition)
-            .map_or(0, |d| d.spec.replicas);
-        for replica in 0..replicas {
-            let placed = state
-                .placements
-                .get(&arbor_scheduler::state::actor_id(partition, replica));
-            let in_sync = placed.is_some_and(|p| set.is_in_sync(replica, p.generation));
+}
+
+fn record_cluster(c: &ClusterFigures) {
+    use metrics::gauge;
+    for (liveness, n) in &c.nodes {
+        gauge!("arbor_nodes", "liveness" => *liveness).set(*n as f64);
+    }
+    for (state, n) in &c.placements {
+        gauge!("arbor_placements", "state" => *state).set(*n as f64);
+    }
+    for d in &c.deployments {
+        let name = || d.name.clone();
+        gauge!("arbor_deployment_desired_replicas", "deployment" => name())
+            .set(f64::from(d.desired));
+        gauge!("arbor_deployment_revision", "deployment" => name()).set(d.revision as f64);
+        for (state, n) in &d.by_state {
+            gauge!("arbor_deployment_replicas", "deployment" => name(), "state" => *state)
+                .set(*n as f64);
+        }
+    }
+    for p in &c.partitions {
+        let name = || p.name.clone();
+        gauge!("arbor_partition_epoch", "partition" => name()).set(p.epoch as f64);
+        let in_sync = p.in_sync.iter().filter(|s| **s).count();
+        gauge!("arbor_partition_in_sync_replicas", "partition" => name()).set(in_sync as f64);
+        for (replica, yes) in p.in_sync.iter().enumerate() {
             gauge!(
                 "arbor_partition_replica_in_sync",
-                "partition" => partition.clone(),
+                "partition" => name(),
                 "replica" => replica.to_string()
             )
-            .set(if in_sync { 1.0 } else { 0.0 });
+            .set(if *yes { 1.0 } else { 0.0 });
         }
     }
 }
@@ -235,7 +294,7 @@ mod tests {
         let page = render_state(&Observed {
             node: 1,
             status: Some(&status),
-            state: Some(&state),
+            cluster: Some(&ClusterFigures::of(&state)),
             linked: &[2].into(),
             peers: &[1, 2, 3].into(),
             in_flight: &in_flight,
@@ -261,7 +320,7 @@ mod tests {
         let page = render_state(&Observed {
             node: 1,
             status: None,
-            state: None,
+            cluster: None,
             linked: &BTreeSet::new(),
             peers: &BTreeSet::new(),
             in_flight: &BTreeMap::new(),

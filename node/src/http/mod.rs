@@ -240,36 +240,22 @@ async fn readiness(args: &HttpArgs) -> health::Readiness {
 async fn scrape(args: &HttpArgs) -> String {
     let (status, linked) = tokio::join!(status(args), linked(args));
     let in_flight = arbor_actors::load::book().in_flight();
-    let (me, peers) = (args.node, args.peers.clone());
-    let page = {
-        let (status, linked, in_flight, peers) = (
-            status.clone(),
-            linked.clone(),
-            in_flight.clone(),
-            peers.clone(),
-        );
-        args.raft.read_local(move |s| {
-            metrics::render_state(&metrics::Observed {
-                node: me,
-                status: status.as_ref(),
-                state: Some(s),
-                linked: &linked,
-                peers: &peers,
-                in_flight: &in_flight,
-            })
-        })
-    };
-    let state = match tokio::time::timeout(READ_TIMEOUT, page).await {
-        Ok(Ok(page)) => page,
-        _ => metrics::render_state(&metrics::Observed {
-            node: me,
-            status: status.as_ref(),
-            state: None,
-            linked: &linked,
-            peers: &peers,
-            in_flight: &in_flight,
-        }),
-    };
+    // Counted on the Raft loop, rendered here.
+    let cluster = tokio::time::timeout(
+        READ_TIMEOUT,
+        args.raft.read_local(metrics::ClusterFigures::of),
+    )
+    .await
+    .ok()
+    .and_then(Result::ok);
+    let state = metrics::render_state(&metrics::Observed {
+        node: args.node,
+        status: status.as_ref(),
+        cluster: cluster.as_ref(),
+        linked: &linked,
+        peers: &args.peers,
+        in_flight: &in_flight,
+    });
     args.metrics.run_upkeep();
     let mut page = args.metrics.render();
     if !page.is_empty() && !page.ends_with('\n') {
