@@ -143,6 +143,70 @@ async fn health_readiness_and_prometheus_metrics() {
         );
     }
 
+    // A collection whose documents bring their vectors (its embedder never runs), a write and
+    // a search, for the partition series.
+    let embedder = dir.path().join("embedder.toml");
+    std::fs::write(
+        &embedder,
+        "name = \"embedder\"\nkind = \"embedder\"\nreplicas = 1\n\
+         constraints = [{ op = \"exists\", key = \"no-node-has-this-label\" }]\n",
+    )
+    .unwrap();
+    cli(&["deploy", "-f", embedder.to_str().unwrap()]);
+    let endpoint = common::support::endpoint(&config, 0);
+    let mut conn = common::load::Conn::open(&endpoint, &token).await;
+    conn.job(
+        serde_json::json!({"kind": "create_collection", "name": "docs", "partitions": 1,
+        "replicas": 2, "embedder": "embedder", "dimension": 4, "memory": "64MiB",
+        "coordinators": 1}),
+    )
+    .await;
+    let docs = serde_json::json!({"kind": "ingest", "collection": "docs", "documents": [
+        {"id": "a", "text": "", "vector": [1.0, 0.0, 0.0, 0.0]},
+        {"id": "b", "text": "", "vector": [0.0, 1.0, 0.0, 0.0]},
+        {"id": "c", "text": "", "vector": [0.0, 0.0, 1.0, 0.0]}]});
+    let start = Instant::now();
+    while let Err(e) = conn.try_job(&docs).await {
+        assert!(
+            start.elapsed() < T,
+            "the collection never took the ingest: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let query = serde_json::json!({"kind": "query", "collection": "docs",
+        "vector": [1.0, 0.0, 0.0, 0.0], "k": 2});
+    let answer = conn.job(query).await;
+    assert_eq!(answer["results"][0]["doc_id"], "a", "{answer}");
+    let mut pages = String::new();
+    for id in 1..=3 {
+        pages.push_str(
+            &get(http_addr(&config, id), "/metrics", &trust)
+                .await
+                .unwrap()
+                .1,
+        );
+    }
+    for (prefix, what) in [
+        ("arbor_partition_rows{partition=\"docs.p0\"} 3", "3 rows"),
+        (
+            "arbor_partition_replica_in_sync{partition=\"docs.p0\",replica=\"0\"} 1",
+            "replica 0 in sync",
+        ),
+        (
+            "arbor_partition_bytes{partition=\"docs.p0\",memory=\"host\"} ",
+            "host bytes",
+        ),
+        (
+            "arbor_partition_search_duration_seconds_count{partition=\"docs.p0\"} ",
+            "searches",
+        ),
+    ] {
+        assert!(
+            pages.lines().any(|l| l.starts_with(prefix)),
+            "no {what} ({prefix}) in\n{pages}"
+        );
+    }
+
     let one = http_addr(&config, 1);
     let (code, page) = get(one, "/metrics", &trust).await.unwrap();
     assert_eq!(code, 200, "{page}");
