@@ -34,17 +34,7 @@ async fn start(dir: &Path, name: &str, metrics: bool) -> (Vec<NodeProc>, Endpoin
         1,
     );
     if metrics {
-        text = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("gateway = ") {
-                    format!("{l}\nhttp = \"127.0.0.1:{}\"", common::support::free_port())
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("\n");
+        text = common::http::with_ports(text);
     }
     std::fs::write(&config, text).unwrap();
     let token = common::create_token(&config, "admin");

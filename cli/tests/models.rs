@@ -31,10 +31,10 @@ fn refused(c: &Cluster, file: &str, text: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deployments_name_their_models_and_bad_ones_are_refused_at_submit() {
     let c = Cluster::start_with("models", "models-secret-padded-to-32-bytes-at-least", |t| {
-        t.replace(
+        common::http::with_ports(t.replace(
             "cpu = \"1\"\nmemory = \"1GiB\"",
             "cpu = \"8\"\nmemory = \"16GiB\"",
-        )
+        ))
     })
     .await;
 
@@ -64,6 +64,26 @@ async fn deployments_name_their_models_and_bad_ones_are_refused_at_submit() {
     assert!(answer.trim().len() > 3, "no answer: {answer:?}");
     let embedded: Value = serde_json::from_str(&c.arbor(&["embed", "a text"])).unwrap();
     assert_eq!(embedded["dim"], 384, "{embedded}");
+    // The replicas' own series, on the nodes that run them.
+    let pages = common::http::all_metrics(&c.config).await;
+    for (prefix, least) in [
+        ("arbor_model_tokens_total{deployment=\"kq\"}", 1.0),
+        (
+            "arbor_model_time_to_first_token_seconds_count{deployment=\"kq\"}",
+            1.0,
+        ),
+        ("arbor_model_active_generations{deployment=\"kq\"}", 0.0),
+        ("arbor_deployment_queue_depth{deployment=\"kq\"}", 0.0),
+        ("arbor_embedder_texts_total{deployment=\"emb\"}", 1.0),
+        ("arbor_embedder_batch_size_count{deployment=\"emb\"}", 1.0),
+        ("arbor_deployment_queue_depth{deployment=\"emb\"}", 0.0),
+    ] {
+        let value = common::http::sample(&pages, prefix);
+        assert!(
+            value.is_some_and(|v| v >= least),
+            "{prefix} is {value:?}, not at least {least}, in\n{pages}"
+        );
+    }
 
     let model = |name: &str, config: &str, memory: &str| {
         format!(

@@ -10,27 +10,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::cluster::{Cluster, T};
-use common::http::get;
-use common::support::{free_port, trust};
+use common::http::{addr as http_addr, get, with_ports as with_http};
+use common::support::trust;
 use common::{NodeProc, arbor_as, create_token};
-
-/// cluster.toml with an HTTP port for every node.
-fn with_http(text: String) -> String {
-    text.lines()
-        .map(|line| {
-            if line.starts_with("gateway = ") {
-                format!("{line}\nhttp = \"127.0.0.1:{}\"", free_port())
-            } else {
-                line.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-fn http_addr(c: &arbor_node::ClusterConfig, id: u64) -> SocketAddr {
-    c.nodes[id as usize - 1].http.expect("an http address")
-}
 
 /// Polls `GET path` until `want` holds; the last answer.
 async fn until(

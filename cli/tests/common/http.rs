@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use arbor_node::ClusterConfig;
+
 use arbor_client::Trust;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,4 +51,48 @@ pub async fn get(addr: SocketAddr, path: &str, trust: &Trust) -> Result<(u16, St
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("no status line: {head:.200}"))?;
     Ok((status, body.to_owned()))
+}
+
+/// cluster.toml text with an HTTP port (`http = ...`) for every node.
+pub fn with_ports(text: String) -> String {
+    text.lines()
+        .map(|line| {
+            if line.starts_with("gateway = ") {
+                format!(
+                    "{line}\nhttp = \"127.0.0.1:{}\"",
+                    super::support::free_port()
+                )
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Node `id`'s HTTP address.
+pub fn addr(config: &ClusterConfig, id: u64) -> SocketAddr {
+    config.nodes[id as usize - 1].http.expect("an http address")
+}
+
+/// Every node's `/metrics` page, one after the other.
+pub async fn all_metrics(config: &ClusterConfig) -> String {
+    let trust = super::support::trust(config);
+    let mut pages = String::new();
+    for node in &config.nodes {
+        if let Some(at) = node.http
+            && let Ok((200, page)) = get(at, "/metrics", &trust).await
+        {
+            pages.push_str(&page);
+        }
+    }
+    pages
+}
+
+/// The value of the first sample whose line starts with `prefix` (name and labels).
+pub fn sample(page: &str, prefix: &str) -> Option<f64> {
+    page.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
 }
