@@ -448,6 +448,7 @@ async fn autoscaling_follows_the_load_within_its_bounds() {
     assert!(out.contains("deployment sleepy created"), "{out}");
     c.wait_for("sleepy", "1 running", |_| {}, |d| d.running == 1)
         .await;
+    let first = generations(&c.deployments().await.unwrap()["sleepy"]);
     let out = arbor_as(
         &["scale", "sleepy", "2", "--config", c.path.to_str().unwrap()],
         None,
@@ -501,6 +502,9 @@ async fn autoscaling_follows_the_load_within_its_bounds() {
         )
         .await;
     eprintln!("scaled back to 1 in {down:?} after the load stopped (downscale_delay 3s)");
+    // Up and down again, and replica 0 never restarted.
+    let last = generations(&c.deployments().await.unwrap()["sleepy"]);
+    assert_eq!(last, first, "the autoscaler restarted a replica");
     assert!(down >= Duration::from_secs(2), "{down:?}");
     assert!(seen.iter().all(|n| (1..=3).contains(n)), "{seen:?}");
     let logs: String = c
