@@ -112,6 +112,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks against a running cluster: `arbor bench run`, `arbor bench compare`.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Vector collections: create or delete one.
     Collection {
         #[command(subcommand)]
@@ -285,6 +290,44 @@ pub struct NodeArgs {
     /// Keep durable state here instead of the node's configured data_dir.
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Run scenarios against the cluster of --config, through its gateway, and write
+    /// DIR/report.json.
+    Run {
+        #[arg(required = true, value_enum)]
+        scenarios: Vec<crate::commands::bench::Scenario>,
+        /// Where report.json goes (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Connections, each a closed loop.
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        /// Jobs each connection keeps submitted.
+        #[arg(long, default_value_t = 1)]
+        in_flight: usize,
+        /// How long each scenario is measured.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// How long each scenario runs before it is measured.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        warmup: std::time::Duration,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Compare two reports, figure by figure, marking what got worse beyond --threshold.
+    Compare {
+        old: PathBuf,
+        new: PathBuf,
+        /// Percent by which a figure may get worse before it is a regression.
+        #[arg(long, default_value_t = 10.0)]
+        threshold: f64,
+        /// Exit with status 1 when there is a regression.
+        #[arg(long)]
+        fail_on_regression: bool,
+    },
 }
 
 #[derive(Subcommand)]

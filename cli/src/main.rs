@@ -14,7 +14,7 @@ use arbor_proto::gateway::CreateCollectionJob;
 use clap::Parser;
 
 use commands::{admin, ask, cluster, ingest, jobs};
-use flags::{Cli, ClusterCommand, CollectionCommand, Command, NodeAction, NodeArgs};
+use flags::{BenchCommand, Cli, ClusterCommand, CollectionCommand, Command, NodeAction, NodeArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -107,6 +107,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             gateway,
         } => cluster::call(&gateway, deployment, payload).await,
         Command::Collection { command } => collection(command).await,
+        Command::Bench { command } => bench(command).await,
         Command::Collections { gateway, json } => admin::collections(&gateway, json).await,
         Command::Ingest {
             collection,
@@ -218,5 +219,33 @@ async fn shutdown_signal() -> std::io::Result<()> {
     tokio::select! {
         r = tokio::signal::ctrl_c() => r,
         _ = term.recv() => Ok(()),
+    }
+}
+
+async fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Run {
+            scenarios,
+            out,
+            connections,
+            in_flight,
+            duration,
+            warmup,
+            gateway,
+        } => {
+            let shape = commands::bench::load::Shape {
+                connections,
+                in_flight,
+                warmup,
+                duration,
+            };
+            commands::bench::run(&gateway, &scenarios, shape, &out).await
+        }
+        BenchCommand::Compare {
+            old,
+            new,
+            threshold,
+            fail_on_regression,
+        } => commands::bench::compare_files(&old, &new, threshold, fail_on_regression),
     }
 }

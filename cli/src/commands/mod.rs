@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod ask;
+pub mod bench;
 pub mod cert;
 pub mod cluster;
 pub mod ingest;

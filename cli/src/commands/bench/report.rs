@@ -1,0 +1,264 @@
+//! `report.json`: what one `arbor bench run` measured, in a versioned schema that other tools
+//! (and `arbor bench compare`) read.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arbor_latency::Latencies;
+use serde::{Deserialize, Serialize};
+
+use super::load::{Sample, Shape};
+
+/// The schema's name and version: a reader refuses any other.
+pub const SCHEMA: &str = "arbor-bench-report/1";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub schema: String,
+    /// The `arbor` that measured (its version).
+    pub arbor: String,
+    /// When the run started, RFC 3339 in UTC.
+    pub started: String,
+    pub machine: Machine,
+    /// The nodes of the cluster measured (from cluster.toml).
+    pub nodes: usize,
+    pub scenarios: Vec<ScenarioReport>,
+}
+
+/// Where the client ran.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_bytes: u64,
+}
+
+impl Machine {
+    /// This machine, from `/proc` where there is one.
+    pub fn here() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map_or_else(
+                || std::env::consts::ARCH.to_owned(),
+                |(_, v)| v.trim().to_owned(),
+            );
+        let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+        let memory_bytes = meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024);
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_bytes,
+        }
+    }
+}
+
+/// One scenario's figures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub load: Shape,
+    /// Jobs that ended in the measured window, failed ones included.
+    pub completed: u64,
+    /// Failed jobs by error code.
+    pub errors: BTreeMap<String, u64>,
+    /// Jobs that succeeded per second of the window.
+    pub throughput_per_s: f64,
+    /// Of the jobs that succeeded.
+    pub latency_us: Percentiles,
+    /// Second by second.
+    pub per_second: Vec<Second>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    fn of(lat: &Latencies) -> Percentiles {
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        Percentiles {
+            p50: us(lat.quantile(0.5)),
+            p90: us(lat.quantile(0.9)),
+            p99: us(lat.quantile(0.99)),
+            p999: us(lat.quantile(0.999)),
+            max: us(lat.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Second {
+    pub second: u64,
+    pub succeeded: u64,
+    pub errors: u64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl ScenarioReport {
+    /// The figures of `samples`, taken over `shape.duration`. Pure.
+    pub fn of(name: &str, shape: Shape, samples: &[Sample]) -> ScenarioReport {
+        let mut all = Latencies::new();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        let seconds = shape.duration.as_secs().max(1);
+        let mut per: Vec<(Latencies, u64)> = (0..seconds).map(|_| (Latencies::new(), 0)).collect();
+        for s in samples {
+            let i = (s.at.as_secs() as usize).min(per.len() - 1);
+            match &s.error {
+                None => {
+                    all.record(s.latency);
+                    per[i].0.record(s.latency);
+                }
+                Some(code) => {
+                    *errors.entry(code.clone()).or_default() += 1;
+                    per[i].1 += 1;
+                }
+            }
+        }
+        let window = shape.duration.as_secs_f64().max(1e-9);
+        ScenarioReport {
+            name: name.to_owned(),
+            load: shape,
+            completed: samples.len() as u64,
+            errors,
+            throughput_per_s: all.len() as f64 / window,
+            latency_us: Percentiles::of(&all),
+            per_second: per
+                .iter()
+                .enumerate()
+                .map(|(i, (lat, errors))| Second {
+                    second: i as u64,
+                    succeeded: lat.len(),
+                    errors: *errors,
+                    p50_us: lat.quantile(0.5).as_secs_f64() * 1e6,
+                    p99_us: lat.quantile(0.99).as_secs_f64() * 1e6,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Why a report file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a bench report: {source}")]
+    Json {
+        path: String,
+        source: serde_json::Error,
+    },
+    #[error("{path} is a {found:?} report; this arbor reads {SCHEMA:?}")]
+    Schema { path: String, found: String },
+}
+
+impl Report {
+    pub fn read(path: &std::path::Path) -> Result<Report, ReadError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ReadError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        let report: Report = serde_json::from_str(&text).map_err(|source| ReadError::Json {
+            path: shown.clone(),
+            source,
+        })?;
+        if report.schema != SCHEMA {
+            return Err(ReadError::Schema {
+                path: shown,
+                found: report.schema,
+            });
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape() -> Shape {
+        Shape {
+            connections: 1,
+            in_flight: 1,
+            warmup: Duration::ZERO,
+            duration: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn samples_become_percentiles_errors_and_seconds() {
+        let ms = Duration::from_millis;
+        let samples = vec![
+            Sample {
+                at: ms(100),
+                latency: ms(1),
+                error: None,
+            },
+            Sample {
+                at: ms(900),
+                latency: ms(3),
+                error: None,
+            },
+            Sample {
+                at: ms(1500),
+                latency: ms(2),
+                error: None,
+            },
+            Sample {
+                at: ms(1600),
+                latency: ms(9),
+                error: Some("unavailable".into()),
+            },
+        ];
+        let r = ScenarioReport::of("jobs", shape(), &samples);
+        assert_eq!(r.completed, 4);
+        assert_eq!(r.errors, BTreeMap::from([("unavailable".to_string(), 1)]));
+        assert!((r.throughput_per_s - 1.5).abs() < 1e-9);
+        assert!(
+            (r.latency_us.max - 3000.0).abs() < 10.0,
+            "{:?}",
+            r.latency_us
+        );
+        assert_eq!(r.per_second.len(), 2);
+        assert_eq!((r.per_second[0].succeeded, r.per_second[1].errors), (2, 1));
+    }
+
+    #[test]
+    fn a_report_round_trips_and_another_schema_is_refused() {
+        let report = Report {
+            schema: SCHEMA.into(),
+            arbor: "0.1.0".into(),
+            started: "2026-12-07T00:00:00Z".into(),
+            machine: Machine::here(),
+            nodes: 3,
+            scenarios: vec![ScenarioReport::of("jobs", shape(), &[])],
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
+        assert_eq!(Report::read(&path).unwrap(), report);
+        let other = Report {
+            schema: "arbor-bench-report/9".into(),
+            ..report
+        };
+        std::fs::write(&path, serde_json::to_string(&other).unwrap()).unwrap();
+        let err = Report::read(&path).unwrap_err().to_string();
+        assert!(err.contains("arbor-bench-report/9"), "{err}");
+    }
+}

@@ -1,0 +1,107 @@
+//! `arbor bench run` against a running 3-node cluster of `arbor` processes, and
+//! `arbor bench compare` on its report.
+
+mod common;
+
+use common::arbor_as;
+use common::cluster::Cluster;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_run_writes_a_report_and_compare_finds_regressions() {
+    let c = Cluster::start("bench-cli", "bench-secret-padded-to-32-bytes-at-least").await;
+    let out = c.path.with_file_name("bench-out");
+    let args = [
+        "bench",
+        "run",
+        "jobs",
+        "call",
+        "--duration",
+        "2s",
+        "--warmup",
+        "500ms",
+        "--connections",
+        "2",
+        "--in-flight",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let printed = c.arbor(&args);
+    eprintln!("{printed}");
+    assert!(printed.contains("report: "), "{printed}");
+    let path = out.join("report.json");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(report["schema"], "arbor-bench-report/1");
+    assert_eq!(report["nodes"], 3);
+    assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
+    let scenarios = report["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["jobs", "call"]);
+    for s in scenarios {
+        assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["throughput_per_s"].as_f64().unwrap() > 0.0, "{s}");
+        assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+        let l = &s["latency_us"];
+        let (p50, p99, max) = (
+            l["p50"].as_f64().unwrap(),
+            l["p99"].as_f64().unwrap(),
+            l["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{l}");
+        assert_eq!(s["per_second"].as_array().unwrap().len(), 2, "{s}");
+        assert_eq!(s["load"]["connections"], 2);
+    }
+    // What the call scenario deployed is gone.
+    let left = c.deployments().await.unwrap();
+    assert!(
+        left.keys().all(|name| !name.starts_with("bench-echo-")),
+        "{:?}",
+        left.keys()
+    );
+
+    // The same report against itself: no change. A slower copy: a regression.
+    let compare = |new: &std::path::Path| {
+        arbor_as(
+            &[
+                "bench",
+                "compare",
+                path.to_str().unwrap(),
+                new.to_str().unwrap(),
+                "--fail-on-regression",
+            ],
+            None,
+            None,
+        )
+    };
+    let same = compare(&path);
+    let table = String::from_utf8_lossy(&same.stdout);
+    assert!(
+        same.status.success() && table.contains("throughput/s") && !table.contains("REGRESSION"),
+        "{table}"
+    );
+    let mut slower = report.clone();
+    let jobs = &mut slower["scenarios"][0];
+    let halved = jobs["throughput_per_s"].as_f64().unwrap() / 2.0;
+    jobs["throughput_per_s"] = serde_json::json!(halved);
+    let slower_path = out.join("slower.json");
+    std::fs::write(&slower_path, slower.to_string()).unwrap();
+    let worse = compare(&slower_path);
+    let table = String::from_utf8_lossy(&worse.stdout);
+    let err = String::from_utf8_lossy(&worse.stderr);
+    assert!(
+        !worse.status.success() && table.contains("REGRESSION") && err.contains("regression"),
+        "{table}{err}"
+    );
+    let bad = out.join("bad.json");
+    std::fs::write(&bad, "{\"schema\": \"something else\"}").unwrap();
+    let refused = compare(&bad);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("not a bench report"),
+        "{err}"
+    );
+}
