@@ -305,9 +305,13 @@ pub enum BenchCommand {
         /// Connections, each a closed loop.
         #[arg(long, default_value_t = 4)]
         connections: usize,
-        /// Jobs each connection keeps submitted.
+        /// Jobs each connection keeps submitted (closed loop).
         #[arg(long, default_value_t = 1)]
         in_flight: usize,
+        /// Jobs per second over all connections, sent on schedule whatever the answers (open
+        /// loop; latency counts from when each job was due).
+        #[arg(long)]
+        rate: Option<f64>,
         /// How long each scenario is measured.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: std::time::Duration,

@@ -229,13 +229,18 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             out,
             connections,
             in_flight,
+            rate,
             duration,
             warmup,
             gateway,
         } => {
+            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+                anyhow::bail!("--rate must be a number of jobs per second above 0");
+            }
             let shape = commands::bench::load::Shape {
                 connections,
                 in_flight,
+                rate,
                 warmup,
                 duration,
             };

@@ -63,6 +63,33 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         left.keys()
     );
 
+    // An open loop sends on its schedule: about rate × duration jobs.
+    let open = c.path.with_file_name("bench-open");
+    c.arbor(&[
+        "bench",
+        "run",
+        "jobs",
+        "--rate",
+        "100",
+        "--duration",
+        "2s",
+        "--warmup",
+        "200ms",
+        "--connections",
+        "2",
+        "--out",
+        open.to_str().unwrap(),
+    ]);
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(open.join("report.json")).unwrap()).unwrap();
+    let s = &report["scenarios"][0];
+    assert_eq!(s["load"]["rate"], 100.0, "{s}");
+    let completed = s["completed"].as_u64().unwrap();
+    assert!(
+        (120..=280).contains(&completed),
+        "{completed} jobs at 100/s for 2 s: {s}"
+    );
+
     // The same report against itself: no change. A slower copy: a regression.
     let compare = |new: &std::path::Path| {
         arbor_as(
@@ -83,6 +110,8 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         same.status.success() && table.contains("throughput/s") && !table.contains("REGRESSION"),
         "{table}"
     );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut slower = report.clone();
     let jobs = &mut slower["scenarios"][0];
     let halved = jobs["throughput_per_s"].as_f64().unwrap() / 2.0;

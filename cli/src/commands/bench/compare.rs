@@ -102,6 +102,7 @@ mod tests {
                 load: Shape {
                     connections: 1,
                     in_flight: 1,
+                    rate: None,
                     warmup: Duration::ZERO,
                     duration: Duration::from_secs(1),
                 },

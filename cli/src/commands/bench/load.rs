@@ -1,12 +1,19 @@
-//! The closed-loop load: each connection keeps `in_flight` jobs submitted, sending the next
-//! as soon as one ends, for a warm-up and then a measured duration. Every job that ends in the
-//! measured window is a [`Sample`]: when it ended, how long it took from its submit, and its
-//! error code if it failed.
+//! The load a scenario puts on the gateway, on each of its connections:
+//!
+//! - **closed loop** (no `--rate`): the connection keeps `in_flight` jobs submitted, and
+//!   submits the next as soon as one ends;
+//! - **open loop** (`--rate R`, jobs/s over all connections): jobs are submitted on a fixed
+//!   schedule whatever the answers, and each job's latency counts from when it was *meant* to
+//!   be sent, so a stall shows in full instead of delaying the jobs behind it out of the
+//!   measurement (no coordinated omission, as in wrk2).
+//!
+//! Every job that ends in the measured window is a [`Sample`]: when it ended, how long it
+//! took, and its error code if it failed.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use arbor_client::GatewayClient;
+use arbor_client::{ClientError, GatewayClient};
 use arbor_proto::JobId;
 use arbor_proto::gateway::{ClientMsg, JobSpec, JobState, ServerMsg};
 use tokio::time::Instant;
@@ -15,8 +22,11 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Shape {
     pub connections: usize,
-    /// Jobs each connection keeps submitted.
+    /// Jobs each connection keeps submitted (closed loop).
     pub in_flight: usize,
+    /// Jobs per second over all connections (open loop); `None`: closed loop.
+    #[serde(default)]
+    pub rate: Option<f64>,
     #[serde(with = "humantime_serde")]
     pub warmup: Duration,
     #[serde(with = "humantime_serde")]
@@ -36,74 +46,74 @@ pub struct Sample {
 /// How long a connection waits for its last jobs once the window has closed.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Runs `job` on `client` in a closed loop: the samples of the jobs that ended in the window
-/// (`measure_from` + `shape.duration`). Submissions stop when the window closes.
-pub async fn closed_loop(
-    client: &mut GatewayClient,
-    job: &JobSpec,
-    shape: Shape,
-    measure_from: Instant,
-) -> Result<Vec<Sample>, arbor_client::ClientError> {
-    let until = measure_from + shape.duration;
-    let mut samples = Vec::new();
-    let mut next_ref: u64 = 0;
-    // Sent, not yet accepted: by reference. Accepted: by job id.
-    let mut sent: HashMap<String, Instant> = HashMap::new();
-    let mut running: HashMap<JobId, (Instant, Option<String>)> = HashMap::new();
-    let submit = |n: u64| ClientMsg::Submit {
-        reference: Some(n.to_string()),
-        record: false,
-        job: job.clone(),
-    };
-    for _ in 0..shape.in_flight.max(1) {
-        client.send_raw(&submit(next_ref)).await?;
-        sent.insert(next_ref.to_string(), Instant::now());
-        next_ref += 1;
+/// The jobs of one connection, from submit to end.
+struct Tracker {
+    window: (Instant, Instant),
+    next_ref: u64,
+    /// Sent, not yet accepted, by reference: when each counts from.
+    sent: HashMap<String, Instant>,
+    /// Accepted: when it counts from, and the error code it was given.
+    running: HashMap<JobId, (Instant, Option<String>)>,
+    samples: Vec<Sample>,
+}
+
+impl Tracker {
+    fn outstanding(&self) -> usize {
+        self.sent.len() + self.running.len()
     }
-    let mut record = |started: Instant, error: Option<String>| {
+
+    async fn submit(
+        &mut self,
+        client: &mut GatewayClient,
+        job: &JobSpec,
+        counts_from: Instant,
+    ) -> Result<(), ClientError> {
+        let reference = self.next_ref.to_string();
+        self.next_ref += 1;
+        let msg = ClientMsg::Submit {
+            reference: Some(reference.clone()),
+            record: false,
+            job: job.clone(),
+        };
+        client.send_raw(&msg).await?;
+        self.sent.insert(reference, counts_from);
+        Ok(())
+    }
+
+    fn ended(&mut self, counts_from: Instant, error: Option<String>) {
         let now = Instant::now();
-        if now >= measure_from && now <= until {
-            samples.push(Sample {
-                at: now - measure_from,
-                latency: now - started,
+        let (from, until) = self.window;
+        if now >= from && now <= until {
+            self.samples.push(Sample {
+                at: now - from,
+                latency: now.saturating_duration_since(counts_from),
                 error,
             });
         }
-    };
-    loop {
-        let outstanding = sent.len() + running.len();
-        if outstanding == 0 {
-            break;
-        }
-        let deadline = if Instant::now() < until {
-            until + DRAIN
-        } else {
-            Instant::now().max(until) + DRAIN
-        };
-        let msg = match tokio::time::timeout_at(deadline, client.recv_raw()).await {
-            Ok(msg) => msg?,
-            Err(_) => break,
-        };
-        let ended = match msg {
+    }
+
+    /// Takes in one message; whether it ended a job.
+    fn take(&mut self, msg: ServerMsg) -> bool {
+        match msg {
             ServerMsg::Accepted {
                 reference: Some(r),
-                job: id,
+                job,
                 ..
             } => {
-                if let Some(at) = sent.remove(&r) {
-                    running.insert(id, (at, None));
+                if let Some(at) = self.sent.remove(&r) {
+                    self.running.insert(job, (at, None));
                 }
                 false
             }
+            // Refused before it started: it ends here.
             ServerMsg::Error {
                 reference: Some(r),
                 job: None,
                 code,
                 ..
-            } => match sent.remove(&r) {
-                // Refused before it started: it ends here.
+            } => match self.sent.remove(&r) {
                 Some(at) => {
-                    record(at, Some(code.as_str().to_owned()));
+                    self.ended(at, Some(code.as_str().to_owned()));
                     true
                 }
                 None => false,
@@ -113,32 +123,90 @@ pub async fn closed_loop(
                 code,
                 ..
             } => {
-                if let Some((_, error)) = running.get_mut(&id) {
+                if let Some((_, error)) = self.running.get_mut(&id) {
                     *error = Some(code.as_str().to_owned());
                 }
                 false
             }
-            ServerMsg::Event { job: id, state, .. } if state.is_finished() => {
-                match running.remove(&id) {
+            ServerMsg::Event { job, state, .. } if state.is_finished() => {
+                match self.running.remove(&job) {
                     Some((at, error)) => {
                         let error = match state {
                             JobState::Succeeded => None,
                             JobState::Cancelled => Some("cancelled".to_owned()),
                             _ => Some(error.unwrap_or_else(|| "job_failed".to_owned())),
                         };
-                        record(at, error);
+                        self.ended(at, error);
                         true
                     }
                     None => false,
                 }
             }
             _ => false,
-        };
-        if ended && Instant::now() < until {
-            client.send_raw(&submit(next_ref)).await?;
-            sent.insert(next_ref.to_string(), Instant::now());
-            next_ref += 1;
         }
     }
-    Ok(samples)
+}
+
+/// Runs `job` on `client` under `shape` (this connection's share of it): the samples of the
+/// jobs that ended in the window (`measure_from` + `shape.duration`). Submissions stop when
+/// the window closes; jobs still out are waited for a while, then dropped.
+pub async fn drive(
+    client: &mut GatewayClient,
+    job: &JobSpec,
+    shape: Shape,
+    measure_from: Instant,
+) -> Result<Vec<Sample>, ClientError> {
+    let until = measure_from + shape.duration;
+    let mut t = Tracker {
+        window: (measure_from, until),
+        next_ref: 0,
+        sent: HashMap::new(),
+        running: HashMap::new(),
+        samples: Vec::new(),
+    };
+    match shape.rate {
+        None => {
+            for _ in 0..shape.in_flight.max(1) {
+                t.submit(client, job, Instant::now()).await?;
+            }
+            while t.outstanding() > 0 {
+                let deadline = Instant::now().max(until) + DRAIN;
+                let Ok(msg) = tokio::time::timeout_at(deadline, client.recv_raw()).await else {
+                    break;
+                };
+                if t.take(msg?) && Instant::now() < until {
+                    t.submit(client, job, Instant::now()).await?;
+                }
+            }
+        }
+        Some(rate) => {
+            let per_connection = (rate / shape.connections.max(1) as f64).max(1e-3);
+            let interval = Duration::from_secs_f64(1.0 / per_connection);
+            let start = Instant::now();
+            let mut next = start;
+            loop {
+                let sending = next < until;
+                if !sending && t.outstanding() == 0 {
+                    break;
+                }
+                let wait_until = if sending {
+                    next
+                } else {
+                    Instant::now().max(until) + DRAIN
+                };
+                match tokio::time::timeout_at(wait_until, client.recv_raw()).await {
+                    Ok(msg) => {
+                        t.take(msg?);
+                    }
+                    Err(_) if sending => {
+                        // Late or not, it counts from when it was due.
+                        t.submit(client, job, next).await?;
+                        next += interval;
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+    Ok(t.samples)
 }

@@ -3,9 +3,9 @@
 //!
 //! A scenario creates what it needs under a name of its own and removes it afterwards, even
 //! when interrupted (ctrl-c ends the run cleanly and writes the report of the scenarios that
-//! finished). Load is a closed loop ([`load`]): `--connections` connections, each keeping
-//! `--in-flight` jobs submitted, a `--warmup` that is not measured, then `--duration` that is.
-//! The figures go to `DIR/report.json` ([`report`]).
+//! finished). Load ([`load`]) runs on `--connections` connections: a closed loop of
+//! `--in-flight` jobs each, or an open loop at `--rate` jobs/s; a `--warmup` that is not
+//! measured, then `--duration` that is. The figures go to `DIR/report.json` ([`report`]).
 
 pub mod compare;
 pub mod load;
@@ -71,18 +71,23 @@ pub async fn run(
     let mut interrupted = false;
     for &scenario in scenarios {
         let prepared = prepare(gw, scenario, config.nodes.len()).await?;
+        let loop_shape = match shape.rate {
+            Some(rate) => format!("open loop at {rate} jobs/s"),
+            None => format!("{} in flight each", shape.in_flight),
+        };
         eprintln!(
-            "{}: {} connections x {} in flight, {} warm-up, {} measured",
+            "{}: {} connections, {loop_shape}, {} warm-up, {} measured",
             scenario.name(),
             shape.connections,
-            shape.in_flight,
             humantime::format_duration(shape.warmup),
             humantime::format_duration(shape.duration)
         );
+        let bar = progress(scenario, shape);
         let measured = tokio::select! {
             r = measure(gw, &prepared.job, shape) => Some(r),
             _ = tokio::signal::ctrl_c() => None,
         };
+        bar.finish_and_clear();
         if let Some(name) = prepared.deployment {
             let mut client = gw.connect().await?;
             run_job(&mut client, JobSpec::Undeploy(NameJob { name }), "undeploy").await?;
@@ -113,6 +118,29 @@ pub async fn run(
     }
     println!("report: {}", path.display());
     Ok(())
+}
+
+/// A bar over the scenario's warm-up and measured time, on a terminal (indicatif draws
+/// nothing elsewhere, where the lines printed before and after say enough).
+fn progress(scenario: Scenario, shape: Shape) -> indicatif::ProgressBar {
+    let total = shape.warmup + shape.duration;
+    let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+        "{} {{wide_bar}} {{elapsed}} of {}",
+        scenario.name(),
+        humantime::format_duration(total)
+    )) {
+        bar.set_style(style);
+    }
+    let ticking = bar.clone();
+    tokio::spawn(async move {
+        let start = Instant::now();
+        while !ticking.is_finished() {
+            ticking.set_position(start.elapsed().as_millis() as u64);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    bar
 }
 
 /// What `scenario` needs, created.
@@ -185,9 +213,7 @@ async fn measure(gw: &GatewayArgs, job: &JobSpec, shape: Shape) -> anyhow::Resul
         .into_iter()
         .map(|mut client| {
             let job = job.clone();
-            tokio::spawn(
-                async move { load::closed_loop(&mut client, &job, shape, measure_from).await },
-            )
+            tokio::spawn(async move { load::drive(&mut client, &job, shape, measure_from).await })
         })
         .collect();
     let mut samples = Vec::new();

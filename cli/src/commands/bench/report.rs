@@ -196,6 +196,7 @@ mod tests {
         Shape {
             connections: 1,
             in_flight: 1,
+            rate: None,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(2),
         }
