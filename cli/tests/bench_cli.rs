@@ -55,6 +55,12 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         assert_eq!(s["per_second"].as_array().unwrap().len(), 2, "{s}");
         assert_eq!(s["load"]["connections"], 2);
     }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.starts_with("<!doctype html>"), "{html:.200}");
+    assert_eq!(html.matches("<svg").count(), 6, "3 charts per scenario");
+    if let Ok(copy) = std::env::var("ARBOR_BENCH_HTML_COPY") {
+        std::fs::write(copy, &html).unwrap();
+    }
     // What the call scenario deployed is gone.
     let left = c.deployments().await.unwrap();
     assert!(

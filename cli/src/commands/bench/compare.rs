@@ -111,6 +111,7 @@ mod tests {
                 throughput_per_s: throughput,
                 latency_us: latency,
                 per_second: vec![],
+                cdf: vec![],
             }],
         }
     }

@@ -8,6 +8,7 @@
 //! measured, then `--duration` that is. The figures go to `DIR/report.json` ([`report`]).
 
 pub mod compare;
+pub mod html;
 pub mod load;
 pub mod report;
 
@@ -110,13 +111,16 @@ pub async fn run(
     }
     let text = serde_json::to_string_pretty(&report)?;
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    let page = out.join("report.html");
+    std::fs::write(&page, html::page(&report))
+        .with_context(|| format!("cannot write {}", page.display()))?;
     if interrupted {
         bail!(
             "interrupted: what was created is removed; the finished scenarios are in {}",
             path.display()
         );
     }
-    println!("report: {}", path.display());
+    println!("report: {} and {}", path.display(), page.display());
     Ok(())
 }
 

@@ -74,7 +74,16 @@ pub struct ScenarioReport {
     pub latency_us: Percentiles,
     /// Second by second.
     pub per_second: Vec<Second>,
+    /// The latency distribution of the jobs that succeeded: (quantile, µs) from 0 to 1.
+    #[serde(default)]
+    pub cdf: Vec<(f64, f64)>,
 }
+
+/// The quantiles the distribution is kept at: dense at the tail, where it matters.
+const CDF_AT: &[f64] = &[
+    0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.975, 0.99, 0.995, 0.999,
+    0.9995, 0.9999, 1.0,
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Percentiles {
@@ -146,6 +155,14 @@ impl ScenarioReport {
                     p99_us: lat.quantile(0.99).as_secs_f64() * 1e6,
                 })
                 .collect(),
+            cdf: if all.is_empty() {
+                Vec::new()
+            } else {
+                CDF_AT
+                    .iter()
+                    .map(|q| (*q, all.quantile(*q).as_secs_f64() * 1e6))
+                    .collect()
+            },
         }
     }
 }
