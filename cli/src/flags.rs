@@ -318,6 +318,15 @@ pub enum BenchCommand {
         /// How long each scenario runs before it is measured.
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         warmup: std::time::Duration,
+        /// Rows loaded before query-vector is measured.
+        #[arg(long, default_value_t = 10_000)]
+        rows: u64,
+        /// Dimension of the vector scenarios' rows.
+        #[arg(long, default_value_t = 128)]
+        dimension: u32,
+        /// Results per query-vector query.
+        #[arg(long, default_value_t = 10)]
+        k: u32,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

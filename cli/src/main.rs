@@ -232,6 +232,9 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             rate,
             duration,
             warmup,
+            rows,
+            dimension,
+            k,
             gateway,
         } => {
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
@@ -244,7 +247,8 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 warmup,
                 duration,
             };
-            commands::bench::run(&gateway, &scenarios, shape, &out).await
+            let vectors = commands::bench::Vectors { rows, dimension, k };
+            commands::bench::run(&gateway, &scenarios, shape, vectors, &out).await
         }
         BenchCommand::Compare {
             old,

@@ -69,6 +69,45 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         left.keys()
     );
 
+    // The vector scenarios: their collections are created, loaded and deleted.
+    let vectors = c.path.with_file_name("bench-vectors");
+    let printed = c.arbor(&[
+        "bench",
+        "run",
+        "ingest-vectors",
+        "query-vector",
+        "--rows",
+        "1000",
+        "--dimension",
+        "16",
+        "--duration",
+        "2s",
+        "--warmup",
+        "300ms",
+        "--connections",
+        "2",
+        "--out",
+        vectors.to_str().unwrap(),
+    ]);
+    eprintln!("{printed}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(vectors.join("report.json")).unwrap())
+            .unwrap();
+    for (i, name) in ["ingest-vectors", "query-vector"].into_iter().enumerate() {
+        let s = &report["scenarios"][i];
+        assert_eq!(s["name"], name);
+        assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+    }
+    let collections = c.arbor(&["collections", "--json"]);
+    assert!(!collections.contains("bench-vectors-"), "{collections}");
+    let left = c.deployments().await.unwrap();
+    assert!(
+        left.keys().all(|name| !name.starts_with("bench-")),
+        "the bench left {:?}",
+        left.keys()
+    );
+
     // An open loop sends on its schedule: about rate × duration jobs.
     let open = c.path.with_file_name("bench-open");
     c.arbor(&[

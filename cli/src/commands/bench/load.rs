@@ -43,12 +43,18 @@ pub struct Sample {
     pub error: Option<String>,
 }
 
+/// The job to submit, by its number (unique in the run: a scenario that writes derives its
+/// ids from it).
+pub type Jobs = dyn Fn(u64) -> JobSpec + Send + Sync;
+
 /// How long a connection waits for its last jobs once the window has closed.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// The jobs of one connection, from submit to end.
 struct Tracker {
     window: (Instant, Instant),
+    /// Which connection this is: job numbers are unique across connections.
+    connection: u64,
     next_ref: u64,
     /// Sent, not yet accepted, by reference: when each counts from.
     sent: HashMap<String, Instant>,
@@ -65,16 +71,16 @@ impl Tracker {
     async fn submit(
         &mut self,
         client: &mut GatewayClient,
-        job: &JobSpec,
+        job: &Jobs,
         counts_from: Instant,
     ) -> Result<(), ClientError> {
         let reference = self.next_ref.to_string();
-        self.next_ref += 1;
         let msg = ClientMsg::Submit {
             reference: Some(reference.clone()),
             record: false,
-            job: job.clone(),
+            job: job(self.connection << 32 | self.next_ref),
         };
+        self.next_ref += 1;
         client.send_raw(&msg).await?;
         self.sent.insert(reference, counts_from);
         Ok(())
@@ -147,18 +153,21 @@ impl Tracker {
     }
 }
 
-/// Runs `job` on `client` under `shape` (this connection's share of it): the samples of the
+/// Runs `job`'s jobs on `client`, connection number `connection`, under `shape` (this
+/// connection's share of it): the samples of the
 /// jobs that ended in the window (`measure_from` + `shape.duration`). Submissions stop when
 /// the window closes; jobs still out are waited for a while, then dropped.
 pub async fn drive(
     client: &mut GatewayClient,
-    job: &JobSpec,
+    connection: u64,
+    job: &Jobs,
     shape: Shape,
     measure_from: Instant,
 ) -> Result<Vec<Sample>, ClientError> {
     let until = measure_from + shape.duration;
     let mut t = Tracker {
         window: (measure_from, until),
+        connection,
         next_ref: 0,
         sent: HashMap::new(),
         running: HashMap::new(),

@@ -13,11 +13,14 @@ pub mod load;
 pub mod report;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use arbor_node::ClusterConfig;
-use arbor_proto::gateway::{CallJob, DeployJob, JobSpec, NameJob};
+use arbor_proto::gateway::{
+    CallJob, CreateCollectionJob, DeployJob, Document, IngestJob, JobSpec, NameJob, QueryJob,
+};
 use arbor_proto::results::DeploymentsResult;
 use serde_json::json;
 use tokio::time::Instant;
@@ -34,6 +37,12 @@ pub enum Scenario {
     /// `call` jobs to an `echo` deployment with a replica per node, which the scenario
     /// deploys and removes (role admin).
     Call,
+    /// `ingest` jobs of rows that bring their own vectors, into a collection of a partition
+    /// per node that the scenario creates and deletes (role admin).
+    IngestVectors,
+    /// `query` jobs by vector (top `--k`) over `--rows` rows loaded first, in a collection
+    /// the scenario creates and deletes (role admin).
+    QueryVector,
 }
 
 impl Scenario {
@@ -41,14 +50,47 @@ impl Scenario {
         match self {
             Scenario::Jobs => "jobs",
             Scenario::Call => "call",
+            Scenario::IngestVectors => "ingest-vectors",
+            Scenario::QueryVector => "query-vector",
         }
     }
 }
 
+/// What the vector scenarios use.
+#[derive(Debug, Clone, Copy)]
+pub struct Vectors {
+    /// Rows loaded before `query-vector` is measured.
+    pub rows: u64,
+    pub dimension: u32,
+    pub k: u32,
+}
+
+/// Rows per `ingest` job.
+const ROWS_PER_JOB: u64 = 256;
+
 /// What a scenario set up, to be removed afterwards.
 struct Prepared {
-    job: JobSpec,
-    deployment: Option<String>,
+    job: Arc<load::Jobs>,
+    created: Created,
+}
+
+/// What a scenario created: the jobs that remove it, in order.
+#[derive(Default)]
+struct Created(Vec<JobSpec>);
+
+impl Created {
+    fn deployment(mut self, name: &str) -> Created {
+        self.0
+            .push(JobSpec::Undeploy(NameJob { name: name.into() }));
+        self
+    }
+
+    /// A collection goes before the deployments it names.
+    fn collection(mut self, name: &str) -> Created {
+        self.0
+            .insert(0, JobSpec::DeleteCollection(NameJob { name: name.into() }));
+        self
+    }
 }
 
 /// `arbor bench run`.
@@ -56,6 +98,7 @@ pub async fn run(
     gw: &GatewayArgs,
     scenarios: &[Scenario],
     shape: Shape,
+    vectors: Vectors,
     out: &Path,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -71,7 +114,7 @@ pub async fn run(
     let path = out.join("report.json");
     let mut interrupted = false;
     for &scenario in scenarios {
-        let prepared = prepare(gw, scenario, config.nodes.len()).await?;
+        let prepared = prepare(gw, scenario, config.nodes.len(), vectors).await?;
         let loop_shape = match shape.rate {
             Some(rate) => format!("open loop at {rate} jobs/s"),
             None => format!("{} in flight each", shape.in_flight),
@@ -89,10 +132,7 @@ pub async fn run(
             _ = tokio::signal::ctrl_c() => None,
         };
         bar.finish_and_clear();
-        if let Some(name) = prepared.deployment {
-            let mut client = gw.connect().await?;
-            run_job(&mut client, JobSpec::Undeploy(NameJob { name }), "undeploy").await?;
-        }
+        remove(gw, prepared.created).await?;
         let Some(samples) = measured else {
             interrupted = true;
             break;
@@ -147,18 +187,40 @@ fn progress(scenario: Scenario, shape: Shape) -> indicatif::ProgressBar {
     bar
 }
 
+/// Removes what a scenario created.
+async fn remove(gw: &GatewayArgs, created: Created) -> anyhow::Result<()> {
+    if created.0.is_empty() {
+        return Ok(());
+    }
+    let mut client = gw.connect().await?;
+    for job in created.0 {
+        run_job(&mut client, job, "removing what the bench created").await?;
+    }
+    Ok(())
+}
+
+/// A name no one else uses.
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    format!("{prefix}-{nanos:x}")
+}
+
 /// What `scenario` needs, created.
-async fn prepare(gw: &GatewayArgs, scenario: Scenario, nodes: usize) -> anyhow::Result<Prepared> {
+async fn prepare(
+    gw: &GatewayArgs,
+    scenario: Scenario,
+    nodes: usize,
+    vectors: Vectors,
+) -> anyhow::Result<Prepared> {
     match scenario {
         Scenario::Jobs => Ok(Prepared {
-            job: JobSpec::Status,
-            deployment: None,
+            job: Arc::new(|_| JobSpec::Status),
+            created: Created::default(),
         }),
         Scenario::Call => {
-            let unique = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64);
-            let name = format!("bench-echo-{unique:x}");
+            let name = unique("bench-echo");
             let serde_json::Value::Object(deployment) = json!({
                 "name": name, "kind": "echo", "replicas": nodes, "strategy": "spread",
                 "idempotent": true, "resources": {"cpu": "100m", "memory": "64MiB"}})
@@ -172,42 +234,188 @@ async fn prepare(gw: &GatewayArgs, scenario: Scenario, nodes: usize) -> anyhow::
                 "deploy",
             )
             .await?;
-            let deadline = Instant::now() + Duration::from_secs(60);
-            loop {
-                let data = run_job(&mut client, JobSpec::Deployments, "deployments").await?;
-                let r: DeploymentsResult = parse_data(data, "deployments")?;
-                let d = r.deployments.iter().find(|d| d.name == name);
-                if d.is_some_and(|d| d.running == d.desired) {
-                    break;
-                }
-                if Instant::now() >= deadline {
-                    let _ = run_job(
-                        &mut client,
-                        JobSpec::Undeploy(NameJob { name: name.clone() }),
-                        "undeploy",
-                    )
-                    .await;
-                    bail!(
-                        "the bench's echo deployment did not run in 60 s: {}",
-                        d.and_then(|d| d.pending_reason.clone())
-                            .unwrap_or_else(|| "no reason given".into())
-                    );
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            let created = Created::default().deployment(&name);
+            if let Err(e) = until_running(&mut client, &name).await {
+                remove(gw, created).await?;
+                return Err(e);
             }
+            let job = JobSpec::Call(CallJob {
+                deployment: name,
+                payload: "ping".into(),
+            });
             Ok(Prepared {
-                job: JobSpec::Call(CallJob {
-                    deployment: name.clone(),
-                    payload: "ping".into(),
+                job: Arc::new(move |_| job.clone()),
+                created,
+            })
+        }
+        Scenario::IngestVectors | Scenario::QueryVector => {
+            let name = unique("bench-vectors");
+            let mut client = gw.connect().await?;
+            let (embedder, mut created) = embedder(&mut client, &name).await?;
+            let create = CreateCollectionJob {
+                name: name.clone(),
+                partitions: nodes.max(1) as u32,
+                replicas: 1,
+                embedder,
+                dimension: vectors.dimension,
+                metric: "cosine".into(),
+                cpu: Some("100m".into()),
+                memory: Some("256MiB".into()),
+                coordinators: None,
+                coordinator_cpu: None,
+                coordinator_memory: None,
+                model: None,
+            };
+            if let Err(e) = run_job(
+                &mut client,
+                JobSpec::CreateCollection(create),
+                "create_collection",
+            )
+            .await
+            {
+                remove(gw, created).await?;
+                return Err(e);
+            }
+            created = created.collection(&name);
+            let dim = vectors.dimension as usize;
+            let rows = move |collection: &str, n: u64| {
+                let documents = (0..ROWS_PER_JOB)
+                    .map(|i| row(n * ROWS_PER_JOB + i, dim))
+                    .collect();
+                JobSpec::Ingest(IngestJob {
+                    collection: collection.to_owned(),
+                    documents,
+                })
+            };
+            // The first write waits for the collection's replicas to run.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                match run_job(&mut client, rows(&name, u64::MAX >> 33), "ingest").await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() >= deadline => {
+                        remove(gw, created).await?;
+                        return Err(e.context("the bench's collection never took a write"));
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+            if scenario == Scenario::IngestVectors {
+                let name = name.clone();
+                return Ok(Prepared {
+                    job: Arc::new(move |n| rows(&name, n)),
+                    created,
+                });
+            }
+            let jobs = vectors.rows.div_ceil(ROWS_PER_JOB);
+            eprintln!(
+                "query-vector: loading {} rows of {} dimensions",
+                jobs * ROWS_PER_JOB,
+                vectors.dimension
+            );
+            for n in 0..jobs {
+                if let Err(e) = run_job(&mut client, rows(&name, n), "ingest").await {
+                    remove(gw, created).await?;
+                    return Err(e);
+                }
+            }
+            let k = vectors.k;
+            Ok(Prepared {
+                job: Arc::new(move |n| {
+                    JobSpec::Query(QueryJob {
+                        collection: name.clone(),
+                        text: None,
+                        vector: Some(unit_vector(n ^ 0x5eed, dim)),
+                        k,
+                        filter: None,
+                    })
                 }),
-                deployment: Some(name),
+                created,
             })
         }
     }
 }
 
+/// The embedder a bench collection names: the cluster's own when it has one, else one of
+/// no replicas made for it (the rows bring their vectors, so it never embeds anything).
+async fn embedder(
+    client: &mut arbor_client::GatewayClient,
+    collection: &str,
+) -> anyhow::Result<(String, Created)> {
+    let data = run_job(client, JobSpec::Deployments, "deployments").await?;
+    let r: DeploymentsResult = parse_data(data, "deployments")?;
+    if let Some(d) = r.deployments.iter().find(|d| d.kind == "embedder") {
+        return Ok((d.name.clone(), Created::default()));
+    }
+    let name = format!("{collection}-embedder");
+    let serde_json::Value::Object(deployment) =
+        json!({"name": name, "kind": "embedder", "replicas": 0})
+    else {
+        unreachable!("a JSON object")
+    };
+    run_job(client, JobSpec::Deploy(DeployJob { deployment }), "deploy").await?;
+    let created = Created::default().deployment(&name);
+    Ok((name, created))
+}
+
+/// Waits until every replica of deployment `name` runs (at most a minute).
+async fn until_running(client: &mut arbor_client::GatewayClient, name: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let data = run_job(client, JobSpec::Deployments, "deployments").await?;
+        let r: DeploymentsResult = parse_data(data, "deployments")?;
+        let d = r.deployments.iter().find(|d| d.name == name);
+        if d.is_some_and(|d| d.running == d.desired) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the bench's deployment {name} did not run in 60 s: {}",
+                d.and_then(|d| d.pending_reason.clone())
+                    .unwrap_or_else(|| "no reason given".into())
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Row `i`: a unit vector of `dim` values, the same for the same `i`.
+fn row(i: u64, dim: usize) -> Document {
+    Document {
+        id: format!("r{i}"),
+        text: String::new(),
+        title: None,
+        metadata: serde_json::Map::new(),
+        vector: Some(unit_vector(i, dim)),
+    }
+}
+
+/// A unit vector of `dim` values from a seed (xorshift: cheap, and the same everywhere).
+fn unit_vector(seed: u64, dim: usize) -> Vec<f32> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v: Vec<f32> = (0..dim)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect();
+    let norm = v
+        .iter()
+        .map(|a| a * a)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::MIN_POSITIVE);
+    v.iter_mut().for_each(|a| *a /= norm);
+    v
+}
+
 /// Every connection's samples of `job` under `shape`.
-async fn measure(gw: &GatewayArgs, job: &JobSpec, shape: Shape) -> anyhow::Result<Vec<Sample>> {
+async fn measure(
+    gw: &GatewayArgs,
+    job: &Arc<load::Jobs>,
+    shape: Shape,
+) -> anyhow::Result<Vec<Sample>> {
     let mut clients = Vec::new();
     for _ in 0..shape.connections.max(1) {
         clients.push(gw.connect().await?);
@@ -215,9 +423,12 @@ async fn measure(gw: &GatewayArgs, job: &JobSpec, shape: Shape) -> anyhow::Resul
     let measure_from = Instant::now() + shape.warmup;
     let tasks: Vec<_> = clients
         .into_iter()
-        .map(|mut client| {
+        .enumerate()
+        .map(|(i, mut client)| {
             let job = job.clone();
-            tokio::spawn(async move { load::drive(&mut client, &job, shape, measure_from).await })
+            tokio::spawn(async move {
+                load::drive(&mut client, i as u64, job.as_ref(), shape, measure_from).await
+            })
         })
         .collect();
     let mut samples = Vec::new();
