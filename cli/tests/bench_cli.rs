@@ -15,6 +15,7 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         "run",
         "jobs",
         "call",
+        "control",
         "--duration",
         "2s",
         "--warmup",
@@ -40,7 +41,7 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["jobs", "call"]);
+    assert_eq!(names, ["jobs", "call", "control"]);
     for s in scenarios {
         assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
         assert!(s["throughput_per_s"].as_f64().unwrap() > 0.0, "{s}");
@@ -57,7 +58,7 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.starts_with("<!doctype html>"), "{html:.200}");
-    assert_eq!(html.matches("<svg").count(), 6, "3 charts per scenario");
+    assert_eq!(html.matches("<svg").count(), 9, "3 charts per scenario");
     if let Ok(copy) = std::env::var("ARBOR_BENCH_HTML_COPY") {
         std::fs::write(copy, &html).unwrap();
     }

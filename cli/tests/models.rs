@@ -121,4 +121,29 @@ async fn deployments_name_their_models_and_bad_ones_are_refused_at_submit() {
     assert!(err.contains("smollm2"), "{err}");
     let names: Vec<String> = c.deployments().await.unwrap().into_keys().collect();
     assert_eq!(names, ["emb", "kq"], "a refused deployment was recorded");
+
+    // `arbor bench` against the cluster's own embedder and model.
+    let out = c.path.with_file_name("bench-models");
+    c.arbor(&[
+        "bench",
+        "run",
+        "embed",
+        "generate",
+        "--duration",
+        "2s",
+        "--warmup",
+        "300ms",
+        "--connections",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    for (i, name) in ["embed", "generate"].into_iter().enumerate() {
+        let s = &report["scenarios"][i];
+        assert_eq!(s["name"], name);
+        assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+    }
 }

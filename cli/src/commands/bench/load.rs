@@ -55,6 +55,8 @@ struct Tracker {
     window: (Instant, Instant),
     /// Which connection this is: job numbers are unique across connections.
     connection: u64,
+    /// Whether the control plane records each job.
+    record: bool,
     next_ref: u64,
     /// Sent, not yet accepted, by reference: when each counts from.
     sent: HashMap<String, Instant>,
@@ -77,7 +79,7 @@ impl Tracker {
         let reference = self.next_ref.to_string();
         let msg = ClientMsg::Submit {
             reference: Some(reference.clone()),
-            record: false,
+            record: self.record,
             job: job(self.connection << 32 | self.next_ref),
         };
         self.next_ref += 1;
@@ -154,13 +156,14 @@ impl Tracker {
 }
 
 /// Runs `job`'s jobs on `client`, connection number `connection`, under `shape` (this
-/// connection's share of it): the samples of the
+/// connection's share of it), recorded by the control plane when `record` says so: the samples of the
 /// jobs that ended in the window (`measure_from` + `shape.duration`). Submissions stop when
 /// the window closes; jobs still out are waited for a while, then dropped.
 pub async fn drive(
     client: &mut GatewayClient,
     connection: u64,
     job: &Jobs,
+    record: bool,
     shape: Shape,
     measure_from: Instant,
 ) -> Result<Vec<Sample>, ClientError> {
@@ -168,6 +171,7 @@ pub async fn drive(
     let mut t = Tracker {
         window: (measure_from, until),
         connection,
+        record,
         next_ref: 0,
         sent: HashMap::new(),
         running: HashMap::new(),

@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use arbor_node::ClusterConfig;
 use arbor_proto::gateway::{
-    CallJob, CreateCollectionJob, DeployJob, Document, IngestJob, JobSpec, NameJob, QueryJob,
+    CallJob, CreateCollectionJob, DeployJob, Document, EmbedJob, GenerateJob, IngestJob, JobSpec,
+    NameJob, QueryJob,
 };
 use arbor_proto::results::DeploymentsResult;
 use serde_json::json;
@@ -43,6 +44,13 @@ pub enum Scenario {
     /// `query` jobs by vector (top `--k`) over `--rows` rows loaded first, in a collection
     /// the scenario creates and deletes (role admin).
     QueryVector,
+    /// `status` jobs that the control plane records: each is committed writes (its record,
+    /// then its end) (role reader).
+    Control,
+    /// `embed` jobs of 8 short texts to the cluster's only embedder deployment (role user).
+    Embed,
+    /// `generate` jobs of 16 tokens from the cluster's only model deployment (role user).
+    Generate,
 }
 
 impl Scenario {
@@ -52,6 +60,9 @@ impl Scenario {
             Scenario::Call => "call",
             Scenario::IngestVectors => "ingest-vectors",
             Scenario::QueryVector => "query-vector",
+            Scenario::Control => "control",
+            Scenario::Embed => "embed",
+            Scenario::Generate => "generate",
         }
     }
 }
@@ -71,7 +82,20 @@ const ROWS_PER_JOB: u64 = 256;
 /// What a scenario set up, to be removed afterwards.
 struct Prepared {
     job: Arc<load::Jobs>,
+    /// Whether the control plane records each job.
+    record: bool,
     created: Created,
+}
+
+impl Prepared {
+    /// Jobs that are all the same, recorded or not, creating nothing.
+    fn same(job: JobSpec, record: bool) -> Prepared {
+        Prepared {
+            job: Arc::new(move |_| job.clone()),
+            record,
+            created: Created::default(),
+        }
+    }
 }
 
 /// What a scenario created: the jobs that remove it, in order.
@@ -128,7 +152,7 @@ pub async fn run(
         );
         let bar = progress(scenario, shape);
         let measured = tokio::select! {
-            r = measure(gw, &prepared.job, shape) => Some(r),
+            r = measure(gw, &prepared.job, prepared.record, shape) => Some(r),
             _ = tokio::signal::ctrl_c() => None,
         };
         bar.finish_and_clear();
@@ -215,10 +239,26 @@ async fn prepare(
     vectors: Vectors,
 ) -> anyhow::Result<Prepared> {
     match scenario {
-        Scenario::Jobs => Ok(Prepared {
-            job: Arc::new(|_| JobSpec::Status),
-            created: Created::default(),
-        }),
+        Scenario::Jobs => Ok(Prepared::same(JobSpec::Status, false)),
+        Scenario::Control => Ok(Prepared::same(JobSpec::Status, true)),
+        Scenario::Embed => {
+            let texts = (0..8)
+                .map(|i| format!("A short text to embed, number {i}, about clusters."))
+                .collect();
+            let job = JobSpec::Embed(EmbedJob {
+                texts,
+                deployment: None,
+            });
+            Ok(Prepared::same(job, false))
+        }
+        Scenario::Generate => {
+            let job = JobSpec::Generate(GenerateJob {
+                prompt: "Write one sentence about distributed systems.".into(),
+                max_tokens: 16,
+                deployment: None,
+            });
+            Ok(Prepared::same(job, false))
+        }
         Scenario::Call => {
             let name = unique("bench-echo");
             let serde_json::Value::Object(deployment) = json!({
@@ -245,6 +285,7 @@ async fn prepare(
             });
             Ok(Prepared {
                 job: Arc::new(move |_| job.clone()),
+                record: false,
                 created,
             })
         }
@@ -303,6 +344,7 @@ async fn prepare(
                 let name = name.clone();
                 return Ok(Prepared {
                     job: Arc::new(move |n| rows(&name, n)),
+                    record: false,
                     created,
                 });
             }
@@ -329,6 +371,7 @@ async fn prepare(
                         filter: None,
                     })
                 }),
+                record: false,
                 created,
             })
         }
@@ -414,6 +457,7 @@ fn unit_vector(seed: u64, dim: usize) -> Vec<f32> {
 async fn measure(
     gw: &GatewayArgs,
     job: &Arc<load::Jobs>,
+    record: bool,
     shape: Shape,
 ) -> anyhow::Result<Vec<Sample>> {
     let mut clients = Vec::new();
@@ -427,7 +471,8 @@ async fn measure(
         .map(|(i, mut client)| {
             let job = job.clone();
             tokio::spawn(async move {
-                load::drive(&mut client, i as u64, job.as_ref(), shape, measure_from).await
+                let job = job.as_ref();
+                load::drive(&mut client, i as u64, job, record, shape, measure_from).await
             })
         })
         .collect();
