@@ -16,6 +16,7 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         "jobs",
         "call",
         "control",
+        "deploy",
         "--duration",
         "2s",
         "--warmup",
@@ -41,7 +42,17 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["jobs", "call", "control"]);
+    assert_eq!(
+        names,
+        [
+            "jobs",
+            "call",
+            "control",
+            "deploy",
+            "scale-up",
+            "scale-down"
+        ]
+    );
     for s in scenarios {
         assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
         assert!(s["throughput_per_s"].as_f64().unwrap() > 0.0, "{s}");
@@ -58,7 +69,7 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
     }
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(html.starts_with("<!doctype html>"), "{html:.200}");
-    assert_eq!(html.matches("<svg").count(), 9, "3 charts per scenario");
+    assert_eq!(html.matches("<svg").count(), 18, "3 charts per scenario");
     if let Ok(copy) = std::env::var("ARBOR_BENCH_HTML_COPY") {
         std::fs::write(copy, &html).unwrap();
     }

@@ -9,6 +9,7 @@
 
 pub mod compare;
 pub mod html;
+pub mod lifecycle;
 pub mod load;
 pub mod report;
 
@@ -51,6 +52,10 @@ pub enum Scenario {
     Embed,
     /// `generate` jobs of 16 tokens from the cluster's only model deployment (role user).
     Generate,
+    /// Deploy an `echo` with a replica per node, scale it up to twice that and back down,
+    /// undeploy it, again and again: the time until all replicas run at each step, reported
+    /// as `deploy`, `scale-up` and `scale-down` (role admin; not a load, so one connection).
+    Deploy,
 }
 
 impl Scenario {
@@ -63,6 +68,7 @@ impl Scenario {
             Scenario::Control => "control",
             Scenario::Embed => "embed",
             Scenario::Generate => "generate",
+            Scenario::Deploy => "deploy",
         }
     }
 }
@@ -138,6 +144,33 @@ pub async fn run(
     let path = out.join("report.json");
     let mut interrupted = false;
     for &scenario in scenarios {
+        if scenario == Scenario::Deploy {
+            let prefix = unique("bench-deploy");
+            eprintln!(
+                "deploy: cycles of deploy, scale up, scale down, undeploy; {} warm-up, {} measured",
+                humantime::format_duration(shape.warmup),
+                humantime::format_duration(shape.duration)
+            );
+            let bar = progress(scenario, shape);
+            let mut client = gw.connect().await?;
+            let measured = tokio::select! {
+                r = lifecycle::cycles(&mut client, &prefix, config.nodes.len() as u32, shape) => Some(r),
+                _ = tokio::signal::ctrl_c() => None,
+            };
+            bar.finish_and_clear();
+            let mut client = gw.connect().await?;
+            lifecycle::clean(&mut client, &prefix).await?;
+            let Some(steps) = measured else {
+                interrupted = true;
+                break;
+            };
+            for (name, samples) in steps? {
+                let r = ScenarioReport::of(name, shape, &samples);
+                print_line(&r);
+                report.scenarios.push(r);
+            }
+            continue;
+        }
         let prepared = prepare(gw, scenario, config.nodes.len(), vectors).await?;
         let loop_shape = match shape.rate {
             Some(rate) => format!("open loop at {rate} jobs/s"),
@@ -162,15 +195,7 @@ pub async fn run(
             break;
         };
         let r = ScenarioReport::of(scenario.name(), shape, &samples?);
-        println!(
-            "{:<8} {:>10.0} jobs/s   p50 {:>9.1} µs   p99 {:>9.1} µs   p99.9 {:>9.1} µs   errors {}",
-            r.name,
-            r.throughput_per_s,
-            r.latency_us.p50,
-            r.latency_us.p99,
-            r.latency_us.p999,
-            r.errors.values().sum::<u64>()
-        );
+        print_line(&r);
         report.scenarios.push(r);
     }
     let text = serde_json::to_string_pretty(&report)?;
@@ -186,6 +211,19 @@ pub async fn run(
     }
     println!("report: {} and {}", path.display(), page.display());
     Ok(())
+}
+
+/// One scenario's figures on one line.
+fn print_line(r: &ScenarioReport) {
+    println!(
+        "{:<14} {:>10.1} /s   p50 {:>10.1} µs   p99 {:>10.1} µs   p99.9 {:>10.1} µs   errors {}",
+        r.name,
+        r.throughput_per_s,
+        r.latency_us.p50,
+        r.latency_us.p99,
+        r.latency_us.p999,
+        r.errors.values().sum::<u64>()
+    );
 }
 
 /// A bar over the scenario's warm-up and measured time, on a terminal (indicatif draws
@@ -239,6 +277,8 @@ async fn prepare(
     vectors: Vectors,
 ) -> anyhow::Result<Prepared> {
     match scenario {
+        // Its own steps, not one job under load (see `lifecycle`).
+        Scenario::Deploy => bail!("the deploy scenario runs its own steps"),
         Scenario::Jobs => Ok(Prepared::same(JobSpec::Status, false)),
         Scenario::Control => Ok(Prepared::same(JobSpec::Status, true)),
         Scenario::Embed => {
