@@ -95,8 +95,10 @@ mod tests {
                 cpu: "x".into(),
                 cores: 2,
                 memory_bytes: 0,
+                gpus: vec![],
             },
             nodes: 3,
+            cluster_gpus: vec![],
             scenarios: vec![ScenarioReport {
                 name: "jobs".into(),
                 load: Shape {

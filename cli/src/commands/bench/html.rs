@@ -29,6 +29,11 @@ pub fn page(report: &Report) -> String {
         m.cores,
         m.memory_bytes as f64 / (1u64 << 30) as f64
     );
+    let gpus: Vec<&String> = m.gpus.iter().chain(&report.cluster_gpus).collect();
+    if !gpus.is_empty() {
+        let list: Vec<String> = gpus.iter().map(|g| escape(g)).collect();
+        let _ = write!(out, "<p>GPUs: {}</p>", list.join("; "));
+    }
     for s in &report.scenarios {
         scenario(&mut out, s);
     }
@@ -172,8 +177,10 @@ mod tests {
                 cpu: "<cpu & co>".into(),
                 cores: 2,
                 memory_bytes: 1 << 30,
+                gpus: vec![],
             },
             nodes: 3,
+            cluster_gpus: vec![],
             scenarios: vec![ScenarioReport::of("jobs", shape, &samples)],
         };
         let html = page(&report);

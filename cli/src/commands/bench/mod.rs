@@ -139,6 +139,7 @@ pub async fn run(
         started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         machine: Machine::here(),
         nodes: config.nodes.len(),
+        cluster_gpus: cluster_gpus(gw).await?,
         scenarios: Vec::new(),
     };
     let path = out.join("report.json");
@@ -211,6 +212,23 @@ pub async fn run(
     }
     println!("report: {} and {}", path.display(), page.display());
     Ok(())
+}
+
+/// The GPUs the cluster's nodes declared, as the gateway's node sees them.
+async fn cluster_gpus(gw: &GatewayArgs) -> anyhow::Result<Vec<String>> {
+    let mut client = gw.connect().await?;
+    let data = run_job(&mut client, JobSpec::Membership, "membership").await?;
+    let m: arbor_proto::cluster::MembershipReport = parse_data(data, "membership")?;
+    Ok(m.nodes
+        .iter()
+        .filter_map(|n| Some((n.id, n.info.as_ref()?)))
+        .flat_map(|(id, info)| {
+            info.resources
+                .gpus
+                .iter()
+                .map(move |g| format!("node {id}: {}, {}", g.model, g.memory))
+        })
+        .collect())
 }
 
 /// One scenario's figures on one line.

@@ -22,6 +22,10 @@ pub struct Report {
     pub machine: Machine,
     /// The nodes of the cluster measured (from cluster.toml).
     pub nodes: usize,
+    /// The GPUs the cluster's nodes declared ("node N: model, memory"), as the gateway
+    /// answering the run saw them.
+    #[serde(default)]
+    pub cluster_gpus: Vec<String>,
     pub scenarios: Vec<ScenarioReport>,
 }
 
@@ -31,6 +35,9 @@ pub struct Machine {
     pub cpu: String,
     pub cores: usize,
     pub memory_bytes: u64,
+    /// The client machine's GPUs ("model, memory"), counted through the CUDA driver.
+    #[serde(default)]
+    pub gpus: Vec<String>,
 }
 
 impl Machine {
@@ -51,10 +58,16 @@ impl Machine {
             .find_map(|l| l.strip_prefix("MemTotal:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map_or(0, |kib| kib * 1024);
+        let gpus = arbor_kernels::device::detect_gpus()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|g| format!("{}, {} MiB", g.model, g.memory_bytes >> 20))
+            .collect();
         Machine {
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_bytes,
+            gpus,
         }
     }
 }
@@ -265,6 +278,7 @@ mod tests {
             started: "2026-12-07T00:00:00Z".into(),
             machine: Machine::here(),
             nodes: 3,
+            cluster_gpus: vec![],
             scenarios: vec![ScenarioReport::of("jobs", shape(), &[])],
         };
         let dir = tempfile::tempdir().unwrap();
