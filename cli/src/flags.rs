@@ -327,6 +327,9 @@ pub enum BenchCommand {
         /// Results per query-vector query.
         #[arg(long, default_value_t = 10)]
         k: u32,
+        /// Text documents loaded before query-text and rag are measured (each is embedded).
+        #[arg(long, default_value_t = 256)]
+        documents: u64,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

@@ -235,6 +235,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             rows,
             dimension,
             k,
+            documents,
             gateway,
         } => {
             if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
@@ -247,7 +248,12 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
                 warmup,
                 duration,
             };
-            let vectors = commands::bench::Vectors { rows, dimension, k };
+            let vectors = commands::bench::Vectors {
+                rows,
+                dimension,
+                k,
+                documents,
+            };
             commands::bench::run(&gateway, &scenarios, shape, vectors, &out).await
         }
         BenchCommand::Compare {

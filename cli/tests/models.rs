@@ -129,6 +129,11 @@ async fn deployments_name_their_models_and_bad_ones_are_refused_at_submit() {
         "run",
         "embed",
         "generate",
+        "ingest-text",
+        "query-text",
+        "rag",
+        "--documents",
+        "16",
         "--duration",
         "2s",
         "--warmup",
@@ -140,10 +145,13 @@ async fn deployments_name_their_models_and_bad_ones_are_refused_at_submit() {
     ]);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    for (i, name) in ["embed", "generate"].into_iter().enumerate() {
+    let names = ["embed", "generate", "ingest-text", "query-text", "rag"];
+    for (i, name) in names.into_iter().enumerate() {
         let s = &report["scenarios"][i];
         assert_eq!(s["name"], name);
         assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
         assert_eq!(s["errors"], serde_json::json!({}), "{s}");
     }
+    let left: Vec<String> = c.deployments().await.unwrap().into_keys().collect();
+    assert_eq!(left, ["emb", "kq"], "the bench left deployments behind");
 }

@@ -12,6 +12,7 @@ pub mod html;
 pub mod lifecycle;
 pub mod load;
 pub mod report;
+pub mod text;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -52,6 +53,14 @@ pub enum Scenario {
     Embed,
     /// `generate` jobs of 16 tokens from the cluster's only model deployment (role user).
     Generate,
+    /// `ingest` jobs of 8 text documents, embedded by the cluster's embedder, into a
+    /// collection the scenario creates and deletes (role admin).
+    IngestText,
+    /// `query` jobs by text (top 10) over `--documents` documents loaded first (role admin).
+    QueryText,
+    /// `rag` jobs (top 3, 16 tokens) with the cluster's embedder and model over
+    /// `--documents` documents loaded first (role admin).
+    Rag,
     /// Deploy an `echo` with a replica per node, scale it up to twice that and back down,
     /// undeploy it, again and again: the time until all replicas run at each step, reported
     /// as `deploy`, `scale-up` and `scale-down` (role admin; not a load, so one connection).
@@ -69,24 +78,29 @@ impl Scenario {
             Scenario::Embed => "embed",
             Scenario::Generate => "generate",
             Scenario::Deploy => "deploy",
+            Scenario::IngestText => "ingest-text",
+            Scenario::QueryText => "query-text",
+            Scenario::Rag => "rag",
         }
     }
 }
 
-/// What the vector scenarios use.
+/// What the collection scenarios use.
 #[derive(Debug, Clone, Copy)]
 pub struct Vectors {
     /// Rows loaded before `query-vector` is measured.
     pub rows: u64,
     pub dimension: u32,
     pub k: u32,
+    /// Text documents loaded before `query-text` and `rag` are measured.
+    pub documents: u64,
 }
 
 /// Rows per `ingest` job.
 const ROWS_PER_JOB: u64 = 256;
 
 /// What a scenario set up, to be removed afterwards.
-struct Prepared {
+pub(crate) struct Prepared {
     job: Arc<load::Jobs>,
     /// Whether the control plane records each job.
     record: bool,
@@ -106,7 +120,7 @@ impl Prepared {
 
 /// What a scenario created: the jobs that remove it, in order.
 #[derive(Default)]
-struct Created(Vec<JobSpec>);
+pub(crate) struct Created(Vec<JobSpec>);
 
 impl Created {
     fn deployment(mut self, name: &str) -> Created {
@@ -295,6 +309,23 @@ async fn prepare(
     vectors: Vectors,
 ) -> anyhow::Result<Prepared> {
     match scenario {
+        Scenario::IngestText | Scenario::QueryText | Scenario::Rag => {
+            let name = unique("bench-text");
+            let mut client = gw.connect().await?;
+            let prepared = text::prepare(
+                &mut client,
+                scenario,
+                name.clone(),
+                nodes,
+                vectors.documents,
+            )
+            .await;
+            if prepared.is_err() {
+                // Whatever of it was made before the failure.
+                let _ = remove(gw, Created::default().collection(&name)).await;
+            }
+            prepared
+        }
         // Its own steps, not one job under load (see `lifecycle`).
         Scenario::Deploy => bail!("the deploy scenario runs its own steps"),
         Scenario::Jobs => Ok(Prepared::same(JobSpec::Status, false)),
