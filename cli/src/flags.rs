@@ -292,6 +292,42 @@ pub struct NodeArgs {
     pub data_dir: Option<PathBuf>,
 }
 
+/// What `arbor bench run` and `arbor bench local` share.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchOptions {
+    /// Where report.json and report.html go (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Connections, each a closed loop (or its share of --rate).
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// Jobs each connection keeps submitted (closed loop).
+    #[arg(long, default_value_t = 1)]
+    pub in_flight: usize,
+    /// Jobs per second over all connections, sent on schedule whatever the answers (open
+    /// loop; latency counts from when each job was due).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// How long each scenario is measured.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// How long each scenario runs before it is measured.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub warmup: std::time::Duration,
+    /// Rows loaded before query-vector is measured.
+    #[arg(long, default_value_t = 10_000)]
+    pub rows: u64,
+    /// Dimension of the vector scenarios' rows.
+    #[arg(long, default_value_t = 128)]
+    pub dimension: u32,
+    /// Results per query-vector query.
+    #[arg(long, default_value_t = 10)]
+    pub k: u32,
+    /// Text documents loaded before query-text and rag are measured (each is embedded).
+    #[arg(long, default_value_t = 256)]
+    pub documents: u64,
+}
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// Run scenarios against the cluster of --config, through its gateway, and write
@@ -299,39 +335,23 @@ pub enum BenchCommand {
     Run {
         #[arg(required = true, value_enum)]
         scenarios: Vec<crate::commands::bench::Scenario>,
-        /// Where report.json goes (created if missing).
-        #[arg(long)]
-        out: PathBuf,
-        /// Connections, each a closed loop.
-        #[arg(long, default_value_t = 4)]
-        connections: usize,
-        /// Jobs each connection keeps submitted (closed loop).
-        #[arg(long, default_value_t = 1)]
-        in_flight: usize,
-        /// Jobs per second over all connections, sent on schedule whatever the answers (open
-        /// loop; latency counts from when each job was due).
-        #[arg(long)]
-        rate: Option<f64>,
-        /// How long each scenario is measured.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        /// How long each scenario runs before it is measured.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-        warmup: std::time::Duration,
-        /// Rows loaded before query-vector is measured.
-        #[arg(long, default_value_t = 10_000)]
-        rows: u64,
-        /// Dimension of the vector scenarios' rows.
-        #[arg(long, default_value_t = 128)]
-        dimension: u32,
-        /// Results per query-vector query.
-        #[arg(long, default_value_t = 10)]
-        k: u32,
-        /// Text documents loaded before query-text and rag are measured (each is embedded).
-        #[arg(long, default_value_t = 256)]
-        documents: u64,
+        #[command(flatten)]
+        options: BenchOptions,
         #[command(flatten)]
         gateway: GatewayArgs,
+    },
+    /// Start a local cluster of --nodes `arbor node` processes (TLS, a secret and a token as
+    /// a user's would have) in DIR/cluster, run the scenarios against it, stop it.
+    Local {
+        #[arg(required = true, value_enum)]
+        scenarios: Vec<crate::commands::bench::Scenario>,
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+        /// Keep the cluster's data (its logs are always kept).
+        #[arg(long)]
+        keep: bool,
+        #[command(flatten)]
+        options: BenchOptions,
     },
     /// Compare two reports, figure by figure, marking what got worse beyond --threshold.
     Compare {

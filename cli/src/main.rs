@@ -223,44 +223,49 @@ async fn shutdown_signal() -> std::io::Result<()> {
 }
 
 async fn bench(command: BenchCommand) -> anyhow::Result<()> {
+    use commands::bench::{self, Vectors, load::Shape};
+    let parts = |o: flags::BenchOptions| -> anyhow::Result<(Shape, Vectors, std::path::PathBuf)> {
+        if o.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            anyhow::bail!("--rate must be a number of jobs per second above 0");
+        }
+        let shape = Shape {
+            connections: o.connections,
+            in_flight: o.in_flight,
+            rate: o.rate,
+            warmup: o.warmup,
+            duration: o.duration,
+        };
+        let vectors = Vectors {
+            rows: o.rows,
+            dimension: o.dimension,
+            k: o.k,
+            documents: o.documents,
+        };
+        Ok((shape, vectors, o.out))
+    };
     match command {
         BenchCommand::Run {
             scenarios,
-            out,
-            connections,
-            in_flight,
-            rate,
-            duration,
-            warmup,
-            rows,
-            dimension,
-            k,
-            documents,
+            options,
             gateway,
         } => {
-            if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-                anyhow::bail!("--rate must be a number of jobs per second above 0");
-            }
-            let shape = commands::bench::load::Shape {
-                connections,
-                in_flight,
-                rate,
-                warmup,
-                duration,
-            };
-            let vectors = commands::bench::Vectors {
-                rows,
-                dimension,
-                k,
-                documents,
-            };
-            commands::bench::run(&gateway, &scenarios, shape, vectors, &out).await
+            let (shape, vectors, out) = parts(options)?;
+            bench::run(&gateway, &scenarios, shape, vectors, &out).await
+        }
+        BenchCommand::Local {
+            scenarios,
+            nodes,
+            keep,
+            options,
+        } => {
+            let (shape, vectors, out) = parts(options)?;
+            bench::local(nodes, keep, &scenarios, shape, vectors, &out).await
         }
         BenchCommand::Compare {
             old,
             new,
             threshold,
             fail_on_regression,
-        } => commands::bench::compare_files(&old, &new, threshold, fail_on_regression),
+        } => bench::compare_files(&old, &new, threshold, fail_on_regression),
     }
 }

@@ -34,7 +34,7 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
     let path = out.join("report.json");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    assert_eq!(report["schema"], "arbor-bench-report/1");
+    check_schema(&report);
     assert_eq!(report["nodes"], 3);
     assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
     let scenarios = report["scenarios"].as_array().unwrap();
@@ -188,6 +188,123 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && err.contains("not a bench report"),
+        "{err}"
+    );
+}
+
+/// Every field of `arbor-bench-report/1`, with its type, in `report` (what other tools
+/// reading the file rely on).
+fn check_schema(report: &serde_json::Value) {
+    assert_eq!(report["schema"], "arbor-bench-report/1");
+    for field in ["arbor", "started"] {
+        assert!(report[field].is_string(), "{field}: {report}");
+    }
+    assert!(report["nodes"].is_u64());
+    let m = &report["machine"];
+    assert!(
+        m["cpu"].is_string() && m["cores"].is_u64() && m["memory_bytes"].is_u64(),
+        "{m}"
+    );
+    assert!(m["gpus"].is_array() && report["cluster_gpus"].is_array());
+    for s in report["scenarios"].as_array().unwrap() {
+        assert!(s["name"].is_string(), "{s}");
+        let load = &s["load"];
+        assert!(
+            load["connections"].is_u64() && load["in_flight"].is_u64(),
+            "{load}"
+        );
+        assert!(
+            load["warmup"].is_string() && load["duration"].is_string(),
+            "{load}"
+        );
+        assert!(s["completed"].is_u64() && s["errors"].is_object(), "{s}");
+        assert!(s["throughput_per_s"].is_f64(), "{s}");
+        for q in ["p50", "p90", "p99", "p999", "max"] {
+            assert!(s["latency_us"][q].is_f64(), "{q}: {s}");
+        }
+        for second in s["per_second"].as_array().unwrap() {
+            assert!(
+                second["second"].is_u64() && second["succeeded"].is_u64(),
+                "{second}"
+            );
+            assert!(
+                second["p50_us"].is_f64() && second["p99_us"].is_f64(),
+                "{second}"
+            );
+        }
+        for point in s["cdf"].as_array().unwrap() {
+            assert!(point[0].is_f64() && point[1].is_f64(), "{point}");
+        }
+    }
+}
+
+/// `arbor bench local` starts its own cluster (what CI runs as a smoke test), writes a report
+/// of the schema, and stops the cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bench");
+    let run = arbor_as(
+        &[
+            "bench",
+            "local",
+            "jobs",
+            "call",
+            "query-vector",
+            "--nodes",
+            "3",
+            "--duration",
+            "2s",
+            "--warmup",
+            "300ms",
+            "--rows",
+            "1000",
+            "--dimension",
+            "16",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr),
+    );
+    assert!(run.status.success(), "{stdout}{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    check_schema(&report);
+    assert_eq!(report["nodes"], 3);
+    let names: Vec<&str> = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["jobs", "call", "query-vector"]);
+    for s in report["scenarios"].as_array().unwrap() {
+        assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+    }
+    // Stopped: its logs are kept, its data is not, and its nodes are gone.
+    let cluster = out.join("cluster");
+    assert!(cluster.join("node-1.log").exists());
+    assert!(!cluster.join("data").exists());
+    let log = std::fs::read_to_string(cluster.join("node-1.log")).unwrap();
+    assert!(
+        log.contains("node stopped"),
+        "node 1 did not stop cleanly:\n{log}"
+    );
+    // A second run into the same folder is refused rather than mixed with the first.
+    let again = arbor_as(
+        &["bench", "local", "jobs", "--out", out.to_str().unwrap()],
+        None,
+        None,
+    );
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("already holds a cluster"),
         "{err}"
     );
 }

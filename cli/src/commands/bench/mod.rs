@@ -11,6 +11,7 @@ pub mod compare;
 pub mod html;
 pub mod lifecycle;
 pub mod load;
+pub mod local;
 pub mod report;
 pub mod text;
 
@@ -571,6 +572,29 @@ async fn measure(
     }
     samples.sort_by_key(|s| s.at);
     Ok(samples)
+}
+
+/// `arbor bench local`: the scenarios against a cluster of `nodes` processes started for
+/// them in `out/cluster`.
+pub async fn local(
+    nodes: u64,
+    keep: bool,
+    scenarios: &[Scenario],
+    shape: Shape,
+    vectors: Vectors,
+    out: &Path,
+) -> anyhow::Result<()> {
+    if nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    eprintln!(
+        "starting a local cluster of {nodes} nodes in {}",
+        out.join("cluster").display()
+    );
+    let cluster = local::Local::start(&out.join("cluster"), nodes).await?;
+    let outcome = run(&cluster.gateway, scenarios, shape, vectors, out).await;
+    cluster.stop(keep).await;
+    outcome
 }
 
 /// `arbor bench compare OLD NEW`: exit status 1 on a regression when `fail` says so.
