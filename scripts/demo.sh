@@ -256,7 +256,11 @@ $(printf '\033[1m')The cluster keeps running in the background.$(printf '\033[0m
   arbor deployments                              # where every replica runs
   arbor status                                   # the nodes
   \$(scripts/python-env.sh) examples/python/arbor_client.py --ca .arbor/tls/ca.pem status   # the Python client
+  arbor scale embedder 2 --wait                  # more replicas; none of the running ones restarts
+  arbor bench run jobs call --duration 5s --out bench    # bench/report.json and bench/report.html
+  curl --cacert .arbor/tls/ca.pem https://127.0.0.1:7401/metrics        # Prometheus text
 
+  Dashboard: https://127.0.0.1:7401/ (trust .arbor/tls/ca.pem; sign in with the token in $state/admin.token)
   Logs: $state/logs/node-N.log   Protocol: docs/protocol.md
 
   scripts/demo.sh stop      # stop the nodes (scripts/demo.sh starts them again, data kept)
