@@ -250,7 +250,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             gateway,
         } => {
             let (shape, vectors, out) = parts(options)?;
-            bench::run(&gateway, &scenarios, shape, vectors, &out).await
+            bench::run(&gateway, &scenarios, shape, vectors, &out, None).await
         }
         BenchCommand::Local {
             scenarios,

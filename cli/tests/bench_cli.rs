@@ -251,6 +251,7 @@ async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
             "jobs",
             "call",
             "query-vector",
+            "kill-node",
             "--nodes",
             "3",
             "--duration",
@@ -282,11 +283,23 @@ async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["jobs", "call", "query-vector"]);
+    assert_eq!(names, ["jobs", "call", "query-vector", "kill-node"]);
     for s in report["scenarios"].as_array().unwrap() {
         assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
+    }
+    for s in &report["scenarios"].as_array().unwrap()[..3] {
         assert_eq!(s["errors"], serde_json::json!({}), "{s}");
     }
+    // The node was killed under load, its replicas ran elsewhere, and it came back.
+    let fault = &report["scenarios"][3]["fault"];
+    assert_eq!(fault["what"], "SIGKILL node 3", "{fault}");
+    let recovered = fault["recovered_after_s"].as_f64().unwrap();
+    assert!(recovered > 0.0 && recovered < 60.0, "{fault}");
+    let log3 = std::fs::read_to_string(out.join("cluster/node-3.log")).unwrap();
+    assert!(
+        log3.matches("node started").count() == 2,
+        "node 3 was not restarted:\n{log3}"
+    );
     // Stopped: its logs are kept, its data is not, and its nodes are gone.
     let cluster = out.join("cluster");
     assert!(cluster.join("node-1.log").exists());

@@ -114,6 +114,7 @@ mod tests {
                 latency_us: latency,
                 per_second: vec![],
                 cdf: vec![],
+                fault: None,
             }],
         }
     }

@@ -54,7 +54,7 @@ fn scenario(out: &mut String, s: &ScenarioReport) {
          <table><tr><th>jobs/s</th><th>p50 µs</th><th>p90 µs</th><th>p99 µs</th>\
          <th>p99.9 µs</th><th>max µs</th><th>errors</th></tr>\
          <tr><td>{:.0}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td>\
-         <td>{errors}</td></tr></table><div class=\"charts\">",
+         <td>{errors}</td></tr></table>{}<div class=\"charts\">",
         escape(&s.name),
         s.load.connections,
         humantime::format_duration(s.load.duration),
@@ -65,6 +65,13 @@ fn scenario(out: &mut String, s: &ScenarioReport) {
         l.p99,
         l.p999,
         l.max,
+        s.fault.as_ref().map_or(String::new(), |f| format!(
+            "<p>Fault: {} at {:.1} s; recovered {:.1} s later (the errors and latency around \
+             it are in the charts).</p>",
+            escape(&f.what),
+            f.at_s,
+            f.recovered_after_s
+        )),
     );
     let seconds: Vec<f64> = s.per_second.iter().map(|p| p.second as f64).collect();
     let per = |f: fn(&super::report::Second) -> f64| -> Vec<(f64, f64)> {

@@ -85,7 +85,7 @@ pub async fn cycles(
 }
 
 /// Waits until deployment `name` has exactly `replicas` replicas, all running.
-async fn until_running(
+pub(crate) async fn until_running(
     client: &mut GatewayClient,
     name: &str,
     replicas: u32,

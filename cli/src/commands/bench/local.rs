@@ -23,6 +23,7 @@ use crate::flags::GatewayArgs;
 pub struct Local {
     pub dir: PathBuf,
     pub gateway: GatewayArgs,
+    /// Node `i + 1`'s process.
     nodes: Vec<tokio::process::Child>,
 }
 
@@ -88,21 +89,9 @@ impl Local {
             &names,
         )?;
         let (_, token) = TokenFile::create(&config.tokens_file(), Role::Admin, Some("bench"))?;
-        let exe = std::env::current_exe().context("cannot find the arbor binary")?;
         let mut nodes = Vec::new();
         for node in &config.nodes {
-            let log = std::fs::File::create(dir.join(format!("node-{}.log", node.id)))?;
-            let child = tokio::process::Command::new(&exe)
-                .args(["node", "--config"])
-                .arg(&config_path)
-                .args(["--node", &node.id.to_string()])
-                .env_remove("ARBOR_CLUSTER_SECRET")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .context("cannot start an arbor node")?;
-            nodes.push(child);
+            nodes.push(spawn(dir, &config_path, node.id)?);
         }
         let local = Local {
             dir: dir.to_path_buf(),
@@ -114,6 +103,46 @@ impl Local {
         };
         local.until_ready(n).await?;
         Ok(local)
+    }
+
+    /// How many nodes it has.
+    pub fn size(&self) -> u64 {
+        self.nodes.len() as u64
+    }
+
+    /// SIGKILLs node `id`.
+    pub async fn kill(&mut self, id: u64) -> anyhow::Result<()> {
+        let child = self
+            .nodes
+            .get_mut(id as usize - 1)
+            .with_context(|| format!("no node {id}"))?;
+        child.kill().await?;
+        Ok(())
+    }
+
+    /// Starts node `id` again (its log goes on where it was), and waits until the control
+    /// plane has it up.
+    pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let child = spawn(&self.dir, &self.gateway.config, id)?;
+        self.nodes[id as usize - 1] = child;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(mut client) = self.gateway.connect().await
+                && let Ok(status) = run_job(&mut client, JobSpec::Status, "status").await
+                && status["nodes"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|n| n["id"] == id && n["state"] == "up"))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "node {id} did not come back in 60 s; see {}",
+                    self.dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     async fn until_ready(&self, n: u64) -> anyhow::Result<()> {
@@ -161,6 +190,25 @@ impl Local {
             let _ = std::fs::remove_dir_all(self.dir.join("data"));
         }
     }
+}
+
+/// Starts node `id` of the cluster in `dir`, its log appended to `dir/node-ID.log`.
+fn spawn(dir: &Path, config: &Path, id: u64) -> anyhow::Result<tokio::process::Child> {
+    let exe = std::env::current_exe().context("cannot find the arbor binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("node-{id}.log")))?;
+    tokio::process::Command::new(exe)
+        .args(["node", "--config"])
+        .arg(config)
+        .args(["--node", &id.to_string()])
+        .env_remove("ARBOR_CLUSTER_SECRET")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start an arbor node")
 }
 
 /// Writes `text` to `path`, readable by its owner only.

@@ -8,6 +8,7 @@
 //! measured, then `--duration` that is. The figures go to `DIR/report.json` ([`report`]).
 
 pub mod compare;
+pub mod fault;
 pub mod html;
 pub mod lifecycle;
 pub mod load;
@@ -62,6 +63,10 @@ pub enum Scenario {
     /// `rag` jobs (top 3, 16 tokens) with the cluster's embedder and model over
     /// `--documents` documents loaded first (role admin).
     Rag,
+    /// With `arbor bench local` only: calls under load while the last node is SIGKILLed;
+    /// records the clients' errors and latency around it, and how long until its replicas
+    /// ran elsewhere (role admin).
+    KillNode,
     /// Deploy an `echo` with a replica per node, scale it up to twice that and back down,
     /// undeploy it, again and again: the time until all replicas run at each step, reported
     /// as `deploy`, `scale-up` and `scale-down` (role admin; not a load, so one connection).
@@ -82,6 +87,7 @@ impl Scenario {
             Scenario::IngestText => "ingest-text",
             Scenario::QueryText => "query-text",
             Scenario::Rag => "rag",
+            Scenario::KillNode => "kill-node",
         }
     }
 }
@@ -145,7 +151,11 @@ pub async fn run(
     shape: Shape,
     vectors: Vectors,
     out: &Path,
+    mut local: Option<&mut local::Local>,
 ) -> anyhow::Result<()> {
+    if local.is_none() && scenarios.contains(&Scenario::KillNode) {
+        bail!("kill-node kills one of the cluster's processes: run it with `arbor bench local`");
+    }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let config = ClusterConfig::load(&gw.config)?;
     let mut report = Report {
@@ -160,6 +170,21 @@ pub async fn run(
     let path = out.join("report.json");
     let mut interrupted = false;
     for &scenario in scenarios {
+        if scenario == Scenario::KillNode
+            && let Some(cluster) = local.as_deref_mut()
+        {
+            eprintln!("kill-node: calls under load, the last node SIGKILLed a third of the way in");
+            let r = fault::kill_node(gw, cluster, shape).await?;
+            print_line(&r);
+            if let Some(f) = &r.fault {
+                println!(
+                    "               {} at {:.1} s: its replicas ran elsewhere {:.1} s later",
+                    f.what, f.at_s, f.recovered_after_s
+                );
+            }
+            report.scenarios.push(r);
+            continue;
+        }
         if scenario == Scenario::Deploy {
             let prefix = unique("bench-deploy");
             eprintln!(
@@ -327,8 +352,10 @@ async fn prepare(
             }
             prepared
         }
-        // Its own steps, not one job under load (see `lifecycle`).
-        Scenario::Deploy => bail!("the deploy scenario runs its own steps"),
+        // Their own steps, not one job under load (see `lifecycle` and `fault`).
+        Scenario::Deploy | Scenario::KillNode => {
+            bail!("the {} scenario runs its own steps", scenario.name())
+        }
         Scenario::Jobs => Ok(Prepared::same(JobSpec::Status, false)),
         Scenario::Control => Ok(Prepared::same(JobSpec::Status, true)),
         Scenario::Embed => {
@@ -550,11 +577,22 @@ async fn measure(
     record: bool,
     shape: Shape,
 ) -> anyhow::Result<Vec<Sample>> {
+    measure_from(gw, job, record, shape, Instant::now() + shape.warmup).await
+}
+
+/// [`measure`], its window starting at `from`.
+async fn measure_from(
+    gw: &GatewayArgs,
+    job: &Arc<load::Jobs>,
+    record: bool,
+    shape: Shape,
+    from: Instant,
+) -> anyhow::Result<Vec<Sample>> {
     let mut clients = Vec::new();
     for _ in 0..shape.connections.max(1) {
         clients.push(gw.connect().await?);
     }
-    let measure_from = Instant::now() + shape.warmup;
+    let measure_from = from;
     let tasks: Vec<_> = clients
         .into_iter()
         .enumerate()
@@ -591,8 +629,9 @@ pub async fn local(
         "starting a local cluster of {nodes} nodes in {}",
         out.join("cluster").display()
     );
-    let cluster = local::Local::start(&out.join("cluster"), nodes).await?;
-    let outcome = run(&cluster.gateway, scenarios, shape, vectors, out).await;
+    let mut cluster = local::Local::start(&out.join("cluster"), nodes).await?;
+    let gateway = cluster.gateway.clone();
+    let outcome = run(&gateway, scenarios, shape, vectors, out, Some(&mut cluster)).await;
     cluster.stop(keep).await;
     outcome
 }

@@ -90,6 +90,19 @@ pub struct ScenarioReport {
     /// The latency distribution of the jobs that succeeded: (quantile, µs) from 0 to 1.
     #[serde(default)]
     pub cdf: Vec<(f64, f64)>,
+    /// What a fault scenario did, and how long the cluster took to recover.
+    #[serde(default)]
+    pub fault: Option<Fault>,
+}
+
+/// A fault a scenario caused during its load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub what: String,
+    /// When, in seconds into the measured window.
+    pub at_s: f64,
+    /// How long after it the cluster had recovered (see the scenario for what that means).
+    pub recovered_after_s: f64,
 }
 
 /// The quantiles the distribution is kept at: dense at the tail, where it matters.
@@ -168,6 +181,7 @@ impl ScenarioReport {
                     p99_us: lat.quantile(0.99).as_secs_f64() * 1e6,
                 })
                 .collect(),
+            fault: None,
             cdf: if all.is_empty() {
                 Vec::new()
             } else {

@@ -1,0 +1,112 @@
+//! `kill-node` (with `arbor bench local` only: it kills one of the cluster's processes): calls
+//! to an echo deployment with two replicas per node, under load, while the last node is
+//! SIGKILLed a third of the way into the measured window. The clients' errors and latency
+//! around the kill are the scenario's figures and series; the fault records how long until
+//! every replica ran again on the nodes left. The node is started again afterwards.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::bail;
+use arbor_proto::gateway::{CallJob, DeployJob, JobSpec, NameJob};
+use arbor_proto::results::DeploymentsResult;
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::load::Shape;
+use super::local::Local;
+use super::report::{Fault, ScenarioReport};
+use super::{lifecycle, measure_from, parse_data, run_job, unique};
+use crate::flags::GatewayArgs;
+
+/// How long the replicas may take to run elsewhere before the scenario fails.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(60);
+
+pub async fn kill_node(
+    gw: &GatewayArgs,
+    cluster: &mut Local,
+    shape: Shape,
+) -> anyhow::Result<ScenarioReport> {
+    let nodes = cluster.size();
+    if nodes < 2 {
+        bail!("kill-node needs at least 2 nodes (--nodes)");
+    }
+    // The clients' gateway is node 1's (the first of cluster.toml): the last node goes.
+    let victim = nodes;
+    let name = unique("bench-kill");
+    let mut client = gw.connect().await?;
+    let serde_json::Value::Object(deployment) = json!({
+        "name": name, "kind": "echo", "replicas": 2 * nodes, "strategy": "spread",
+        "idempotent": true, "resources": {"cpu": "10m", "memory": "16MiB"}})
+    else {
+        unreachable!("a JSON object")
+    };
+    run_job(
+        &mut client,
+        JobSpec::Deploy(DeployJob { deployment }),
+        "deploy",
+    )
+    .await?;
+    let outcome = under_load(gw, cluster, &mut client, &name, victim, shape).await;
+    let undeployed = run_job(
+        &mut gw.connect().await?,
+        JobSpec::Undeploy(NameJob { name }),
+        "undeploy",
+    )
+    .await;
+    let report = outcome?;
+    undeployed?;
+    Ok(report)
+}
+
+async fn under_load(
+    gw: &GatewayArgs,
+    cluster: &mut Local,
+    client: &mut arbor_client::GatewayClient,
+    name: &str,
+    victim: u64,
+    shape: Shape,
+) -> anyhow::Result<ScenarioReport> {
+    let nodes = cluster.size() as u32;
+    lifecycle::until_running(client, name, 2 * nodes).await?;
+    let job = JobSpec::Call(CallJob {
+        deployment: name.to_owned(),
+        payload: "ping".into(),
+    });
+    let jobs: Arc<super::load::Jobs> = Arc::new(move |_| job.clone());
+    let from = Instant::now() + shape.warmup;
+    let load = tokio::spawn({
+        let gw = gw.clone();
+        async move { measure_from(&gw, &jobs, false, shape, from).await }
+    });
+    tokio::time::sleep_until(from + shape.duration / 3).await;
+    let killed = Instant::now();
+    cluster.kill(victim).await?;
+    let recovered = loop {
+        let data = run_job(client, JobSpec::Deployments, "deployments").await?;
+        let r: DeploymentsResult = parse_data(data, "deployments")?;
+        let back = r
+            .deployments
+            .iter()
+            .find(|d| d.name == name)
+            .is_some_and(|d| {
+                d.running == d.desired && d.replicas.iter().all(|r| r.node != Some(victim))
+            });
+        if back {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > RECOVERY_LIMIT {
+            bail!("the replicas of node {victim} did not run elsewhere in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let samples = load.await??;
+    cluster.restart(victim).await?;
+    let mut report = ScenarioReport::of("kill-node", shape, &samples);
+    report.fault = Some(Fault {
+        what: format!("SIGKILL node {victim}"),
+        at_s: killed.saturating_duration_since(from).as_secs_f64(),
+        recovered_after_s: recovered.as_secs_f64(),
+    });
+    Ok(report)
+}
