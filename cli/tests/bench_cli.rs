@@ -252,6 +252,7 @@ async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
             "call",
             "query-vector",
             "kill-node",
+            "kill-leader",
             "--nodes",
             "3",
             "--duration",
@@ -283,7 +284,10 @@ async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
         .iter()
         .map(|s| s["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["jobs", "call", "query-vector", "kill-node"]);
+    assert_eq!(
+        names,
+        ["jobs", "call", "query-vector", "kill-node", "kill-leader"]
+    );
     for s in report["scenarios"].as_array().unwrap() {
         assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
     }

@@ -110,3 +110,70 @@ async fn under_load(
     });
     Ok(report)
 }
+
+/// `kill-leader` (with `arbor bench local` only): recorded `status` jobs (each a committed
+/// write) one after another from a node that does not lead, while the Raft leader is
+/// SIGKILLed a third of the way into the window. The fault records the time from the kill to
+/// the first commit after it (a new leader elected and serving); the leader is started again
+/// afterwards.
+pub async fn kill_leader(
+    gw: &GatewayArgs,
+    cluster: &mut Local,
+    shape: Shape,
+) -> anyhow::Result<ScenarioReport> {
+    if cluster.size() < 3 {
+        bail!("kill-leader needs at least 3 nodes (--nodes), so that a majority remains");
+    }
+    let mut client = gw.connect().await?;
+    let data = run_job(&mut client, JobSpec::ClusterStatus, "cluster_status").await?;
+    let status: arbor_proto::cluster::ClusterStatus = parse_data(data, "cluster_status")?;
+    let Some(leader) = status.leader else {
+        bail!("the cluster has no leader to kill");
+    };
+    // The jobs go to a node that stays.
+    let config = arbor_node::ClusterConfig::load(&gw.config)?;
+    let addrs: Vec<_> = config
+        .nodes
+        .iter()
+        .filter(|n| n.id != leader)
+        .map(|n| n.gateway)
+        .collect();
+    let trust = super::super::trust(&config)?;
+    let token = gw.token()?.to_owned();
+    let mut probe = arbor_client::GatewayClient::connect(
+        &addrs,
+        &trust,
+        &token,
+        arbor_client::DEFAULT_PER_NODE_TIMEOUT,
+    )
+    .await?;
+    let jobs: Arc<super::load::Jobs> = Arc::new(|_| JobSpec::Status);
+    let one = Shape {
+        connections: 1,
+        in_flight: 1,
+        ..shape
+    };
+    let from = Instant::now() + shape.warmup;
+    let load = tokio::spawn(async move {
+        super::load::drive(&mut probe, 0, jobs.as_ref(), true, one, from).await
+    });
+    tokio::time::sleep_until(from + shape.duration / 3).await;
+    let killed = Instant::now();
+    cluster.kill(leader).await?;
+    let samples = load.await??;
+    cluster.restart(leader).await?;
+    let killed_at = killed.saturating_duration_since(from);
+    let Some(next) = samples
+        .iter()
+        .find(|s| s.error.is_none() && s.at > killed_at)
+    else {
+        bail!("no write committed after the leader (node {leader}) was killed");
+    };
+    let mut report = ScenarioReport::of("kill-leader", one, &samples);
+    report.fault = Some(Fault {
+        what: format!("SIGKILL the Raft leader, node {leader}"),
+        at_s: killed_at.as_secs_f64(),
+        recovered_after_s: (next.at - killed_at).as_secs_f64(),
+    });
+    Ok(report)
+}

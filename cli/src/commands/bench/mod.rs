@@ -67,6 +67,9 @@ pub enum Scenario {
     /// records the clients' errors and latency around it, and how long until its replicas
     /// ran elsewhere (role admin).
     KillNode,
+    /// With `arbor bench local` only: recorded jobs (committed writes) from a node that
+    /// stays, while the Raft leader is SIGKILLed; records the time to the next commit.
+    KillLeader,
     /// Deploy an `echo` with a replica per node, scale it up to twice that and back down,
     /// undeploy it, again and again: the time until all replicas run at each step, reported
     /// as `deploy`, `scale-up` and `scale-down` (role admin; not a load, so one connection).
@@ -88,6 +91,7 @@ impl Scenario {
             Scenario::QueryText => "query-text",
             Scenario::Rag => "rag",
             Scenario::KillNode => "kill-node",
+            Scenario::KillLeader => "kill-leader",
         }
     }
 }
@@ -153,8 +157,15 @@ pub async fn run(
     out: &Path,
     mut local: Option<&mut local::Local>,
 ) -> anyhow::Result<()> {
-    if local.is_none() && scenarios.contains(&Scenario::KillNode) {
-        bail!("kill-node kills one of the cluster's processes: run it with `arbor bench local`");
+    if let Some(s) = scenarios
+        .iter()
+        .find(|s| matches!(s, Scenario::KillNode | Scenario::KillLeader))
+        && local.is_none()
+    {
+        bail!(
+            "{} kills one of the cluster's processes: run it with `arbor bench local`",
+            s.name()
+        );
     }
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let config = ClusterConfig::load(&gw.config)?;
@@ -170,15 +181,24 @@ pub async fn run(
     let path = out.join("report.json");
     let mut interrupted = false;
     for &scenario in scenarios {
-        if scenario == Scenario::KillNode
+        if matches!(scenario, Scenario::KillNode | Scenario::KillLeader)
             && let Some(cluster) = local.as_deref_mut()
         {
-            eprintln!("kill-node: calls under load, the last node SIGKILLed a third of the way in");
-            let r = fault::kill_node(gw, cluster, shape).await?;
+            let r = if scenario == Scenario::KillNode {
+                eprintln!(
+                    "kill-node: calls under load, the last node SIGKILLed a third of the way in"
+                );
+                fault::kill_node(gw, cluster, shape).await?
+            } else {
+                eprintln!(
+                    "kill-leader: committed writes, the Raft leader SIGKILLed a third of the way in"
+                );
+                fault::kill_leader(gw, cluster, shape).await?
+            };
             print_line(&r);
             if let Some(f) = &r.fault {
                 println!(
-                    "               {} at {:.1} s: its replicas ran elsewhere {:.1} s later",
+                    "               {} at {:.1} s: recovered {:.2} s later",
                     f.what, f.at_s, f.recovered_after_s
                 );
             }
@@ -353,7 +373,7 @@ async fn prepare(
             prepared
         }
         // Their own steps, not one job under load (see `lifecycle` and `fault`).
-        Scenario::Deploy | Scenario::KillNode => {
+        Scenario::Deploy | Scenario::KillNode | Scenario::KillLeader => {
             bail!("the {} scenario runs its own steps", scenario.name())
         }
         Scenario::Jobs => Ok(Prepared::same(JobSpec::Status, false)),
