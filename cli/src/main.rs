@@ -68,9 +68,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let config = ClusterConfig::load(&config)?;
             config.node(node)?;
             let secret = config.secret()?;
+            // Listened for before the node starts: a SIGTERM while it starts stops it cleanly
+            // once started, instead of killing it half-way.
+            let shutdown = shutdown_signals().context("cannot listen for signals")?;
             let node = Node::start(&config, node, &secret, data_dir.as_deref()).await?;
             tokio::select! {
-                signal = shutdown_signal() => signal.context("cannot wait for signals")?,
+                () = shutdown => {}
                 halt = node.halted() => {
                     // Its actors are stopped; a supervisor may restart the process once the
                     // cause (a full disk, a newer version's log) is dealt with.
@@ -214,12 +217,17 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
 }
 
 /// Resolves on ctrl-c or SIGTERM.
-async fn shutdown_signal() -> std::io::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r,
-        _ = term.recv() => Ok(()),
-    }
+/// Resolves at SIGTERM or ctrl-c (SIGINT), which are caught from the call on.
+fn shutdown_signals() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+    })
 }
 
 async fn bench(command: BenchCommand) -> anyhow::Result<()> {

@@ -120,14 +120,23 @@ impl Local {
         Ok(())
     }
 
-    /// Starts node `id` again (its log goes on where it was), and waits until the control
-    /// plane has it up.
+    /// Starts node `id` again (its log goes on where it was), and waits until it serves its
+    /// own gateway and the control plane has it up.
     pub async fn restart(&mut self, id: u64) -> anyhow::Result<()> {
         let child = spawn(&self.dir, &self.gateway.config, id)?;
         self.nodes[id as usize - 1] = child;
+        let config = ClusterConfig::load(&self.gateway.config)?;
+        let own = [config.node(id)?.gateway];
+        let trust = crate::commands::trust(&config)?;
+        let token = self.gateway.token()?.to_owned();
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(mut client) = self.gateway.connect().await
+            let serving =
+                arbor_client::GatewayClient::connect(&own, &trust, &token, Duration::from_secs(1))
+                    .await
+                    .is_ok();
+            if serving
+                && let Ok(mut client) = self.gateway.connect().await
                 && let Ok(status) = run_job(&mut client, JobSpec::Status, "status").await
                 && status["nodes"]
                     .as_array()
