@@ -8,15 +8,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::bail;
-use arbor_proto::gateway::{CallJob, DeployJob, JobSpec, NameJob};
+use arbor_proto::gateway::{CallJob, JobSpec, NameJob};
 use arbor_proto::results::DeploymentsResult;
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::load::Shape;
 use super::local::Local;
 use super::report::{Fault, ScenarioReport};
-use super::{lifecycle, measure_from, parse_data, run_job, unique};
+use super::{echo, lifecycle, measure_from, parse_data, run_job, unique};
 use crate::flags::GatewayArgs;
 
 /// How long the replicas may take to run elsewhere before the scenario fails.
@@ -35,18 +34,7 @@ pub async fn kill_node(
     let victim = nodes;
     let name = unique("bench-kill");
     let mut client = gw.connect().await?;
-    let serde_json::Value::Object(deployment) = json!({
-        "name": name, "kind": "echo", "replicas": 2 * nodes, "strategy": "spread",
-        "idempotent": true, "resources": {"cpu": "10m", "memory": "16MiB"}})
-    else {
-        unreachable!("a JSON object")
-    };
-    run_job(
-        &mut client,
-        JobSpec::Deploy(DeployJob { deployment }),
-        "deploy",
-    )
-    .await?;
+    run_job(&mut client, echo(&name, 2 * nodes as u32), "deploy").await?;
     let outcome = under_load(gw, cluster, &mut client, &name, victim, shape).await;
     let undeployed = run_job(
         &mut gw.connect().await?,

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use anyhow::bail;
 use arbor_client::GatewayClient;
-use arbor_proto::gateway::{DeployJob, JobSpec, NameJob, ScaleJob};
+use arbor_proto::gateway::{JobSpec, NameJob, ScaleJob};
 use arbor_proto::results::DeploymentsResult;
-use serde_json::json;
 use tokio::time::Instant;
 
 use super::load::{Sample, Shape};
@@ -41,14 +40,8 @@ pub async fn cycles(
     while Instant::now() < until {
         let name = format!("{prefix}-{cycle}");
         cycle += 1;
-        let serde_json::Value::Object(deployment) = json!({
-            "name": name, "kind": "echo", "replicas": n, "strategy": "spread",
-            "resources": {"cpu": "10m", "memory": "16MiB"}})
-        else {
-            unreachable!("a JSON object")
-        };
         let plan = [
-            (0, JobSpec::Deploy(DeployJob { deployment }), n),
+            (0, super::echo(&name, n), n),
             (
                 1,
                 JobSpec::Scale(ScaleJob {

@@ -398,21 +398,10 @@ async fn prepare(
         }
         Scenario::Call => {
             let name = unique("bench-echo");
-            let serde_json::Value::Object(deployment) = json!({
-                "name": name, "kind": "echo", "replicas": nodes, "strategy": "spread",
-                "idempotent": true, "resources": {"cpu": "100m", "memory": "64MiB"}})
-            else {
-                unreachable!("a JSON object")
-            };
             let mut client = gw.connect().await?;
-            run_job(
-                &mut client,
-                JobSpec::Deploy(DeployJob { deployment }),
-                "deploy",
-            )
-            .await?;
+            run_job(&mut client, echo(&name, nodes as u32), "deploy").await?;
             let created = Created::default().deployment(&name);
-            if let Err(e) = until_running(&mut client, &name).await {
+            if let Err(e) = lifecycle::until_running(&mut client, &name, nodes as u32).await {
                 remove(gw, created).await?;
                 return Err(e);
             }
@@ -465,17 +454,9 @@ async fn prepare(
                     documents,
                 })
             };
-            // The first write waits for the collection's replicas to run.
-            let deadline = Instant::now() + Duration::from_secs(120);
-            loop {
-                match run_job(&mut client, rows(&name, u64::MAX >> 33), "ingest").await {
-                    Ok(_) => break,
-                    Err(e) if Instant::now() >= deadline => {
-                        remove(gw, created).await?;
-                        return Err(e.context("the bench's collection never took a write"));
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-                }
+            if let Err(e) = first_write(&mut client, rows(&name, u64::MAX >> 33)).await {
+                remove(gw, created).await?;
+                return Err(e);
             }
             if scenario == Scenario::IngestVectors {
                 let name = name.clone();
@@ -537,24 +518,30 @@ async fn embedder(
     Ok((name, created))
 }
 
-/// Waits until every replica of deployment `name` runs (at most a minute).
-async fn until_running(client: &mut arbor_client::GatewayClient, name: &str) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+/// A deploy job for an `echo` of `replicas` small replicas spread over the nodes, whose calls
+/// may be retried (what the bench's call, deploy and fault scenarios use).
+fn echo(name: &str, replicas: u32) -> JobSpec {
+    let serde_json::Value::Object(deployment) = json!({
+        "name": name, "kind": "echo", "replicas": replicas, "strategy": "spread",
+        "idempotent": true, "resources": {"cpu": "10m", "memory": "16MiB"}})
+    else {
+        unreachable!("a JSON object")
+    };
+    JobSpec::Deploy(DeployJob { deployment })
+}
+
+/// Runs `job`, a collection's first write, until it succeeds: it waits for the collection's
+/// replicas to run (at most two minutes).
+async fn first_write(client: &mut arbor_client::GatewayClient, job: JobSpec) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let data = run_job(client, JobSpec::Deployments, "deployments").await?;
-        let r: DeploymentsResult = parse_data(data, "deployments")?;
-        let d = r.deployments.iter().find(|d| d.name == name);
-        if d.is_some_and(|d| d.running == d.desired) {
-            return Ok(());
+        match run_job(client, job.clone(), "ingest").await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(e.context("the bench's collection never took a write"));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
-        if Instant::now() >= deadline {
-            bail!(
-                "the bench's deployment {name} did not run in 60 s: {}",
-                d.and_then(|d| d.pending_reason.clone())
-                    .unwrap_or_else(|| "no reason given".into())
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

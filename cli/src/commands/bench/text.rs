@@ -3,7 +3,6 @@
 //! the cluster's embedder deployment (and its model, for `rag`) and deletes afterwards.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use arbor_client::GatewayClient;
@@ -11,7 +10,6 @@ use arbor_proto::gateway::{
     CreateCollectionJob, Document, EmbedJob, IngestJob, JobSpec, QueryJob, RagJob,
 };
 use arbor_proto::results::DeploymentsResult;
-use tokio::time::Instant;
 
 use super::{Created, Prepared, Scenario, parse_data, run_job};
 
@@ -136,19 +134,10 @@ pub async fn prepare(
             })
         }
     };
-    // The first write waits for the collection's replicas to run.
-    let deadline = Instant::now() + Duration::from_secs(120);
     let first = documents.div_ceil(DOCUMENTS_PER_JOB).max(1);
-    for n in 0..first {
-        loop {
-            match run_job(client, ingest(n), "ingest").await {
-                Ok(_) => break,
-                Err(e) if n > 0 || Instant::now() >= deadline => {
-                    return Err(e.context("the bench's collection did not take its documents"));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
+    super::first_write(client, ingest(0)).await?;
+    for n in 1..first {
+        run_job(client, ingest(n), "ingest").await?;
     }
     let job: Arc<super::load::Jobs> = match scenario {
         // Its own jobs after the first ones, so that every job writes new documents.
