@@ -10,7 +10,7 @@
 # cheap and needs no network.
 #
 # Then it makes SmolLM2's K-quant GGUFs (Q4_K_M, Q6_K) from the Q4_1 file with
-# scripts/make-kquants.sh, which needs llama-cpp-python: the venv of scripts/bench-peers/setup.sh,
+# scripts/make-kquants.sh, which needs llama-cpp-python: the venv of benches/peers/setup.sh,
 # made (compiled, several minutes, once) when absent. ARBOR_KQUANTS=0 skips that step; a failure
 # there is a warning, not an error (the tests that need the K-quants say so).
 set -euo pipefail

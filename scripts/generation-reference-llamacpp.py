@@ -8,9 +8,9 @@ and writes kernels/tests/fixtures/generation-kquants.json:
   {"made_by", "new_tokens", "models": {"<file name>": [{"prompt_ids", "ids"}, ...], ...}}
 It also says whether llama.cpp's Q4_1 ids agree with the transformers fixture (up to its EOS).
 
-    "$(scripts/bench-peers/setup.sh --no-onnx)" scripts/generation-reference-llamacpp.py [--models DIR] [--out FILE]
+    "$(benches/peers/setup.sh --no-onnx)" scripts/generation-reference-llamacpp.py [--models DIR] [--out FILE]
 
-Needs llama-cpp-python and numpy (scripts/bench-peers/setup.sh makes a venv with them), the Q4_1
+Needs llama-cpp-python and numpy (benches/peers/setup.sh makes a venv with them), the Q4_1
 file (scripts/fetch-models.sh) and the K-quants (scripts/make-kquants.sh).
 """
 
@@ -63,7 +63,7 @@ def main() -> int:
         from llama_cpp import Llama
     except ImportError:
         print(f"{sys.executable} has no llama_cpp: run this with the python that "
-              "scripts/bench-peers/setup.sh prints", file=sys.stderr)
+              "benches/peers/setup.sh prints", file=sys.stderr)
         return 1
 
     reference = json.loads((ROOT / "kernels/tests/fixtures/generation.json").read_text())

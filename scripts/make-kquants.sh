@@ -7,7 +7,7 @@
 #   scripts/make-kquants.sh [--models DIR] [--python PATH]
 #
 # The models dir is --models DIR, else $ARBOR_MODELS, else ~/.cache/arbor/models. The python is
-# --python PATH, else the venv of scripts/bench-peers/setup.sh (made with --no-onnx when absent:
+# --python PATH, else the venv of benches/peers/setup.sh (made with --no-onnx when absent:
 # it compiles llama-cpp-python, several minutes, needs PyPI and a C/C++ compiler). The Q4_1 source
 # comes from scripts/fetch-models.sh. Requantizing from Q4_1 is what llama.cpp warns about:
 # the K-quants keep Q4_1's rounding error; they are test inputs, not quality models. SmolLM2's
@@ -66,8 +66,8 @@ if [ ! -f "$src" ]; then
   exit 1
 fi
 if [ -z "$python" ]; then
-  if ! python="$(scripts/bench-peers/setup.sh --no-onnx --models "$models")"; then
-    echo "error: no Python environment with llama-cpp-python (scripts/bench-peers/setup.sh failed, see above); fix that or pass --python PATH, then run $0 again." >&2
+  if ! python="$(benches/peers/setup.sh --no-onnx --models "$models")"; then
+    echo "error: no Python environment with llama-cpp-python (benches/peers/setup.sh failed, see above); fix that or pass --python PATH, then run $0 again." >&2
     exit 1
   fi
 fi
@@ -81,7 +81,7 @@ try:
     import llama_cpp
 except ImportError:
     sys.exit(f"error: {sys.executable} has no llama_cpp: install llama-cpp-python there "
-             "(scripts/bench-peers/setup.sh does), then run scripts/make-kquants.sh again.")
+             "(benches/peers/setup.sh does), then run scripts/make-kquants.sh again.")
 
 src, q4km, q6k = sys.argv[1:]
 llama_cpp.llama_backend_init()

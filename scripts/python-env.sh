@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the Python environment the tests use, once: a venv at target/python-env with the
-# pinned `websockets` (the Python client example and its test) and `prometheus-client` (whose
-# parser checks the nodes' /metrics pages). Prints the venv's python.
+# pinned `websockets` (the Python client example and its test), `prometheus-client` (whose
+# parser checks the nodes' /metrics pages) and `jsonschema` with its dependencies (which checks
+# `arbor bench`'s reports against docs/bench-report.schema.json). Prints the venv's python.
 #
 #   scripts/python-env.sh            # then: export ARBOR_PYTHON=$(scripts/python-env.sh)
 #
@@ -11,7 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # websockets 16.0 is the newest release that still supports Python 3.10.
-PACKAGES=(websockets==16.0 prometheus-client==0.21.1)
+PACKAGES=(websockets==16.0 prometheus-client==0.21.1 jsonschema==4.26.0 attrs==26.1.0
+  jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 typing_extensions==4.16.0)
 venv=target/python-env
 python="$PWD/$venv/bin/python"
 

@@ -314,6 +314,10 @@ pub struct BenchOptions {
     /// How long each scenario runs before it is measured.
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub warmup: std::time::Duration,
+    /// How long the load takes to rise to its full level, before the warm-up: connections
+    /// start one after another, or the --rate rises from zero. Not measured.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub ramp: std::time::Duration,
     /// Rows loaded before query-vector is measured.
     #[arg(long, default_value_t = 10_000)]
     pub rows: u64,
@@ -323,9 +327,26 @@ pub struct BenchOptions {
     /// Results per query-vector query.
     #[arg(long, default_value_t = 10)]
     pub k: u32,
+    /// A metadata filter for query-vector's queries, as `arbor query --filter` takes it. Row
+    /// i has `bucket` = i % 10 and `even` = (i is even): '{"op":"equal","key":"bucket",
+    /// "value":3}' keeps a tenth of the rows.
+    #[arg(long, value_parser = parse_filter)]
+    pub filter: Option<serde_json::Value>,
     /// Text documents loaded before query-text and rag are measured (each is embedded).
     #[arg(long, default_value_t = 256)]
     pub documents: u64,
+}
+
+/// A `--filter`: JSON, an object (the gateway checks the rest).
+fn parse_filter(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str(text) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err(
+            "a filter is a JSON object, e.g. {\"op\":\"equal\",\"key\":\"bucket\",\"value\":3}"
+                .into(),
+        ),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 #[derive(Subcommand)]
@@ -353,10 +374,17 @@ pub enum BenchCommand {
         #[command(flatten)]
         options: BenchOptions,
     },
-    /// Compare two reports, figure by figure, marking what got worse beyond --threshold.
+    /// Compare two reports, figure by figure, marking what got worse beyond --threshold; or a
+    /// first report with several others (arbor and its peers of benches/peers/), each against
+    /// the first.
     Compare {
-        old: PathBuf,
-        new: PathBuf,
+        /// OLD NEW, or a first report and the others to put beside it.
+        #[arg(required = true, num_args = 2..)]
+        reports: Vec<PathBuf>,
+        /// Also write a page with all the reports side by side (figures, ratios, latency
+        /// distributions).
+        #[arg(long)]
+        html: Option<PathBuf>,
         /// Percent by which a figure may get worse before it is a regression.
         #[arg(long, default_value_t = 10.0)]
         threshold: f64,

@@ -240,6 +240,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             connections: o.connections,
             in_flight: o.in_flight,
             rate: o.rate,
+            ramp: o.ramp,
             warmup: o.warmup,
             duration: o.duration,
         };
@@ -247,6 +248,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             rows: o.rows,
             dimension: o.dimension,
             k: o.k,
+            filter: o.filter,
             documents: o.documents,
         };
         Ok((shape, vectors, o.out))
@@ -270,10 +272,10 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             bench::local(nodes, keep, &scenarios, shape, vectors, &out).await
         }
         BenchCommand::Compare {
-            old,
-            new,
+            reports,
+            html,
             threshold,
             fail_on_regression,
-        } => bench::compare_files(&old, &new, threshold, fail_on_regression),
+        } => bench::compare_files(&reports, threshold, fail_on_regression, html.as_deref()),
     }
 }

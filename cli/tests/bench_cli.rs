@@ -34,7 +34,7 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
     let path = out.join("report.json");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    check_schema(&report);
+    check_schema(&path, &report);
     assert_eq!(report["nodes"], 3);
     assert!(report["machine"]["cores"].as_u64().unwrap() >= 1);
     let scenarios = report["scenarios"].as_array().unwrap();
@@ -92,6 +92,8 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         "1000",
         "--dimension",
         "16",
+        "--filter",
+        r#"{"op":"equal","key":"bucket","value":3}"#,
         "--duration",
         "2s",
         "--warmup",
@@ -111,6 +113,9 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
         assert_eq!(s["errors"], serde_json::json!({}), "{s}");
     }
+    let query = &report["scenarios"][1]["parameters"];
+    assert_eq!(query["k"], 10, "{query}");
+    assert_eq!(query["filter"]["key"], "bucket", "{query}");
     let collections = c.arbor(&["collections", "--json"]);
     assert!(!collections.contains("bench-vectors-"), "{collections}");
     let left = c.deployments().await.unwrap();
@@ -120,7 +125,8 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         left.keys()
     );
 
-    // An open loop sends on its schedule: about rate × duration jobs.
+    // An open loop sends on its schedule: about rate × duration jobs (the ramp before the
+    // warm-up is not measured).
     let open = c.path.with_file_name("bench-open");
     c.arbor(&[
         "bench",
@@ -128,6 +134,8 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         "jobs",
         "--rate",
         "100",
+        "--ramp",
+        "1s",
         "--duration",
         "2s",
         "--warmup",
@@ -141,6 +149,7 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         serde_json::from_str(&std::fs::read_to_string(open.join("report.json")).unwrap()).unwrap();
     let s = &report["scenarios"][0];
     assert_eq!(s["load"]["rate"], 100.0, "{s}");
+    assert_eq!(s["load"]["ramp"], "1s", "{s}");
     let completed = s["completed"].as_u64().unwrap();
     assert!(
         (120..=280).contains(&completed),
@@ -167,6 +176,34 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         same.status.success() && table.contains("throughput/s") && !table.contains("REGRESSION"),
         "{table}"
     );
+    assert!(table.contains("1.00x"), "{table}");
+    // Several reports side by side on one page, each against the first.
+    let side = out.join("side.html");
+    let three = arbor_as(
+        &[
+            "bench",
+            "compare",
+            path.to_str().unwrap(),
+            path.to_str().unwrap(),
+            open.join("report.json").to_str().unwrap(),
+            "--html",
+            side.to_str().unwrap(),
+        ],
+        None,
+        None,
+    );
+    let printed = String::from_utf8_lossy(&three.stdout);
+    assert!(three.status.success(), "{printed}");
+    assert_eq!(
+        printed.matches("arbor ").count(),
+        4,
+        "two tables: {printed}"
+    );
+    let page = std::fs::read_to_string(&side).unwrap();
+    assert!(
+        page.contains("<h2>jobs</h2>") && page.contains("<svg"),
+        "{page:.300}"
+    );
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let mut slower = report.clone();
@@ -192,50 +229,52 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
     );
 }
 
-/// Every field of `arbor-bench-report/1`, with its type, in `report` (what other tools
-/// reading the file rely on).
-fn check_schema(report: &serde_json::Value) {
-    assert_eq!(report["schema"], "arbor-bench-report/1");
-    for field in ["arbor", "started"] {
-        assert!(report[field].is_string(), "{field}: {report}");
-    }
-    assert!(report["nodes"].is_u64());
-    let m = &report["machine"];
+/// `report` (the file at `path`) against docs/bench-report.schema.json, with the schema's
+/// own checker (Python's `jsonschema`, from `$ARBOR_PYTHON`): what other tools reading the
+/// file rely on.
+fn check_schema(path: &std::path::Path, report: &serde_json::Value) {
+    assert_eq!(report["schema"], "arbor-bench-report/2");
+    assert_eq!(report["system"]["name"], "arbor", "{}", report["system"]);
     assert!(
-        m["cpu"].is_string() && m["cores"].is_u64() && m["memory_bytes"].is_u64(),
-        "{m}"
+        report["system"]["commit"].is_string(),
+        "{}",
+        report["system"]
     );
-    assert!(m["gpus"].is_array() && report["cluster_gpus"].is_array());
-    for s in report["scenarios"].as_array().unwrap() {
-        assert!(s["name"].is_string(), "{s}");
-        let load = &s["load"];
-        assert!(
-            load["connections"].is_u64() && load["in_flight"].is_u64(),
-            "{load}"
-        );
-        assert!(
-            load["warmup"].is_string() && load["duration"].is_string(),
-            "{load}"
-        );
-        assert!(s["completed"].is_u64() && s["errors"].is_object(), "{s}");
-        assert!(s["throughput_per_s"].is_f64(), "{s}");
-        for q in ["p50", "p90", "p99", "p999", "max"] {
-            assert!(s["latency_us"][q].is_f64(), "{q}: {s}");
-        }
-        for second in s["per_second"].as_array().unwrap() {
-            assert!(
-                second["second"].is_u64() && second["succeeded"].is_u64(),
-                "{second}"
-            );
-            assert!(
-                second["p50_us"].is_f64() && second["p99_us"].is_f64(),
-                "{second}"
-            );
-        }
-        for point in s["cdf"].as_array().unwrap() {
-            assert!(point[0].is_f64() && point[1].is_f64(), "{point}");
-        }
-    }
+    let python = std::env::var("ARBOR_PYTHON").expect(
+        "ARBOR_PYTHON is not set: run the tests through scripts/test.sh, or \
+         export ARBOR_PYTHON=$(scripts/python-env.sh)",
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = std::process::Command::new(&python)
+        .arg(root.join("scripts/check-bench-report.py"))
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    assert!(
+        out.status.success(),
+        "{} breaks the schema: {}{}",
+        path.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The schema itself is checked: a report missing a field is refused.
+    let mut broken = report.clone();
+    broken["scenarios"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("latency_us");
+    let broken_path = path.with_file_name("broken.json");
+    std::fs::write(&broken_path, broken.to_string()).unwrap();
+    let out = std::process::Command::new(&python)
+        .arg(root.join("scripts/check-bench-report.py"))
+        .arg(&broken_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("latency_us"),
+        "a report without latency_us passed: {err}"
+    );
 }
 
 /// `arbor bench local` starts its own cluster (what CI runs as a smoke test), writes a report
@@ -276,7 +315,7 @@ async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
     assert!(run.status.success(), "{stdout}{stderr}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
-    check_schema(&report);
+    check_schema(&out.join("report.json"), &report);
     assert_eq!(report["nodes"], 3);
     let names: Vec<&str> = report["scenarios"]
         .as_array()
@@ -299,6 +338,19 @@ async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
     assert_eq!(fault["what"], "SIGKILL node 3", "{fault}");
     let recovered = fault["recovered_after_s"].as_f64().unwrap();
     assert!(recovered > 0.0 && recovered < 60.0, "{fault}");
+    // The jobs around it, in 100 ms slices, and their own charts.
+    let around = fault["around"].as_array().unwrap();
+    let jobs: u64 = around
+        .iter()
+        .map(|s| s["succeeded"].as_u64().unwrap() + s["errors"].as_u64().unwrap())
+        .sum();
+    assert!(around.len() >= 40 && jobs > 0, "{fault}");
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(
+        html.matches("around the fault").count(),
+        4,
+        "two charts per fault"
+    );
     let log3 = std::fs::read_to_string(out.join("cluster/node-3.log")).unwrap();
     assert!(
         log3.matches("node started").count() == 2,

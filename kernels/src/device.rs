@@ -89,6 +89,37 @@ pub fn detect_gpus() -> Result<Vec<GpuInfo>, NoGpu> {
         .collect()
 }
 
+/// The GPU driver of this machine, as a benchmark report records it: the kernel module's
+/// version (from `/proc/driver/nvidia/version` on Linux) and the CUDA version the driver
+/// supports (`cuDriverGetVersion`), e.g. "NVIDIA 580.82.07, CUDA 13.0". `None` without one.
+pub fn driver_version() -> Option<String> {
+    let module = std::fs::read_to_string("/proc/driver/nvidia/version")
+        .ok()
+        .and_then(|text| nvidia_module_version(&text));
+    let cuda = cuda_driver().ok().and_then(|()| {
+        let mut version: std::ffi::c_int = 0;
+        // SAFETY: the library is present (checked above); the call writes one int.
+        let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) };
+        (status == cudarc::driver::sys::CUresult::CUDA_SUCCESS && version > 0)
+            .then(|| format!("CUDA {}.{}", version / 1000, version % 1000 / 10))
+    });
+    match (module, cuda) {
+        (Some(m), Some(c)) => Some(format!("NVIDIA {m}, {c}")),
+        (Some(m), None) => Some(format!("NVIDIA {m}")),
+        (None, c) => c,
+    }
+}
+
+/// The version in `/proc/driver/nvidia/version`'s first line ("NVRM version: NVIDIA UNIX
+/// x86_64 Kernel Module  580.82.07  Sun Aug 17 ..."): the first word made of digits and dots.
+fn nvidia_module_version(text: &str) -> Option<String> {
+    text.lines()
+        .next()?
+        .split_whitespace()
+        .find(|w| w.contains('.') && w.chars().all(|c| c.is_ascii_digit() || c == '.'))
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +131,16 @@ mod tests {
         assert_eq!("cuda:3".parse(), Ok(Device::Cuda(3)));
         assert!("gpu".parse::<Device>().unwrap_err().contains("gpu"));
         assert_eq!(Device::Cuda(1).to_string(), "cuda:1");
+    }
+
+    #[test]
+    fn reads_the_nvidia_module_version() {
+        let text = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.82.07  Sun Aug 17 \
+                    04:32:08 UTC 2025\nGCC version:  gcc version 12.2.0\n";
+        assert_eq!(nvidia_module_version(text).as_deref(), Some("580.82.07"));
+        assert_eq!(nvidia_module_version("garbage"), None);
+        // Whatever this machine has, asking never panics.
+        let _ = driver_version();
     }
 
     #[test]

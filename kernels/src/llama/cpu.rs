@@ -6,7 +6,7 @@
 //! activations are plain `Vec<f32>`, the cache grows in place, the dense layers are the
 //! quantized kernels of [`super::linear`], and the rest is loops: the same arithmetic as the
 //! burn model (`model.rs`) that runs on GPUs. Measured in `benches/generate.rs` and
-//! `scripts/bench-peers/`.
+//! `benches/peers/`.
 
 use rayon::prelude::*;
 

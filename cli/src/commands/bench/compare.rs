@@ -14,6 +14,9 @@ pub struct Change {
     pub new: f64,
     /// Relative change, in percent.
     pub percent: f64,
+    /// How many times better `new` is: new/old for a throughput, old/new for a latency or
+    /// errors (above 1: better).
+    pub ratio: f64,
     /// Worse by more than the threshold (lower throughput, higher latency or errors).
     pub regression: bool,
 }
@@ -41,12 +44,23 @@ pub fn compare(old: &Report, new: &Report, threshold_percent: f64) -> Vec<Change
                 (new - old) / old * 100.0
             };
             let worse = if higher_is_better { -percent } else { percent };
+            let (better, base) = if higher_is_better {
+                (new, old)
+            } else {
+                (old, new)
+            };
+            let ratio = if base == 0.0 {
+                if better == 0.0 { 1.0 } else { f64::INFINITY }
+            } else {
+                better / base
+            };
             out.push(Change {
                 scenario: n.name.clone(),
                 figure,
                 old,
                 new,
                 percent,
+                ratio,
                 regression: worse > threshold_percent,
             });
         }
@@ -54,18 +68,23 @@ pub fn compare(old: &Report, new: &Report, threshold_percent: f64) -> Vec<Change
     out
 }
 
-/// The changes as a table.
-pub fn table(changes: &[Change]) -> String {
-    let mut out = String::new();
+/// The changes as a table, under a line that says what is compared with what.
+pub fn table(old: &Report, new: &Report, changes: &[Change]) -> String {
+    let mut out = format!(
+        "{} -> {} (x: how many times better the second is)\n",
+        old.system.label(),
+        new.system.label()
+    );
     for c in changes {
         let _ = writeln!(
             out,
-            "{:<16} {:<14} {:>12.1} -> {:>12.1}  {:>+8.1}%{}",
+            "{:<16} {:<14} {:>12.1} -> {:>12.1}  {:>+8.1}%  {:>7.2}x{}",
             c.scenario,
             c.figure,
             c.old,
             c.new,
             c.percent,
+            c.ratio,
             if c.regression { "  REGRESSION" } else { "" }
         );
     }
@@ -89,13 +108,14 @@ mod tests {
         };
         Report {
             schema: SCHEMA.into(),
-            arbor: "0.1.0".into(),
+            system: super::super::report::System::arbor(),
             started: String::new(),
             machine: Machine {
                 cpu: "x".into(),
                 cores: 2,
                 memory_bytes: 0,
                 gpus: vec![],
+                gpu_driver: None,
             },
             nodes: 3,
             cluster_gpus: vec![],
@@ -105,9 +125,11 @@ mod tests {
                     connections: 1,
                     in_flight: 1,
                     rate: None,
+                    ramp: Duration::ZERO,
                     warmup: Duration::ZERO,
                     duration: Duration::from_secs(1),
                 },
+                parameters: Default::default(),
                 completed: 1,
                 errors: Default::default(),
                 throughput_per_s: throughput,
@@ -125,12 +147,19 @@ mod tests {
         let by = |f: &str| changes.iter().find(|c| c.figure == f).unwrap();
         assert!(by("throughput/s").regression, "{changes:?}");
         assert!((by("throughput/s").percent + 15.0).abs() < 1e-9);
+        assert!((by("throughput/s").ratio - 0.85).abs() < 1e-9);
+        assert!((by("p50 µs").ratio - 100.0 / 104.0).abs() < 1e-9);
         assert!(!by("p50 µs").regression);
         assert!(!by("errors").regression);
         // Better is never a regression, however large.
         let changes = compare(&report(1000.0, 100.0), &report(5000.0, 10.0), 10.0);
         assert!(changes.iter().all(|c| !c.regression), "{changes:?}");
-        assert!(table(&changes).contains("throughput/s"));
+        assert!((changes[1].ratio - 10.0).abs() < 1e-9, "p50 100 -> 10 µs");
+        let text = table(&report(1.0, 1.0), &report(1.0, 1.0), &changes);
+        assert!(
+            text.contains("throughput/s") && text.contains("5.00x"),
+            "{text}"
+        );
     }
 
     #[test]

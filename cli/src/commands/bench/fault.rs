@@ -62,7 +62,7 @@ async fn under_load(
         payload: "ping".into(),
     });
     let jobs: Arc<super::load::Jobs> = Arc::new(move |_| job.clone());
-    let from = Instant::now() + shape.warmup;
+    let from = Instant::now() + shape.ramp + shape.warmup;
     let load = tokio::spawn({
         let gw = gw.clone();
         async move { measure_from(&gw, &jobs, false, shape, from).await }
@@ -91,11 +91,12 @@ async fn under_load(
     let samples = load.await??;
     cluster.restart(victim).await?;
     let mut report = ScenarioReport::of("kill-node", shape, &samples);
-    report.fault = Some(Fault {
-        what: format!("SIGKILL node {victim}"),
-        at_s: killed.saturating_duration_since(from).as_secs_f64(),
-        recovered_after_s: recovered.as_secs_f64(),
-    });
+    report.fault = Some(Fault::new(
+        format!("SIGKILL node {victim}"),
+        killed.saturating_duration_since(from),
+        recovered,
+        &samples,
+    ));
     Ok(report)
 }
 
@@ -141,7 +142,7 @@ pub async fn kill_leader(
         in_flight: 1,
         ..shape
     };
-    let from = Instant::now() + shape.warmup;
+    let from = Instant::now() + shape.ramp + shape.warmup;
     let load = tokio::spawn(async move {
         super::load::drive(&mut probe, 0, jobs.as_ref(), true, one, from).await
     });
@@ -158,10 +159,11 @@ pub async fn kill_leader(
         bail!("no write committed after the leader (node {leader}) was killed");
     };
     let mut report = ScenarioReport::of("kill-leader", one, &samples);
-    report.fault = Some(Fault {
-        what: format!("SIGKILL the Raft leader, node {leader}"),
-        at_s: killed_at.as_secs_f64(),
-        recovered_after_s: (next.at - killed_at).as_secs_f64(),
-    });
+    report.fault = Some(Fault::new(
+        format!("SIGKILL the Raft leader, node {leader}"),
+        killed_at,
+        next.at - killed_at,
+        &samples,
+    ));
     Ok(report)
 }

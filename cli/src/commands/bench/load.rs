@@ -7,6 +7,10 @@
 //!   be sent, so a stall shows in full instead of delaying the jobs behind it out of the
 //!   measurement (no coordinated omission, as in wrk2).
 //!
+//! A `--ramp` before the warm-up brings the load up gradually: the connections start one after
+//! another over it (closed loop), or the rate rises linearly from zero to its full value (open
+//! loop). Nothing in the ramp or the warm-up is measured.
+//!
 //! Every job that ends in the measured window is a [`Sample`]: when it ended, how long it
 //! took, and its error code if it failed.
 
@@ -27,6 +31,9 @@ pub struct Shape {
     /// Jobs per second over all connections (open loop); `None`: closed loop.
     #[serde(default)]
     pub rate: Option<f64>,
+    /// How long the load takes to rise to its full level, before the warm-up.
+    #[serde(default, with = "humantime_serde")]
+    pub ramp: Duration,
     #[serde(with = "humantime_serde")]
     pub warmup: Duration,
     #[serde(with = "humantime_serde")]
@@ -177,8 +184,15 @@ pub async fn drive(
         running: HashMap::new(),
         samples: Vec::new(),
     };
+    // When the ramp began: the window opens after it and the warm-up.
+    let start = measure_from
+        .checked_sub(shape.ramp + shape.warmup)
+        .unwrap_or(measure_from);
     match shape.rate {
         None => {
+            let connections = shape.connections.max(1) as u32;
+            let offset = shape.ramp * (connection as u32 % connections) / connections;
+            tokio::time::sleep_until(start + offset).await;
             for _ in 0..shape.in_flight.max(1) {
                 t.submit(client, job, Instant::now()).await?;
             }
@@ -194,8 +208,7 @@ pub async fn drive(
         }
         Some(rate) => {
             let per_connection = (rate / shape.connections.max(1) as f64).max(1e-3);
-            let interval = Duration::from_secs_f64(1.0 / per_connection);
-            let start = Instant::now();
+            let mut sent = 0u64;
             let mut next = start;
             loop {
                 let sending = next < until;
@@ -214,7 +227,8 @@ pub async fn drive(
                     Err(_) if sending => {
                         // Late or not, it counts from when it was due.
                         t.submit(client, job, next).await?;
-                        next += interval;
+                        sent += 1;
+                        next = start + due(sent, per_connection, shape.ramp);
                     }
                     Err(_) => break,
                 }
@@ -222,4 +236,48 @@ pub async fn drive(
         }
     }
     Ok(t.samples)
+}
+
+/// When job `n` of an open loop at `rate` jobs/s is due, from the start of a `ramp` over which
+/// the rate rises linearly from zero (then stays at `rate`). Pure.
+///
+/// Over the ramp the jobs sent by `t` are `rate * t² / (2 * ramp)`, so job `n` is due at
+/// `sqrt(2 * n * ramp / rate)`; after it, `n / rate + ramp / 2`.
+pub fn due(n: u64, rate: f64, ramp: Duration) -> Duration {
+    let (n, ramp_s) = (n as f64, ramp.as_secs_f64());
+    let seconds = if n < rate * ramp_s / 2.0 {
+        (2.0 * n * ramp_s / rate).sqrt()
+    } else {
+        n / rate + ramp_s / 2.0
+    };
+    Duration::from_secs_f64(seconds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_ramp_jobs_are_due_at_the_rate() {
+        let at = |n| due(n, 100.0, Duration::ZERO).as_secs_f64();
+        assert_eq!(at(0), 0.0);
+        assert!((at(1) - 0.01).abs() < 1e-12);
+        assert!((at(250) - 2.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_ramp_rises_to_the_rate_without_a_jump() {
+        let (rate, ramp) = (100.0, Duration::from_secs(4));
+        let at = |n| due(n, rate, ramp).as_secs_f64();
+        // Half the ramp's area: 200 jobs by its end, at 4 s, then 100/s.
+        assert!((at(200) - 4.0).abs() < 1e-9, "{}", at(200));
+        assert!((at(300) - 5.0).abs() < 1e-9);
+        // Slow at first: 50 jobs take the ramp's first half (a quarter of its area).
+        assert!((at(50) - 2.0).abs() < 1e-9, "{}", at(50));
+        // Never out of order, and the gaps shrink to 1/rate.
+        let times: Vec<f64> = (0..400).map(at).collect();
+        assert!(times.windows(2).all(|w| w[1] > w[0]));
+        let gap = times[399] - times[398];
+        assert!((gap - 0.01).abs() < 1e-9, "{gap}");
+    }
 }

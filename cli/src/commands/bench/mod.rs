@@ -32,7 +32,7 @@ use tokio::time::Instant;
 
 use super::{GatewayArgs, parse_data, run_job};
 use load::{Sample, Shape};
-use report::{Machine, Report, SCHEMA, ScenarioReport};
+use report::{Machine, Report, SCHEMA, ScenarioReport, System};
 
 /// What a run measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -97,14 +97,42 @@ impl Scenario {
 }
 
 /// What the collection scenarios use.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Vectors {
     /// Rows loaded before `query-vector` is measured.
     pub rows: u64,
     pub dimension: u32,
     pub k: u32,
+    /// The metadata filter of `query-vector`'s queries (see [`row`] for what rows have).
+    pub filter: Option<serde_json::Value>,
     /// Text documents loaded before `query-text` and `rag` are measured.
     pub documents: u64,
+}
+
+impl Vectors {
+    /// What a report says `scenario` ran with, beyond its load.
+    fn parameters(&self, scenario: Scenario) -> serde_json::Map<String, serde_json::Value> {
+        let value = match scenario {
+            Scenario::IngestVectors => {
+                json!({"rows_per_job": ROWS_PER_JOB, "dimension": self.dimension})
+            }
+            Scenario::QueryVector => {
+                json!({"rows": self.rows.div_ceil(ROWS_PER_JOB) * ROWS_PER_JOB,
+                "dimension": self.dimension, "k": self.k, "filter": self.filter,
+                "metric": "cosine", "search": "exact"})
+            }
+            Scenario::Embed => json!({"texts_per_job": 8}),
+            Scenario::Generate => json!({"max_tokens": 16}),
+            Scenario::IngestText => json!({"documents_per_job": 8}),
+            Scenario::QueryText => json!({"documents": self.documents, "k": 10}),
+            Scenario::Rag => json!({"documents": self.documents, "k": 3, "max_tokens": 16}),
+            _ => json!({}),
+        };
+        match value {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        }
+    }
 }
 
 /// Rows per `ingest` job.
@@ -171,7 +199,7 @@ pub async fn run(
     let config = ClusterConfig::load(&gw.config)?;
     let mut report = Report {
         schema: SCHEMA.into(),
-        arbor: env!("CARGO_PKG_VERSION").into(),
+        system: System::arbor(),
         started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
         machine: Machine::here(),
         nodes: config.nodes.len(),
@@ -206,6 +234,11 @@ pub async fn run(
             continue;
         }
         if scenario == Scenario::Deploy {
+            // Steps one after another, not a load: nothing to ramp up.
+            let shape = Shape {
+                ramp: Duration::ZERO,
+                ..shape
+            };
             let prefix = unique("bench-deploy");
             eprintln!(
                 "deploy: cycles of deploy, scale up, scale down, undeploy; {} warm-up, {} measured",
@@ -232,13 +265,18 @@ pub async fn run(
             }
             continue;
         }
-        let prepared = prepare(gw, scenario, config.nodes.len(), vectors).await?;
+        let prepared = prepare(gw, scenario, config.nodes.len(), vectors.clone()).await?;
         let loop_shape = match shape.rate {
             Some(rate) => format!("open loop at {rate} jobs/s"),
             None => format!("{} in flight each", shape.in_flight),
         };
+        let ramp = if shape.ramp.is_zero() {
+            String::new()
+        } else {
+            format!("{} ramp, ", humantime::format_duration(shape.ramp))
+        };
         eprintln!(
-            "{}: {} connections, {loop_shape}, {} warm-up, {} measured",
+            "{}: {} connections, {loop_shape}, {ramp}{} warm-up, {} measured",
             scenario.name(),
             shape.connections,
             humantime::format_duration(shape.warmup),
@@ -255,7 +293,8 @@ pub async fn run(
             interrupted = true;
             break;
         };
-        let r = ScenarioReport::of(scenario.name(), shape, &samples?);
+        let mut r = ScenarioReport::of(scenario.name(), shape, &samples?);
+        r.parameters = vectors.parameters(scenario);
         print_line(&r);
         report.scenarios.push(r);
     }
@@ -307,7 +346,7 @@ fn print_line(r: &ScenarioReport) {
 /// A bar over the scenario's warm-up and measured time, on a terminal (indicatif draws
 /// nothing elsewhere, where the lines printed before and after say enough).
 fn progress(scenario: Scenario, shape: Shape) -> indicatif::ProgressBar {
-    let total = shape.warmup + shape.duration;
+    let total = shape.ramp + shape.warmup + shape.duration;
     let bar = indicatif::ProgressBar::new(total.as_millis() as u64);
     if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
         "{} {{wide_bar}} {{elapsed}} of {}",
@@ -478,7 +517,7 @@ async fn prepare(
                     return Err(e);
                 }
             }
-            let k = vectors.k;
+            let (k, filter) = (vectors.k, vectors.filter);
             Ok(Prepared {
                 job: Arc::new(move |n| {
                     JobSpec::Query(QueryJob {
@@ -486,7 +525,7 @@ async fn prepare(
                         text: None,
                         vector: Some(unit_vector(n ^ 0x5eed, dim)),
                         k,
-                        filter: None,
+                        filter: filter.clone(),
                     })
                 }),
                 record: false,
@@ -545,13 +584,19 @@ async fn first_write(client: &mut arbor_client::GatewayClient, job: JobSpec) -> 
     }
 }
 
-/// Row `i`: a unit vector of `dim` values, the same for the same `i`.
+/// Row `i`: a unit vector of `dim` values, the same for the same `i`, with the metadata a
+/// `--filter` may select on: `bucket` (i % 10) and `even`.
 fn row(i: u64, dim: usize) -> Document {
+    let serde_json::Value::Object(metadata) =
+        json!({"bucket": i % 10, "even": i.is_multiple_of(2)})
+    else {
+        unreachable!("a JSON object")
+    };
     Document {
         id: format!("r{i}"),
         text: String::new(),
         title: None,
-        metadata: serde_json::Map::new(),
+        metadata,
         vector: Some(unit_vector(i, dim)),
     }
 }
@@ -584,7 +629,8 @@ async fn measure(
     record: bool,
     shape: Shape,
 ) -> anyhow::Result<Vec<Sample>> {
-    measure_from(gw, job, record, shape, Instant::now() + shape.warmup).await
+    let from = Instant::now() + shape.ramp + shape.warmup;
+    measure_from(gw, job, record, shape, from).await
 }
 
 /// [`measure`], its window starting at `from`.
@@ -643,24 +689,40 @@ pub async fn local(
     outcome
 }
 
-/// `arbor bench compare OLD NEW`: exit status 1 on a regression when `fail` says so.
+/// `arbor bench compare OLD NEW [MORE...]`: each report after the first against the first;
+/// with `html`, all of them side by side on one page. Exit status 1 on a regression when
+/// `fail` says so.
 pub fn compare_files(
-    old: &Path,
-    new: &Path,
+    paths: &[std::path::PathBuf],
     threshold_percent: f64,
     fail: bool,
+    html: Option<&Path>,
 ) -> anyhow::Result<()> {
-    let (old_report, new_report) = (Report::read(old)?, Report::read(new)?);
-    let changes = compare::compare(&old_report, &new_report, threshold_percent);
-    if changes.is_empty() {
-        bail!(
-            "{} and {} have no scenario in common",
-            old.display(),
-            new.display()
-        );
+    let reports = paths
+        .iter()
+        .map(|p| Report::read(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let Some((base, others)) = reports.split_first() else {
+        bail!("compare needs two reports or more");
+    };
+    let mut regressions = 0;
+    for (other, path) in others.iter().zip(&paths[1..]) {
+        let changes = compare::compare(base, other, threshold_percent);
+        if changes.is_empty() {
+            bail!(
+                "{} and {} have no scenario in common",
+                paths[0].display(),
+                path.display()
+            );
+        }
+        print!("{}", compare::table(base, other, &changes));
+        regressions += changes.iter().filter(|c| c.regression).count();
     }
-    print!("{}", compare::table(&changes));
-    let regressions = changes.iter().filter(|c| c.regression).count();
+    if let Some(file) = html {
+        std::fs::write(file, html::side_by_side(&reports))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        println!("side by side: {}", file.display());
+    }
     if regressions > 0 {
         println!("{regressions} figure(s) worse by more than {threshold_percent}%");
         if fail {

@@ -9,24 +9,59 @@ use serde::{Deserialize, Serialize};
 
 use super::load::{Sample, Shape};
 
-/// The schema's name and version: a reader refuses any other.
-pub const SCHEMA: &str = "arbor-bench-report/1";
+/// The schema's name and version: a reader refuses any other. `docs/bench-report.schema.json`
+/// is the same schema for other tools (the peers of `benches/peers/` write it too).
+pub const SCHEMA: &str = "arbor-bench-report/2";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     pub schema: String,
-    /// The `arbor` that measured (its version).
-    pub arbor: String,
+    /// What was measured: arbor, or one of its peers.
+    pub system: System,
     /// When the run started, RFC 3339 in UTC.
     pub started: String,
     pub machine: Machine,
-    /// The nodes of the cluster measured (from cluster.toml).
+    /// The nodes of the cluster measured (from cluster.toml); 1 for a peer in one process.
     pub nodes: usize,
     /// The GPUs the cluster's nodes declared ("node N: model, memory"), as the gateway
     /// answering the run saw them.
     #[serde(default)]
     pub cluster_gpus: Vec<String>,
     pub scenarios: Vec<ScenarioReport>,
+}
+
+/// The system a report measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct System {
+    /// "arbor", or a peer's name ("ray-serve", "faiss", "hnswlib", "onnxruntime", "llama.cpp").
+    pub name: String,
+    pub version: String,
+    /// The commit it was built from, where known.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// How it was set up, in a few words (a peer's index type, threads...).
+    #[serde(default)]
+    pub setup: Option<String>,
+}
+
+impl System {
+    /// The `arbor` running this code.
+    pub fn arbor() -> System {
+        System {
+            name: "arbor".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            commit: Some(env!("ARBOR_COMMIT").into()),
+            setup: None,
+        }
+    }
+
+    /// "arbor 0.1.0 (abc123)", for the pages and tables that name it.
+    pub fn label(&self) -> String {
+        match &self.commit {
+            Some(c) => format!("{} {} ({c})", self.name, self.version),
+            None => format!("{} {}", self.name, self.version),
+        }
+    }
 }
 
 /// Where the client ran.
@@ -38,6 +73,9 @@ pub struct Machine {
     /// The client machine's GPUs ("model, memory"), counted through the CUDA driver.
     #[serde(default)]
     pub gpus: Vec<String>,
+    /// The GPU driver ("NVIDIA 580.82.07, CUDA 13.0"), where there is one.
+    #[serde(default)]
+    pub gpu_driver: Option<String>,
 }
 
 impl Machine {
@@ -68,6 +106,7 @@ impl Machine {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             memory_bytes,
             gpus,
+            gpu_driver: arbor_kernels::device::driver_version(),
         }
     }
 }
@@ -77,6 +116,9 @@ impl Machine {
 pub struct ScenarioReport {
     pub name: String,
     pub load: Shape,
+    /// What the scenario ran with beyond its load (rows, dimension, k, filter, tokens...).
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
     /// Jobs that ended in the measured window, failed ones included.
     pub completed: u64,
     /// Failed jobs by error code.
@@ -103,6 +145,63 @@ pub struct Fault {
     pub at_s: f64,
     /// How long after it the cluster had recovered (see the scenario for what that means).
     pub recovered_after_s: f64,
+    /// The jobs that ended around the fault, in [`SLICE`]s from [`AROUND`] before it to
+    /// [`AROUND`] after the recovery: the gap the clients saw, finer than per second.
+    #[serde(default)]
+    pub around: Vec<Slice>,
+}
+
+/// The width of a [`Slice`].
+pub const SLICE: Duration = Duration::from_millis(100);
+/// How far before a fault and after its recovery [`Fault::around`] reaches.
+pub const AROUND: Duration = Duration::from_secs(2);
+
+/// The jobs that ended within one [`SLICE`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Slice {
+    /// Its start, in seconds into the measured window.
+    pub from_s: f64,
+    pub succeeded: u64,
+    pub errors: u64,
+    /// The longest latency among the jobs that succeeded (0 when none did).
+    pub max_us: f64,
+}
+
+impl Fault {
+    /// A fault at `at` into the window that took `recovered` to recover from, with the jobs
+    /// of `samples` around it. Pure.
+    pub fn new(what: String, at: Duration, recovered: Duration, samples: &[Sample]) -> Fault {
+        let first = at.saturating_sub(AROUND);
+        let last = at + recovered + AROUND;
+        let count = ((last - first).as_nanos() / SLICE.as_nanos()).max(1) as usize + 1;
+        let mut around: Vec<Slice> = (0..count)
+            .map(|i| Slice {
+                from_s: (first + SLICE * i as u32).as_secs_f64(),
+                succeeded: 0,
+                errors: 0,
+                max_us: 0.0,
+            })
+            .collect();
+        for s in samples.iter().filter(|s| s.at >= first) {
+            let i = ((s.at - first).as_nanos() / SLICE.as_nanos()) as usize;
+            let Some(slice) = around.get_mut(i) else {
+                continue;
+            };
+            match s.error {
+                None => {
+                    slice.succeeded += 1;
+                    slice.max_us = slice.max_us.max(s.latency.as_secs_f64() * 1e6);
+                }
+                Some(_) => slice.errors += 1,
+            }
+        }
+        Fault {
+            what,
+            at_s: at.as_secs_f64(),
+            recovered_after_s: recovered.as_secs_f64(),
+            around,
+        }
+    }
 }
 
 /// The quantiles the distribution is kept at: dense at the tail, where it matters.
@@ -166,6 +265,7 @@ impl ScenarioReport {
         ScenarioReport {
             name: name.to_owned(),
             load: shape,
+            parameters: serde_json::Map::new(),
             completed: samples.len() as u64,
             errors,
             throughput_per_s: all.len() as f64 / window,
@@ -207,7 +307,10 @@ pub enum ReadError {
         path: String,
         source: serde_json::Error,
     },
-    #[error("{path} is a {found:?} report; this arbor reads {SCHEMA:?}")]
+    #[error(
+        "{path} is a {found:?} report; this arbor reads {SCHEMA:?} (run the bench again with \
+         this arbor, or compare it with the arbor that wrote it)"
+    )]
     Schema { path: String, found: String },
 }
 
@@ -241,6 +344,7 @@ mod tests {
             connections: 1,
             in_flight: 1,
             rate: None,
+            ramp: Duration::ZERO,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(2),
         }
@@ -285,10 +389,45 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_keeps_the_jobs_around_it_in_slices() {
+        let ms = Duration::from_millis;
+        let sample = |at, latency, error: Option<&str>| Sample {
+            at: ms(at),
+            latency: ms(latency),
+            error: error.map(str::to_owned),
+        };
+        let samples = vec![
+            sample(500, 1, None),   // before the slices: left out
+            sample(3_050, 2, None), // the first slice
+            sample(5_010, 0, Some("unavailable")),
+            sample(5_020, 0, Some("unavailable")),
+            sample(5_490, 480, None), // waited through the gap
+            sample(7_450, 1, None),   // 2 s after the recovery: the last slice
+            sample(9_000, 1, None),   // after: left out
+        ];
+        let f = Fault::new("kill".into(), ms(5_000), ms(450), &samples);
+        assert_eq!(f.around.first().map(|s| s.from_s), Some(3.0));
+        assert!((f.around.last().unwrap().from_s - 7.4).abs() < 1e-9);
+        let at = |t: f64| {
+            f.around
+                .iter()
+                .find(|s| (s.from_s - t).abs() < 1e-9)
+                .unwrap()
+        };
+        assert_eq!((at(3.0).succeeded, at(3.0).errors), (1, 0));
+        assert_eq!((at(5.0).succeeded, at(5.0).errors), (0, 2));
+        assert_eq!(at(5.4).succeeded, 1);
+        assert!((at(5.4).max_us - 480_000.0).abs() < 1.0);
+        assert_eq!(at(7.4).succeeded, 1);
+        let total: u64 = f.around.iter().map(|s| s.succeeded + s.errors).sum();
+        assert_eq!(total, 5);
+    }
+
+    #[test]
     fn a_report_round_trips_and_another_schema_is_refused() {
         let report = Report {
             schema: SCHEMA.into(),
-            arbor: "0.1.0".into(),
+            system: System::arbor(),
             started: "2026-12-07T00:00:00Z".into(),
             machine: Machine::here(),
             nodes: 3,

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Creates the Python environment of the peers benchmark (scripts/bench-peers/run.py) and of
+# Creates the Python environment of the peers benchmark (benches/peers/kernels.py) and of
 # scripts/make-kquants.sh, once: a venv at target/bench-peers-env with pinned onnxruntime,
 # tokenizers, numpy, gguf and llama-cpp-python compiled for this CPU (-DGGML_NATIVE=ON).
 # Unless --no-onnx, it also makes all-MiniLM-L6-v2 as ONNX (no PyPI package ships an fp32
 # export) into <models>/all-MiniLM-L6-v2/onnx/model.onnx, exported with torch in a second,
 # throwaway venv (target/bench-peers-export-env, removed afterwards). Prints the venv's python.
 #
-#   scripts/bench-peers/setup.sh [--models DIR] [--no-onnx]
-#   # then: "$(scripts/bench-peers/setup.sh)" scripts/bench-peers/run.py
+#   benches/peers/setup.sh [--models DIR] [--no-onnx]
+#   # then: "$(benches/peers/setup.sh)" benches/peers/kernels.py
 #
 # Needs python3 (>= 3.10) with the venv module, a C/C++ compiler (gcc/g++) for llama.cpp,
 # network access to PyPI the first time, about 10 minutes of two cores to compile llama.cpp,

@@ -16,10 +16,10 @@ line per target:
     target >= 2x llama.cpp's batch-1 rate; time to first token of a ~600-token prompt, target <=
     llama.cpp's; Arbor's peak RSS in the batch-1 decode, target <= 1.5x the GGUF file + KV cache.
 
-    "$(scripts/bench-peers/setup.sh)" scripts/bench-peers/run.py [--arbor target/release/arbor]
+    "$(benches/peers/setup.sh)" benches/peers/kernels.py [--arbor target/release/arbor]
         [--models DIR] [--only embed|generate] [--quick] [--peers-only]
 
-Needs the venv of scripts/bench-peers/setup.sh (onnxruntime, tokenizers, numpy,
+Needs the venv of benches/peers/setup.sh (onnxruntime, tokenizers, numpy,
 llama-cpp-python; it also exports the ONNX model), the models of scripts/fetch-models.sh, and
 for the Arbor half a release build (cargo build --release -p arbor-cli, or --arbor PATH).
 On a small or shared machine the figures are noisy: run it twice, compare nothing across runs.
@@ -102,7 +102,7 @@ class OrtEmbedder:
         self.np = np
         onnx_file = model_dir / "onnx/model.onnx"
         if not onnx_file.is_file():
-            sys.exit(f"error: {onnx_file} is missing: run scripts/bench-peers/setup.sh (it exports it)")
+            sys.exit(f"error: {onnx_file} is missing: run benches/peers/setup.sh (it exports it)")
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = THREADS
         opts.inter_op_num_threads = 1
@@ -343,7 +343,7 @@ def main() -> int:
         import onnxruntime  # noqa: F401
         import tokenizers  # noqa: F401
     except ImportError as e:
-        log(f"error: {e}: run this with the python that scripts/bench-peers/setup.sh prints")
+        log(f"error: {e}: run this with the python that benches/peers/setup.sh prints")
         return 1
 
     rows, targets, versions = [], [], []
