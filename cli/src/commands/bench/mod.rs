@@ -731,3 +731,31 @@ pub fn compare_files(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_are_the_same_in_every_language() {
+        // benches/peers/run.py makes these vectors too (so FAISS and hnswlib search what arbor
+        // searches): the values its `unit_vector` gives for the same seeds.
+        let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-7);
+        let v = unit_vector(1, 4);
+        assert!(
+            close(
+                &v,
+                &[0.737_888_9, -0.216_773_73, -0.039_811_71, -0.637_921_7]
+            ),
+            "{v:?}"
+        );
+        let q = unit_vector(12345 ^ 0x5eed, 3);
+        assert!(
+            close(&q, &[-0.953_812_96, 0.097_838_96, 0.284_021_74]),
+            "{q:?}"
+        );
+        let r = row(13, 2);
+        assert_eq!(r.metadata["bucket"], 3);
+        assert_eq!(r.metadata["even"], false);
+    }
+}
