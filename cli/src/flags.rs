@@ -371,6 +371,11 @@ pub enum BenchCommand {
         /// Keep the cluster's data (its logs are always kept).
         #[arg(long)]
         keep: bool,
+        /// Deploy this file (as `arbor deploy -f FILE --wait`) before the scenarios: e.g. an
+        /// embedder and a model for embed, generate, ingest-text, query-text and rag. Repeat
+        /// for several.
+        #[arg(long = "deploy", value_name = "FILE")]
+        deploy: Vec<PathBuf>,
         #[command(flatten)]
         options: BenchOptions,
     },

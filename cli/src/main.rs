@@ -266,10 +266,16 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             scenarios,
             nodes,
             keep,
+            deploy,
             options,
         } => {
             let (shape, vectors, out) = parts(options)?;
-            bench::local(nodes, keep, &scenarios, shape, vectors, &out).await
+            let local = bench::LocalArgs {
+                nodes,
+                keep,
+                deploy,
+            };
+            bench::local(local, &scenarios, shape, vectors, &out).await
         }
         BenchCommand::Compare {
             reports,

@@ -302,6 +302,8 @@ async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
             "1000",
             "--dimension",
             "16",
+            "--deploy",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/echo.toml"),
             "--out",
             out.to_str().unwrap(),
         ],
@@ -313,6 +315,9 @@ async fn bench_local_runs_the_scenarios_on_a_cluster_of_its_own() {
         String::from_utf8_lossy(&run.stderr),
     );
     assert!(run.status.success(), "{stdout}{stderr}");
+    // --deploy: deployed, and waited for, before the scenarios.
+    let deployed = stdout.find("deployment echo created").expect(&stdout);
+    assert!(deployed < stdout.find("jobs ").expect(&stdout), "{stdout}");
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     check_schema(&out.join("report.json"), &report);

@@ -665,18 +665,31 @@ async fn measure_from(
     Ok(samples)
 }
 
-/// `arbor bench local`: the scenarios against a cluster of `nodes` processes started for
-/// them in `out/cluster`.
+/// How `arbor bench local` makes its cluster.
+pub struct LocalArgs {
+    pub nodes: u64,
+    /// Keep the cluster's data afterwards.
+    pub keep: bool,
+    /// Deployment files deployed (and waited for) before the scenarios.
+    pub deploy: Vec<std::path::PathBuf>,
+}
+
+/// `arbor bench local`: the scenarios against a cluster of `args.nodes` processes started
+/// for them in `out/cluster`, with `args.deploy` deployed first.
 pub async fn local(
-    nodes: u64,
-    keep: bool,
+    args: LocalArgs,
     scenarios: &[Scenario],
     shape: Shape,
     vectors: Vectors,
     out: &Path,
 ) -> anyhow::Result<()> {
+    let nodes = args.nodes;
     if nodes == 0 {
         bail!("--nodes must be at least 1");
+    }
+    // Checked before any node starts, so that a typo costs nothing.
+    for file in &args.deploy {
+        arbor_node::deployment_file::load(file)?;
     }
     eprintln!(
         "starting a local cluster of {nodes} nodes in {}",
@@ -684,8 +697,19 @@ pub async fn local(
     );
     let mut cluster = local::Local::start(&out.join("cluster"), nodes).await?;
     let gateway = cluster.gateway.clone();
-    let outcome = run(&gateway, scenarios, shape, vectors, out, Some(&mut cluster)).await;
-    cluster.stop(keep).await;
+    let outcome = async {
+        for file in &args.deploy {
+            eprintln!("deploying {}", file.display());
+            let wait = crate::flags::WaitArgs {
+                wait: true,
+                timeout: Duration::from_secs(600),
+            };
+            super::admin::deploy(&gateway, file, wait).await?;
+        }
+        run(&gateway, scenarios, shape, vectors, out, Some(&mut cluster)).await
+    }
+    .await;
+    cluster.stop(args.keep).await;
     outcome
 }
 
