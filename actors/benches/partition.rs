@@ -133,7 +133,14 @@ fn partition(c: &mut Criterion) {
 
     let rss_before = proc_status_bytes("VmRSS").unwrap_or(0);
     let start = Instant::now();
-    let p = Partition::open(&path, DIM, Metric::Cosine, Device::Cpu).expect("partition loads");
+    let p = Partition::open(
+        &path,
+        DIM,
+        Metric::Cosine,
+        Device::Cpu,
+        arbor_proto::IndexSpec::Exact,
+    )
+    .expect("partition loads");
     let load = start.elapsed();
     let rss_after = proc_status_bytes("VmRSS").unwrap_or(0);
     let s = p.stats();

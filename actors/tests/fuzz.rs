@@ -19,12 +19,14 @@ fn seeds() -> Vec<Vec<u8>> {
     let filter = MetadataFilter::parse(r#"{"op":"equal","key":"lang","value":"en"}"#).unwrap();
     vec![
         encode(&RetrievalRequest::Query(QueryRequest {
+            ef: None,
             input: QueryInput::Text("how do servers agree?".into()),
             k: 5,
             filter: Some(filter.clone()),
         }))
         .unwrap(),
         encode(&RetrievalRequest::Query(QueryRequest {
+            ef: None,
             input: QueryInput::Vector(vec![0.5; 8]),
             k: 3,
             filter: None,
@@ -34,6 +36,7 @@ fn seeds() -> Vec<Vec<u8>> {
             vec![vec![0.25; 4]],
             3,
             Some(&filter),
+            Some(64),
         ))
         .unwrap(),
         encode(&EmbedRequest {

@@ -77,7 +77,7 @@ async fn search(
     match ask(
         c,
         replica,
-        PartitionRequest::search(queries.to_vec(), k, filter),
+        PartitionRequest::search(queries.to_vec(), k, filter, None),
     )
     .await
     {
@@ -410,6 +410,7 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
             queries,
             k,
             filter: filter.map(String::from),
+            ef: None,
         };
         let err = ask(&c, 1, request).await.unwrap_err();
         assert!(err.to_string().contains(why), "{err} (wanted {why})");
@@ -606,7 +607,14 @@ async fn a_replica_undoes_writes_its_primary_never_had() {
         ..rows[0].clone()
     };
     {
-        let mut p = Partition::open(&path, DIM, Metric::Cosine, Device::Cpu).unwrap();
+        let mut p = Partition::open(
+            &path,
+            DIM,
+            Metric::Cosine,
+            Device::Cpu,
+            arbor_proto::IndexSpec::Exact,
+        )
+        .unwrap();
         let mut ghost = ghost_rows.clone();
         ghost.push(overwritten);
         p.upsert(ghost, view.set.epoch).unwrap();
@@ -669,10 +677,16 @@ async fn a_restarted_primary_never_reuses_a_sequence_number_a_follower_holds() {
     for r in &mut ghost {
         r.id += 2_000_000;
     }
-    Partition::open(&path, DIM, Metric::Cosine, Device::Cpu)
-        .unwrap()
-        .upsert(ghost.clone(), view.set.epoch)
-        .unwrap();
+    Partition::open(
+        &path,
+        DIM,
+        Metric::Cosine,
+        Device::Cpu,
+        arbor_proto::IndexSpec::Exact,
+    )
+    .unwrap()
+    .upsert(ghost.clone(), view.set.epoch)
+    .unwrap();
     let mut c = c;
     c.start_node(fmember.node).await;
     c.start_node(pnode).await;

@@ -261,6 +261,7 @@ fn text_query(i: usize) -> JobSpec {
         vector: None,
         k: K,
         filter: None,
+        ef: None,
     })
 }
 
@@ -271,6 +272,7 @@ fn vector_query(i: usize) -> JobSpec {
         vector: Some(unit_vector(i as u64, DIM)),
         k: K,
         filter: None,
+        ef: None,
     })
 }
 

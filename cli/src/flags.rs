@@ -158,6 +158,11 @@ pub enum Command {
         /// lte, lt), and (filters).
         #[arg(long)]
         filter: Option<String>,
+        /// For a collection with an HNSW index: candidates each partition's walk keeps
+        /// (1..=4096), instead of the collection's ef_search; more is slower and closer to
+        /// the exact answer.
+        #[arg(long)]
+        ef: Option<u32>,
         /// Print the result data as JSON.
         #[arg(long)]
         json: bool,
@@ -332,6 +337,14 @@ pub struct BenchOptions {
     /// "value":3}' keeps a tenth of the rows.
     #[arg(long, value_parser = parse_filter)]
     pub filter: Option<serde_json::Value>,
+    /// The index of the collections the vector scenarios create (--index hnsw, with --m,
+    /// --ef-construction, --ef-search).
+    #[command(flatten)]
+    pub index: IndexArgs,
+    /// query-vector on an HNSW collection: candidates each walk keeps, instead of
+    /// --ef-search.
+    #[arg(long)]
+    pub ef: Option<u32>,
     /// Text documents loaded before query-text and rag are measured (each is embedded).
     #[arg(long, default_value_t = 256)]
     pub documents: u64,
@@ -399,6 +412,49 @@ pub enum BenchCommand {
     },
 }
 
+/// How a collection's partitions search.
+#[derive(clap::Args, Debug, Clone)]
+pub struct IndexArgs {
+    /// exact: every row scored (exact, linear in the rows); hnsw: an HNSW graph per partition
+    /// (approximate, sublinear).
+    #[arg(long, default_value = "exact", value_parser = ["exact", "hnsw"])]
+    pub index: String,
+    /// HNSW: links per node, twice this on the bottom layer (default 16).
+    #[arg(long)]
+    pub m: Option<u32>,
+    /// HNSW: candidates kept while inserting; higher builds a better graph, slower (default
+    /// 128).
+    #[arg(long)]
+    pub ef_construction: Option<u32>,
+    /// HNSW: candidates kept while searching, at least k; higher is more accurate, slower
+    /// (default 64).
+    #[arg(long)]
+    pub ef_search: Option<u32>,
+}
+
+impl IndexArgs {
+    /// The index the flags describe; HNSW settings without `--index hnsw` are refused.
+    pub fn spec(&self) -> Result<arbor_proto::IndexSpec, String> {
+        let given = self.m.is_some() || self.ef_construction.is_some() || self.ef_search.is_some();
+        if self.index != "hnsw" {
+            if given {
+                return Err("--m, --ef-construction and --ef-search are HNSW settings: \
+                            add --index hnsw"
+                    .into());
+            }
+            return Ok(arbor_proto::IndexSpec::Exact);
+        }
+        let d = arbor_proto::HnswSpec::default();
+        let spec = arbor_proto::IndexSpec::Hnsw(arbor_proto::HnswSpec {
+            m: self.m.unwrap_or(d.m),
+            ef_construction: self.ef_construction.unwrap_or(d.ef_construction),
+            ef_search: self.ef_search.unwrap_or(d.ef_search),
+        });
+        spec.validate().map_err(|e| e.0)?;
+        Ok(spec)
+    }
+}
+
 #[derive(Subcommand)]
 pub enum CollectionCommand {
     /// Create a collection: PARTITIONS shards, each on REPLICAS distinct nodes, placed all
@@ -438,6 +494,8 @@ pub enum CollectionCommand {
         /// only one there is).
         #[arg(long)]
         model: Option<String>,
+        #[command(flatten)]
+        index: IndexArgs,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

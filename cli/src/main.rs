@@ -122,9 +122,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             text,
             k,
             filter,
+            ef,
             json,
             gateway,
-        } => ask::query(&gateway, collection, text, k, filter, json).await,
+        } => ask::query(&gateway, collection, text, k, filter, ef, json).await,
         Command::Rag {
             collection,
             question,
@@ -186,6 +187,7 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
             coordinator_cpu,
             coordinator_memory,
             model,
+            index,
             gateway,
         } => {
             let job = CreateCollectionJob {
@@ -201,6 +203,7 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
                 coordinator_cpu: coordinator_cpu.map(|c| c.to_string()),
                 coordinator_memory: coordinator_memory.map(|m| m.to_string()),
                 model,
+                index: Some(index.spec().map_err(anyhow::Error::msg)?),
             };
             admin::create_collection(&gateway, job).await
         }
@@ -249,6 +252,8 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             dimension: o.dimension,
             k: o.k,
             filter: o.filter,
+            index: o.index.spec().map_err(anyhow::Error::msg)?,
+            ef: o.ef,
             documents: o.documents,
         };
         Ok((shape, vectors, o.out))

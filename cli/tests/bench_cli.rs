@@ -125,6 +125,129 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         left.keys()
     );
 
+    // An HNSW collection: created with its index, queried with a query's own ef.
+    let hnsw = c.path.with_file_name("bench-hnsw");
+    let printed = c.arbor(&[
+        "bench",
+        "run",
+        "query-vector",
+        "--rows",
+        "1000",
+        "--dimension",
+        "16",
+        "--index",
+        "hnsw",
+        "--ef-search",
+        "32",
+        "--ef",
+        "256",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--connections",
+        "2",
+        "--out",
+        hnsw.to_str().unwrap(),
+    ]);
+    eprintln!("{printed}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(hnsw.join("report.json")).unwrap()).unwrap();
+    let s = &report["scenarios"][0];
+    assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+    let p = &s["parameters"];
+    assert_eq!(p["search"], "hnsw", "{p}");
+    assert_eq!(p["index"]["hnsw"]["ef_search"], 32, "{p}");
+    assert_eq!(p["ef"], 256, "{p}");
+    // By hand: the index reaches every partition, the listing shows it, and a bad setting
+    // is refused before anything is made.
+    let embedder = c.path.with_file_name("idle-embedder.toml");
+    std::fs::write(
+        &embedder,
+        "name = \"idle\"\nkind = \"embedder\"\nreplicas = 0\n",
+    )
+    .unwrap();
+    c.arbor(&["deploy", "-f", embedder.to_str().unwrap()]);
+    c.arbor(&[
+        "collection",
+        "create",
+        "graph",
+        "--partitions",
+        "2",
+        "--replicas",
+        "1",
+        "--embedder",
+        "idle",
+        "--dim",
+        "4",
+        "--coordinators",
+        "0",
+        "--index",
+        "hnsw",
+        "--m",
+        "8",
+    ]);
+    let listed: serde_json::Value =
+        serde_json::from_str(&c.arbor(&["collections", "--json"])).unwrap();
+    let graph = listed["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "graph")
+        .unwrap();
+    assert_eq!(graph["index"]["hnsw"]["m"], 8, "{graph}");
+    assert!(
+        c.arbor(&["collections"]).contains("index=hnsw(m=8,"),
+        "the listing names the index"
+    );
+    for partition in ["graph.p0", "graph.p1"] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let stats = loop {
+            let config = c.path.to_str().unwrap();
+            let stats = r#"{"stats": true}"#;
+            let out = arbor_as(
+                &["call", partition, stats, "--config", config],
+                None,
+                Some(&c.token),
+            );
+            if out.status.success() {
+                break String::from_utf8_lossy(&out.stdout).into_owned();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{partition} never answered"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        };
+        assert!(stats.contains(r#""index":"hnsw""#), "{partition}: {stats}");
+    }
+    let refused = arbor_as(
+        &[
+            "collection",
+            "create",
+            "bad",
+            "--partitions",
+            "1",
+            "--replicas",
+            "1",
+            "--embedder",
+            "idle",
+            "--m",
+            "8",
+            "--config",
+            c.path.to_str().unwrap(),
+        ],
+        None,
+        Some(&c.token),
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("add --index hnsw"),
+        "{err}"
+    );
+    c.arbor(&["collection", "delete", "graph"]);
+
     // An open loop sends on its schedule: about rate × duration jobs (the ramp before the
     // warm-up is not measured).
     let open = c.path.with_file_name("bench-open");

@@ -89,6 +89,7 @@ async fn find(c: &Chaos, collection: &str, doc: &str, v: &[f32]) -> (bool, Vec<u
         vector: Some(v.to_vec()),
         k: 3,
         filter: None,
+        ef: None,
     });
     let data = client.run(job, |_| {}).await.unwrap().into_data().unwrap();
     let found = data["results"]

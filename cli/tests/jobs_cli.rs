@@ -172,6 +172,7 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
                     vector: Some(vector(i)),
                     k: 2,
                     filter: None,
+                    ef: None,
                 }),
                 |_| {},
             )
@@ -195,6 +196,7 @@ async fn ingest_query_rag_embed_generate_through_the_client() {
                 vector: Some(vector(0)),
                 k: 5,
                 filter: Some(serde_json::json!({"op": "equal", "key": "lang", "value": "fr"})),
+                ef: None,
             }),
             |_| {},
         )

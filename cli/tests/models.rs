@@ -134,8 +134,9 @@ async fn deployments_name_their_models_and_bad_ones_are_refused_at_submit() {
         "rag",
         "--documents",
         "16",
+        // Long enough for a rag job (a ~600-token prompt) to end inside it on a busy machine.
         "--duration",
-        "2s",
+        "4s",
         "--warmup",
         "300ms",
         "--connections",

@@ -53,6 +53,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         vector: None,
         k: 5,
         filter: None,
+        ef: None,
     });
     let answer = client.run(job, |_| {}).await?.into_data()?;
     for hit in answer["results"].as_array().into_iter().flatten() {

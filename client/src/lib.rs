@@ -1078,6 +1078,7 @@ mod tests {
             vector: None,
             k: 1,
             filter: None,
+            ef: None,
         });
         let mut seen = 0;
         let outcome = c.run(job, |_| seen += 1).await.unwrap();

@@ -343,17 +343,34 @@ impl HnswIndex {
         *self = fresh;
     }
 
-    fn search_one(&self, q: &[f32], k: usize, filter: Option<Filter<'_>>) -> Vec<Hit> {
+    /// [`VectorIndex::search_filtered`] with `ef` candidates kept instead of the index's
+    /// `ef_search` (at least `k` either way): one query may trade speed for recall.
+    pub fn search_with_ef(
+        &self,
+        queries: &[f32],
+        k: usize,
+        filter: Option<Filter<'_>>,
+        ef: Option<usize>,
+    ) -> Result<Vec<Vec<Hit>>, TopKError> {
+        let n = crate::topk::check_queries(self.dim, queries)?;
+        if k == 0 || self.slots.is_empty() {
+            return Ok(vec![Vec::new(); n]);
+        }
+        let ef = ef.unwrap_or(self.params.ef_search);
+        Ok(queries
+            .par_chunks(self.dim)
+            .map(|q| self.search_one(q, k, filter, ef))
+            .collect())
+    }
+
+    fn search_one(&self, q: &[f32], k: usize, filter: Option<Filter<'_>>, ef: usize) -> Vec<Hit> {
         let mut prepared = q.to_vec();
         crate::topk::prepare(self.metric, &mut prepared);
         let q_sq = dot(&prepared, &prepared);
         let accept =
             |s: u32| self.alive[s as usize] && filter.is_none_or(|f| f(self.ids[s as usize]));
         let found = match self.descend(&prepared, q_sq, 0) {
-            Some(entry) => {
-                let ef = self.params.ef_search.max(k);
-                self.search_layer(&prepared, q_sq, &[entry], ef, 0, &accept)
-            }
+            Some(entry) => self.search_layer(&prepared, q_sq, &[entry], ef.max(k), 0, &accept),
             None => Vec::new(),
         };
         let found = if found.len() < k && found.len() < self.slots.len() {
@@ -437,14 +454,7 @@ impl VectorIndex for HnswIndex {
         k: usize,
         filter: Option<Filter<'_>>,
     ) -> Result<Vec<Vec<Hit>>, TopKError> {
-        let n = crate::topk::check_queries(self.dim, queries)?;
-        if k == 0 || self.slots.is_empty() {
-            return Ok(vec![Vec::new(); n]);
-        }
-        Ok(queries
-            .par_chunks(self.dim)
-            .map(|q| self.search_one(q, k, filter))
-            .collect())
+        self.search_with_ef(queries, k, filter, None)
     }
 
     fn memory(&self) -> MemoryUsage {

@@ -265,6 +265,7 @@ pub fn collections(state: &ClusterState) -> Vec<CollectionReport> {
             partitions: c.partitions,
             replication: c.replication,
             embedder: c.embedder.clone(),
+            index: c.index,
             running: (0..c.partitions)
                 .filter_map(|p| {
                     let name = c.partition_deployment(p);

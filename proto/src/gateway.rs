@@ -176,6 +176,10 @@ pub struct CreateCollectionJob {
     /// The model deployment the coordinator answers `rag` with (default: the only one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// How the partitions search: `"exact"` (the default) or `{"hnsw": {"m": 16,
+    /// "ef_construction": 128, "ef_search": 64}}` (each setting optional).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<crate::IndexSpec>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -203,6 +207,11 @@ pub struct QueryJob {
     pub k: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<Value>,
+    /// Candidates each partition's HNSW walk keeps (1..=4096), instead of the collection's
+    /// `ef_search`: more is slower and finds more of the exact answer. An exact collection
+    /// ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ef: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

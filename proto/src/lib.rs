@@ -6,7 +6,7 @@
 //!   their parsing with field paths in errors (`docs/protocol.md` documents it).
 //! - [`error`]: the error codes a client sees, and [`Coded`] for every error that reaches one.
 //! - [`role`]: the roles a token carries.
-//! - [`metric`]: how a collection compares vectors.
+//! - [`metric`]: how a collection compares vectors; [`index`]: how its partitions search.
 //! - [`cluster`]: what the cluster jobs answer (nodes and their state, the control plane).
 //! - [`results`]: every other job kind's result data, typed.
 //! - [`json_text`]: free-form JSON (metadata, filters) inside bincode messages between nodes.
@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod error;
 pub mod gateway;
 pub mod ids;
+pub mod index;
 pub mod json_text;
 pub mod metric;
 pub mod per_address;
@@ -29,5 +30,6 @@ pub use ids::{
     JobId, MAX_K, NodeId, collection_coordinator, deployment_group, partition_deployment,
     replica_group,
 };
+pub use index::{HnswSpec, IndexSpec};
 pub use metric::{Metric, UnknownMetric};
 pub use role::{Role, UnknownRole};

@@ -142,6 +142,9 @@ pub struct CollectionReport {
     pub partitions: u32,
     pub replication: u32,
     pub embedder: String,
+    /// How its partitions search.
+    #[serde(default)]
+    pub index: crate::IndexSpec,
     /// Partition replicas running and in sync, out of partitions × replication.
     pub running: u32,
     /// Each partition's replica set: who takes writes, who holds every acknowledged write.

@@ -403,12 +403,22 @@ mod tests {
                 text(),
                 resources(),
                 any::<u64>(),
+                prop_oneof![
+                    Just(arbor_proto::IndexSpec::Exact),
+                    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(m, c, s)| {
+                        arbor_proto::IndexSpec::Hnsw(arbor_proto::HnswSpec {
+                            m,
+                            ef_construction: c,
+                            ef_search: s,
+                        })
+                    }),
+                ],
             ),
         )
             .prop_map(
                 |(
                     (name, dimension, partitions, replication),
-                    (metric, embedder, resources, incarnation),
+                    (metric, embedder, resources, incarnation, index),
                 )| {
                     CollectionSpec {
                         name,
@@ -418,6 +428,7 @@ mod tests {
                         replication,
                         embedder,
                         resources,
+                        index,
                         incarnation,
                     }
                 },

@@ -212,6 +212,9 @@ pub struct CollectionSpec {
     pub embedder: String,
     /// What each partition replica asks for.
     pub resources: Resources,
+    /// How its partitions search.
+    #[serde(default)]
+    pub index: arbor_proto::IndexSpec,
     /// Set by the control plane when the collection is created (whatever the proposer
     /// wrote): a collection created again under the same name gets another one, so its
     /// replicas never open the files of the one deleted before.

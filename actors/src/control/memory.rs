@@ -119,6 +119,7 @@ impl MemoryControl {
                 memory: Bytes::mib(16),
                 ..Default::default()
             },
+            index: Default::default(),
             incarnation: 0,
         }))
         .expect("the collection is created");

@@ -53,6 +53,8 @@ enum CallAsk {
         k: u32,
         #[serde(default)]
         filter: Option<serde_json::Value>,
+        #[serde(default)]
+        ef: Option<u32>,
     },
     #[serde(untagged)]
     Query {
@@ -61,6 +63,8 @@ enum CallAsk {
         k: u32,
         #[serde(default)]
         filter: Option<serde_json::Value>,
+        #[serde(default)]
+        ef: Option<u32>,
     },
 }
 
@@ -158,15 +162,23 @@ async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
             query_vector,
             k,
             filter,
+            ef,
         } => RetrievalRequest::Query(QueryRequest {
             input: QueryInput::Vector(query_vector),
             k,
             filter: query_filter(filter)?,
+            ef,
         }),
-        CallAsk::Query { query, k, filter } => RetrievalRequest::Query(QueryRequest {
+        CallAsk::Query {
+            query,
+            k,
+            filter,
+            ef,
+        } => RetrievalRequest::Query(QueryRequest {
             input: QueryInput::Text(query),
             k,
             filter: query_filter(filter)?,
+            ef,
         }),
     };
     match serve(coordinator, request)
@@ -194,15 +206,15 @@ async fn serve(
             .ingest(&docs, |_| {})
             .await
             .map(RetrievalAnswer::Ingested),
-        RetrievalRequest::Query(QueryRequest { input, k, filter }) => {
-            let found = match input {
-                QueryInput::Text(text) => coordinator.query(&text, k, filter.as_ref()).await,
-                QueryInput::Vector(vector) => {
-                    coordinator.query_vector(vector, k, filter.as_ref()).await
-                }
-            };
-            found.map(RetrievalAnswer::Found)
-        }
+        RetrievalRequest::Query(QueryRequest {
+            input,
+            k,
+            filter,
+            ef,
+        }) => coordinator
+            .query_ef(input, k, filter.as_ref(), ef)
+            .await
+            .map(RetrievalAnswer::Found),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct PartitionStats {
     pub metric: Metric,
     /// Where the scan runs: `cpu` or `cuda:N`.
     pub device: String,
+    /// The index searches run on: `exact` or `hnsw`.
+    pub index: String,
     /// The index's bytes in host memory (vectors, ids, id map), as allocated.
     pub host_bytes: u64,
     /// The index's bytes on the GPU.
@@ -75,6 +77,8 @@ pub enum PartitionRequest {
         queries: Vec<Vec<f32>>,
         k: u32,
         filter: Option<String>,
+        /// Candidates an HNSW walk keeps, instead of the collection's `ef_search`.
+        ef: Option<u32>,
     },
     /// What the replica holds (answered by every replica, in sync or not).
     Stats,
@@ -121,11 +125,17 @@ pub const MAX_GET_IDS: usize = 1024;
 
 impl PartitionRequest {
     /// A search request, with the filter encoded as it travels.
-    pub fn search(queries: Vec<Vec<f32>>, k: u32, filter: Option<&MetadataFilter>) -> Self {
+    pub fn search(
+        queries: Vec<Vec<f32>>,
+        k: u32,
+        filter: Option<&MetadataFilter>,
+        ef: Option<u32>,
+    ) -> Self {
         PartitionRequest::Search {
             queries,
             k,
             filter: filter.map(MetadataFilter::to_json),
+            ef,
         }
     }
 }

@@ -2,9 +2,9 @@
 //!
 //! Writes go to the [`Store`] first (one fsynced transaction each) and only then to memory, so
 //! whatever a caller saw acknowledged is on disk, and memory is always rebuilt from disk on
-//! start. Searches run on an [`ExactIndex`] (CPU, or the replica's GPU) with the metadata
-//! filter applied inside the scan, so a filtered search still returns `k` rows when `k`
-//! matching rows exist.
+//! start. Searches run on the collection's [`PartitionIndex`]: an exact scan (CPU, or the
+//! replica's GPU) or an HNSW graph, with the metadata filter applied inside the scan or the
+//! walk, so a filtered search still returns `k` rows when `k` matching rows exist.
 //!
 //! Metadata is kept in memory in a compact form ([`metadata::MetadataTable`]: one arena, long
 //! strings as hashes) so that filters run inside the scan while a million rows cost tens of
@@ -12,6 +12,7 @@
 //! metadata from disk.
 
 pub mod filter;
+pub mod index;
 pub mod messages;
 pub mod metadata;
 pub mod remote;
@@ -21,9 +22,11 @@ pub mod store;
 use std::path::Path;
 
 use arbor_kernels::device::Device;
-use arbor_kernels::topk::{ExactIndex, Hit, Metric, TopKError, VectorIndex};
+use arbor_kernels::topk::{Hit, Metric, TopKError, VectorIndex};
+use arbor_proto::IndexSpec;
 
 pub use filter::{FilterError, MetadataFilter};
+pub use index::PartitionIndex;
 pub use messages::{
     MAX_GET_IDS, PartitionAnswer, PartitionFailure, PartitionReply, PartitionRequest,
     PartitionStats, SearchHit, VectorRecord, WriteOp,
@@ -90,7 +93,7 @@ pub struct WriteAck {
 /// One partition replica: its durable store, its index and its metadata.
 pub struct Partition {
     store: Store,
-    index: ExactIndex,
+    index: PartitionIndex,
     metadata: MetadataTable,
     dim: usize,
     metric: Metric,
@@ -107,16 +110,17 @@ impl std::fmt::Debug for Partition {
 }
 
 impl Partition {
-    /// Opens the store at `path` (creating it when new) and loads every row into an index on
-    /// `device` (the CPU when that GPU cannot be used).
+    /// Opens the store at `path` (creating it when new) and loads every row into an index of
+    /// `spec`'s kind, on `device` for an exact scan (the CPU when that GPU cannot be used).
     pub fn open(
         path: &Path,
         dim: usize,
         metric: Metric,
         device: Device,
+        spec: IndexSpec,
     ) -> Result<Self, PartitionError> {
         let store = Store::open(path, dim, metric)?;
-        let mut index = ExactIndex::new_or_cpu(dim, metric, device)?;
+        let mut index = PartitionIndex::new(dim, metric, device, spec)?;
         let mut metadata = MetadataTable::default();
         // Room for exactly the rows stored: growth by doubling would cost up to twice the
         // vectors' memory for a large partition.
@@ -450,6 +454,27 @@ impl Partition {
         k: usize,
         filter: Option<&MetadataFilter>,
     ) -> Result<Vec<Vec<SearchHit>>, PartitionError> {
+        self.search_ef(queries, k, filter, None)
+    }
+
+    /// [`Partition::search`] with `ef` candidates for an HNSW walk instead of the
+    /// collection's `ef_search` (ignored by an exact scan).
+    pub fn search_ef(
+        &self,
+        queries: &[Vec<f32>],
+        k: usize,
+        filter: Option<&MetadataFilter>,
+        ef: Option<usize>,
+    ) -> Result<Vec<Vec<SearchHit>>, PartitionError> {
+        if let Some(ef) = ef
+            && !arbor_proto::index::EF_RANGE.contains(&u32::try_from(ef).unwrap_or(u32::MAX))
+        {
+            return Err(PartitionError::BadSearch(format!(
+                "ef = {ef}; it must be in {}..={}",
+                arbor_proto::index::EF_RANGE.start(),
+                arbor_proto::index::EF_RANGE.end()
+            )));
+        }
         if queries.len() > MAX_QUERIES {
             return Err(PartitionError::BadSearch(format!(
                 "{} queries in one search; at most {MAX_QUERIES} are allowed",
@@ -484,7 +509,7 @@ impl Partition {
             return Ok(vec![Vec::new(); queries.len()]);
         }
         let found = match filter {
-            None => self.index.search_filtered(&flat, k, None)?,
+            None => self.index.search_ef(&flat, k, None, ef)?,
             Some(f) => {
                 let compiled = self.metadata.compile(f);
                 let pass = |id: u64| match self.metadata.verdict(id, &compiled) {
@@ -492,7 +517,7 @@ impl Partition {
                     Verdict::No => false,
                     Verdict::Check => self.matches_on_disk(id, f),
                 };
-                self.index.search_filtered(&flat, k, Some(&pass))?
+                self.index.search_ef(&flat, k, Some(&pass), ef)?
             }
         };
         self.hits(found)
@@ -549,6 +574,7 @@ impl Partition {
             dim: u32::try_from(self.dim).unwrap_or(u32::MAX),
             metric: self.metric,
             device: self.index.device().to_string(),
+            index: self.index.kind().into(),
             host_bytes: memory.host_bytes as u64,
             device_bytes: memory.device_bytes as u64,
             metadata_bytes: self.metadata.bytes() as u64,
@@ -609,7 +635,7 @@ mod tests {
     fn write_search_filter_delete_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = store_path(dir.path(), &test_name(0));
-        let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
+        let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu, IndexSpec::Exact).unwrap();
         let ack = p
             .upsert(
                 vec![
@@ -639,7 +665,7 @@ mod tests {
         let before = p.stats();
         assert!(before.metadata_bytes > 0);
         drop(p);
-        let p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
+        let p = Partition::open(&path, 2, Metric::Dot, Device::Cpu, IndexSpec::Exact).unwrap();
         // Byte counts follow allocation history (capacities), so only the contents compare.
         let after = p.stats();
         assert_eq!(
@@ -649,11 +675,110 @@ mod tests {
         assert_eq!(p.search(&q, 2, Some(&en)).unwrap()[0][0].id, 3);
     }
 
+    /// A vector of `dim` values from `seed` (xorshift), for tests of many rows.
+    fn vector(seed: u64, dim: usize) -> Vec<f32> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..dim)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_hnsw_partition_finds_what_the_exact_one_finds_and_keeps_up_with_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = IndexSpec::Hnsw(arbor_proto::HnswSpec {
+            ef_search: 128,
+            ..Default::default()
+        });
+        let (dim, rows) = (16, 2_000u64);
+        let records: Vec<VectorRecord> = (0..rows)
+            .map(|i| rec(i, vector(i, dim), json!({"even": i % 2 == 0})))
+            .collect();
+        let open = |name: u32, spec| {
+            Partition::open(
+                &store_path(dir.path(), &test_name(name)),
+                dim,
+                Metric::Cosine,
+                Device::Cpu,
+                spec,
+            )
+            .unwrap()
+        };
+        let (mut hnsw, mut exact) = (open(0, spec), open(1, IndexSpec::Exact));
+        for chunk in records.chunks(500) {
+            hnsw.upsert(chunk.to_vec(), 1).unwrap();
+            exact.upsert(chunk.to_vec(), 1).unwrap();
+        }
+        assert_eq!(hnsw.stats().index, "hnsw");
+        assert_eq!(exact.stats().index, "exact");
+        let queries: Vec<Vec<f32>> = (0..50).map(|i| vector(10_000 + i, dim)).collect();
+        let recall = |a: &Partition, b: &Partition, filter: Option<&MetadataFilter>| {
+            let (x, y) = (
+                a.search(&queries, 10, filter).unwrap(),
+                b.search(&queries, 10, filter).unwrap(),
+            );
+            let found: usize = x
+                .iter()
+                .zip(&y)
+                .map(|(x, y)| x.iter().filter(|h| y.iter().any(|e| e.id == h.id)).count())
+                .sum();
+            found as f64 / (queries.len() * 10) as f64
+        };
+        let r = recall(&hnsw, &exact, None);
+        assert!(r >= 0.95, "recall@10 {r}");
+        // A query's own ef: a walk of 4096 candidates over 2,000 rows finds them all.
+        let wide = hnsw.search_ef(&queries, 10, None, Some(4096)).unwrap();
+        let truth = exact.search(&queries, 10, None).unwrap();
+        let ids = |l: &Vec<Vec<SearchHit>>| -> Vec<Vec<u64>> {
+            l.iter().map(|h| h.iter().map(|h| h.id).collect()).collect()
+        };
+        assert_eq!(ids(&wide), ids(&truth));
+        assert!(hnsw.search_ef(&queries, 10, None, Some(0)).is_err());
+        // The exact scan has no use for it.
+        assert_eq!(
+            ids(&exact.search_ef(&queries, 10, None, Some(8)).unwrap()),
+            ids(&truth)
+        );
+        // A filter applies during the walk: every hit passes it, and recall holds.
+        let even = MetadataFilter::parse(r#"{"op":"equal","key":"even","value":true}"#).unwrap();
+        for hits in hnsw.search(&queries, 10, Some(&even)).unwrap() {
+            assert_eq!(hits.len(), 10);
+            assert!(hits.iter().all(|h| h.id % 2 == 0), "{hits:?}");
+        }
+        assert!(recall(&hnsw, &exact, Some(&even)) >= 0.9);
+        // Deletes and upserts reach the graph: a deleted row is never found again, and a row
+        // moved onto a query is found first.
+        let q = &queries[0];
+        let first = hnsw.search(std::slice::from_ref(q), 1, None).unwrap()[0][0].id;
+        hnsw.delete(&[first], 1).unwrap();
+        let hits = hnsw.search(std::slice::from_ref(q), 10, None).unwrap();
+        assert!(hits[0].iter().all(|h| h.id != first));
+        hnsw.upsert(vec![rec(7, q.clone(), json!({}))], 1).unwrap();
+        assert_eq!(
+            hnsw.search(std::slice::from_ref(q), 1, None).unwrap()[0][0].id,
+            7
+        );
+        // Opened again, the graph is built again from the rows on disk.
+        let seq = hnsw.seq();
+        drop(hnsw);
+        let hnsw = open(0, spec);
+        assert_eq!((hnsw.len(), hnsw.seq()), (rows as usize - 1, seq));
+        assert_eq!(
+            hnsw.search(std::slice::from_ref(q), 1, None).unwrap()[0][0].id,
+            7
+        );
+    }
+
     #[test]
     fn filters_on_long_text_are_decided_from_disk() {
         let dir = tempfile::tempdir().unwrap();
         let path = store_path(dir.path(), &test_name(0));
-        let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu).unwrap();
+        let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu, IndexSpec::Exact).unwrap();
         let text = |i: u64| format!("{i} {}", "long text ".repeat(20));
         p.upsert(
             (0..50)
@@ -691,6 +816,7 @@ mod tests {
             2,
             Metric::L2,
             Device::Cpu,
+            IndexSpec::Exact,
         )
         .unwrap();
         let err = |q: Vec<Vec<f32>>, k| p.search(&q, k, None).unwrap_err().to_string();

@@ -27,6 +27,8 @@ pub struct QueryRequest {
     /// Only rows whose metadata passes it (checked where the request was made).
     #[serde(with = "arbor_proto::json_text")]
     pub filter: Option<MetadataFilter>,
+    /// Candidates the partitions' HNSW walks keep, instead of the collection's `ef_search`.
+    pub ef: Option<u32>,
 }
 
 /// What a query searches with.
@@ -71,11 +73,13 @@ mod tests {
         for request in [
             RetrievalRequest::Ingest(vec![document.clone()]),
             RetrievalRequest::Query(QueryRequest {
+                ef: None,
                 input: QueryInput::Text("hi".into()),
                 k: 3,
                 filter: Some(filter),
             }),
             RetrievalRequest::Query(QueryRequest {
+                ef: None,
                 input: QueryInput::Vector(vec![1.0, 0.0]),
                 k: 1,
                 filter: None,

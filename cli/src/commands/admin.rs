@@ -284,9 +284,17 @@ pub fn collections_table(list: &[CollectionReport]) -> String {
     }
     let mut out = String::new();
     for c in list {
+        let index = match c.index {
+            arbor_proto::IndexSpec::Exact => "exact".to_owned(),
+            arbor_proto::IndexSpec::Hnsw(h) => format!(
+                "hnsw(m={},ef_construction={},ef_search={})",
+                h.m, h.ef_construction, h.ef_search
+            ),
+        };
         let _ = writeln!(
             out,
-            "{}  dim={} metric={} partitions={} replicas={} embedder={}  running {}/{}",
+            "{}  dim={} metric={} index={index} partitions={} replicas={} embedder={}  \
+             running {}/{}",
             c.name,
             c.dimension,
             c.metric,
@@ -449,12 +457,17 @@ mod tests {
             partitions: 2,
             replication: 2,
             embedder: "minilm".into(),
+            index: arbor_proto::IndexSpec::Hnsw(Default::default()),
             running: 3,
             replica_sets: vec![],
         };
         let t = collections_table(&[c]);
         assert!(
             t.starts_with("docs  dim=384") && t.contains("running 3/4"),
+            "{t}"
+        );
+        assert!(
+            t.contains("index=hnsw(m=16,ef_construction=128,ef_search=64)"),
             "{t}"
         );
     }

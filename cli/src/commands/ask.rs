@@ -20,6 +20,7 @@ pub async fn query(
     text: String,
     k: u32,
     filter: Option<String>,
+    ef: Option<u32>,
     json: bool,
 ) -> anyhow::Result<()> {
     let filter = filter
@@ -34,6 +35,7 @@ pub async fn query(
         vector: None,
         k,
         filter,
+        ef,
     });
     let data = run_job(&mut client, job, "query").await?;
     if json {

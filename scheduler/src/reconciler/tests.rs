@@ -448,6 +448,7 @@ fn collection(name: &str, partitions: u32, replication: u32) -> crate::state::Co
         replication,
         embedder: "embedder".into(),
         resources: cpu(250),
+        index: Default::default(),
         incarnation: 0,
     }
 }
@@ -465,10 +466,12 @@ fn a_collection_is_placed_whole_with_replicas_of_a_partition_apart() {
         assert_eq!(nodes.len(), 2, "partition {p}: {nodes:?}");
         assert!(nodes.values().all(|n| *n == 1));
     }
-    let config = &s.deployments["docs.p3"].spec.config;
+    let config: serde_json::Value =
+        serde_json::from_str(&s.deployments["docs.p3"].spec.config).unwrap();
     assert_eq!(
         config,
-        r#"{"collection":"docs","incarnation":1,"partition":3,"dim":384,"metric":"cosine"}"#
+        serde_json::json!({"collection": "docs", "incarnation": 1, "partition": 3, "dim": 384,
+            "metric": "cosine", "index": "exact"})
     );
     // Its partitions are managed through the collection only.
     let err = s

@@ -33,13 +33,15 @@ impl CollectionSpec {
             max_unavailable: 1,
             version: String::new(),
             // The name is checked to need no escaping.
-            config: format!(
-                r#"{{"collection":"{}","incarnation":{},"partition":{partition},"dim":{},"metric":"{}"}}"#,
-                self.name,
-                self.incarnation,
-                self.dimension,
-                self.metric.as_str()
-            ),
+            config: serde_json::json!({
+                "collection": self.name,
+                "incarnation": self.incarnation,
+                "partition": partition,
+                "dim": self.dimension,
+                "metric": self.metric,
+                "index": self.index,
+            })
+            .to_string(),
             collection: Some(self.name.clone()),
             idempotent: false,
             autoscaling: None,
@@ -79,6 +81,9 @@ impl CollectionSpec {
         }
         if let Err(e) = self.resources.validate() {
             return invalid(format!("resources: {e}"));
+        }
+        if let Err(e) = self.index.validate() {
+            return invalid(e.0);
         }
         Ok(())
     }

@@ -77,6 +77,9 @@ pub struct PartitionConfig {
     pub dim: usize,
     #[serde(default = "cosine")]
     pub metric: Metric,
+    /// The collection's index (default: the exact scan).
+    #[serde(default)]
+    pub index: arbor_proto::IndexSpec,
     /// How long the primary waits for a follower to have a write durable before it drops the
     /// follower from the in-sync set (well below a client's timeout).
     #[serde(default = "write_deadline_ms")]
@@ -117,6 +120,7 @@ impl PartitionConfig {
         if self.write_deadline_ms == 0 {
             return Err("write_deadline_ms must be at least 1".into());
         }
+        self.index.validate().map_err(|e| e.0)?;
         Ok(())
     }
 }
@@ -263,11 +267,13 @@ impl ReplicaKind for PartitionReplica {
             .map_or(Device::Cpu, |&d| Device::Cuda(d as usize));
         let give_up = tokio::time::Instant::now() + OPEN_PATIENCE;
         let partition = loop {
-            let (file, dim, metric) = (path.clone(), config.dim, config.metric);
-            let opened =
-                tokio::task::spawn_blocking(move || Partition::open(&file, dim, metric, device))
-                    .await
-                    .map_err(|e| format!("loading partition {}: {e}", path.display()))?;
+            let (file, dim, metric, index) =
+                (path.clone(), config.dim, config.metric, config.index);
+            let opened = tokio::task::spawn_blocking(move || {
+                Partition::open(&file, dim, metric, device, index)
+            })
+            .await
+            .map_err(|e| format!("loading partition {}: {e}", path.display()))?;
             match opened {
                 Ok(partition) => break partition,
                 Err(PartitionError::Store(StoreError::AlreadyOpen { .. }))
@@ -285,6 +291,7 @@ impl ReplicaKind for PartitionReplica {
             rows = partition.len(),
             seq = partition.seq(),
             device = %partition.device(),
+            index = config.index.kind(),
             "vector partition loaded"
         );
         let id = Identity {
@@ -589,9 +596,15 @@ fn spawn_read(
         let answer = tokio::task::spawn_blocking(move || {
             let p = read(&partition).map_err(PartitionFailure::Unavailable)?;
             match request {
-                PartitionRequest::Search { queries, k, filter } => {
+                PartitionRequest::Search {
+                    queries,
+                    k,
+                    filter,
+                    ef,
+                } => {
                     let started = std::time::Instant::now();
-                    let hits = search(&p, &queries, k as usize, filter.as_deref());
+                    let ef = ef.map(|ef| ef as usize);
+                    let hits = search(&p, &queries, k as usize, filter.as_deref(), ef);
                     latency.record(started.elapsed().as_secs_f64());
                     hits
                 }
@@ -612,12 +625,18 @@ fn spawn_read(
     });
 }
 
-fn search(p: &Partition, queries: &[Vec<f32>], k: usize, filter: Option<&str>) -> PartitionReply {
+fn search(
+    p: &Partition,
+    queries: &[Vec<f32>],
+    k: usize,
+    filter: Option<&str>,
+    ef: Option<usize>,
+) -> PartitionReply {
     let filter = filter
         .map(MetadataFilter::parse)
         .transpose()
         .map_err(|e| PartitionFailure::Invalid(format!("bad filter: {e}")))?;
-    p.search(queries, k, filter.as_ref())
+    p.search_ef(queries, k, filter.as_ref(), ef)
         .map(PartitionAnswer::Hits)
         .map_err(|e| match e {
             PartitionError::Store(e) => PartitionFailure::Unavailable(e.to_string()),

@@ -2,6 +2,7 @@
 //! merge their answers with the kernels' merge; RAG on top.
 
 use super::*;
+use crate::retrieval::QueryInput;
 
 impl Coordinator {
     /// The `k` chunks closest to `text`.
@@ -11,19 +12,41 @@ impl Coordinator {
         k: u32,
         filter: Option<&MetadataFilter>,
     ) -> Result<QueryAnswer, RetrievalError> {
-        if text.trim().is_empty() {
-            return Err(RetrievalError::Invalid("the query text is empty".into()));
-        }
-        // Before the embedding it would waste.
-        check_k(k)?;
+        self.query_ef(QueryInput::Text(text.to_owned()), k, filter, None)
+            .await
+    }
+
+    /// A query by text or by vector, with `ef` candidates for the partitions' HNSW walks
+    /// instead of the collection's `ef_search` (an exact collection ignores it).
+    pub async fn query_ef(
+        &self,
+        input: QueryInput,
+        k: u32,
+        filter: Option<&MetadataFilter>,
+        ef: Option<u32>,
+    ) -> Result<QueryAnswer, RetrievalError> {
+        let vector = match input {
+            QueryInput::Vector(vector) => {
+                check_k(k)?;
+                vector
+            }
+            QueryInput::Text(text) => {
+                if text.trim().is_empty() {
+                    return Err(RetrievalError::Invalid("the query text is empty".into()));
+                }
+                // Before the embedding it would waste.
+                check_k(k)?;
+                let shape = self.shape()?;
+                let mut vectors = self
+                    .embed(&shape.embedder, vec![text], shape.dimension)
+                    .await?;
+                vectors.pop().ok_or_else(|| {
+                    RetrievalError::Embed("the embedder returned no vector".into())
+                })?
+            }
+        };
         let shape = self.shape()?;
-        let mut vectors = self
-            .embed(&shape.embedder, vec![text.to_owned()], shape.dimension)
-            .await?;
-        let vector = vectors
-            .pop()
-            .ok_or_else(|| RetrievalError::Embed("the embedder returned no vector".into()))?;
-        self.search_all(&shape, vector, k, filter).await
+        self.search_all(&shape, vector, k, filter, ef).await
     }
 
     /// Retrieves the `k` chunks closest to `question`, asks a replica of the model deployment
@@ -69,9 +92,8 @@ impl Coordinator {
         k: u32,
         filter: Option<&MetadataFilter>,
     ) -> Result<QueryAnswer, RetrievalError> {
-        check_k(k)?;
-        let shape = self.shape()?;
-        self.search_all(&shape, vector, k, filter).await
+        self.query_ef(QueryInput::Vector(vector), k, filter, None)
+            .await
     }
 
     /// Searches every partition of `shape` for the `k` rows closest to `vector`.
@@ -81,6 +103,7 @@ impl Coordinator {
         vector: Vec<f32>,
         k: u32,
         filter: Option<&MetadataFilter>,
+        ef: Option<u32>,
     ) -> Result<QueryAnswer, RetrievalError> {
         let dimension = shape.dimension;
         if vector.len() != dimension as usize {
@@ -95,7 +118,7 @@ impl Coordinator {
                 "the query vector's value {i} is not a finite number"
             )));
         }
-        let request = PartitionRequest::search(vec![vector], k, filter);
+        let request = PartitionRequest::search(vec![vector], k, filter, ef);
         let mut tasks = tokio::task::JoinSet::new();
         for partition in 0..shape.partitions {
             let (this, request) = (self.clone(), request.clone());

@@ -105,6 +105,10 @@ pub struct Vectors {
     pub k: u32,
     /// The metadata filter of `query-vector`'s queries (see [`row`] for what rows have).
     pub filter: Option<serde_json::Value>,
+    /// The index of the collections `ingest-vectors` and `query-vector` create.
+    pub index: arbor_proto::IndexSpec,
+    /// `query-vector`'s HNSW `ef`.
+    pub ef: Option<u32>,
     /// Text documents loaded before `query-text` and `rag` are measured.
     pub documents: u64,
 }
@@ -113,14 +117,13 @@ impl Vectors {
     /// What a report says `scenario` ran with, beyond its load.
     fn parameters(&self, scenario: Scenario) -> serde_json::Map<String, serde_json::Value> {
         let value = match scenario {
-            Scenario::IngestVectors => {
-                json!({"rows_per_job": ROWS_PER_JOB, "dimension": self.dimension})
-            }
-            Scenario::QueryVector => {
-                json!({"rows": self.rows.div_ceil(ROWS_PER_JOB) * ROWS_PER_JOB,
+            Scenario::IngestVectors => json!({"rows_per_job": ROWS_PER_JOB,
+                "dimension": self.dimension, "index": self.index}),
+            Scenario::QueryVector => json!({
+                "rows": self.rows.div_ceil(ROWS_PER_JOB) * ROWS_PER_JOB,
                 "dimension": self.dimension, "k": self.k, "filter": self.filter,
-                "metric": "cosine", "search": "exact"})
-            }
+                "metric": "cosine", "search": self.index.kind(), "index": self.index,
+                "ef": self.ef}),
             Scenario::Embed => json!({"texts_per_job": 8}),
             Scenario::Generate => json!({"max_tokens": 16}),
             Scenario::IngestText => json!({"documents_per_job": 8}),
@@ -471,6 +474,7 @@ async fn prepare(
                 coordinator_cpu: None,
                 coordinator_memory: None,
                 model: None,
+                index: Some(vectors.index),
             };
             if let Err(e) = run_job(
                 &mut client,
@@ -517,7 +521,7 @@ async fn prepare(
                     return Err(e);
                 }
             }
-            let (k, filter) = (vectors.k, vectors.filter);
+            let (k, filter, ef) = (vectors.k, vectors.filter, vectors.ef);
             Ok(Prepared {
                 job: Arc::new(move |n| {
                     JobSpec::Query(QueryJob {
@@ -526,6 +530,7 @@ async fn prepare(
                         vector: Some(unit_vector(n ^ 0x5eed, dim)),
                         k,
                         filter: filter.clone(),
+                        ef,
                     })
                 }),
                 record: false,

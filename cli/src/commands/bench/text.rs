@@ -115,6 +115,7 @@ pub async fn prepare(
         coordinator_cpu: None,
         coordinator_memory: None,
         model,
+        index: None,
     };
     run_job(
         client,
@@ -149,6 +150,7 @@ pub async fn prepare(
                 vector: None,
                 k: 10,
                 filter: None,
+                ef: None,
             })
         }),
         _ => Arc::new(move |n| {

@@ -127,6 +127,8 @@ pub(super) async fn create_collection(
         })?,
         None => Bytes(512 << 20),
     };
+    // Its settings were checked with the job's other fields (`validate`).
+    let index = c.index.unwrap_or_default();
     let spec = CollectionSpec {
         name: c.name.clone(),
         dimension: c.dimension,
@@ -139,6 +141,7 @@ pub(super) async fn create_collection(
             memory,
             ..Default::default()
         },
+        index,
         // The control plane gives it one.
         incarnation: 0,
     };

@@ -173,6 +173,9 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
             if c.dimension == 0 {
                 return invalid("dimension", "dimension must be at least 1".into());
             }
+            if let Some(Err(e)) = c.index.map(|i| i.validate()) {
+                return invalid("index", e.0);
+            }
             metric(&c.metric).map(|_| ())
         }
         JobSpec::Ingest(i) => {
@@ -198,6 +201,13 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
             }
             if q.k == 0 || q.k > MAX_K {
                 return invalid("k", format!("k = {} is not in 1..={MAX_K}", q.k));
+            }
+            let efs = arbor_proto::index::EF_RANGE;
+            if let Some(ef) = q.ef.filter(|ef| !efs.contains(ef)) {
+                return invalid(
+                    "ef",
+                    format!("ef = {ef} is not in {}..={}", efs.start(), efs.end()),
+                );
             }
             match &q.filter {
                 Some(f) => arbor_actors::partition::MetadataFilter::parse(&f.to_string())
@@ -559,6 +569,15 @@ mod tests {
             (
                 r#"{"kind":"query","collection":"c","text":"  "}"#,
                 "job.text",
+            ),
+            (
+                r#"{"kind":"query","collection":"c","text":"t","ef":0}"#,
+                "job.ef",
+            ),
+            (
+                r#"{"kind":"create_collection","name":"c","partitions":1,"replicas":1,
+                    "embedder":"e","index":{"hnsw":{"m":1}}}"#,
+                "job.index",
             ),
             (
                 r#"{"kind":"query","collection":"c","text":"t","filter":{"a":{"$nope":1}}}"#,

@@ -74,6 +74,7 @@ pub(super) async fn query(
         input,
         k: q.k,
         filter,
+        ef: q.ef,
     });
     match ask_coordinator(env, coordinator, request).await? {
         RetrievalAnswer::Found(found) => Ok(found),
@@ -199,6 +200,7 @@ pub(super) async fn rag(env: &Env, r: RagJob, emit: &Emit) -> Result<Value, JobF
             vector: None,
             k: r.k,
             filter: None,
+            ef: None,
         },
     )
     .await?;
