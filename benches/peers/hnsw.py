@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Arbor's HNSW index (arbor_kernels::hnsw) beside hnswlib, on the same vectors and settings.
+
+One partition's worth of work, in one process each, one query per call, one thread: the
+graph is built from the same rows with the same m and ef_construction, then searched at a
+sweep of ef; recall@k is against an exact search (numpy). Prints, per target recall (0.95,
+0.99), the queries/s of each at the smallest ef that reaches it and their ratio, and the
+build times:
+
+    "$(benches/peers/setup.sh)" benches/peers/hnsw.py [--rows 100000] [--dim 384]
+        [--queries 1000] [--k 10] [--m 16] [--ef-construction 128]
+        [--arbor target/release/examples/hnsw_sweep] [--json OUT]
+
+The data is clustered like real sentence embeddings (cluster centres plus a low-dimensional
+latent offset plus a little noise; isotropic noise, where every neighbour is about as far as
+every other, is the worst case of every graph index and not what a collection holds). The
+arbor side is `cargo build --release -p arbor-kernels --example hnsw_sweep` (built when
+missing). Run it on a quiet machine; compare nothing across runs.
+"""
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
+EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+TARGETS = (0.95, 0.99)
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def clustered(n, dim, clusters, seed, centres=None, projection=None, latent=16):
+    rng = np.random.default_rng(seed)
+    base = np.random.default_rng(1234)
+    if centres is None:
+        centres = base.uniform(-0.5, 0.5, (clusters, dim)).astype(np.float32)
+        projection = base.uniform(-0.5, 0.5, (latent, dim)).astype(np.float32)
+    which = rng.integers(0, clusters, n)
+    z = rng.uniform(-0.5, 0.5, (n, latent)).astype(np.float32)
+    noise = rng.uniform(-0.5, 0.5, (n, dim)).astype(np.float32) * 0.02
+    return (centres[which] + z @ projection + noise).astype(np.float32), centres, projection
+
+
+def normalized(x):
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def exact_top(rows, queries, k):
+    r, q = normalized(rows), normalized(queries)
+    out = np.empty((len(q), k), dtype=np.int64)
+    for i in range(0, len(q), 256):
+        sims = q[i:i + 256] @ r.T
+        top = np.argpartition(-sims, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, top, axis=1), axis=1)
+        out[i:i + 256] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def recall(found, truth):
+    k = truth.shape[1]
+    return sum(len(set(f[:k]) & set(t)) for f, t in zip(found, truth)) / truth.size
+
+
+def timed_queries(search, queries, min_seconds=1.0):
+    """Queries/s of `search(q)` one query at a time (whole passes until min_seconds)."""
+    search(queries[0])
+    passes, start = 0, time.perf_counter()
+    while True:
+        for q in queries:
+            search(q)
+        passes += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_seconds:
+            return passes * len(queries) / elapsed
+
+
+def hnswlib_sweep(a, rows, queries, truth):
+    import hnswlib
+
+    index = hnswlib.Index(space="cosine", dim=a.dim)
+    index.init_index(max_elements=len(rows), M=a.m, ef_construction=a.ef_construction,
+                     random_seed=1)
+    index.set_num_threads(1)
+    start = time.perf_counter()
+    index.add_items(rows, np.arange(len(rows)), num_threads=1)
+    build = time.perf_counter() - start
+    log(f"hnswlib: built in {build:.1f} s")
+    points = []
+    for ef in EFS:
+        if ef < a.k:
+            continue
+        index.set_ef(ef)
+        found = [index.knn_query(q[None, :], k=a.k, num_threads=1)[0][0] for q in queries]
+        r = recall(found, truth)
+        qps = timed_queries(lambda q: index.knn_query(q[None, :], k=a.k, num_threads=1),
+                            queries)
+        points.append({"ef": ef, "qps": qps, "recall": r})
+        log(f"hnswlib: ef {ef}: recall@{a.k} {r:.4f}, {qps:,.0f} queries/s")
+    return {"version": getattr(hnswlib, "__version__", "0.8.0"), "build_s": build,
+            "points": points}
+
+
+def arbor_sweep(a, files):
+    exe = pathlib.Path(a.arbor)
+    if not exe.is_file():
+        log("building the arbor side (cargo build --release -p arbor-kernels --example hnsw_sweep)")
+        subprocess.run(["cargo", "build", "--release", "-p", "arbor-kernels", "--example",
+                        "hnsw_sweep"], cwd=ROOT, check=True)
+    efs = ",".join(str(ef) for ef in EFS if ef >= a.k)
+    out = subprocess.run(
+        [str(exe), "--rows", files["rows"], "--queries", files["queries"], "--truth",
+         files["truth"], "--dim", str(a.dim), "--k", str(a.k), "--m", str(a.m),
+         "--ef-construction", str(a.ef_construction), "--ef", efs],
+        capture_output=True, text=True, env={"RAYON_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    if out.returncode != 0:
+        sys.exit(f"error: {exe} failed:\n{out.stderr}")
+    result = json.loads(out.stdout)
+    log(f"arbor: built in {result['build_s']:.1f} s")
+    for p in result["points"]:
+        log(f"arbor: ef {p['ef']}: recall@{a.k} {p['recall']:.4f}, {p['qps']:,.0f} queries/s")
+    return result
+
+
+def at_target(points, target):
+    """The first point (smallest ef) that reaches `target`, or None."""
+    return next((p for p in points if p["recall"] >= target), None)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rows", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=384)
+    p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--m", type=int, default=16)
+    p.add_argument("--ef-construction", type=int, default=128)
+    p.add_argument("--clusters", type=int, default=100)
+    p.add_argument("--arbor", default=str(ROOT / "target/release/examples/hnsw_sweep"))
+    p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
+    a = p.parse_args()
+
+    log(f"data: {a.rows} rows and {a.queries} queries of {a.dim} dimensions, "
+        f"{a.clusters} clusters")
+    rows, centres, projection = clustered(a.rows, a.dim, a.clusters, seed=1)
+    queries, _, _ = clustered(a.queries, a.dim, a.clusters, seed=2, centres=centres,
+                              projection=projection)
+    truth = exact_top(rows, queries, a.k)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {"rows": f"{tmp}/rows.f32", "queries": f"{tmp}/queries.f32",
+                 "truth": f"{tmp}/truth.u64"}
+        rows.tofile(files["rows"])
+        queries.tofile(files["queries"])
+        truth.astype("<u8").tofile(files["truth"])
+        arbor = arbor_sweep(a, files)
+    peer = hnswlib_sweep(a, rows, queries, truth)
+
+    print(f"\n{a.rows:,} x {a.dim}, m {a.m}, ef_construction {a.ef_construction}, k {a.k}, "
+          "one thread, one query per call")
+    print(f"build: arbor {arbor['build_s']:.1f} s, hnswlib {peer['build_s']:.1f} s "
+          f"(arbor/hnswlib time {arbor['build_s'] / peer['build_s']:.2f})")
+    rows_out = []
+    for target in TARGETS:
+        x, y = at_target(arbor["points"], target), at_target(peer["points"], target)
+        if x is None or y is None:
+            print(f"recall >= {target}: " + ("arbor never reaches it" if x is None else "")
+                  + (" hnswlib never reaches it" if y is None else ""))
+            continue
+        ratio = x["qps"] / y["qps"]
+        rows_out.append({"target": target, "arbor": x, "hnswlib": y, "ratio": ratio})
+        print(f"recall >= {target}: arbor {x['qps']:,.0f} q/s (ef {x['ef']}, "
+              f"{x['recall']:.3f}), hnswlib {y['qps']:,.0f} q/s (ef {y['ef']}, "
+              f"{y['recall']:.3f}): arbor/hnswlib {ratio:.2f}")
+    if a.json:
+        a.json.write_text(json.dumps({"rows": a.rows, "dim": a.dim, "m": a.m,
+                                      "ef_construction": a.ef_construction, "k": a.k,
+                                      "arbor": arbor, "hnswlib": peer, "at": rows_out},
+                                     indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
