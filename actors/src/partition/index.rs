@@ -4,10 +4,12 @@
 //! a filter during the search, falling back to an exact scan of the allowed rows when the
 //! walk finds fewer than `k`.
 
+use std::thread::JoinHandle;
+
 use arbor_kernels::device::Device;
 use arbor_kernels::hnsw::{HnswIndex, HnswParams};
 use arbor_kernels::topk::{ExactIndex, Filter, Hit, MemoryUsage, Metric, TopKError, VectorIndex};
-use arbor_proto::IndexSpec;
+use arbor_proto::{HnswSpec, IndexSpec};
 
 /// The index of one partition replica.
 #[expect(
@@ -30,16 +32,7 @@ impl PartitionIndex {
     ) -> Result<PartitionIndex, TopKError> {
         Ok(match spec {
             IndexSpec::Exact => PartitionIndex::Exact(ExactIndex::new_or_cpu(dim, metric, device)?),
-            IndexSpec::Hnsw(h) => PartitionIndex::Hnsw(HnswIndex::new(
-                dim,
-                metric,
-                HnswParams {
-                    m: h.m as usize,
-                    ef_construction: h.ef_construction as usize,
-                    ef_search: h.ef_search as usize,
-                    ..HnswParams::default()
-                },
-            )?),
+            IndexSpec::Hnsw(h) => PartitionIndex::Hnsw(graph(dim, metric, h)?),
         })
     }
 
@@ -119,4 +112,79 @@ impl VectorIndex for PartitionIndex {
     fn memory(&self) -> MemoryUsage {
         self.inner().memory()
     }
+}
+
+/// An empty graph of `spec`'s settings.
+fn graph(dim: usize, metric: Metric, spec: HnswSpec) -> Result<HnswIndex, TopKError> {
+    HnswIndex::new(
+        dim,
+        metric,
+        HnswParams {
+            m: spec.m as usize,
+            ef_construction: spec.ef_construction as usize,
+            ef_search: spec.ef_search as usize,
+            ..HnswParams::default()
+        },
+    )
+}
+
+/// An HNSW graph being built on a thread of its own from the rows a partition loaded, while
+/// the partition serves from an exact scan. Writes made meanwhile are kept ([`Pending`]) and
+/// replayed into the graph before it replaces the scan.
+pub struct GraphBuild(JoinHandle<Result<HnswIndex, TopKError>>);
+
+impl GraphBuild {
+    /// Starts building the graph of `spec` over these rows.
+    pub fn start(
+        dim: usize,
+        metric: Metric,
+        spec: HnswSpec,
+        ids: Vec<u64>,
+        vectors: Vec<f32>,
+    ) -> GraphBuild {
+        GraphBuild(std::thread::spawn(move || {
+            let started = std::time::Instant::now();
+            let mut graph = graph(dim, metric, spec)?;
+            graph.upsert(&ids, &vectors)?;
+            tracing::info!(
+                rows = ids.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "HNSW graph built"
+            );
+            Ok(graph)
+        }))
+    }
+
+    /// Whether the graph is done (waiting for it would not block).
+    pub fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+
+    /// The graph, once built.
+    pub fn wait(self) -> Result<HnswIndex, String> {
+        match self.0.join() {
+            Ok(built) => built.map_err(|e| e.to_string()),
+            Err(_) => Err("the thread building the HNSW graph panicked".into()),
+        }
+    }
+}
+
+/// A change made to the rows while a graph was being built.
+#[derive(Debug)]
+pub enum Pending {
+    Upsert { ids: Vec<u64>, vectors: Vec<f32> },
+    Remove(Vec<u64>),
+}
+
+/// `graph` with `pending` replayed into it, in order.
+pub fn catch_up(mut graph: HnswIndex, pending: Vec<Pending>) -> Result<HnswIndex, TopKError> {
+    for change in pending {
+        match change {
+            Pending::Upsert { ids, vectors } => graph.upsert(&ids, &vectors)?,
+            Pending::Remove(ids) => {
+                graph.remove(&ids)?;
+            }
+        }
+    }
+    Ok(graph)
 }

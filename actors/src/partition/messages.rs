@@ -37,8 +37,10 @@ pub struct PartitionStats {
     pub metric: Metric,
     /// Where the scan runs: `cpu` or `cuda:N`.
     pub device: String,
-    /// The index searches run on: `exact` or `hnsw`.
+    /// The index searches run on now: `exact` or `hnsw`.
     pub index: String,
+    /// An HNSW graph is being built (an exact scan serves until it is done).
+    pub index_building: bool,
     /// The index's bytes in host memory (vectors, ids, id map), as allocated.
     pub host_bytes: u64,
     /// The index's bytes on the GPU.

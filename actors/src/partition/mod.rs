@@ -26,7 +26,8 @@ use arbor_kernels::topk::{Hit, Metric, TopKError, VectorIndex};
 use arbor_proto::IndexSpec;
 
 pub use filter::{FilterError, MetadataFilter};
-pub use index::PartitionIndex;
+use index::Pending;
+pub use index::{GraphBuild, PartitionIndex};
 pub use messages::{
     MAX_GET_IDS, PartitionAnswer, PartitionFailure, PartitionReply, PartitionRequest,
     PartitionStats, SearchHit, VectorRecord, WriteOp,
@@ -97,6 +98,11 @@ pub struct Partition {
     metadata: MetadataTable,
     dim: usize,
     metric: Metric,
+    /// The HNSW graph being built in the background, until [`Partition::take_build`].
+    build: Option<GraphBuild>,
+    /// While a graph is being built: the changes made since its rows were taken (`None`:
+    /// no graph is being built).
+    pending: Option<Vec<Pending>>,
 }
 
 impl std::fmt::Debug for Partition {
@@ -120,11 +126,22 @@ impl Partition {
         spec: IndexSpec,
     ) -> Result<Self, PartitionError> {
         let store = Store::open(path, dim, metric)?;
-        let mut index = PartitionIndex::new(dim, metric, device, spec)?;
-        let mut metadata = MetadataTable::default();
         // Room for exactly the rows stored: growth by doubling would cost up to twice the
         // vectors' memory for a large partition.
         let rows = usize::try_from(store.row_count()?).unwrap_or(usize::MAX);
+        // A graph of many rows takes a while: an exact scan serves until it is built (on a
+        // thread of its own, from a copy of the rows), so the partition is up as soon as its
+        // rows are read.
+        let graph = match spec {
+            IndexSpec::Hnsw(h) if rows > 0 => Some(h),
+            _ => None,
+        };
+        let mut index = match graph {
+            Some(_) => PartitionIndex::new(dim, metric, device, IndexSpec::Exact)?,
+            None => PartitionIndex::new(dim, metric, device, spec)?,
+        };
+        let mut copy = graph.map(|_| (Vec::with_capacity(rows), Vec::with_capacity(rows * dim)));
+        let mut metadata = MetadataTable::default();
         index.reserve(rows)?;
         metadata.reserve(rows);
         let mut ids = Vec::with_capacity(LOAD_CHUNK_ROWS);
@@ -138,6 +155,10 @@ impl Partition {
             metadata.insert(r.id, &map);
             ids.push(r.id);
             vectors.extend_from_slice(&r.vector);
+            if let Some((all_ids, all_vectors)) = &mut copy {
+                all_ids.push(r.id);
+                all_vectors.extend_from_slice(&r.vector);
+            }
             if ids.len() == LOAD_CHUNK_ROWS {
                 index.upsert(&ids, &vectors)?;
                 ids.clear();
@@ -147,13 +168,71 @@ impl Partition {
         })?;
         index.upsert(&ids, &vectors)?;
         metadata.shrink_to_fit();
+        let build = graph
+            .zip(copy)
+            .map(|(h, (ids, vectors))| GraphBuild::start(dim, metric, h, ids, vectors));
         Ok(Partition {
             store,
             index,
             metadata,
             dim,
             metric,
+            pending: build.as_ref().map(|_| Vec::new()),
+            build,
         })
+    }
+
+    /// The graph being built in the background, to wait for and hand to
+    /// [`Partition::adopt`] (`None`: none is, or it was taken already).
+    pub fn take_build(&mut self) -> Option<GraphBuild> {
+        self.build.take()
+    }
+
+    /// Replaces the exact scan with `built`, once the changes made while it was built are in
+    /// it too. A graph that failed leaves the exact scan serving (and says why in the log).
+    pub fn adopt(&mut self, built: Result<arbor_kernels::hnsw::HnswIndex, String>) {
+        let pending = self.pending.take().unwrap_or_default();
+        let caught_up =
+            built.and_then(|graph| index::catch_up(graph, pending).map_err(|e| e.to_string()));
+        match caught_up {
+            Ok(graph) => self.index = PartitionIndex::Hnsw(graph),
+            Err(e) => tracing::error!(
+                error = %e,
+                "the HNSW graph could not be built; the partition keeps scanning exactly"
+            ),
+        }
+    }
+
+    /// Waits for the graph being built, if any, and searches on it from now on.
+    pub fn wait_for_index(&mut self) {
+        if let Some(build) = self.take_build() {
+            self.adopt(build.wait());
+        }
+    }
+
+    /// [`VectorIndex::upsert`] on the index, kept for the graph being built too.
+    fn index_upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), TopKError> {
+        self.index.upsert(ids, vectors)?;
+        if let Some(pending) = &mut self.pending
+            && !ids.is_empty()
+        {
+            pending.push(Pending::Upsert {
+                ids: ids.to_vec(),
+                vectors: vectors.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// [`VectorIndex::remove`] on the index, kept for the graph being built too.
+    fn index_remove(&mut self, ids: &[u64]) -> Result<usize, TopKError> {
+        let removed = self.index.remove(ids)?;
+        if let Some(pending) = &mut self.pending
+            && !ids.is_empty()
+        {
+            pending.push(Pending::Remove(ids.to_vec()));
+        }
+        Ok(removed)
     }
 
     pub fn dim(&self) -> usize {
@@ -245,7 +324,7 @@ impl Partition {
     ) -> Result<WriteAck, PartitionError> {
         let seq = self.store.upsert(&batch, epoch)?;
         let count = batch.len();
-        if let Err(e) = self.index.upsert(batch.ids(), batch.vectors()) {
+        if let Err(e) = self.index_upsert(batch.ids(), batch.vectors()) {
             return Err(PartitionError::Diverged {
                 seq,
                 reason: e.to_string(),
@@ -260,7 +339,7 @@ impl Partition {
     /// Removes rows by id (absent ids are fine): made durable, then gone from searches.
     pub fn delete(&mut self, ids: &[u64], epoch: u64) -> Result<WriteAck, PartitionError> {
         let (seq, count) = self.store.delete(ids, epoch)?;
-        if let Err(e) = self.index.remove(ids) {
+        if let Err(e) = self.index_remove(ids) {
             return Err(PartitionError::Diverged {
                 seq,
                 reason: e.to_string(),
@@ -328,17 +407,15 @@ impl Partition {
                 }
             }
         }
-        self.index
-            .upsert(&ids, &vectors)
-            .and_then(|()| self.index.remove(&gone).map(|_| ()))
+        self.index_upsert(&ids, &vectors)
+            .and_then(|()| self.index_remove(&gone).map(|_| ()))
             .map_err(|e| diverged(e.to_string()))
     }
 
     /// Forgets every row (see [`Store::reset`]).
     pub fn reset(&mut self) -> Result<(), PartitionError> {
         let ids = self.store.reset()?;
-        self.index
-            .remove(&ids)
+        self.index_remove(&ids)
             .map_err(|e| PartitionError::Diverged {
                 seq: 0,
                 reason: e.to_string(),
@@ -407,8 +484,7 @@ impl Partition {
     /// ids whose rows went.
     pub fn install_tombstones(&mut self, gone: &[(u64, u64)]) -> Result<Vec<u64>, PartitionError> {
         let removed = self.store.install_tombstones(gone)?;
-        self.index
-            .remove(&removed)
+        self.index_remove(&removed)
             .map_err(|e| PartitionError::Diverged {
                 seq: self.store.seq(),
                 reason: e.to_string(),
@@ -575,6 +651,7 @@ impl Partition {
             metric: self.metric,
             device: self.index.device().to_string(),
             index: self.index.kind().into(),
+            index_building: self.pending.is_some(),
             host_bytes: memory.host_bytes as u64,
             device_bytes: memory.device_bytes as u64,
             metadata_bytes: self.metadata.bytes() as u64,

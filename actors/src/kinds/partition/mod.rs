@@ -28,7 +28,7 @@
 mod primary;
 mod recovery;
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use arbor_kernels::device::Device;
@@ -42,8 +42,8 @@ use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_requi
 use crate::control::Control;
 use crate::partition::replication::Role;
 use crate::partition::{
-    MetadataFilter, Partition, PartitionAnswer, PartitionError, PartitionFailure, PartitionReply,
-    PartitionRequest, StoreError, StoreName, WriteOp, store_path,
+    GraphBuild, MetadataFilter, Partition, PartitionAnswer, PartitionError, PartitionFailure,
+    PartitionReply, PartitionRequest, StoreError, StoreName, WriteOp, store_path,
 };
 use crate::replica::{CallFailure, CallReply, ReplicaMsg, decode_request};
 use crate::wire::{MAX_PAYLOAD_BYTES, Wire};
@@ -310,10 +310,16 @@ impl ReplicaKind for PartitionReplica {
         };
         let meters = Meters::of(&ctx.deployment);
         meters.observe(&partition);
+        let mut partition = partition;
+        let build = partition.take_build();
+        let partition = Arc::new(RwLock::new(partition));
+        if let Some(build) = build {
+            adopt_when_built(build, Arc::downgrade(&partition), ctx.actor_id.clone());
+        }
         Ok(PartitionState {
             id,
             config,
-            partition: Arc::new(RwLock::new(partition)),
+            partition,
             tasks: JoinSet::new(),
             recovery: JoinSet::new(),
             meters,
@@ -483,6 +489,25 @@ fn may_serve(id: &Identity) -> Result<(), PartitionFailure> {
 }
 
 /// The partition, read-locked, or why it cannot be.
+/// Waits (on the blocking pool) for the HNSW graph being built from the rows the partition
+/// loaded, then makes searches use it. Holds the partition weakly: a replica stopped meanwhile
+/// is not kept alive (nor its file locked) by its graph.
+fn adopt_when_built(build: GraphBuild, partition: Weak<RwLock<Partition>>, actor_id: String) {
+    tokio::task::spawn_blocking(move || {
+        let built = build.wait();
+        let Some(partition) = partition.upgrade() else {
+            return;
+        };
+        match partition.write() {
+            Ok(mut p) => {
+                p.adopt(built);
+                tracing::info!(%actor_id, index = p.stats().index, "partition index ready");
+            }
+            Err(_) => tracing::warn!(%actor_id, "the partition failed before its graph was built"),
+        };
+    });
+}
+
 fn read(
     partition: &RwLock<Partition>,
 ) -> Result<std::sync::RwLockReadGuard<'_, Partition>, String> {
