@@ -155,11 +155,6 @@ impl GraphBuild {
         }))
     }
 
-    /// Whether the graph is done (waiting for it would not block).
-    pub fn is_finished(&self) -> bool {
-        self.0.is_finished()
-    }
-
     /// The graph, once built.
     pub fn wait(self) -> Result<HnswIndex, String> {
         match self.0.join() {

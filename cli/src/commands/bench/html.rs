@@ -101,7 +101,7 @@ pub fn side_by_side(reports: &[Report]) -> String {
                 "<tr><td>{}</td><td>{}</td><td>{:.1}</td><td>{}</td><td>{:.1}</td><td>{}</td>\
                  <td>{:.1}</td><td>{}</td><td>{}</td></tr>",
                 escape(&r.system.name),
-                escape(&load(s)),
+                escape(&s.load.describe()),
                 s.throughput_per_s,
                 ratio(s.throughput_per_s, base.throughput_per_s),
                 s.latency_us.p50,
@@ -133,14 +133,6 @@ fn head(title: &str) -> String {
     )
 }
 
-fn load(s: &ScenarioReport) -> String {
-    let shape = match s.load.rate {
-        Some(rate) => format!("open loop at {rate} jobs/s"),
-        None => format!("closed loop, {} in flight each", s.load.in_flight),
-    };
-    format!("{} connections, {shape}", s.load.connections)
-}
-
 fn scenario(out: &mut String, s: &ScenarioReport) {
     let l = &s.latency_us;
     let errors: u64 = s.errors.values().sum();
@@ -163,7 +155,7 @@ fn scenario(out: &mut String, s: &ScenarioReport) {
          <tr><td>{:.0}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td>\
          <td>{errors}</td></tr></table>{}<div class=\"charts\">",
         escape(&s.name),
-        escape(&load(s)),
+        escape(&s.load.describe()),
         humantime::format_duration(s.load.duration),
         humantime::format_duration(s.load.warmup),
         if parameters.is_empty() {

@@ -40,6 +40,18 @@ pub struct Shape {
     pub duration: Duration,
 }
 
+impl Shape {
+    /// "4 connections, closed loop, 1 in flight each" or "4 connections, open loop at 500
+    /// jobs/s": how the lines and the page name the load.
+    pub fn describe(&self) -> String {
+        let shape = match self.rate {
+            Some(rate) => format!("open loop at {rate} jobs/s"),
+            None => format!("closed loop, {} in flight each", self.in_flight),
+        };
+        format!("{} connections, {shape}", self.connections)
+    }
+}
+
 /// One job that ended in the measured window.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

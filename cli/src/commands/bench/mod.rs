@@ -269,19 +269,15 @@ pub async fn run(
             continue;
         }
         let prepared = prepare(gw, scenario, config.nodes.len(), vectors.clone()).await?;
-        let loop_shape = match shape.rate {
-            Some(rate) => format!("open loop at {rate} jobs/s"),
-            None => format!("{} in flight each", shape.in_flight),
-        };
         let ramp = if shape.ramp.is_zero() {
             String::new()
         } else {
             format!("{} ramp, ", humantime::format_duration(shape.ramp))
         };
         eprintln!(
-            "{}: {} connections, {loop_shape}, {ramp}{} warm-up, {} measured",
+            "{}: {}, {ramp}{} warm-up, {} measured",
             scenario.name(),
-            shape.connections,
+            shape.describe(),
             humantime::format_duration(shape.warmup),
             humantime::format_duration(shape.duration)
         );
