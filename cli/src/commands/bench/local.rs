@@ -27,9 +27,18 @@ pub struct Local {
     nodes: Vec<tokio::process::Child>,
 }
 
-/// A port nobody listens on now.
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `count` distinct ports nobody listens on now. The listeners are held until all are taken:
+/// the OS may hand a just-closed port out again, and two nodes given one port would leave
+/// the cluster one node short.
+fn free_ports(count: usize) -> anyhow::Result<Vec<u16>> {
+    let listeners = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("no free port on 127.0.0.1")?;
+    listeners
+        .iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect()
 }
 
 /// cluster.toml for `n` nodes on loopback, each offered `cpu` and `memory`.
@@ -39,17 +48,15 @@ fn cluster_toml(n: u64, cpu_millicores: u64, memory_mib: u64) -> anyhow::Result<
          secret_file = \"cluster.secret\"\n\n[tls]\ndir = \"tls\"\n\n\
          [gateway]\ntokens_file = \"tokens.toml\"\nmax_jobs_per_token = 4096\n",
     );
-    for id in 1..=n {
+    let ports = free_ports(4 * n as usize)?;
+    for (id, p) in (1..=n).zip(ports.chunks(4)) {
         let _ = write!(
             t,
             "\n[[nodes]]\nid = {id}\nactors = \"127.0.0.1:{}\"\nraft = \"127.0.0.1:{}\"\n\
              gateway = \"127.0.0.1:{}\"\nhttp = \"127.0.0.1:{}\"\ndata_dir = \"data/node-{id}\"\n\
              [nodes.resources]\ncpu = \"{cpu_millicores}m\"\nmemory = \"{memory_mib}MiB\"\n\
              gpu = \"auto\"\n",
-            free_port()?,
-            free_port()?,
-            free_port()?,
-            free_port()?,
+            p[0], p[1], p[2], p[3],
         );
     }
     Ok(t)
@@ -93,7 +100,7 @@ impl Local {
         for node in &config.nodes {
             nodes.push(spawn(dir, &config_path, node.id)?);
         }
-        let local = Local {
+        let mut local = Local {
             dir: dir.to_path_buf(),
             gateway: GatewayArgs {
                 config: config_path,
@@ -145,16 +152,13 @@ impl Local {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                bail!(
-                    "node {id} did not come back in 60 s; see {}",
-                    self.dir.display()
-                );
+                bail!("node {id} did not come back in 60 s\n{}", self.diagnosis());
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
-    async fn until_ready(&self, n: u64) -> anyhow::Result<()> {
+    async fn until_ready(&mut self, n: u64) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(mut client) = self.gateway.connect().await
@@ -166,14 +170,49 @@ impl Local {
             {
                 return Ok(());
             }
+            if self.any_exited() {
+                bail!(
+                    "the local cluster did not come up: a node stopped\n{}",
+                    self.diagnosis()
+                );
+            }
             if Instant::now() >= deadline {
                 bail!(
-                    "the local cluster did not come up in 60 s; see the logs in {}",
-                    self.dir.display()
+                    "the local cluster did not come up in 60 s\n{}",
+                    self.diagnosis()
                 );
             }
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
+    }
+
+    /// Whether a node's process has ended.
+    fn any_exited(&mut self) -> bool {
+        self.nodes
+            .iter_mut()
+            .any(|child| matches!(child.try_wait(), Ok(Some(_))))
+    }
+
+    /// Each node's state and the end of its log: what a user (or CI) needs to see why the
+    /// cluster did not come up, without opening the files.
+    fn diagnosis(&mut self) -> String {
+        let mut text = String::new();
+        for (i, child) in self.nodes.iter_mut().enumerate() {
+            let id = i + 1;
+            let state = match child.try_wait() {
+                Ok(Some(status)) => format!("stopped ({status})"),
+                Ok(None) => "running".to_owned(),
+                Err(e) => format!("unknown ({e})"),
+            };
+            let log = self.dir.join(format!("node-{id}.log"));
+            let _ = writeln!(text, "node {id}: {state}; the end of {}:", log.display());
+            let lines = std::fs::read_to_string(&log).unwrap_or_default();
+            let lines: Vec<&str> = lines.lines().collect();
+            for line in &lines[lines.len().saturating_sub(12)..] {
+                let _ = writeln!(text, "  {line}");
+            }
+        }
+        text
     }
 
     /// SIGTERM to every node, then a kill for any still running after 10 s; the data is
