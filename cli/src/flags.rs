@@ -505,6 +505,26 @@ pub enum CollectionCommand {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
+    /// Write a consistent snapshot of the collection (its definition, and each partition's
+    /// rows as its primary held them at one sequence number) to FILE, sealed with a SHA-256
+    /// checksum.
+    Snapshot {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Create a collection from a snapshot (in this cluster or another) and load its rows.
+    /// The file's checksum is checked first: a corrupt or truncated file changes nothing.
+    Restore {
+        file: PathBuf,
+        /// The new collection's name (default: the snapshot's).
+        #[arg(long = "as")]
+        name: Option<String>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
     /// When every in-sync replica of a partition is gone for good: make another replica its
     /// only in-sync replica and primary, accepting the loss of what only the lost replicas
     /// held (printed). Refused while an in-sync replica's node is up.
@@ -618,6 +638,28 @@ pub enum ClusterCommand {
     /// Remove a node from the control plane.
     RemoveNode {
         id: NodeId,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Write the control plane's definitions (deployments and collections, not the
+    /// collections' rows: see `arbor collection snapshot`) to FILE, sealed with a checksum.
+    Backup {
+        #[arg(long)]
+        out: PathBuf,
+        /// Also save the tokens file (ids, roles and digests; never a secret).
+        #[arg(long)]
+        include_tokens: bool,
+        #[command(flatten)]
+        gateway: GatewayArgs,
+    },
+    /// Make a backup's deployments and collections in this cluster; refused whole when one
+    /// of their names is taken, or the file is corrupt.
+    Restore {
+        file: PathBuf,
+        /// Also write the backup's tokens file where cluster.toml names it (it must not
+        /// exist yet).
+        #[arg(long)]
+        tokens: bool,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

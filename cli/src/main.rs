@@ -13,7 +13,7 @@ use arbor_node::{ClusterConfig, Node};
 use arbor_proto::gateway::CreateCollectionJob;
 use clap::Parser;
 
-use commands::{admin, ask, cluster, ingest, jobs};
+use commands::{admin, ask, cluster, ingest, jobs, snapshot};
 use flags::{BenchCommand, Cli, ClusterCommand, CollectionCommand, Command, NodeAction, NodeArgs};
 
 fn main() -> ExitCode {
@@ -169,6 +169,16 @@ async fn cluster(command: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::RemoveNode { id, gateway } => {
             cluster::change_members(&gateway, id, false).await
         }
+        ClusterCommand::Backup {
+            out,
+            include_tokens,
+            gateway,
+        } => snapshot::backup(&gateway, &out, include_tokens).await,
+        ClusterCommand::Restore {
+            file,
+            tokens,
+            gateway,
+        } => snapshot::restore_cluster(&gateway, &file, tokens).await,
     }
 }
 
@@ -216,6 +226,14 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
             replica,
             gateway,
         } => admin::promote_stale(&gateway, name, partition, replica).await,
+        CollectionCommand::Snapshot { name, out, gateway } => {
+            snapshot::snapshot(&gateway, &name, &out).await
+        }
+        CollectionCommand::Restore {
+            file,
+            name,
+            gateway,
+        } => snapshot::restore(&gateway, &file, name).await,
     }
 }
 

@@ -100,6 +100,14 @@ pub enum JobSpec {
     /// Moves a node's actors elsewhere and places none there until undrained.
     Drain(NodeJob),
     Undrain(NodeJob),
+    /// One page of a partition's rows from its primary (`arbor collection snapshot`).
+    Export(crate::snapshot::ExportJob),
+    /// Rows with their ids, written as they are (`arbor collection restore`).
+    Import(crate::snapshot::ImportJob),
+    /// The control plane's deployments and collections (`arbor cluster backup`).
+    Backup,
+    /// Makes a backup's deployments and collections (`arbor cluster restore`).
+    Restore(crate::snapshot::RestoreJob),
 }
 
 /// The node a cluster job is about.
@@ -351,6 +359,10 @@ fn job_spec(value: Value, at: &str) -> Result<JobSpec, ParseError> {
         "remove_node" => JobSpec::RemoveNode(typed_at(rest, at)?),
         "drain" => JobSpec::Drain(typed_at(rest, at)?),
         "undrain" => JobSpec::Undrain(typed_at(rest, at)?),
+        "export" => JobSpec::Export(typed_at(rest, at)?),
+        "import" => JobSpec::Import(typed_at(rest, at)?),
+        "backup" => unit(JobSpec::Backup, rest)?,
+        "restore" => JobSpec::Restore(typed_at(rest, at)?),
         other => {
             let f = field("kind");
             return Err(ParseError::new(
@@ -441,6 +453,10 @@ impl JobSpec {
             JobSpec::RemoveNode(_) => "remove_node",
             JobSpec::Drain(_) => "drain",
             JobSpec::Undrain(_) => "undrain",
+            JobSpec::Export(_) => "export",
+            JobSpec::Import(_) => "import",
+            JobSpec::Backup => "backup",
+            JobSpec::Restore(_) => "restore",
         }
     }
 
@@ -457,7 +473,11 @@ impl JobSpec {
             | JobSpec::AddNode(_)
             | JobSpec::RemoveNode(_)
             | JobSpec::Drain(_)
-            | JobSpec::Undrain(_) => Role::Admin,
+            | JobSpec::Undrain(_)
+            | JobSpec::Export(_)
+            | JobSpec::Import(_)
+            | JobSpec::Backup
+            | JobSpec::Restore(_) => Role::Admin,
             JobSpec::Ingest(_)
             | JobSpec::Query(_)
             | JobSpec::Rag(_)
@@ -693,6 +713,10 @@ const JOB_KINDS: &[&str] = &[
     "remove_node",
     "drain",
     "undrain",
+    "export",
+    "import",
+    "backup",
+    "restore",
 ];
 
 /// Parses one text frame from a client.

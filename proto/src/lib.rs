@@ -24,6 +24,7 @@ pub mod metric;
 pub mod per_address;
 pub mod results;
 pub mod role;
+pub mod snapshot;
 
 pub use error::{Coded, ErrorCode};
 pub use ids::{

@@ -187,6 +187,8 @@ async fn answer(coordinator: &Coordinator, payload: &[u8]) -> CallReply {
     {
         RetrievalAnswer::Ingested(report) => encode(&report),
         RetrievalAnswer::Found(found) => encode(&found),
+        RetrievalAnswer::Exported(page) => encode(&page),
+        RetrievalAnswer::Imported(rows) => encode(&rows),
     }
 }
 
@@ -215,6 +217,18 @@ async fn serve(
             .query_ef(input, k, filter.as_ref(), ef)
             .await
             .map(RetrievalAnswer::Found),
+        RetrievalRequest::Export {
+            partition,
+            from,
+            limit,
+        } => coordinator
+            .export(partition, from, limit)
+            .await
+            .map(RetrievalAnswer::Exported),
+        RetrievalRequest::Import(rows) => coordinator
+            .import(rows)
+            .await
+            .map(RetrievalAnswer::Imported),
     }
 }
 

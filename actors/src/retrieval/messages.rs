@@ -17,6 +17,14 @@ pub enum RetrievalRequest {
     Ingest(Vec<Document>),
     /// The `k` best chunks for a text or a vector.
     Query(QueryRequest),
+    /// One page of a partition's rows from its primary (a snapshot).
+    Export {
+        partition: u32,
+        from: arbor_proto::snapshot::ExportFrom,
+        limit: u32,
+    },
+    /// Rows written as they are, ids kept (a restore).
+    Import(Vec<crate::partition::VectorRecord>),
 }
 
 /// A search over the collection.
@@ -45,6 +53,9 @@ pub enum QueryInput {
 pub enum RetrievalAnswer {
     Ingested(IngestReport),
     Found(QueryAnswer),
+    Exported(arbor_proto::snapshot::ExportPage),
+    /// The rows an import wrote.
+    Imported(u64),
 }
 
 /// A coordinator's reply to [`RetrievalRequest`]: the answer, or a coded error

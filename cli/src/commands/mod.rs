@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod ingest;
 pub mod jobs;
 pub mod local;
+pub mod snapshot;
 pub mod status;
 pub mod token;
 

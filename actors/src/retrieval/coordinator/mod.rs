@@ -22,6 +22,7 @@ use crate::replica::{EmbedFailure, EmbedRequest, ReplicaMsg};
 use crate::router::{CallError, Router};
 use crate::wire::Wire;
 
+mod export;
 mod ingest;
 mod query;
 mod replicas;

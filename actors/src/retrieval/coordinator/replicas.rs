@@ -33,6 +33,33 @@ impl Coordinator {
     /// node behind the control plane) it tries again, for up to `write_patience_ms`; writes
     /// are idempotent (rows by id), so a try that timed out may be repeated.
     pub(super) async fn write(&self, partition: u32, op: WriteOp) -> Result<(), RetrievalError> {
+        let request = |epoch| PartitionRequest::Write {
+            epoch,
+            op: op.clone(),
+        };
+        let invalid = |reason| RetrievalError::Write { partition, reason };
+        match self
+            .ask_primary(partition, request, WRITE_TIMEOUT, invalid)
+            .await?
+        {
+            PartitionAnswer::Written { .. } => Ok(()),
+            other => Err(RetrievalError::Write {
+                partition,
+                reason: format!("a write was answered with {}", answer_name(&other)),
+            }),
+        }
+    }
+
+    /// Asks the partition's primary (the request made for the epoch the coordinator knows),
+    /// with the patience of a write: while the replica set changes it finds the new primary
+    /// and asks again. A request the primary refuses as invalid fails with `invalid`.
+    pub(super) async fn ask_primary(
+        &self,
+        partition: u32,
+        request: impl Fn(u64) -> PartitionRequest,
+        timeout: Duration,
+        invalid: impl Fn(String) -> RetrievalError,
+    ) -> Result<PartitionAnswer, RetrievalError> {
         let deployment = self.deployment(partition);
         let deadline = Instant::now() + Duration::from_millis(self.route.write_patience_ms);
         let unavailable = |reason: String| RetrievalError::Unavailable {
@@ -64,21 +91,9 @@ impl Coordinator {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            let request = PartitionRequest::Write {
-                epoch: view.set.epoch,
-                op: op.clone(),
-            };
-            match remote::ask(&cell, request, WRITE_TIMEOUT).await {
-                Ok(PartitionAnswer::Written { .. }) => return Ok(()),
-                Ok(other) => {
-                    return Err(RetrievalError::Write {
-                        partition,
-                        reason: format!("a write was answered with {}", answer_name(&other)),
-                    });
-                }
-                Err(PartitionFailure::Invalid(reason)) => {
-                    return Err(RetrievalError::Write { partition, reason });
-                }
+            match remote::ask(&cell, request(view.set.epoch), timeout).await {
+                Ok(answer) => return Ok(answer),
+                Err(PartitionFailure::Invalid(reason)) => return Err(invalid(reason)),
                 Err(PartitionFailure::StaleEpoch { current, .. }) => {
                     last = format!("this node knew epoch {}, not {current}", view.set.epoch);
                     let _ = self

@@ -9,6 +9,7 @@ mod collection;
 mod deploy;
 mod generate;
 mod retrieval;
+mod snapshot;
 
 #[cfg(test)]
 use retrieval::{find_coordinator, ingest_steps};
@@ -241,7 +242,32 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
             max_tokens(g.max_tokens)
         }
         JobSpec::Call(c) => named("deployment", &c.deployment),
+        JobSpec::Export(e) => named("collection", &e.collection),
+        JobSpec::Import(i) => {
+            named("collection", &i.collection)?;
+            let max = arbor_proto::snapshot::MAX_IMPORT_ROWS;
+            if i.rows.is_empty() || i.rows.len() > max {
+                return invalid(
+                    "rows",
+                    format!("rows has {} entries; give 1..={max}", i.rows.len()),
+                );
+            }
+            for (n, row) in i.rows.iter().enumerate() {
+                if let Some(p) = row.vector.iter().position(|x| !x.is_finite()) {
+                    return invalid(
+                        &format!("rows[{n}].vector"),
+                        format!(
+                            "value {p} of row {}'s vector is not a finite number",
+                            row.id
+                        ),
+                    );
+                }
+            }
+            Ok(())
+        }
         JobSpec::Deploy(_)
+        | JobSpec::Backup
+        | JobSpec::Restore(_)
         | JobSpec::Collections
         | JobSpec::Deployments
         | JobSpec::Status
@@ -355,6 +381,10 @@ pub async fn execute(env: &Env, spec: JobSpec, emit: &Emit) -> Result<Value, Job
         JobSpec::Embed(e) => embed(env, e).await,
         JobSpec::Generate(g) => generate(env, g, emit).await,
         JobSpec::PromoteStale(p) => promote_stale(env, p).await,
+        JobSpec::Export(e) => snapshot::export(env, e).await,
+        JobSpec::Import(i) => snapshot::import(env, i).await,
+        JobSpec::Backup => snapshot::backup(env).await,
+        JobSpec::Restore(r) => snapshot::restore(env, r).await,
         JobSpec::Membership => {
             let report = cluster::membership(env).await?;
             serde_json::to_value(report).map_err(internal)

@@ -132,7 +132,7 @@ pub(super) async fn ingest(env: &Env, i: IngestJob, emit: &Emit) -> Result<Value
 /// One typed request to a coordinator of the collection. Ingests and queries are safe to run
 /// twice (a document's id names its rows). The coordinator's coded error becomes the job's,
 /// code for code.
-async fn ask_coordinator(
+pub(super) async fn ask_coordinator(
     env: &Env,
     coordinator: &str,
     request: RetrievalRequest,
