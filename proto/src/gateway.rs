@@ -516,6 +516,10 @@ impl JobSpec {
                 | JobSpec::Deployments
                 | JobSpec::Membership
                 | JobSpec::ClusterStatus
+                // Pages and batches of a snapshot or a restore: thousands for one file.
+                | JobSpec::Export(_)
+                | JobSpec::Import(_)
+                | JobSpec::Backup
                 // A node removed from the control plane could never record the end of the
                 // job that removed it; the change itself is in the log either way.
                 | JobSpec::AddNode(_)
