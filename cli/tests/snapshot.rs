@@ -121,6 +121,11 @@ async fn a_snapshot_and_a_backup_restored_into_a_new_cluster_hold_every_row() {
         .await
         .unwrap();
     assert!(quiet.contains("300 rows in 2 partitions"), "{quiet}");
+    let left: Vec<_> = std::fs::read_dir(files.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["docs.snap"], "no spool or partial file is left");
     let (header, rows) = rows_of(Path::new(&file("docs.snap")));
     assert_eq!(header["partitions"], 2);
     assert_eq!(rows.len(), 300);

@@ -92,7 +92,11 @@ pub async fn snapshot(gw: &GatewayArgs, name: &str, out: &Path) -> anyhow::Resul
     };
     let mut writer = SealedWriter::create(out, SNAPSHOT_MAGIC)
         .with_context(|| format!("cannot write {}", out.display()))?;
-    let written = write_snapshot(&mut client, name, &header, &mut writer, out).await;
+    // ctrl-c drops the reading (its spool files with it) and removes the partial file.
+    let written = tokio::select! {
+        written = write_snapshot(&mut client, name, &header, &mut writer, out) => written,
+        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted: no snapshot was written")),
+    };
     match written {
         Ok(rows) => {
             let bytes = writer
@@ -147,10 +151,19 @@ async fn write_snapshot(
     Ok(total)
 }
 
+/// A spool file, removed when dropped: a snapshot that fails or is interrupted leaves none.
+struct Spool(PathBuf);
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// One partition as read: the rows spooled to disk, and the changes made after the first
 /// page (`None`: deleted), which win over the spooled rows.
 struct ReadPartition {
-    spool: PathBuf,
+    spool: Spool,
     seq: u64,
     changes: BTreeMap<u64, Option<RowData>>,
 }
@@ -163,7 +176,7 @@ impl ReadPartition {
         encode_section(&mut buf, partition, self.seq, 0);
         writer.write(&buf)?;
         let mut rows = 0;
-        let mut spool = BufReader::new(std::fs::File::open(&self.spool)?);
+        let mut spool = BufReader::new(std::fs::File::open(&self.spool.0)?);
         while let Some(row) = spooled_row(&mut spool, dim)? {
             if self.changes.contains_key(&row.id) {
                 continue;
@@ -173,7 +186,6 @@ impl ReadPartition {
             writer.write(&buf)?;
             rows += 1;
         }
-        let _ = std::fs::remove_file(&self.spool);
         for (id, row) in &self.changes {
             if let Some(row) = row {
                 buf.clear();
@@ -239,10 +251,10 @@ async fn read_partition(
 ) -> anyhow::Result<Option<ReadPartition>> {
     let mut spool_path = out.as_os_str().to_owned();
     spool_path.push(format!(".partition-{partition}"));
-    let spool_path = PathBuf::from(spool_path);
+    let spool_path = Spool(PathBuf::from(spool_path));
     let mut spool = BufWriter::new(
-        std::fs::File::create(&spool_path)
-            .with_context(|| format!("cannot write {}", spool_path.display()))?,
+        std::fs::File::create(&spool_path.0)
+            .with_context(|| format!("cannot write {}", spool_path.0.display()))?,
     );
     let first = export_page(
         client,
@@ -256,8 +268,6 @@ async fn read_partition(
     let mut buf = Vec::new();
     loop {
         if page.history != history {
-            drop(spool);
-            let _ = std::fs::remove_file(&spool_path);
             return Ok(None);
         }
         for row in &page.rows {
@@ -292,7 +302,6 @@ async fn read_partition(
     let seq = loop {
         let page = export_page(client, collection, partition, from).await?;
         if page.history != history {
-            let _ = std::fs::remove_file(&spool_path);
             return Ok(None);
         }
         for row in page.rows {
