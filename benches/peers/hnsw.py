@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """Arbor's HNSW index (arbor_kernels::hnsw) beside hnswlib, on the same vectors and settings.
 
-One partition's worth of work, in one process each, one query per call, one thread: the
-graph is built from the same rows with the same m and ef_construction, then searched at a
-sweep of ef; recall@k is against an exact search (numpy). Prints, per target recall (0.95,
-0.99), the queries/s of each at the smallest ef that reaches it and their ratio, and the
-build times:
+One partition's worth of work, in one process each, one query per call on one thread: the
+graph is built from the same rows with the same m and ef_construction on the same number of
+threads, then searched at a sweep of ef; recall@k is against an exact search (numpy).
+Prints, per build thread count and target recall (0.95, 0.99), the queries/s of each at the
+smallest ef that reaches it and their ratio, and the build times:
 
     "$(benches/peers/setup.sh)" benches/peers/hnsw.py [--rows 100000] [--dim 384]
-        [--queries 1000] [--k 10] [--m 16] [--ef-construction 128]
-        [--arbor target/release/examples/hnsw_sweep] [--json OUT]
+        [--queries 1000] [--k 10] [--m 16] [--ef-construction 128] [--threads 1[,2..]]
+        [--arbor $CARGO_TARGET_DIR/release/examples/hnsw_sweep] [--json OUT]
+
+`--threads 1,2` builds each graph twice, once per thread count (hnswlib's num_threads,
+arbor's HnswIndex::upsert_parallel on a pool of that many threads; 1 is arbor's
+deterministic sequential build), and sweeps each graph: a parallel build must not cost recall.
 
 The data is clustered like real sentence embeddings (cluster centres plus a low-dimensional
 latent offset plus a little noise; isotropic noise, where every neighbour is about as far as
@@ -20,6 +24,7 @@ missing). Run it on a quiet machine; compare nothing across runs.
 
 import argparse
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -70,29 +75,33 @@ def recall(found, truth):
 
 
 def timed_queries(search, queries, min_seconds=1.0):
-    """Queries/s of `search(q)` one query at a time (whole passes until min_seconds)."""
+    """Queries/s of `search(q)` one query at a time (whole passes until min_seconds), by the
+    wall clock and by this process's CPU time (steadier when other work shares the cores)."""
     search(queries[0])
-    passes, start = 0, time.perf_counter()
+    passes, start, cpu_start = 0, time.perf_counter(), time.process_time()
     while True:
         for q in queries:
             search(q)
         passes += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
-            return passes * len(queries) / elapsed
+            done = passes * len(queries)
+            return done / elapsed, done / max(time.process_time() - cpu_start, 1e-9)
 
 
-def hnswlib_sweep(a, rows, queries, truth):
+def hnswlib_sweep(a, rows, queries, truth, threads):
     import hnswlib
 
     index = hnswlib.Index(space="cosine", dim=a.dim)
     index.init_index(max_elements=len(rows), M=a.m, ef_construction=a.ef_construction,
                      random_seed=1)
-    index.set_num_threads(1)
-    start = time.perf_counter()
-    index.add_items(rows, np.arange(len(rows)), num_threads=1)
+    index.set_num_threads(threads)
+    start, cpu_start = time.perf_counter(), time.process_time()
+    index.add_items(rows, np.arange(len(rows)), num_threads=threads)
     build = time.perf_counter() - start
-    log(f"hnswlib: built in {build:.1f} s")
+    build_cpu = time.process_time() - cpu_start
+    index.set_num_threads(1)
+    log(f"hnswlib: built in {build:.1f} s on {threads} thread(s)")
     points = []
     for ef in EFS:
         if ef < a.k:
@@ -100,15 +109,15 @@ def hnswlib_sweep(a, rows, queries, truth):
         index.set_ef(ef)
         found = [index.knn_query(q[None, :], k=a.k, num_threads=1)[0][0] for q in queries]
         r = recall(found, truth)
-        qps = timed_queries(lambda q: index.knn_query(q[None, :], k=a.k, num_threads=1),
-                            queries)
-        points.append({"ef": ef, "qps": qps, "recall": r})
+        qps, cpu_qps = timed_queries(
+            lambda q: index.knn_query(q[None, :], k=a.k, num_threads=1), queries)
+        points.append({"ef": ef, "qps": qps, "cpu_qps": cpu_qps, "recall": r})
         log(f"hnswlib: ef {ef}: recall@{a.k} {r:.4f}, {qps:,.0f} queries/s")
     return {"version": getattr(hnswlib, "__version__", "0.8.0"), "build_s": build,
-            "points": points}
+            "build_cpu_s": build_cpu, "points": points}
 
 
-def arbor_sweep(a, files):
+def arbor_sweep(a, files, threads):
     exe = pathlib.Path(a.arbor)
     if not exe.is_file():
         log("building the arbor side (cargo build --release -p arbor-kernels --example hnsw_sweep)")
@@ -118,12 +127,13 @@ def arbor_sweep(a, files):
     out = subprocess.run(
         [str(exe), "--rows", files["rows"], "--queries", files["queries"], "--truth",
          files["truth"], "--dim", str(a.dim), "--k", str(a.k), "--m", str(a.m),
-         "--ef-construction", str(a.ef_construction), "--ef", efs],
+         "--ef-construction", str(a.ef_construction), "--ef", efs,
+         "--threads", str(threads)],
         capture_output=True, text=True, env={"RAYON_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     if out.returncode != 0:
         sys.exit(f"error: {exe} failed:\n{out.stderr}")
     result = json.loads(out.stdout)
-    log(f"arbor: built in {result['build_s']:.1f} s")
+    log(f"arbor: built in {result['build_s']:.1f} s on {threads} thread(s)")
     for p in result["points"]:
         log(f"arbor: ef {p['ef']}: recall@{a.k} {p['recall']:.4f}, {p['qps']:,.0f} queries/s")
     return result
@@ -143,7 +153,10 @@ def main():
     p.add_argument("--m", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=128)
     p.add_argument("--clusters", type=int, default=100)
-    p.add_argument("--arbor", default=str(ROOT / "target/release/examples/hnsw_sweep"))
+    p.add_argument("--threads", default="1",
+                   help="build threads, or a comma-separated list of them (e.g. 1,2)")
+    target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    p.add_argument("--arbor", default=str(target / "release/examples/hnsw_sweep"))
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     a = p.parse_args()
 
@@ -153,36 +166,54 @@ def main():
     queries, _, _ = clustered(a.queries, a.dim, a.clusters, seed=2, centres=centres,
                               projection=projection)
     truth = exact_top(rows, queries, a.k)
+    thread_counts = [int(t) for t in a.threads.split(",")]
+    arbors = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {"rows": f"{tmp}/rows.f32", "queries": f"{tmp}/queries.f32",
                  "truth": f"{tmp}/truth.u64"}
         rows.tofile(files["rows"])
         queries.tofile(files["queries"])
         truth.astype("<u8").tofile(files["truth"])
-        arbor = arbor_sweep(a, files)
-    peer = hnswlib_sweep(a, rows, queries, truth)
+        for t in thread_counts:
+            arbors[t] = arbor_sweep(a, files, t)
+    peers = {t: hnswlib_sweep(a, rows, queries, truth, t) for t in thread_counts}
 
-    print(f"\n{a.rows:,} x {a.dim}, m {a.m}, ef_construction {a.ef_construction}, k {a.k}, "
-          "one thread, one query per call")
-    print(f"build: arbor {arbor['build_s']:.1f} s, hnswlib {peer['build_s']:.1f} s "
-          f"(arbor/hnswlib time {arbor['build_s'] / peer['build_s']:.2f})")
-    rows_out = []
-    for target in TARGETS:
-        x, y = at_target(arbor["points"], target), at_target(peer["points"], target)
-        if x is None or y is None:
-            print(f"recall >= {target}: " + ("arbor never reaches it" if x is None else "")
-                  + (" hnswlib never reaches it" if y is None else ""))
-            continue
-        ratio = x["qps"] / y["qps"]
-        rows_out.append({"target": target, "arbor": x, "hnswlib": y, "ratio": ratio})
-        print(f"recall >= {target}: arbor {x['qps']:,.0f} q/s (ef {x['ef']}, "
-              f"{x['recall']:.3f}), hnswlib {y['qps']:,.0f} q/s (ef {y['ef']}, "
-              f"{y['recall']:.3f}): arbor/hnswlib {ratio:.2f}")
+    runs = []
+    for t in thread_counts:
+        arbor, peer = arbors[t], peers[t]
+        print(f"\n{a.rows:,} x {a.dim}, m {a.m}, ef_construction {a.ef_construction}, k {a.k}, "
+              f"built on {t} thread(s), queried one per call on one thread")
+        print(f"build: arbor {arbor['build_s']:.1f} s, hnswlib {peer['build_s']:.1f} s "
+              f"(arbor/hnswlib time {arbor['build_s'] / peer['build_s']:.2f}); CPU time: "
+              f"arbor {arbor['build_cpu_s']:.1f} s, hnswlib {peer['build_cpu_s']:.1f} s "
+              f"({arbor['build_cpu_s'] / peer['build_cpu_s']:.2f})")
+        rows_out = []
+        for target in TARGETS:
+            x, y = at_target(arbor["points"], target), at_target(peer["points"], target)
+            if x is None or y is None:
+                print(f"recall >= {target}: " + ("arbor never reaches it" if x is None else "")
+                      + (" hnswlib never reaches it" if y is None else ""))
+                continue
+            ratio = x["qps"] / y["qps"]
+            rows_out.append({"target": target, "arbor": x, "hnswlib": y, "ratio": ratio})
+            print(f"recall >= {target}: arbor {x['qps']:,.0f} q/s (ef {x['ef']}, "
+                  f"{x['recall']:.3f}), hnswlib {y['qps']:,.0f} q/s (ef {y['ef']}, "
+                  f"{y['recall']:.3f}): arbor/hnswlib {ratio:.2f}; by CPU time "
+                  f"{x['cpu_qps']:,.0f} vs {y['cpu_qps']:,.0f}: "
+                  f"{x['cpu_qps'] / y['cpu_qps']:.2f}")
+        print("ef     arbor: recall     q/s  cpu q/s   hnswlib: recall     q/s  cpu q/s")
+        peer_at = {p["ef"]: p for p in peer["points"]}
+        for p in arbor["points"]:
+            q = peer_at.get(p["ef"])
+            if q is not None:
+                print(f"{p['ef']:<6}        {p['recall']:.4f} {p['qps']:>7,.0f} "
+                      f"{p['cpu_qps']:>8,.0f}            {q['recall']:.4f} {q['qps']:>7,.0f} "
+                      f"{q['cpu_qps']:>8,.0f}")
+        runs.append({"threads": t, "arbor": arbor, "hnswlib": peer, "at": rows_out})
     if a.json:
         a.json.write_text(json.dumps({"rows": a.rows, "dim": a.dim, "m": a.m,
                                       "ef_construction": a.ef_construction, "k": a.k,
-                                      "arbor": arbor, "hnswlib": peer, "at": rows_out},
-                                     indent=2) + "\n")
+                                      "runs": runs}, indent=2) + "\n")
     return 0
 
 

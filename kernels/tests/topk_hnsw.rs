@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use arbor_kernels::hnsw::{HnswIndex, HnswParams};
+use arbor_kernels::hnsw::{HnswIndex, HnswParams, HnswReadError};
 use arbor_kernels::topk::{CpuIndex, Hit, Metric, VectorIndex};
 
 /// Gaussian-ish clusters: `clusters` centres, points spread around them. Seeded.
@@ -134,4 +134,190 @@ fn removed_and_filtered_rows_are_never_returned() {
     let all = hnsw.search(&queries[..D], left + 5).unwrap();
     assert_eq!(all[0].len(), left);
     assert!(hnsw.memory().host_bytes > left * D * 4);
+}
+
+/// A small graph of every metric, with dead nodes, for the persistence tests.
+fn small_index(metric: Metric, n: usize, d: usize) -> HnswIndex {
+    let rows = clustered(n, d, 4, 21);
+    let ids: Vec<u64> = (0..n as u64).map(|i| i * 3 + 7).collect();
+    let params = HnswParams {
+        m: 4,
+        ef_construction: 16,
+        ..HnswParams::default()
+    };
+    let mut h = HnswIndex::new(d, metric, params).unwrap();
+    h.upsert(&ids, &rows).unwrap();
+    h.remove(&ids[..n / 10]).unwrap();
+    h
+}
+
+fn saved(h: &HnswIndex) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    h.write_to(&mut bytes).unwrap();
+    bytes
+}
+
+#[test]
+fn a_saved_graph_loads_and_answers_alike() {
+    let queries = clustered(20, D, 40, 77);
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2] {
+        let n = 3000;
+        let rows = clustered(n, D, 40, 11);
+        let ids: Vec<u64> = (0..n as u64).map(|i| i * 2 + 1).collect();
+        let mut h = HnswIndex::new(D, metric, HnswParams::default()).unwrap();
+        h.upsert(&ids, &rows).unwrap();
+        h.remove(&[1, 3, 5]).unwrap();
+        let bytes = saved(&h);
+        let mut loaded = HnswIndex::read_from(&mut bytes.as_slice(), D, metric).unwrap();
+        assert_eq!(loaded.len(), h.len());
+        assert_eq!(loaded.params(), h.params());
+        let even = |id: u64| id % 4 == 1;
+        for ef in [10, 64, 200] {
+            assert_eq!(
+                loaded.search_with_ef(&queries, 10, None, Some(ef)).unwrap(),
+                h.search_with_ef(&queries, 10, None, Some(ef)).unwrap(),
+                "{metric}, ef {ef}"
+            );
+            assert_eq!(
+                loaded
+                    .search_with_ef(&queries, 10, Some(&even), Some(ef))
+                    .unwrap(),
+                h.search_with_ef(&queries, 10, Some(&even), Some(ef))
+                    .unwrap(),
+            );
+        }
+        // Writing the loaded graph again gives the same bytes; it stays writable.
+        assert_eq!(saved(&loaded), bytes);
+        loaded.upsert(&[1], &queries[..D]).unwrap();
+        assert_eq!(loaded.search(&queries[..D], 1).unwrap()[0][0].id, 1);
+    }
+    // An empty index round-trips too.
+    let empty = HnswIndex::new(D, Metric::L2, HnswParams::default()).unwrap();
+    let loaded = HnswIndex::read_from(&mut saved(&empty).as_slice(), D, Metric::L2).unwrap();
+    assert_eq!(loaded.len(), 0);
+    assert!(loaded.search(&queries[..D], 3).unwrap()[0].is_empty());
+}
+
+#[test]
+fn a_file_for_another_index_is_refused() {
+    let bytes = saved(&small_index(Metric::Cosine, 100, 8));
+    let err = HnswIndex::read_from(&mut bytes.as_slice(), 9, Metric::Cosine).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            HnswReadError::DimensionMismatch {
+                found: 8,
+                expected: 9
+            }
+        ),
+        "{err}"
+    );
+    let err = HnswIndex::read_from(&mut bytes.as_slice(), 8, Metric::L2).unwrap_err();
+    assert!(matches!(err, HnswReadError::MetricMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("cosine"), "{err}");
+    let err = HnswIndex::read_from(&mut &b"not a graph at all"[..], 8, Metric::L2).unwrap_err();
+    assert!(matches!(err, HnswReadError::BadMagic), "{err}");
+    let mut newer = bytes.clone();
+    newer[8] = 99;
+    let err = HnswIndex::read_from(&mut newer.as_slice(), 8, Metric::Cosine).unwrap_err();
+    assert!(
+        matches!(err, HnswReadError::UnsupportedVersion { found: 99, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_truncation_of_a_graph_file_is_refused() {
+    for metric in [Metric::Cosine, Metric::L2] {
+        let bytes = saved(&small_index(metric, 60, 5));
+        for len in 0..bytes.len() {
+            match HnswIndex::read_from(&mut &bytes[..len], 5, metric) {
+                Err(HnswReadError::Truncated) => {}
+                other => panic!("{metric}: truncated to {len}: {other:?}"),
+            }
+        }
+        assert!(HnswIndex::read_from(&mut bytes.as_slice(), 5, metric).is_ok());
+    }
+}
+
+#[test]
+fn every_flipped_byte_of_a_graph_file_is_refused() {
+    let bytes = saved(&small_index(Metric::Dot, 60, 5));
+    for at in 0..bytes.len() {
+        for bit in [0, 3, 7] {
+            let mut bad = bytes.clone();
+            bad[at] ^= 1 << bit;
+            let err = match HnswIndex::read_from(&mut bad.as_slice(), 5, Metric::Dot) {
+                Err(e) => e,
+                Ok(_) => panic!("byte {at} bit {bit} flipped was accepted"),
+            };
+            // Each refusal says what is wrong.
+            assert!(!err.to_string().is_empty());
+        }
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+    /// Garbage after a valid header, or a valid file with a stretch overwritten by random
+    /// bytes: refused with an error (the reader never panics nor trusts the garbage).
+    #[test]
+    fn garbage_is_refused_without_panicking(
+        start in 0usize..2000,
+        junk in proptest::collection::vec(proptest::num::u8::ANY, 1..64),
+    ) {
+        let bytes = saved(&small_index(Metric::L2, 40, 4));
+        let mut bad = bytes.clone();
+        let start = start % bad.len();
+        let end = (start + junk.len()).min(bad.len());
+        bad[start..end].copy_from_slice(&junk[..end - start]);
+        let result = HnswIndex::read_from(&mut bad.as_slice(), 4, Metric::L2);
+        if bad != bytes {
+            proptest::prop_assert!(result.is_err());
+        }
+        let mut tail = bytes[..88.min(bytes.len())].to_vec();
+        tail.extend_from_slice(&junk);
+        proptest::prop_assert!(HnswIndex::read_from(&mut tail.as_slice(), 4, Metric::L2).is_err());
+    }
+}
+
+#[test]
+fn a_parallel_build_is_as_good_and_well_formed() {
+    let n = 4000;
+    let rows = clustered(n, D, 40, 11);
+    let queries = clustered(100, D, 40, 99);
+    let ids: Vec<u64> = (0..n as u64).map(|i| i * 2 + 1).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(4)
+        .build()
+        .unwrap();
+    for metric in [Metric::Cosine, Metric::L2] {
+        let exact = CpuIndex::from_rows(D, metric, &ids, &rows).unwrap();
+        let mut h = HnswIndex::new(D, metric, HnswParams::default()).unwrap();
+        // In two batches, the second upserting some ids of the first again.
+        pool.install(|| h.upsert_parallel(&ids[..n / 2], &rows[..n / 2 * D]))
+            .unwrap();
+        pool.install(|| h.upsert_parallel(&ids[n / 4..], &rows[n / 4 * D..]))
+            .unwrap();
+        assert_eq!(h.len(), n);
+        let want = exact.search(&queries, 10).unwrap();
+        let got = h.search(&queries, 10).unwrap();
+        let r = recall(&got, &want);
+        eprintln!("{metric}: parallel build recall@10 = {r:.4}");
+        assert!(r >= 0.9, "{metric}: recall@10 {r} below 0.9");
+        // Reading checks every link: the graph the threads made is well formed.
+        let loaded = HnswIndex::read_from(&mut saved(&h).as_slice(), D, metric).unwrap();
+        assert_eq!(loaded.search(&queries, 10).unwrap(), got);
+    }
+    // With one thread it is the sequential build exactly.
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let mut a = HnswIndex::new(D, Metric::L2, HnswParams::default()).unwrap();
+    one.install(|| a.upsert_parallel(&ids, &rows)).unwrap();
+    let mut b = HnswIndex::new(D, Metric::L2, HnswParams::default()).unwrap();
+    b.upsert(&ids, &rows).unwrap();
+    assert_eq!(saved(&a), saved(&b));
 }
