@@ -11,6 +11,7 @@ mod isa;
 pub mod llama;
 mod math;
 pub mod models;
+pub mod quant;
 pub mod topk;
 
 pub use device::{Device, GpuInfo, NoGpu};
