@@ -73,7 +73,14 @@ pub fn sweep(data_dir: &Path, keep: &Keep) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let file_name = entry.file_name();
-        let Some(name) = file_name.to_str().and_then(StoreName::parse) else {
+        // A store, or the HNSW graph saved beside it (`<store>.hnsw`, `.hnsw.tmp` while
+        // being written).
+        let store_file = file_name.to_str().map(|n| {
+            n.strip_suffix(".hnsw.tmp")
+                .or_else(|| n.strip_suffix(".hnsw"))
+                .unwrap_or(n)
+        });
+        let Some(name) = store_file.and_then(StoreName::parse) else {
             continue;
         };
         if !keep.removable(&name) {
@@ -136,10 +143,18 @@ mod tests {
         std::fs::create_dir_all(&folder).unwrap();
         for n in [name(2, 7), name(2, 5), name(3, 1)] {
             std::fs::write(folder.join(n.file_name()), b"").unwrap();
+            // The HNSW graph saved beside a store goes with it.
+            std::fs::write(folder.join(format!("{}.hnsw", n.file_name())), b"").unwrap();
         }
         std::fs::write(folder.join("notes.txt"), b"").unwrap();
-        let removed = sweep(dir.path(), &keep);
-        assert_eq!(removed, vec![folder.join(name(2, 5).file_name())]);
+        let mut removed = sweep(dir.path(), &keep);
+        removed.sort();
+        let gone = name(2, 5).file_name();
+        assert_eq!(
+            removed,
+            vec![folder.join(&gone), folder.join(format!("{gone}.hnsw"))]
+        );
         assert!(folder.join("notes.txt").exists());
+        assert!(folder.join(format!("{}.hnsw", name(2, 7).file_name())).exists());
     }
 }

@@ -114,18 +114,19 @@ impl VectorIndex for PartitionIndex {
     }
 }
 
+/// The graph settings of `spec`.
+pub fn params(spec: HnswSpec) -> HnswParams {
+    HnswParams {
+        m: spec.m as usize,
+        ef_construction: spec.ef_construction as usize,
+        ef_search: spec.ef_search as usize,
+        ..HnswParams::default()
+    }
+}
+
 /// An empty graph of `spec`'s settings.
 fn graph(dim: usize, metric: Metric, spec: HnswSpec) -> Result<HnswIndex, TopKError> {
-    HnswIndex::new(
-        dim,
-        metric,
-        HnswParams {
-            m: spec.m as usize,
-            ef_construction: spec.ef_construction as usize,
-            ef_search: spec.ef_search as usize,
-            ..HnswParams::default()
-        },
-    )
+    HnswIndex::new(dim, metric, params(spec))
 }
 
 /// An HNSW graph being built on a thread of its own from the rows a partition loaded, while
@@ -145,7 +146,9 @@ impl GraphBuild {
         GraphBuild(std::thread::spawn(move || {
             let started = std::time::Instant::now();
             let mut graph = graph(dim, metric, spec)?;
-            graph.upsert(&ids, &vectors)?;
+            // On the threads of the shared pool: a partition waits for its graph, and the
+            // exact scan serving meanwhile uses the same pool only for searches.
+            graph.upsert_parallel(&ids, &vectors)?;
             tracing::info!(
                 rows = ids.len(),
                 seconds = started.elapsed().as_secs_f64(),

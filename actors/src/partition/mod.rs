@@ -17,6 +17,7 @@ pub mod messages;
 pub mod metadata;
 pub mod remote;
 pub mod replication;
+pub mod saved_graph;
 pub mod store;
 
 use std::path::Path;
@@ -103,6 +104,9 @@ pub struct Partition {
     /// While a graph is being built: the changes made since its rows were taken (`None`:
     /// no graph is being built).
     pending: Option<Vec<Pending>>,
+    /// Memory still matches the disk: false once a durable write could not be applied in
+    /// memory ([`PartitionError::Diverged`]), after which the graph is never saved.
+    intact: bool,
 }
 
 impl std::fmt::Debug for Partition {
@@ -132,17 +136,40 @@ impl Partition {
         // A graph of many rows takes a while: an exact scan serves until it is built (on a
         // thread of its own, from a copy of the rows), so the partition is up as soon as its
         // rows are read.
-        let graph = match spec {
-            IndexSpec::Hnsw(h) if rows > 0 => Some(h),
+        // A graph saved beside the store (by the last stop, or once it was built) serves at
+        // once, with the writes since replayed into it.
+        let saved = match spec {
+            IndexSpec::Hnsw(h) if rows > 0 => {
+                let path = saved_graph::path_of(store.path());
+                match saved_graph::load(&path, &store, index::params(h), rows) {
+                    Ok(graph) => graph,
+                    Err(why) => {
+                        tracing::warn!(
+                            file = %path.display(),
+                            "the saved HNSW graph is not used ({why}); building it again"
+                        );
+                        saved_graph::discard(&path);
+                        None
+                    }
+                }
+            }
             _ => None,
         };
-        let mut index = match graph {
-            Some(_) => PartitionIndex::new(dim, metric, device, IndexSpec::Exact)?,
-            None => PartitionIndex::new(dim, metric, device, spec)?,
+        let loaded = saved.is_some();
+        let graph = match spec {
+            IndexSpec::Hnsw(h) if rows > 0 && !loaded => Some(h),
+            _ => None,
+        };
+        let mut index = match (saved, graph) {
+            (Some(saved), _) => PartitionIndex::Hnsw(saved),
+            (None, Some(_)) => PartitionIndex::new(dim, metric, device, IndexSpec::Exact)?,
+            (None, None) => PartitionIndex::new(dim, metric, device, spec)?,
         };
         let mut copy = graph.map(|_| (Vec::with_capacity(rows), Vec::with_capacity(rows * dim)));
         let mut metadata = MetadataTable::default();
-        index.reserve(rows)?;
+        if !loaded {
+            index.reserve(rows)?;
+        }
         metadata.reserve(rows);
         let mut ids = Vec::with_capacity(LOAD_CHUNK_ROWS);
         let mut vectors = Vec::with_capacity(LOAD_CHUNK_ROWS * dim);
@@ -160,13 +187,17 @@ impl Partition {
                 all_vectors.extend_from_slice(&r.vector);
             }
             if ids.len() == LOAD_CHUNK_ROWS {
-                index.upsert(&ids, &vectors)?;
+                if !loaded {
+                    index.upsert(&ids, &vectors)?;
+                }
                 ids.clear();
                 vectors.clear();
             }
             Ok::<_, PartitionError>(())
         })?;
-        index.upsert(&ids, &vectors)?;
+        if !loaded {
+            index.upsert(&ids, &vectors)?;
+        }
         metadata.shrink_to_fit();
         let build = graph
             .zip(copy)
@@ -179,6 +210,7 @@ impl Partition {
             metric,
             pending: build.as_ref().map(|_| Vec::new()),
             build,
+            intact: true,
         })
     }
 
@@ -195,12 +227,32 @@ impl Partition {
         let caught_up =
             built.and_then(|graph| index::catch_up(graph, pending).map_err(|e| e.to_string()));
         match caught_up {
-            Ok(graph) => self.index = PartitionIndex::Hnsw(graph),
+            Ok(graph) => {
+                self.index = PartitionIndex::Hnsw(graph);
+                if let Err(e) = self.save_graph() {
+                    tracing::warn!(error = %e, "the HNSW graph could not be saved");
+                }
+            }
             Err(e) => tracing::error!(
                 error = %e,
                 "the HNSW graph could not be built; the partition keeps scanning exactly"
             ),
         }
+    }
+
+    /// Saves the HNSW graph beside the store, so that the next open loads it instead of
+    /// building it (see [`saved_graph`]); `false` when the index is not a graph, or memory
+    /// may no longer match the disk.
+    pub fn save_graph(&self) -> std::io::Result<bool> {
+        let PartitionIndex::Hnsw(graph) = &self.index else {
+            return Ok(false);
+        };
+        if !self.intact {
+            return Ok(false);
+        }
+        let path = saved_graph::path_of(self.store.path());
+        saved_graph::save(&path, graph, self.store.seq(), self.store.history())?;
+        Ok(true)
     }
 
     /// Waits for the graph being built, if any, and searches on it from now on.
@@ -212,7 +264,10 @@ impl Partition {
 
     /// [`VectorIndex::upsert`] on the index, kept for the graph being built too.
     fn index_upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), TopKError> {
-        self.index.upsert(ids, vectors)?;
+        if let Err(e) = self.index.upsert(ids, vectors) {
+            self.intact = false;
+            return Err(e);
+        }
         if let Some(pending) = &mut self.pending
             && !ids.is_empty()
         {
@@ -226,7 +281,13 @@ impl Partition {
 
     /// [`VectorIndex::remove`] on the index, kept for the graph being built too.
     fn index_remove(&mut self, ids: &[u64]) -> Result<usize, TopKError> {
-        let removed = self.index.remove(ids)?;
+        let removed = match self.index.remove(ids) {
+            Ok(removed) => removed,
+            Err(e) => {
+                self.intact = false;
+                return Err(e);
+            }
+        };
         if let Some(pending) = &mut self.pending
             && !ids.is_empty()
         {
@@ -395,8 +456,13 @@ impl Partition {
         for (id, row) in done {
             match row {
                 Some(r) => {
-                    let map = store::parse_metadata(id, &r.metadata)
-                        .map_err(|e| diverged(e.to_string()))?;
+                    let map = match store::parse_metadata(id, &r.metadata) {
+                        Ok(map) => map,
+                        Err(e) => {
+                            self.intact = false;
+                            return Err(diverged(e.to_string()));
+                        }
+                    };
                     self.metadata.insert(id, &map);
                     ids.push(id);
                     vectors.extend_from_slice(&r.vector);
@@ -849,6 +915,74 @@ mod tests {
             hnsw.search(std::slice::from_ref(q), 1, None).unwrap()[0][0].id,
             7
         );
+    }
+
+    #[test]
+    fn a_saved_graph_is_loaded_with_the_writes_since_and_a_bad_one_is_built_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = IndexSpec::Hnsw(arbor_proto::HnswSpec {
+            ef_search: 128,
+            ..Default::default()
+        });
+        let (dim, rows) = (16, 1_500u64);
+        let path = store_path(dir.path(), &test_name(0));
+        let graph_file = saved_graph::path_of(path.to_str().unwrap());
+        let open = |spec| Partition::open(&path, dim, Metric::Cosine, Device::Cpu, spec).unwrap();
+        let mut p = open(spec);
+        let records: Vec<VectorRecord> = (0..rows)
+            .map(|i| rec(i, vector(i, dim), json!({})))
+            .collect();
+        for chunk in records.chunks(500) {
+            p.upsert(chunk.to_vec(), 1).unwrap();
+        }
+        assert!(p.save_graph().unwrap());
+        let queries: Vec<Vec<f32>> = (0..20).map(|i| vector(50_000 + i, dim)).collect();
+        let before = p.search(&queries, 10, None).unwrap();
+        drop(p);
+
+        // Loaded as saved: searched on at once, with the same answers.
+        let mut p = open(spec);
+        let stats = p.stats();
+        assert_eq!(
+            (stats.index.as_str(), stats.index_building),
+            ("hnsw", false)
+        );
+        assert_eq!(p.search(&queries, 10, None).unwrap(), before);
+        // Writes after the save (not saved again): replayed into the graph at the next open.
+        p.delete(&[3, 4], 1).unwrap();
+        p.upsert(vec![rec(9_999, queries[0].clone(), json!({}))], 1)
+            .unwrap();
+        p.upsert(vec![rec(5, queries[1].clone(), json!({}))], 2)
+            .unwrap();
+        drop(p);
+        let p = open(spec);
+        assert!(!p.stats().index_building);
+        assert_eq!(p.len(), rows as usize - 1);
+        let top = |p: &Partition, q: &[f32]| p.search(&[q.to_vec()], 1, None).unwrap()[0][0].id;
+        assert_eq!(top(&p, &queries[0]), 9_999);
+        assert_eq!(top(&p, &queries[1]), 5);
+        let all = p.search_ef(&queries, 20, None, Some(4096)).unwrap();
+        assert!(all.iter().flatten().all(|h| h.id != 3 && h.id != 4));
+        drop(p);
+
+        // A corrupt file, or one of other settings, is not used: the graph is built again
+        // (the exact scan serving meanwhile), and the file replaced once it is.
+        let mut bytes = std::fs::read(&graph_file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x40;
+        std::fs::write(&graph_file, &bytes).unwrap();
+        let mut p = open(spec);
+        assert!(p.stats().index_building);
+        p.wait_for_index();
+        assert_eq!(top(&p, &queries[0]), 9_999);
+        assert!(graph_file.exists(), "saved again once built");
+        drop(p);
+        let other = IndexSpec::Hnsw(arbor_proto::HnswSpec {
+            m: 8,
+            ..Default::default()
+        });
+        let p = open(other);
+        assert!(p.stats().index_building, "built again for m 8");
     }
 
     #[test]

@@ -351,6 +351,20 @@ impl ReplicaKind for PartitionReplica {
         Ok(())
     }
 
+    /// Saves the HNSW graph, so that the next start of this replica loads it.
+    async fn stopped(&self, state: &mut Self::State) -> Handled {
+        let partition = state.partition.clone();
+        let actor_id = state.id.actor_id.clone();
+        let saved =
+            tokio::task::spawn_blocking(move || read(&partition).map(|p| p.save_graph())).await;
+        match saved {
+            Ok(Ok(Ok(true))) => tracing::info!(%actor_id, "HNSW graph saved"),
+            Ok(Ok(Err(e))) => tracing::warn!(%actor_id, "the HNSW graph could not be saved: {e}"),
+            _ => {}
+        }
+        Ok(())
+    }
+
     async fn handle(&self, msg: ReplicaMsg, state: &mut Self::State) -> Handled {
         while state.tasks.try_join_next().is_some() {}
         match msg {
