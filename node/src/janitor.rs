@@ -155,6 +155,10 @@ mod tests {
             vec![folder.join(&gone), folder.join(format!("{gone}.hnsw"))]
         );
         assert!(folder.join("notes.txt").exists());
-        assert!(folder.join(format!("{}.hnsw", name(2, 7).file_name())).exists());
+        assert!(
+            folder
+                .join(format!("{}.hnsw", name(2, 7).file_name()))
+                .exists()
+        );
     }
 }
