@@ -44,14 +44,14 @@
 //! elsewhere). The best one this CPU supports is picked once ([`crate::isa::Isa::detect`]).
 //! [`score_reference`] is the plain sequential version the tests hold them to.
 
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use crate::isa::Isa;
+use crate::topk::select::{TopK, scan_parallel};
 use crate::topk::{Filter, Hit, MemoryUsage, Metric, TopKError, check_queries, check_rows, dot};
 
 /// The largest code: components map to `0..=255`.
@@ -956,10 +956,6 @@ impl ClampStats {
 /// Bytes of codes scored per tile of the scan: small enough to stay in L2 while every query
 /// of a batch is scored against it.
 const TILE_BYTES: usize = 96 * 1024;
-/// Rayon tasks per thread, so that a slow thread does not hold up the others.
-const TASKS_PER_THREAD: usize = 8;
-/// Fewest tiles per task, so that small stores are not split into tiny tasks.
-const MIN_TILES_PER_TASK: usize = 4;
 
 /// The codes of a partition's rows, contiguous, with their ids. Ids map to slots; removal
 /// moves the last row into the freed slot, so the codes stay dense and a scan reads one
@@ -1183,19 +1179,9 @@ impl QuantizedRows {
             .collect();
         let len = self.len();
         let tile = self.tile_rows();
-        let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
-        let chunk = len.div_ceil(tasks).div_ceil(tile).max(MIN_TILES_PER_TASK) * tile;
-        let starts: Vec<usize> = (0..len).step_by(chunk).collect();
-        let partials: Vec<Vec<Best>> = starts
-            .into_par_iter()
-            .map(|start| self.scan_range(&prepared, start..(start + chunk).min(len), n, filter))
-            .collect();
-        let mut merged = vec![Best::new(n); nq];
-        for partial in partials {
-            for (into, heap) in merged.iter_mut().zip(partial) {
-                into.extend(heap);
-            }
-        }
+        let merged = scan_parallel(len, tile, n, nq, |range| {
+            self.scan_range(&prepared, range, n, filter)
+        });
         let metric = self.metric();
         Ok(merged
             .into_iter()
@@ -1218,12 +1204,12 @@ impl QuantizedRows {
         range: Range<usize>,
         n: usize,
         filter: Option<Filter<'_>>,
-    ) -> Vec<Best> {
+    ) -> Vec<TopK> {
         let d = self.dim();
         let tile = self.tile_rows();
         let rows = kernel().rows;
         let l2 = self.metric() == Metric::L2;
-        let mut heaps = vec![Best::new(n); queries.len()];
+        let mut heaps = vec![TopK::new(n); queries.len()];
         let mut scores = vec![0.0f32; tile];
         // Per row of the tile: 0 not asked yet, 1 passes the filter, 2 does not. The filter
         // is asked only for rows that would enter a heap, at most once for all queries.
@@ -1324,94 +1310,6 @@ pub fn rescore(
     hits.sort_by(|a, b| crate::topk::compare(metric, a, b));
     hits.truncate(k);
     Ok(hits)
-}
-
-/// A scored row during a scan: `key` is higher-is-better, ties go to the smaller id.
-#[derive(Debug, Clone, Copy)]
-struct Candidate {
-    key: f32,
-    id: u64,
-}
-
-impl Ord for Candidate {
-    /// Best first: `a < b` when `a` ranks before `b`.
-    fn cmp(&self, other: &Self) -> Ordering {
-        // IEEE comparison, so that -0.0 and 0.0 tie; keys are never NaN (input is checked).
-        let by_key = other.key.partial_cmp(&self.key).unwrap_or(Ordering::Equal);
-        by_key.then(self.id.cmp(&other.id))
-    }
-}
-
-impl PartialOrd for Candidate {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl PartialEq for Candidate {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Candidate {}
-
-/// The `n` best candidates seen so far; the heap's top is the worst one kept, so a candidate
-/// that does not beat it is rejected with one comparison.
-#[derive(Debug, Clone)]
-struct Best {
-    n: usize,
-    heap: BinaryHeap<Candidate>,
-}
-
-impl Best {
-    fn new(n: usize) -> Self {
-        Best {
-            n,
-            heap: BinaryHeap::with_capacity(n + 1),
-        }
-    }
-
-    #[inline]
-    fn threshold(&self) -> f32 {
-        match self.heap.peek() {
-            Some(worst) if self.heap.len() == self.n => worst.key,
-            _ => f32::NEG_INFINITY,
-        }
-    }
-
-    #[inline]
-    fn push(&mut self, candidate: Candidate) {
-        if self.heap.len() < self.n {
-            self.heap.push(candidate);
-        } else if let Some(mut worst) = self.heap.peek_mut()
-            && candidate < *worst
-        {
-            *worst = candidate;
-        }
-    }
-
-    /// Pushes a run of rows' keys; `allowed(r)` is asked only for rows that would enter.
-    #[inline]
-    fn push_run(&mut self, keys: &[f32], ids: &[u64], mut allowed: impl FnMut(usize) -> bool) {
-        let mut threshold = self.threshold();
-        for (r, (&key, &id)) in keys.iter().zip(ids).enumerate() {
-            if key >= threshold && allowed(r) {
-                self.push(Candidate { key, id });
-                threshold = self.threshold();
-            }
-        }
-    }
-
-    fn extend(&mut self, other: Best) {
-        for c in other.heap {
-            self.push(c);
-        }
-    }
-
-    fn into_sorted(self) -> Vec<Candidate> {
-        self.heap.into_sorted_vec()
-    }
 }
 
 #[cfg(test)]

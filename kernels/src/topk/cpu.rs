@@ -8,9 +8,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
-use rayon::prelude::*;
-
-use super::select::{Candidate, TopK};
+use super::select::{Candidate, TopK, scan_parallel};
 use super::{
     Filter, Hit, MemoryUsage, Metric, TopKError, VectorIndex, check_queries, check_rows, dot,
     score_tile,
@@ -18,10 +16,6 @@ use super::{
 
 /// Bytes of rows scored per tile.
 const TILE_BYTES: usize = 192 * 1024;
-/// Rayon tasks per thread, so that a slow thread does not hold up the others.
-const TASKS_PER_THREAD: usize = 8;
-/// Fewest tiles per task, so that small indexes are not split into tiny tasks.
-const MIN_TILES_PER_TASK: usize = 4;
 
 /// An exact index in host memory.
 #[derive(Debug, Clone)]
@@ -227,20 +221,9 @@ impl VectorIndex for CpuIndex {
 
         let len = self.len();
         let tile = self.tile_rows();
-        let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
-        let chunk = len.div_ceil(tasks).div_ceil(tile).max(MIN_TILES_PER_TASK) * tile;
-        let starts: Vec<usize> = (0..len).step_by(chunk).collect();
-        let partials: Vec<Vec<TopK>> = starts
-            .into_par_iter()
-            .map(|start| self.scan(&prepared, start..(start + chunk).min(len), k, filter))
-            .collect();
-
-        let mut merged = vec![TopK::new(k); n];
-        for partial in partials {
-            for (into, heap) in merged.iter_mut().zip(partial) {
-                into.extend(heap);
-            }
-        }
+        let merged = scan_parallel(len, tile, k, n, |range| {
+            self.scan(&prepared, range, k, filter)
+        });
         Ok(merged
             .into_iter()
             .zip(q_sq_norms)

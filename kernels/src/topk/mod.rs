@@ -18,7 +18,7 @@ mod cuda;
 mod dot;
 mod merge;
 mod naive;
-mod select;
+pub(crate) mod select;
 
 use std::cmp::Ordering;
 

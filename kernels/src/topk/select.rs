@@ -2,6 +2,14 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+/// Rayon tasks per thread, so that a slow thread does not hold up the others.
+const TASKS_PER_THREAD: usize = 8;
+/// Fewest tiles per task, so that small indexes are not split into tiny tasks.
+const MIN_TILES_PER_TASK: usize = 4;
 
 /// A scored row during a scan. `key` is higher-is-better for every metric (for L2 it is
 /// `2 q·v − |v|²`, which orders rows like the negated distance); ties go to the smaller id.
@@ -95,6 +103,32 @@ impl TopK {
     pub fn into_sorted(self) -> Vec<Candidate> {
         self.heap.into_sorted_vec()
     }
+}
+
+/// The `k` best of `len` rows for each of `queries` queries: the rows are cut into ranges
+/// of whole tiles (`tile` rows), `scan` keeps one heap per query for a range, on the rayon
+/// pool, and the ranges' heaps are merged.
+pub(crate) fn scan_parallel(
+    len: usize,
+    tile: usize,
+    k: usize,
+    queries: usize,
+    scan: impl Fn(Range<usize>) -> Vec<TopK> + Sync,
+) -> Vec<TopK> {
+    let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
+    let chunk = len.div_ceil(tasks).div_ceil(tile).max(MIN_TILES_PER_TASK) * tile;
+    let starts: Vec<usize> = (0..len).step_by(chunk).collect();
+    let partials: Vec<Vec<TopK>> = starts
+        .into_par_iter()
+        .map(|start| scan(start..(start + chunk).min(len)))
+        .collect();
+    let mut merged = vec![TopK::new(k); queries];
+    for partial in partials {
+        for (into, heap) in merged.iter_mut().zip(partial) {
+            into.extend(heap);
+        }
+    }
+    merged
 }
 
 #[cfg(test)]
