@@ -227,12 +227,7 @@ impl Partition {
         let caught_up =
             built.and_then(|graph| index::catch_up(graph, pending).map_err(|e| e.to_string()));
         match caught_up {
-            Ok(graph) => {
-                self.index = PartitionIndex::Hnsw(graph);
-                if let Err(e) = self.save_graph() {
-                    tracing::warn!(error = %e, "the HNSW graph could not be saved");
-                }
-            }
+            Ok(graph) => self.index = PartitionIndex::Hnsw(graph),
             Err(e) => tracing::error!(
                 error = %e,
                 "the HNSW graph could not be built; the partition keeps scanning exactly"
@@ -255,10 +250,13 @@ impl Partition {
         Ok(true)
     }
 
-    /// Waits for the graph being built, if any, and searches on it from now on.
+    /// Waits for the graph being built, if any, searches on it from now on, and saves it.
     pub fn wait_for_index(&mut self) {
         if let Some(build) = self.take_build() {
             self.adopt(build.wait());
+            if let Err(e) = self.save_graph() {
+                tracing::warn!(error = %e, "the HNSW graph could not be saved");
+            }
         }
     }
 

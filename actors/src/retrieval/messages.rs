@@ -66,6 +66,7 @@ pub type RetrievalReply = Result<RetrievalAnswer, RetrievalError>;
 mod tests {
     use super::*;
     use crate::wire::Wire;
+    use arbor_proto::snapshot::{ExportFrom, ExportPage, ExportedRow, RowData};
     use ractor::BytesConvertable;
     use serde_json::json;
 
@@ -95,6 +96,23 @@ mod tests {
                 k: 1,
                 filter: None,
             }),
+            RetrievalRequest::Export {
+                partition: 1,
+                from: ExportFrom::Rows { after: Some(9) },
+                limit: 512,
+            },
+            RetrievalRequest::Export {
+                partition: 0,
+                from: ExportFrom::Changes {
+                    after: (4, u64::MAX),
+                },
+                limit: 1,
+            },
+            RetrievalRequest::Import(vec![crate::partition::VectorRecord {
+                id: 7,
+                vector: vec![0.5, 1.0],
+                metadata: r#"{"_doc":"d-1"}"#.into(),
+            }]),
         ] {
             let bytes = Wire::new(request.clone()).into_bytes();
             assert_eq!(
@@ -110,7 +128,29 @@ mod tests {
             title: None,
             metadata: metadata.as_object().unwrap().clone(),
         };
+        let page = ExportPage {
+            rows: vec![
+                ExportedRow {
+                    id: 7,
+                    seq: 3,
+                    row: Some(RowData {
+                        vector: vec![0.5, 1.0],
+                        metadata: String::new(),
+                    }),
+                },
+                ExportedRow {
+                    id: 8,
+                    seq: 4,
+                    row: None,
+                },
+            ],
+            next: Some(ExportFrom::Changes { after: (4, 8) }),
+            seq: 4,
+            history: vec![(1, 1), (2, 4)],
+        };
         for reply in [
+            Ok(RetrievalAnswer::Exported(page)),
+            Ok(RetrievalAnswer::Imported(3)),
             Ok(RetrievalAnswer::Found(QueryAnswer {
                 results: vec![hit],
                 missing_partitions: vec![1],

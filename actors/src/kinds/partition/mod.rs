@@ -517,8 +517,17 @@ fn adopt_when_built(build: GraphBuild, partition: Weak<RwLock<Partition>>, actor
                 p.adopt(built);
                 tracing::info!(%actor_id, index = p.stats().index, "partition index ready");
             }
-            Err(_) => tracing::warn!(%actor_id, "the partition failed before its graph was built"),
+            Err(_) => {
+                tracing::warn!(%actor_id, "the partition failed before its graph was built");
+                return;
+            }
         };
+        // Saved under a read lock, so that searches go on while the file is written.
+        if let Ok(p) = read(&partition)
+            && let Err(e) = p.save_graph()
+        {
+            tracing::warn!(%actor_id, "the HNSW graph could not be saved: {e}");
+        }
     });
 }
 
