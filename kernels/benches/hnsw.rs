@@ -1,13 +1,19 @@
 //! HNSW queries/s at recall@10 ≥ 0.95 against the exact scan, on a seeded clustered,
 //! embedding-like set of 50k × 384 vectors (cosine). The recall of each setting is measured first and printed; the
 //! benchmark then times 32-query batches at the smallest `ef_search` that reaches 0.95.
+//!
+//! The int8 graph (`QuantizedHnsw`) the same way, its recall counted after rescoring its
+//! `quant::candidates(10)` hits on the f32 rows, as a partition searches: timed alone (the
+//! walk on codes) and with the rescoring (rows from memory here, from disk in a partition).
+//! Both graphs' build times are printed.
 
 use std::collections::HashSet;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use arbor_kernels::hnsw::{HnswIndex, HnswParams};
-use arbor_kernels::topk::{CpuIndex, Metric, VectorIndex};
+use arbor_kernels::hnsw::{HnswIndex, HnswParams, QuantizedHnsw};
+use arbor_kernels::quant::{self, ScalarQuantizer, TrainOptions};
+use arbor_kernels::topk::{CpuIndex, Hit, Metric, VectorIndex};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 const DIM: usize = 384;
@@ -101,5 +107,96 @@ fn hnsw(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, hnsw);
+/// Recall of `got` against `truth`, as a fraction of the true hits found.
+fn recall(got: &[Vec<Hit>], truth: &[Vec<Hit>]) -> f64 {
+    let found: usize = got
+        .iter()
+        .zip(truth)
+        .map(|(g, t)| {
+            let t: HashSet<u64> = t.iter().map(|h| h.id).collect();
+            g.iter().filter(|h| t.contains(&h.id)).count()
+        })
+        .sum();
+    found as f64 / (truth.len() * K) as f64
+}
+
+fn hnsw_int8(c: &mut Criterion) {
+    let rows = clustered(ROWS, 100, 1);
+    let ids: Vec<u64> = (0..ROWS as u64).collect();
+    let queries = clustered(QUERIES * 8, 100, 2);
+    let exact = CpuIndex::from_rows(DIM, Metric::Cosine, &ids, &rows).unwrap();
+    let truth = exact.search(&queries, K).unwrap();
+    let quantizer = ScalarQuantizer::train(
+        DIM,
+        Metric::Cosine,
+        &rows[..10_000 * DIM],
+        &TrainOptions::default(),
+    )
+    .unwrap();
+
+    let started = Instant::now();
+    let mut index = QuantizedHnsw::new(quantizer, HnswParams::default()).unwrap();
+    index.upsert(&ids, &rows).unwrap();
+    eprintln!(
+        "hnsw int8: built {ROWS} x {DIM} in {:.1?}",
+        started.elapsed()
+    );
+
+    // The partition's search: the graph's candidates, rescored on their f32 rows (ids are
+    // row numbers here).
+    let n = quant::candidates(K);
+    let search = |index: &QuantizedHnsw, q: &[f32]| -> Vec<Vec<Hit>> {
+        let cands = index.search_with_ef(q, n, None, None).unwrap();
+        cands
+            .iter()
+            .zip(q.chunks_exact(DIM))
+            .map(|(hits, q)| {
+                let ids: Vec<u64> = hits.iter().map(|h| h.id).collect();
+                let vectors: Vec<f32> = ids
+                    .iter()
+                    .flat_map(|&id| &rows[id as usize * DIM..(id as usize + 1) * DIM])
+                    .copied()
+                    .collect();
+                quant::rescore(Metric::Cosine, q, &ids, &vectors, K).unwrap()
+            })
+            .collect()
+    };
+    let mut chosen = None;
+    // A search for `n` candidates keeps at least `n`.
+    for ef in [n, 48, 64, 96, 128, 192, 256, 384, 512] {
+        index.set_ef_search(ef);
+        let r = recall(&search(&index, &queries), &truth);
+        let codes_only = recall(&index.search(&queries, K).unwrap(), &truth);
+        eprintln!(
+            "hnsw int8: ef_search {ef}: recall@10 {r:.4} rescoring {n} candidates, \
+             {codes_only:.4} by the codes alone"
+        );
+        if r >= 0.95 {
+            chosen = Some((ef, r));
+            break;
+        }
+    }
+    let Some((ef, recall)) = chosen else {
+        panic!("no ef_search up to 512 reached recall@10 0.95");
+    };
+    index.set_ef_search(ef);
+
+    let batch = &queries[..QUERIES * DIM];
+    let mut g = c.benchmark_group("hnsw_int8_top10_cosine_50000x384");
+    g.throughput(Throughput::Elements(QUERIES as u64));
+    g.sample_size(20).measurement_time(Duration::from_secs(3));
+    g.bench_with_input(
+        BenchmarkId::new(format!("ef{ef}_candidates{n}"), QUERIES),
+        batch,
+        |b, q| b.iter(|| black_box(index.search(q, n).unwrap())),
+    );
+    g.bench_with_input(
+        BenchmarkId::new(format!("ef{ef}_rescored_recall{recall:.3}"), QUERIES),
+        batch,
+        |b, q| b.iter(|| black_box(search(&index, q))),
+    );
+    g.finish();
+}
+
+criterion_group!(benches, hnsw, hnsw_int8);
 criterion_main!(benches);

@@ -340,7 +340,7 @@ impl ScalarQuantizer {
 
     /// Encodes a raw row (prepared here for the metric) into `code`; returns how many of its
     /// components were clamped. The lengths and finiteness are the caller's to check.
-    fn encode_unchecked(&self, row: &[f32], code: &mut [u8]) -> usize {
+    pub(crate) fn encode_unchecked(&self, row: &[f32], code: &mut [u8]) -> usize {
         let norm = if self.metric == Metric::Cosine {
             dot(row, row).sqrt()
         } else {
@@ -400,7 +400,9 @@ impl ScalarQuantizer {
         Ok(self.prepare_unchecked(query))
     }
 
-    fn prepare_unchecked(&self, query: &[f32]) -> PreparedQuery {
+    /// [`ScalarQuantizer::prepare`] without the checks: the caller has checked the length and
+    /// finiteness. Normalizes a cosine query.
+    pub(crate) fn prepare_unchecked(&self, query: &[f32]) -> PreparedQuery {
         let mut q = query.to_vec();
         crate::topk::prepare(self.metric, &mut q);
         match self.metric {
@@ -414,6 +416,44 @@ impl ScalarQuantizer {
                 metric: self.metric,
                 bias: 0.0,
                 weights: q.iter().zip(&self.lo).map(|(q, lo)| q - lo).collect(),
+                scale: self.scale.clone(),
+            },
+        }
+    }
+
+    /// The row behind `code` (decoded, `lo + s·c`, not normalized again) prepared as a query,
+    /// without an intermediate decoded row: what a graph compares its nodes with one another
+    /// by. Scoring another code against it gives the metric's value between the two decoded
+    /// rows, so the comparison is symmetric. Plain multiply-adds rather than `mul_add`, which
+    /// is a library call in a baseline x86-64 build. `code` holds [`ScalarQuantizer::dim`]
+    /// bytes (the caller's to check).
+    pub(crate) fn prepare_code(&self, code: &[u8]) -> PreparedQuery {
+        let decoded = self
+            .lo
+            .iter()
+            .zip(&self.scale)
+            .zip(code)
+            .map(|((&lo, &s), &c)| (lo, s, lo + s * f32::from(c)));
+        match self.metric {
+            Metric::Cosine | Metric::Dot => {
+                let mut bias = 0.0;
+                let weights = decoded
+                    .map(|(lo, s, x)| {
+                        bias += x * lo;
+                        x * s
+                    })
+                    .collect();
+                PreparedQuery {
+                    metric: self.metric,
+                    bias,
+                    weights,
+                    scale: Vec::new(),
+                }
+            }
+            Metric::L2 => PreparedQuery {
+                metric: self.metric,
+                bias: 0.0,
+                weights: decoded.map(|(lo, _, x)| x - lo).collect(),
                 scale: self.scale.clone(),
             },
         }
@@ -574,12 +614,18 @@ pub fn kernel_name() -> &'static str {
 }
 
 /// Scores every code of `codes` (rows of `query.dim()` bytes) into `out`, one per row.
-type RowsFn = fn(&PreparedQuery, &[u8], &mut [f32]);
+pub(crate) type RowsFn = fn(&PreparedQuery, &[u8], &mut [f32]);
 
 #[derive(Clone, Copy)]
 struct Kernel {
     name: &'static str,
     rows: RowsFn,
+}
+
+/// The per-row kernel this CPU runs, for callers that score one code at a time (the graph's
+/// walk in [`crate::hnsw::QuantizedHnsw`]) and keep the function pointer.
+pub(crate) fn rows_kernel() -> RowsFn {
+    kernel().rows
 }
 
 fn kernel() -> Kernel {
@@ -943,6 +989,24 @@ pub struct ClampStats {
 }
 
 impl ClampStats {
+    /// Counts one encoded row of `dim` components, `clamped` of them clamped.
+    pub(crate) fn record(&mut self, dim: usize, clamped: usize) {
+        self.rows += 1;
+        self.rows_clamped += u64::from(clamped > 0);
+        self.components += dim as u64;
+        self.components_clamped += clamped as u64;
+    }
+
+    /// Whether these rows, encoded with `quantizer`, clamp clearly more than its training
+    /// sample did: more than 10 times its fraction and more than 1 component in 1,000, over at
+    /// least 1,000 rows. A rule of thumb: recall degrades gracefully with clamping, so this
+    /// flags drift early rather than a failure.
+    pub(crate) fn call_for_retraining(&self, quantizer: &ScalarQuantizer) -> bool {
+        let trained = f64::from(quantizer.sample_clamp_fraction());
+        let seen = self.fraction();
+        self.rows >= 1000 && seen > 1e-3 && seen > 10.0 * trained
+    }
+
     /// Fraction of the encoded components that were clamped (0 when none were encoded).
     pub fn fraction(&self) -> f64 {
         if self.components == 0 {
@@ -1039,9 +1103,7 @@ impl QuantizedRows {
     /// rows. A rule of thumb: recall degrades gracefully with clamping, so this flags drift
     /// early rather than a failure.
     pub fn should_retrain(&self) -> bool {
-        let trained = f64::from(self.quantizer.sample_clamp_fraction());
-        let seen = self.clamps.fraction();
-        self.clamps.rows >= 1000 && seen > 1e-3 && seen > 10.0 * trained
+        self.clamps.call_for_retraining(&self.quantizer)
     }
 
     /// Makes room for `additional` more rows exactly, so that loading `n` known rows costs
@@ -1091,10 +1153,7 @@ impl QuantizedRows {
             let clamped = self
                 .quantizer
                 .encode_unchecked(row, &mut self.codes[slot * d..(slot + 1) * d]);
-            self.clamps.rows += 1;
-            self.clamps.rows_clamped += u64::from(clamped > 0);
-            self.clamps.components += d as u64;
-            self.clamps.components_clamped += clamped as u64;
+            self.clamps.record(d, clamped);
         }
         Ok(())
     }
@@ -1255,7 +1314,7 @@ impl QuantizedRows {
 }
 
 impl ScalarQuantizer {
-    fn memory_bytes(&self) -> usize {
+    pub(crate) fn memory_bytes(&self) -> usize {
         (self.lo.capacity() + self.scale.capacity() + self.inv_scale.capacity()) * size_of::<f32>()
     }
 }
