@@ -430,6 +430,10 @@ pub struct IndexArgs {
     /// (default 64).
     #[arg(long)]
     pub ef_search: Option<u32>,
+    /// none: vectors in memory as f32; int8: one byte per component (a quarter of the
+    /// memory), the best candidates rescored on the f32 rows read from disk.
+    #[arg(long, default_value = "none", value_parser = ["none", "int8"])]
+    pub quantization: String,
 }
 
 impl IndexArgs {
@@ -452,6 +456,13 @@ impl IndexArgs {
         });
         spec.validate().map_err(|e| e.0)?;
         Ok(spec)
+    }
+
+    /// How the partitions hold vectors, as `--quantization` says.
+    pub fn quantization(&self) -> Result<arbor_proto::Quantization, String> {
+        self.quantization
+            .parse()
+            .map_err(|e: arbor_proto::index::BadIndex| e.0)
     }
 }
 

@@ -214,6 +214,7 @@ async fn collection(command: CollectionCommand) -> anyhow::Result<()> {
                 coordinator_memory: coordinator_memory.map(|m| m.to_string()),
                 model,
                 index: Some(index.spec().map_err(anyhow::Error::msg)?),
+                quantization: Some(index.quantization().map_err(anyhow::Error::msg)?),
             };
             admin::create_collection(&gateway, job).await
         }
@@ -271,6 +272,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             k: o.k,
             filter: o.filter,
             index: o.index.spec().map_err(anyhow::Error::msg)?,
+            quantization: o.index.quantization().map_err(anyhow::Error::msg)?,
             ef: o.ef,
             documents: o.documents,
         };

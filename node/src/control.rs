@@ -266,6 +266,7 @@ pub fn collections(state: &ClusterState) -> Vec<CollectionReport> {
             replication: c.replication,
             embedder: c.embedder.clone(),
             index: c.index,
+            quantization: c.quantization,
             running: (0..c.partitions)
                 .filter_map(|p| {
                     let name = c.partition_deployment(p);

@@ -188,6 +188,10 @@ pub struct CreateCollectionJob {
     /// "ef_construction": 128, "ef_search": 64}}` (each setting optional).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<crate::IndexSpec>,
+    /// How the partitions hold vectors: `"none"` (f32, the default) or `"int8"` (a quarter of
+    /// the memory; the best candidates are rescored on the f32 rows, from disk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::Quantization>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
-//! How a collection's partitions search: an exact scan, or an HNSW graph. One type for the
-//! gateway that reads it from a client, the control plane that records it (bincode, in the
-//! Raft log) and the partition that builds it (JSON, in its deployment's config).
+//! How a collection's partitions search: an exact scan or an HNSW graph, over f32 rows or
+//! int8 codes. One type for the gateway that reads it from a client, the control plane that
+//! records it (bincode, in the Raft log) and the partition that builds it (JSON, in its
+//! deployment's config).
 
 use serde::{Deserialize, Serialize};
 
@@ -50,6 +51,44 @@ fn default_ef_construction() -> u32 {
 }
 fn default_ef_search() -> u32 {
     64
+}
+
+/// How a collection's partitions hold vectors in memory. The variants' order is their encoding
+/// in the Raft log: new ones go at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantization {
+    /// Every component as f32: exact scores, 4 bytes per component.
+    #[default]
+    None,
+    /// One byte per component through a per-dimension range trained on the partition's rows
+    /// (`arbor_kernels::quant`): a quarter of the memory. Searches score the codes and rescore
+    /// the best candidates with the f32 rows read from disk, so the scores returned are exact.
+    Int8,
+}
+
+impl Quantization {
+    /// "none" or "int8", as flags and listings write it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Quantization::None => "none",
+            Quantization::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for Quantization {
+    type Err = BadIndex;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Quantization::None),
+            "int8" => Ok(Quantization::Int8),
+            other => Err(BadIndex(format!(
+                "quantization {other:?} is not known: use none or int8"
+            ))),
+        }
+    }
 }
 
 /// The bounds of an HNSW setting.
@@ -120,6 +159,22 @@ mod tests {
         assert_eq!(back, hnsw);
         assert!(serde_json::from_str::<IndexSpec>(r#""ivf""#).is_err());
         assert!(serde_json::from_str::<IndexSpec>(r#"{"hnsw": {"mm": 3}}"#).is_err());
+    }
+
+    #[test]
+    fn quantization_forms() {
+        for q in [Quantization::None, Quantization::Int8] {
+            assert_eq!(q.as_str().parse::<Quantization>().unwrap(), q);
+            let json = serde_json::to_string(&q).unwrap();
+            assert_eq!(json, format!("\"{}\"", q.as_str()));
+            assert_eq!(serde_json::from_str::<Quantization>(&json).unwrap(), q);
+        }
+        let err = "int4".parse::<Quantization>().unwrap_err();
+        assert!(
+            err.0.contains("int4") && err.0.contains("none or int8"),
+            "{err}"
+        );
+        assert_eq!(Quantization::default(), Quantization::None);
     }
 
     #[test]

@@ -31,6 +31,6 @@ pub use ids::{
     JobId, MAX_K, NodeId, collection_coordinator, deployment_group, partition_deployment,
     replica_group,
 };
-pub use index::{HnswSpec, IndexSpec};
+pub use index::{HnswSpec, IndexSpec, Quantization};
 pub use metric::{Metric, UnknownMetric};
 pub use role::{Role, UnknownRole};

@@ -145,6 +145,9 @@ pub struct CollectionReport {
     /// How its partitions search.
     #[serde(default)]
     pub index: crate::IndexSpec,
+    /// How its partitions hold vectors in memory.
+    #[serde(default)]
+    pub quantization: crate::Quantization,
     /// Partition replicas running and in sync, out of partitions × replication.
     pub running: u32,
     /// Each partition's replica set: who takes writes, who holds every acknowledged write.

@@ -413,12 +413,16 @@ mod tests {
                         })
                     }),
                 ],
+                prop_oneof![
+                    Just(arbor_proto::Quantization::None),
+                    Just(arbor_proto::Quantization::Int8)
+                ],
             ),
         )
             .prop_map(
                 |(
                     (name, dimension, partitions, replication),
-                    (metric, embedder, resources, incarnation, index),
+                    (metric, embedder, resources, incarnation, index, quantization),
                 )| {
                     CollectionSpec {
                         name,
@@ -430,6 +434,7 @@ mod tests {
                         resources,
                         index,
                         incarnation,
+                        quantization,
                     }
                 },
             )

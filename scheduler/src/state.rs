@@ -220,6 +220,9 @@ pub struct CollectionSpec {
     /// replicas never open the files of the one deleted before.
     #[serde(default)]
     pub incarnation: u64,
+    /// How its partitions hold vectors in memory.
+    #[serde(default)]
+    pub quantization: arbor_proto::Quantization,
 }
 
 /// The replicated state of the cluster.

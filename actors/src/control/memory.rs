@@ -121,6 +121,7 @@ impl MemoryControl {
             },
             index: Default::default(),
             incarnation: 0,
+            quantization: Default::default(),
         }))
         .expect("the collection is created");
         self.reconcile();

@@ -23,12 +23,13 @@ pub mod store;
 use std::path::Path;
 
 use arbor_kernels::device::Device;
-use arbor_kernels::topk::{Hit, Metric, TopKError, VectorIndex};
-use arbor_proto::IndexSpec;
+use arbor_kernels::quant::{self, QuantizedRows, ScalarQuantizer, TrainOptions};
+use arbor_kernels::topk::{Hit, Metric, TopKError};
+use arbor_proto::{IndexSpec, Quantization};
 
 pub use filter::{FilterError, MetadataFilter};
 use index::Pending;
-pub use index::{GraphBuild, PartitionIndex};
+pub use index::{GraphBuild, IndexConfig, IndexError, PartitionIndex};
 pub use messages::{
     MAX_GET_IDS, PartitionAnswer, PartitionFailure, PartitionReply, PartitionRequest,
     PartitionStats, SearchHit, VectorRecord, WriteOp,
@@ -51,6 +52,15 @@ pub const MAX_K: usize = arbor_proto::MAX_K as usize;
 const LOAD_CHUNK_ROWS: usize = 4096;
 /// fp16's largest finite value: the GPU index keeps rows as fp16.
 const HALF_MAX: f32 = 65504.0;
+/// Rows an int8 partition holds (as f32) before it trains its quantizer on them. Below it the
+/// f32 rows cost little, and a sample this size already sets the ranges well (a later drift
+/// retrains, see [`Partition::quantize_if_due`]).
+pub const TRAIN_ROWS: usize = 4096;
+/// Rows a quantizer is trained on at most, taken evenly through the partition: quant's
+/// sample size for ranges clipped at 1 in 10,000.
+const SAMPLE_ROWS: usize = 32_768;
+/// The fewest rows written between two trainings of a quantizer.
+const RETRAIN_MIN_WRITTEN: usize = 1000;
 
 /// Why a partition refused or failed a request.
 #[derive(Debug, thiserror::Error)]
@@ -64,11 +74,17 @@ pub enum PartitionError {
     #[error("bad search: {0}")]
     BadSearch(String),
     #[error("index: {0}")]
-    Index(#[from] TopKError),
+    Index(#[from] IndexError),
     /// The write is durable but memory could not follow: memory no longer matches the disk,
     /// and the partition must be loaded again (the actor stops so that it is restarted).
     #[error("write {seq} is durable but could not be applied in memory ({reason}); reload needed")]
     Diverged { seq: u64, reason: String },
+}
+
+impl From<TopKError> for PartitionError {
+    fn from(e: TopKError) -> Self {
+        PartitionError::Index(e.into())
+    }
 }
 
 impl PartitionError {
@@ -99,6 +115,10 @@ pub struct Partition {
     metadata: MetadataTable,
     dim: usize,
     metric: Metric,
+    /// What the collection asks of the index.
+    config: IndexConfig,
+    /// Rows written since the int8 quantizer was last trained.
+    written_since_training: usize,
     /// The HNSW graph being built in the background, until [`Partition::take_build`].
     build: Option<GraphBuild>,
     /// While a graph is being built: the changes made since its rows were taken (`None`:
@@ -120,28 +140,27 @@ impl std::fmt::Debug for Partition {
 }
 
 impl Partition {
-    /// Opens the store at `path` (creating it when new) and loads every row into an index of
-    /// `spec`'s kind, on `device` for an exact scan (the CPU when that GPU cannot be used).
+    /// Opens the store at `path` (creating it when new) and loads every row into an index as
+    /// `config` asks, on `device` for an exact f32 scan (the CPU when that GPU cannot be used).
     pub fn open(
         path: &Path,
         dim: usize,
         metric: Metric,
         device: Device,
-        spec: IndexSpec,
+        config: impl Into<IndexConfig>,
     ) -> Result<Self, PartitionError> {
+        let config = config.into();
+        let int8 = config.quantization == Quantization::Int8;
         let store = Store::open(path, dim, metric)?;
         // Room for exactly the rows stored: growth by doubling would cost up to twice the
         // vectors' memory for a large partition.
         let rows = usize::try_from(store.row_count()?).unwrap_or(usize::MAX);
-        // A graph of many rows takes a while: an exact scan serves until it is built (on a
-        // thread of its own, from a copy of the rows), so the partition is up as soon as its
-        // rows are read.
         // A graph saved beside the store (by the last stop, or once it was built) serves at
         // once, with the writes since replayed into it.
-        let saved = match spec {
+        let saved = match config.spec {
             IndexSpec::Hnsw(h) if rows > 0 => {
                 let path = saved_graph::path_of(store.path());
-                match saved_graph::load(&path, &store, index::params(h), rows) {
+                match saved_graph::load(&path, &store, index::params(h), int8, rows) {
                     Ok(graph) => graph,
                     Err(why) => {
                         tracing::warn!(
@@ -156,14 +175,26 @@ impl Partition {
             _ => None,
         };
         let loaded = saved.is_some();
-        let graph = match spec {
-            IndexSpec::Hnsw(h) if rows > 0 && !loaded => Some(h),
+        // An int8 partition trains its quantizer on its rows once it has enough of them;
+        // until then it holds them as f32 and scans them exactly.
+        let quantizer = match int8 && !loaded && rows >= TRAIN_ROWS {
+            true => Some(train(&store, rows)?),
+            false => None,
+        };
+        // A graph of many f32 rows takes a while: an exact scan serves until it is built (on
+        // a thread of its own, from a copy of the rows), so the partition is up as soon as
+        // its rows are read. (An int8 graph is built from the codes, below.)
+        let graph = match config.spec {
+            IndexSpec::Hnsw(h) if rows > 0 && !loaded && !int8 => Some(h),
             _ => None,
         };
-        let mut index = match (saved, graph) {
-            (Some(saved), _) => PartitionIndex::Hnsw(saved),
-            (None, Some(_)) => PartitionIndex::new(dim, metric, device, IndexSpec::Exact)?,
-            (None, None) => PartitionIndex::new(dim, metric, device, spec)?,
+        let mut index = match (saved, quantizer) {
+            (Some(saved), _) => saved,
+            (None, Some(quantizer)) => PartitionIndex::quantized(quantizer),
+            (None, None) if graph.is_some() || int8 => {
+                PartitionIndex::new(dim, metric, device, IndexSpec::Exact)?
+            }
+            (None, None) => PartitionIndex::new(dim, metric, device, config.spec)?,
         };
         let mut copy = graph.map(|_| (Vec::with_capacity(rows), Vec::with_capacity(rows * dim)));
         let mut metadata = MetadataTable::default();
@@ -199,15 +230,23 @@ impl Partition {
             index.upsert(&ids, &vectors)?;
         }
         metadata.shrink_to_fit();
-        let build = graph
-            .zip(copy)
-            .map(|(h, (ids, vectors))| GraphBuild::start(dim, metric, h, ids, vectors));
+        let build = match (&index, config.spec, graph.zip(copy)) {
+            (_, _, Some((h, (ids, vectors)))) => {
+                Some(GraphBuild::start(dim, metric, h, ids, vectors))
+            }
+            (PartitionIndex::Codes(codes), IndexSpec::Hnsw(h), None) => {
+                Some(GraphBuild::over_codes(codes.clone(), h))
+            }
+            _ => None,
+        };
         Ok(Partition {
             store,
             index,
             metadata,
             dim,
             metric,
+            config,
+            written_since_training: 0,
             pending: build.as_ref().map(|_| Vec::new()),
             build,
             intact: true,
@@ -215,19 +254,21 @@ impl Partition {
     }
 
     /// The graph being built in the background, to wait for and hand to
-    /// [`Partition::adopt`] (`None`: none is, or it was taken already).
+    /// [`Partition::adopt`] (`None`: none is, or it was taken already). A build may start
+    /// after a write too (an int8 partition that trained its quantizer), so a caller that
+    /// writes looks for one after each write.
     pub fn take_build(&mut self) -> Option<GraphBuild> {
         self.build.take()
     }
 
     /// Replaces the exact scan with `built`, once the changes made while it was built are in
     /// it too. A graph that failed leaves the exact scan serving (and says why in the log).
-    pub fn adopt(&mut self, built: Result<arbor_kernels::hnsw::HnswIndex, String>) {
+    pub fn adopt(&mut self, built: Result<PartitionIndex, String>) {
         let pending = self.pending.take().unwrap_or_default();
         let caught_up =
             built.and_then(|graph| index::catch_up(graph, pending).map_err(|e| e.to_string()));
         match caught_up {
-            Ok(graph) => self.index = PartitionIndex::Hnsw(graph),
+            Ok(graph) => self.index = graph,
             Err(e) => tracing::error!(
                 error = %e,
                 "the HNSW graph could not be built; the partition keeps scanning exactly"
@@ -239,15 +280,11 @@ impl Partition {
     /// building it (see [`saved_graph`]); `false` when the index is not a graph, or memory
     /// may no longer match the disk.
     pub fn save_graph(&self) -> std::io::Result<bool> {
-        let PartitionIndex::Hnsw(graph) = &self.index else {
-            return Ok(false);
-        };
         if !self.intact {
             return Ok(false);
         }
         let path = saved_graph::path_of(self.store.path());
-        saved_graph::save(&path, graph, self.store.seq(), self.store.history())?;
-        Ok(true)
+        saved_graph::save(&path, &self.index, self.store.seq(), self.store.history())
     }
 
     /// Waits for the graph being built, if any, searches on it from now on, and saves it.
@@ -260,8 +297,60 @@ impl Partition {
         }
     }
 
-    /// [`VectorIndex::upsert`] on the index, kept for the graph being built too.
-    fn index_upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), TopKError> {
+    /// An int8 partition's quantizer, trained once it holds [`TRAIN_ROWS`] rows, and again
+    /// when the rows written since drifted out of its ranges (see
+    /// [`PartitionIndex::should_retrain`]): the codes are encoded again from the f32 rows on
+    /// disk, and a graph is built again over them in the background. Memory still matches
+    /// the disk when this fails (the old index stays), so a failure is only logged.
+    fn quantize_if_due(&mut self, written: usize) {
+        if self.config.quantization != Quantization::Int8 || self.pending.is_some() {
+            return;
+        }
+        self.written_since_training = self.written_since_training.saturating_add(written);
+        let rows = self.index.len();
+        let due = if self.index.rescored() {
+            // Retraining costs a read of every row: at most once per quarter of them written.
+            self.index.should_retrain()
+                && self.written_since_training >= (rows / 4).max(RETRAIN_MIN_WRITTEN)
+        } else {
+            rows >= TRAIN_ROWS
+        };
+        if !due {
+            return;
+        }
+        let started = std::time::Instant::now();
+        match encode_all(&self.store, rows) {
+            Ok(codes) if codes.len() == rows => {
+                tracing::info!(
+                    store = %self.store.path(),
+                    rows,
+                    retrained = self.index.rescored(),
+                    seconds = started.elapsed().as_secs_f64(),
+                    "int8 quantizer trained; the partition now holds codes"
+                );
+                if let IndexSpec::Hnsw(h) = self.config.spec {
+                    self.build = Some(GraphBuild::over_codes(codes.clone(), h));
+                    self.pending = Some(Vec::new());
+                }
+                self.index = PartitionIndex::Codes(codes);
+                self.written_since_training = 0;
+            }
+            Ok(codes) => tracing::error!(
+                store = %self.store.path(),
+                memory = rows,
+                disk = codes.len(),
+                "the int8 codes were not adopted: the store and memory hold different counts"
+            ),
+            Err(e) => tracing::warn!(
+                store = %self.store.path(),
+                error = %e,
+                "the int8 quantizer could not be trained; the partition goes on as it was"
+            ),
+        }
+    }
+
+    /// [`PartitionIndex::upsert`] on the index, kept for the graph being built too.
+    fn index_upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), IndexError> {
         if let Err(e) = self.index.upsert(ids, vectors) {
             self.intact = false;
             return Err(e);
@@ -277,8 +366,8 @@ impl Partition {
         Ok(())
     }
 
-    /// [`VectorIndex::remove`] on the index, kept for the graph being built too.
-    fn index_remove(&mut self, ids: &[u64]) -> Result<usize, TopKError> {
+    /// [`PartitionIndex::remove`] on the index, kept for the graph being built too.
+    fn index_remove(&mut self, ids: &[u64]) -> Result<usize, IndexError> {
         let removed = match self.index.remove(ids) {
             Ok(removed) => removed,
             Err(e) => {
@@ -392,6 +481,7 @@ impl Partition {
         for (id, map) in batch.into_metadata() {
             self.metadata.insert(id, &map);
         }
+        self.quantize_if_due(count);
         Ok(WriteAck { seq, count })
     }
 
@@ -473,7 +563,9 @@ impl Partition {
         }
         self.index_upsert(&ids, &vectors)
             .and_then(|()| self.index_remove(&gone).map(|_| ()))
-            .map_err(|e| diverged(e.to_string()))
+            .map_err(|e| diverged(e.to_string()))?;
+        self.quantize_if_due(ids.len());
+        Ok(())
     }
 
     /// Forgets every row (see [`Store::reset`]).
@@ -648,8 +740,13 @@ impl Partition {
         if k == 0 || queries.is_empty() {
             return Ok(vec![Vec::new(); queries.len()]);
         }
+        // Codes give approximate scores: more candidates are taken, and rescored on f32.
+        let n = match self.index.rescored() {
+            true => quant::candidates(k),
+            false => k,
+        };
         let found = match filter {
-            None => self.index.search_ef(&flat, k, None, ef)?,
+            None => self.index.search_ef(&flat, n, None, ef)?,
             Some(f) => {
                 let compiled = self.metadata.compile(f);
                 let pass = |id: u64| match self.metadata.verdict(id, &compiled) {
@@ -657,10 +754,45 @@ impl Partition {
                     Verdict::No => false,
                     Verdict::Check => self.matches_on_disk(id, f),
                 };
-                self.index.search_ef(&flat, k, Some(&pass), ef)?
+                self.index.search_ef(&flat, n, Some(&pass), ef)?
             }
         };
+        let found = match self.index.rescored() {
+            true => self.rescore(&flat, found, k)?,
+            false => found,
+        };
         self.hits(found)
+    }
+
+    /// The best `k` of each query's candidates by their exact scores, from the f32 rows read
+    /// from disk (one read transaction for all of them).
+    fn rescore(
+        &self,
+        queries: &[f32],
+        found: Vec<Vec<Hit>>,
+        k: usize,
+    ) -> Result<Vec<Vec<Hit>>, PartitionError> {
+        let ids: Vec<u64> = found.iter().flatten().map(|h| h.id).collect();
+        let rows = self.store.get(&ids)?;
+        let at: std::collections::HashMap<u64, usize> =
+            rows.iter().enumerate().map(|(i, r)| (r.id, i)).collect();
+        let mut out = Vec::with_capacity(found.len());
+        let (mut ids, mut vectors) = (Vec::new(), Vec::new());
+        for (query, candidates) in queries.chunks_exact(self.dim).zip(found) {
+            ids.clear();
+            vectors.clear();
+            for hit in candidates {
+                // A candidate gone from disk is gone for good (memory follows the disk).
+                if let Some(&i) = at.get(&hit.id) {
+                    ids.push(hit.id);
+                    vectors.extend_from_slice(&rows[i].vector);
+                }
+            }
+            let best = quant::rescore(self.metric, query, &ids, &vectors, k)
+                .map_err(|e| PartitionError::Index(e.into()))?;
+            out.push(best);
+        }
+        Ok(out)
     }
 
     /// Decides a filter memory could not (a long string's hash or a nested value matched)
@@ -744,10 +876,70 @@ impl Partition {
             .collect())
     }
 
+    /// The store's file, as logs name the partition.
+    pub fn store_path(&self) -> &str {
+        self.store.path()
+    }
+
+    /// What the collection asks of this partition's index.
+    pub fn index_config(&self) -> IndexConfig {
+        self.config
+    }
+
     /// Every stored row, read from disk (for checks and, later, for rebuilding a replica).
     pub fn stored(&self) -> Result<Vec<StoredRecord>, PartitionError> {
         Ok(self.store.load_all()?)
     }
+}
+
+/// A quantizer trained on up to [`SAMPLE_ROWS`] of the store's `rows` rows, taken evenly
+/// through it (in id order).
+fn train(store: &Store, rows: usize) -> Result<ScalarQuantizer, PartitionError> {
+    let step = rows.div_ceil(SAMPLE_ROWS).max(1);
+    let mut sample = Vec::with_capacity(rows.min(SAMPLE_ROWS) * store.dim());
+    let mut i = 0usize;
+    store.for_each(|r: StoredRecord| {
+        if i.is_multiple_of(step) {
+            sample.extend_from_slice(&r.vector);
+        }
+        i += 1;
+        Ok::<_, PartitionError>(())
+    })?;
+    if sample.is_empty() {
+        return Err(PartitionError::Index(quant::QuantError::EmptySample.into()));
+    }
+    ScalarQuantizer::train(
+        store.dim(),
+        store.metric(),
+        &sample,
+        &TrainOptions::default(),
+    )
+    .map_err(|e| PartitionError::Index(e.into()))
+}
+
+/// The codes of every stored row, under a quantizer trained on them.
+fn encode_all(store: &Store, rows: usize) -> Result<QuantizedRows, PartitionError> {
+    let mut codes = QuantizedRows::new(train(store, rows)?);
+    codes.reserve(rows);
+    let dim = store.dim();
+    let mut ids = Vec::with_capacity(LOAD_CHUNK_ROWS);
+    let mut vectors = Vec::with_capacity(LOAD_CHUNK_ROWS * dim);
+    let flush = |ids: &mut Vec<u64>, vectors: &mut Vec<f32>, codes: &mut QuantizedRows| {
+        let done = codes.upsert(ids, vectors);
+        ids.clear();
+        vectors.clear();
+        done.map_err(|e| PartitionError::Index(e.into()))
+    };
+    store.for_each(|r: StoredRecord| {
+        ids.push(r.id);
+        vectors.extend_from_slice(&r.vector);
+        if ids.len() == LOAD_CHUNK_ROWS {
+            flush(&mut ids, &mut vectors, &mut codes)?;
+        }
+        Ok::<_, PartitionError>(())
+    })?;
+    flush(&mut ids, &mut vectors, &mut codes)?;
+    Ok(codes)
 }
 
 #[cfg(test)]
@@ -981,6 +1173,158 @@ mod tests {
         });
         let p = open(other);
         assert!(p.stats().index_building, "built again for m 8");
+    }
+
+    #[test]
+    fn int8_partitions_train_on_their_rows_rescore_exactly_and_load_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let hnsw = IndexSpec::Hnsw(arbor_proto::HnswSpec {
+            ef_search: 128,
+            ..Default::default()
+        });
+        let (dim, rows) = (32, 6_000u64);
+        let records: Vec<VectorRecord> = (0..rows)
+            .map(|i| rec(i, vector(i, dim), json!({"even": i % 2 == 0})))
+            .collect();
+        let queries: Vec<Vec<f32>> = (0..50).map(|i| vector(90_000 + i, dim)).collect();
+        let even = MetadataFilter::parse(r#"{"op":"equal","key":"even","value":true}"#).unwrap();
+        let mut exact = Partition::open(
+            &store_path(dir.path(), &test_name(9)),
+            dim,
+            Metric::Cosine,
+            Device::Cpu,
+            IndexSpec::Exact,
+        )
+        .unwrap();
+        for chunk in records.chunks(1000) {
+            exact.upsert(chunk.to_vec(), 1).unwrap();
+        }
+        let truth = exact.search(&queries, 10, None).unwrap();
+        let f32_bytes = exact.stats().host_bytes;
+        for (name, spec, kind) in [(0, IndexSpec::Exact, "exact+int8"), (1, hnsw, "hnsw+int8")] {
+            let config = IndexConfig {
+                spec,
+                quantization: Quantization::Int8,
+            };
+            let path = store_path(dir.path(), &test_name(name));
+            let open = || Partition::open(&path, dim, Metric::Cosine, Device::Cpu, config).unwrap();
+            let mut p = open();
+            // f32 until it holds enough rows to train on.
+            for chunk in records[..3000].chunks(1000) {
+                p.upsert(chunk.to_vec(), 1).unwrap();
+            }
+            assert_eq!(p.stats().index, "exact", "{kind}");
+            for chunk in records[3000..].chunks(1000) {
+                p.upsert(chunk.to_vec(), 1).unwrap();
+            }
+            // The codes serve at once; a graph over them is built in the background.
+            assert_eq!(p.stats().index_building, spec != IndexSpec::Exact, "{kind}");
+            p.wait_for_index();
+            let stats = p.stats();
+            assert_eq!((stats.index.as_str(), stats.count), (kind, rows));
+            if spec == IndexSpec::Exact {
+                assert!(
+                    stats.host_bytes * 2 < f32_bytes,
+                    "codes {} bytes, f32 {f32_bytes}",
+                    stats.host_bytes
+                );
+            }
+            let found = p.search(&queries, 10, None).unwrap();
+            let mut hit = 0;
+            for (got, want) in found.iter().zip(&truth) {
+                assert_eq!(got.len(), 10);
+                for h in got {
+                    // Scores are the f32 rows' scores, not the codes'.
+                    if let Some(w) = want.iter().find(|w| w.id == h.id) {
+                        hit += 1;
+                        assert!((w.score - h.score).abs() < 1e-5, "{kind}: {h:?} vs {w:?}");
+                    }
+                }
+            }
+            let recall = f64::from(hit) / (queries.len() * 10) as f64;
+            assert!(recall >= 0.97, "{kind}: recall@10 {recall}");
+            for hits in p.search(&queries, 10, Some(&even)).unwrap() {
+                assert_eq!(hits.len(), 10);
+                assert!(hits.iter().all(|h| h.id % 2 == 0), "{hits:?}");
+            }
+            // Deletes and upserts reach the codes.
+            let q = std::slice::from_ref(&queries[0]);
+            let first = p.search(q, 1, None).unwrap()[0][0].id;
+            p.delete(&[first], 1).unwrap();
+            assert!(
+                p.search(q, 10, None).unwrap()[0]
+                    .iter()
+                    .all(|h| h.id != first)
+            );
+            p.upsert(vec![rec(7, queries[0].clone(), json!({}))], 1)
+                .unwrap();
+            let top = p.search(q, 1, None).unwrap()[0][0].clone();
+            assert_eq!(top.id, 7);
+            assert!((top.score - 1.0).abs() < 1e-5, "{top:?}");
+            let before = p.search(&queries, 10, None).unwrap();
+            p.save_graph().unwrap();
+            drop(p);
+            // Opened again: trained again on the rows (or loaded with the saved graph), and
+            // at once holding codes.
+            let p = open();
+            let stats = p.stats();
+            assert_eq!(
+                (stats.index.as_str(), stats.index_building),
+                (
+                    if spec == IndexSpec::Exact {
+                        kind
+                    } else {
+                        "hnsw+int8"
+                    },
+                    false
+                ),
+            );
+            let again = p.search(&queries, 10, None).unwrap();
+            let same: usize = again
+                .iter()
+                .zip(&before)
+                .map(|(a, b)| a.iter().filter(|h| b.iter().any(|x| x.id == h.id)).count())
+                .sum();
+            assert!(
+                same >= queries.len() * 10 * 97 / 100,
+                "{kind}: {same} the same"
+            );
+        }
+    }
+
+    #[test]
+    fn an_int8_partition_trains_again_when_new_rows_leave_its_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let dim = 16;
+        let config = IndexConfig {
+            spec: IndexSpec::Exact,
+            quantization: Quantization::Int8,
+        };
+        let path = store_path(dir.path(), &test_name(0));
+        let mut p = Partition::open(&path, dim, Metric::L2, Device::Cpu, config).unwrap();
+        let batch = |from: u64, scale: f32| -> Vec<VectorRecord> {
+            (from..from + 1000)
+                .map(|i| {
+                    let v = vector(i, dim).into_iter().map(|x| x * scale).collect();
+                    rec(i, v, json!({}))
+                })
+                .collect()
+        };
+        for b in 0..5 {
+            p.upsert(batch(b * 1000, 1.0), 1).unwrap();
+        }
+        assert_eq!(p.stats().index, "exact+int8");
+        assert_eq!(p.written_since_training, 0);
+        // Rows four times as wide: most components fall outside the trained ranges.
+        p.upsert(batch(10_000, 4.0), 1).unwrap();
+        assert!(p.index.should_retrain());
+        p.upsert(batch(11_000, 4.0), 1).unwrap();
+        assert_eq!(p.written_since_training, 0, "trained again");
+        assert!(!p.index.should_retrain());
+        assert_eq!(p.len(), 7000);
+        let q = vec![vector(11_500, dim).into_iter().map(|x| x * 4.0).collect()];
+        let top = p.search(&q, 1, None).unwrap()[0][0].clone();
+        assert_eq!((top.id, top.score), (11_500, 0.0));
     }
 
     #[test]

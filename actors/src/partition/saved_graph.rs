@@ -3,8 +3,9 @@
 //!
 //! Layout: the magic `ARBSAVED`, the store's sequence number and history when the graph was
 //! saved (`u64`, then a `u32` count of `(epoch, first seq)` pairs), an FNV-1a checksum of
-//! those bytes, then the graph as [`HnswIndex::write_to`] writes it (with a checksum of its
-//! own). Little-endian.
+//! those bytes, then the graph as [`HnswIndex::write_to`] (or, over int8 codes,
+//! [`QuantizedHnsw::write_to`], with its quantizer) writes it, with a checksum of its own.
+//! Little-endian.
 //!
 //! A saved graph is used only when the store's history still starts with the saved one:
 //! the writes after the saved sequence number are then exactly the store's changes after it
@@ -17,9 +18,9 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use arbor_kernels::hnsw::{HnswIndex, HnswParams};
-use arbor_kernels::topk::VectorIndex;
+use arbor_kernels::hnsw::{HnswIndex, HnswParams, QuantizedHnsw};
 
+use super::index::PartitionIndex;
 use super::store::{Change, History, Store};
 
 const MAGIC: &[u8; 8] = b"ARBSAVED";
@@ -53,8 +54,19 @@ fn header(seq: u64, history: &History) -> Vec<u8> {
 
 /// Saves `graph`, which holds the store's rows up to `seq` with `history`: written beside,
 /// synced, then renamed over the previous save, so a crash leaves one whole file or the
-/// other.
-pub fn save(path: &Path, graph: &HnswIndex, seq: u64, history: &History) -> std::io::Result<()> {
+/// other. `Ok(false)`: the index is not a graph, nothing is saved.
+pub fn save(
+    path: &Path,
+    graph: &PartitionIndex,
+    seq: u64,
+    history: &History,
+) -> std::io::Result<bool> {
+    if !matches!(
+        graph,
+        PartitionIndex::Hnsw(_) | PartitionIndex::CodeGraph(_)
+    ) {
+        return Ok(false);
+    }
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
@@ -62,20 +74,27 @@ pub fn save(path: &Path, graph: &HnswIndex, seq: u64, history: &History) -> std:
     let head = header(seq, history);
     out.write_all(&head)?;
     out.write_all(&fnv1a(&head).to_le_bytes())?;
-    graph.write_to(&mut out)?;
+    match graph {
+        PartitionIndex::Hnsw(g) => g.write_to(&mut out)?,
+        PartitionIndex::CodeGraph(g) => g.write_to(&mut out)?,
+        PartitionIndex::Exact(_) | PartitionIndex::Codes(_) => unreachable!("checked above"),
+    }
     let file = out.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    Ok(true)
 }
 
-/// The saved graph at `path` with the store's later writes replayed into it: `Ok(None)` when
-/// none is saved, `Err` (why) when the one saved cannot be used.
+/// The saved graph at `path` (over int8 codes when `codes`) with the store's later writes
+/// replayed into it: `Ok(None)` when none is saved, `Err` (why) when the one saved cannot be
+/// used.
 pub fn load(
     path: &Path,
     store: &Store,
     params: HnswParams,
+    codes: bool,
     rows: usize,
-) -> Result<Option<HnswIndex>, String> {
+) -> Result<Option<PartitionIndex>, String> {
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -91,16 +110,22 @@ pub fn load(
             store.seq()
         ));
     }
-    let mut graph =
-        HnswIndex::read_from(&mut input, store.dim(), store.metric()).map_err(|e| e.to_string())?;
-    let saved = graph.params();
+    let (dim, metric) = (store.dim(), store.metric());
+    let (saved, mut graph) = if codes {
+        let mut g = QuantizedHnsw::read_from(&mut input, dim, metric).map_err(|e| e.to_string())?;
+        g.set_ef_search(params.ef_search);
+        (g.params(), PartitionIndex::CodeGraph(g))
+    } else {
+        let mut g = HnswIndex::read_from(&mut input, dim, metric).map_err(|e| e.to_string())?;
+        g.set_ef_search(params.ef_search);
+        (g.params(), PartitionIndex::Hnsw(g))
+    };
     if (saved.m, saved.ef_construction) != (params.m, params.ef_construction) {
         return Err(format!(
             "it was built with m {} and ef_construction {}, the collection asks for {} and {}",
             saved.m, saved.ef_construction, params.m, params.ef_construction
         ));
     }
-    graph.set_ef_search(params.ef_search);
     replay(&mut graph, store, seq)?;
     if graph.len() != rows {
         return Err(format!(
@@ -143,7 +168,7 @@ fn read_header(input: &mut impl Read) -> Result<(u64, History), String> {
 }
 
 /// Applies the store's changes after write `seq` to `graph`, in order.
-fn replay(graph: &mut HnswIndex, store: &Store, seq: u64) -> Result<(), String> {
+fn replay(graph: &mut PartitionIndex, store: &Store, seq: u64) -> Result<(), String> {
     let mut after = (seq, u64::MAX);
     loop {
         let (changes, next) = store

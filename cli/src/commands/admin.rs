@@ -293,11 +293,12 @@ pub fn collections_table(list: &[CollectionReport]) -> String {
         };
         let _ = writeln!(
             out,
-            "{}  dim={} metric={} index={index} partitions={} replicas={} embedder={}  \
-             running {}/{}",
+            "{}  dim={} metric={} index={index} quantization={} partitions={} replicas={} \
+             embedder={}  running {}/{}",
             c.name,
             c.dimension,
             c.metric,
+            c.quantization.as_str(),
             c.partitions,
             c.replication,
             c.embedder,
@@ -458,6 +459,7 @@ mod tests {
             replication: 2,
             embedder: "minilm".into(),
             index: arbor_proto::IndexSpec::Hnsw(Default::default()),
+            quantization: arbor_proto::Quantization::Int8,
             running: 3,
             replica_sets: vec![],
         };
@@ -467,7 +469,7 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("index=hnsw(m=16,ef_construction=128,ef_search=64)"),
+            t.contains("index=hnsw(m=16,ef_construction=128,ef_search=64) quantization=int8"),
             "{t}"
         );
     }

@@ -377,27 +377,37 @@ impl Chaos {
     /// Collection `name` of `partitions` × `replicas`, its coordinators (one per node) and
     /// the stand-in embedder; returns once every replica runs and is in sync.
     pub async fn collection(&self, name: &str, partitions: u32, replicas: u32) {
+        self.collection_with(name, partitions, replicas, &[]).await
+    }
+
+    /// [`Chaos::collection`] with more flags for `arbor collection create` (its index, say).
+    pub async fn collection_with(&self, name: &str, partitions: u32, replicas: u32, more: &[&str]) {
         self.stand_in_embedder().await;
-        let out = self
-            .arbor(&[
-                "collection",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-                "--replicas",
-                &replicas.to_string(),
-                "--embedder",
-                "embedder",
-                "--dim",
-                &DIM.to_string(),
-                "--memory",
-                "64MiB",
-                // Its coordinators are deployed below: one per node, patient writes.
-                "--coordinators",
-                "0",
-            ])
-            .await;
+        let (partitions_text, replicas_text, dim) = (
+            partitions.to_string(),
+            replicas.to_string(),
+            DIM.to_string(),
+        );
+        let mut args = vec![
+            "collection",
+            "create",
+            name,
+            "--partitions",
+            &partitions_text,
+            "--replicas",
+            &replicas_text,
+            "--embedder",
+            "embedder",
+            "--dim",
+            &dim,
+            "--memory",
+            "64MiB",
+            // Its coordinators are deployed below: one per node, patient writes.
+            "--coordinators",
+            "0",
+        ];
+        args.extend_from_slice(more);
+        let out = self.arbor(&args).await;
         self.note(format!("collection create {name}: {out:?}"));
         out.unwrap();
         let nodes = self.addrs.len();
@@ -553,6 +563,55 @@ impl Chaos {
             "verified {checked} acknowledged documents on every in-sync replica"
         ));
         caller.stop().await;
+    }
+
+    /// Each in-sync replica's stats (`deployment/replica` → stats), asked of the replica
+    /// itself.
+    pub async fn replica_stats(
+        &self,
+        collection: &str,
+    ) -> BTreeMap<String, arbor_actors::partition::PartitionStats> {
+        let sets = self.collections().await.unwrap()[collection]
+            .replica_sets
+            .clone();
+        let deployments = self.deployments().await.unwrap();
+        let secret = Secret::new(SECRET).unwrap();
+        let caller = Caller::connect(&self.config, &secret, Duration::from_secs(3))
+            .await
+            .unwrap();
+        let scope = caller.scope().to_owned();
+        let mut out = BTreeMap::new();
+        for set in &sets {
+            let deployment = arbor_proto::partition_deployment(collection, set.partition);
+            for replica in &set.in_sync {
+                let Some(generation) = deployments[&deployment]
+                    .replicas
+                    .iter()
+                    .find(|r| r.replica == *replica)
+                    .and_then(|r| r.generation)
+                else {
+                    continue;
+                };
+                let start = Instant::now();
+                let cell = loop {
+                    if let Some(cell) = remote::member(&scope, &deployment, *replica, generation) {
+                        break Some(cell);
+                    }
+                    if start.elapsed() > Duration::from_secs(20) {
+                        break None;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                };
+                let Some(cell) = cell else { continue };
+                let answer =
+                    remote::ask(&cell, PartitionRequest::Stats, Duration::from_secs(10)).await;
+                if let Ok(PartitionAnswer::Stats(stats)) = answer {
+                    out.insert(format!("{deployment}/{replica}"), stats);
+                }
+            }
+        }
+        caller.stop().await;
+        out
     }
 
     /// The replica set of `collection`'s partition `p`: (primary, in-sync replicas, epoch).

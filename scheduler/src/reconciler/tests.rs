@@ -450,6 +450,7 @@ fn collection(name: &str, partitions: u32, replication: u32) -> crate::state::Co
         resources: cpu(250),
         index: Default::default(),
         incarnation: 0,
+        quantization: Default::default(),
     }
 }
 
@@ -471,7 +472,7 @@ fn a_collection_is_placed_whole_with_replicas_of_a_partition_apart() {
     assert_eq!(
         config,
         serde_json::json!({"collection": "docs", "incarnation": 1, "partition": 3, "dim": 384,
-            "metric": "cosine", "index": "exact"})
+            "metric": "cosine", "index": "exact", "quantization": "none"})
     );
     // Its partitions are managed through the collection only.
     let err = s

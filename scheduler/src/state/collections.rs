@@ -40,6 +40,7 @@ impl CollectionSpec {
                 "dim": self.dimension,
                 "metric": self.metric,
                 "index": self.index,
+                "quantization": self.quantization,
             })
             .to_string(),
             collection: Some(self.name.clone()),

@@ -42,8 +42,8 @@ use super::{Handled, Kind, Me, ReplicaContext, ReplicaKind, Started, parse_requi
 use crate::control::Control;
 use crate::partition::replication::Role;
 use crate::partition::{
-    GraphBuild, MetadataFilter, Partition, PartitionAnswer, PartitionError, PartitionFailure,
-    PartitionReply, PartitionRequest, StoreError, StoreName, WriteOp, store_path,
+    GraphBuild, IndexConfig, MetadataFilter, Partition, PartitionAnswer, PartitionError,
+    PartitionFailure, PartitionReply, PartitionRequest, StoreError, StoreName, WriteOp, store_path,
 };
 use crate::replica::{CallFailure, CallReply, ReplicaMsg, decode_request};
 use crate::wire::{MAX_PAYLOAD_BYTES, Wire};
@@ -80,6 +80,9 @@ pub struct PartitionConfig {
     /// The collection's index (default: the exact scan).
     #[serde(default)]
     pub index: arbor_proto::IndexSpec,
+    /// How the collection's vectors are held in memory (default: f32).
+    #[serde(default)]
+    pub quantization: arbor_proto::Quantization,
     /// How long the primary waits for a follower to have a write durable before it drops the
     /// follower from the in-sync set (well below a client's timeout).
     #[serde(default = "write_deadline_ms")]
@@ -267,8 +270,11 @@ impl ReplicaKind for PartitionReplica {
             .map_or(Device::Cpu, |&d| Device::Cuda(d as usize));
         let give_up = tokio::time::Instant::now() + OPEN_PATIENCE;
         let partition = loop {
-            let (file, dim, metric, index) =
-                (path.clone(), config.dim, config.metric, config.index);
+            let index = IndexConfig {
+                spec: config.index,
+                quantization: config.quantization,
+            };
+            let (file, dim, metric) = (path.clone(), config.dim, config.metric);
             let opened = tokio::task::spawn_blocking(move || {
                 Partition::open(&file, dim, metric, device, index)
             })
@@ -291,7 +297,7 @@ impl ReplicaKind for PartitionReplica {
             rows = partition.len(),
             seq = partition.seq(),
             device = %partition.device(),
-            index = config.index.kind(),
+            index = partition.stats().index,
             "vector partition loaded"
         );
         let id = Identity {
@@ -314,7 +320,7 @@ impl ReplicaKind for PartitionReplica {
         let build = partition.take_build();
         let partition = Arc::new(RwLock::new(partition));
         if let Some(build) = build {
-            adopt_when_built(build, Arc::downgrade(&partition), ctx.actor_id.clone());
+            adopt_when_built(build, Arc::downgrade(&partition));
         }
         Ok(PartitionState {
             id,
@@ -506,19 +512,21 @@ fn may_serve(id: &Identity) -> Result<(), PartitionFailure> {
 /// Waits (on the blocking pool) for the HNSW graph being built from the rows the partition
 /// loaded, then makes searches use it. Holds the partition weakly: a replica stopped meanwhile
 /// is not kept alive (nor its file locked) by its graph.
-fn adopt_when_built(build: GraphBuild, partition: Weak<RwLock<Partition>>, actor_id: String) {
+fn adopt_when_built(build: GraphBuild, partition: Weak<RwLock<Partition>>) {
     tokio::task::spawn_blocking(move || {
         let built = build.wait();
         let Some(partition) = partition.upgrade() else {
             return;
         };
-        match partition.write() {
+        let store = match partition.write() {
             Ok(mut p) => {
                 p.adopt(built);
-                tracing::info!(%actor_id, index = p.stats().index, "partition index ready");
+                let store = p.store_path().to_owned();
+                tracing::info!(%store, index = p.stats().index, "partition index ready");
+                store
             }
             Err(_) => {
-                tracing::warn!(%actor_id, "the partition failed before its graph was built");
+                tracing::warn!("a partition failed before its graph was built");
                 return;
             }
         };
@@ -526,7 +534,7 @@ fn adopt_when_built(build: GraphBuild, partition: Weak<RwLock<Partition>>, actor
         if let Ok(p) = read(&partition)
             && let Err(e) = p.save_graph()
         {
-            tracing::warn!(%actor_id, "the HNSW graph could not be saved: {e}");
+            tracing::warn!(%store, "the HNSW graph could not be saved: {e}");
         }
     });
 }
@@ -547,11 +555,19 @@ async fn locked<T: Send + 'static>(
     f: impl FnOnce(&mut Partition) -> Result<T, PartitionError> + Send + 'static,
 ) -> Result<Result<T, PartitionFailure>, StorageFailure> {
     let partition = partition.clone();
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let mut p = partition
             .write()
             .map_err(|_| StorageFailure("a write panicked earlier".into()))?;
-        match f(&mut p) {
+        let done = f(&mut p);
+        // A write may start a graph build (an int8 partition that trained its quantizer).
+        if let Some(build) = p.take_build() {
+            let _inside = runtime.enter();
+            adopt_when_built(build, Arc::downgrade(&partition));
+        }
+        drop(p);
+        match done {
             Ok(v) => Ok(Ok(v)),
             Err(PartitionError::Invalid(e)) => Ok(Err(PartitionFailure::Invalid(e.to_string()))),
             Err(e @ (PartitionError::Filter(_) | PartitionError::BadSearch(_))) => {

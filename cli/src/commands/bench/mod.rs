@@ -107,6 +107,8 @@ pub struct Vectors {
     pub filter: Option<serde_json::Value>,
     /// The index of the collections `ingest-vectors` and `query-vector` create.
     pub index: arbor_proto::IndexSpec,
+    /// How those collections hold vectors in memory.
+    pub quantization: arbor_proto::Quantization,
     /// `query-vector`'s HNSW `ef`.
     pub ef: Option<u32>,
     /// Text documents loaded before `query-text` and `rag` are measured.
@@ -118,12 +120,13 @@ impl Vectors {
     fn parameters(&self, scenario: Scenario) -> serde_json::Map<String, serde_json::Value> {
         let value = match scenario {
             Scenario::IngestVectors => json!({"rows_per_job": ROWS_PER_JOB,
-                "dimension": self.dimension, "index": self.index}),
+                "dimension": self.dimension, "index": self.index,
+                "quantization": self.quantization}),
             Scenario::QueryVector => json!({
                 "rows": self.rows.div_ceil(ROWS_PER_JOB) * ROWS_PER_JOB,
                 "dimension": self.dimension, "k": self.k, "filter": self.filter,
                 "metric": "cosine", "search": self.index.kind(), "index": self.index,
-                "ef": self.ef}),
+                "quantization": self.quantization, "ef": self.ef}),
             Scenario::Embed => json!({"texts_per_job": 8}),
             Scenario::Generate => json!({"max_tokens": 16}),
             Scenario::IngestText => json!({"documents_per_job": 8}),
@@ -471,6 +474,7 @@ async fn prepare(
                 coordinator_memory: None,
                 model: None,
                 index: Some(vectors.index),
+                quantization: Some(vectors.quantization),
             };
             if let Err(e) = run_job(
                 &mut client,

@@ -116,6 +116,7 @@ pub async fn prepare(
         coordinator_memory: None,
         model,
         index: None,
+        quantization: None,
     };
     run_job(
         client,

@@ -375,6 +375,7 @@ pub async fn restore(gw: &GatewayArgs, path: &Path, name: Option<String>) -> any
         coordinator_memory: None,
         model: None,
         index: Some(spec.index),
+        quantization: Some(spec.quantization),
     };
     run_job(
         &mut client,

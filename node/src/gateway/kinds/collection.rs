@@ -144,6 +144,7 @@ pub(super) async fn create_collection(
         index,
         // The control plane gives it one.
         incarnation: 0,
+        quantization: c.quantization.unwrap_or_default(),
     };
     let coordinator = coordinator_spec(env, &c).await?;
     control_request(&env.raft, ControlRequest::CreateCollection(spec)).await?;
