@@ -140,9 +140,17 @@ pub enum Command {
     Ingest {
         /// The collection.
         collection: String,
-        /// Files to read (.txt, .md, .jsonl).
+        /// Files to read (.txt, .md, .jsonl), or one .npy file of vectors (a 2-D float32
+        /// array, a row each) for a bulk load.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        /// Bulk load: a .npy file of the rows' ids (1-D, 64-bit integers; default: the rows'
+        /// positions in the file).
+        #[arg(long)]
+        ids: Option<PathBuf>,
+        /// Bulk load: import jobs in flight, each on a connection of its own.
+        #[arg(long, default_value_t = crate::commands::bulk::DEFAULT_IN_FLIGHT)]
+        in_flight: usize,
         #[command(flatten)]
         gateway: GatewayArgs,
     },

@@ -13,7 +13,7 @@ use arbor_node::{ClusterConfig, Node};
 use arbor_proto::gateway::CreateCollectionJob;
 use clap::Parser;
 
-use commands::{admin, ask, cluster, ingest, jobs, snapshot};
+use commands::{admin, ask, bulk, cluster, ingest, jobs, snapshot};
 use flags::{BenchCommand, Cli, ClusterCommand, CollectionCommand, Command, NodeAction, NodeArgs};
 
 fn main() -> ExitCode {
@@ -115,8 +115,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Ingest {
             collection,
             paths,
+            ids,
+            in_flight,
             gateway,
-        } => ingest::ingest(&gateway, collection, paths).await,
+        } => match paths.as_slice() {
+            [one] if one.extension().is_some_and(|e| e == "npy") => {
+                bulk::load(&gateway, collection, one, ids.as_deref(), in_flight).await
+            }
+            _ if paths
+                .iter()
+                .any(|p| p.extension().is_some_and(|e| e == "npy")) =>
+            {
+                anyhow::bail!(
+                    "a bulk load takes one .npy file of vectors (and --ids for their ids); \
+                     load other files with another `arbor ingest`"
+                )
+            }
+            _ if ids.is_some() => {
+                anyhow::bail!("--ids goes with a .npy file of vectors (a bulk load)")
+            }
+            _ => ingest::ingest(&gateway, collection, paths).await,
+        },
         Command::Query {
             collection,
             text,

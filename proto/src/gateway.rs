@@ -479,10 +479,12 @@ impl JobSpec {
             | JobSpec::Drain(_)
             | JobSpec::Undrain(_)
             | JobSpec::Export(_)
-            | JobSpec::Import(_)
             | JobSpec::Backup
             | JobSpec::Restore(_) => Role::Admin,
-            JobSpec::Ingest(_)
+            // Rows with their own vectors and ids: what `ingest` of documents that bring
+            // their vectors may write too, in bulk.
+            JobSpec::Import(_)
+            | JobSpec::Ingest(_)
             | JobSpec::Query(_)
             | JobSpec::Rag(_)
             | JobSpec::Embed(_)

@@ -6,11 +6,13 @@
 pub mod admin;
 pub mod ask;
 pub mod bench;
+pub mod bulk;
 pub mod cert;
 pub mod cluster;
 pub mod ingest;
 pub mod jobs;
 pub mod local;
+pub mod npy;
 pub mod snapshot;
 pub mod status;
 pub mod token;

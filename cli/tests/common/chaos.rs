@@ -488,6 +488,20 @@ impl Chaos {
         partitions: u32,
         acked: &BTreeMap<String, Vec<f32>>,
     ) {
+        let rows: BTreeMap<u64, (String, Vec<f32>)> = acked
+            .iter()
+            .map(|(doc, v)| (chunk_id(doc, 0), (format!("document {doc:?}"), v.clone())))
+            .collect();
+        self.verify_rows(collection, partitions, &rows).await
+    }
+
+    /// [`Chaos::verify`] for rows by id (id → a name for messages, the vector acknowledged).
+    pub async fn verify_rows(
+        &self,
+        collection: &str,
+        partitions: u32,
+        acked: &BTreeMap<u64, (String, Vec<f32>)>,
+    ) {
         self.until_whole(collection, Duration::from_secs(90)).await;
         let sets = self.collections().await.unwrap()[collection]
             .replica_sets
@@ -499,12 +513,11 @@ impl Chaos {
             .unwrap();
         let scope = caller.scope().to_owned();
         let mut by_partition: BTreeMap<u32, Vec<(u64, &String)>> = BTreeMap::new();
-        for doc in acked.keys() {
-            let id = chunk_id(doc, 0);
+        for (&id, (name, _)) in acked {
             by_partition
                 .entry(partition_of(id, partitions))
                 .or_default()
-                .push((id, doc));
+                .push((id, name));
         }
         let mut checked = 0;
         for set in &sets {
@@ -547,20 +560,20 @@ impl Chaos {
                 }
                 seen.insert(*replica, rows);
             }
-            for (id, doc) in &docs {
-                let want = &acked[*doc];
+            for (id, name) in &docs {
+                let want = &acked[id].1;
                 for (replica, rows) in &seen {
                     let got = rows.get(id);
                     assert!(
                         got == Some(want),
-                        "acknowledged document {doc:?} on {deployment}/{replica}: {got:?}, want {want:?}"
+                        "acknowledged {name} (row {id}) on {deployment}/{replica}: {got:?}, want {want:?}"
                     );
                 }
                 checked += 1;
             }
         }
         self.note(format!(
-            "verified {checked} acknowledged documents on every in-sync replica"
+            "verified {checked} acknowledged rows on every in-sync replica"
         ));
         caller.stop().await;
     }

@@ -122,6 +122,31 @@ impl JobFailure {
     }
 }
 
+/// Every import row's vector is finite; otherwise a failure naming the row and the value
+/// (in `job.rows[N].vector`, or in `job.packed.vectors` for packed rows).
+pub(crate) fn check_finite(
+    rows: &[arbor_proto::snapshot::ImportRow],
+    packed: bool,
+) -> Result<(), JobFailure> {
+    for (n, row) in rows.iter().enumerate() {
+        if let Some(p) = row.vector.iter().position(|x| !x.is_finite()) {
+            let field = match packed {
+                true => "job.packed.vectors".to_owned(),
+                false => format!("job.rows[{n}].vector"),
+            };
+            return Err(JobFailure::field(
+                ErrorCode::InvalidJob,
+                &field,
+                format!(
+                    "value {p} of row {}'s vector is not a finite number",
+                    row.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks a job's arguments before it is accepted. Pure.
 pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
     let invalid = |field: &str, message: String| {
@@ -246,24 +271,15 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
         JobSpec::Import(i) => {
             named("collection", &i.collection)?;
             let max = arbor_proto::snapshot::MAX_IMPORT_ROWS;
-            if i.rows.is_empty() || i.rows.len() > max {
+            let n = i.row_count();
+            if n == 0 || n > max {
                 return invalid(
                     "rows",
-                    format!("rows has {} entries; give 1..={max}", i.rows.len()),
+                    format!("the job carries {n} rows (rows and packed together); give 1..={max}"),
                 );
             }
-            for (n, row) in i.rows.iter().enumerate() {
-                if let Some(p) = row.vector.iter().position(|x| !x.is_finite()) {
-                    return invalid(
-                        &format!("rows[{n}].vector"),
-                        format!(
-                            "value {p} of row {}'s vector is not a finite number",
-                            row.id
-                        ),
-                    );
-                }
-            }
-            Ok(())
+            // Packed rows are read (and their values checked) where they are written.
+            check_finite(&i.rows, false)
         }
         JobSpec::Deploy(_)
         | JobSpec::Backup

@@ -27,8 +27,15 @@ pub(super) async fn export(env: &Env, e: ExportJob) -> Result<Value, JobFailure>
 
 pub(super) async fn import(env: &Env, i: ImportJob) -> Result<Value, JobFailure> {
     let coordinator = coordinator_of(env, &i.collection).await?.coordinator;
-    let rows = i
-        .rows
+    let mut rows = i.rows;
+    if let Some(packed) = i.packed {
+        let unpacked = packed
+            .unpack()
+            .map_err(|e| JobFailure::field(ErrorCode::InvalidJob, "job.packed", e.to_string()))?;
+        check_finite(&unpacked, true)?;
+        rows.extend(unpacked);
+    }
+    let rows = rows
         .into_iter()
         .map(|r| VectorRecord {
             id: r.id,

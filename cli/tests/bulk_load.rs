@@ -1,0 +1,138 @@
+//! `arbor ingest NAME FILE.npy [--ids IDS.npy]`, across processes: a 3-node cluster's
+//! collection (2 partitions × 2 replicas) takes a bulk load of rows with their own ids, and
+//! every row is then read back from every in-sync replica of its partition, bit for bit.
+//! Files that cannot be loaded (ids of another length, non-finite values, not NumPy) are
+//! refused with messages that name the problem.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::chaos::{Chaos, DIM, ONE_AT_A_TIME, vector};
+
+/// A `.npy` file (format 1.0) of `descr` values in `shape`.
+fn write_npy(path: &Path, descr: &str, shape: &[usize], data: &[u8]) {
+    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
+    let shape = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend_from_slice(data);
+    std::fs::write(path, out).unwrap();
+}
+
+fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_bulk_load_reaches_every_replica_and_bad_files_are_refused() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let files = tempfile::tempdir().unwrap();
+    let file = |name: &str| files.path().join(name);
+    let c = Chaos::start("bulk", 3, |t| t).await;
+    c.collection("rows", 2, 2).await;
+
+    // 5,000 rows with ids of their own (not their positions): several jobs, in flight
+    // together.
+    let n = 5_000u64;
+    let ids: Vec<u64> = (0..n).map(|i| 1_000_000 + i * 7).collect();
+    let vectors: Vec<f32> = (0..n).flat_map(vector).collect();
+    write_npy(
+        &file("v.npy"),
+        "<f4",
+        &[n as usize, DIM],
+        &f32_bytes(&vectors),
+    );
+    let id_bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    write_npy(&file("ids.npy"), "<u8", &[n as usize], &id_bytes);
+    let out = c
+        .arbor(&[
+            "ingest",
+            "rows",
+            file("v.npy").to_str().unwrap(),
+            "--ids",
+            file("ids.npy").to_str().unwrap(),
+            "--in-flight",
+            "3",
+        ])
+        .await
+        .unwrap();
+    assert!(
+        out.contains(&format!("loaded {n} rows of {DIM} dimensions into rows")),
+        "{out}"
+    );
+    let acked: BTreeMap<u64, (String, Vec<f32>)> = ids
+        .iter()
+        .zip(0..n)
+        .map(|(&id, i)| (id, (format!("row {i} of the file"), vector(i))))
+        .collect();
+    c.verify_rows("rows", 2, &acked).await;
+
+    // Without --ids, rows are numbered by their position in the file.
+    write_npy(
+        &file("few.npy"),
+        "<f4",
+        &[3, DIM],
+        &f32_bytes(&vectors[..3 * DIM]),
+    );
+    let out = c
+        .arbor(&["ingest", "rows", file("few.npy").to_str().unwrap()])
+        .await
+        .unwrap();
+    assert!(out.contains("loaded 3 rows"), "{out}");
+    let few: BTreeMap<u64, (String, Vec<f32>)> = (0..3)
+        .map(|i| (i, (format!("row {i}"), vector(i))))
+        .collect();
+    c.verify_rows("rows", 2, &few).await;
+
+    // Refused, each saying why.
+    let refused = |args: Vec<String>| {
+        let c = &c;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            c.arbor(&args).await.unwrap_err()
+        }
+    };
+    let path = |name: &str| file(name).to_str().unwrap().to_owned();
+    write_npy(&file("short-ids.npy"), "<u8", &[2], &id_bytes[..16]);
+    let err = refused(vec![
+        "ingest".into(),
+        "rows".into(),
+        path("v.npy"),
+        "--ids".into(),
+        path("short-ids.npy"),
+    ])
+    .await;
+    assert!(
+        err.contains("holds 2 ids but") && err.contains("5000 vectors"),
+        "{err}"
+    );
+    let mut bad = vectors[..2 * DIM].to_vec();
+    bad[DIM + 3] = f32::NAN;
+    write_npy(&file("nan.npy"), "<f4", &[2, DIM], &f32_bytes(&bad));
+    let err = refused(vec!["ingest".into(), "rows".into(), path("nan.npy")]).await;
+    assert!(err.contains("not a finite number"), "{err}");
+    write_npy(&file("f64.npy"), "<f8", &[1, DIM], &[0u8; 8 * DIM]);
+    let err = refused(vec!["ingest".into(), "rows".into(), path("f64.npy")]).await;
+    assert!(err.contains("float32") && err.contains("<f8"), "{err}");
+    let err = refused(vec![
+        "ingest".into(),
+        "rows".into(),
+        path("v.npy"),
+        path("few.npy"),
+    ])
+    .await;
+    assert!(err.contains("one .npy file"), "{err}");
+    // Nothing of the refused files was written: the good rows are all there, unchanged.
+    c.verify_rows("rows", 2, &acked).await;
+}
