@@ -9,11 +9,25 @@ smallest ef that reaches it and their ratio, and the build times:
 
     "$(benches/peers/setup.sh)" benches/peers/hnsw.py [--rows 100000] [--dim 384]
         [--queries 1000] [--k 10] [--m 16] [--ef-construction 128] [--threads 1[,2..]]
+        [--quantization none|int8|none,int8]
         [--arbor $CARGO_TARGET_DIR/release/examples/hnsw_sweep] [--json OUT]
 
 `--threads 1,2` builds each graph twice, once per thread count (hnswlib's num_threads,
 arbor's HnswIndex::upsert_parallel on a pool of that many threads; 1 is arbor's
 deterministic sequential build), and sweeps each graph: a parallel build must not cost recall.
+
+`--quantization int8` measures arbor's graph on int8 codes (hnsw::QuantizedHnsw) instead of
+the f32 graph (`none`, the default); `none,int8` measures both beside the same hnswlib run.
+int8 is what a collection with `--index hnsw --quantization int8` does: a ScalarQuantizer
+trained on up to 32,768 rows taken evenly (its time is part of the build), the graph built
+on the codes, and per query the graph's quant::candidates(k) = max(4k, k + 16) hits (so its
+ef is at least that: smaller ones are raised, and the sweep starts there) rescored on the f32
+rows with quant::rescore. Here those f32 rows sit in memory beside the graph; a partition
+reads them from disk instead, so its queries cost more than these (40 rows read per query
+for k = 10). For each kind the summary also gives the index's memory (VectorIndex::memory,
+host bytes: vectors, graph and id map) and, of it, the vectors alone (f32 rows, or int8
+codes plus the quantizer's ranges); int8's f32 rows are in neither, as the partition does
+not hold them in memory.
 
 The data is clustered like real sentence embeddings (cluster centres plus a low-dimensional
 latent offset plus a little noise; isotropic noise, where every neighbour is about as far as
@@ -117,7 +131,11 @@ def hnswlib_sweep(a, rows, queries, truth, threads):
             "build_cpu_s": build_cpu, "points": points}
 
 
-def arbor_sweep(a, files, threads):
+def label(kind):
+    return "arbor" if kind == "none" else f"arbor {kind}"
+
+
+def arbor_sweep(a, files, threads, kind):
     exe = pathlib.Path(a.arbor)
     if not exe.is_file():
         log("building the arbor side (cargo build --release -p arbor-kernels --example hnsw_sweep)")
@@ -128,14 +146,15 @@ def arbor_sweep(a, files, threads):
         [str(exe), "--rows", files["rows"], "--queries", files["queries"], "--truth",
          files["truth"], "--dim", str(a.dim), "--k", str(a.k), "--m", str(a.m),
          "--ef-construction", str(a.ef_construction), "--ef", efs,
-         "--threads", str(threads)],
+         "--threads", str(threads), "--quantization", kind],
         capture_output=True, text=True, env={"RAYON_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     if out.returncode != 0:
         sys.exit(f"error: {exe} failed:\n{out.stderr}")
     result = json.loads(out.stdout)
-    log(f"arbor: built in {result['build_s']:.1f} s on {threads} thread(s)")
+    name = label(kind)
+    log(f"{name}: built in {result['build_s']:.1f} s on {threads} thread(s)")
     for p in result["points"]:
-        log(f"arbor: ef {p['ef']}: recall@{a.k} {p['recall']:.4f}, {p['qps']:,.0f} queries/s")
+        log(f"{name}: ef {p['ef']}: recall@{a.k} {p['recall']:.4f}, {p['qps']:,.0f} queries/s")
     return result
 
 
@@ -156,6 +175,8 @@ def main():
     p.add_argument("--threads", default="1",
                    help="build threads, or a comma-separated list of them (e.g. 1,2)")
     target = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    p.add_argument("--quantization", default="none",
+                   help="arbor's vectors: none (f32), int8, or both (none,int8)")
     p.add_argument("--arbor", default=str(target / "release/examples/hnsw_sweep"))
     p.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     a = p.parse_args()
@@ -167,6 +188,9 @@ def main():
                               projection=projection)
     truth = exact_top(rows, queries, a.k)
     thread_counts = [int(t) for t in a.threads.split(",")]
+    kinds = a.quantization.split(",")
+    if not kinds or any(k not in ("none", "int8") for k in kinds) or len(set(kinds)) < len(kinds):
+        sys.exit(f"error: --quantization {a.quantization}: none, int8 or none,int8")
     arbors = {}
     with tempfile.TemporaryDirectory() as tmp:
         files = {"rows": f"{tmp}/rows.f32", "queries": f"{tmp}/queries.f32",
@@ -175,45 +199,80 @@ def main():
         queries.tofile(files["queries"])
         truth.astype("<u8").tofile(files["truth"])
         for t in thread_counts:
-            arbors[t] = arbor_sweep(a, files, t)
+            for kind in kinds:
+                arbors[t, kind] = arbor_sweep(a, files, t, kind)
     peers = {t: hnswlib_sweep(a, rows, queries, truth, t) for t in thread_counts}
 
     runs = []
     for t in thread_counts:
-        arbor, peer = arbors[t], peers[t]
+        peer = peers[t]
         print(f"\n{a.rows:,} x {a.dim}, m {a.m}, ef_construction {a.ef_construction}, k {a.k}, "
               f"built on {t} thread(s), queried one per call on one thread")
-        print(f"build: arbor {arbor['build_s']:.1f} s, hnswlib {peer['build_s']:.1f} s "
-              f"(arbor/hnswlib time {arbor['build_s'] / peer['build_s']:.2f}); CPU time: "
-              f"arbor {arbor['build_cpu_s']:.1f} s, hnswlib {peer['build_cpu_s']:.1f} s "
-              f"({arbor['build_cpu_s'] / peer['build_cpu_s']:.2f})")
+        for kind in kinds:
+            arbor, name = arbors[t, kind], label(kind)
+            trained = (f" (quantizer trained in {arbor['train_s']:.1f} s of it)"
+                       if "train_s" in arbor else "")
+            print(f"build: {name} {arbor['build_s']:.1f} s{trained}, hnswlib "
+                  f"{peer['build_s']:.1f} s ({name}/hnswlib time "
+                  f"{arbor['build_s'] / peer['build_s']:.2f}); CPU time: {name} "
+                  f"{arbor['build_cpu_s']:.1f} s, hnswlib {peer['build_cpu_s']:.1f} s "
+                  f"({arbor['build_cpu_s'] / peer['build_cpu_s']:.2f})")
+        for kind in kinds:
+            arbor, name = arbors[t, kind], label(kind)
+            per_row = arbor["vector_bytes"] / arbor["rows"]
+            what = "f32 rows" if kind == "none" else "int8 codes and the quantizer's ranges"
+            line = (f"memory: {name} index {arbor['index_bytes'] / 1e6:,.1f} MB, of which "
+                    f"vectors ({what}) {arbor['vector_bytes'] / 1e6:,.1f} MB "
+                    f"({per_row:,.0f} B/row)")
+            if kind == "int8":
+                line += (f"; rescoring reads {arbor['candidates']} of the f32 rows "
+                         f"({arbor['rows'] * a.dim * 4 / 1e6:,.1f} MB, not counted) per query, "
+                         "from memory here, from disk in a partition")
+            print(line)
         rows_out = []
         for target in TARGETS:
-            x, y = at_target(arbor["points"], target), at_target(peer["points"], target)
-            if x is None or y is None:
-                print(f"recall >= {target}: " + ("arbor never reaches it" if x is None else "")
-                      + (" hnswlib never reaches it" if y is None else ""))
+            for kind in kinds:
+                arbor, name = arbors[t, kind], label(kind)
+                x, y = at_target(arbor["points"], target), at_target(peer["points"], target)
+                if x is None or y is None:
+                    print(f"recall >= {target}: "
+                          + (f"{name} never reaches it" if x is None else "")
+                          + (" hnswlib never reaches it" if y is None else ""))
+                    continue
+                ratio = x["qps"] / y["qps"]
+                rows_out.append({"target": target, "quantization": kind, "arbor": x,
+                                 "hnswlib": y, "ratio": ratio})
+                print(f"recall >= {target}: {name} {x['qps']:,.0f} q/s (ef {x['ef']}, "
+                      f"{x['recall']:.3f}), hnswlib {y['qps']:,.0f} q/s (ef {y['ef']}, "
+                      f"{y['recall']:.3f}): {name}/hnswlib {ratio:.2f}; by CPU time "
+                      f"{x['cpu_qps']:,.0f} vs {y['cpu_qps']:,.0f}: "
+                      f"{x['cpu_qps'] / y['cpu_qps']:.2f}")
+        # One column group per arbor kind, then hnswlib's; an ef one of them did not run
+        # (int8 starts at candidates(k)) is left blank.
+        groups = [(label(kind), {p["ef"]: p for p in arbors[t, kind]["points"]})
+                  for kind in kinds]
+        groups.append(("hnswlib", {p["ef"]: p for p in peer["points"]}))
+        heads = [f"{name}: recall     q/s  cpu q/s" for name, _ in groups]
+        print("ef    " + "".join((" " if i == 0 else "   ") + h for i, h in enumerate(heads)))
+        efs = sorted(set().union(*(set(points) for _, points in groups)))
+        for ef in efs:
+            if not any(ef in points for _, points in groups[:-1]):
                 continue
-            ratio = x["qps"] / y["qps"]
-            rows_out.append({"target": target, "arbor": x, "hnswlib": y, "ratio": ratio})
-            print(f"recall >= {target}: arbor {x['qps']:,.0f} q/s (ef {x['ef']}, "
-                  f"{x['recall']:.3f}), hnswlib {y['qps']:,.0f} q/s (ef {y['ef']}, "
-                  f"{y['recall']:.3f}): arbor/hnswlib {ratio:.2f}; by CPU time "
-                  f"{x['cpu_qps']:,.0f} vs {y['cpu_qps']:,.0f}: "
-                  f"{x['cpu_qps'] / y['cpu_qps']:.2f}")
-        print("ef     arbor: recall     q/s  cpu q/s   hnswlib: recall     q/s  cpu q/s")
-        peer_at = {p["ef"]: p for p in peer["points"]}
-        for p in arbor["points"]:
-            q = peer_at.get(p["ef"])
-            if q is not None:
-                print(f"{p['ef']:<6}        {p['recall']:.4f} {p['qps']:>7,.0f} "
-                      f"{p['cpu_qps']:>8,.0f}            {q['recall']:.4f} {q['qps']:>7,.0f} "
-                      f"{q['cpu_qps']:>8,.0f}")
-        runs.append({"threads": t, "arbor": arbor, "hnswlib": peer, "at": rows_out})
+            cells = []
+            for i, ((_, points), head) in enumerate(zip(groups, heads)):
+                p = points.get(ef)
+                cell = (f"{p['recall']:.4f} {p['qps']:>7,.0f} {p['cpu_qps']:>8,.0f}"
+                        if p is not None else "")
+                cells.append((" " if i == 0 else "   ") + cell.rjust(len(head)))
+            print((f"{ef:<6}" + "".join(cells)).rstrip())
+        run = {"threads": t, "hnswlib": peer, "at": rows_out}
+        for kind in kinds:
+            run["arbor" if kind == "none" else f"arbor_{kind}"] = arbors[t, kind]
+        runs.append(run)
     if a.json:
         a.json.write_text(json.dumps({"rows": a.rows, "dim": a.dim, "m": a.m,
                                       "ef_construction": a.ef_construction, "k": a.k,
-                                      "runs": runs}, indent=2) + "\n")
+                                      "quantization": kinds, "runs": runs}, indent=2) + "\n")
     return 0
 
 

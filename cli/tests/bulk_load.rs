@@ -1,6 +1,7 @@
 //! `arbor ingest NAME FILE.npy [--ids IDS.npy]`, across processes: a 3-node cluster's
-//! collection (2 partitions × 2 replicas) takes a bulk load of rows with their own ids, and
-//! every row is then read back from every in-sync replica of its partition, bit for bit.
+//! collection (2 partitions × 2 replicas) takes a bulk load of rows with their own ids (each
+//! a document of one chunk), and every row is then read back from every in-sync replica of
+//! its partition, bit for bit, and found by a query under its id.
 //! Files that cannot be loaded (ids of another length, non-finite values, not NumPy) are
 //! refused with messages that name the problem.
 
@@ -9,6 +10,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use arbor_proto::gateway::{JobSpec, QueryJob};
 use common::chaos::{Chaos, DIM, ONE_AT_A_TIME, vector};
 
 /// A `.npy` file (format 1.0) of `descr` values in `shape`.
@@ -71,12 +73,24 @@ async fn a_bulk_load_reaches_every_replica_and_bad_files_are_refused() {
         out.contains(&format!("loaded {n} rows of {DIM} dimensions into rows")),
         "{out}"
     );
-    let acked: BTreeMap<u64, (String, Vec<f32>)> = ids
+    // Each row is a document named by its id, of one chunk.
+    let acked: BTreeMap<String, Vec<f32>> = ids
         .iter()
         .zip(0..n)
-        .map(|(&id, i)| (id, (format!("row {i} of the file"), vector(i))))
+        .map(|(&id, i)| (id.to_string(), vector(i)))
         .collect();
-    c.verify_rows("rows", 2, &acked).await;
+    c.verify("rows", 2, &acked).await;
+    let mut client = c.client().await;
+    let job = JobSpec::Query(QueryJob {
+        collection: "rows".into(),
+        text: None,
+        vector: Some(vector(17)),
+        k: 1,
+        filter: None,
+        ef: None,
+    });
+    let data = client.run(job, |_| {}).await.unwrap().into_data().unwrap();
+    assert_eq!(data["results"][0]["doc_id"], ids[17].to_string(), "{data}");
 
     // Without --ids, rows are numbered by their position in the file.
     write_npy(
@@ -90,10 +104,8 @@ async fn a_bulk_load_reaches_every_replica_and_bad_files_are_refused() {
         .await
         .unwrap();
     assert!(out.contains("loaded 3 rows"), "{out}");
-    let few: BTreeMap<u64, (String, Vec<f32>)> = (0..3)
-        .map(|i| (i, (format!("row {i}"), vector(i))))
-        .collect();
-    c.verify_rows("rows", 2, &few).await;
+    let few: BTreeMap<String, Vec<f32>> = (0..3).map(|i| (i.to_string(), vector(i))).collect();
+    c.verify("rows", 2, &few).await;
 
     // Refused, each saying why.
     let refused = |args: Vec<String>| {
@@ -134,5 +146,5 @@ async fn a_bulk_load_reaches_every_replica_and_bad_files_are_refused() {
     .await;
     assert!(err.contains("one .npy file"), "{err}");
     // Nothing of the refused files was written: the good rows are all there, unchanged.
-    c.verify_rows("rows", 2, &acked).await;
+    c.verify("rows", 2, &acked).await;
 }

@@ -5,9 +5,14 @@
 //! time goes to the rows rather than to printing and parsing decimal numbers. Every row is
 //! written as any write is (durable on the partition's in-sync replicas before the job ends).
 //!
-//! Ids come from `--ids` (a 1-D array of 64-bit integers, one per row) or are the rows'
-//! positions in the file (0, 1, 2...). Writing a row again replaces it, so a load that failed
-//! part way can be run again as it is.
+//! Each row is a document of one chunk, as a `.jsonl` line that brings its `vector` is: its
+//! document id is its id from `--ids` (a 1-D array of 64-bit integers, one per row) written in
+//! decimal, or its position in the file (0, 1, 2...); it is stored under that document's chunk
+//! id, with the metadata `ingest` gives a chunk (`_doc`, `_chunk`, `_chunks`, an empty
+//! `_text`), and queries answer it with `doc_id`. Chunk ids are hashes, which is what spreads
+//! rows evenly over the partitions. Writing a row again replaces it, so a load that failed
+//! part way can be run again as it is. (Unlike `ingest`, a bulk load does not look for chunks
+//! an earlier text ingest of the same document id left.)
 
 use std::path::Path;
 use std::sync::Arc;
@@ -18,8 +23,11 @@ use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Mutex, mpsc};
 
-use super::{GatewayArgs, parse_data, run_job};
+use super::{GatewayArgs, failed, parse_data};
 use crate::commands::npy::{Vectors, read_ids};
+use arbor_actors::retrieval::route::chunk_id;
+use arbor_client::GatewayClient;
+use arbor_proto::ErrorCode;
 use arbor_proto::gateway::JobSpec;
 use arbor_proto::snapshot::{ImportJob, Imported, MAX_IMPORT_ROWS, PackedRows};
 
@@ -27,15 +35,18 @@ use arbor_proto::snapshot::{ImportJob, Imported, MAX_IMPORT_ROWS, PackedRows};
 pub const DEFAULT_IN_FLIGHT: usize = 4;
 /// Room for an import job's envelope (collection name, ids as JSON) beside its vectors.
 const ENVELOPE_BYTES: usize = 64 << 10;
+/// How long a job is sent again while the collection answers `unavailable`.
+const UNAVAILABLE_PATIENCE: Duration = Duration::from_secs(30);
 /// Most bytes of one job (well under the gateway's default message limit of 4 MiB, so a
 /// job is one frame the gateway takes at once).
 const JOB_BYTES: usize = 3 << 20;
 
 /// Rows per import job for `dim`-component vectors under a gateway message limit of `limit`
-/// bytes: each row costs its base64 vector and its id as JSON. Pure.
+/// bytes: each row costs its base64 vector, its id and its metadata as JSON. Pure.
 pub fn rows_per_job(dim: usize, limit: usize) -> usize {
     let budget = JOB_BYTES.min(limit).saturating_sub(ENVELOPE_BYTES);
-    let per_row = (dim * 4).div_ceil(3) * 4 + 22;
+    // The vector in base64, the id, and the metadata of a one-chunk document (as JSON text).
+    let per_row = (dim * 4).div_ceil(3) * 4 + 22 + 90;
     (budget / per_row).clamp(1, MAX_IMPORT_ROWS)
 }
 
@@ -135,13 +146,14 @@ pub async fn load(
                 };
                 let batch = batch?;
                 let (first, n) = (batch.first, batch.ids.len() as u64);
-                let packed = PackedRows::pack(batch.ids, &batch.vectors, Vec::new());
+                let (ids, metadata) = documents(&batch.ids);
+                let packed = PackedRows::pack(ids, &batch.vectors, metadata);
                 let job = JobSpec::Import(ImportJob {
                     collection: collection.clone(),
                     rows: Vec::new(),
                     packed: Some(packed),
                 });
-                let data = run_job(&mut client, job, "import")
+                let data = import(&mut client, job)
                     .await
                     .with_context(|| format!("rows {first}..{} of the file", first + n))?;
                 let done = parse_data::<Imported>(data, "import")?.rows;
@@ -186,15 +198,61 @@ pub async fn load(
     Ok(())
 }
 
+/// The chunk id and metadata of each row, a document of one chunk named by its id. Pure.
+pub fn documents(ids: &[u64]) -> (Vec<u64>, Vec<String>) {
+    ids.iter()
+        .map(|id| {
+            let doc = id.to_string();
+            let metadata = serde_json::json!({"_doc": doc, "_chunk": 0, "_chunks": 1, "_text": ""});
+            (chunk_id(&doc, 0), metadata.to_string())
+        })
+        .unzip()
+}
+
+/// One import job, sent again while the collection is briefly unavailable (a new one whose
+/// coordinator is starting, a partition electing a new primary): writing rows again writes
+/// the same rows, so it is safe.
+async fn import(client: &mut GatewayClient, job: JobSpec) -> anyhow::Result<serde_json::Value> {
+    let deadline = Instant::now() + UNAVAILABLE_PATIENCE;
+    loop {
+        let outcome = client.run(job.clone(), |_| {}).await;
+        match outcome.and_then(|o| o.into_data()) {
+            Ok(data) => return Ok(data),
+            Err(e) if e.code() == Some(ErrorCode::Unavailable) && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => return Err(failed("import", e)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn rows_are_documents_of_one_chunk() {
+        let (ids, metadata) = documents(&[7, 0]);
+        assert_eq!(ids, [chunk_id("7", 0), chunk_id("0", 0)]);
+        let m: serde_json::Value = serde_json::from_str(&metadata[0]).unwrap();
+        assert_eq!(
+            m,
+            serde_json::json!({"_doc": "7", "_chunk": 0, "_chunks": 1, "_text": ""})
+        );
+        // Hashed ids spread rows over the partitions, where ids 0, 1, 2... would not.
+        let (spread, _) = documents(&(0..1000).collect::<Vec<u64>>());
+        let mut per = [0; 4];
+        for id in spread {
+            per[arbor_actors::retrieval::route::partition_of(id, 4) as usize] += 1;
+        }
+        assert!(per.iter().all(|&n| n > 200), "{per:?}");
+    }
+
+    #[test]
     fn jobs_fit_the_gateways_messages() {
         // 384-d: 2,048 base64 characters a row.
-        assert_eq!(rows_per_job(384, 4 << 20), 1488);
-        assert!(rows_per_job(384, 1 << 20) * 2070 < 1 << 20);
+        assert_eq!(rows_per_job(384, 4 << 20), 3_080_192 / 2160);
+        assert!(rows_per_job(384, 1 << 20) * 2160 < 1 << 20);
         assert_eq!(rows_per_job(4, 4 << 20), MAX_IMPORT_ROWS);
         assert_eq!(rows_per_job(1 << 20, 4 << 20), 1);
     }
