@@ -542,14 +542,16 @@ async fn a_generation_continues_on_another_replica_when_its_own_dies_mid_stream(
         (result, pieces)
     });
     first_pieces.await.expect("three pieces stream");
-    let mut killed = 0;
+    // Both are asked before either is stopped: once one stops, the generation goes on on the
+    // other, which would then count too.
+    let mut generating = Vec::new();
     for (replica, _) in [&a, &b] {
         if stats(replica).await["generations"].as_u64() > Some(0) {
-            replica.stop(Some("killed by the test".into()));
-            killed += 1;
+            generating.push(replica);
         }
     }
-    assert_eq!(killed, 1, "exactly one replica was generating");
+    assert_eq!(generating.len(), 1, "exactly one replica was generating");
+    generating[0].stop(Some("killed by the test".into()));
     let (result, pieces) = run.await.unwrap();
     let (text, finished) = result.expect("the other replica finishes it");
     assert_eq!(text, whole, "greedy decoding: the same answer");
