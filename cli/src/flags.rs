@@ -353,6 +353,13 @@ pub struct BenchOptions {
     /// --ef-search.
     #[arg(long)]
     pub ef: Option<u32>,
+    /// Partitions of the collections ingest-vectors and query-vector create (default: one
+    /// per node).
+    #[arg(long)]
+    pub partitions: Option<u32>,
+    /// Replicas of each of their partitions.
+    #[arg(long, default_value_t = 1)]
+    pub replicas: u32,
     /// Text documents loaded before query-text and rag are measured (each is embedded).
     #[arg(long, default_value_t = 256)]
     pub documents: u64,

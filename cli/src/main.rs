@@ -293,6 +293,8 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             index: o.index.spec().map_err(anyhow::Error::msg)?,
             quantization: o.index.quantization().map_err(anyhow::Error::msg)?,
             ef: o.ef,
+            partitions: o.partitions,
+            replicas: o.replicas,
             documents: o.documents,
         };
         Ok((shape, vectors, o.out))

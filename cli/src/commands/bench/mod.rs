@@ -111,6 +111,10 @@ pub struct Vectors {
     pub quantization: arbor_proto::Quantization,
     /// `query-vector`'s HNSW `ef`.
     pub ef: Option<u32>,
+    /// Partitions of those collections (`None`: one per node).
+    pub partitions: Option<u32>,
+    /// Replicas of each partition.
+    pub replicas: u32,
     /// Text documents loaded before `query-text` and `rag` are measured.
     pub documents: u64,
 }
@@ -121,12 +125,14 @@ impl Vectors {
         let value = match scenario {
             Scenario::IngestVectors => json!({"rows_per_job": ROWS_PER_JOB,
                 "dimension": self.dimension, "index": self.index,
+                "partitions": self.partitions, "replicas": self.replicas,
                 "quantization": self.quantization}),
             Scenario::QueryVector => json!({
                 "rows": self.rows.div_ceil(ROWS_PER_JOB) * ROWS_PER_JOB,
                 "dimension": self.dimension, "k": self.k, "filter": self.filter,
                 "metric": "cosine", "search": self.index.kind(), "index": self.index,
-                "quantization": self.quantization, "ef": self.ef}),
+                "quantization": self.quantization, "ef": self.ef,
+                "partitions": self.partitions, "replicas": self.replicas}),
             Scenario::Embed => json!({"texts_per_job": 8}),
             Scenario::Generate => json!({"max_tokens": 16}),
             Scenario::IngestText => json!({"documents_per_job": 8}),
@@ -462,8 +468,8 @@ async fn prepare(
             let (embedder, mut created) = embedder(&mut client, &name).await?;
             let create = CreateCollectionJob {
                 name: name.clone(),
-                partitions: nodes.max(1) as u32,
-                replicas: 1,
+                partitions: vectors.partitions.unwrap_or(nodes.max(1) as u32),
+                replicas: vectors.replicas,
                 embedder,
                 dimension: vectors.dimension,
                 metric: "cosine".into(),
