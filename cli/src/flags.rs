@@ -360,6 +360,12 @@ pub struct BenchOptions {
     /// Replicas of each of their partitions.
     #[arg(long, default_value_t = 1)]
     pub replicas: u32,
+    /// query-vector on this existing collection (loaded beforehand, e.g. by `arbor ingest
+    /// NAME FILE.npy`) instead of one it creates and loads: the queries are random unit
+    /// vectors of its dimension, and nothing is removed afterwards. --rows, --dimension and
+    /// the index flags are then the collection's own.
+    #[arg(long, value_name = "NAME")]
+    pub collection: Option<String>,
     /// Text documents loaded before query-text and rag are measured (each is embedded).
     #[arg(long, default_value_t = 256)]
     pub documents: u64,

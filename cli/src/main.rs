@@ -295,6 +295,7 @@ async fn bench(command: BenchCommand) -> anyhow::Result<()> {
             ef: o.ef,
             partitions: o.partitions,
             replicas: o.replicas,
+            collection: o.collection,
             documents: o.documents,
         };
         Ok((shape, vectors, o.out))

@@ -115,6 +115,8 @@ pub struct Vectors {
     pub partitions: Option<u32>,
     /// Replicas of each partition.
     pub replicas: u32,
+    /// The existing collection `query-vector` queries (`None`: it creates and loads one).
+    pub collection: Option<String>,
     /// Text documents loaded before `query-text` and `rag` are measured.
     pub documents: u64,
 }
@@ -156,6 +158,9 @@ pub(crate) struct Prepared {
     /// Whether the control plane records each job.
     record: bool,
     created: Created,
+    /// What the report says the scenario ran with, when it is not what the flags say (an
+    /// existing collection's own shape).
+    parameters: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Prepared {
@@ -165,6 +170,7 @@ impl Prepared {
             job: Arc::new(move |_| job.clone()),
             record,
             created: Created::default(),
+            parameters: None,
         }
     }
 }
@@ -302,7 +308,9 @@ pub async fn run(
             break;
         };
         let mut r = ScenarioReport::of(scenario.name(), shape, &samples?);
-        r.parameters = vectors.parameters(scenario);
+        r.parameters = prepared
+            .parameters
+            .unwrap_or_else(|| vectors.parameters(scenario));
         print_line(&r);
         report.scenarios.push(r);
     }
@@ -460,7 +468,12 @@ async fn prepare(
                 job: Arc::new(move |_| job.clone()),
                 record: false,
                 created,
+                parameters: None,
             })
+        }
+        Scenario::QueryVector if vectors.collection.is_some() => {
+            let name = vectors.collection.clone().unwrap_or_default();
+            existing_collection(gw, name, &vectors).await
         }
         Scenario::IngestVectors | Scenario::QueryVector => {
             let name = unique("bench-vectors");
@@ -513,6 +526,7 @@ async fn prepare(
                     job: Arc::new(move |n| rows(&name, n)),
                     record: false,
                     created,
+                    parameters: None,
                 });
             }
             let jobs = vectors.rows.div_ceil(ROWS_PER_JOB);
@@ -541,9 +555,53 @@ async fn prepare(
                 }),
                 record: false,
                 created,
+                parameters: None,
             })
         }
     }
+}
+
+/// `query-vector` on `name`, a collection that exists already: random unit queries of its
+/// dimension, with the report's parameters taken from the collection itself.
+async fn existing_collection(
+    gw: &GatewayArgs,
+    name: String,
+    vectors: &Vectors,
+) -> anyhow::Result<Prepared> {
+    let mut client = gw.connect().await?;
+    let data = run_job(&mut client, JobSpec::Collections, "collections").await?;
+    let r: arbor_proto::results::CollectionsResult = parse_data(data, "collections")?;
+    let Some(c) = r.collections.into_iter().find(|c| c.name == name) else {
+        bail!("there is no collection {name} to query (`arbor collections` lists them)");
+    };
+    eprintln!(
+        "query-vector: the existing collection {name} ({} dimensions, {} x {}, {} running)",
+        c.dimension, c.partitions, c.replication, c.running
+    );
+    let parameters = json!({
+        "collection": name, "dimension": c.dimension, "k": vectors.k,
+        "filter": vectors.filter, "metric": c.metric, "search": c.index.kind(),
+        "index": c.index, "quantization": c.quantization, "ef": vectors.ef,
+        "partitions": c.partitions, "replicas": c.replication});
+    let (k, filter, ef, dim) = (vectors.k, vectors.filter.clone(), vectors.ef, c.dimension);
+    Ok(Prepared {
+        job: Arc::new(move |n| {
+            JobSpec::Query(QueryJob {
+                collection: name.clone(),
+                text: None,
+                vector: Some(unit_vector(n ^ 0x5eed, dim as usize)),
+                k,
+                filter: filter.clone(),
+                ef,
+            })
+        }),
+        record: false,
+        created: Created::default(),
+        parameters: match parameters {
+            serde_json::Value::Object(map) => Some(map),
+            _ => None,
+        },
+    })
 }
 
 /// The embedder a bench collection names: the cluster's own when it has one, else one of

@@ -167,6 +167,7 @@ pub async fn prepare(
         job,
         record: false,
         created,
+        parameters: None,
     })
 }
 
