@@ -83,6 +83,11 @@ impl PartitionIndex {
     }
 
     /// "exact", "hnsw", "exact+int8" or "hnsw+int8", as the partition's stats say it.
+    /// Whether searches walk a graph (which is what a partition saves beside its store).
+    pub fn is_graph(&self) -> bool {
+        matches!(self, PartitionIndex::Hnsw(_) | PartitionIndex::CodeGraph(_))
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             PartitionIndex::Exact(_) => "exact",

@@ -21,6 +21,7 @@ pub mod saved_graph;
 pub mod store;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use arbor_kernels::device::Device;
 use arbor_kernels::quant::{self, QuantizedRows, ScalarQuantizer, TrainOptions};
@@ -61,6 +62,8 @@ pub const TRAIN_ROWS: usize = 4096;
 const SAMPLE_ROWS: usize = 32_768;
 /// The fewest rows written between two trainings of a quantizer.
 const RETRAIN_MIN_WRITTEN: usize = 1000;
+/// Fewest rows written since the last save of a graph that make it worth saving again.
+pub const SAVE_AFTER_ROWS: usize = 10_000;
 
 /// Why a partition refused or failed a request.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +104,28 @@ pub enum Prepared {
     Delete(Vec<u64>),
 }
 
+/// A write on disk whose in-memory side (index, metadata) is not applied yet: what
+/// [`Partition::persist`] returns and [`Partition::reflect_durable`] takes. A follower
+/// acknowledges a write once it is durable, then updates its index (holding the partition
+/// all along, so no search sees the gap): a graph insert of a large batch on a busy node
+/// would otherwise outlast the primary's write deadline, and drop an intact follower from
+/// the in-sync set.
+#[derive(Debug)]
+#[must_use = "the write is on disk but not yet in memory: hand it to reflect_durable"]
+pub struct Durable {
+    seq: u64,
+    /// Rows stored, or rows that were there to remove.
+    count: usize,
+    write: Prepared,
+}
+
+impl Durable {
+    /// The write's sequence number.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+}
+
 /// A durable write's sequence number and how many rows it stored or removed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteAck {
@@ -127,6 +152,11 @@ pub struct Partition {
     /// Memory still matches the disk: false once a durable write could not be applied in
     /// memory ([`PartitionError::Diverged`]), after which the graph is never saved.
     intact: bool,
+    /// Rows written or removed since the graph was last saved: what a restart would replay
+    /// into the saved graph (see [`Partition::save_due`]).
+    unsaved: AtomicUsize,
+    /// A save of the graph was handed to a thread and has not ended.
+    saving: AtomicBool,
 }
 
 impl std::fmt::Debug for Partition {
@@ -250,6 +280,8 @@ impl Partition {
             pending: build.as_ref().map(|_| Vec::new()),
             build,
             intact: true,
+            unsaved: AtomicUsize::new(0),
+            saving: AtomicBool::new(false),
         })
     }
 
@@ -284,7 +316,35 @@ impl Partition {
             return Ok(false);
         }
         let path = saved_graph::path_of(self.store.path());
-        saved_graph::save(&path, &self.index, self.store.seq(), self.store.history())
+        let saved = saved_graph::save(&path, &self.index, self.store.seq(), self.store.history());
+        if !matches!(saved, Ok(false)) {
+            // Saved (writes wait for the read lock this runs under, so nothing was written
+            // meanwhile), or failed: tried again after as many writes again.
+            self.unsaved.store(0, Ordering::Relaxed);
+        }
+        saved
+    }
+
+    /// Whether the graph should be saved again: as many rows were written since the last
+    /// save as it held then (and at least [`SAVE_AFTER_ROWS`]). A graph grows by inserts
+    /// after its build, and a restart replays into the saved graph every write since, one
+    /// insert at a time before the replica serves; saving each time the graph doubled keeps
+    /// that replay under half the rows (a crash included), and the bytes written for saves
+    /// under twice the final file. Claims the save: a second call is false until
+    /// [`Partition::save_ended`].
+    pub fn save_due(&self) -> bool {
+        let unsaved = self.unsaved.load(Ordering::Relaxed);
+        let saved_rows = self.index.len().saturating_sub(unsaved);
+        let due = self.intact
+            && self.pending.is_none()
+            && self.index.is_graph()
+            && unsaved >= saved_rows.max(SAVE_AFTER_ROWS);
+        due && !self.saving.swap(true, Ordering::AcqRel)
+    }
+
+    /// The save claimed by [`Partition::save_due`] ended.
+    pub fn save_ended(&self) {
+        self.saving.store(false, Ordering::Release);
     }
 
     /// Waits for the graph being built, if any, searches on it from now on, and saves it.
@@ -450,9 +510,46 @@ impl Partition {
 
     /// Applies a prepared write as the next sequence number, made in `epoch`.
     pub fn apply(&mut self, write: Prepared, epoch: u64) -> Result<WriteAck, PartitionError> {
+        let durable = self.persist(write, epoch)?;
+        self.reflect_durable(durable)
+    }
+
+    /// Makes a prepared write durable as the next sequence number, made in `epoch`; memory
+    /// does not have it until [`Partition::reflect_durable`], which must come next.
+    pub fn persist(&mut self, write: Prepared, epoch: u64) -> Result<Durable, PartitionError> {
+        let (seq, count) = match &write {
+            Prepared::Upsert(batch) => (self.store.upsert(batch, epoch)?, batch.len()),
+            Prepared::Delete(ids) => self.store.delete(ids, epoch)?,
+        };
+        Ok(Durable { seq, count, write })
+    }
+
+    /// Applies a durable write to the index and the metadata. An error means memory no
+    /// longer matches the disk ([`PartitionError::Diverged`]).
+    pub fn reflect_durable(&mut self, durable: Durable) -> Result<WriteAck, PartitionError> {
+        let Durable { seq, count, write } = durable;
+        self.unsaved.fetch_add(count, Ordering::Relaxed);
+        let diverged = |e: IndexError| PartitionError::Diverged {
+            seq,
+            reason: e.to_string(),
+        };
         match write {
-            Prepared::Upsert(batch) => self.upsert_checked(batch, epoch),
-            Prepared::Delete(ids) => self.delete(&ids, epoch),
+            Prepared::Upsert(batch) => {
+                self.index_upsert(batch.ids(), batch.vectors())
+                    .map_err(diverged)?;
+                for (id, map) in batch.into_metadata() {
+                    self.metadata.insert(id, &map);
+                }
+                self.quantize_if_due(count);
+                Ok(WriteAck { seq, count })
+            }
+            Prepared::Delete(ids) => {
+                self.index_remove(&ids).map_err(diverged)?;
+                for &id in &ids {
+                    self.metadata.remove(id);
+                }
+                Ok(WriteAck { seq, count })
+            }
         }
     }
 
@@ -465,39 +562,9 @@ impl Partition {
         self.write(WriteOp::Upsert(records), epoch)
     }
 
-    fn upsert_checked(
-        &mut self,
-        batch: CheckedBatch,
-        epoch: u64,
-    ) -> Result<WriteAck, PartitionError> {
-        let seq = self.store.upsert(&batch, epoch)?;
-        let count = batch.len();
-        if let Err(e) = self.index_upsert(batch.ids(), batch.vectors()) {
-            return Err(PartitionError::Diverged {
-                seq,
-                reason: e.to_string(),
-            });
-        }
-        for (id, map) in batch.into_metadata() {
-            self.metadata.insert(id, &map);
-        }
-        self.quantize_if_due(count);
-        Ok(WriteAck { seq, count })
-    }
-
     /// Removes rows by id (absent ids are fine): made durable, then gone from searches.
     pub fn delete(&mut self, ids: &[u64], epoch: u64) -> Result<WriteAck, PartitionError> {
-        let (seq, count) = self.store.delete(ids, epoch)?;
-        if let Err(e) = self.index_remove(ids) {
-            return Err(PartitionError::Diverged {
-                seq,
-                reason: e.to_string(),
-            });
-        }
-        for &id in ids {
-            self.metadata.remove(id);
-        }
-        Ok(WriteAck { seq, count })
+        self.apply(Prepared::Delete(ids.to_vec()), epoch)
     }
 
     /// Installs changes copied from the primary (see [`Store::install`]): durable first, then
@@ -561,6 +628,8 @@ impl Partition {
                 }
             }
         }
+        self.unsaved
+            .fetch_add(ids.len() + gone.len(), Ordering::Relaxed);
         self.index_upsert(&ids, &vectors)
             .and_then(|()| self.index_remove(&gone).map(|_| ()))
             .map_err(|e| diverged(e.to_string()))?;
@@ -1006,6 +1075,71 @@ mod tests {
             (before.count, before.seq, before.dim)
         );
         assert_eq!(p.search(&q, 2, Some(&en)).unwrap()[0][0].id, 3);
+    }
+
+    /// A follower's two steps: the write is on disk (a reopen finds it) before the index has
+    /// it, and once reflected it is searchable as a whole write is.
+    #[test]
+    fn a_durable_write_is_on_disk_before_it_is_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), &test_name(0));
+        let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu, IndexSpec::Exact).unwrap();
+        let op = WriteOp::Upsert(vec![
+            rec(1, vec![1.0, 0.0], json!({"lang": "en"})),
+            rec(2, vec![0.0, 1.0], json!({"lang": "fr"})),
+        ]);
+        let durable = p.persist(p.prepare(&op).unwrap(), 1).unwrap();
+        assert_eq!((durable.seq(), p.seq(), p.len()), (1, 1, 0));
+        let on_disk: Vec<u64> = p.stored().unwrap().iter().map(|r| r.id).collect();
+        assert_eq!(on_disk, [1, 2]);
+        let ack = p.reflect_durable(durable).unwrap();
+        assert_eq!(ack, WriteAck { seq: 1, count: 2 });
+        let en = MetadataFilter::parse(r#"{"op":"equal","key":"lang","value":"en"}"#).unwrap();
+        let hits = p.search(&[vec![1.0, 0.0]], 2, Some(&en)).unwrap();
+        assert_eq!(hits[0].iter().map(|h| h.id).collect::<Vec<_>>(), [1]);
+        let gone = p.persist(Prepared::Delete(vec![2, 7]), 1).unwrap();
+        assert_eq!(
+            p.reflect_durable(gone).unwrap(),
+            WriteAck { seq: 2, count: 1 }
+        );
+        assert_eq!(p.len(), 1);
+    }
+
+    /// A graph grown by writes is saved each time it doubled, one save at a time.
+    #[test]
+    fn a_graph_is_due_for_a_save_each_time_it_doubled() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), &test_name(0));
+        let spec = IndexSpec::Hnsw(arbor_proto::HnswSpec::default());
+        let mut p = Partition::open(&path, 4, Metric::Cosine, Device::Cpu, spec).unwrap();
+        let mut written = 0u64;
+        let mut write = |p: &mut Partition, n: u64| {
+            let rows = (written..written + n)
+                .map(|i| rec(i, vector(i, 4), json!({})))
+                .collect();
+            p.upsert(rows, 1).unwrap();
+            written += n;
+        };
+        write(&mut p, SAVE_AFTER_ROWS as u64 - 1);
+        assert!(!p.save_due(), "fewer rows than SAVE_AFTER_ROWS");
+        write(&mut p, 1);
+        assert!(p.save_due());
+        assert!(!p.save_due(), "claimed by the first call");
+        assert!(p.save_graph().unwrap());
+        p.save_ended();
+        assert!(!p.save_due(), "nothing written since");
+        write(&mut p, SAVE_AFTER_ROWS as u64 - 1);
+        assert!(!p.save_due(), "not doubled yet");
+        write(&mut p, 1);
+        assert!(p.save_due(), "doubled");
+        p.save_ended();
+        drop(p);
+        // The saved graph (of half the rows) loads with the rest replayed.
+        let p = Partition::open(&path, 4, Metric::Cosine, Device::Cpu, spec).unwrap();
+        assert_eq!(
+            (p.len(), p.stats().index.as_str()),
+            (2 * SAVE_AFTER_ROWS, "hnsw")
+        );
     }
 
     /// A vector of `dim` values from `seed` (xorshift), for tests of many rows.

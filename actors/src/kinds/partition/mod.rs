@@ -415,7 +415,31 @@ impl PartitionReplica {
                 primary::write(&state.id, &state.partition, &state.config, epoch, op).await
             }
             PartitionRequest::Replicate { epoch, seq, op } => {
-                follow(&state.id, &state.partition, epoch, seq, op).await
+                match follow(&state.id, &state.partition, epoch, seq, op).await {
+                    Followed::Answered(answered) => answered,
+                    Followed::Durable { seq, rest } => {
+                        // Durable here: the primary may count this replica for the write
+                        // while its index takes it in (searches wait for that).
+                        let applied = Ok(PartitionAnswer::Applied { seq });
+                        let _ = reply.send(Wire::new(applied));
+                        let done = rest.await.unwrap_or_else(|e| {
+                            Err(StorageFailure(format!("a write task failed: {e}")))
+                        });
+                        if let Ok(p) = read(&state.partition) {
+                            state.meters.observe(&p);
+                        }
+                        return match done {
+                            Ok(_) => Ok(()),
+                            Err(StorageFailure(why)) => {
+                                state
+                                    .id
+                                    .leave_in_sync(format!("storage failed: {why}"))
+                                    .await;
+                                Err(why.into())
+                            }
+                        };
+                    }
+                }
             }
             PartitionRequest::Install {
                 epoch,
@@ -539,6 +563,33 @@ fn adopt_when_built(build: GraphBuild, partition: Weak<RwLock<Partition>>) {
     });
 }
 
+/// Saves the graph that grew since its last save (see [`Partition::save_due`]), on the
+/// blocking pool under a read lock: searches go on, writes wait for the file.
+fn save_in_background(partition: Weak<RwLock<Partition>>) {
+    tokio::task::spawn_blocking(move || {
+        let Some(partition) = partition.upgrade() else {
+            return;
+        };
+        let Ok(p) = read(&partition) else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        match p.save_graph() {
+            Ok(true) => tracing::info!(
+                store = %p.store_path(),
+                rows = p.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "HNSW graph saved"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(store = %p.store_path(), "the HNSW graph could not be saved: {e}")
+            }
+        }
+        p.save_ended();
+    });
+}
+
 fn read(
     partition: &RwLock<Partition>,
 ) -> Result<std::sync::RwLockReadGuard<'_, Partition>, String> {
@@ -566,7 +617,12 @@ async fn locked<T: Send + 'static>(
             let _inside = runtime.enter();
             adopt_when_built(build, Arc::downgrade(&partition));
         }
+        let save = p.save_due();
         drop(p);
+        if save {
+            let _inside = runtime.enter();
+            save_in_background(Arc::downgrade(&partition));
+        }
         match done {
             Ok(v) => Ok(Ok(v)),
             Err(PartitionError::Invalid(e)) => Ok(Err(PartitionFailure::Invalid(e.to_string()))),
@@ -580,34 +636,63 @@ async fn locked<T: Send + 'static>(
     .unwrap_or_else(|e| Err(StorageFailure(format!("a write task failed: {e}"))))
 }
 
+/// What a follower made of a write.
+enum Followed {
+    /// Refused (stale epoch, out of sync, bad input) or failed before it was durable.
+    Answered(Result<PartitionReply, StorageFailure>),
+    /// Durable as `seq`; `rest` applies it to memory, holding the partition until done.
+    Durable {
+        seq: u64,
+        rest: tokio::task::JoinHandle<Result<Result<u64, PartitionFailure>, StorageFailure>>,
+    },
+}
+
 /// A follower's side of [`PartitionRequest::Replicate`]: applies write `seq` right after
-/// `seq - 1`, from a primary of an epoch not older than the one this node knows.
+/// `seq - 1`, from a primary of an epoch not older than the one this node knows. It is
+/// answered once the write is durable; the index takes it in after (see
+/// [`crate::partition::Durable`]).
 async fn follow(
     id: &Identity,
     partition: &Arc<RwLock<Partition>>,
     epoch: u64,
     seq: u64,
     op: WriteOp,
-) -> Result<PartitionReply, StorageFailure> {
+) -> Followed {
     let known = id.role().map_or(0, |r| r.epoch());
     if epoch < known {
-        return Ok(Err(PartitionFailure::StaleEpoch {
+        return Followed::Answered(Ok(Err(PartitionFailure::StaleEpoch {
             asked: epoch,
             current: known,
-        }));
+        })));
     }
-    locked(partition, move |p| {
-        if p.seq() + 1 != seq {
-            return Ok(Err(PartitionFailure::OutOfSync {
-                seq: p.seq(),
-                history: p.history().clone(),
-            }));
+    let (durable_tx, durable_rx) = tokio::sync::oneshot::channel();
+    let rest = tokio::spawn({
+        let partition = partition.clone();
+        async move {
+            locked(&partition, move |p| {
+                if p.seq() + 1 != seq {
+                    return Ok(Err(PartitionFailure::OutOfSync {
+                        seq: p.seq(),
+                        history: p.history().clone(),
+                    }));
+                }
+                let prepared = p.prepare(&op)?;
+                let durable = p.persist(prepared, epoch)?;
+                let _ = durable_tx.send(durable.seq());
+                Ok(Ok(p.reflect_durable(durable)?.seq))
+            })
+            .await
+            .map(Result::flatten)
         }
-        let ack = p.write(op, epoch)?;
-        Ok(Ok(PartitionAnswer::Applied { seq: ack.seq }))
-    })
-    .await
-    .map(Result::flatten)
+    });
+    match durable_rx.await {
+        Ok(seq) => Followed::Durable { seq, rest },
+        // It ended before the write was durable.
+        Err(_) => Followed::Answered(match rest.await {
+            Ok(done) => done.map(|r| r.map(|seq| PartitionAnswer::Applied { seq })),
+            Err(e) => Err(StorageFailure(format!("a write task failed: {e}"))),
+        }),
+    }
 }
 
 /// A replica's side of [`PartitionRequest::Install`]: changes from the primary of an epoch
