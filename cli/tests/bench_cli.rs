@@ -222,55 +222,6 @@ async fn bench_run_writes_a_report_and_compare_finds_regressions() {
         };
         assert!(stats.contains(r#""index":"hnsw""#), "{partition}: {stats}");
     }
-    // query-vector on a collection that exists: its own shape in the report, nothing removed.
-    let existing = c.path.with_file_name("bench-existing");
-    c.arbor(&[
-        "bench",
-        "run",
-        "query-vector",
-        "--collection",
-        "graph",
-        "--duration",
-        "1s",
-        "--warmup",
-        "200ms",
-        "--out",
-        existing.to_str().unwrap(),
-    ]);
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(existing.join("report.json")).unwrap())
-            .unwrap();
-    let s = &report["scenarios"][0];
-    assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
-    assert_eq!(s["errors"], serde_json::json!({}), "{s}");
-    let p = &s["parameters"];
-    assert_eq!(p["collection"], "graph", "{p}");
-    assert_eq!(p["dimension"], 4, "{p}");
-    assert_eq!(p["partitions"], 2, "{p}");
-    assert_eq!(p["index"]["hnsw"]["m"], 8, "{p}");
-    assert!(c.arbor(&["collections"]).contains("graph "), "still there");
-    let missing = arbor_as(
-        &[
-            "bench",
-            "run",
-            "query-vector",
-            "--collection",
-            "nope",
-            "--duration",
-            "1s",
-            "--out",
-            existing.to_str().unwrap(),
-            "--config",
-            c.path.to_str().unwrap(),
-        ],
-        None,
-        Some(&c.token),
-    );
-    let err = String::from_utf8_lossy(&missing.stderr);
-    assert!(
-        !missing.status.success() && err.contains("no collection nope"),
-        "{err}"
-    );
     let refused = arbor_as(
         &[
             "collection",

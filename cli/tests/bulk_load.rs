@@ -3,7 +3,8 @@
 //! a document of one chunk), and every row is then read back from every in-sync replica of
 //! its partition, bit for bit, and found by a query under its id.
 //! Files that cannot be loaded (ids of another length, non-finite values, not NumPy) are
-//! refused with messages that name the problem.
+//! refused with messages that name the problem. `arbor bench run query-vector --collection`
+//! measures the loaded collection in place.
 
 mod common;
 
@@ -91,6 +92,61 @@ async fn a_bulk_load_reaches_every_replica_and_bad_files_are_refused() {
     });
     let data = client.run(job, |_| {}).await.unwrap().into_data().unwrap();
     assert_eq!(data["results"][0]["doc_id"], ids[17].to_string(), "{data}");
+
+    // What was loaded can be measured in place: `bench run query-vector --collection`
+    // queries it, reports its own shape, and leaves it as it was.
+    let bench = file("bench");
+    c.arbor(&[
+        "bench",
+        "run",
+        "query-vector",
+        "--collection",
+        "rows",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--out",
+        bench.to_str().unwrap(),
+    ])
+    .await
+    .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bench.join("report.json")).unwrap()).unwrap();
+    let s = &report["scenarios"][0];
+    assert!(s["completed"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+    let p = &s["parameters"];
+    assert_eq!(
+        (
+            &p["collection"],
+            &p["dimension"],
+            &p["partitions"],
+            &p["replicas"]
+        ),
+        (
+            &serde_json::json!("rows"),
+            &serde_json::json!(DIM),
+            &serde_json::json!(2),
+            &serde_json::json!(2)
+        ),
+        "{p}"
+    );
+    let missing = c
+        .arbor(&[
+            "bench",
+            "run",
+            "query-vector",
+            "--collection",
+            "nope",
+            "--duration",
+            "1s",
+            "--out",
+            bench.to_str().unwrap(),
+        ])
+        .await
+        .unwrap_err();
+    assert!(missing.contains("no collection nope"), "{missing}");
 
     // Without --ids, rows are numbered by their position in the file.
     write_npy(

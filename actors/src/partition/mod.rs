@@ -312,39 +312,35 @@ impl Partition {
     /// building it (see [`saved_graph`]); `false` when the index is not a graph, or memory
     /// may no longer match the disk.
     pub fn save_graph(&self) -> std::io::Result<bool> {
-        if !self.intact {
+        // One save at a time: saves run under a read lock, and writes wait for it, so one
+        // already under way is saving this very state.
+        if !self.intact || self.saving.swap(true, Ordering::AcqRel) {
             return Ok(false);
         }
         let path = saved_graph::path_of(self.store.path());
         let saved = saved_graph::save(&path, &self.index, self.store.seq(), self.store.history());
         if !matches!(saved, Ok(false)) {
-            // Saved (writes wait for the read lock this runs under, so nothing was written
-            // meanwhile), or failed: tried again after as many writes again.
+            // Saved, or failed: tried again after as many writes again.
             self.unsaved.store(0, Ordering::Relaxed);
         }
+        self.saving.store(false, Ordering::Release);
         saved
     }
 
     /// Whether the graph should be saved again: as many rows were written since the last
-    /// save as it held then (and at least [`SAVE_AFTER_ROWS`]). A graph grows by inserts
-    /// after its build, and a restart replays into the saved graph every write since, one
-    /// insert at a time before the replica serves; saving each time the graph doubled keeps
-    /// that replay under half the rows (a crash included), and the bytes written for saves
-    /// under twice the final file. Claims the save: a second call is false until
-    /// [`Partition::save_ended`].
+    /// save as it held then (and at least [`SAVE_AFTER_ROWS`]), and no save is under way. A
+    /// graph grows by inserts after its build, and a restart replays into the saved graph
+    /// every write since, one insert at a time before the replica serves; saving each time
+    /// the graph doubled keeps that replay under half the rows (a crash included), and the
+    /// bytes written for saves under twice the final file.
     pub fn save_due(&self) -> bool {
         let unsaved = self.unsaved.load(Ordering::Relaxed);
         let saved_rows = self.index.len().saturating_sub(unsaved);
-        let due = self.intact
+        self.intact
             && self.pending.is_none()
             && self.index.is_graph()
-            && unsaved >= saved_rows.max(SAVE_AFTER_ROWS);
-        due && !self.saving.swap(true, Ordering::AcqRel)
-    }
-
-    /// The save claimed by [`Partition::save_due`] ended.
-    pub fn save_ended(&self) {
-        self.saving.store(false, Ordering::Release);
+            && unsaved >= saved_rows.max(SAVE_AFTER_ROWS)
+            && !self.saving.load(Ordering::Acquire)
     }
 
     /// Waits for the graph being built, if any, searches on it from now on, and saves it.
@@ -1124,15 +1120,12 @@ mod tests {
         assert!(!p.save_due(), "fewer rows than SAVE_AFTER_ROWS");
         write(&mut p, 1);
         assert!(p.save_due());
-        assert!(!p.save_due(), "claimed by the first call");
         assert!(p.save_graph().unwrap());
-        p.save_ended();
         assert!(!p.save_due(), "nothing written since");
         write(&mut p, SAVE_AFTER_ROWS as u64 - 1);
         assert!(!p.save_due(), "not doubled yet");
         write(&mut p, 1);
         assert!(p.save_due(), "doubled");
-        p.save_ended();
         drop(p);
         // The saved graph (of half the rows) loads with the rest replayed.
         let p = Partition::open(&path, 4, Metric::Cosine, Device::Cpu, spec).unwrap();

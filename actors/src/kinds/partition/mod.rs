@@ -586,7 +586,6 @@ fn save_in_background(partition: Weak<RwLock<Partition>>) {
                 tracing::warn!(store = %p.store_path(), "the HNSW graph could not be saved: {e}")
             }
         }
-        p.save_ended();
     });
 }
 
