@@ -146,11 +146,17 @@ impl PartitionIndex {
         self.len() == 0
     }
 
+    /// Adds or replaces rows. A graph takes a batch of [`PARALLEL_ROWS`] or more on every
+    /// thread of the shared pool, as a build does: a bulk load's batches, and the writes a
+    /// restart replays into a saved graph, are inserts one after another otherwise.
     pub fn upsert(&mut self, ids: &[u64], vectors: &[f32]) -> Result<(), IndexError> {
+        let parallel = ids.len() >= PARALLEL_ROWS;
         match self {
             PartitionIndex::Exact(index) => index.upsert(ids, vectors)?,
-            PartitionIndex::Hnsw(index) => index.upsert(ids, vectors)?,
+            PartitionIndex::Hnsw(graph) if parallel => graph.upsert_parallel(ids, vectors)?,
+            PartitionIndex::Hnsw(graph) => graph.upsert(ids, vectors)?,
             PartitionIndex::Codes(rows) => rows.upsert(ids, vectors)?,
+            PartitionIndex::CodeGraph(graph) if parallel => graph.upsert_parallel(ids, vectors)?,
             PartitionIndex::CodeGraph(graph) => graph.upsert(ids, vectors)?,
         }
         Ok(())
@@ -196,6 +202,10 @@ pub fn params(spec: HnswSpec) -> HnswParams {
         ..HnswParams::default()
     }
 }
+
+/// Fewest rows of one write that a graph inserts on several threads (below it, handing the
+/// inserts to the pool costs more than it saves).
+pub const PARALLEL_ROWS: usize = 256;
 
 /// An empty graph of `spec`'s settings.
 fn graph(dim: usize, metric: Metric, spec: HnswSpec) -> Result<HnswIndex, TopKError> {
