@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::{Mutex, mpsc};
 
 use super::{GatewayArgs, failed, parse_data};
@@ -92,13 +91,7 @@ pub async fn load(
     }
     let per_job = rows_per_job(dim, clients[0].limits().max_message_bytes);
 
-    let bar = ProgressBar::new(rows);
-    if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} rows  {per_sec}  eta {eta}",
-    ) {
-        bar.set_style(style);
-    }
-    bar.enable_steady_tick(Duration::from_millis(200));
+    let bar = super::rows_bar(&format!("load {collection}"), Some(rows));
     let started = Instant::now();
     let written = Arc::new(AtomicU64::new(0));
 

@@ -82,6 +82,26 @@ pub fn failed(what: &str, e: ClientError) -> anyhow::Error {
     }
 }
 
+/// A bar of rows written (`total` known: with the rate and time left) or counted (a spinner),
+/// labelled `what`: what `arbor collection snapshot|restore` and `arbor ingest FILE.npy` show.
+pub(crate) fn rows_bar(what: &str, total: Option<u64>) -> indicatif::ProgressBar {
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{msg} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta} left)",
+            )
+            .expect("a valid template")
+            .progress_chars("=> "),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {msg}: {pos} rows ({per_sec})")
+                .expect("a valid template"),
+        ),
+    };
+    bar.set_message(what.to_owned());
+    bar
+}
+
 /// Runs one job to its end and returns its final result data.
 pub async fn run_job(
     client: &mut GatewayClient,

@@ -24,9 +24,9 @@ use arbor_proto::snapshot::{
     RestoreJob, Restored, RowData,
 };
 use arbor_scheduler::state::CollectionSpec;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 
-use super::{GatewayArgs, parse_data, run_job};
+use super::{GatewayArgs, parse_data, rows_bar, run_job};
 use file::{
     BACKUP_MAGIC, BackupFile, PayloadReader, Row, SNAPSHOT_MAGIC, SealedWriter, SnapshotHeader,
     encode_row, encode_section,
@@ -46,24 +46,6 @@ fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-fn rows_bar(what: &str, total: Option<u64>) -> ProgressBar {
-    let bar = match total {
-        Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} rows ({per_sec}, {eta} left)",
-            )
-            .expect("a valid template")
-            .progress_chars("=> "),
-        ),
-        None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {msg}: {pos} rows ({per_sec})")
-                .expect("a valid template"),
-        ),
-    };
-    bar.set_message(what.to_owned());
-    bar
 }
 
 /// The collection's definition, as `backup` gives it.
