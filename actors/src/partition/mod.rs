@@ -575,27 +575,6 @@ impl Partition {
         self.reflect(done, seq)
     }
 
-    /// Rows copied from the primary into a [reset](Partition::reset) partition (see
-    /// [`Store::install_copied`]): stored first, then in memory.
-    pub fn install_copied(
-        &mut self,
-        rows: &[VectorRecord],
-        seqs: &[u64],
-    ) -> Result<(), PartitionError> {
-        let done = self.store.install_copied(rows, seqs)?;
-        self.reflect(done, 0)
-    }
-
-    /// See [`Store::finish_copy`].
-    pub fn finish_copy(
-        &mut self,
-        written: &mut [(u64, u64)],
-        seq: u64,
-        history: &[(u64, u64)],
-    ) -> Result<(), PartitionError> {
-        Ok(self.store.finish_copy(written, seq, history)?)
-    }
-
     /// The in-memory side of rows installed in the store (`None`: gone).
     fn reflect(
         &mut self,
@@ -958,7 +937,7 @@ impl Partition {
 }
 
 /// A quantizer trained on up to [`SAMPLE_ROWS`] of the store's `rows` rows, taken evenly
-/// through it (in id order).
+/// through it (in the order they were written).
 fn train(store: &Store, rows: usize) -> Result<ScalarQuantizer, PartitionError> {
     let step = rows.div_ceil(SAMPLE_ROWS).max(1);
     let mut sample = Vec::with_capacity(rows.min(SAMPLE_ROWS) * store.dim());

@@ -3,40 +3,56 @@
 //! Every write (an upsert batch or a delete batch) is ONE redb write transaction, committed
 //! with redb's default `Durability::Immediate` (fsync) before the call returns: a write that
 //! was acknowledged survives a crash or a power loss. Each write takes the next sequence
-//! number, stored with every row it touched (and with a tombstone for every id it deleted),
+//! number, the key of every row it touched (and of a tombstone for every id it deleted),
 //! and the epoch it was written in, so that replication can ask "everything after N"
 //! ([`Store::changes_after`]) and find where two replicas' histories part
 //! (`partition::replication`).
 //!
 //! Tables:
-//! - `records`: id -> `seq (u64 LE) | vector (dim × f32 LE) | metadata (UTF-8 JSON object)`
+//! - `log`: (seq, id) -> `vector (dim × f32 LE) | metadata (UTF-8 JSON object)` for a row,
+//!   empty for a delete: one entry per id, at its last write. A write's rows go to the end
+//!   of the log, so a bulk load fills pages once and in order (with rows keyed by id, every
+//!   row of a load rewrote a random page: 3-4 times slower), and "everything after N" is a
+//!   range scan.
+//! - `ids`: id -> seq of its row, for every row written up to `meta.ids_seq`. Where each row
+//!   lies is held in memory ([`Store`]'s `rows`); this table lets an open rebuild that from
+//!   `ids` and the log after `ids_seq`, instead of reading the whole log. It is written anew
+//!   from memory once a quarter of the rows were written since (`index_due`), so its random
+//!   writes are paid once per many rows, not once per row. A write at or before `ids_seq`
+//!   (a copy's or an undo's older versions) updates it in the same transaction.
 //! - `tombstones`: id -> seq of the delete (dropped again when the id is written anew)
-//! - `changes`: (seq, id) -> 1 for a row, 0 for a tombstone: one entry per id, at its last
-//!   write, so the rows and deletes after a sequence number are a range scan
 //! - `epochs`: epoch -> the first sequence number written in it (the replica's history)
-//! - `meta`: `shape` (dimension and metric, so a file is never reopened with another shape)
-//!   and `seq`.
+//! - `meta`: `shape` (dimension and metric, so a file is never reopened with another shape),
+//!   `seq`, `layout` (2; files of layout 1, with rows keyed by id in `records` and a
+//!   `changes` index beside them, are rewritten on open) and `ids_seq`.
 //!
 //! Input is checked before anything is written ([`CheckedBatch`]); a refused batch changes
 //! nothing.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use arbor_kernels::topk::Metric;
 use arbor_proto::gateway::json_type;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde_json::{Map, Value};
 
 use super::messages::VectorRecord;
 
-const RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
+const IDS: TableDefinition<u64, u64> = TableDefinition::new("ids");
 const TOMBSTONES: TableDefinition<u64, u64> = TableDefinition::new("tombstones");
-const CHANGES: TableDefinition<(u64, u64), u8> = TableDefinition::new("changes");
 const EPOCHS: TableDefinition<u64, u64> = TableDefinition::new("epochs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const ROW: u8 = 1;
+/// The layout this code writes (see the module's doc).
+const LAYOUT: u64 = 2;
+/// Layout 1's rows: id -> `seq (u64 LE) | row`; read once, to upgrade a file.
+const OLD_RECORDS: TableDefinition<u64, &[u8]> = TableDefinition::new("records");
+/// Layout 1's index of the rows' places: (seq, id) -> 1 for a row, 0 for a delete.
+const OLD_CHANGES: TableDefinition<(u64, u64), u8> = TableDefinition::new("changes");
 const GONE: u8 = 0;
+/// The fewest ids written since `ids` was last written that make it due again.
+const INDEX_AFTER_IDS: usize = 50_000;
 
 /// The most rows one upsert may carry (a batch of 384-dim rows is about 15 MiB; the wire
 /// limit of 8 MiB is usually reached first).
@@ -268,7 +284,7 @@ pub type ChangesPage = (Vec<Change>, Option<Position>);
 /// A page of deletes by id, `(id, seq)` each, and the id to read after next (`None`: the end).
 pub type TombstonesPage = (Vec<(u64, u64)>, Option<u64>);
 
-/// A partition replica's redb file.
+/// A partition replica's redb file, and the index of where each of its rows lies in it.
 pub struct Store {
     db: Database,
     path: String,
@@ -276,6 +292,13 @@ pub struct Store {
     metric: Metric,
     seq: u64,
     history: History,
+    /// Every stored row's id and the sequence number it was written at: its place in `log`.
+    rows: BTreeMap<u64, u64>,
+    /// `ids` holds every row's place as of this sequence number; `log` entries after it are
+    /// the rest (see the module's doc).
+    ids_seq: u64,
+    /// The ids written after `ids_seq`, not yet in `ids` (duplicates allowed).
+    unindexed: Vec<u64>,
     /// The file did not exist before this store opened it.
     created: bool,
 }
@@ -287,13 +310,15 @@ impl std::fmt::Debug for Store {
             .field("dim", &self.dim)
             .field("metric", &self.metric)
             .field("seq", &self.seq)
+            .field("rows", &self.rows.len())
             .finish()
     }
 }
 
 impl Store {
     /// Opens (or creates, with its parent folders) the store at `path` for rows of `dim`
-    /// components compared by `metric`. An existing file of another shape is refused.
+    /// components compared by `metric`. An existing file of another shape is refused; one
+    /// written in the first layout is upgraded.
     pub fn open(path: &Path, dim: usize, metric: Metric) -> Result<Self, StoreError> {
         let p = path.display().to_string();
         let created = !path.exists();
@@ -338,29 +363,23 @@ impl Store {
             metric,
             seq: 0,
             history: Vec::new(),
+            rows: BTreeMap::new(),
+            ids_seq: 0,
+            unindexed: Vec::new(),
             created,
         };
         store.init()?;
         Ok(store)
     }
 
-    /// Creates the tables and the shape on first open; checks the shape and reads the
-    /// sequence number afterwards.
+    /// Creates the tables and the shape on first open; checks the shape, upgrades a file of
+    /// the first layout, and reads the sequence number, the history and where every row lies
+    /// afterwards.
     fn init(&mut self) -> Result<(), StoreError> {
         let p = self.path.clone();
         let shape = format!("dimension {} metric {}", self.dim, self.metric);
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
         {
-            txn.open_table(RECORDS).map_err(|e| redb_err(&p, e))?;
-            txn.open_table(TOMBSTONES).map_err(|e| redb_err(&p, e))?;
-            txn.open_table(CHANGES).map_err(|e| redb_err(&p, e))?;
-            let epochs = txn.open_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
-            self.history = epochs
-                .iter()
-                .map_err(|e| redb_err(&p, e))?
-                .map(|row| row.map(|(e, s)| (e.value(), s.value())))
-                .collect::<Result<_, _>>()
-                .map_err(|e| redb_err(&p, e))?;
             let mut meta = txn.open_table(META).map_err(|e| redb_err(&p, e))?;
             let stored = meta
                 .get("shape")
@@ -380,17 +399,114 @@ impl Store {
                         .map_err(|e| redb_err(&p, e))?;
                 }
             }
-            self.seq = match meta.get("seq").map_err(|e| redb_err(&p, e))? {
-                None => 0,
-                Some(g) => {
-                    u64::from_le_bytes(g.value().try_into().map_err(|_| StoreError::Corrupt {
-                        path: p.clone(),
-                        detail: format!("seq has {} bytes, not 8", g.value().len()),
-                    })?)
+            self.seq = read_u64(&meta, "seq", &p)?.unwrap_or(0);
+            let layout = read_u64(&meta, "layout", &p)?;
+            drop(meta);
+            match layout {
+                Some(LAYOUT) => {}
+                Some(other) => {
+                    return Err(StoreError::Mismatch {
+                        path: p,
+                        stored: format!("layout {other}"),
+                        wanted: format!("layout {LAYOUT} (written by a newer Arbor?)"),
+                    });
                 }
-            };
+                None => self.upgrade(&txn)?,
+            }
+            txn.open_table(LOG).map_err(|e| redb_err(&p, e))?;
+            txn.open_table(IDS).map_err(|e| redb_err(&p, e))?;
+            txn.open_table(TOMBSTONES).map_err(|e| redb_err(&p, e))?;
+            let epochs = txn.open_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
+            self.history = epochs
+                .iter()
+                .map_err(|e| redb_err(&p, e))?
+                .map(|row| row.map(|(e, s)| (e.value(), s.value())))
+                .collect::<Result<_, _>>()
+                .map_err(|e| redb_err(&p, e))?;
         }
-        txn.commit().map_err(|e| redb_err(&p, e))
+        txn.commit().map_err(|e| redb_err(&p, e))?;
+        self.load_places()
+    }
+
+    /// Rewrites a file of the first layout (rows by id in `records`, with `changes` beside
+    /// them) into the log, in the transaction that opens it. A new file just gets its layout.
+    fn upgrade(&mut self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+        let p = self.path.clone();
+        let old = txn
+            .list_tables()
+            .map_err(|e| redb_err(&p, e))?
+            .any(|t| redb::TableHandle::name(&t) == OLD_RECORDS.name());
+        if old {
+            let records = txn.open_table(OLD_RECORDS).map_err(|e| redb_err(&p, e))?;
+            let changes = txn.open_table(OLD_CHANGES).map_err(|e| redb_err(&p, e))?;
+            let mut log = txn.open_table(LOG).map_err(|e| redb_err(&p, e))?;
+            let mut ids = txn.open_table(IDS).map_err(|e| redb_err(&p, e))?;
+            let mut rows = Vec::new();
+            for change in changes.iter().map_err(|e| redb_err(&p, e))? {
+                let (key, kind) = change.map_err(|e| redb_err(&p, e))?;
+                let (seq, id) = key.value();
+                if kind.value() == GONE {
+                    log.insert((seq, id), [].as_slice())
+                        .map_err(|e| redb_err(&p, e))?;
+                    continue;
+                }
+                let value = records
+                    .get(id)
+                    .map_err(|e| redb_err(&p, e))?
+                    .ok_or_else(|| StoreError::Corrupt {
+                        path: p.clone(),
+                        detail: format!("change ({seq}, {id}) names a row that is not stored"),
+                    })?;
+                let row = value.value().get(8..).unwrap_or_default();
+                log.insert((seq, id), row).map_err(|e| redb_err(&p, e))?;
+                rows.push((id, seq));
+            }
+            rows.sort_unstable();
+            for (id, seq) in rows {
+                ids.insert(id, seq).map_err(|e| redb_err(&p, e))?;
+            }
+        }
+        if old {
+            txn.delete_table(OLD_RECORDS).map_err(|e| redb_err(&p, e))?;
+            txn.delete_table(OLD_CHANGES).map_err(|e| redb_err(&p, e))?;
+        }
+        let mut meta = txn.open_table(META).map_err(|e| redb_err(&p, e))?;
+        meta.insert("layout", LAYOUT.to_le_bytes().as_slice())
+            .map_err(|e| redb_err(&p, e))?;
+        meta.insert("ids_seq", self.seq.to_le_bytes().as_slice())
+            .map_err(|e| redb_err(&p, e))?;
+        Ok(())
+    }
+
+    /// Reads where every row lies: `ids`, then the log entries after `ids_seq`.
+    fn load_places(&mut self) -> Result<(), StoreError> {
+        let p = self.path.clone();
+        let txn = self.db.begin_read().map_err(|e| redb_err(&p, e))?;
+        let meta = txn.open_table(META).map_err(|e| redb_err(&p, e))?;
+        self.ids_seq = read_u64(&meta, "ids_seq", &p)?.unwrap_or(0);
+        let ids = txn.open_table(IDS).map_err(|e| redb_err(&p, e))?;
+        self.rows = ids
+            .iter()
+            .map_err(|e| redb_err(&p, e))?
+            .map(|row| row.map(|(id, seq)| (id.value(), seq.value())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| redb_err(&p, e))?;
+        self.unindexed.clear();
+        let Some(from) = self.ids_seq.checked_add(1) else {
+            return Ok(());
+        };
+        let log = txn.open_table(LOG).map_err(|e| redb_err(&p, e))?;
+        for entry in log.range((from, 0)..).map_err(|e| redb_err(&p, e))? {
+            let (key, value) = entry.map_err(|e| redb_err(&p, e))?;
+            let (seq, id) = key.value();
+            if value.value().is_empty() {
+                self.rows.remove(&id);
+            } else {
+                self.rows.insert(id, seq);
+            }
+            self.unindexed.push(id);
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &str {
@@ -438,27 +554,29 @@ impl Store {
         let seq = self.seq + 1;
         let p = self.path.clone();
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
-        {
-            let mut t = Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
+        let places = {
+            let mut t =
+                Tables::open(&txn, &self.rows, self.ids_seq).map_err(|e| redb_err(&p, e))?;
+            // In id order: the batch's entries fill the log's last pages front to back.
+            let mut order: Vec<usize> = (0..batch.len()).collect();
+            order.sort_unstable_by_key(|&i| batch.ids[i]);
             let mut value = Vec::new();
-            for ((&id, vector), (_, text)) in batch
-                .ids
-                .iter()
-                .zip(batch.vectors.chunks_exact(self.dim))
-                .zip(&batch.metadata)
-            {
-                encode_record(&mut value, seq, vector, text);
-                t.put_row(id, seq, &value).map_err(|e| redb_err(&p, e))?;
+            for i in order {
+                let vector = &batch.vectors[i * self.dim..(i + 1) * self.dim];
+                encode_row(&mut value, vector, &batch.metadata[i].1);
+                t.put_row(batch.ids[i], seq, &value)
+                    .map_err(|e| redb_err(&p, e))?;
             }
             set_seq(&txn, seq).map_err(|e| redb_err(&p, e))?;
-        }
+            t.places
+        };
         let history = self
             .note_epoch(&txn, epoch, seq)
             .map_err(|e| redb_err(&p, e))?;
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = seq;
         self.history = history;
-        Ok(seq)
+        self.placed(places)
     }
 
     /// Records `epoch` in the history if `seq` is its first write; returns the new history.
@@ -474,6 +592,53 @@ impl Store {
             history.push((epoch, seq));
         }
         Ok(history)
+    }
+
+    /// Takes the places a committed write gave its ids, and writes `ids` anew once enough
+    /// ids were written since it last was ([`index_due`]).
+    fn placed(&mut self, places: HashMap<u64, Option<u64>>) -> Result<u64, StoreError> {
+        for (id, place) in places {
+            match place {
+                Some(seq) => self.rows.insert(id, seq),
+                None => self.rows.remove(&id),
+            };
+            self.unindexed.push(id);
+        }
+        if index_due(self.unindexed.len(), self.rows.len()) {
+            self.write_ids()?;
+        }
+        Ok(self.seq)
+    }
+
+    /// Brings `ids` up to date with every row's place, so that an open reads the log only
+    /// after the current sequence number. Not durable on its own: the next durable write
+    /// makes it so, and a crash before that leaves the last one, which still holds with the
+    /// log after it.
+    fn write_ids(&mut self) -> Result<(), StoreError> {
+        let p = self.path.clone();
+        let mut written = std::mem::take(&mut self.unindexed);
+        written.sort_unstable();
+        written.dedup();
+        let ids_seq = self.seq.max(self.ids_seq);
+        let mut txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
+        txn.set_durability(redb::Durability::None)
+            .map_err(|e| redb_err(&p, e))?;
+        {
+            let mut ids = txn.open_table(IDS).map_err(|e| redb_err(&p, e))?;
+            for id in written {
+                match self.rows.get(&id) {
+                    Some(&seq) => ids.insert(id, seq).map(|_| ()),
+                    None => ids.remove(id).map(|_| ()),
+                }
+                .map_err(|e| redb_err(&p, e))?;
+            }
+            let mut meta = txn.open_table(META).map_err(|e| redb_err(&p, e))?;
+            meta.insert("ids_seq", ids_seq.to_le_bytes().as_slice())
+                .map_err(|e| redb_err(&p, e))?;
+        }
+        txn.commit().map_err(|e| redb_err(&p, e))?;
+        self.ids_seq = ids_seq;
+        Ok(())
     }
 
     /// Removes these ids in one durable transaction as the next write, made in `epoch`,
@@ -494,21 +659,24 @@ impl Store {
         let p = self.path.clone();
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
         let mut removed = 0;
-        {
-            let mut t = Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
+        let places = {
+            let mut t =
+                Tables::open(&txn, &self.rows, self.ids_seq).map_err(|e| redb_err(&p, e))?;
             for &id in ids {
                 if t.put_gone(id, seq).map_err(|e| redb_err(&p, e))? {
                     removed += 1;
                 }
             }
             set_seq(&txn, seq).map_err(|e| redb_err(&p, e))?;
-        }
+            t.places
+        };
         let history = self
             .note_epoch(&txn, epoch, seq)
             .map_err(|e| redb_err(&p, e))?;
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = seq;
         self.history = history;
+        self.placed(places)?;
         Ok((seq, removed))
     }
 
@@ -525,8 +693,9 @@ impl Store {
         let p = self.path.clone();
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
         let mut out = Vec::with_capacity(changes.len());
-        {
-            let mut t = Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
+        let places = {
+            let mut t =
+                Tables::open(&txn, &self.rows, self.ids_seq).map_err(|e| redb_err(&p, e))?;
             let mut value = Vec::new();
             for c in changes {
                 match c {
@@ -539,7 +708,7 @@ impl Store {
                             }
                             .into());
                         }
-                        encode_record(&mut value, *seq, &record.vector, &record.metadata);
+                        encode_row(&mut value, &record.vector, &record.metadata);
                         t.put_row(record.id, *seq, &value)
                             .map_err(|e| redb_err(&p, e))?;
                         out.push((
@@ -566,100 +735,13 @@ impl Store {
             for (e, s) in history.iter().filter(|(_, s)| *s <= seq) {
                 epochs.insert(*e, *s).map_err(|e| redb_err(&p, e))?;
             }
-        }
+            t.places
+        };
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = seq;
         self.history = history.iter().copied().filter(|(_, s)| *s <= seq).collect();
+        self.placed(places)?;
         Ok(out)
-    }
-
-    /// Rows copied from a primary into a store that was [reset](Store::reset), page by page,
-    /// without their change entries: rows come in id order, so their sequence numbers are
-    /// scattered, and entries written page by page would land on random pages of the change
-    /// index and rewrite most of it at every page (at a million rows, most of the copy's
-    /// time). [`Store::finish_copy`] writes them all at once, in order. The pages are not
-    /// durable on their own (no fsync): until `finish_copy`, this store's sequence number is
-    /// 0 and a copy that stops half way starts over from an empty store.
-    pub fn install_copied(
-        &mut self,
-        rows: &[VectorRecord],
-        seqs: &[u64],
-    ) -> Result<Vec<(u64, Option<StoredRecord>)>, StoreError> {
-        let p = self.path.clone();
-        if self.seq != 0 {
-            return Err(StoreError::Corrupt {
-                path: p,
-                detail: format!(
-                    "a copy was installed into a store that holds writes up to {}",
-                    self.seq
-                ),
-            });
-        }
-        let mut txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| redb_err(&p, e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        {
-            let mut records = txn.open_table(RECORDS).map_err(|e| redb_err(&p, e))?;
-            let mut value = Vec::new();
-            for (record, &seq) in rows.iter().zip(seqs) {
-                if record.vector.len() != self.dim {
-                    return Err(InvalidInput::WrongDimension {
-                        id: record.id,
-                        got: record.vector.len(),
-                        dim: self.dim,
-                    }
-                    .into());
-                }
-                encode_record(&mut value, seq, &record.vector, &record.metadata);
-                records
-                    .insert(record.id, value.as_slice())
-                    .map_err(|e| redb_err(&p, e))?;
-                out.push((
-                    record.id,
-                    Some(StoredRecord {
-                        id: record.id,
-                        seq,
-                        vector: record.vector.clone(),
-                        metadata: record.metadata.clone(),
-                    }),
-                ));
-            }
-        }
-        txn.commit().map_err(|e| redb_err(&p, e))?;
-        Ok(out)
-    }
-
-    /// Ends a copy begun with [`Store::install_copied`]: the change entries of the copied
-    /// rows (`written`: `(seq, id)`, sorted here), then `seq` and `history`, in one durable
-    /// transaction (which also makes the pages before it durable).
-    pub fn finish_copy(
-        &mut self,
-        written: &mut [(u64, u64)],
-        seq: u64,
-        history: &[(u64, u64)],
-    ) -> Result<(), StoreError> {
-        written.sort_unstable();
-        let p = self.path.clone();
-        let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
-        {
-            let mut changes = txn.open_table(CHANGES).map_err(|e| redb_err(&p, e))?;
-            for &entry in written.iter() {
-                changes.insert(entry, ROW).map_err(|e| redb_err(&p, e))?;
-            }
-            set_seq(&txn, seq).map_err(|e| redb_err(&p, e))?;
-            let mut epochs = txn.open_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
-            for (e, _) in &self.history {
-                epochs.remove(*e).map_err(|e| redb_err(&p, e))?;
-            }
-            for (e, s) in history.iter().filter(|(_, s)| *s <= seq) {
-                epochs.insert(*e, *s).map_err(|e| redb_err(&p, e))?;
-            }
-        }
-        txn.commit().map_err(|e| redb_err(&p, e))?;
-        self.seq = seq;
-        self.history = history.iter().copied().filter(|(_, s)| *s <= seq).collect();
-        Ok(())
     }
 
     /// Forgets everything: rows, tombstones, history and sequence number (a replica whose
@@ -667,30 +749,27 @@ impl Store {
     /// that were stored.
     pub fn reset(&mut self) -> Result<Vec<u64>, StoreError> {
         let p = self.path.clone();
-        let ids: Vec<u64> = {
-            let txn = self.db.begin_read().map_err(|e| redb_err(&p, e))?;
-            let records = txn.open_table(RECORDS).map_err(|e| redb_err(&p, e))?;
-            records
-                .iter()
-                .map_err(|e| redb_err(&p, e))?
-                .map(|row| row.map(|(id, _)| id.value()))
-                .collect::<Result<_, _>>()
-                .map_err(|e| redb_err(&p, e))?
-        };
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
         {
-            txn.delete_table(RECORDS).map_err(|e| redb_err(&p, e))?;
+            txn.delete_table(LOG).map_err(|e| redb_err(&p, e))?;
+            txn.delete_table(IDS).map_err(|e| redb_err(&p, e))?;
             txn.delete_table(TOMBSTONES).map_err(|e| redb_err(&p, e))?;
-            txn.delete_table(CHANGES).map_err(|e| redb_err(&p, e))?;
             txn.delete_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
-            Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
+            txn.open_table(LOG).map_err(|e| redb_err(&p, e))?;
+            txn.open_table(IDS).map_err(|e| redb_err(&p, e))?;
+            txn.open_table(TOMBSTONES).map_err(|e| redb_err(&p, e))?;
             txn.open_table(EPOCHS).map_err(|e| redb_err(&p, e))?;
             set_seq(&txn, 0).map_err(|e| redb_err(&p, e))?;
+            let mut meta = txn.open_table(META).map_err(|e| redb_err(&p, e))?;
+            meta.insert("ids_seq", 0u64.to_le_bytes().as_slice())
+                .map_err(|e| redb_err(&p, e))?;
         }
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = 0;
+        self.ids_seq = 0;
         self.history.clear();
-        Ok(ids)
+        self.unindexed.clear();
+        Ok(std::mem::take(&mut self.rows).into_keys().collect())
     }
 
     /// The rows and deletes after `after` (a `(seq, id)` position) in `(seq, id)` order: at
@@ -705,8 +784,7 @@ impl Store {
     ) -> Result<ChangesPage, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
-        let changes = txn.open_table(CHANGES).map_err(|e| redb_err(p, e))?;
-        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let log = txn.open_table(LOG).map_err(|e| redb_err(p, e))?;
         let mut out = Vec::new();
         let mut bytes = 0usize;
         let start = match after.1.checked_add(1) {
@@ -717,24 +795,20 @@ impl Store {
             },
         };
         let mut last = None;
-        for row in changes.range(start..).map_err(|e| redb_err(p, e))? {
+        for entry in log.range(start..).map_err(|e| redb_err(p, e))? {
             if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
                 return Ok((out, last));
             }
-            let (key, kind) = row.map_err(|e| redb_err(p, e))?;
+            let (key, value) = entry.map_err(|e| redb_err(p, e))?;
             let (seq, id) = key.value();
+            let value = value.value();
             last = Some((seq, id));
-            if kind.value() == ROW {
-                let value = records
-                    .get(id)
-                    .map_err(|e| redb_err(p, e))?
-                    .ok_or_else(|| StoreError::Corrupt {
-                        path: p.clone(),
-                        detail: format!("change ({seq}, {id}) names a row that is not stored"),
-                    })?;
-                let value = value.value();
+            if value.is_empty() {
+                bytes = bytes.saturating_add(24);
+                out.push(Change::Gone { seq, id });
+            } else {
                 bytes = bytes.saturating_add(value.len() + 32);
-                let r = self.decode_record(id, value)?;
+                let r = self.decode_row(id, seq, value)?;
                 out.push(Change::Row {
                     seq,
                     record: VectorRecord {
@@ -743,9 +817,6 @@ impl Store {
                         metadata: r.metadata,
                     },
                 });
-            } else {
-                bytes = bytes.saturating_add(24);
-                out.push(Change::Gone { seq, id });
             }
         }
         Ok((out, None))
@@ -787,14 +858,11 @@ impl Store {
         let p = self.path.clone();
         let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
         let mut removed = Vec::new();
-        {
-            let mut t = Tables::open(&txn).map_err(|e| redb_err(&p, e))?;
+        let places = {
+            let mut t =
+                Tables::open(&txn, &self.rows, self.ids_seq).map_err(|e| redb_err(&p, e))?;
             for &(id, seq) in gone {
-                let row = t
-                    .records
-                    .get(id)
-                    .map_err(|e| redb_err(&p, e))?
-                    .map(|g| row_seq(g.value()));
+                let row = t.place(id);
                 let tomb = t
                     .tombstones
                     .get(id)
@@ -807,8 +875,10 @@ impl Store {
                     removed.push(id);
                 }
             }
-        }
+            t.places
+        };
         txn.commit().map_err(|e| redb_err(&p, e))?;
+        self.placed(places)?;
         Ok(removed)
     }
 
@@ -817,21 +887,18 @@ impl Store {
     pub fn versions(&self, ids: &[u64]) -> Result<Vec<Change>, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
-        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let log = txn.open_table(LOG).map_err(|e| redb_err(p, e))?;
         let tombstones = txn.open_table(TOMBSTONES).map_err(|e| redb_err(p, e))?;
         ids.iter()
-            .map(|&id| match records.get(id).map_err(|e| redb_err(p, e))? {
-                Some(value) => {
-                    let r = self.decode_record(id, value.value())?;
-                    Ok(Change::Row {
-                        seq: r.seq,
-                        record: VectorRecord {
-                            id,
-                            vector: r.vector,
-                            metadata: r.metadata,
-                        },
-                    })
-                }
+            .map(|&id| match self.read_row(&log, id)? {
+                Some(r) => Ok(Change::Row {
+                    seq: r.seq,
+                    record: VectorRecord {
+                        id,
+                        vector: r.vector,
+                        metadata: r.metadata,
+                    },
+                }),
                 None => {
                     let seq = tombstones
                         .get(id)
@@ -847,28 +914,31 @@ impl Store {
     pub fn written_after(&self, seq: u64) -> Result<Vec<u64>, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
-        let changes = txn.open_table(CHANGES).map_err(|e| redb_err(p, e))?;
+        let log = txn.open_table(LOG).map_err(|e| redb_err(p, e))?;
         let Some(from) = seq.checked_add(1) else {
             return Ok(Vec::new());
         };
-        changes
-            .range((from, 0)..)
+        log.range((from, 0)..)
             .map_err(|e| redb_err(p, e))?
             .map(|row| row.map(|(k, _)| k.value().1).map_err(|e| redb_err(p, e)))
             .collect()
     }
 
-    /// Calls `f` with every stored row, in id order, without holding them all at once.
+    /// Calls `f` with every stored row, in the order they were written (a sequential read of
+    /// the file), without holding them all at once.
     pub fn for_each<E: From<StoreError>>(
         &self,
         mut f: impl FnMut(StoredRecord) -> Result<(), E>,
     ) -> Result<(), E> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
-        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
-        for row in records.iter().map_err(|e| redb_err(p, e))? {
-            let (id, value) = row.map_err(|e| redb_err(p, e))?;
-            f(self.decode_record(id.value(), value.value())?)?;
+        let log = txn.open_table(LOG).map_err(|e| redb_err(p, e))?;
+        for entry in log.iter().map_err(|e| redb_err(p, e))? {
+            let (key, value) = entry.map_err(|e| redb_err(p, e))?;
+            let (seq, id) = key.value();
+            if !value.value().is_empty() {
+                f(self.decode_row(id, seq, value.value())?)?;
+            }
         }
         Ok(())
     }
@@ -888,16 +958,19 @@ impl Store {
             return Ok((out, false));
         }
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
-        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let log = txn.open_table(LOG).map_err(|e| redb_err(p, e))?;
         let mut bytes = 0usize;
-        for row in records.range(ids).map_err(|e| redb_err(p, e))? {
+        for (&id, &seq) in self.rows.range(ids) {
             if out.len() >= limit || (bytes >= max_bytes && !out.is_empty()) {
                 return Ok((out, true));
             }
-            let (id, value) = row.map_err(|e| redb_err(p, e))?;
+            let value = log
+                .get((seq, id))
+                .map_err(|e| redb_err(p, e))?
+                .ok_or_else(|| self.missing(id, seq))?;
             let value = value.value();
             bytes = bytes.saturating_add(value.len() + 32);
-            out.push(self.decode_record(id.value(), value)?);
+            out.push(self.decode_row(id, seq, value)?);
         }
         Ok((out, false))
     }
@@ -906,11 +979,11 @@ impl Store {
     pub fn get(&self, ids: &[u64]) -> Result<Vec<StoredRecord>, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
-        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
+        let log = txn.open_table(LOG).map_err(|e| redb_err(p, e))?;
         let mut out = Vec::with_capacity(ids.len());
         for &id in ids {
-            if let Some(value) = records.get(id).map_err(|e| redb_err(p, e))? {
-                out.push(self.decode_record(id, value.value())?);
+            if let Some(r) = self.read_row(&log, id)? {
+                out.push(r);
             }
         }
         Ok(out)
@@ -921,13 +994,17 @@ impl Store {
     pub fn metadata_of(&self, ids: &[u64]) -> Result<Vec<Option<String>>, StoreError> {
         let p = &self.path;
         let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
-        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
-        let vector_end = 8 + self.dim * 4;
+        let log = txn.open_table(LOG).map_err(|e| redb_err(p, e))?;
+        let vector_end = self.dim * 4;
         ids.iter()
             .map(|&id| {
-                let Some(value) = records.get(id).map_err(|e| redb_err(p, e))? else {
+                let Some(&seq) = self.rows.get(&id) else {
                     return Ok(None);
                 };
+                let value = log
+                    .get((seq, id))
+                    .map_err(|e| redb_err(p, e))?
+                    .ok_or_else(|| self.missing(id, seq))?;
                 let bytes = value.value();
                 let text = bytes.get(vector_end..).ok_or_else(|| StoreError::Corrupt {
                     path: self.path.clone(),
@@ -948,20 +1025,12 @@ impl Store {
 
     /// How many rows are stored.
     pub fn row_count(&self) -> Result<u64, StoreError> {
-        let p = &self.path;
-        let txn = self.db.begin_read().map_err(|e| redb_err(p, e))?;
-        let records = txn.open_table(RECORDS).map_err(|e| redb_err(p, e))?;
-        records.len().map_err(|e| redb_err(p, e))
+        Ok(self.rows.len() as u64)
     }
 
     /// Every stored row, in id order.
     pub fn load_all(&self) -> Result<Vec<StoredRecord>, StoreError> {
-        let mut all = Vec::new();
-        self.for_each(|r| {
-            all.push(r);
-            Ok::<_, StoreError>(())
-        })?;
-        Ok(all)
+        Ok(self.scan(0..=u64::MAX, usize::MAX, usize::MAX)?.0)
     }
 
     /// Deleted ids and the sequence numbers of their deletes.
@@ -979,21 +1048,42 @@ impl Store {
             .collect()
     }
 
-    fn decode_record(&self, id: u64, bytes: &[u8]) -> Result<StoredRecord, StoreError> {
+    /// `id`'s row, read from `log` at its place (`None`: not stored).
+    fn read_row(
+        &self,
+        log: &redb::ReadOnlyTable<(u64, u64), &'static [u8]>,
+        id: u64,
+    ) -> Result<Option<StoredRecord>, StoreError> {
+        let Some(&seq) = self.rows.get(&id) else {
+            return Ok(None);
+        };
+        let value = log
+            .get((seq, id))
+            .map_err(|e| redb_err(&self.path, e))?
+            .ok_or_else(|| self.missing(id, seq))?;
+        self.decode_row(id, seq, value.value()).map(Some)
+    }
+
+    fn missing(&self, id: u64, seq: u64) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            detail: format!("row {id} was written at {seq}, but the log has no such entry"),
+        }
+    }
+
+    fn decode_row(&self, id: u64, seq: u64, bytes: &[u8]) -> Result<StoredRecord, StoreError> {
         let corrupt = |detail: String| StoreError::Corrupt {
             path: self.path.clone(),
             detail: format!("record {id}: {detail}"),
         };
-        let vector_end = 8 + self.dim * 4;
+        let vector_end = self.dim * 4;
         if bytes.len() < vector_end {
             return Err(corrupt(format!(
                 "{} bytes, fewer than the {vector_end} its vector needs",
                 bytes.len()
             )));
         }
-        let (seq, rest) = bytes.split_at(8);
-        let (vector, metadata) = rest.split_at(self.dim * 4);
-        let seq = u64::from_le_bytes(seq.try_into().map_err(|_| corrupt("seq".into()))?);
+        let (vector, metadata) = bytes.split_at(vector_end);
         let vector = vector
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -1010,70 +1100,111 @@ impl Store {
     }
 }
 
-fn encode_record(out: &mut Vec<u8>, seq: u64, vector: &[f32], metadata: &str) {
+/// Whether `ids` is due to be written anew: `unindexed` ids written since it last was, with
+/// `rows` rows stored. Each time, the ids written since are about a quarter of the rows (and
+/// at least [`INDEX_AFTER_IDS`]), so the cost stays a few bytes per row written, and an open
+/// reads at most that many log entries beyond `ids`.
+fn index_due(unindexed: usize, rows: usize) -> bool {
+    unindexed >= INDEX_AFTER_IDS.max(rows / 4)
+}
+
+fn encode_row(out: &mut Vec<u8>, vector: &[f32], metadata: &str) {
     out.clear();
-    out.reserve(8 + vector.len() * 4 + metadata.len());
-    out.extend_from_slice(&seq.to_le_bytes());
+    out.reserve(vector.len() * 4 + metadata.len());
     for x in vector {
         out.extend_from_slice(&x.to_le_bytes());
     }
     out.extend_from_slice(metadata.as_bytes());
 }
 
-/// The tables a write touches, kept consistent: one `changes` entry per id, at its last
-/// write.
-struct Tables<'t> {
-    records: redb::Table<'t, u64, &'static [u8]>,
-    tombstones: redb::Table<'t, u64, u64>,
-    changes: redb::Table<'t, (u64, u64), u8>,
+fn read_u64(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+    path: &str,
+) -> Result<Option<u64>, StoreError> {
+    let Some(g) = meta.get(key).map_err(|e| redb_err(path, e))? else {
+        return Ok(None);
+    };
+    let bytes: [u8; 8] = g.value().try_into().map_err(|_| StoreError::Corrupt {
+        path: path.to_string(),
+        detail: format!("{key} has {} bytes, not 8", g.value().len()),
+    })?;
+    Ok(Some(u64::from_le_bytes(bytes)))
 }
 
-impl<'t> Tables<'t> {
-    fn open(txn: &'t redb::WriteTransaction) -> Result<Self, redb::Error> {
+/// The tables a write touches, kept consistent: one `log` entry per id, at its last write,
+/// and `ids` current for every write at or before `ids_seq`. The places the write gives its
+/// ids are kept aside until it commits.
+struct Tables<'t, 'r> {
+    log: redb::Table<'t, (u64, u64), &'static [u8]>,
+    ids: redb::Table<'t, u64, u64>,
+    tombstones: redb::Table<'t, u64, u64>,
+    rows: &'r BTreeMap<u64, u64>,
+    ids_seq: u64,
+    /// Each id this write touched: the seq of its row, or `None`: gone.
+    places: HashMap<u64, Option<u64>>,
+}
+
+impl<'t, 'r> Tables<'t, 'r> {
+    fn open(
+        txn: &'t redb::WriteTransaction,
+        rows: &'r BTreeMap<u64, u64>,
+        ids_seq: u64,
+    ) -> Result<Self, redb::Error> {
         Ok(Tables {
-            records: txn.open_table(RECORDS)?,
+            log: txn.open_table(LOG)?,
+            ids: txn.open_table(IDS)?,
             tombstones: txn.open_table(TOMBSTONES)?,
-            changes: txn.open_table(CHANGES)?,
+            rows,
+            ids_seq,
+            places: HashMap::new(),
         })
     }
 
-    /// Forgets where `id` was last written (its row's or its tombstone's change entry).
-    fn forget(&mut self, id: u64, old_row: Option<u64>) -> Result<(), redb::Error> {
-        if let Some(seq) = old_row {
-            self.changes.remove((seq, id))?;
+    /// Where `id`'s row lies, this write's earlier steps included.
+    fn place(&self, id: u64) -> Option<u64> {
+        match self.places.get(&id) {
+            Some(place) => *place,
+            None => self.rows.get(&id).copied(),
+        }
+    }
+
+    /// Forgets where `id` was last written (its row's or its tombstone's log entry).
+    fn forget(&mut self, id: u64) -> Result<(), redb::Error> {
+        if let Some(seq) = self.place(id) {
+            self.log.remove((seq, id))?;
         }
         if let Some(seq) = self.tombstones.remove(id)?.map(|g| g.value()) {
-            self.changes.remove((seq, id))?;
+            self.log.remove((seq, id))?;
         }
         Ok(())
     }
 
     /// Stores `id`'s encoded row, written at `seq`.
     fn put_row(&mut self, id: u64, seq: u64, value: &[u8]) -> Result<(), redb::Error> {
-        let old = self.records.insert(id, value)?.map(|g| row_seq(g.value()));
-        self.forget(id, old)?;
-        self.changes.insert((seq, id), ROW)?;
+        self.forget(id)?;
+        self.log.insert((seq, id), value)?;
+        if seq <= self.ids_seq {
+            self.ids.insert(id, seq)?;
+        }
+        self.places.insert(id, Some(seq));
         Ok(())
     }
 
     /// Deletes `id` at `seq`, leaving a tombstone; true if a row was there.
     fn put_gone(&mut self, id: u64, seq: u64) -> Result<bool, redb::Error> {
-        let old = self.records.remove(id)?.map(|g| row_seq(g.value()));
-        self.forget(id, old)?;
+        let was = self.place(id).is_some();
+        self.forget(id)?;
         if seq > 0 {
             self.tombstones.insert(id, seq)?;
-            self.changes.insert((seq, id), GONE)?;
+            self.log.insert((seq, id), [].as_slice())?;
         }
-        Ok(old.is_some())
+        if seq <= self.ids_seq {
+            self.ids.remove(id)?;
+        }
+        self.places.insert(id, None);
+        Ok(was)
     }
-}
-
-/// The sequence number at the front of an encoded row.
-fn row_seq(value: &[u8]) -> u64 {
-    value
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
 }
 
 fn set_seq(txn: &redb::WriteTransaction, seq: u64) -> Result<(), redb::Error> {
@@ -1420,11 +1551,10 @@ mod tests {
     }
 
     #[test]
-    fn a_copy_by_pages_holds_the_primarys_changes_once_finished() {
+    fn a_copy_of_every_change_holds_the_primarys_rows_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let mut primary =
             Store::open(&store_path(dir.path(), &test_name(0)), 2, Metric::Dot).unwrap();
-        // Ids written out of order, so an id-order scan meets scattered sequence numbers.
         for ids in [[7u64, 3], [1, 9], [5, 2], [3, 8]] {
             let rows = ids
                 .iter()
@@ -1435,45 +1565,178 @@ mod tests {
         primary.delete(&[9, 4], 2).unwrap(); // seq 5, epoch 2
         let history = primary.history().clone();
 
+        // Pages of 3, each installed with the sequence number it covers, as recovery does.
         let mut copy = Store::open(&store_path(dir.path(), &test_name(1)), 2, Metric::Dot).unwrap();
-        let mut written = Vec::new();
-        let mut after = 0;
+        let mut after = (0, u64::MAX);
         loop {
-            let (page, more) = primary.scan(after..=u64::MAX, 3, usize::MAX).unwrap();
-            let rows: Vec<VectorRecord> = page
-                .iter()
-                .map(|r| VectorRecord {
-                    id: r.id,
-                    vector: r.vector.clone(),
-                    metadata: r.metadata.clone(),
-                })
-                .collect();
-            let seqs: Vec<u64> = page.iter().map(|r| r.seq).collect();
-            let stored = copy.install_copied(&rows, &seqs).unwrap();
-            assert_eq!(stored.len(), rows.len());
-            written.extend(page.iter().map(|r| (r.seq, r.id)));
-            match (more, page.last()) {
-                (true, Some(last)) => after = last.id + 1,
-                _ => break,
+            let (page, next) = primary.changes_after(after, 3, usize::MAX).unwrap();
+            let covered = next.map_or(primary.seq(), |(s, _)| s - 1);
+            copy.install(&page, covered, &history).unwrap();
+            match next {
+                Some(n) => after = n,
+                None => break,
             }
         }
-        let (gone, _) = primary.tombstones_after(None, 100).unwrap();
-        assert!(copy.install_tombstones(&gone).unwrap().is_empty());
-        assert_eq!(copy.seq(), 0, "nothing counts as copied before the end");
-        copy.finish_copy(&mut written, primary.seq(), &history)
-            .unwrap();
-
         let everything = |s: &Store| s.changes_after((0, u64::MAX), 100, usize::MAX).unwrap().0;
         assert_eq!(everything(&copy), everything(&primary));
         assert_eq!((copy.seq(), copy.history()), (5, &history));
         assert_eq!(copy.load_all().unwrap(), primary.load_all().unwrap());
-        // A store that holds writes takes no copied pages: they would skip its history.
-        let err = copy
-            .install_copied(&[record(11, vec![1.0, 1.0], "{}")], &[6])
-            .unwrap_err();
-        assert!(err.to_string().contains("holds writes up to 5"), "{err}");
+        assert_eq!(copy.tombstones().unwrap(), primary.tombstones().unwrap());
         drop(copy);
         let reopened = Store::open(&store_path(dir.path(), &test_name(1)), 2, Metric::Dot).unwrap();
         assert_eq!(everything(&reopened), everything(&primary));
+        assert_eq!(reopened.load_all().unwrap(), primary.load_all().unwrap());
+    }
+
+    /// Every row's place, as an open finds it, against the rows as they were written.
+    fn assert_reopens_as(path: &Path, expected: &[StoredRecord], tombstones: &[(u64, u64)]) {
+        let store = Store::open(path, 2, Metric::Dot).unwrap();
+        assert_eq!(store.load_all().unwrap(), expected);
+        assert_eq!(store.row_count().unwrap(), expected.len() as u64);
+        assert_eq!(store.tombstones().unwrap(), tombstones);
+        let mut seen = Vec::new();
+        store
+            .for_each(|r| {
+                seen.push(r);
+                Ok::<_, StoreError>(())
+            })
+            .unwrap();
+        seen.sort_by_key(|r| r.id);
+        assert_eq!(seen, expected);
+    }
+
+    #[test]
+    fn rows_are_found_again_after_ids_was_written_and_after_writes_older_than_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), &test_name(0));
+        let b = |ids: &[u64], x: f32| {
+            batch(
+                ids.iter()
+                    .map(|&i| record(i, vec![i as f32, x], ""))
+                    .collect(),
+            )
+        };
+        let mut store = Store::open(&path, 2, Metric::Dot).unwrap();
+        store.upsert(&b(&[1, 2, 3, 4], 1.0), 1).unwrap(); // 1
+        store.delete(&[2], 1).unwrap(); // 2
+        store.write_ids().unwrap();
+        assert_eq!((store.ids_seq, store.unindexed.len()), (2, 0));
+        // After `ids_seq`: a row written anew, a delete, a new row (read from the log on open).
+        store.upsert(&b(&[3, 5], 2.0), 1).unwrap(); // 3
+        store.delete(&[1], 1).unwrap(); // 4
+        // At or before `ids_seq`: an undo installs older versions (written to `ids` at once).
+        store
+            .install(
+                &[
+                    Change::Row {
+                        seq: 2,
+                        record: record(2, vec![2.0, 9.0], ""),
+                    },
+                    Change::Gone { seq: 0, id: 4 },
+                ],
+                4,
+                &[(1, 1)],
+            )
+            .unwrap();
+        let expected = store.load_all().unwrap();
+        let tombstones = store.tombstones().unwrap();
+        assert_eq!(
+            expected.iter().map(|r| (r.id, r.seq)).collect::<Vec<_>>(),
+            vec![(2, 2), (3, 3), (5, 3)]
+        );
+        drop(store);
+        assert_reopens_as(&path, &expected, &tombstones);
+        // And once more after `ids` is written again from what the open found.
+        let mut store = Store::open(&path, 2, Metric::Dot).unwrap();
+        assert_eq!(
+            store.unindexed.len(),
+            3,
+            "the log after ids_seq: 3, 5 and 1"
+        );
+        store.write_ids().unwrap();
+        store.upsert(&b(&[6], 3.0), 1).unwrap();
+        let expected = store.load_all().unwrap();
+        drop(store);
+        assert_reopens_as(&path, &expected, &tombstones);
+    }
+
+    #[test]
+    fn ids_is_written_anew_each_time_a_quarter_of_the_rows_were_written() {
+        assert!(!index_due(INDEX_AFTER_IDS - 1, 0));
+        assert!(index_due(INDEX_AFTER_IDS, 0));
+        assert!(!index_due(INDEX_AFTER_IDS, 1_000_000));
+        assert!(index_due(250_000, 1_000_000));
+    }
+
+    #[test]
+    fn a_file_of_the_first_layout_is_upgraded_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), &test_name(0));
+        // Layout 1, as the first version wrote it: rows 1 (seq 1) and 3 (seq 3), 2 deleted
+        // at seq 2.
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut records = txn.open_table(OLD_RECORDS).unwrap();
+                let mut changes = txn.open_table(OLD_CHANGES).unwrap();
+                let mut tombstones = txn.open_table(TOMBSTONES).unwrap();
+                let mut epochs = txn.open_table(EPOCHS).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                let mut row = Vec::new();
+                for (id, seq, meta_text) in [(1u64, 1u64, "{\"a\":1}"), (3, 3, "{}")] {
+                    encode_row(&mut row, &[id as f32, 1.0], meta_text);
+                    let value = [seq.to_le_bytes().as_slice(), &row].concat();
+                    records.insert(id, value.as_slice()).unwrap();
+                    changes.insert((seq, id), 1).unwrap();
+                }
+                changes.insert((2, 2), GONE).unwrap();
+                tombstones.insert(2, 2).unwrap();
+                epochs.insert(1, 1).unwrap();
+                meta.insert("shape", "dimension 2 metric dot".as_bytes())
+                    .unwrap();
+                meta.insert("seq", 3u64.to_le_bytes().as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = Store::open(&path, 2, Metric::Dot).unwrap();
+        assert_eq!((store.seq(), store.history()), (3, &vec![(1, 1)]));
+        let upgraded = store.load_all().unwrap();
+        assert_eq!(
+            store.load_all().unwrap(),
+            vec![
+                StoredRecord {
+                    id: 1,
+                    seq: 1,
+                    vector: vec![1.0, 1.0],
+                    metadata: "{\"a\":1}".into()
+                },
+                StoredRecord {
+                    id: 3,
+                    seq: 3,
+                    vector: vec![3.0, 1.0],
+                    metadata: "{}".into()
+                },
+            ]
+        );
+        let (changes, _) = store.changes_after((0, u64::MAX), 10, usize::MAX).unwrap();
+        let seen: Vec<(u64, u64)> = changes.iter().map(|c| (c.seq(), c.id())).collect();
+        assert_eq!(seen, vec![(1, 1), (2, 2), (3, 3)]);
+        assert_eq!(changes[1], Change::Gone { seq: 2, id: 2 });
+        drop(store);
+        // Upgraded once: the old tables are gone, and an open finds the rows in the new ones.
+        assert_reopens_as(&path, &upgraded, &[(2, 2)]);
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_read().unwrap();
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n == "records" || n == "changes"),
+            "{names:?}"
+        );
     }
 }

@@ -6,11 +6,10 @@
 //!    since are set to the primary's versions of them ([`PartitionRequest::Versions`]), or,
 //!    when nothing is shared, it starts empty;
 //! 3. it copies every change after that point, page by page ([`PartitionRequest::Changes`]);
-//!    a row written again meanwhile comes again in a later page. When nothing is shared it
-//!    first streams every row in id order ([`PartitionRequest::Rows`], a sequential read
-//!    of the primary's file), then replays the changes after the sequence number the primary
-//!    was at when that began: a row written during the copy is copied again, a deleted one
-//!    deleted, so the fuzzy copy ends exact;
+//!    a row written again meanwhile comes again in a later page. When nothing is shared that
+//!    is every row and delete the primary holds, in the order they were written: a sequential
+//!    read of the primary's log, appended to this replica's. Each page is durable with the
+//!    sequence number it covers, so a copy that stops half way goes on from there;
 //! 4. it asks to join ([`PartitionRequest::Join`]): the primary sends what came after the
 //!    last page, between two writes, and vouches for it to the control plane.
 //!
@@ -25,7 +24,7 @@ use ractor::ActorRef;
 use super::{Identity, StorageFailure, locked, page_cap, read};
 use crate::partition::replication::Role;
 use crate::partition::{
-    Change, MAX_GET_IDS, Partition, PartitionAnswer, PartitionFailure, PartitionRequest, remote,
+    MAX_GET_IDS, Partition, PartitionAnswer, PartitionFailure, PartitionRequest, remote,
 };
 use crate::replica::ReplicaMsg;
 
@@ -169,92 +168,10 @@ impl Recovery {
         let limit = u32::try_from(page_cap(self.dim)).unwrap_or(u32::MAX);
         let mut copied = 0usize;
         let mut installing: Option<tokio::task::JoinHandle<_>> = None;
-        // 3a. Nothing shared: every row, in id order; then the changes after `from`.
-        let mut from = common;
-        if common == 0 {
-            // Whatever a copy that stopped half way left goes first (its rows have no change
-            // entries yet, see `Partition::install_copied`).
-            locked(&self.partition, |p| p.reset()).await??;
-            let mut after = None;
-            let mut started: Option<(u64, Vec<(u64, u64)>)> = None;
-            let mut written: Vec<(u64, u64)> = Vec::new();
-            loop {
-                let answer = ask(PartitionRequest::Rows { after, limit }).await;
-                if let Some(previous) = installing.take() {
-                    previous
-                        .await
-                        .map_err(|e| Attempt::Fatal(format!("an install task failed: {e}")))???;
-                }
-                let PartitionAnswer::Rows {
-                    rows,
-                    next,
-                    seq,
-                    history,
-                } = answer?
-                else {
-                    return Err(Attempt::Retry("not an answer to rows".into()));
-                };
-                started.get_or_insert((seq, history));
-                copied += rows.len();
-                let mut seqs = Vec::with_capacity(rows.len());
-                let mut records = Vec::with_capacity(rows.len());
-                for change in rows {
-                    let Change::Row { seq, record } = change else {
-                        return Err(Attempt::Retry("a delete among copied rows".into()));
-                    };
-                    written.push((seq, record.id));
-                    seqs.push(seq);
-                    records.push(record);
-                }
-                let partition = self.partition.clone();
-                installing = Some(tokio::spawn(async move {
-                    locked(&partition, move |p| p.install_copied(&records, &seqs)).await
-                }));
-                match next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-            if let Some(previous) = installing.take() {
-                previous
-                    .await
-                    .map_err(|e| Attempt::Fatal(format!("an install task failed: {e}")))???;
-            }
-            // The deletes the primary remembers, so that this copy keeps them too (a row
-            // copied before its delete goes, and so does its change entry).
-            let mut after = None;
-            let mut removed_rows = std::collections::HashSet::new();
-            loop {
-                let PartitionAnswer::Tombstones { gone, next } =
-                    ask(PartitionRequest::Tombstones {
-                        after,
-                        limit: 65_536,
-                    })
-                    .await?
-                else {
-                    return Err(Attempt::Retry("not an answer to tombstones".into()));
-                };
-                let removed =
-                    locked(&self.partition, move |p| p.install_tombstones(&gone)).await??;
-                removed_rows.extend(removed);
-                match next {
-                    Some(n) => after = Some(n),
-                    None => break,
-                }
-            }
-            written.retain(|(_, id)| !removed_rows.contains(id));
-            // Until the whole scan and the deletes are in, this copy holds no sequence number
-            // of its own.
-            let (start, start_history) = started.unwrap_or_default();
-            locked(&self.partition, move |p| {
-                p.finish_copy(&mut written, start, &start_history)
-            })
-            .await??;
-            from = start;
-        }
-        // 3b. Every change after `from`: the next page is asked for while the last one
-        // installs (pages install in order: one install at a time).
-        let mut after = (from, u64::MAX);
+        // 3. Every change after `common` (all of them when nothing is shared): the next page
+        // is asked for while the last one installs (pages install in order: one install at a
+        // time).
+        let mut after = (common, u64::MAX);
         loop {
             let answer = ask(PartitionRequest::Changes { after, limit }).await;
             if let Some(previous) = installing.take() {
