@@ -680,21 +680,6 @@ impl Partition {
         Ok(self.store.tombstones_after(after, limit)?)
     }
 
-    /// See [`Store::install_tombstones`]: durable first, then gone from memory. Returns the
-    /// ids whose rows went.
-    pub fn install_tombstones(&mut self, gone: &[(u64, u64)]) -> Result<Vec<u64>, PartitionError> {
-        let removed = self.store.install_tombstones(gone)?;
-        self.index_remove(&removed)
-            .map_err(|e| PartitionError::Diverged {
-                seq: self.store.seq(),
-                reason: e.to_string(),
-            })?;
-        for &id in &removed {
-            self.metadata.remove(id);
-        }
-        Ok(removed)
-    }
-
     /// See [`Store::versions`].
     pub fn versions(&self, ids: &[u64]) -> Result<Vec<Change>, PartitionError> {
         Ok(self.store.versions(ids)?)

@@ -851,37 +851,6 @@ impl Store {
         Ok((out, None))
     }
 
-    /// Takes deletes copied from a primary (`(id, seq)`) unless this store already holds a
-    /// newer write of the id, in one durable transaction; leaves the sequence number and the
-    /// history alone. Returns the ids whose rows were removed.
-    pub fn install_tombstones(&mut self, gone: &[(u64, u64)]) -> Result<Vec<u64>, StoreError> {
-        let p = self.path.clone();
-        let txn = self.db.begin_write().map_err(|e| redb_err(&p, e))?;
-        let mut removed = Vec::new();
-        let places = {
-            let mut t =
-                Tables::open(&txn, &self.rows, self.ids_seq).map_err(|e| redb_err(&p, e))?;
-            for &(id, seq) in gone {
-                let row = t.place(id);
-                let tomb = t
-                    .tombstones
-                    .get(id)
-                    .map_err(|e| redb_err(&p, e))?
-                    .map(|g| g.value());
-                if row.is_some_and(|r| r >= seq) || tomb.is_some_and(|t| t >= seq) {
-                    continue;
-                }
-                if t.put_gone(id, seq).map_err(|e| redb_err(&p, e))? {
-                    removed.push(id);
-                }
-            }
-            t.places
-        };
-        txn.commit().map_err(|e| redb_err(&p, e))?;
-        self.placed(places)?;
-        Ok(removed)
-    }
-
     /// The current state of each id, in the order asked: its row, or that it is gone (with
     /// the seq of its tombstone, 0 when there is none).
     pub fn versions(&self, ids: &[u64]) -> Result<Vec<Change>, StoreError> {
@@ -1506,7 +1475,7 @@ mod tests {
     }
 
     #[test]
-    fn copied_deletes_never_remove_a_newer_write() {
+    fn deletes_are_read_by_id_page_by_page() {
         let dir = tempfile::tempdir().unwrap();
         let mut primary =
             Store::open(&store_path(dir.path(), &test_name(0)), 2, Metric::Dot).unwrap();
@@ -1521,33 +1490,12 @@ mod tests {
         primary.delete(&[2, 3], 1).unwrap(); // 2
         primary.delete(&[9], 1).unwrap(); // 3
         let (gone, next) = primary.tombstones_after(None, 2).unwrap();
-        assert_eq!((gone.clone(), next), (vec![(2, 2), (3, 2)], Some(3)));
+        assert_eq!((gone, next), (vec![(2, 2), (3, 2)], Some(3)));
         let (rest, next) = primary.tombstones_after(Some(3), 10).unwrap();
-        assert_eq!((rest.clone(), next), (vec![(9, 3)], None));
-        // A copy that already holds a newer write of 3 (seq 5) and an older one of 2 (seq 1).
-        let mut copy = Store::open(&store_path(dir.path(), &test_name(1)), 2, Metric::Dot).unwrap();
-        copy.install(
-            &[
-                Change::Row {
-                    seq: 1,
-                    record: record(2, vec![2.0, 1.0], ""),
-                },
-                Change::Row {
-                    seq: 5,
-                    record: record(3, vec![3.0, 1.0], ""),
-                },
-            ],
-            0,
-            &[],
-        )
-        .unwrap();
-        let mut all = gone;
-        all.extend(rest);
-        assert_eq!(copy.install_tombstones(&all).unwrap(), vec![2]);
-        assert!(copy.get(&[2]).unwrap().is_empty());
-        assert_eq!(copy.get(&[3]).unwrap().len(), 1, "a newer write stays");
-        assert_eq!(copy.tombstones().unwrap(), vec![(2, 2), (9, 3)]);
-        assert_eq!(copy.seq(), 0, "the sequence number is left alone");
+        assert_eq!((rest, next), (vec![(9, 3)], None));
+        // A row written again is no longer deleted.
+        primary.upsert(&b(&[3]), 1).unwrap();
+        assert_eq!(primary.tombstones().unwrap(), vec![(2, 2), (9, 3)]);
     }
 
     #[test]

@@ -20,10 +20,11 @@ use arbor_client::GatewayClient;
 use arbor_proto::gateway::{CreateCollectionJob, JobSpec};
 use arbor_proto::results::CollectionsResult;
 use arbor_proto::snapshot::{
-    ClusterBackup, ExportFrom, ExportJob, ExportPage, ImportJob, ImportRow, Imported, PackedRows,
-    RestoreJob, Restored, RowData,
+    ClusterBackup, ExportFrom, ExportJob, ExportPage, ImportJob, ImportRow, Imported,
+    PackedExportPage, PackedRows, RestoreJob, Restored, RowData,
 };
 use arbor_scheduler::state::CollectionSpec;
+use futures::StreamExt;
 use indicatif::ProgressBar;
 
 use super::{GatewayArgs, parse_data, rows_bar, run_job};
@@ -33,12 +34,14 @@ use file::{
 };
 
 /// Rows asked per export page.
-const EXPORT_PAGE_ROWS: u32 = 512;
+const EXPORT_PAGE_ROWS: u32 = 2048;
 /// About the most bytes of rows (as JSON) one import job carries.
 const IMPORT_JOB_BYTES: usize = 2 << 20;
 /// How often one partition's export starts again after a failover before the snapshot gives
 /// up.
 const EXPORT_TRIES: u32 = 5;
+/// Partitions a snapshot reads at once.
+const READ_IN_FLIGHT: usize = 4;
 /// How long a restore waits for the new collection to take its first rows.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -76,7 +79,7 @@ pub async fn snapshot(gw: &GatewayArgs, name: &str, out: &Path) -> anyhow::Resul
         .with_context(|| format!("cannot write {}", out.display()))?;
     // ctrl-c drops the reading (its spool files with it) and removes the partial file.
     let written = tokio::select! {
-        written = write_snapshot(&mut client, name, &header, &mut writer, out) => written,
+        written = write_snapshot(gw, name, &header, &mut writer, out) => written,
         _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted: no snapshot was written")),
     };
     match written {
@@ -100,7 +103,7 @@ pub async fn snapshot(gw: &GatewayArgs, name: &str, out: &Path) -> anyhow::Resul
 }
 
 async fn write_snapshot(
-    client: &mut GatewayClient,
+    gw: &GatewayArgs,
     name: &str,
     header: &SnapshotHeader,
     writer: &mut SealedWriter,
@@ -110,27 +113,48 @@ async fn write_snapshot(
     line.push(b'\n');
     writer.write(&line)?;
     let bar = rows_bar(&format!("snapshot {name}"), None);
+    // Partitions are read at once, each on a connection of its own (one page at a time,
+    // one after another, the nodes mostly waited), and written in order as they end.
+    let reads = futures::stream::iter(0..header.partitions)
+        .map(|partition| read_with_retries(gw, name, partition, header.dimension, out, &bar))
+        .buffered(READ_IN_FLIGHT);
+    futures::pin_mut!(reads);
     let mut total = 0;
-    for partition in 0..header.partitions {
-        let mut tries = 0;
-        let read = loop {
-            tries += 1;
-            match read_partition(client, name, partition, header.dimension, out, &bar).await? {
-                Some(read) => break read,
-                None if tries < EXPORT_TRIES => {
-                    bar.println(format!(
-                        "partition {partition}: its primary changed during the snapshot; reading it again"
-                    ));
-                }
-                None => bail!(
-                    "partition {partition} of {name:?} changed primary {EXPORT_TRIES} times during the snapshot; try again once the cluster is steady"
-                ),
-            }
-        };
-        total += read.write_to(writer, partition, header.dimension)?;
+    let mut partition = 0;
+    while let Some(read) = reads.next().await {
+        total += read?.write_to(writer, partition, header.dimension)?;
+        partition += 1;
     }
     bar.finish_and_clear();
     Ok(total)
+}
+
+/// Reads one partition on a connection of its own, again while its primary changes during
+/// the read (at most [`EXPORT_TRIES`] times).
+async fn read_with_retries(
+    gw: &GatewayArgs,
+    name: &str,
+    partition: u32,
+    dim: u32,
+    out: &Path,
+    bar: &ProgressBar,
+) -> anyhow::Result<ReadPartition> {
+    let mut client = gw.connect().await?;
+    for _ in 1..EXPORT_TRIES {
+        match read_partition(&mut client, name, partition, dim, out, bar).await? {
+            Some(read) => return Ok(read),
+            None => bar.println(format!(
+                "partition {partition}: its primary changed during the snapshot; reading it again"
+            )),
+        }
+    }
+    read_partition(&mut client, name, partition, dim, out, bar)
+        .await?
+        .ok_or_else(|| {
+            anyhow!(
+                "partition {partition} of {name:?} changed primary {EXPORT_TRIES} times during the snapshot; try again once the cluster is steady"
+            )
+        })
 }
 
 /// A spool file, removed when dropped: a snapshot that fails or is interrupted leaves none.
@@ -217,8 +241,11 @@ async fn export_page(
         partition,
         from,
         limit: EXPORT_PAGE_ROWS,
+        packed: true,
     });
-    parse_data(run_job(client, job, "export").await?, "export")
+    let page: PackedExportPage = parse_data(run_job(client, job, "export").await?, "export")?;
+    page.unpack()
+        .with_context(|| format!("partition {partition} sent a page that does not unpack"))
 }
 
 /// Reads a partition from its primary; `None` when a page came from a primary with another

@@ -5,7 +5,9 @@
 use super::*;
 use arbor_actors::partition::VectorRecord;
 use arbor_actors::retrieval::{RetrievalAnswer, RetrievalRequest};
-use arbor_proto::snapshot::{ClusterBackup, ExportJob, ImportJob, Imported, RestoreJob, Restored};
+use arbor_proto::snapshot::{
+    ClusterBackup, ExportJob, ImportJob, Imported, PackedExportPage, RestoreJob, Restored,
+};
 use arbor_scheduler::state::DeploymentSpec;
 
 use super::retrieval::ask_coordinator;
@@ -18,6 +20,7 @@ pub(super) async fn export(env: &Env, e: ExportJob) -> Result<Value, JobFailure>
         limit: e.limit,
     };
     match ask_coordinator(env, &coordinator, request).await? {
+        RetrievalAnswer::Exported(page) if e.packed => data(PackedExportPage::from(page)),
         RetrievalAnswer::Exported(page) => data(page),
         other => Err(internal(format!(
             "coordinator {coordinator:?} answered an export with {other:?}"
