@@ -576,7 +576,7 @@ impl Store {
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = seq;
         self.history = history;
-        self.placed(places)
+        Ok(self.placed(places))
     }
 
     /// Records `epoch` in the history if `seq` is its first write; returns the new history.
@@ -595,8 +595,9 @@ impl Store {
     }
 
     /// Takes the places a committed write gave its ids, and writes `ids` anew once enough
-    /// ids were written since it last was ([`index_due`]).
-    fn placed(&mut self, places: HashMap<u64, Option<u64>>) -> Result<u64, StoreError> {
+    /// ids were written since it last was ([`index_due`]). Never fails: the write is
+    /// committed already.
+    fn placed(&mut self, places: HashMap<u64, Option<u64>>) -> u64 {
         for (id, place) in places {
             match place {
                 Some(seq) => self.rows.insert(id, seq),
@@ -605,9 +606,13 @@ impl Store {
             self.unindexed.push(id);
         }
         if index_due(self.unindexed.len(), self.rows.len()) {
-            self.write_ids()?;
+            // The write is durable whatever happens here: a failure only leaves `ids` as it
+            // was (still right, with the log after it), to be written at a later write.
+            if let Err(e) = self.write_ids() {
+                tracing::warn!(path = %self.path, error = %e, "could not write the ids table; trying again later");
+            }
         }
-        Ok(self.seq)
+        self.seq
     }
 
     /// Brings `ids` up to date with every row's place, so that an open reads the log only
@@ -616,7 +621,7 @@ impl Store {
     /// log after it.
     fn write_ids(&mut self) -> Result<(), StoreError> {
         let p = self.path.clone();
-        let mut written = std::mem::take(&mut self.unindexed);
+        let mut written = self.unindexed.clone();
         written.sort_unstable();
         written.dedup();
         let ids_seq = self.seq.max(self.ids_seq);
@@ -638,6 +643,7 @@ impl Store {
         }
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.ids_seq = ids_seq;
+        self.unindexed.clear();
         Ok(())
     }
 
@@ -676,7 +682,7 @@ impl Store {
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = seq;
         self.history = history;
-        self.placed(places)?;
+        self.placed(places);
         Ok((seq, removed))
     }
 
@@ -740,7 +746,7 @@ impl Store {
         txn.commit().map_err(|e| redb_err(&p, e))?;
         self.seq = seq;
         self.history = history.iter().copied().filter(|(_, s)| *s <= seq).collect();
-        self.placed(places)?;
+        self.placed(places);
         Ok(out)
     }
 
