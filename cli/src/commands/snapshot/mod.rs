@@ -35,13 +35,15 @@ use file::{
 
 /// Rows asked per export page.
 const EXPORT_PAGE_ROWS: u32 = 2048;
-/// About the most bytes of rows (as JSON) one import job carries.
+/// About the most bytes of rows (packed) one import job carries.
 const IMPORT_JOB_BYTES: usize = 2 << 20;
 /// How often one partition's export starts again after a failover before the snapshot gives
 /// up.
 const EXPORT_TRIES: u32 = 5;
 /// Partitions a snapshot reads at once.
 const READ_IN_FLIGHT: usize = 4;
+/// Import jobs a restore keeps in flight (after its first).
+const RESTORE_IN_FLIGHT: usize = 4;
 /// How long a restore waits for the new collection to take its first rows.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -395,29 +397,45 @@ pub async fn restore(gw: &GatewayArgs, path: &Path, name: Option<String>) -> any
     let bar = rows_bar(&format!("restore {name}"), Some(rows));
     let mut r = PayloadReader::open(path, SNAPSHOT_MAGIC, payload)?;
     r.header()?;
+    // The first job waits for the new collection to run; the rest go RESTORE_IN_FLIGHT at a
+    // time, each on a connection of its own.
+    let mut sender: Option<Sender> = None;
     let mut batch: Vec<ImportRow> = Vec::new();
     let mut bytes = 0;
-    let mut first = true;
     let mut written = 0;
     while let Some((_, _, n)) = r.section()? {
         for _ in 0..n {
             let row = r.row(header.dimension)?;
-            bytes += row.metadata.len() + row.vector.len() * 14 + 64;
+            // Packed: a vector's base64, and the metadata's text escaped in JSON.
+            bytes += row.metadata.len() * 2 + row.vector.len() * 6 + 64;
             batch.push(ImportRow {
                 id: row.id,
                 vector: row.vector,
                 metadata: row.metadata,
             });
             if bytes >= IMPORT_JOB_BYTES || batch.len() == arbor_proto::snapshot::MAX_IMPORT_ROWS {
-                written += import(&mut client, &name, std::mem::take(&mut batch), first).await?;
-                (bytes, first) = (0, false);
-                bar.set_position(written);
+                let rows = std::mem::take(&mut batch);
+                bytes = 0;
+                match &mut sender {
+                    Some(sender) => sender.send(rows).await?,
+                    None => {
+                        written += import(&mut client, &name, rows, true).await?;
+                        bar.set_position(written);
+                        sender = Some(Sender::start(gw, &name, &bar).await?);
+                    }
+                }
             }
         }
     }
-    if !batch.is_empty() {
-        written += import(&mut client, &name, batch, first).await?;
-        bar.set_position(written);
+    match sender {
+        Some(mut sender) => {
+            if !batch.is_empty() {
+                sender.send(batch).await?;
+            }
+            written += sender.finish().await?;
+        }
+        None if !batch.is_empty() => written += import(&mut client, &name, batch, true).await?,
+        None => {}
     }
     bar.finish_and_clear();
     println!(
@@ -427,6 +445,75 @@ pub async fn restore(gw: &GatewayArgs, path: &Path, name: Option<String>) -> any
         path.display()
     );
     Ok(())
+}
+
+/// Import jobs sent by [`RESTORE_IN_FLIGHT`] tasks, each on a connection of its own.
+struct Sender {
+    jobs: Option<tokio::sync::mpsc::Sender<Vec<ImportRow>>>,
+    tasks: tokio::task::JoinSet<anyhow::Result<u64>>,
+}
+
+impl Sender {
+    async fn start(gw: &GatewayArgs, collection: &str, bar: &ProgressBar) -> anyhow::Result<Self> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<ImportRow>>(RESTORE_IN_FLIGHT);
+        let rx = std::sync::Arc::new(tokio::sync::Mutex::new(rx));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..RESTORE_IN_FLIGHT {
+            let mut client = gw.connect().await?;
+            let (rx, bar, collection) = (rx.clone(), bar.clone(), collection.to_owned());
+            tasks.spawn(async move {
+                let mut written = 0;
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    let Some(rows) = next else {
+                        client.close().await;
+                        return Ok(written);
+                    };
+                    let n = import(&mut client, &collection, rows, false).await?;
+                    written += n;
+                    bar.inc(n);
+                }
+            });
+        }
+        Ok(Sender {
+            jobs: Some(tx),
+            tasks,
+        })
+    }
+
+    /// Hands one job to the tasks; fails with the first task's error once they stopped.
+    async fn send(&mut self, rows: Vec<ImportRow>) -> anyhow::Result<()> {
+        let sent = match &self.jobs {
+            Some(jobs) => jobs.send(rows).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            return Ok(());
+        }
+        self.jobs = None;
+        self.finish().await?;
+        bail!("the restore's import tasks stopped")
+    }
+
+    /// Waits for the jobs handed over; the rows they wrote, or the first error.
+    async fn finish(&mut self) -> anyhow::Result<u64> {
+        self.jobs = None;
+        let mut written = 0;
+        while let Some(done) = self.tasks.join_next().await {
+            match done {
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => {
+                    self.tasks.abort_all();
+                    return Err(e);
+                }
+                Err(e) => {
+                    self.tasks.abort_all();
+                    return Err(anyhow!("a restore task failed: {e}"));
+                }
+            }
+        }
+        Ok(written)
+    }
 }
 
 /// One import job; the first waits (up to [`READY_TIMEOUT`]) for the new collection's
