@@ -26,7 +26,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 const DIM: usize = 384;
-const BATCH: usize = 5_000;
+/// Rows per durable write: about what one partition of four gets from one `arbor ingest` job.
+const BATCH: usize = 500;
 const LATENCY_QUERIES: usize = 50;
 
 fn rows_wanted() -> usize {
@@ -92,7 +93,8 @@ fn write_rows(path: &Path, rows: usize) {
     for first in (0..rows).step_by(BATCH) {
         let records: Vec<VectorRecord> = (first..(first + BATCH).min(rows))
             .map(|i| VectorRecord {
-                id: i as u64,
+                // Scattered, as chunk ids (hashes) are: rows do not arrive in id order.
+                id: (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                 vector: random_vector(&mut rng),
                 metadata: chunk_metadata(i),
             })
