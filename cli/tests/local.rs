@@ -1,6 +1,8 @@
 //! `arbor local embed|generate` with the real models (scripts/fetch-models.sh puts them in
 //! place; CI runs it first).
 
+mod common;
+
 use std::process::{Command, Output};
 
 fn arbor(args: &[&str]) -> Output {
@@ -43,6 +45,23 @@ fn embed_prints_normalized_vectors() {
         let norm = e.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
     }
+}
+
+#[test]
+fn embed_takes_another_model() {
+    let text = "The quick brown fox jumps over the lazy dog.";
+    let out = ok_stdout(arbor(&[
+        "local",
+        "embed",
+        "--model",
+        "paraphrase-MiniLM-L3-v2",
+        text,
+    ]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["model"], "paraphrase-MiniLM-L3-v2");
+    assert_eq!(v["dim"], 384);
+    let got: Vec<f64> = serde_json::from_value(v["embeddings"][0].clone()).unwrap();
+    common::assert_paraphrase_reference(text, &got);
 }
 
 #[test]

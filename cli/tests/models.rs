@@ -1,8 +1,9 @@
 //! Models named by deployments, on a real 3-process cluster with the real files (after
 //! scripts/fetch-models.sh): a model replica runs a K-quant GGUF that llama.cpp's quantizer
-//! made and answers `arbor generate`; an embedder names its model folder and answers
-//! `arbor embed`; deployments whose model is missing, outside the models dir or larger than
-//! their memory are refused by `arbor deploy` with the reason, and nothing is recorded.
+//! made and answers `arbor generate`; an embedder names another model's folder
+//! (paraphrase-MiniLM-L3-v2) and answers `arbor embed` as sentence-transformers does;
+//! deployments whose model is missing, outside the models dir or larger than their memory
+//! are refused by `arbor deploy` with the reason, and nothing is recorded.
 
 mod common;
 
@@ -46,7 +47,7 @@ async fn deployments_name_their_models_and_bad_ones_are_refused_at_submit() {
     assert!(out.contains("deployment kq created"), "{out}");
     let out = c.deploy(
         "emb.toml",
-        "name = \"emb\"\nkind = \"embedder\"\nreplicas = 1\n[config]\nmodel = \"all-MiniLM-L6-v2\"\n",
+        "name = \"emb\"\nkind = \"embedder\"\nreplicas = 1\n[config]\nmodel = \"paraphrase-MiniLM-L3-v2\"\n",
     );
     assert!(out.contains("deployment emb created"), "{out}");
     for name in ["kq", "emb"] {
@@ -62,8 +63,11 @@ async fn deployments_name_their_models_and_bad_ones_are_refused_at_submit() {
         "What is the capital of France?",
     ]);
     assert!(answer.trim().len() > 3, "no answer: {answer:?}");
-    let embedded: Value = serde_json::from_str(&c.arbor(&["embed", "a text"])).unwrap();
+    let text = "Hello, world!";
+    let embedded: Value = serde_json::from_str(&c.arbor(&["embed", text])).unwrap();
     assert_eq!(embedded["dim"], 384, "{embedded}");
+    let got: Vec<f64> = serde_json::from_value(embedded["vectors"][0].clone()).unwrap();
+    common::assert_paraphrase_reference(text, &got);
     // The replicas' own series, on the nodes that run them.
     let pages = common::http::all_metrics(&c.config).await;
     for (prefix, least) in [

@@ -97,6 +97,37 @@ impl Drop for NodeProc {
     }
 }
 
+/// Checks `got` against the embedding sentence-transformers made of `text` with
+/// paraphrase-MiniLM-L3-v2 (the kernels' fixture, scripts/embedding-reference.py): the same
+/// direction, and the same length, since that model does not normalize.
+pub fn assert_paraphrase_reference(text: &str, got: &[f64]) {
+    let fixture: serde_json::Value = serde_json::from_str(include_str!(
+        "../../../kernels/tests/fixtures/embeddings-paraphrase-MiniLM-L3-v2.json"
+    ))
+    .unwrap();
+    let case = fixture["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["text"] == text)
+        .unwrap_or_else(|| panic!("{text:?} is not in the fixture"));
+    let want: Vec<f64> = serde_json::from_value(case["embedding"].clone()).unwrap();
+    assert_eq!(got.len(), want.len());
+    let norm = |v: &[f64]| v.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let dot: f64 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+    let cos = dot / (norm(got) * norm(&want));
+    assert!(
+        cos >= 0.999,
+        "{text:?}: cosine {cos} with sentence-transformers"
+    );
+    assert!(
+        (norm(got) - norm(&want)).abs() < 1e-2 * norm(&want),
+        "{text:?}: norm {} against {}",
+        norm(got),
+        norm(&want)
+    );
+}
+
 pub fn arbor(args: &[&str], secret: Option<&str>) -> Output {
     arbor_as(args, secret, None)
 }

@@ -1,7 +1,8 @@
-//! Sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2 by default, bge-small and
-//! the like from their folders): a BERT encoder of our own on the CPU ([`cpu`], bf16 or f32
-//! dense layers, see [`Precision`]) and on burn's CUDA backend on a GPU, pooled (mean or
-//! `[CLS]`) and normalized as the model's sentence-transformers files say.
+//! Sentence embeddings with BERT-family encoders (all-MiniLM-L6-v2 by default,
+//! paraphrase-MiniLM-L3-v2, bge-small and the like from their folders): a BERT encoder of our
+//! own on the CPU ([`cpu`], bf16 or f32 dense layers, see [`Precision`]) and on burn's CUDA
+//! backend on a GPU, pooled (mean or `[CLS]`) and normalized as the model's
+//! sentence-transformers files say.
 //!
 //! ```no_run
 //! use arbor_kernels::{Device, embed::Embedder, models};
