@@ -44,9 +44,16 @@ pub(crate) struct KvCache {
 }
 
 impl KvCache {
-    pub(crate) fn new(config: &LlamaConfig) -> Self {
+    /// A cache with room for `positions` positions (at most the model's context), allocated
+    /// once: grown by doubling, each head's keys and values would hold up to twice what they
+    /// use, with the blocks they left behind on top.
+    pub(crate) fn new(config: &LlamaConfig, positions: usize) -> Self {
+        let room = positions.min(config.context_length) * config.head_dim;
+        let head = || (Vec::with_capacity(room), Vec::with_capacity(room));
         KvCache {
-            heads: vec![(Vec::new(), Vec::new()); config.n_layers * config.n_kv_heads],
+            heads: (0..config.n_layers * config.n_kv_heads)
+                .map(|_| head())
+                .collect(),
             len: 0,
         }
     }

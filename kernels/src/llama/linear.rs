@@ -213,9 +213,10 @@ impl HostMatrix {
             });
     }
 
-    /// Many rows (a prompt): the weights dequantized to f32, then multiplied in bf16 on AMX
-    /// where there is AMX and the activations may be rounded (not [`Activations::F32`], not
-    /// an [`exact`](Self::exact) matrix), else in f32 by `matrixmultiply`'s GEMM.
+    /// Many rows (a prompt): the weights dequantized to f32, then multiplied in bf16 where
+    /// that is this CPU's best [`Precision`] (AMX, AMD's AVX-512 BF16) and the activations
+    /// may be rounded (not [`Activations::F32`], not an [`exact`](Self::exact) matrix), else
+    /// in f32 by `matrixmultiply`'s GEMM.
     fn matmul_t_gemm(&self, x: &[f32], n: usize, activations: Activations) -> Vec<f32> {
         let w = self.to_f32();
         if activations == Activations::Int8 && !self.exact && Precision::best() == Precision::Bf16 {
@@ -433,8 +434,8 @@ mod tests {
     }
 
     /// What `matmul_t` with [`Activations::Int8`] gives over more than `SMALL_BATCH` rows
-    /// (a prompt): on AMX, weights and activations rounded to bf16 and f32 sums; elsewhere
-    /// f32.
+    /// (a prompt): where bf16 is the best [`Precision`], weights and activations rounded to
+    /// bf16 and f32 sums; elsewhere f32.
     fn naive_prompt(w: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f32> {
         if Precision::best() == Precision::Bf16 {
             let bf16 = |v: &[f32]| -> Vec<f32> {

@@ -354,7 +354,10 @@ impl Llama {
         }
         let n_layers = self.config().n_layers;
         let cache = match &self.engine {
-            Engine::Cpu(m) => Cache::Cpu(cpu::KvCache::new(m.config())),
+            Engine::Cpu(m) => Cache::Cpu(cpu::KvCache::new(
+                m.config(),
+                ids.len().saturating_add(params.max_tokens),
+            )),
             Engine::Cuda(_) => Cache::Cuda(KvCache::new(n_layers)),
         };
         let finished = (params.max_tokens == 0).then_some(FinishReason::MaxTokens);
