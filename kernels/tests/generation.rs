@@ -150,6 +150,31 @@ fn a_batch_generates_what_each_prompt_generates_alone() {
     }
 }
 
+/// More sequences than the decode kernels take at once (16): each step decodes them in
+/// groups, and every sequence still makes its prompt's reference tokens.
+#[test]
+fn a_batch_larger_than_a_decode_group_generates_the_same() {
+    let llama = llama();
+    let fixture = fixture();
+    let cases: Vec<_> = fixture.cases.iter().cycle().take(18).collect();
+    let prompts: Vec<&str> = cases.iter().map(|c| c.prompt.as_str()).collect();
+    let out = llama
+        .generate_batch(
+            &prompts,
+            &GenerateParams::greedy(fixture.new_tokens),
+            |_, _| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!(out.len(), 18);
+    for (case, generated) in cases.iter().zip(&out) {
+        assert_eq!(
+            generated.token_ids, case.greedy_ids,
+            "prompt {:?}",
+            case.prompt
+        );
+    }
+}
+
 #[test]
 fn stop_strings_cancellation_and_limits() {
     let llama = llama();

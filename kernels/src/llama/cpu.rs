@@ -16,7 +16,7 @@ use crate::gguf::Gguf;
 
 use super::GenerateError;
 use super::config::{LlamaConfig, RopePairs};
-use super::linear::{Activations, HostMatrix, host_linear};
+use super::linear::{Activations, HostMatrix, SMALL_BATCH, host_linear};
 use super::model::{check_tensors, host_matrix, host_vector, rope_frequencies, rope_values};
 
 struct Layer {
@@ -166,21 +166,34 @@ impl Model {
     /// Runs on a thread of rayon's pool, so that the step's many short parallel parts (a few
     /// per layer) start there rather than each handing work over from the caller's thread
     /// and back.
+    ///
+    /// A decoding step of more than [`SMALL_BATCH`] sequences (one token each) runs in groups
+    /// of that many: each group keeps the quantized row kernels, where all the rows at once
+    /// would take the prompt path, which dequantizes and packs every matrix for this one step
+    /// (on a 2-core Zen 5 VM, 32 sequences at once made 168 tokens/s in all, against 314 for
+    /// 8). A row's result depends only on that row, so the logits are the same, and a
+    /// sequence decodes the same in a batch of any size.
     pub(crate) fn forward(
         &self,
         batch: &mut [(&mut KvCache, &[u32])],
     ) -> Result<Vec<Vec<f32>>, GenerateError> {
-        rayon::scope(|_| self.forward_in_pool(batch))
+        rayon::scope(|_| {
+            if batch.len() > SMALL_BATCH && batch.iter().all(|(_, tokens)| tokens.len() == 1) {
+                // Checked as a whole first, so that a bad sequence changes no cache.
+                self.check(batch)?;
+                let mut logits = Vec::with_capacity(batch.len());
+                for group in batch.chunks_mut(SMALL_BATCH) {
+                    logits.extend(self.forward_in_pool(group)?);
+                }
+                return Ok(logits);
+            }
+            self.forward_in_pool(batch)
+        })
     }
 
-    fn forward_in_pool(
-        &self,
-        batch: &mut [(&mut KvCache, &[u32])],
-    ) -> Result<Vec<Vec<f32>>, GenerateError> {
+    /// Whether every sequence of the step has tokens of the vocabulary and room for them.
+    fn check(&self, batch: &[(&mut KvCache, &[u32])]) -> Result<(), GenerateError> {
         let c = &self.config;
-        let (d, hd) = (c.d_model, c.head_dim);
-        let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
-        let mut positions = Vec::new();
         for (cache, tokens) in batch.iter() {
             if tokens.is_empty() {
                 return Err(GenerateError::Model(
@@ -195,6 +208,20 @@ impl Model {
             if cache.len + tokens.len() > c.context_length {
                 return Err(GenerateError::ContextFull(c.context_length));
             }
+        }
+        Ok(())
+    }
+
+    fn forward_in_pool(
+        &self,
+        batch: &mut [(&mut KvCache, &[u32])],
+    ) -> Result<Vec<Vec<f32>>, GenerateError> {
+        self.check(batch)?;
+        let c = &self.config;
+        let (d, hd) = (c.d_model, c.head_dim);
+        let (q_dim, kv_dim) = (c.n_heads * hd, c.n_kv_heads * hd);
+        let mut positions = Vec::new();
+        for (cache, tokens) in batch.iter() {
             positions.extend(cache.len..cache.len + tokens.len());
         }
         let n = positions.len();

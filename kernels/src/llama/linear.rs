@@ -30,7 +30,7 @@ const RECHECKED: usize = 32;
 /// Output rows per rayon task: enough work per task to amortize the scheduling.
 const ROWS_PER_TASK: usize = 32;
 /// Up to this many activation rows, the streaming kernel; beyond it, dequantize and GEMM.
-const SMALL_BATCH: usize = 16;
+pub(crate) const SMALL_BATCH: usize = 16;
 
 /// A row-major `[rows, cols]` matrix in host memory, in one of the GGUF element types; clones
 /// share the data (the tied embedding and output head are one matrix).
