@@ -39,8 +39,10 @@ pub enum Precision {
 
 impl Precision {
     /// bf16 where this CPU multiplies bf16 faster than f32 (see the module's doc), else f32.
+    /// Decided once: every prompt's matrices ask, and CPUID traps to the hypervisor in a VM.
     pub fn best() -> Self {
-        Self::best_for(Bf16Kernel::best(), cpu_is_amd())
+        static BEST: std::sync::OnceLock<Precision> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Self::best_for(Bf16Kernel::best(), cpu_is_amd()))
     }
 
     /// The policy of [`Precision::best`], given the bf16 kernel the CPU runs (if any) and
