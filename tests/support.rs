@@ -7,21 +7,42 @@ use std::path::Path;
 use arbor_node::ClusterConfig;
 use arbor_tls::issue::NodeNames;
 
-/// A port that was free a moment ago and that this process has not handed out before (the
-/// OS may give a just-closed port again). Tests bind it again at once.
+/// A port that was free a moment ago and that this process has not handed out before. Tests
+/// bind it again at once.
+///
+/// Ports come from below the kernel's ephemeral range (`ip_local_port_range`), not from it:
+/// a port of that range released here may be taken at once as the source port of some
+/// outgoing connection (a node dialling another), and the node meant to listen on it then
+/// fails to start. Each process starts at a place of its own in the range below, so that
+/// test binaries running at once rarely try the same ports.
 pub fn free_port() -> u16 {
-    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("no free port on 127.0.0.1");
-        if !given.contains(&port) {
-            given.push(port);
+    static NEXT: std::sync::Mutex<Option<(u16, u16, u16)>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let (low, high, at) = next.get_or_insert_with(|| {
+        let (low, high) = (10_000, ephemeral_start().max(11_000));
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+            ^ std::process::id().wrapping_mul(2_654_435_761);
+        (low, high, low + (seed % u32::from(high - low)) as u16)
+    });
+    for _ in *low..*high {
+        let port = *at;
+        *at = if *at + 1 >= *high { *low } else { *at + 1 };
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
+    panic!("no free port on 127.0.0.1 between {low} and {high}");
+}
+
+/// The first port the kernel hands out for outgoing connections (32768 where it cannot be
+/// read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// cluster.toml text for `n` nodes on free loopback ports, data under `dir`, with mutual TLS:

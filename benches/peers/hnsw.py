@@ -48,7 +48,7 @@ import time
 import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent.parent
-EFS = (10, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+EFS = (10, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 256, 384, 512)
 TARGETS = (0.95, 0.99)
 
 
