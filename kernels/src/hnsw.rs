@@ -698,10 +698,12 @@ const HUGE_PAGE_MIN_BYTES: usize = 8 << 20;
 /// also misses the TLB and walks the page table; in 2 MiB pages the same array is 750
 /// entries. Only a hint: where huge pages are off, or the call fails, nothing changes.
 fn advise_huge_pages<T>(v: &Vec<T>) {
-    let bytes = v.capacity() * std::mem::size_of::<T>();
+    #[cfg(not(target_os = "linux"))]
+    let _ = v;
     #[cfg(target_os = "linux")]
     {
         const PAGE: usize = 4096;
+        let bytes = v.capacity() * std::mem::size_of::<T>();
         let start = (v.as_ptr() as usize).next_multiple_of(PAGE);
         let end = (v.as_ptr() as usize + bytes) / PAGE * PAGE;
         if end > start {
