@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use arbor_actors::partition::store::{CheckedBatch, Store, StoreName, store_path};
-use arbor_actors::partition::{MetadataFilter, Partition, VectorRecord};
+use arbor_actors::partition::{MetadataFilter, Partition, Rows, VectorRecord};
 use arbor_kernels::device::Device;
 use arbor_kernels::topk::Metric;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -99,7 +99,8 @@ fn write_rows(path: &Path, rows: usize) {
                 metadata: chunk_metadata(i),
             })
             .collect();
-        let batch = CheckedBatch::new(DIM, &records).expect("valid rows");
+        let columns = Rows::from_records(records).expect("one dimension");
+        let batch = CheckedBatch::new(DIM, &columns).expect("valid rows");
         store.upsert(&batch, 1).expect("durable write");
     }
     let secs = start.elapsed().as_secs_f64();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 mod common;
 
 use arbor_actors::agent::Assignment;
-use arbor_actors::partition::{PartitionAnswer, PartitionRequest, VectorRecord, WriteOp};
+use arbor_actors::partition::{PartitionAnswer, PartitionRequest, Rows, VectorRecord, WriteOp};
 use arbor_actors::replica::{EmbedRequest, ReplicaMsg, deployment_group};
 use arbor_actors::retrieval::{CollectionRoute, Document, partition_deployment};
 use arbor_actors::router::Router;
@@ -100,7 +100,7 @@ async fn fill(c: &Cluster, rows: usize) {
             let view = c.view(&deployment);
             let request = PartitionRequest::Write {
                 epoch: view.set.epoch,
-                op: WriteOp::Upsert(records),
+                op: WriteOp::Upsert(Rows::from_records(records).expect("one dimension")),
             };
             let written = c.ask(&deployment, view.primary().unwrap().0, request).await;
             assert!(

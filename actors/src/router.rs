@@ -84,6 +84,7 @@ pub struct Router {
     group: String,
     attempt_deadline: Duration,
     idempotent: bool,
+    prefer_local: bool,
     outstanding: Arc<Mutex<HashMap<ActorId, usize>>>,
     /// The process-wide in-flight count of the deployment ([`crate::load`]).
     in_flight: Arc<std::sync::atomic::AtomicU64>,
@@ -106,6 +107,7 @@ impl Router {
             deployment,
             attempt_deadline: DEFAULT_ATTEMPT_DEADLINE,
             idempotent: false,
+            prefer_local: false,
             outstanding: Arc::default(),
         }
     }
@@ -123,6 +125,15 @@ impl Router {
     /// [`CallError::Unanswered`].
     pub fn idempotent(mut self, yes: bool) -> Router {
         self.idempotent = yes;
+        self
+    }
+
+    /// Whether a replica on this node is asked before the others, while one is up and
+    /// untried: for requests that carry megabytes (a bulk load's rows), which would otherwise
+    /// cross the network, encrypted and decoded on the way, for nothing. Off by default: load
+    /// spreads over every replica.
+    pub fn prefer_local(mut self, yes: bool) -> Router {
+        self.prefer_local = yes;
         self
     }
 
@@ -229,7 +240,7 @@ impl Router {
     }
 
     fn choose(&self, members: &[ActorCell], tried: &HashSet<ActorId>) -> Option<ActorCell> {
-        let candidates: Vec<(ActorId, usize)> = {
+        let mut candidates: Vec<(ActorId, usize)> = {
             let counters = self.counters();
             members
                 .iter()
@@ -238,6 +249,9 @@ impl Router {
                 .map(|id| (id, counters.get(&id).copied().unwrap_or(0)))
                 .collect()
         };
+        if self.prefer_local {
+            keep_local(&mut candidates);
+        }
         let id = pick(&candidates, &mut rand::rng())?;
         members.iter().find(|m| m.get_id() == id).cloned()
     }
@@ -247,6 +261,14 @@ impl Router {
         self.outstanding
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Narrows `candidates` to the replicas on this node, where there is one; leaves them as they
+/// are otherwise. Pure.
+pub fn keep_local(candidates: &mut Vec<(ActorId, usize)>) {
+    if candidates.iter().any(|(id, _)| id.is_local()) {
+        candidates.retain(|(id, _)| id.is_local());
     }
 }
 
@@ -310,6 +332,20 @@ mod tests {
 
     fn id(n: u64) -> ActorId {
         ActorId::Local(n)
+    }
+
+    #[test]
+    fn local_replicas_are_kept_when_there_are_any() {
+        let remote = |pid| ActorId::Remote { node_id: 2, pid };
+        let mut mixed = vec![(remote(1), 0), (id(5), 3), (remote(2), 0), (id(6), 0)];
+        keep_local(&mut mixed);
+        assert_eq!(mixed, [(id(5), 3), (id(6), 0)]);
+        let mut far = vec![(remote(1), 0), (remote(2), 1)];
+        keep_local(&mut far);
+        assert_eq!(far.len(), 2);
+        let mut none = Vec::new();
+        keep_local(&mut none);
+        assert!(none.is_empty());
     }
 
     #[test]

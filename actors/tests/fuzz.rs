@@ -7,7 +7,7 @@
 
 use arbor_actors::kinds::model::{ModelReply, ModelRequest};
 use arbor_actors::partition::{
-    MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, VectorRecord, WriteOp,
+    MetadataFilter, PartitionAnswer, PartitionReply, PartitionRequest, Rows, VectorRecord, WriteOp,
 };
 use arbor_actors::replica::{CallReply, CallRequest, EmbedReply, EmbedRequest};
 use arbor_actors::retrieval::{QueryInput, QueryRequest, RetrievalReply, RetrievalRequest};
@@ -47,8 +47,13 @@ fn seeds() -> Vec<Vec<u8>> {
         encode(&PartitionRequest::Replicate {
             epoch: 3,
             seq: 41,
-            op: WriteOp::Upsert(vec![row(7), row(8)]),
+            op: WriteOp::Upsert(Rows::from_records([row(7), row(8)]).unwrap()),
         })
+        .unwrap(),
+        // A bulk load's rows, column by column.
+        encode(&RetrievalRequest::Import(
+            Rows::from_records([row(3), row(4), row(5)]).unwrap(),
+        ))
         .unwrap(),
         encode(&PartitionRequest::Changes {
             after: (3, 40),

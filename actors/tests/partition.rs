@@ -14,7 +14,7 @@ use arbor_actors::kinds::{Kind, ReplicaContext, spawn_replica};
 use arbor_actors::partition::store::{StoreName, partitions_dir};
 use arbor_actors::partition::{
     MetadataFilter, Partition, PartitionAnswer, PartitionFailure, PartitionReply, PartitionRequest,
-    PartitionStats, SearchHit, VectorRecord, WriteOp, store_path,
+    PartitionStats, Rows, SearchHit, VectorRecord, WriteOp, store_path,
 };
 use arbor_actors::replica::{CallRequest, ReplicaMsg};
 use arbor_actors::wire::Wire;
@@ -108,6 +108,7 @@ async fn write(c: &Cluster, op: WriteOp) -> Result<(u64, u32), PartitionFailure>
 }
 
 async fn upsert(c: &Cluster, rows: Vec<VectorRecord>) -> (u64, u32) {
+    let rows = Rows::from_records(rows).expect("rows of one dimension");
     write(c, WriteOp::Upsert(rows)).await.expect("written")
 }
 
@@ -381,7 +382,8 @@ async fn bad_input_gets_a_clear_error_and_changes_nothing() {
         ),
     ];
     for (records, why) in bad_writes {
-        let err = write(&c, WriteOp::Upsert(records)).await.unwrap_err();
+        let rows = Rows::from_records(records).unwrap();
+        let err = write(&c, WriteOp::Upsert(rows)).await.unwrap_err();
         assert!(
             matches!(err, PartitionFailure::Invalid(_)) && err.to_string().contains(why),
             "{err} (wanted {why})"

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use arbor_actors::agent::Assignment;
 use arbor_actors::partition::MetadataFilter;
-use arbor_actors::partition::{PartitionAnswer, PartitionRequest, VectorRecord, WriteOp};
+use arbor_actors::partition::{PartitionAnswer, PartitionRequest, Rows, VectorRecord, WriteOp};
 use arbor_actors::retrieval::chunk::chunks;
 use arbor_actors::retrieval::route::{chunk_id, partition_of};
 use arbor_actors::retrieval::{
@@ -408,7 +408,7 @@ async fn a_document_ingested_again_shorter_leaves_no_stale_chunks() {
         let view = cl.view(&deployment);
         let request = PartitionRequest::Write {
             epoch: view.set.epoch,
-            op: WriteOp::Upsert(vec![r]),
+            op: WriteOp::Upsert(Rows::from_records([r]).unwrap()),
         };
         let written = cl
             .ask(&deployment, view.primary().unwrap().0, request)

@@ -11,6 +11,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use arbor_actors::retrieval::route::chunk_id;
 use arbor_proto::gateway::{JobSpec, QueryJob};
 use common::chaos::{Chaos, DIM, ONE_AT_A_TIME, vector};
 
@@ -189,7 +190,14 @@ async fn a_bulk_load_reaches_every_replica_and_bad_files_are_refused() {
     bad[DIM + 3] = f32::NAN;
     write_npy(&file("nan.npy"), "<f4", &[2, DIM], &f32_bytes(&bad));
     let err = refused(vec!["ingest".into(), "rows".into(), path("nan.npy")]).await;
-    assert!(err.contains("not a finite number"), "{err}");
+    // Named by its place in the row: the packed values are one run of both rows.
+    let second = chunk_id("1", 0);
+    assert!(
+        err.contains(&format!(
+            "value 3 of row {second}'s vector is not a finite number"
+        )),
+        "{err}"
+    );
     write_npy(&file("f64.npy"), "<f8", &[1, DIM], &[0u8; 8 * DIM]);
     let err = refused(vec!["ingest".into(), "rows".into(), path("f64.npy")]).await;
     assert!(err.contains("float32") && err.contains("<f8"), "{err}");

@@ -9,6 +9,7 @@
 //! - [`metric`]: how a collection compares vectors; [`index`]: how its partitions search.
 //! - [`cluster`]: what the cluster jobs answer (nodes and their state, the control plane).
 //! - [`results`]: every other job kind's result data, typed.
+//! - [`f32le`]: vectors as little-endian bytes in binary payloads.
 //! - [`json_text`]: free-form JSON (metadata, filters) inside bincode messages between nodes.
 //!
 //! This crate imports nothing of ours and depends on serde and little else, so the daemon, the
@@ -16,6 +17,7 @@
 
 pub mod cluster;
 pub mod error;
+pub mod f32le;
 pub mod gateway;
 pub mod ids;
 pub mod index;

@@ -233,20 +233,17 @@ impl PackedRows {
             vectors.len(),
             ids.len()
         );
-        let mut bytes = Vec::with_capacity(vectors.len() * 4);
-        for v in vectors {
-            bytes.extend_from_slice(&v.to_le_bytes());
-        }
         PackedRows {
             ids,
-            vectors: base64::engine::general_purpose::STANDARD.encode(bytes),
+            vectors: base64::engine::general_purpose::STANDARD
+                .encode(crate::f32le::to_bytes(vectors)),
             metadata,
         }
     }
 
-    /// The rows, each with its vector (as many components as the bytes give per row; the
-    /// collection checks the dimension) and its metadata.
-    pub fn unpack(self) -> Result<Vec<ImportRow>, PackedError> {
+    /// The rows, column by column: as many components per row as the bytes give (the
+    /// collection checks the dimension), one metadata text per row (`""`: none).
+    pub fn columns(self) -> Result<RowColumns, PackedError> {
         use base64::Engine as _;
         let rows = self.ids.len();
         if rows == 0 {
@@ -261,28 +258,57 @@ impl PackedRows {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(self.vectors.as_bytes())
             .map_err(|e| PackedError::NotBase64(e.to_string()))?;
+        let ragged = PackedError::Ragged {
+            bytes: bytes.len(),
+            rows,
+        };
         if bytes.is_empty() || !bytes.len().is_multiple_of(rows * 4) {
-            return Err(PackedError::Ragged {
-                bytes: bytes.len(),
-                rows,
-            });
+            return Err(ragged);
         }
-        let per_row = bytes.len() / rows;
-        let mut metadata = self.metadata.into_iter();
-        Ok(self
-            .ids
+        let vectors = crate::f32le::from_bytes(&bytes).ok_or(ragged)?;
+        let mut metadata = self.metadata;
+        metadata.resize(rows, String::new());
+        Ok(RowColumns {
+            dimension: vectors.len() / rows,
+            ids: self.ids,
+            vectors,
+            metadata,
+        })
+    }
+
+    /// The rows, each with its vector (as many components as the bytes give per row; the
+    /// collection checks the dimension) and its metadata.
+    pub fn unpack(self) -> Result<Vec<ImportRow>, PackedError> {
+        let RowColumns {
+            ids,
+            dimension,
+            vectors,
+            metadata,
+        } = self.columns()?;
+        Ok(ids
             .into_iter()
-            .zip(bytes.chunks_exact(per_row))
-            .map(|(id, row)| ImportRow {
+            .zip(vectors.chunks_exact(dimension))
+            .zip(metadata)
+            .map(|((id, vector), metadata)| ImportRow {
                 id,
-                vector: row
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect(),
-                metadata: metadata.next().unwrap_or_default(),
+                vector: vector.to_vec(),
+                metadata,
             })
             .collect())
     }
+}
+
+/// Packed rows decoded, column by column: what a bulk load's gateway passes on without
+/// making one row at a time of them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowColumns {
+    pub ids: Vec<u64>,
+    /// Components per row (at least 1).
+    pub dimension: usize,
+    /// `ids.len() × dimension`, row after row.
+    pub vectors: Vec<f32>,
+    /// One per row (`""`: none).
+    pub metadata: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,6 +8,7 @@ use arbor_kernels::topk::Metric;
 use serde::{Deserialize, Serialize};
 
 use super::filter::MetadataFilter;
+use super::rows::Rows;
 use super::store::Change;
 
 /// One row to store: its id, its vector and its metadata (a JSON object as text; `""` means
@@ -15,56 +16,9 @@ use super::store::Change;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VectorRecord {
     pub id: u64,
-    #[serde(with = "vector_bytes")]
+    #[serde(with = "super::rows::f32_bytes")]
     pub vector: Vec<f32>,
     pub metadata: String,
-}
-
-/// A vector as one run of little-endian bytes in binary formats (bincode), instead of one
-/// serde call per component: rows cross three hops on a write (gateway, coordinator,
-/// primary, follower), and component by component their vectors were a tenth of a bulk
-/// load's CPU. Human-readable formats keep a list of numbers.
-mod vector_bytes {
-    use serde::de::{Error, Visitor};
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer>(vector: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
-        if serializer.is_human_readable() {
-            return vector.serialize(serializer);
-        }
-        let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
-        serializer.serialize_bytes(&bytes)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<f32>, D::Error> {
-        if deserializer.is_human_readable() {
-            return Vec::<f32>::deserialize(deserializer);
-        }
-        deserializer.deserialize_bytes(BytesVisitor)
-    }
-
-    struct BytesVisitor;
-
-    impl Visitor<'_> for BytesVisitor {
-        type Value = Vec<f32>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a vector as little-endian f32 bytes")
-        }
-
-        fn visit_bytes<E: Error>(self, bytes: &[u8]) -> Result<Vec<f32>, E> {
-            if !bytes.len().is_multiple_of(4) {
-                return Err(E::custom(format!(
-                    "a vector of {} bytes, not a whole number of 4-byte components",
-                    bytes.len()
-                )));
-            }
-            Ok(bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect())
-        }
-    }
 }
 
 /// One search result: the row's id, its score under the partition's metric (see
@@ -104,7 +58,7 @@ pub struct PartitionStats {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WriteOp {
     /// Stores these rows, replacing rows with the same ids.
-    Upsert(Vec<VectorRecord>),
+    Upsert(Rows),
     /// Removes the rows with these ids (ids not present are fine).
     Delete(Vec<u64>),
 }

@@ -17,6 +17,7 @@ pub mod messages;
 pub mod metadata;
 pub mod remote;
 pub mod replication;
+pub mod rows;
 pub mod saved_graph;
 pub mod store;
 
@@ -36,6 +37,7 @@ pub use messages::{
     PartitionStats, SearchHit, VectorRecord, WriteOp,
 };
 use metadata::{MetadataTable, Verdict};
+pub use rows::{Rows, RowsError};
 pub use store::{
     Change, CheckedBatch, History, InvalidInput, Store, StoreError, StoreName, StoredRecord,
     store_path,
@@ -82,6 +84,12 @@ pub enum PartitionError {
     /// and the partition must be loaded again (the actor stops so that it is restarted).
     #[error("write {seq} is durable but could not be applied in memory ({reason}); reload needed")]
     Diverged { seq: u64, reason: String },
+}
+
+impl From<RowsError> for PartitionError {
+    fn from(e: RowsError) -> Self {
+        PartitionError::Invalid(e.into())
+    }
 }
 
 impl From<TopKError> for PartitionError {
@@ -555,7 +563,12 @@ impl Partition {
         records: Vec<VectorRecord>,
         epoch: u64,
     ) -> Result<WriteAck, PartitionError> {
-        self.write(WriteOp::Upsert(records), epoch)
+        // A partition's dimension is at most `store::MAX_DIM`.
+        let mut rows = Rows::empty(self.dim as u32);
+        for r in records {
+            rows.push(r.id, &r.vector, r.metadata)?;
+        }
+        self.write(WriteOp::Upsert(rows), epoch)
     }
 
     /// Removes rows by id (absent ids are fine): made durable, then gone from searches.
@@ -1044,10 +1057,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = store_path(dir.path(), &test_name(0));
         let mut p = Partition::open(&path, 2, Metric::Dot, Device::Cpu, IndexSpec::Exact).unwrap();
-        let op = WriteOp::Upsert(vec![
+        let rows = Rows::from_records([
             rec(1, vec![1.0, 0.0], json!({"lang": "en"})),
             rec(2, vec![0.0, 1.0], json!({"lang": "fr"})),
         ]);
+        let op = WriteOp::Upsert(rows.unwrap());
         let durable = p.persist(p.prepare(&op).unwrap(), 1).unwrap();
         assert_eq!((durable.seq(), p.seq(), p.len()), (1, 1, 0));
         let on_disk: Vec<u64> = p.stored().unwrap().iter().map(|r| r.id).collect();

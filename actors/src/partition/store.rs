@@ -38,6 +38,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use serde_json::{Map, Value};
 
 use super::messages::VectorRecord;
+use super::rows::{Rows, RowsError};
 
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
 const IDS: TableDefinition<u64, u64> = TableDefinition::new("ids");
@@ -94,6 +95,8 @@ pub enum InvalidInput {
     MetadataNotObject { id: u64, found: &'static str },
     #[error("metadata of {id} is {len} bytes; at most {max} are allowed")]
     MetadataTooLarge { id: u64, len: usize, max: usize },
+    #[error(transparent)]
+    Rows(#[from] RowsError),
 }
 
 /// Why the store failed.
@@ -134,33 +137,31 @@ pub struct CheckedBatch {
 impl CheckedBatch {
     /// Checks rows for a partition of dimension `dim`: batch size, unique ids, dimension,
     /// finite components, metadata that is a JSON object of bounded size.
-    pub fn new(dim: usize, records: &[VectorRecord]) -> Result<Self, InvalidInput> {
-        if records.len() > MAX_BATCH_ROWS {
+    pub fn new(dim: usize, rows: &Rows) -> Result<Self, InvalidInput> {
+        if rows.len() > MAX_BATCH_ROWS {
             return Err(InvalidInput::TooManyRows {
-                rows: records.len(),
+                rows: rows.len(),
                 max: MAX_BATCH_ROWS,
             });
         }
-        let mut seen = HashSet::with_capacity(records.len());
-        let mut batch = CheckedBatch {
-            ids: Vec::with_capacity(records.len()),
-            vectors: Vec::with_capacity(records.len() * dim),
-            metadata: Vec::with_capacity(records.len()),
-        };
-        for r in records {
-            let id = r.id;
+        if rows.dim() != dim && !rows.is_empty() {
+            return Err(InvalidInput::WrongDimension {
+                id: rows.ids()[0],
+                got: rows.dim(),
+                dim,
+            });
+        }
+        let mut seen = HashSet::with_capacity(rows.len());
+        let mut metadata = Vec::with_capacity(rows.len());
+        for (i, (&id, text)) in rows.ids().iter().zip(rows.metadata()).enumerate() {
             if !seen.insert(id) {
                 return Err(InvalidInput::DuplicateId { id });
             }
-            if r.vector.len() != dim {
-                return Err(InvalidInput::WrongDimension {
-                    id,
-                    got: r.vector.len(),
-                    dim,
-                });
-            }
-            if let Some((position, &value)) =
-                r.vector.iter().enumerate().find(|(_, x)| !x.is_finite())
+            if let Some((position, &value)) = rows
+                .vector(i)
+                .iter()
+                .enumerate()
+                .find(|(_, x)| !x.is_finite())
             {
                 return Err(InvalidInput::NonFinite {
                     id,
@@ -168,16 +169,18 @@ impl CheckedBatch {
                     value,
                 });
             }
-            let map = parse_metadata(id, &r.metadata)?;
+            let map = parse_metadata(id, text)?;
             let text = serde_json::to_string(&map).map_err(|e| InvalidInput::MetadataNotJson {
                 id,
                 reason: e.to_string(),
             })?;
-            batch.ids.push(id);
-            batch.vectors.extend_from_slice(&r.vector);
-            batch.metadata.push((map, text));
+            metadata.push((map, text));
         }
-        Ok(batch)
+        Ok(CheckedBatch {
+            ids: rows.ids().to_vec(),
+            vectors: rows.vectors().to_vec(),
+            metadata,
+        })
     }
 
     pub fn ids(&self) -> &[u64] {
@@ -1270,7 +1273,7 @@ mod tests {
     }
 
     fn batch(records: Vec<VectorRecord>) -> CheckedBatch {
-        CheckedBatch::new(2, &records).unwrap()
+        CheckedBatch::new(2, &Rows::from_records(records).unwrap()).unwrap()
     }
 
     #[test]
@@ -1376,7 +1379,8 @@ mod tests {
             ),
         ];
         for (records, why) in bad {
-            let err = CheckedBatch::new(2, &records).unwrap_err().to_string();
+            let rows = Rows::from_records(records).unwrap();
+            let err = CheckedBatch::new(2, &rows).unwrap_err().to_string();
             assert!(err.contains(why), "{err} (wanted {why})");
         }
         let err = store.delete(&vec![1; MAX_DELETE_IDS + 1], 1).unwrap_err();

@@ -23,8 +23,8 @@ pub enum RetrievalRequest {
         from: arbor_proto::snapshot::ExportFrom,
         limit: u32,
     },
-    /// Rows written as they are, ids kept (a restore).
-    Import(Vec<crate::partition::VectorRecord>),
+    /// Rows written as they are, ids kept (a restore, a bulk load).
+    Import(crate::partition::Rows),
 }
 
 /// A search over the collection.
@@ -108,11 +108,14 @@ mod tests {
                 },
                 limit: 1,
             },
-            RetrievalRequest::Import(vec![crate::partition::VectorRecord {
-                id: 7,
-                vector: vec![0.5, 1.0],
-                metadata: r#"{"_doc":"d-1"}"#.into(),
-            }]),
+            RetrievalRequest::Import(
+                crate::partition::Rows::from_records([crate::partition::VectorRecord {
+                    id: 7,
+                    vector: vec![0.5, 1.0],
+                    metadata: r#"{"_doc":"d-1"}"#.into(),
+                }])
+                .unwrap(),
+            ),
         ] {
             let bytes = Wire::new(request.clone()).into_bytes();
             assert_eq!(

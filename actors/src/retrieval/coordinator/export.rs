@@ -72,27 +72,18 @@ impl Coordinator {
 
     /// Writes rows as they are (ids, vectors and metadata text kept), each to the partition
     /// its id belongs to; returns once every row is durable on every in-sync replica.
-    pub async fn import(&self, rows: Vec<VectorRecord>) -> Result<u64, RetrievalError> {
+    pub async fn import(&self, rows: Rows) -> Result<u64, RetrievalError> {
         let shape = self.shape()?;
-        if let Some(r) = rows
-            .iter()
-            .find(|r| r.vector.len() != shape.dimension as usize)
-        {
+        if !rows.is_empty() && rows.dim() != shape.dimension as usize {
             return Err(RetrievalError::Invalid(format!(
                 "row {}: its vector has {} values; the collection's dimension is {}",
-                r.id,
-                r.vector.len(),
+                rows.ids()[0],
+                rows.dim(),
                 shape.dimension
             )));
         }
-        let mut by_partition: BTreeMap<u32, Vec<VectorRecord>> = BTreeMap::new();
-        for row in rows {
-            by_partition
-                .entry(partition_of(row.id, shape.partitions))
-                .or_default()
-                .push(row);
-        }
-        self.upsert(by_partition).await
+        self.upsert(rows.split_by(|id| partition_of(id, shape.partitions)))
+            .await
     }
 }
 

@@ -98,16 +98,13 @@ impl Coordinator {
                     })?);
                 }
             }
-            let mut by_partition: BTreeMap<u32, Vec<VectorRecord>> = BTreeMap::new();
+            let mut by_partition: BTreeMap<u32, Rows> = BTreeMap::new();
             for p in step {
                 by_partition
                     .entry(partition_of(p.id, shape.partitions))
-                    .or_default()
-                    .push(VectorRecord {
-                        id: p.id,
-                        vector: p.vector.unwrap_or_default(),
-                        metadata: p.metadata,
-                    });
+                    .or_insert_with(|| Rows::empty(shape.dimension))
+                    .push(p.id, &p.vector.unwrap_or_default(), p.metadata)
+                    .map_err(|e| RetrievalError::Embed(e.to_string()))?;
             }
             for (partition, records) in &by_partition {
                 per_partition[*partition as usize] += records.len() as u64;
@@ -140,16 +137,19 @@ impl Coordinator {
     /// Writes each partition's rows to its replicas, the partitions at once; the rows written.
     pub(super) async fn upsert(
         &self,
-        by_partition: BTreeMap<u32, Vec<VectorRecord>>,
+        by_partition: BTreeMap<u32, Rows>,
     ) -> Result<u64, RetrievalError> {
         let mut tasks = tokio::task::JoinSet::new();
-        for (partition, records) in by_partition {
+        for (partition, rows) in by_partition {
             let this = self.clone();
             tasks.spawn(async move {
-                let n = records.len() as u64;
-                for part in records.chunks(UPSERT_BATCH) {
-                    this.write(partition, WriteOp::Upsert(part.to_vec()))
-                        .await?;
+                let n = rows.len() as u64;
+                if rows.len() <= UPSERT_BATCH {
+                    this.write(partition, WriteOp::Upsert(rows)).await?;
+                } else {
+                    for part in rows.batches(UPSERT_BATCH) {
+                        this.write(partition, WriteOp::Upsert(part)).await?;
+                    }
                 }
                 Ok(n)
             });

@@ -16,7 +16,7 @@ use crate::control::Control;
 use crate::kinds::model::{ChatMessage, ChatRole, GenerateSpec};
 use crate::partition::{
     MAX_GET_IDS, MetadataFilter, PartitionAnswer, PartitionFailure, PartitionReply,
-    PartitionRequest, SearchHit, VectorRecord, WriteOp, remote,
+    PartitionRequest, Rows, SearchHit, WriteOp, remote,
 };
 use crate::replica::{EmbedFailure, EmbedRequest, ReplicaMsg};
 use crate::router::{CallError, Router};

@@ -55,7 +55,7 @@ pub(super) async fn embed(env: &Env, e: EmbedJob) -> Result<Value, JobFailure> {
     })
     .await??;
     let request = EmbedRequest { texts: e.texts };
-    let reply = ask_idempotent(env, &deployment, |port| {
+    let reply = ask_idempotent(env, &deployment, false, |port| {
         ReplicaMsg::Embed(Wire::new(request.clone()), port)
     })
     .await?;

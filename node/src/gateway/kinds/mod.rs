@@ -123,28 +123,37 @@ impl JobFailure {
 }
 
 /// Every import row's vector is finite; otherwise a failure naming the row and the value
-/// (in `job.rows[N].vector`, or in `job.packed.vectors` for packed rows).
-pub(crate) fn check_finite(
-    rows: &[arbor_proto::snapshot::ImportRow],
-    packed: bool,
-) -> Result<(), JobFailure> {
+/// (in `job.rows[N].vector`).
+pub(crate) fn check_finite(rows: &[arbor_proto::snapshot::ImportRow]) -> Result<(), JobFailure> {
     for (n, row) in rows.iter().enumerate() {
         if let Some(p) = row.vector.iter().position(|x| !x.is_finite()) {
-            let field = match packed {
-                true => "job.packed.vectors".to_owned(),
-                false => format!("job.rows[{n}].vector"),
-            };
-            return Err(JobFailure::field(
-                ErrorCode::InvalidJob,
-                &field,
-                format!(
-                    "value {p} of row {}'s vector is not a finite number",
-                    row.id
-                ),
-            ));
+            return Err(not_finite(&format!("job.rows[{n}].vector"), row.id, p));
         }
     }
     Ok(())
+}
+
+/// Every packed row's vector is finite; otherwise a failure naming the row and the value (in
+/// `job.packed.vectors`).
+pub(crate) fn check_finite_packed(
+    rows: &arbor_proto::snapshot::RowColumns,
+) -> Result<(), JobFailure> {
+    match rows.vectors.iter().position(|x| !x.is_finite()) {
+        Some(p) => Err(not_finite(
+            "job.packed.vectors",
+            rows.ids[p / rows.dimension],
+            p % rows.dimension,
+        )),
+        None => Ok(()),
+    }
+}
+
+fn not_finite(field: &str, id: u64, value: usize) -> JobFailure {
+    JobFailure::field(
+        ErrorCode::InvalidJob,
+        field,
+        format!("value {value} of row {id}'s vector is not a finite number"),
+    )
 }
 
 /// Checks a job's arguments before it is accepted. Pure.
@@ -279,7 +288,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), JobFailure> {
                 );
             }
             // Packed rows are read (and their values checked) where they are written.
-            check_finite(&i.rows, false)
+            check_finite(&i.rows)
         }
         JobSpec::Deploy(_)
         | JobSpec::Backup
@@ -540,14 +549,17 @@ fn call_failure(e: CallError) -> JobFailure {
 
 /// One typed request that may run twice without harm (a read, an upsert by id, an embedding)
 /// to a replica of `deployment`: a replica lost during it is replaced by another. The
-/// replica's reply, decoded.
+/// replica's reply, decoded. `here_first`: a replica on this node is asked first where there
+/// is one ([`Router::prefer_local`]), for requests that carry rows.
 async fn ask_idempotent<R: Send + 'static>(
     env: &Env,
     deployment: &str,
+    here_first: bool,
     make: impl Fn(ractor::RpcReplyPort<Wire<R>>) -> ReplicaMsg,
 ) -> Result<R, JobFailure> {
     router(env, deployment)
         .idempotent(true)
+        .prefer_local(here_first)
         .ask(make, CALL_TIMEOUT)
         .await
         .map_err(call_failure)?

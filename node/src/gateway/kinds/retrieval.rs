@@ -137,7 +137,10 @@ pub(super) async fn ask_coordinator(
     coordinator: &str,
     request: RetrievalRequest,
 ) -> Result<RetrievalAnswer, JobFailure> {
-    ask_idempotent(env, coordinator, |port| {
+    // Rows to import go to a coordinator on this node where there is one: megabytes that
+    // need not cross the network one more time than they must.
+    let here_first = matches!(request, RetrievalRequest::Import(_));
+    ask_idempotent(env, coordinator, here_first, |port| {
         ReplicaMsg::Retrieval(Wire::new(request.clone()), port)
     })
     .await?

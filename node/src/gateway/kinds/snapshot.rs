@@ -3,10 +3,11 @@
 //! `arbor cluster backup|restore` are made of. The files themselves are the client's.
 
 use super::*;
-use arbor_actors::partition::VectorRecord;
+use arbor_actors::partition::{Rows, RowsError, VectorRecord};
 use arbor_actors::retrieval::{RetrievalAnswer, RetrievalRequest};
 use arbor_proto::snapshot::{
     ClusterBackup, ExportJob, ImportJob, Imported, PackedExportPage, RestoreJob, Restored,
+    RowColumns,
 };
 use arbor_scheduler::state::DeploymentSpec;
 
@@ -30,22 +31,37 @@ pub(super) async fn export(env: &Env, e: ExportJob) -> Result<Value, JobFailure>
 
 pub(super) async fn import(env: &Env, i: ImportJob) -> Result<Value, JobFailure> {
     let coordinator = coordinator_of(env, &i.collection).await?.coordinator;
-    let mut rows = i.rows;
+    let ragged =
+        |field: &str, e: RowsError| JobFailure::field(ErrorCode::InvalidJob, field, e.to_string());
+    let mut rows = Rows::from_records(i.rows.into_iter().map(|r| VectorRecord {
+        id: r.id,
+        vector: r.vector,
+        metadata: r.metadata,
+    }))
+    .map_err(|e| ragged("job.rows", e))?;
     if let Some(packed) = i.packed {
-        let unpacked = packed
-            .unpack()
+        let columns = packed
+            .columns()
             .map_err(|e| JobFailure::field(ErrorCode::InvalidJob, "job.packed", e.to_string()))?;
-        check_finite(&unpacked, true)?;
-        rows.extend(unpacked);
+        check_finite_packed(&columns)?;
+        let RowColumns {
+            ids,
+            dimension,
+            vectors,
+            metadata,
+        } = columns;
+        if rows.is_empty() {
+            rows = Rows::from_columns(dimension, ids, vectors, metadata)
+                .map_err(|e| ragged("job.packed", e))?;
+        } else {
+            for ((id, vector), metadata) in
+                ids.into_iter().zip(vectors.chunks(dimension)).zip(metadata)
+            {
+                rows.push(id, vector, metadata)
+                    .map_err(|e| ragged("job.packed", e))?;
+            }
+        }
     }
-    let rows = rows
-        .into_iter()
-        .map(|r| VectorRecord {
-            id: r.id,
-            vector: r.vector,
-            metadata: r.metadata,
-        })
-        .collect();
     match ask_coordinator(env, &coordinator, RetrievalRequest::Import(rows)).await? {
         RetrievalAnswer::Imported(rows) => data(Imported {
             collection: i.collection,
