@@ -86,12 +86,6 @@ pub enum PartitionError {
     Diverged { seq: u64, reason: String },
 }
 
-impl From<RowsError> for PartitionError {
-    fn from(e: RowsError) -> Self {
-        PartitionError::Invalid(e.into())
-    }
-}
-
 impl From<TopKError> for PartitionError {
     fn from(e: TopKError) -> Self {
         PartitionError::Index(e.into())
@@ -566,7 +560,9 @@ impl Partition {
         // A partition's dimension is at most `store::MAX_DIM`.
         let mut rows = Rows::empty(self.dim as u32);
         for r in records {
-            rows.push(r.id, &r.vector, r.metadata)?;
+            let (id, got, dim) = (r.id, r.vector.len(), self.dim);
+            rows.push(id, &r.vector, r.metadata)
+                .map_err(|_| InvalidInput::WrongDimension { id, got, dim })?;
         }
         self.write(WriteOp::Upsert(rows), epoch)
     }

@@ -28,7 +28,7 @@ pub struct Rows {
 /// Why rows could not be put together.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RowsError {
-    #[error("row {id}'s vector has {got} values where the rows before it have {dim}")]
+    #[error("row {id}'s vector has {got} values; the rows with it have {dim}")]
     Ragged { id: u64, got: usize, dim: usize },
     #[error("{values} vector values are not {rows} rows of dimension {dim}")]
     Values {
@@ -283,7 +283,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "row 9's vector has 1 values where the rows before it have 2"
+            "row 9's vector has 1 values; the rows with it have 2"
         );
         let mut rows = Rows::empty(2);
         assert!(rows.push(4, &[1.0, 2.0, 3.0], String::new()).is_err());

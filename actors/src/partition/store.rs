@@ -38,7 +38,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use serde_json::{Map, Value};
 
 use super::messages::VectorRecord;
-use super::rows::{Rows, RowsError};
+use super::rows::Rows;
 
 const LOG: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("log");
 const IDS: TableDefinition<u64, u64> = TableDefinition::new("ids");
@@ -95,8 +95,6 @@ pub enum InvalidInput {
     MetadataNotObject { id: u64, found: &'static str },
     #[error("metadata of {id} is {len} bytes; at most {max} are allowed")]
     MetadataTooLarge { id: u64, len: usize, max: usize },
-    #[error(transparent)]
-    Rows(#[from] RowsError),
 }
 
 /// Why the store failed.
