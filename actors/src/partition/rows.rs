@@ -142,7 +142,7 @@ impl Rows {
     }
 
     /// The rows `range` of these, as rows of their own.
-    pub fn slice(&self, range: std::ops::Range<usize>) -> Rows {
+    fn slice(&self, range: std::ops::Range<usize>) -> Rows {
         Rows {
             dim: self.dim,
             ids: self.ids[range.clone()].to_vec(),
@@ -171,21 +171,6 @@ impl Rows {
             part.metadata.push(metadata);
         }
         parts
-    }
-
-    /// The rows as records, one at a time.
-    pub fn into_records(self) -> impl Iterator<Item = VectorRecord> {
-        let dim = self.dim();
-        let vectors = self.vectors;
-        self.ids
-            .into_iter()
-            .zip(self.metadata)
-            .enumerate()
-            .map(move |(i, (id, metadata))| VectorRecord {
-                id,
-                vector: vectors[i * dim..(i + 1) * dim].to_vec(),
-                metadata,
-            })
     }
 }
 
@@ -270,7 +255,11 @@ mod tests {
         assert_eq!((rows.dim(), rows.len()), (2, 2));
         assert_eq!(rows.ids(), &[3, 1]);
         assert_eq!(rows.vector(1), &[-0.5, 4.0]);
-        assert_eq!(rows.into_records().collect::<Vec<_>>(), records);
+        assert_eq!(rows.vectors(), &[1.0, 2.0, -0.5, 4.0]);
+        assert_eq!(
+            rows.metadata(),
+            &[records[0].metadata.clone(), String::new()]
+        );
         assert!(Rows::from_records(Vec::new()).unwrap().is_empty());
     }
 
